@@ -1,0 +1,1 @@
+"""Generators: sample n responses per prompt, score them, publish scored groups."""

@@ -1,0 +1,1 @@
+"""The math verifier: extraction, canonical forms, fast paths, sandboxed sympy, gRPC service."""

@@ -1,0 +1,190 @@
+"""One config system for every winnow service.
+
+Each service defines one pydantic model (a subclass of :class:`Settings`) whose fields carry
+attribute docstrings (they are the documentation and the ``--help``), bounds and ``Literal``
+variants. A config is resolved, lowest priority first, from:
+
+1. the field defaults,
+2. a YAML or JSON file (``--config FILE``; a Kubernetes ConfigMap). If the file has a top-level
+   key named after the service's ``section`` (e.g. ``verifier:``), that subtree is used, so one
+   file can hold the whole pipeline,
+3. environment variables ``WINNOW_<SECTION>_<FIELD>``, nested fields joined with ``__``
+   (``WINNOW_LEARNER_ALGO__PRESET=grpo``), and for Kafka the standard ``KAFKA_BOOTSTRAP_SERVERS``,
+4. explicit overrides (command-line flags, ``--set a.b=value``).
+
+It is validated once at start-up. A bad value raises :class:`ConfigError` whose message names
+the field, the bad value and the rule, never a traceback from deep inside.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import yaml
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the field."""
+
+
+_FILE_DATA: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("winnow_config_file", default=None)
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """Feeds the values read from the config file (set by :func:`load_config`)."""
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused, __call__ does the work
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_FILE_DATA.get() or {})
+
+
+class Settings(BaseSettings):
+    """Base of every service config: file < env < overrides, unknown keys rejected."""
+
+    section: ClassVar[str] = ""
+
+    model_config = SettingsConfigDict(
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+        use_attribute_docstrings=True,
+        env_ignore_empty=True,
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
+        return (init_settings, env_settings, _FileSource(settings_cls))
+
+
+class Model(BaseModel):
+    """Base of nested config blocks: unknown keys rejected, attribute docstrings kept."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True)
+
+
+class KafkaConfig(Model):
+    """How to reach Kafka and name the topics (shared by the learner and the generators)."""
+
+    bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        validation_alias=AliasChoices("bootstrap_servers", "KAFKA_BOOTSTRAP_SERVERS"),
+    )
+    """Comma-separated host:port list. The env var KAFKA_BOOTSTRAP_SERVERS overrides it."""
+    topic_prefix: str = Field(default="winnow", pattern=r"^[A-Za-z0-9._-]+$")
+    """Topics are <prefix>.prompts, <prefix>.groups, <prefix>.weights: several runs can share a cluster."""
+    idempotent_producer: bool = False
+    """Use Kafka's idempotent producer (needs broker support; consumers dedupe by request id anyway)."""
+    session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
+    """Consumer group session timeout (Kafka's minimum is 6000 ms)."""
+    request_timeout_ms: int = Field(default=30_000, ge=1_000)
+    """Client request timeout."""
+    max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    """Largest message the producer may send (a scored group with n long samples can be large)."""
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}.{name}"
+
+
+def kafka_from_env(cfg: KafkaConfig) -> KafkaConfig:
+    """Apply the standard ``KAFKA_BOOTSTRAP_SERVERS`` variable, if set."""
+    env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    return cfg.model_copy(update={"bootstrap_servers": env}) if env else cfg
+
+
+S = TypeVar("S", bound=Settings)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    text = p.read_text()
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        raise ConfigError(f"config file {p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["algo.preset=grpo", "port=0"]`` -> nested dict; values parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override")
+        node[parts[-1]] = value
+    return out
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def format_validation_error(name: str, err: ValidationError) -> str:
+    lines = [f"invalid {name} config ({err.error_count()} problem{'s' if err.error_count() > 1 else ''}):"]
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "(root)"
+        got = e.get("input")
+        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  - {loc}: {e['msg']}{got_s}")
+    return "\n".join(lines)
+
+
+def load_config(
+    cls: type[S],
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    data: dict[str, Any] | None = None,
+) -> S:
+    """Resolve and validate a service config (see the module docstring for the priority)."""
+    file_data: dict[str, Any] = dict(data or {})
+    if path is not None:
+        file_data = _deep_merge(file_data, read_config_file(path))
+    if cls.section and isinstance(file_data.get(cls.section), dict):
+        shared = {k: v for k, v in file_data.items() if k == "kafka"}
+        file_data = _deep_merge(shared, file_data[cls.section]) if "kafka" in cls.model_fields else file_data[cls.section]
+    token = _FILE_DATA.set(file_data)
+    try:
+        cfg = cls(**(overrides or {}))
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(cls.section or cls.__name__, e)) from None
+    finally:
+        _FILE_DATA.reset(token)
+    if "kafka" in cls.model_fields:
+        object.__setattr__(cfg, "kafka", kafka_from_env(cfg.kafka))
+    return cfg
+
+
+def env_prefix(section: str) -> str:
+    return f"WINNOW_{section.upper()}_"
+
+
+def settings_config(section: str) -> SettingsConfigDict:
+    """``model_config`` for a service config class: ``model_config = settings_config("learner")``."""
+    return SettingsConfigDict(**{**Settings.model_config, "env_prefix": env_prefix(section)})

@@ -1,0 +1,75 @@
+"""Per-process Prometheus registry with ``/metrics`` and ``/health`` over HTTP.
+
+Each service builds its metrics on its own :class:`prometheus_client.CollectorRegistry` (passed
+into constructors, never a module global) and serves it with :func:`serve_metrics`.
+``/health`` answers 200 ``ok`` while the ``health`` callback returns True, else 503.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+
+class MetricsServer:
+    """A tiny threaded HTTP server: GET /metrics, GET /health. ``port=0`` picks a free port."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        health: Callable[[], bool] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.health = health or (lambda: True)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server API
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    body, code, ctype = generate_latest(outer.registry), 200, CONTENT_TYPE_LATEST
+                elif path in ("/health", "/healthz", "/ready"):
+                    try:
+                        ok = bool(outer.health())
+                    except Exception:  # a failing health check is "unhealthy", not a crash
+                        ok = False
+                    body, code, ctype = (b"ok\n", 200, "text/plain") if ok else (b"unhealthy\n", 503, "text/plain")
+                else:
+                    body, code, ctype = b"not found\n", 404, "text/plain"
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:  # silence per-request logs
+                pass
+
+        self._httpd = ThreadingHTTPServer((host, port), Handler)
+        self._httpd.daemon_threads = True
+        self.host = host
+        self.port = self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="metrics-http", daemon=True)
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def serve_metrics(
+    registry: CollectorRegistry,
+    port: int,
+    host: str = "127.0.0.1",
+    health: Callable[[], bool] | None = None,
+) -> MetricsServer:
+    """Start serving ``registry`` on ``host:port`` in a daemon thread and return the server."""
+    return MetricsServer(registry, host=host, port=port, health=health).start()
