@@ -41,7 +41,9 @@ _WORDS = (
 
 def _corpus() -> list[str]:
     lines = [_WORDS, "\\boxed{} \\boxed{42} \\frac{1}{2} \\sqrt{2} \\cdot \\times $x$ $$"]
-    lines += [f"What is {a} + {b}? {a} + {b} = {a + b}. \\boxed{{{a + b}}}" for a in range(10) for b in range(10)]
+    lines += [
+        f"What is {a} + {b}? {a} + {b} = {a + b}. \\boxed{{{a + b}}}" for a in range(10) for b in range(10)
+    ]
     lines += [f"{a} - {b} = {a - b}, {a} * {b} = {a * b}" for a in range(10) for b in range(0, 10, 3)]
     lines += ["Please reason step by step, and put your final answer within \\boxed{}."] * 5
     lines += ["Let's think step by step and output the final answer within \\boxed{}."] * 5
@@ -59,7 +61,9 @@ def build_tiny_tokenizer(vocab_size: int = 384):
     from transformers import PreTrainedTokenizerFast
 
     if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise ValueError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (bytes + specials), got {vocab_size}")
+        raise ValueError(
+            f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (bytes + specials), got {vocab_size}"
+        )
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]

@@ -1,0 +1,272 @@
+"""Scored groups -> padded training tensors.
+
+A :class:`GroupData` is one prompt and its n scored samples (the learner's view of a
+``ScoredGroup`` message). :func:`collate` turns G groups into one :class:`TrainBatch` of
+B = G*n sequences.
+
+Layout: each row is ``[left-padded prompt | right-padded response]``, so every response starts
+at the same column ``P`` (``prompt_width``). The logits that predict the response tokens are
+then the fixed slice ``[P-1, P+T-1)`` of every row, and the model's LM head is evaluated only on
+those T positions (``logits_to_keep``), never on the prompt: for long prompts and large
+vocabularies this is most of the logits memory. ``position_ids`` count real tokens only
+(``cumsum(attention_mask) - 1``), as in generation, so the recomputed log-probs are those of
+each sequence on its own, whatever the padding.
+
+Response-aligned tensors are (B, T) with T the longest response: ``targets`` (token ids, pad
+where masked), ``response_mask``, ``behaviour_logprobs`` (log mu from the generator) and
+``policy_versions`` (the weight version that produced each token).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class SampleData:
+    """One sampled response of a group, as the generator reported it."""
+
+    response_token_ids: list[int]
+    """Generated token ids only (including EOS when generated)."""
+    behaviour_logprobs: list[float]
+    """log mu(a_t | x, a_<t) per response token, under the sampling distribution."""
+    policy_versions: list[int]
+    """Weight version that produced each token (one entry per token, or a single entry for all)."""
+    status: int
+    """``winnow.verifier.types.Status`` value from the verifier (CORRECT = 1, WRONG = 2, ...)."""
+    finish_reason: str = "stop"
+    """"stop" (EOS or stop string) or "length" (hit max_new_tokens)."""
+
+
+@dataclass
+class GroupData:
+    """One prompt and its n scored samples: the unit of training data."""
+
+    prompt_id: str
+    request_id: str
+    prompt_token_ids: list[int]
+    samples: list[SampleData]
+
+    @property
+    def policy_version(self) -> int:
+        """The oldest weight version that contributed a token (min over all samples' versions)."""
+        versions = [v for s in self.samples for v in s.policy_versions]
+        if not versions:
+            raise ValueError(f"group {self.request_id!r}: no policy_versions in any sample")
+        return min(versions)
+
+
+@dataclass
+class TrainBatch:
+    """G groups x n samples as padded tensors (B = G*n rows, row b = group b // n, sample b % n)."""
+
+    input_ids: torch.Tensor
+    """(B, L) long: ``[pad.. prompt | response ..pad]``, L = P + T."""
+    attention_mask: torch.Tensor
+    """(B, L) long: 1 on real prompt and response tokens."""
+    position_ids: torch.Tensor
+    """(B, L) long: index among the row's real tokens (0 on padding)."""
+    prompt_width: int
+    """P: the column of the first response token (longest prompt in the batch)."""
+    targets: torch.Tensor
+    """(B, T) long: response token ids, ``pad_id`` where ``response_mask`` is 0."""
+    response_mask: torch.Tensor
+    """(B, T) bool: True on real response tokens."""
+    behaviour_logprobs: torch.Tensor
+    """(B, T) float32: log mu per response token, 0 where masked."""
+    policy_versions: torch.Tensor
+    """(B, T) long: version that produced each response token, 0 where masked."""
+    statuses: torch.Tensor
+    """(G, n) long: verifier status of each sample."""
+    group_index: torch.Tensor
+    """(B,) long: the group of each row."""
+    prompt_lengths: torch.Tensor
+    """(B,) long."""
+    response_lengths: torch.Tensor
+    """(B,) long."""
+    group_policy_versions: torch.Tensor
+    """(G,) long: ``GroupData.policy_version`` of each group."""
+    request_ids: list[str] = field(default_factory=list)
+    """(G,) request id of each group."""
+    finish_reasons: list[str] = field(default_factory=list)
+    """(B,) finish reason of each row."""
+    pad_id: int = 0
+
+    @property
+    def num_groups(self) -> int:
+        return self.statuses.shape[0]
+
+    @property
+    def group_size(self) -> int:
+        return self.statuses.shape[1]
+
+    @property
+    def num_sequences(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def response_width(self) -> int:
+        """T: the longest response in the batch."""
+        return self.targets.shape[1]
+
+    @property
+    def num_response_tokens(self) -> int:
+        return int(self.response_lengths.sum())
+
+    def to(self, device: torch.device | str) -> TrainBatch:
+        """A copy with every tensor on ``device``."""
+        kw = {
+            k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+            for k, v in self.__dict__.items()  # dataclass fields, shallow
+        }
+        return TrainBatch(**kw)
+
+    def rows(self, index: torch.Tensor | Sequence[int]) -> MicroBatch:
+        """The rows ``index`` with their padding trimmed to the subset (for one micro-batch forward)."""
+        idx = torch.as_tensor(index, dtype=torch.long, device=self.input_ids.device)
+        if idx.numel() == 0:
+            raise ValueError("rows(): empty index")
+        plen = self.prompt_lengths.index_select(0, idx)
+        rlen = self.response_lengths.index_select(0, idx)
+        p = int(plen.max())
+        t = max(int(rlen.max()), 1)
+        cols = slice(self.prompt_width - p, self.prompt_width + t)
+        return MicroBatch(
+            rows=idx,
+            input_ids=self.input_ids.index_select(0, idx)[:, cols],
+            attention_mask=self.attention_mask.index_select(0, idx)[:, cols],
+            position_ids=self.position_ids.index_select(0, idx)[:, cols],
+            prompt_width=p,
+            targets=self.targets.index_select(0, idx)[:, :t],
+            response_mask=self.response_mask.index_select(0, idx)[:, :t],
+            behaviour_logprobs=self.behaviour_logprobs.index_select(0, idx)[:, :t],
+        )
+
+
+@dataclass
+class MicroBatch:
+    """A subset of a batch's rows, padding trimmed: what one forward pass sees."""
+
+    rows: torch.Tensor
+    """(b,) long: row indices into the parent TrainBatch."""
+    input_ids: torch.Tensor
+    """(b, p + t) long."""
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    prompt_width: int
+    """p: column of the first response token in this micro-batch."""
+    targets: torch.Tensor
+    """(b, t) long."""
+    response_mask: torch.Tensor
+    """(b, t) bool."""
+    behaviour_logprobs: torch.Tensor
+    """(b, t) float32."""
+
+    @property
+    def response_width(self) -> int:
+        return self.targets.shape[1]
+
+
+def _check_group(g: GroupData, n: int | None, where: str) -> None:
+    if not g.samples:
+        raise ValueError(f"{where}: group has no samples")
+    if n is not None and len(g.samples) != n:
+        raise ValueError(
+            f"{where}: group has {len(g.samples)} samples but the first group has {n}; "
+            "every group in a batch must have the same n"
+        )
+    if not g.prompt_token_ids:
+        raise ValueError(f"{where}: prompt_token_ids is empty")
+    for i, s in enumerate(g.samples):
+        r = len(s.response_token_ids)
+        if len(s.behaviour_logprobs) != r:
+            raise ValueError(
+                f"{where} sample {i}: behaviour_logprobs has {len(s.behaviour_logprobs)} entries "
+                f"but response_token_ids has {r}"
+            )
+        if len(s.policy_versions) not in (r, 1) or (r == 0 and len(s.policy_versions) == 0):
+            raise ValueError(
+                f"{where} sample {i}: policy_versions has {len(s.policy_versions)} entries; "
+                f"expected one per response token ({r}) or a single version"
+            )
+        if any(not math.isfinite(x) or x > 1e-4 for x in s.behaviour_logprobs):
+            bad = next(x for x in s.behaviour_logprobs if not math.isfinite(x) or x > 1e-4)
+            raise ValueError(f"{where} sample {i}: behaviour_logprobs must be finite and <= 0, got {bad}")
+        if any(t < 0 for t in s.response_token_ids):
+            raise ValueError(f"{where} sample {i}: negative token id in response_token_ids")
+
+
+def collate(groups: list[GroupData], pad_id: int) -> TrainBatch:
+    """Pad G groups of n samples into one :class:`TrainBatch` (see the module docstring for the layout).
+
+    Raises ``ValueError`` naming the group's ``request_id`` when a group is malformed: no samples,
+    an n different from the first group's, an empty prompt, ``behaviour_logprobs`` or
+    ``policy_versions`` whose length does not match the response, non-finite or positive log-probs.
+    """
+    if not groups:
+        raise ValueError("collate: no groups")
+    n = len(groups[0].samples)
+    for g in groups:
+        _check_group(g, n, f"group request_id={g.request_id!r} (prompt_id={g.prompt_id!r})")
+    G = len(groups)
+    B = G * n
+    P = max(len(g.prompt_token_ids) for g in groups)
+    T = max(1, max(len(s.response_token_ids) for g in groups for s in g.samples))
+    L = P + T
+
+    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((B, L), dtype=torch.long)
+    targets = torch.full((B, T), pad_id, dtype=torch.long)
+    response_mask = torch.zeros((B, T), dtype=torch.bool)
+    behaviour = torch.zeros((B, T), dtype=torch.float32)
+    versions = torch.zeros((B, T), dtype=torch.long)
+    statuses = torch.empty((G, n), dtype=torch.long)
+    prompt_lengths = torch.empty(B, dtype=torch.long)
+    response_lengths = torch.empty(B, dtype=torch.long)
+    finish_reasons: list[str] = []
+
+    for gi, g in enumerate(groups):
+        prompt = torch.as_tensor(g.prompt_token_ids, dtype=torch.long)
+        p = prompt.numel()
+        for si, s in enumerate(g.samples):
+            b = gi * n + si
+            r = len(s.response_token_ids)
+            input_ids[b, P - p : P] = prompt
+            attention_mask[b, P - p : P + r] = 1
+            if r:
+                resp = torch.as_tensor(s.response_token_ids, dtype=torch.long)
+                input_ids[b, P : P + r] = resp
+                targets[b, :r] = resp
+                response_mask[b, :r] = True
+                behaviour[b, :r] = torch.as_tensor(s.behaviour_logprobs, dtype=torch.float32)
+                versions[b, :r] = torch.as_tensor(
+                    s.policy_versions, dtype=torch.long
+                )  # broadcasts a single one
+            statuses[gi, si] = int(s.status)
+            prompt_lengths[b] = p
+            response_lengths[b] = r
+            finish_reasons.append(s.finish_reason)
+
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    return TrainBatch(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        prompt_width=P,
+        targets=targets,
+        response_mask=response_mask,
+        behaviour_logprobs=behaviour,
+        policy_versions=versions,
+        statuses=statuses,
+        group_index=torch.arange(G).repeat_interleave(n),
+        prompt_lengths=prompt_lengths,
+        response_lengths=response_lengths,
+        group_policy_versions=torch.tensor([g.policy_version for g in groups], dtype=torch.long),
+        request_ids=[g.request_id for g in groups],
+        finish_reasons=finish_reasons,
+        pad_id=pad_id,
+    )

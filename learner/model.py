@@ -1,0 +1,123 @@
+"""Loading a Hugging Face causal LM and running the response-only forward pass.
+
+:func:`load_causal_lm` loads any model directory or hub id with ``transformers`` (the generators
+load the same directory). :func:`response_logits` runs one micro-batch and returns only the
+logits that predict response tokens, using ``logits_to_keep`` so the LM head never runs on the
+prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> ``cuda`` if available, else ``cpu``; anything else is passed to ``torch.device``."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device: {device!r} is not a torch device ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} requested but CUDA is not available")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``"auto"`` -> bf16 on CUDA (fp16 when the GPU lacks bf16), fp32 on CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype: {dtype!r} is not one of auto, {', '.join(sorted(_DTYPES))}")
+    return _DTYPES[dtype]
+
+
+def load_causal_lm(
+    name_or_path: str | Path,
+    *,
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device = "auto",
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+):
+    """Load ``(model, tokenizer)`` from a HF model directory or hub id, on ``device`` in ``dtype``.
+
+    ``dtype="auto"`` is bf16 on GPU and fp32 on CPU (the master weights for training). The
+    tokenizer gets a pad token if it has none (its EOS). The model is returned in train mode
+    with ``use_cache`` off (no KV cache during training).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    src = str(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
+    kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
+    model.to(dev)
+    model.config.use_cache = False
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.train()
+    log.info(
+        "loaded %s: %.1fM parameters, %s on %s",
+        src,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        torch_dtype,
+        dev,
+    )
+    return model, tokenizer
+
+
+def response_logits(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    prompt_width: int,
+    response_width: int,
+) -> torch.Tensor:
+    """Logits predicting the response tokens: (b, t, V) for rows laid out ``[prompt (p) | response (t)]``.
+
+    The logit at column ``j`` predicts token ``j + 1``, so the response tokens at columns
+    ``[p, p+t)`` are predicted by columns ``[p-1, p+t-1)``: the last ``t + 1`` columns minus the
+    final one. ``logits_to_keep=t+1`` skips the LM head on the prompt.
+    """
+    if input_ids.shape[1] != prompt_width + response_width:
+        raise ValueError(
+            f"input width {input_ids.shape[1]} != prompt {prompt_width} + response {response_width}"
+        )
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=False,
+        logits_to_keep=response_width + 1,
+    )
+    logits = out.logits
+    if logits.shape[1] != response_width + 1:  # a model that ignores logits_to_keep
+        logits = logits[:, -(response_width + 1) :]
+    return logits[:, :-1]

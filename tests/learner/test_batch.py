@@ -1,0 +1,126 @@
+"""collate(): layout, padding, masks and validation; the padded response-only forward matches unpadded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from winnow.learner.batch import GroupData, SampleData, collate
+from winnow.learner.model import response_logits
+
+from .conftest import CORRECT, WRONG, current_logprobs, make_groups
+
+PAD = 0
+
+
+def _group(
+    request_id="req-1", prompt=(5, 6, 7), responses=((8, 9), (10,)), statuses=(CORRECT, WRONG), lp=None
+):
+    samples = []
+    for r, st in zip(responses, statuses, strict=True):
+        samples.append(
+            SampleData(
+                response_token_ids=list(r),
+                behaviour_logprobs=lp if lp is not None else [-1.0] * len(r),
+                policy_versions=[3] * len(r),
+                status=st,
+            )
+        )
+    return GroupData(prompt_id="p", request_id=request_id, prompt_token_ids=list(prompt), samples=samples)
+
+
+def test_layout_left_padded_prompt_right_padded_response():
+    g1 = _group("a", prompt=(5, 6, 7), responses=((8, 9), (10,)))
+    g2 = _group("b", prompt=(11,), responses=((12, 13, 14), (15,)), statuses=(WRONG, WRONG))
+    b = collate([g1, g2], pad_id=PAD)
+    # G=2, n=2 -> B=4; P = longest prompt = 3, T = longest response = 3, L = 6
+    assert b.input_ids.shape == (4, 6) and b.targets.shape == (4, 3)
+    assert b.prompt_width == 3 and b.num_groups == 2 and b.group_size == 2
+    assert b.input_ids.tolist() == [
+        [5, 6, 7, 8, 9, PAD],
+        [5, 6, 7, 10, PAD, PAD],
+        [PAD, PAD, 11, 12, 13, 14],
+        [PAD, PAD, 11, 15, PAD, PAD],
+    ]
+    assert b.attention_mask.tolist() == [
+        [1, 1, 1, 1, 1, 0],
+        [1, 1, 1, 1, 0, 0],
+        [0, 0, 1, 1, 1, 1],
+        [0, 0, 1, 1, 0, 0],
+    ]
+    # positions count real tokens only: row 2 starts at 0 on its first real token (column 2)
+    assert b.position_ids[2].tolist() == [0, 0, 0, 1, 2, 3]
+    assert b.position_ids[0].tolist()[:5] == [0, 1, 2, 3, 4]
+    assert b.targets.tolist() == [[8, 9, PAD], [10, PAD, PAD], [12, 13, 14], [15, PAD, PAD]]
+    assert b.response_mask.sum(dim=1).tolist() == [2, 1, 3, 1]
+    assert b.behaviour_logprobs.tolist() == [[-1, -1, 0], [-1, 0, 0], [-1, -1, -1], [-1, 0, 0]]
+    assert b.policy_versions.tolist() == [[3, 3, 0], [3, 0, 0], [3, 3, 3], [3, 0, 0]]
+    assert b.statuses.tolist() == [[CORRECT, WRONG], [WRONG, WRONG]]
+    assert b.group_index.tolist() == [0, 0, 1, 1]
+    assert b.request_ids == ["a", "b"] and b.group_policy_versions.tolist() == [3, 3]
+    assert b.num_response_tokens == 7
+
+
+def test_rows_trims_padding_to_the_subset():
+    g1 = _group("a", prompt=(5, 6, 7), responses=((8, 9), (10,)))
+    g2 = _group("b", prompt=(11,), responses=((12, 13, 14), (15,)))
+    b = collate([g1, g2], pad_id=PAD)
+    mb = b.rows([3, 1])  # prompts 1 and 3 tokens, responses 1 and 1 token
+    assert mb.prompt_width == 3 and mb.response_width == 1
+    assert mb.input_ids.tolist() == [[PAD, PAD, 11, 15], [5, 6, 7, 10]]
+    assert mb.position_ids.tolist() == [[0, 0, 0, 1], [0, 1, 2, 3]]
+    assert mb.targets.tolist() == [[15], [10]]
+
+
+def test_single_policy_version_broadcasts_and_group_version_is_min():
+    g = _group(responses=((8, 9, 10), (11,)))
+    g.samples[0].policy_versions = [4]  # one entry for the whole response
+    g.samples[1].policy_versions = [2]
+    b = collate([g], pad_id=PAD)
+    assert b.policy_versions.tolist() == [[4, 4, 4], [2, 0, 0]]
+    assert g.policy_version == 2
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda g: g.samples[1].behaviour_logprobs.append(-1.0), "behaviour_logprobs has 2 entries"),
+        (lambda g: g.samples[0].policy_versions.append(1), "policy_versions has 3 entries"),
+        (lambda g: g.samples.pop(), "has 1 samples but the first group has 2"),
+        (lambda g: g.prompt_token_ids.clear(), "prompt_token_ids is empty"),
+        (lambda g: g.samples[0].behaviour_logprobs.__setitem__(0, float("nan")), "finite and <= 0"),
+        (lambda g: g.samples[0].behaviour_logprobs.__setitem__(0, 0.5), "finite and <= 0"),
+    ],
+)
+def test_validation_errors_name_the_request_id(mutate, message):
+    good = _group("ok-1")
+    bad = _group("bad-req-7")
+    mutate(bad)
+    with pytest.raises(ValueError, match="bad-req-7") as e:
+        collate([good, bad], pad_id=PAD)
+    assert message in str(e.value)
+
+
+def test_empty_batch_and_empty_group_rejected():
+    with pytest.raises(ValueError, match="no groups"):
+        collate([], pad_id=PAD)
+    g = GroupData(prompt_id="p", request_id="lonely", prompt_token_ids=[1], samples=[])
+    with pytest.raises(ValueError, match="lonely"):
+        collate([g], pad_id=PAD)
+
+
+def test_padded_response_forward_matches_each_sequence_alone(tiny):
+    """The batched, padded, response-only forward gives each sequence's own log-probs."""
+    model, _ = tiny
+    model.eval()
+    groups = make_groups([[CORRECT, WRONG, WRONG], [WRONG, CORRECT, CORRECT]], seed=3)
+    b = collate(groups, pad_id=PAD)
+    with torch.no_grad():
+        logits = response_logits(
+            model, b.input_ids, b.attention_mask, b.position_ids, b.prompt_width, b.response_width
+        )
+        lp = torch.log_softmax(logits.float(), -1).gather(-1, b.targets[..., None])[..., 0]
+    for gi, g in enumerate(groups):
+        for si, expect in enumerate(current_logprobs(model, g)):
+            row = gi * len(g.samples) + si
+            got = lp[row, : len(expect)]
+            torch.testing.assert_close(got, torch.tensor(expect), atol=1e-5, rtol=1e-5)
