@@ -1,0 +1,73 @@
+"""Per-sample advantages from per-sample rewards, one value per sequence (outcome reward, no critic).
+
+Xiong et al. (2025, arXiv 2504.11343) and the released code (RLHFlow/Minimal-RL ``core_algos.py``):
+
+- ``raw``: ``A_i = r_i`` (vanilla Reinforce, Reinforce-Rej: "no normalisation"),
+- ``mean_zero``: ``A_i = r_i - mean_j r_j`` (the "Reinforce + Mean-Zero" ablation),
+- ``mean_std``: ``A_i = (r_i - mean_j r_j) / (std_j r_j + eps)`` (GRPO; the released code uses the unbiased
+  ``torch.std`` and ``eps = 1e-6``; THEORY.md section 6.2 writes the population std; both are offered),
+- ``raft``: ``A_i = max(r_i, 0)`` (``compute_raft_outcome_advantage``): 1 for a correct sample under either
+  the {0,1} or the {-1,+1} reward map, 0 for a wrong one.
+
+Group statistics are taken over the samples in ``keep`` (default: all ``n``, as the released code). The
+objective passes the *valid* samples (those the verifier judged), not the filter's output, so filtering
+never changes another sample's advantage; samples outside ``keep`` get advantage 0.
+A group with fewer than 2 samples in ``keep`` has unbiased std 0 (not NaN).
+
+Left out: token-level rewards, discounting and GAE (outcome rewards only; PPO with a critic is not
+implemented).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+import torch
+from torch import Tensor
+
+AdvantageKind = Literal["raw", "mean_zero", "mean_std", "raft"]
+ADVANTAGE_KINDS: tuple[str, ...] = get_args(AdvantageKind)
+
+
+def group_mean_std(
+    rewards: Tensor, keep: Tensor, std: Literal["unbiased", "population"] = "unbiased"
+) -> tuple[Tensor, Tensor]:
+    """Mean and std of ``rewards (G, n)`` over ``keep (G, n)`` bool -> ``(G, 1)``, ``(G, 1)``.
+
+    Empty groups get mean 0 and std 0; with ``std="unbiased"`` a single-sample group gets std 0.
+    """
+    k = keep.to(rewards.dtype)
+    count = k.sum(dim=-1, keepdim=True)  # (G, 1)
+    mean = (rewards * k).sum(dim=-1, keepdim=True) / count.clamp(min=1)
+    sq = (((rewards - mean) * k) ** 2).sum(dim=-1, keepdim=True)
+    dof = count - 1 if std == "unbiased" else count
+    var = torch.where(dof > 0, sq / dof.clamp(min=1), torch.zeros_like(sq))
+    return mean, var.sqrt()
+
+
+def compute_advantages(
+    rewards: Tensor,
+    kind: AdvantageKind,
+    *,
+    keep: Tensor | None = None,
+    std: Literal["unbiased", "population"] = "unbiased",
+    eps: float = 1e-6,
+) -> Tensor:
+    """``rewards (G, n)`` float -> advantages ``(G, n)`` float (see the module docstring for each kind)."""
+    if rewards.dim() != 2:
+        raise ValueError(f"rewards must be (G, n), got shape {tuple(rewards.shape)}")
+    if keep is None:
+        keep = torch.ones_like(rewards, dtype=torch.bool)
+    if kind == "raw":
+        adv = rewards.clone()
+    elif kind == "raft":
+        adv = rewards.clamp(min=0)
+    elif kind == "mean_zero":
+        mean, _ = group_mean_std(rewards, keep, std)
+        adv = rewards - mean
+    elif kind == "mean_std":
+        mean, sd = group_mean_std(rewards, keep, std)
+        adv = (rewards - mean) / (sd + eps)
+    else:
+        raise ValueError(f"unknown advantage kind {kind!r}; valid: {', '.join(ADVANTAGE_KINDS)}")
+    return torch.where(keep, adv, torch.zeros_like(adv))

@@ -1,0 +1,210 @@
+"""The algorithm config (``AlgoConfig``), its presets, and the verifier-status -> reward map.
+
+A preset fills the algorithm fields (filter, advantage, loss, ...); any field given explicitly wins, so
+``AlgoConfig(preset="grpo", kl_coef=0)`` or ``WINNOW_LEARNER_ALGO__PRESET=raft`` both work. The presets
+follow Xiong et al. (2025, arXiv 2504.11343) and the defaults follow the released scripts
+(RLHFlow/Minimal-RL ``scripts/run_*.sh``): eps 0.2 both sides, dual-clip 3, k3 KL loss 0.001, entropy
+bonus 0.001, token-mean. See docs/algorithms.md for the table with the formula of each preset.
+
+Reward map: default {0, 1} (``reward_wrong = 0``), as the released code (its ``math_verify`` scorer returns
+0/1 and nothing rescales it); the paper's text says {-1, +1}. Under {0, 1} the ``reinforce_rej`` preset
+gives wrong answers advantage 0 (a positive-only update on mixed prompts, as the released code); set
+``reward_wrong=-1`` for the paper's formula, where wrong answers in mixed groups get -1.
+
+Statuses: ``CORRECT`` -> ``reward_correct``; ``WRONG`` -> ``reward_wrong``; ``NO_ANSWER``, ``UNPARSABLE``,
+``TIMEOUT``, ``TOO_COMPLEX`` -> their own reward (None = ``reward_wrong``); ``ERROR`` and ``UNSPECIFIED`` are
+*invalid*: the verifier failed, so the sample is excluded from training (and from group statistics), never
+counted as wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, ValidationError, model_validator
+from torch import Tensor
+from winnow.learner.advantages import AdvantageKind
+from winnow.learner.filters import FilterMode
+from winnow.learner.losses import AggMode
+from winnow.verifier.types import Status
+
+from winnow.config import ConfigError, Model, format_validation_error
+
+# name -> fields; everything not listed takes the AlgoConfig default.
+PRESETS: dict[str, dict[str, Any]] = {
+    # RAFT (paper eq. 1; released: estimator raft + policy_loss vanilla): SFT on the correct samples.
+    "raft": {"filter": "raft", "advantage": "raft", "loss": "sft"},
+    # RAFT++ (eq. 6): RAFT with the importance ratio and PPO clipping.
+    "raft++": {"filter": "raft", "advantage": "raft", "loss": "clipped"},
+    # RAFT++ with DAPO's clip-higher (paper Fig. 2: keeps entropy up).
+    "raft++clip_higher": {"filter": "raft", "advantage": "raft", "loss": "clipped", "eps_high": 0.28},
+    # Vanilla Reinforce (eq. 5): raw reward, no filter.
+    "reinforce": {"filter": "none", "advantage": "raw", "loss": "clipped"},
+    # GRPO: group mean/std normalised reward, no filter.
+    "grpo": {"filter": "none", "advantage": "mean_std", "loss": "clipped"},
+    # Reinforce-Rej (the paper's proposal): raw reward on mixed groups only ("remove both").
+    "reinforce_rej": {"filter": "mixed", "advantage": "raw", "loss": "clipped"},
+    # Ablations (paper Fig. 4, LLaMA-3.2-3B).
+    "reinforce+mean_zero": {"filter": "none", "advantage": "mean_zero", "loss": "clipped"},
+    "reinforce+remove_all_wrong": {"filter": "remove_all_wrong", "advantage": "raw", "loss": "clipped"},
+    "reinforce+remove_all_correct": {"filter": "remove_all_correct", "advantage": "raw", "loss": "clipped"},
+    "reinforce_rej+std": {"filter": "mixed", "advantage": "mean_std", "loss": "clipped"},
+}
+DEFAULT_PRESET = "reinforce_rej"
+
+
+def _valid_names() -> str:
+    return ", ".join(PRESETS)
+
+
+class AlgoConfig(Model):
+    """The RL algorithm: filter, advantage, loss and their coefficients (a preset fills the first three)."""
+
+    preset: str = DEFAULT_PRESET
+    """Named algorithm (see docs/algorithms.md): raft, raft++, raft++clip_higher, reinforce, grpo, reinforce_rej,
+    reinforce+mean_zero, reinforce+remove_all_wrong, reinforce+remove_all_correct, reinforce_rej+std.
+    Fields set explicitly override the preset's."""
+    filter: FilterMode
+    """Which samples contribute: none | raft (correct samples) | mixed (groups with 0 < #correct < n) |
+    remove_all_wrong | remove_all_correct."""
+    advantage: AdvantageKind
+    """raw (r) | mean_zero (r - group mean) | mean_std ((r - mean) / (std + eps), GRPO) | raft (max(r, 0))."""
+    loss: Literal["sft", "clipped"]
+    """sft: -A log pi (RAFT, no ratio); clipped: PPO clipped surrogate with the per-token ratio."""
+    eps_low: float = Field(default=0.2, ge=0.0, lt=1.0)
+    """Lower clip: the ratio is clipped at 1 - eps_low (negative advantages)."""
+    eps_high: float = Field(default=0.2, ge=0.0, le=10.0)
+    """Upper clip: the ratio is clipped at 1 + eps_high (positive advantages); DAPO's clip-higher uses 0.28."""
+    dual_clip_c: float | None = Field(default=3.0, gt=1.0)
+    """Dual-clip bound for negative advantages: the token loss is at most -A * c. None disables it."""
+    kl_coef: float = Field(default=0.001, ge=0.0)
+    """Weight of the KL(pi || pi_ref) loss term (released scripts: 0.001; DeepSeekMath GRPO: 0.04). 0 = no
+    reference model needed."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """Per-token KL estimator: k1 = log(pi/ref), k2 = log(pi/ref)^2 / 2, k3 = ref/pi - log(ref/pi) - 1
+    (verl's low_var_kl, clamped to [-10, 10])."""
+    entropy_coef: float = Field(default=0.001, ge=0.0)
+    """Entropy bonus: the loss subtracts entropy_coef * mean token entropy. 0.001 is the verl default the
+    released scripts ran with (they do not override it); 0 turns it off (then entropy is only logged)."""
+    agg: AggMode = "token-mean"
+    """Loss aggregation: token-mean (released code) | seq-mean-token-mean (the paper's 1/|a| formula) |
+    seq-mean-token-sum."""
+    std: Literal["unbiased", "population"] = "unbiased"
+    """Group std for mean_std: unbiased (torch.std, the released code) or population (THEORY.md 6.2)."""
+    eps: float = Field(default=1e-6, gt=0.0)
+    """Added to the group std in mean_std."""
+    reward_correct: float = 1.0
+    """Reward of a CORRECT verdict; must exceed every other reward."""
+    reward_wrong: float = 0.0
+    """Reward of a WRONG verdict. 0 follows the released code, -1 the paper's text."""
+    reward_no_answer: float | None = None
+    """Reward when no final answer was found (None = reward_wrong)."""
+    reward_unparsable: float | None = None
+    """Reward when the answer could not be parsed (None = reward_wrong)."""
+    reward_timeout: float | None = None
+    """Reward when verification timed out on the answer (None = reward_wrong)."""
+    reward_too_complex: float | None = None
+    """Reward when the answer exceeded the verifier's complexity limits (None = reward_wrong)."""
+    error_policy: Literal["exclude_sample", "exclude_group"] = "exclude_sample"
+    """A verifier ERROR/UNSPECIFIED is never a reward: exclude_sample drops that sample (the group's statistics
+    use the others), exclude_group drops its whole group."""
+    soft_filter: bool = False
+    """False: filtered samples leave the loss, its normaliser and the KL/entropy terms. True (the released
+    code): they stay with advantage 0, count in the token-mean denominator and get KL and entropy terms."""
+    decoupled: bool = False
+    """Decoupled PPO (AReaL) for stale data: ratio against the proximal policy (the weights before this
+    update), times the truncated importance weight pi_prox / pi_behaviour. Needs proximal logprobs."""
+    is_cap: float | None = Field(default=5.0, gt=0.0)
+    """Truncation of the decoupled importance weight (None = no truncation)."""
+    max_staleness: int = Field(default=1, ge=0)
+    """Groups generated by a policy more than this many versions behind the one being trained are dropped
+    (and counted); 0 = strictly on-policy."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        name = data.get("preset", DEFAULT_PRESET)
+        if name not in PRESETS:
+            raise ValueError(f"preset: unknown algorithm {name!r}; valid: {_valid_names()}")
+        return {**PRESETS[name], **data}
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> AlgoConfig:
+        others = {
+            "reward_wrong": self.reward_wrong,
+            "reward_no_answer": self.reward_no_answer,
+            "reward_unparsable": self.reward_unparsable,
+            "reward_timeout": self.reward_timeout,
+            "reward_too_complex": self.reward_too_complex,
+        }
+        for name, value in others.items():
+            if value is not None and value >= self.reward_correct:
+                raise ValueError(f"{name}={value} must be below reward_correct={self.reward_correct}")
+        if self.loss == "sft":
+            if self.advantage in ("mean_zero", "mean_std"):
+                raise ValueError(
+                    f"loss=sft with advantage={self.advantage} gives negative weights to -log pi (unbounded "
+                    "unlikelihood); use advantage=raft or raw, or loss=clipped"
+                )
+            if self.advantage == "raw":
+                kept = [self.reward_correct] if self.filter == "raft" else [
+                    self.reward_correct, *(v for v in others.values() if v is not None)]
+                if min(kept) < 0:
+                    raise ValueError(
+                        f"loss=sft with advantage=raw and filter={self.filter} trains on a negative reward "
+                        f"(reward map min {min(kept)}); use advantage=raft, filter=raft, or rewards >= 0"
+                    )
+            if self.decoupled:
+                raise ValueError("decoupled=True needs a ratio: it applies to loss=clipped, not loss=sft")
+        return self
+
+    def reward_of(self, status: Status) -> float | None:
+        """The reward for one status, or None when the status is invalid (excluded from training)."""
+        if status == Status.CORRECT:
+            return self.reward_correct
+        fallback = {
+            Status.NO_ANSWER: self.reward_no_answer,
+            Status.UNPARSABLE: self.reward_unparsable,
+            Status.TIMEOUT: self.reward_timeout,
+            Status.TOO_COMPLEX: self.reward_too_complex,
+        }
+        if status == Status.WRONG:
+            return self.reward_wrong
+        if status in fallback:
+            v = fallback[status]
+            return self.reward_wrong if v is None else v
+        return None  # ERROR, UNSPECIFIED
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> AlgoConfig:
+        """``AlgoConfig.from_preset("grpo", kl_coef=0.0)``; an unknown name raises ConfigError listing the valid ones."""
+        if name not in PRESETS:
+            raise ConfigError(f"algo.preset: unknown algorithm {name!r}; valid: {_valid_names()}")
+        try:
+            return cls(preset=name, **overrides)
+        except ValidationError as e:
+            raise ConfigError(format_validation_error("algo", e)) from None
+
+
+def reward_from_status(statuses: Tensor, cfg: AlgoConfig) -> tuple[Tensor, Tensor]:
+    """Verifier statuses ``(G, n)`` int (``Status`` values) -> ``rewards (G, n)`` fp32, ``valid (G, n)`` bool.
+
+    Invalid samples (ERROR, UNSPECIFIED) get reward 0 and ``valid = False``; with
+    ``cfg.error_policy == "exclude_group"`` every sample of a group holding one is invalid.
+    An int outside the ``Status`` range raises ValueError.
+    """
+    statuses = statuses.long()
+    n_status = len(Status)
+    if statuses.numel() and (int(statuses.min()) < 0 or int(statuses.max()) >= n_status):
+        bad = statuses[(statuses < 0) | (statuses >= n_status)][0].item()
+        raise ValueError(f"unknown verifier status {bad}; valid: 0..{n_status - 1} ({', '.join(s.name for s in Status)})")
+    table = [cfg.reward_of(Status(i)) for i in range(n_status)]
+    reward_table = torch.tensor([0.0 if v is None else v for v in table], dtype=torch.float32, device=statuses.device)
+    valid_table = torch.tensor([v is not None for v in table], dtype=torch.bool, device=statuses.device)
+    rewards, valid = reward_table[statuses], valid_table[statuses]
+    if cfg.error_policy == "exclude_group":
+        valid = valid & valid.all(dim=-1, keepdim=True)
+    return rewards, valid

@@ -1,0 +1,151 @@
+"""The two entry points of the learner's math: per-batch signals and the per-micro-batch loss.
+
+1. :func:`prepare_batch_signals` runs once per batch of ``G`` groups: verifier status -> reward and
+   validity (:func:`~winnow.learner.algo.reward_from_status`), filter
+   (:func:`~winnow.learner.filters.sample_keep_mask`), advantages over each group's valid samples
+   (:func:`~winnow.learner.advantages.compute_advantages`), sample weights, and batch metrics. Group
+   statistics are computed here, over whole groups, so micro-batching never changes them.
+2. :func:`compute_loss` runs per micro-batch:
+   ``loss = policy + kl_coef * KL(pi || pi_ref) - entropy_coef * H``, each term aggregated by ``cfg.agg``
+   over the tokens of samples with ``sample_weight > 0``, divided by ``loss_scale_tokens`` (the
+   count over the *whole* batch, from :func:`~winnow.learner.losses.loss_denominator`). Then the sum of the
+   micro-batch losses (and of their gradients) equals the loss (gradient) of the whole batch in one piece,
+   for every aggregation mode.
+
+Hard filter (default): filtered samples have ``sample_weight = 0`` and leave the loss, its denominator and
+the KL/entropy terms. Soft filter (``cfg.soft_filter``, the released code): they keep ``sample_weight = 1``
+with advantage 0. Invalid samples (verifier errors) have weight 0 either way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from winnow.learner.advantages import compute_advantages
+from winnow.learner.algo import AlgoConfig, reward_from_status
+from winnow.learner.filters import group_stats, sample_keep_mask
+from winnow.learner.losses import aggregate, clipped_policy_loss, kl_penalty, ratio_stats, sft_loss
+from winnow.verifier.types import Status
+
+
+def prepare_batch_signals(statuses: Tensor, cfg: AlgoConfig) -> dict[str, Any]:
+    """``statuses (G, n)`` int verifier statuses -> per-sample signals and batch metrics.
+
+    Returns ``rewards`` (G, n) fp32, ``correct``, ``valid``, ``keep`` (G, n) bool, ``advantages`` (G, n) fp32
+    (0 outside ``keep``), ``sample_weight`` (G, n) fp32 (``keep``, or ``valid`` under a soft filter) and
+    ``metrics``: dict of floats (``acceptance_rate`` = correct / valid samples, ``kept_group_fraction``,
+    ``kept_sample_fraction``, ``groups_all_correct``, ``groups_all_wrong``, ``groups_mixed``, ``groups_empty``,
+    ``reward_mean`` over valid samples, ``invalid_samples``, ``advantage_abs_mean`` over kept samples).
+    """
+    if statuses.dim() != 2:
+        raise ValueError(f"statuses must be (G, n), got shape {tuple(statuses.shape)}")
+    rewards, valid = reward_from_status(statuses, cfg)
+    correct = (statuses.long() == int(Status.CORRECT)) & valid
+    keep = sample_keep_mask(correct, cfg.filter, valid=valid)
+    advantages = compute_advantages(rewards, cfg.advantage, keep=valid, std=cfg.std, eps=cfg.eps)
+    advantages = torch.where(keep, advantages, torch.zeros_like(advantages))
+    sample_weight = (valid if cfg.soft_filter else keep).to(torch.float32)
+
+    gs = group_stats(correct, valid=valid)
+    n_valid = valid.sum().clamp(min=1)
+    n_keep = keep.sum().clamp(min=1)
+    stacked = torch.stack([
+        correct.sum() / n_valid,
+        keep.any(dim=-1).float().mean() if keep.shape[0] else torch.tensor(0.0),
+        keep.float().mean() if keep.numel() else torch.tensor(0.0),
+        gs["all_correct"].sum(),
+        gs["all_wrong"].sum(),
+        gs["mixed"].sum(),
+        gs["empty"].sum(),
+        (rewards * valid).sum() / n_valid,
+        (~valid).sum(),
+        (advantages.abs() * keep).sum() / n_keep,
+    ]).double().tolist()
+    names = ["acceptance_rate", "kept_group_fraction", "kept_sample_fraction", "groups_all_correct",
+             "groups_all_wrong", "groups_mixed", "groups_empty", "reward_mean", "invalid_samples",
+             "advantage_abs_mean"]
+    return {
+        "rewards": rewards,
+        "correct": correct,
+        "valid": valid,
+        "keep": keep,
+        "advantages": advantages,
+        "sample_weight": sample_weight,
+        "metrics": dict(zip(names, stacked, strict=True)),
+    }
+
+
+def compute_loss(
+    *,
+    logprobs: Tensor,
+    behaviour_logprobs: Tensor,
+    mask: Tensor,
+    advantages: Tensor,
+    sample_weight: Tensor,
+    cfg: AlgoConfig,
+    entropy: Tensor | None = None,
+    ref_logprobs: Tensor | None = None,
+    proximal_logprobs: Tensor | None = None,
+    loss_scale_tokens: float | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """The scalar loss of one micro-batch (to minimise) and float metrics.
+
+    ``logprobs`` (B, T) fp32 with grad; ``behaviour_logprobs`` (B, T) from the generator; ``mask`` (B, T) 1 on
+    response tokens; ``advantages`` (B,) and ``sample_weight`` (B,) from :func:`prepare_batch_signals`
+    (flattened); ``entropy`` (B, T) (needed with grad when ``cfg.entropy_coef > 0``, else only logged);
+    ``ref_logprobs`` (B, T) (needed when ``cfg.kl_coef > 0``); ``proximal_logprobs`` (B, T) (needed iff
+    ``cfg.decoupled``); ``loss_scale_tokens``: the aggregation denominator over the whole batch (None = this
+    micro-batch's own count, correct only without accumulation).
+
+    Metrics: ``loss``, ``pg_loss``, ``kl``, ``entropy`` use the same denominator as the loss, so they *sum*
+    over micro-batches to the batch value; ``clip_frac``, ``dual_clip_frac``, ``ratio_mean``, ``ratio_max``,
+    ``ratio_min``, ``ess``, ``mismatch_kl``, ``is_weight_mean``, ``is_trunc_frac`` are over this
+    micro-batch's weighted tokens (``tokens``).
+    """
+    if cfg.kl_coef > 0 and ref_logprobs is None:
+        raise ValueError(f"cfg.kl_coef={cfg.kl_coef} > 0 needs ref_logprobs (or set kl_coef=0)")
+    if cfg.entropy_coef > 0 and entropy is None:
+        raise ValueError(f"cfg.entropy_coef={cfg.entropy_coef} > 0 needs entropy (with grad)")
+    if cfg.decoupled != (proximal_logprobs is not None):
+        raise ValueError(
+            f"cfg.decoupled={cfg.decoupled} but proximal_logprobs is {'given' if proximal_logprobs is not None else 'None'}"
+        )
+    w_mask = mask.to(logprobs.dtype) * sample_weight.to(logprobs.dtype)[:, None]  # (B, T)
+    adv = advantages.to(logprobs.dtype)
+
+    def agg(values: Tensor) -> Tensor:
+        return aggregate(values, w_mask, cfg.agg, denominator=loss_scale_tokens)
+
+    if cfg.loss == "sft":
+        per_token = sft_loss(logprobs, mask) * (adv[:, None] if adv.dim() == 1 else adv)
+        pg_stats: dict[str, Tensor] = {}
+    else:
+        per_token, pg_stats = clipped_policy_loss(
+            logprobs, behaviour_logprobs, adv, w_mask,
+            eps_low=cfg.eps_low, eps_high=cfg.eps_high, dual_clip_c=cfg.dual_clip_c,
+            proximal_logprobs=proximal_logprobs, is_cap=cfg.is_cap,
+        )
+    pg_loss = agg(per_token)
+    loss = pg_loss
+    zero = pg_loss.detach() * 0
+    kl = zero
+    if ref_logprobs is not None:
+        kl = agg(kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator))
+        loss = loss + cfg.kl_coef * kl if cfg.kl_coef > 0 else loss
+    ent = zero
+    if entropy is not None:
+        ent = agg(entropy if cfg.entropy_coef > 0 else entropy.detach())
+        loss = loss - cfg.entropy_coef * ent if cfg.entropy_coef > 0 else loss
+
+    rs = ratio_stats(logprobs.detach(), behaviour_logprobs, w_mask)
+    names = ["loss", "pg_loss", "kl", "entropy", "clip_frac", "dual_clip_frac", "is_weight_mean", "is_trunc_frac",
+             "ratio_mean", "ratio_max", "ratio_min", "ess", "mismatch_kl", "tokens"]
+    values = [loss.detach(), pg_loss.detach(), kl.detach(), ent.detach(),
+              pg_stats.get("clip_frac", zero), pg_stats.get("dual_clip_frac", zero),
+              pg_stats.get("is_weight_mean", zero + 1), pg_stats.get("is_trunc_frac", zero),
+              rs["ratio_mean"], rs["ratio_max"], rs["ratio_min"], rs["ess"], rs["mismatch_kl"], w_mask.sum()]
+    device = logprobs.device
+    floats = torch.stack([v.detach().to(device=device, dtype=torch.float64).reshape(()) for v in values]).tolist()
+    return loss, dict(zip(names, floats, strict=True))
