@@ -1,0 +1,474 @@
+"""The learner's training step: scored groups in, one optimizer step out.
+
+:class:`Trainer` owns the policy model, an optional frozen reference model and the AdamW
+optimizer. :meth:`Trainer.train_step` reads top to bottom:
+
+    collate -> prepare_batch_signals (rewards, filter, advantages: once over all groups)
+    -> global loss normaliser -> micro-batches of the kept rows
+    -> forward (recompute log pi_theta and entropy; log pi_ref under no_grad) -> compute_loss -> backward
+    -> clip -> AdamW step -> version += 1 -> metrics
+
+The math (filters, advantages, ratios, losses) lives in :mod:`winnow.learner.objective` and is
+not repeated here. Choices made in this file:
+
+- **One optimizer step per call** over the whole batch, gradients accumulated over micro-batches
+  of ``OptimConfig.micro_batch_size`` sequences. Each micro-batch loss is divided by the
+  normaliser of the *whole* batch, so the accumulated gradient equals the full-batch gradient.
+- **Hard filter**: rows whose ``sample_weight`` is 0 contribute nothing (no policy, KL or
+  entropy term), so they are not forwarded at all.
+- **Nothing to train on** (e.g. RAFT on a batch with no correct answer): no forward, no
+  optimizer step (AdamW's momentum and weight decay would move the weights even with a zero
+  gradient), but ``version`` still advances so the pipeline's bookkeeping (staleness, prompt
+  release) keeps moving; ``metrics["skipped"] = 1``. The weights are unchanged.
+- **Decoupled PPO** (``algo.decoupled``): the proximal policy is the current policy before this
+  step's update. Because a call takes exactly one optimizer step, that is the detached
+  log-probs of the same forward pass (AReaL's "recompute proximal logp" needs its extra forward
+  only when one batch feeds several optimizer steps).
+- **Reference model** (``kl_coef > 0`` only): a frozen deep copy of the model at construction,
+  or a model passed in; its log-probs are computed under ``no_grad`` per micro-batch.
+- **Precision**: parameters stay in the dtype they were loaded in (fp32 on CPU). On CUDA with
+  fp32 parameters the forward runs under bf16 autocast. Log-probs and entropy are fp32.
+- **Data parallel** (``dp_group``): see docs/distributed.md. The normaliser is all-reduced so
+  every rank divides by the global count, and the loss is multiplied by the world size to undo
+  the gradient averaging of FSDP/DDP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field
+from winnow.learner.algo import AlgoConfig
+from winnow.learner.batch import GroupData, MicroBatch, TrainBatch, collate
+from winnow.learner.logits import token_logprobs_and_entropy
+from winnow.learner.losses import loss_denominator, ratio_stats
+from winnow.learner.model import response_logits
+from winnow.learner.objective import compute_loss, prepare_batch_signals
+
+from winnow.config import Model
+
+
+class OptimConfig(Model):
+    """AdamW and batching settings of the training step."""
+
+    lr: float = Field(default=1e-6, gt=0)
+    """Peak learning rate (constant after warm-up; the paper uses 1e-6)."""
+    weight_decay: float = Field(default=0.01, ge=0)
+    """AdamW decoupled weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW (beta1, beta2)."""
+    eps: float = Field(default=1e-8, gt=0)
+    """AdamW epsilon."""
+    max_grad_norm: float = Field(default=1.0, ge=0)
+    """Clip the global gradient L2 norm to this value; 0 disables clipping (the norm is still logged)."""
+    warmup_steps: int = Field(default=0, ge=0)
+    """Linear learning-rate warm-up over this many optimizer steps (0 = none)."""
+    micro_batch_size: int = Field(default=8, ge=1)
+    """Sequences per forward/backward pass (gradients are accumulated over the batch)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, ~30% more compute)."""
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+class Trainer:
+    """Owns the policy, the optional reference model and the optimizer; one :meth:`train_step` per batch."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        algo: AlgoConfig,
+        optim: OptimConfig | None = None,
+        *,
+        ref_model: torch.nn.Module | str | None = "copy",
+        pad_token_id: int,
+        device: torch.device | str | None = None,
+        logprob_chunk_size: int = 1024,
+        temperature: float = 1.0,
+        autocast_dtype: torch.dtype | None | str = "auto",
+        dp_group: Any = None,
+    ):
+        """``ref_model``: ``"copy"`` (frozen deep copy of ``model``, made only when ``algo.kl_coef > 0``),
+        a module, or None. ``temperature``: the sampling temperature; logits are divided by it so that
+        pi_theta is the distribution the behaviour log-probs were measured under. ``autocast_dtype``:
+        ``"auto"`` = bf16 autocast on CUDA when the parameters are fp32, none otherwise.
+        ``dp_group``: a torch.distributed process group (or None = the default group when
+        torch.distributed is initialised); see docs/distributed.md.
+        """
+        self.model = model
+        self.algo = algo
+        self.optim_cfg = optim or OptimConfig()
+        self.pad_token_id = int(pad_token_id)
+        self.device = torch.device(device) if device is not None else _model_device(model)
+        if _model_device(model) != self.device:
+            self.model.to(self.device)
+        self.logprob_chunk_size = int(logprob_chunk_size)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+        param_dtype = next(self.model.parameters()).dtype
+        if autocast_dtype == "auto":
+            use_bf16 = self.device.type == "cuda" and param_dtype == torch.float32
+            self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        else:
+            self.autocast_dtype = autocast_dtype
+        self.dp_group = dp_group
+        self.version = 0
+
+        if self.optim_cfg.gradient_checkpointing:
+            kwargs = {"use_reentrant": False}
+            if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5.x
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if hasattr(self.model, "config"):
+            self.model.config.use_cache = False
+        self.model.train()
+
+        self.ref_model: torch.nn.Module | None = None
+        if algo.kl_coef > 0 and ref_model is not None:
+            if isinstance(ref_model, str):
+                if ref_model != "copy":
+                    raise ValueError(f"ref_model must be 'copy', a module or None, got {ref_model!r}")
+                ref_model = copy.deepcopy(self.model)
+            self.ref_model = ref_model.to(self.device).eval()
+            for p in self.ref_model.parameters():
+                p.requires_grad_(False)
+        elif algo.kl_coef > 0:
+            raise ValueError("algo.kl_coef > 0 needs a reference model (ref_model='copy' or a module)")
+
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.dim() < 2 or "norm" in name.lower() else decay).append(p)
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.optim_cfg.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.optim_cfg.lr,
+            betas=self.optim_cfg.betas,
+            eps=self.optim_cfg.eps,
+            foreach=self.device.type != "cpu" or None,
+        )
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def world_size(self) -> int:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(self.dp_group)
+        return 1
+
+    def lr_at(self, version: int) -> float:
+        """The learning rate used for the optimizer step that produces ``version + 1``."""
+        w = self.optim_cfg.warmup_steps
+        return self.optim_cfg.lr * (min(1.0, (version + 1) / w) if w > 0 else 1.0)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _logprobs(self, model: torch.nn.Module, mb: MicroBatch, with_entropy: bool):
+        """log pi(a_t) (b, t) fp32 and entropy (b, t) fp32 or None for the micro-batch's response tokens."""
+        with self._autocast():
+            logits = response_logits(
+                model, mb.input_ids, mb.attention_mask, mb.position_ids, mb.prompt_width, mb.response_width
+            )
+        return token_logprobs_and_entropy(
+            logits,
+            mb.targets,
+            chunk_size=self.logprob_chunk_size,
+            temperature=self.temperature,
+            with_entropy=with_entropy,
+        )
+
+    def _micro_batches(self, batch: TrainBatch, rows: torch.Tensor) -> list[torch.Tensor]:
+        """Chunks of ``rows``, longest sequences first (similar lengths together: less padding)."""
+        lengths = (batch.prompt_lengths + batch.response_lengths).index_select(0, rows)
+        order = rows[torch.argsort(lengths, descending=True, stable=True)]
+        return list(torch.split(order, self.optim_cfg.micro_batch_size))
+
+    def _all_reduce(self, values: torch.Tensor, op: str) -> torch.Tensor:
+        """``values`` reduced over the data-parallel group (``op``: "sum" or "max"); identity on one rank."""
+        if self.world_size > 1:
+            dist = torch.distributed
+            values = values.to(self.device)
+            dist.all_reduce(
+                values, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX, group=self.dp_group
+            )
+        return values.cpu()
+
+    # ------------------------------------------------------------------ the step
+    def train_step(self, groups: list[GroupData]) -> dict[str, float]:
+        """One optimizer step on ``groups`` (G groups of n samples); returns float metrics.
+
+        Metrics: the objective's ``loss``, ``pg_loss``, ``kl``, ``entropy`` (summed over micro-batches:
+        the batch values), ``clip_frac`` etc. (token-weighted over micro-batches), ratio statistics over
+        all trained tokens, the filter metrics of ``prepare_batch_signals``, ``grad_norm`` (before
+        clipping), ``lr``, ``tokens`` (trained response tokens), ``staleness_mean/max``
+        (``version - group.policy_version`` before the step), timings and ``skipped``.
+        """
+        t_start = time.perf_counter()
+        metrics = self.forward_backward(groups)
+        t_opt = time.perf_counter()
+        grad_norm, stepped = self.optimizer_step(skip=bool(metrics["skipped"]))
+        metrics["time_optimizer_s"] = time.perf_counter() - t_opt
+        metrics["grad_norm"] = grad_norm
+        metrics["skipped"] = float(not stepped)
+        total = time.perf_counter() - t_start
+        metrics["time_total_s"] = total
+        metrics["tokens_per_s"] = metrics["tokens"] / total if total > 0 else 0.0
+        if self.world_size > 1:
+            metrics = self._reduce_metrics(metrics)
+        return metrics
+
+    def forward_backward(self, groups: list[GroupData]) -> dict[str, float]:
+        """Accumulate the gradient of the whole batch's loss into ``.grad`` (zeroed first); metrics.
+
+        ``metrics["skipped"]`` is 1 when no sample carries weight (nothing was forwarded).
+        """
+        t_start = time.perf_counter()
+        algo = self.algo
+        batch = collate(groups, self.pad_token_id).to(self.device)
+
+        # rewards, filter, advantages: once over the whole batch
+        sig = prepare_batch_signals(batch.statuses, algo)
+        advantages = sig["advantages"].reshape(-1).to(self.device, torch.float32)  # (B,)
+        sample_weight = sig["sample_weight"].reshape(-1).to(self.device, torch.float32)  # (B,)
+        mask = batch.response_mask.to(torch.float32)  # (B, T)
+
+        # the global normaliser (summed over data-parallel ranks)
+        denom_local = loss_denominator(mask, sample_weight, algo.agg)
+        denom = float(self._all_reduce(torch.tensor([denom_local], dtype=torch.float64), "sum")[0])
+        rows = torch.nonzero((sample_weight != 0) & (batch.response_lengths > 0)).flatten()
+        skipped = denom <= 0 or rows.numel() == 0
+
+        B, T = batch.targets.shape
+        logprobs_all = torch.zeros(B, T, device=self.device)  # (B, T) log pi_theta, detached
+        acc: dict[str, float] = {}
+        t_fwd = t_ref = t_bwd = 0.0
+        scale = float(self.world_size)  # undo FSDP/DDP gradient averaging: each rank holds a share of a sum
+
+        self.optimizer.zero_grad(set_to_none=True)
+        for idx in [] if skipped else self._micro_batches(batch, rows):
+            mb = batch.rows(idx)
+            t0 = time.perf_counter()
+            logprobs, entropy = self._logprobs(self.model, mb, with_entropy=True)
+            _sync(self.device)
+            t1 = time.perf_counter()
+            ref_logprobs = None
+            if self.ref_model is not None:
+                with torch.no_grad():
+                    ref_logprobs, _ = self._logprobs(self.ref_model, mb, with_entropy=False)
+                _sync(self.device)
+            t2 = time.perf_counter()
+            loss, m = compute_loss(
+                logprobs=logprobs,
+                behaviour_logprobs=mb.behaviour_logprobs,
+                mask=mb.response_mask.to(torch.float32),
+                advantages=advantages[idx],
+                sample_weight=sample_weight[idx],
+                cfg=algo,
+                entropy=entropy,
+                ref_logprobs=ref_logprobs,
+                proximal_logprobs=logprobs.detach() if algo.decoupled else None,
+                loss_scale_tokens=denom,
+            )
+            (loss * scale).backward()
+            _sync(self.device)
+            t3 = time.perf_counter()
+            t_fwd, t_ref, t_bwd = t_fwd + t1 - t0, t_ref + t2 - t1, t_bwd + t3 - t2
+            logprobs_all[idx, : mb.response_width] = logprobs.detach()
+            _accumulate_loss_metrics(acc, m)
+
+        # metrics: ratio statistics over every trained token of the batch
+        trained = torch.zeros_like(mask)
+        trained[rows] = mask[rows] * sample_weight[rows, None]
+        rs = ratio_stats(logprobs_all, batch.behaviour_logprobs, trained)
+        staleness = (self.version - batch.group_policy_versions).to(torch.float32)
+        n_tok = acc.pop("_tokens", 0.0)
+        metrics: dict[str, float] = {
+            "loss": acc.get("loss", 0.0),
+            "pg_loss": acc.get("pg_loss", 0.0),
+            "kl": acc.get("kl", 0.0),
+            "entropy": acc.get("entropy", 0.0),
+        }
+        for k in ("clip_frac", "dual_clip_frac", "is_weight_mean", "is_trunc_frac"):
+            metrics[k] = acc.get(k, 0.0) / n_tok if n_tok > 0 else (1.0 if k == "is_weight_mean" else 0.0)
+        metrics.update(
+            {k: float(rs[k]) for k in ("ratio_mean", "ratio_max", "ratio_min", "ess", "mismatch_kl")}
+        )
+        metrics.update(
+            {
+                "skipped": float(skipped),
+                "lr": self.lr_at(self.version),
+                "tokens": float(mask[rows].sum()),
+                "tokens_total": float(mask.sum()),
+                "sequences": float(rows.numel()),
+                "groups": float(batch.num_groups),
+                "staleness_mean": float(staleness.mean()),
+                "staleness_max": float(staleness.max()),
+                "response_length_mean": float(batch.response_lengths.to(torch.float32).mean()),
+                "truncated_fraction": sum(r == "length" for r in batch.finish_reasons) / batch.num_sequences,
+                "time_forward_s": t_fwd,
+                "time_ref_s": t_ref,
+                "time_backward_s": t_bwd,
+                "time_forward_backward_s": time.perf_counter() - t_start,
+            }
+        )
+        metrics.update({k: float(v) for k, v in sig["metrics"].items()})
+        return metrics
+
+    def optimizer_step(self, skip: bool = False) -> tuple[float, bool]:
+        """Clip the accumulated gradient, take the AdamW step (unless ``skip`` or a non-finite norm) and
+        advance ``version``. Returns ``(grad_norm before clipping, stepped)``."""
+        stepped = False
+        grad_norm = 0.0
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if not skip and params:
+            max_norm = self.optim_cfg.max_grad_norm if self.optim_cfg.max_grad_norm > 0 else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            if math.isfinite(grad_norm):
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.lr_at(self.version)
+                self.optimizer.step()
+                stepped = True
+        self.optimizer.zero_grad(set_to_none=True)
+        _sync(self.device)
+        self.version += 1
+        return grad_norm, stepped
+
+    def _reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Across ranks: sums for counts, max for maxima, means (unweighted over ranks) otherwise."""
+        keys = sorted(metrics)
+        sums = {"tokens", "tokens_total", "sequences", "groups", "loss"}
+        vals = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
+        summed = self._all_reduce(vals.clone(), "sum")
+        maxed = self._all_reduce(vals.clone(), "max")
+        w = self.world_size
+        out = {}
+        for i, k in enumerate(keys):
+            if k.endswith("_max") or k.startswith("time_"):
+                out[k] = float(maxed[i])
+            elif k in sums:
+                out[k] = float(summed[i])
+            else:
+                out[k] = float(summed[i]) / w
+        out["tokens_per_s"] = out["tokens"] / out["time_total_s"] if out["time_total_s"] > 0 else 0.0
+        return out
+
+    # ------------------------------------------------------------------ checkpoints and weights
+    def state_dict(self) -> dict[str, Any]:
+        """Model, optimizer and version, for checkpoints.
+
+        The reference model is not included: it is the model the Trainer was constructed with, so a
+        resumed run builds its Trainer from the *initial* weights and then loads this state dict.
+        """
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "version": self.version,
+        }
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.model.load_state_dict(sd["model"])
+        self.optimizer.load_state_dict(sd["optimizer"])
+        self.version = int(sd["version"])
+
+    def save_weights(self, path: str | Path, dtype: torch.dtype | None = None) -> str:
+        """Write the model's full state dict as one ``model.safetensors`` and return its hex sha256.
+
+        ``path`` is a ``.safetensors`` file or a directory (``model.safetensors`` inside it). Tensors
+        sharing storage (tied embeddings) are written once, under their first name in the state dict
+        (as ``save_pretrained`` does); the metadata records the dropped aliases and the version. The
+        file appears atomically (written to a temporary name, fsynced, renamed).
+        """
+        return save_state_dict(
+            self.full_state_dict(), path, dtype=dtype, metadata={"version": str(self.version)}
+        )
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The unsharded state dict (gathers FSDP2 DTensors to full CPU tensors when sharded)."""
+        params = list(self.model.parameters())
+        if params and type(params[0]).__name__ == "DTensor":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            return get_model_state_dict(
+                self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
+        return self.model.state_dict()
+
+
+def _accumulate_loss_metrics(acc: dict[str, float], m: dict[str, float]) -> None:
+    """Sum the objective's batch-normalised terms; weight the per-micro-batch means by their tokens."""
+    for k in ("loss", "pg_loss", "kl", "entropy"):
+        acc[k] = acc.get(k, 0.0) + m[k]
+    w = m["tokens"]
+    acc["_tokens"] = acc.get("_tokens", 0.0) + w
+    for k in ("clip_frac", "dual_clip_frac", "is_weight_mean", "is_trunc_frac"):
+        acc[k] = acc.get(k, 0.0) + m[k] * w
+
+
+def save_state_dict(
+    state_dict: dict[str, torch.Tensor],
+    path: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    metadata: dict[str, str] | None = None,
+) -> str:
+    """Atomically write ``state_dict`` as one safetensors file (see :meth:`Trainer.save_weights`); hex sha256."""
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    if p.suffix != ".safetensors":
+        p = p / "model.safetensors"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    aliases: dict[str, str] = {}
+    for name, t in state_dict.items():
+        t = t.detach()
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)) if t.numel() else None
+        if key is not None and key in seen:
+            aliases[name] = seen[key]
+            continue
+        if key is not None:
+            seen[key] = name
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        tensors[name] = t.to("cpu").contiguous()
+    meta = {"format": "pt", **(metadata or {})}
+    if aliases:
+        meta["tied"] = json.dumps(aliases)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        h = hashlib.sha256()
+        with open(tmp, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return h.hexdigest()
