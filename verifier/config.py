@@ -1,0 +1,116 @@
+"""Configuration of the verifier service (``winnow verifier serve``): the ``verifier`` section.
+
+Resolved like every winnow config (see :mod:`winnow.config`): defaults < file (``verifier:``
+subtree) < env ``WINNOW_VERIFIER_<FIELD>`` (nested: ``WINNOW_VERIFIER_TLS__CERT_FILE``) < flags.
+The bearer token can come from the field, from ``WINNOW_VERIFIER_TOKEN`` (the field's env name) or
+from a file (``token_file``: a mounted Kubernetes Secret); see :meth:`VerifierConfig.resolve_token`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+
+from winnow.config import ConfigError, Model, Settings, settings_config
+
+
+class TLSConfig(Model):
+    """Server-side TLS. Both files set = TLS on; both empty = plaintext."""
+
+    cert_file: Path | None = None
+    """PEM certificate chain of the server (e.g. ``tls.crt`` of a Kubernetes TLS Secret)."""
+    key_file: Path | None = None
+    """PEM private key of the server (``tls.key``)."""
+    client_ca_file: Path | None = None
+    """Optional PEM CA bundle: when set, clients must present a certificate signed by it (mutual TLS)."""
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> TLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls.cert_file and tls.key_file must be set together")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("tls.client_ca_file needs tls.cert_file and tls.key_file")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
+
+
+class VerifierConfig(Settings):
+    """The math verifier gRPC service (winnow.v1.Verifier) and its grading engine."""
+
+    section = "verifier"
+    model_config = settings_config("verifier")
+
+    host: str = "127.0.0.1"
+    """Address to bind. Loopback by default; use 0.0.0.0 (or [::]) in a container/Kubernetes."""
+    port: int = Field(default=50051, ge=0, le=65535)
+    """gRPC port; 0 picks a free port (logged at start-up)."""
+    workers: int = Field(default=0, ge=0, le=256)
+    """Engine worker processes for the symbolic path; 0 = one per CPU core."""
+    timeout_s: float = Field(default=2.0, gt=0, le=120)
+    """Per-item wall-clock budget for the symbolic path; past it the worker is killed (status timeout)."""
+    memory_mb: int = Field(default=1024, ge=128, le=65536)
+    """Address-space limit of each engine worker (RLIMIT_AS), in MiB."""
+    max_tasks_per_worker: int = Field(default=500, ge=1)
+    """Recycle an engine worker after this many symbolic tasks (sympy caches grow)."""
+    cache_size: int = Field(default=65536, ge=0)
+    """Entries of the verdict LRU cache keyed by canonical (gold, answer); 0 disables it."""
+    max_batch_items: int = Field(default=4096, ge=1, le=1_000_000)
+    """Most items one VerifyBatch call may carry; more is INVALID_ARGUMENT (clients chunk)."""
+    max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=4096, le=2**31 - 1)
+    """Largest gRPC message received or sent, in bytes; a larger request is RESOURCE_EXHAUSTED."""
+    batch_deadline_s: float = Field(default=120.0, ge=0)
+    """Total budget of one VerifyBatch call; items still undecided then get status timeout. 0 = none."""
+    max_concurrent_rpcs: int = Field(default=0, ge=0)
+    """Most RPCs served at once (more wait in gRPC's queue, then RESOURCE_EXHAUSTED); 0 = unlimited."""
+    metrics_port: int = Field(default=9101, ge=-1, le=65535)
+    """Prometheus port serving /metrics and /health; 0 picks a free port, -1 disables it."""
+    metrics_host: str | None = None
+    """Address of the metrics HTTP server; default: the same as ``host``."""
+    tls: TLSConfig = TLSConfig()
+    """Optional TLS for the gRPC port."""
+    token: SecretStr | None = None
+    """Optional bearer token: calls must send ``authorization: Bearer <token>``. Env: WINNOW_VERIFIER_TOKEN."""
+    token_file: Path | None = None
+    """File holding the bearer token (a mounted Kubernetes Secret); used when ``token`` is unset."""
+    grace_s: float = Field(default=10.0, ge=0, le=3600)
+    """On SIGTERM/SIGINT: health goes NOT_SERVING, then in-flight calls get this long to finish."""
+
+    @property
+    def engine_workers(self) -> int:
+        """``workers`` with 0 resolved to the number of CPU cores."""
+        return self.workers or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+    def resolve_token(self) -> str | None:
+        """The bearer token: ``token`` (or WINNOW_VERIFIER_TOKEN), else the stripped ``token_file``."""
+        if self.token is not None and self.token.get_secret_value():
+            return self.token.get_secret_value()
+        if self.token_file is None:
+            return None
+        try:
+            value = self.token_file.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"verifier.token_file: cannot read {self.token_file}: {e.strerror}") from None
+        if not value:
+            raise ConfigError(f"verifier.token_file: {self.token_file} is empty")
+        return value
+
+    def read_tls(self) -> tuple[bytes, bytes, bytes | None] | None:
+        """(cert chain, key, client CA or None) as bytes, or None when TLS is off."""
+        if not self.tls.enabled:
+            return None
+        out = []
+        for name in ("cert_file", "key_file", "client_ca_file"):
+            path = getattr(self.tls, name)
+            if path is None:
+                out.append(None)
+                continue
+            try:
+                out.append(Path(path).read_bytes())
+            except OSError as e:
+                raise ConfigError(f"verifier.tls.{name}: cannot read {path}: {e.strerror}") from None
+        return out[0], out[1], out[2]

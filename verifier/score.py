@@ -1,0 +1,310 @@
+"""``winnow score``: grade a JSONL file of answers, in-process or through a running verifier.
+
+Input: one JSON object per line::
+
+    {"id": "q1", "response": "... so the answer is \\boxed{42}", "gold": "42", "task": "gsm8k", "options": {}}
+
+``response`` (string) and ``gold`` (string or number) are required; ``id``, ``task`` (string) and
+``options`` (object of scalars) are optional. Every other field is copied through untouched.
+
+Output: one line per input line, in input order: the input object plus ``status`` (correct, wrong,
+no_answer, unparsable, timeout, too_complex, error), ``correct`` (bool), ``extracted``, ``path``,
+``detail`` and ``latency_ms`` (these names overwrite input fields of the same name). ``id`` is
+optional and never used for matching: items travel under their line number, so duplicate or
+missing ids are fine. Blank lines are skipped (they produce no output line).
+
+A malformed line (bad JSON, not an object, missing or mistyped field) becomes an error record at
+its position, e.g. ``{"line": 7, "status": "error", "correct": false, "error": "line 7: missing
+field 'gold'"}``; the other lines are still scored.
+
+Exit status: 0 when every line was scored without error; 1 when some lines were malformed or got
+status ``error``; 2 for usage/config errors; 3 when the remote verifier stayed unavailable.
+A summary (counts by status, malformed lines, throughput) goes to stderr.
+
+Memory stays bounded: lines are read, scored and written in chunks of ``--batch-size`` with at most
+``inflight`` chunks outstanding, so files of any length stream through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from winnow.verifier.types import Item, Status, Verdict
+
+Scorer = Callable[[list[Item]], Awaitable[list[Verdict]]]
+RESULT_FIELDS = ("status", "correct", "extracted", "path", "detail", "latency_ms")
+
+
+class LineError(ValueError):
+    """A malformed input line; the message starts with ``line N:``."""
+
+
+@dataclass(slots=True)
+class Parsed:
+    line: int
+    record: dict[str, Any] | None = None
+    item: Item | None = None
+    error: str = ""
+
+
+@dataclass
+class Summary:
+    lines: int = 0
+    counts: collections.Counter = field(default_factory=collections.Counter)
+    malformed: int = 0
+    first_malformed: str = ""
+    elapsed_s: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return self.malformed > 0 or self.counts[Status.ERROR.label] > 0
+
+    def format(self) -> str:
+        rate = self.lines / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        order = [s.label for s in Status if s != Status.UNSPECIFIED]
+        counts = ", ".join(f"{k} {self.counts[k]}" for k in order if self.counts[k])
+        text = f"winnow score: {self.lines} lines in {self.elapsed_s:.2f}s ({rate:.1f} lines/s): {counts or 'none'}"
+        if self.malformed:
+            text += f"; {self.malformed} malformed line{'s' if self.malformed > 1 else ''} (first: {self.first_malformed})"
+        return text
+
+
+def _scalar(name: str, value: Any, line: int) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, str):
+        return value
+    raise LineError(f"line {line}: field {name!r} must be a string or number, got {type(value).__name__}")
+
+
+def parse_line(line: int, text: str) -> Parsed:
+    """One JSONL line -> the record and its Item, or an error naming the line."""
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as e:
+        return Parsed(line, error=f"line {line}: invalid JSON: {e.msg} (column {e.colno})")
+    try:
+        if not isinstance(record, dict):
+            raise LineError(f"line {line}: expected a JSON object, got {type(record).__name__}")
+        for name in ("response", "gold"):
+            if name not in record:
+                raise LineError(f"line {line}: missing field {name!r}")
+        if not isinstance(record["response"], str):
+            raise LineError(
+                f"line {line}: field 'response' must be a string, got {type(record['response']).__name__}"
+            )
+        gold = record["gold"]
+        if isinstance(gold, bool) or not isinstance(gold, (str, int, float)):
+            raise LineError(f"line {line}: field 'gold' must be a string or number, got {type(gold).__name__}")
+        task = record.get("task")
+        if task is not None and not isinstance(task, str):
+            raise LineError(f"line {line}: field 'task' must be a string, got {type(task).__name__}")
+        options = record.get("options")
+        if options is not None and not isinstance(options, dict):
+            raise LineError(f"line {line}: field 'options' must be an object, got {type(options).__name__}")
+        opts = {str(k): _scalar(f"options.{k}", v, line) for k, v in (options or {}).items()}
+    except LineError as e:
+        return Parsed(line, record=record if isinstance(record, dict) else None, error=str(e))
+    item = Item(id=str(line), response=record["response"], gold=str(gold), task=task or "", options=opts)
+    return Parsed(line, record=record, item=item)
+
+
+def error_record(p: Parsed) -> dict[str, Any]:
+    out: dict[str, Any] = {"line": p.line}
+    if p.record is not None and "id" in p.record:
+        out["id"] = p.record["id"]
+    out.update(status=Status.ERROR.label, correct=False, error=p.error)
+    return out
+
+
+def result_record(record: dict[str, Any], v: Verdict) -> dict[str, Any]:
+    out = dict(record)
+    out.update(
+        status=v.status.label,
+        correct=v.status == Status.CORRECT,
+        extracted=v.extracted,
+        path=v.path,
+        detail=v.detail,
+        latency_ms=round(v.latency_ms, 3),
+    )
+    return out
+
+
+def read_chunks(lines: Iterable[str], size: int) -> Iterator[list[tuple[int, str]]]:
+    """(line number, text) in chunks of ``size`` non-blank lines; line numbers start at 1."""
+    chunk: list[tuple[int, str]] = []
+    for n, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        chunk.append((n, text))
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+async def score_lines(
+    lines: Iterable[str],
+    out: IO[str],
+    scorer: Scorer,
+    *,
+    batch_size: int = 256,
+    inflight: int = 2,
+    progress: Any = None,
+) -> Summary:
+    """Score ``lines`` with ``scorer`` and write one output line per non-blank input line, in order.
+
+    At most ``inflight`` chunks of ``batch_size`` lines are held in memory at once.
+    """
+    summary = Summary()
+    start = time.perf_counter()
+    pending: collections.deque[tuple[list[Parsed], asyncio.Task | None]] = collections.deque()
+
+    async def flush() -> None:
+        parsed, task = pending.popleft()
+        verdicts = iter(await task) if task is not None else iter(())
+        for p in parsed:
+            if p.item is None:
+                summary.malformed += 1
+                summary.first_malformed = summary.first_malformed or p.error
+                rec = error_record(p)
+            else:
+                v = next(verdicts)
+                if v.id != p.item.id:
+                    raise RuntimeError(f"verifier answered id {v.id!r} for line {p.line}")
+                summary.counts[v.status.label] += 1
+                rec = result_record(p.record, v)
+            out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        summary.lines += len(parsed)
+        if progress is not None:
+            progress.update(len(parsed))
+
+    try:
+        for chunk in read_chunks(lines, batch_size):
+            parsed = [parse_line(n, text) for n, text in chunk]
+            items = [p.item for p in parsed if p.item is not None]
+            task = asyncio.ensure_future(scorer(items)) if items else None
+            pending.append((parsed, task))
+            while len(pending) > inflight:
+                await flush()
+            await asyncio.sleep(0)
+        while pending:
+            await flush()
+    finally:
+        for _, task in pending:
+            if task is not None:
+                task.cancel()
+        out.flush()
+        summary.elapsed_s = time.perf_counter() - start
+    return summary
+
+
+def _count_lines(path: str) -> int | None:
+    try:
+        with open(path, "rb") as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    except OSError:
+        return None
+
+
+def run(args) -> int:
+    """Entry point of ``winnow score`` (args from :func:`winnow.verifier.main.register`)."""
+    from winnow.verifier.config import VerifierConfig
+
+    from winnow.config import load_config, parse_overrides
+
+    if args.batch_size < 1:
+        print("winnow score: --batch-size must be >= 1", file=sys.stderr)
+        return 2
+    if args.output and args.input != "-" and os.path.abspath(args.output) == os.path.abspath(args.input):
+        print("winnow score: -o must differ from the input file", file=sys.stderr)
+        return 2
+    overrides = parse_overrides(getattr(args, "set", None))
+    if args.workers is not None:
+        overrides["workers"] = args.workers
+    cfg = load_config(VerifierConfig, args.config, overrides)
+    try:
+        src = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115
+    except OSError as e:
+        print(f"winnow score: cannot read {args.input}: {e.strerror}", file=sys.stderr)
+        return 2
+    try:
+        dst = sys.stdout if not args.output or args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
+    except OSError as e:
+        print(f"winnow score: cannot write {args.output}: {e.strerror}", file=sys.stderr)
+        return 2
+    show = args.progress if args.progress is not None else sys.stderr.isatty()
+    bar = None
+    if show:
+        from tqdm import tqdm
+
+        total = _count_lines(args.input) if args.input != "-" else None
+        bar = tqdm(total=total, unit="line", file=sys.stderr, dynamic_ncols=True, desc="score")
+    try:
+        summary = asyncio.run(_run_async(args, cfg, src, dst, bar))
+    except _Unavailable as e:
+        print(f"winnow score: {e}", file=sys.stderr)
+        return 3
+    finally:
+        if bar is not None:
+            bar.close()
+        if src is not sys.stdin:
+            src.close()
+        if dst is not sys.stdout:
+            dst.close()
+    print(summary.format(), file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+class _Unavailable(RuntimeError):
+    pass
+
+
+async def _run_async(args, cfg, src, dst, bar) -> Summary:
+    if args.verifier:
+        from winnow.verifier.client import VerifierClient, VerifierUnavailableError
+
+        token = args.token or os.environ.get("WINNOW_VERIFIER_TOKEN") or None
+        client = VerifierClient(
+            args.verifier,
+            token=token,
+            tls=args.tls,
+            root_certificates=args.ca_file,
+            max_batch_items=min(args.batch_size, cfg.max_batch_items),
+            retry_total_s=args.retry_s,
+        )
+        try:
+            return await score_lines(src, dst, client.verify_batch, batch_size=args.batch_size, progress=bar)
+        except VerifierUnavailableError as e:
+            raise _Unavailable(str(e)) from None
+        finally:
+            await client.close()
+
+    from winnow.verifier.engine import MathVerifier
+
+    engine = MathVerifier(
+        workers=cfg.engine_workers,
+        timeout_s=cfg.timeout_s,
+        memory_mb=cfg.memory_mb,
+        max_tasks_per_worker=cfg.max_tasks_per_worker,
+        cache_size=cfg.cache_size,
+    )
+    try:
+
+        async def scorer(items: list[Item]) -> list[Verdict]:
+            return await asyncio.to_thread(engine.verify_batch, items)
+
+        return await score_lines(src, dst, scorer, batch_size=args.batch_size, progress=bar)
+    finally:
+        engine.close()
