@@ -128,7 +128,7 @@ def test_gradient_checkpointing_gives_the_same_gradient():
     t2 = Trainer(
         m2, t1.algo, t1.optim_cfg.model_copy(update={"gradient_checkpointing": True}), pad_token_id=0
     )
-    assert m2.is_gradient_checkpointing and not m1.is_gradient_checkpointing
+    assert m2.is_activation_checkpointing and not m1.is_activation_checkpointing
     t1.forward_backward(groups)
     t2.forward_backward(groups)
     for (k, p1), p2 in zip(m1.named_parameters(), m2.parameters(), strict=True):
