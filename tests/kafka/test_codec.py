@@ -1,0 +1,121 @@
+"""Codec, Deduper and OffsetTracker: pure logic, no broker."""
+
+import pytest
+from aiokafka import ConsumerRecord, TopicPartition
+
+from winnow.config import KafkaConfig
+from winnow.kafka import (
+    TYPE_HEADER,
+    WEIGHTS_KEY,
+    DecodeError,
+    Deduper,
+    OffsetTracker,
+    decode,
+    decode_record,
+    encode,
+    message_key,
+    topics,
+    type_name,
+)
+from winnow.v1 import messages_pb2
+
+
+def _record(value, offset=0, headers=(), topic="t", partition=0):
+    return ConsumerRecord(
+        topic, partition, offset, 0, 0, None, value, None, len(value or b""), 0, list(headers)
+    )
+
+
+def test_topic_names():
+    t = topics(KafkaConfig(topic_prefix="run7"))
+    assert t == ("run7.prompts", "run7.groups", "run7.weights")
+
+
+@pytest.mark.parametrize("which", ["prompt_request", "scored_group", "weight_announcement"])
+def test_round_trip_each_type(build, which):
+    msg = getattr(build, which)(7)
+    back = decode(type(msg), encode(msg))
+    assert back == msg
+    assert back.SerializeToString() == msg.SerializeToString()
+
+
+def test_keys(build):
+    assert message_key(build.scored_group(3)) == b"req-3"
+    assert message_key(build.prompt_request(4)) == b"req-4"
+    assert message_key(build.weight_announcement(9)) == WEIGHTS_KEY
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\xff\xff\xff\xff", b"\x0a\x05ab", b"hello world, not protobuf", b"", None],
+    ids=["bad-varint", "truncated", "text", "empty", "null"],
+)
+def test_garbage_is_decode_error(data):
+    with pytest.raises(DecodeError):
+        decode(messages_pb2.ScoredGroup, data)
+
+
+def test_invariants_checked(build):
+    g = build.scored_group(1)
+    del g.samples[1].behaviour_logprobs[-1]
+    with pytest.raises(DecodeError, match=r"samples\[1\]: 2 behaviour_logprobs for 3 response_token_ids"):
+        decode(messages_pb2.ScoredGroup, g.SerializeToString())
+    with pytest.raises(DecodeError, match="behaviour_logprobs"):
+        encode(g)  # producers cannot ship it either
+    w = build.weight_announcement(1)
+    w.sha256 = "abc"
+    with pytest.raises(DecodeError, match="sha256"):
+        decode(messages_pb2.WeightAnnouncement, w.SerializeToString())
+    p = build.prompt_request(1)
+    p.request_id = ""
+    with pytest.raises(DecodeError, match=r"PromptRequest.request_id is empty"):
+        decode(messages_pb2.PromptRequest, p.SerializeToString())
+
+
+def test_decode_record_counts_and_skips(build):
+    seen = []
+    good = _record(
+        encode(build.scored_group(1)), headers=[(TYPE_HEADER, type_name(messages_pb2.ScoredGroup).encode())]
+    )
+    assert decode_record(messages_pb2.ScoredGroup, good, lambda r, rec: seen.append(r)).request_id == "req-1"
+    # a prompt request on the groups topic: declared type mismatch
+    wrong = _record(encode(build.prompt_request(1)), headers=[(TYPE_HEADER, b"winnow.v1.PromptRequest")])
+    assert decode_record(messages_pb2.ScoredGroup, wrong, lambda r, rec: seen.append(r)) is None
+    assert (
+        decode_record(messages_pb2.ScoredGroup, _record(b"\xff\xff"), lambda r, rec: seen.append(r)) is None
+    )
+    assert len(seen) == 2 and "declares type" in seen[0]
+
+
+def test_deduper_lru():
+    d = Deduper(capacity=3)
+    assert d.add("a") and d.add("b") and d.add("c")
+    assert not d.add("a")  # repeat; "a" becomes most recent: order b, c, a
+    assert d.add("d")  # evicts "b"
+    assert "b" not in d and "a" in d and len(d) == 3
+    assert d.add("b")  # forgotten, so new again (capacity bounds memory, not correctness window)
+    assert d.ids() == ["a", "d", "b"]
+    d2 = Deduper.from_ids(d.ids(), capacity=3)
+    assert not d2.add("d") and d2.ids() == ["a", "b", "d"]
+    with pytest.raises(ValueError):
+        Deduper(0)
+
+
+def test_offset_tracker_out_of_order():
+    tp = TopicPartition("g", 0)
+    tr = OffsetTracker()
+    recs = [_record(b"x", offset=o, topic="g") for o in (10, 11, 12, 13)]
+    for r in recs:
+        tr.track(r)
+    assert tr.committable() == {tp: 10}
+    tr.done(recs[1])
+    tr.done(recs[2])
+    assert tr.committable() == {tp: 10}  # 10 still pending: nothing below 11 may be committed
+    tr.done(recs[0])
+    assert tr.committable() == {tp: 13}
+    tr.mark_committed(tr.to_commit())
+    assert tr.to_commit() == {}
+    tr.done(recs[3])
+    assert tr.to_commit() == {tp: 14} and tr.pending() == 0
+    tr.forget([tp])
+    assert tr.committable() == {}

@@ -1,0 +1,593 @@
+"""Kafka plumbing shared by every winnow service: topics, codec, clients, commits, dedupe.
+
+Topics (``<prefix>`` is ``KafkaConfig.topic_prefix``; see docs/kafka.md):
+
+====================  ==========  ==========  ==================  ==================
+topic                 producer    consumer    message             key
+====================  ==========  ==========  ==================  ==================
+<prefix>.prompts      learner     generators  PromptRequest       request_id
+<prefix>.groups       generators  learner     ScoredGroup         request_id
+<prefix>.weights      learner     generators  WeightAnnouncement  ``weights`` (compacted)
+====================  ==========  ==========  ==================  ==================
+
+Delivery is at-least-once: consumers commit offsets by hand (:func:`commit_offsets`, with
+:class:`OffsetTracker` telling which offsets are safe) only after the work they did with a
+message is durable, so a crash re-delivers, never loses. Exactly-once *into training* comes from
+idempotency: every message carries a ``request_id`` and consumers drop repeats with
+:class:`Deduper`. A payload that does not decode is logged, counted and skipped
+(:func:`decode_record`), never allowed to crash a consumer loop.
+
+Everything here works on Apache Kafka and on the two local brokers of :mod:`winnow.brokers`;
+where a broker deviates (Tansu's ListOffsets "latest", idempotent producer) the functions avoid
+depending on the deviating behaviour and say so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import re
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, NamedTuple, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from google.protobuf import message as pb_message
+
+from winnow.config import KafkaConfig
+from winnow.v1 import messages_pb2
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=pb_message.Message)
+
+PromptRequest = messages_pb2.PromptRequest
+ScoredGroup = messages_pb2.ScoredGroup
+WeightAnnouncement = messages_pb2.WeightAnnouncement
+
+#: Key of every message on the weights topic: one key, so compaction keeps only the latest.
+WEIGHTS_KEY = b"weights"
+#: Record header naming the protobuf type of the value (lets a consumer reject a wrong topic).
+TYPE_HEADER = "winnow-type"
+
+# Kafka error codes handled by ensure_topics
+_TOPIC_ALREADY_EXISTS = 36
+_INVALID_CONFIG = 40
+_POLICY_VIOLATION = 44
+
+
+# --------------------------------------------------------------------------------------- topics
+
+
+class Topics(NamedTuple):
+    prompts: str
+    groups: str
+    weights: str
+
+
+def topics(cfg: KafkaConfig) -> Topics:
+    """The three topic names for ``cfg.topic_prefix``."""
+    return Topics(cfg.topic("prompts"), cfg.topic("groups"), cfg.topic("weights"))
+
+
+def topic_configs(cfg: KafkaConfig) -> dict[str, dict[str, str]]:
+    """Per-topic configs requested at creation (brokers that do not support one may ignore it)."""
+    t = topics(cfg)
+    size = {"max.message.bytes": str(cfg.max_message_bytes)}
+    return {
+        t.prompts: dict(size),
+        t.groups: dict(size),
+        t.weights: {**size, "cleanup.policy": "compact"},
+    }
+
+
+async def ensure_topics(
+    cfg: KafkaConfig,
+    partitions: int = 4,
+    replication_factor: int | None = None,
+    timeout_s: float = 30.0,
+) -> dict[str, str]:
+    """Create the prompts/groups/weights topics if missing; idempotent.
+
+    ``partitions`` applies to prompts and groups (the most generator replicas that can share the
+    prompt stream); the weights topic always has one partition (a single ordered log, compacted
+    to the latest announcement). ``replication_factor`` defaults to ``min(3, brokers)``.
+    Returns ``{topic: "created" | "exists" | "created-without-configs"}``. A broker that rejects
+    the topic configs gets the topics without them (logged).
+    """
+    if partitions < 1:
+        raise ValueError(f"partitions must be >= 1, got {partitions}")
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=cfg.bootstrap_servers,
+        request_timeout_ms=cfg.request_timeout_ms,
+        client_id="winnow-admin",
+    )
+    await admin.start()
+    try:
+        if replication_factor is None:
+            cluster = await admin.describe_cluster()
+            replication_factor = max(1, min(3, len(cluster.get("brokers", []) or [1])))
+        t = topics(cfg)
+        counts = {t.prompts: partitions, t.groups: partitions, t.weights: 1}
+        configs = topic_configs(cfg)
+        result: dict[str, str] = {}
+        todo = list(counts)
+        for with_configs in (True, False):
+            new = [
+                NewTopic(
+                    name,
+                    counts[name],
+                    replication_factor,
+                    topic_configs=configs[name] if with_configs else {},
+                )
+                for name in todo
+            ]
+            response = await admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
+            retry = []
+            for entry in response.topic_errors:
+                name, code = entry[0], entry[1]
+                message = entry[2] if len(entry) > 2 else ""
+                if code == 0:
+                    result[name] = "created" if with_configs else "created-without-configs"
+                elif code == _TOPIC_ALREADY_EXISTS:
+                    result[name] = "exists"
+                elif code in (_INVALID_CONFIG, _POLICY_VIOLATION) and with_configs:
+                    log.warning(
+                        "broker rejected configs %s for topic %s (%s); creating without",
+                        configs[name],
+                        name,
+                        message,
+                    )
+                    retry.append(name)
+                else:
+                    raise KafkaSetupError(
+                        f"cannot create topic {name!r}: Kafka error {code} {message or ''}".strip()
+                    )
+            todo = retry
+            if not todo:
+                break
+        await _wait_topics_ready(admin, list(counts), timeout_s)
+        for name, how in result.items():
+            if how != "exists":
+                log.info("topic %s %s (%d partitions)", name, how, counts[name])
+        return result
+    finally:
+        await admin.close()
+
+
+async def _wait_topics_ready(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        described = await admin.describe_topics(names)
+        ready = {
+            d["topic"]
+            for d in described
+            if d["error_code"] == 0 and d["partitions"] and all(p["leader"] >= 0 for p in d["partitions"])
+        }
+        if ready >= set(names):
+            return
+        if time.monotonic() > deadline:
+            raise KafkaSetupError(f"topics not ready after {timeout_s:.0f}s: {sorted(set(names) - ready)}")
+        await asyncio.sleep(0.1)
+
+
+class KafkaSetupError(RuntimeError):
+    """Topics could not be created or did not become ready."""
+
+
+# ---------------------------------------------------------------------------------------- codec
+
+
+class DecodeError(ValueError):
+    """A payload is not a valid message of the expected type (corrupt, truncated, wrong topic)."""
+
+
+def encode(msg: pb_message.Message) -> bytes:
+    """Protobuf wire bytes of a message (validated first, so producers never ship garbage)."""
+    validate(msg)
+    return msg.SerializeToString(deterministic=True)
+
+
+def decode(cls: type[M], data: bytes | None) -> M:
+    """Parse ``data`` as ``cls`` and validate it; raises :class:`DecodeError` naming the problem."""
+    if data is None:
+        raise DecodeError(f"empty record (null value) where a {cls.DESCRIPTOR.name} was expected")
+    msg = cls()
+    try:
+        msg.ParseFromString(data)
+    except (pb_message.DecodeError, ValueError, TypeError) as e:
+        raise DecodeError(f"not a {cls.DESCRIPTOR.name}: {e}") from None
+    validate(msg)
+    return msg
+
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def validate(msg: pb_message.Message) -> None:
+    """Check the invariants consumers rely on (protobuf alone accepts many random byte strings)."""
+    name = msg.DESCRIPTOR.name
+    if isinstance(msg, PromptRequest):
+        _require(name, "request_id", msg.request_id)
+        _require(name, "prompt_id", msg.prompt_id)
+    elif isinstance(msg, ScoredGroup):
+        _require(name, "request_id", msg.request_id)
+        _require(name, "prompt_id", msg.prompt_id)
+        if not msg.samples:
+            raise DecodeError(f"{name} {msg.request_id!r} has no samples")
+        for i, s in enumerate(msg.samples):
+            n = len(s.response_token_ids)
+            if len(s.behaviour_logprobs) != n:
+                raise DecodeError(
+                    f"{name} {msg.request_id!r} samples[{i}]: {len(s.behaviour_logprobs)} behaviour_logprobs "
+                    f"for {n} response_token_ids"
+                )
+            if s.policy_versions and len(s.policy_versions) != n:
+                raise DecodeError(
+                    f"{name} {msg.request_id!r} samples[{i}]: {len(s.policy_versions)} policy_versions "
+                    f"for {n} response_token_ids"
+                )
+    elif isinstance(msg, WeightAnnouncement):
+        _require(name, "uri", msg.uri)
+        if msg.version < 0:
+            raise DecodeError(f"{name}.version must be >= 0, got {msg.version}")
+        if not _HEX64.match(msg.sha256):
+            raise DecodeError(f"{name}.sha256 must be 64 lowercase hex digits, got {msg.sha256!r}")
+
+
+def _require(name: str, field: str, value: str) -> None:
+    if not value:
+        raise DecodeError(f"{name}.{field} is empty")
+
+
+def message_key(msg: pb_message.Message) -> bytes:
+    """Partitioning key: the request id (so a request's retries share a partition), or
+    :data:`WEIGHTS_KEY` for weight announcements (compaction keeps the latest)."""
+    if isinstance(msg, WeightAnnouncement):
+        return WEIGHTS_KEY
+    request_id = getattr(msg, "request_id", "")
+    return request_id.encode() if request_id else uuid.uuid4().hex.encode()
+
+
+def type_name(msg_or_cls: pb_message.Message | type[pb_message.Message]) -> str:
+    return msg_or_cls.DESCRIPTOR.full_name
+
+
+async def send(producer: AIOKafkaProducer, topic: str, msg: pb_message.Message, *, wait: bool = True):
+    """Encode and produce ``msg`` with its key and type header.
+
+    ``wait=True`` returns the RecordMetadata once the broker acknowledged (acks=all);
+    ``wait=False`` returns a future (use ``await producer.flush()`` before relying on it).
+    """
+    value = encode(msg)
+    headers = [(TYPE_HEADER, type_name(msg).encode())]
+    if wait:
+        return await producer.send_and_wait(topic, value, key=message_key(msg), headers=headers)
+    return await producer.send(topic, value, key=message_key(msg), headers=headers)
+
+
+#: Called with (reason, record) for every payload that could not be decoded.
+OnCorrupt = Callable[[str, ConsumerRecord], Any]
+
+
+def decode_record(cls: type[M], record: ConsumerRecord, on_corrupt: OnCorrupt | None = None) -> M | None:
+    """Decode one consumed record, or log + count it and return None (the caller skips it).
+
+    The caller still treats the record as processed (its offset may be committed): a corrupt
+    payload will never become valid by being re-read.
+    """
+    try:
+        headers = dict(record.headers or ())
+        declared = headers.get(TYPE_HEADER)
+        if declared is not None and declared.decode("utf-8", "replace") != type_name(cls):
+            raise DecodeError(f"record declares type {declared!r}, expected {type_name(cls)}")
+        return decode(cls, record.value)
+    except DecodeError as e:
+        reason = str(e)
+        log.warning(
+            "skipping corrupt record %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
+        )
+        if on_corrupt is not None:
+            on_corrupt(reason, record)
+        return None
+
+
+# -------------------------------------------------------------------------------------- clients
+
+
+def make_producer(cfg: KafkaConfig, *, client_id: str = "winnow", **overrides: Any) -> AIOKafkaProducer:
+    """An AIOKafkaProducer (not started): acks=all, idempotence per config, small linger.
+
+    Call ``await producer.start()`` and ``await producer.stop()`` (in a ``finally``).
+    """
+    kwargs: dict[str, Any] = dict(
+        bootstrap_servers=cfg.bootstrap_servers,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=cfg.idempotent_producer,
+        max_request_size=cfg.max_message_bytes,
+        request_timeout_ms=cfg.request_timeout_ms,
+        linger_ms=5,
+    )
+    kwargs.update(overrides)
+    return AIOKafkaProducer(**kwargs)
+
+
+Callback = Callable[[set[TopicPartition]], Awaitable[None] | None]
+
+
+class RebalanceHooks(ConsumerRebalanceListener):
+    """Calls ``on_revoked(partitions)`` / ``on_assigned(partitions)`` (sync or async) on rebalance.
+
+    aiokafka awaits ``on_partitions_revoked`` before giving partitions up, so a consumer that
+    commits its finished work there hands over cleanly (the next owner starts after it).
+    """
+
+    def __init__(self, on_assigned: Callback | None = None, on_revoked: Callback | None = None) -> None:
+        self._on_assigned = on_assigned
+        self._on_revoked = on_revoked
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        log.info("partitions revoked: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked))
+        if self._on_revoked is not None:
+            result = self._on_revoked(set(revoked))
+            if inspect.isawaitable(result):
+                await result
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        log.info("partitions assigned: %s", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+        if self._on_assigned is not None:
+            result = self._on_assigned(set(assigned))
+            if inspect.isawaitable(result):
+                await result
+
+
+def make_consumer(
+    cfg: KafkaConfig,
+    topics: Iterable[str] | None,
+    group_id: str | None,
+    *,
+    on_assigned: Callback | None = None,
+    on_revoked: Callback | None = None,
+    client_id: str = "winnow",
+    max_poll_records: int | None = None,
+    max_poll_interval_ms: int = 600_000,
+    isolation_level: str = "read_committed",
+    **overrides: Any,
+) -> AIOKafkaConsumer:
+    """An AIOKafkaConsumer (not started) with manual commits, subscribed to ``topics``.
+
+    - ``enable_auto_commit=False``: commit with :func:`commit_offsets` after the work is durable.
+    - ``auto_offset_reset="earliest"``: a new group reads from the start (no "latest": Tansu's
+      ListOffsets latest is wrong, and a new group must not skip work).
+    - session timeout from ``cfg`` (>= 6000 ms), heartbeat at a third of it.
+    - ``read_committed``: never see aborted transactional writes.
+    - ``on_assigned`` / ``on_revoked`` run on rebalances (see :class:`RebalanceHooks`).
+
+    With ``topics=None`` nothing is subscribed (use ``consumer.assign([...])``).
+    """
+    kwargs: dict[str, Any] = dict(
+        bootstrap_servers=cfg.bootstrap_servers,
+        client_id=client_id,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=cfg.session_timeout_ms,
+        heartbeat_interval_ms=max(1000, cfg.session_timeout_ms // 3),
+        request_timeout_ms=cfg.request_timeout_ms,
+        max_poll_interval_ms=max_poll_interval_ms,
+        max_partition_fetch_bytes=max(1024 * 1024, cfg.max_message_bytes),
+        fetch_max_bytes=max(50 * 1024 * 1024, cfg.max_message_bytes),
+        isolation_level=isolation_level,
+    )
+    if max_poll_records is not None:
+        kwargs["max_poll_records"] = max_poll_records
+    kwargs.update(overrides)
+    consumer = AIOKafkaConsumer(**kwargs)
+    if topics is not None:
+        names = [topics] if isinstance(topics, str) else list(topics)
+        if group_id is None:
+            raise ValueError(
+                "subscribing to topics needs a group_id (use topics=None and assign() without one)"
+            )
+        consumer.subscribe(names, listener=RebalanceHooks(on_assigned, on_revoked))
+    return consumer
+
+
+async def commit_offsets(consumer: AIOKafkaConsumer, offsets: Mapping[TopicPartition, int]) -> None:
+    """Commit ``{partition: next offset to read}`` (i.e. last processed offset + 1).
+
+    Call only after the work done with the messages below those offsets is durable (a
+    checkpoint written, a group published). An empty mapping is a no-op.
+    """
+    if offsets:
+        await consumer.commit({tp: int(off) for tp, off in offsets.items()})
+
+
+class OffsetTracker:
+    """Which offsets are safe to commit when messages finish out of order.
+
+    ``track(record)`` when a record is received, ``done(record)`` when its work is durable (or
+    it was skipped). :meth:`committable` gives, per partition, the lowest offset still pending
+    (or one past the highest received), i.e. everything below it is done.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[TopicPartition, set[int]] = {}
+        self._next: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, int] = {}
+
+    @staticmethod
+    def _tp(record_or_tp: ConsumerRecord | TopicPartition) -> TopicPartition:
+        if isinstance(record_or_tp, TopicPartition):
+            return record_or_tp
+        return TopicPartition(record_or_tp.topic, record_or_tp.partition)
+
+    def track(self, record: ConsumerRecord) -> None:
+        tp = self._tp(record)
+        self._pending.setdefault(tp, set()).add(record.offset)
+        self._next[tp] = max(self._next.get(tp, 0), record.offset + 1)
+
+    def done(self, record: ConsumerRecord | TopicPartition, offset: int | None = None) -> None:
+        tp = self._tp(record)
+        off = record.offset if offset is None else offset
+        self._pending.get(tp, set()).discard(off)
+
+    def pending(self) -> int:
+        return sum(len(s) for s in self._pending.values())
+
+    def committable(self) -> dict[TopicPartition, int]:
+        out = {}
+        for tp, nxt in self._next.items():
+            pending = self._pending.get(tp)
+            out[tp] = min(pending) if pending else nxt
+        return out
+
+    def to_commit(self) -> dict[TopicPartition, int]:
+        """The committable offsets that moved since the last :meth:`mark_committed`."""
+        return {tp: off for tp, off in self.committable().items() if off > self._committed.get(tp, -1)}
+
+    def mark_committed(self, offsets: Mapping[TopicPartition, int]) -> None:
+        for tp, off in offsets.items():
+            self._committed[tp] = max(self._committed.get(tp, -1), off)
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """Drop state for partitions this consumer no longer owns (after a rebalance)."""
+        for tp in partitions:
+            self._pending.pop(tp, None)
+            self._next.pop(tp, None)
+            self._committed.pop(tp, None)
+
+
+class Deduper:
+    """A bounded set of seen ids (least recently seen evicted first).
+
+    Turns at-least-once delivery into exactly-once processing for any repeat that arrives
+    within the last ``capacity`` distinct ids. Its contents go into checkpoints
+    (:meth:`ids` / :meth:`from_ids`) so a restarted consumer still recognises repeats.
+    """
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, key: str) -> bool:
+        """Record ``key``; True if it was new, False if it is a repeat."""
+        if key in self._seen:
+            self._seen.move_to_end(key)
+            return False
+        self._seen[key] = None
+        if len(self._seen) > self.capacity:
+            self._seen.popitem(last=False)
+        return True
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._seen
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def ids(self) -> list[str]:
+        """Seen ids, oldest first (for checkpoints)."""
+        return list(self._seen)
+
+    @classmethod
+    def from_ids(cls, ids: Iterable[str], capacity: int = 100_000) -> Deduper:
+        d = cls(capacity)
+        for key in ids:
+            d.add(key)
+        return d
+
+
+# ------------------------------------------------------------------------------ weights, lag
+
+
+async def latest_weight_announcement(
+    cfg: KafkaConfig,
+    *,
+    timeout_s: float = 15.0,
+    idle_s: float = 1.0,
+    on_corrupt: OnCorrupt | None = None,
+) -> WeightAnnouncement | None:
+    """Read the weights topic from its beginning and return the last valid announcement.
+
+    "Last" means last published (highest offset), which is also what compaction keeps: if a
+    learner restarted from an older checkpoint and re-announced a lower version, generators
+    follow it. Returns None if the topic is missing or empty.
+
+    The end of the log is found two ways, so that it works on every broker: positions reaching
+    the end offsets (followed by one empty poll), or no new record for ``idle_s``. Tansu's
+    ListOffsets "latest" can under-report; the empty poll and the idle rule cover it.
+    """
+    topic = topics(cfg).weights
+    consumer = make_consumer(cfg, None, None, client_id="winnow-weights-reader")
+    await consumer.start()
+    try:
+        if topic not in await consumer.topics():
+            return None
+        parts = sorted(consumer.partitions_for_topic(topic) or ())
+        if not parts:
+            return None
+        tps = [TopicPartition(topic, p) for p in parts]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        try:
+            end = await consumer.end_offsets(tps)
+        except Exception as e:  # noqa: BLE001 - optional hint only; the idle rule still ends the read
+            log.debug("end_offsets failed (%s); relying on the idle rule", e)
+            end = {}
+        best: tuple[int, float, int] | None = None
+        latest: WeightAnnouncement | None = None
+        start = last_record = time.monotonic()
+        while True:
+            batches = await consumer.getmany(timeout_ms=200)
+            now = time.monotonic()
+            n = 0
+            for records in batches.values():
+                for record in records:
+                    n += 1
+                    ann = decode_record(WeightAnnouncement, record, on_corrupt)
+                    if ann is None:
+                        continue
+                    # one partition: offset order; several (misconfigured): newest created_at wins
+                    rank = (0, ann.created_at, record.offset) if len(tps) > 1 else (0, 0.0, record.offset)
+                    if best is None or rank >= best:
+                        best, latest = rank, ann
+            if n:
+                last_record = now
+                continue
+            at_end = bool(end) and all([await consumer.position(tp) >= end.get(tp, 0) for tp in tps])
+            if at_end or now - last_record >= idle_s:
+                return latest
+            if now - start > timeout_s:
+                log.warning("reading %s timed out after %.0fs; using the newest seen", topic, timeout_s)
+                return latest
+    finally:
+        await consumer.stop()
+
+
+async def consumer_lag(consumer: AIOKafkaConsumer) -> int:
+    """Best-effort records behind the high watermark, summed over assigned partitions.
+
+    Uses the high watermark from the latest fetch responses (no extra ListOffsets request), so
+    it is 0 before the first fetch and lags by one fetch. On Tansu the reported watermark can be
+    wrong when the last batch holds several records; treat the value as a hint, not an invariant.
+    """
+    total = 0
+    for tp in consumer.assignment():
+        hw = consumer.highwater(tp)
+        if hw is None:
+            continue
+        try:
+            pos = await asyncio.wait_for(consumer.position(tp), 1.0)
+        except Exception:  # noqa: BLE001 - metric only: a partition without a position is skipped
+            continue
+        total += max(0, hw - pos)
+    return total
