@@ -1,0 +1,186 @@
+{{/* Names ------------------------------------------------------------------------------------- */}}
+{{- define "winnow.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "winnow.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "winnow.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels: call with (dict "root" $ "component" "verifier") ---------------------------------- */}}
+{{- define "winnow.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "winnow.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "winnow.labels" -}}
+helm.sh/chart: {{ include "winnow.chart" .root }}
+{{ include "winnow.selectorLabels" . }}
+app.kubernetes.io/part-of: winnow
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "winnow.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "winnow.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Image: call with (dict "root" $ "override" .Values.verifier.image) ------------------------- */}}
+{{- define "winnow.image" -}}
+{{- $img := mustMergeOverwrite (deepCopy .root.Values.image) (deepCopy (default (dict) .override)) }}
+{{- printf "%s:%s" $img.repository (default .root.Chart.AppVersion ($img.tag | toString)) }}
+{{- end }}
+
+{{- define "winnow.imagePullPolicy" -}}
+{{- $img := mustMergeOverwrite (deepCopy .root.Values.image) (deepCopy (default (dict) .override)) }}
+{{- $img.pullPolicy }}
+{{- end }}
+
+{{/* Kafka ------------------------------------------------------------------------------------- */}}
+{{- define "winnow.kafkaBootstrap" -}}
+{{- required "kafka.bootstrapServers is required: the host:port list of your Kafka cluster (winnow does not run Kafka; see helm/winnow/examples/strimzi-kafka.yaml)" .Values.kafka.bootstrapServers }}
+{{- end }}
+
+{{/* Verifier addresses and auth ------------------------------------------------------------- */}}
+{{- define "winnow.verifierAddress" -}}
+{{- printf "%s-verifier.%s.svc:%d" (include "winnow.fullname" .) .Release.Namespace (int .Values.verifier.grpcPort) }}
+{{- end }}
+
+{{- define "winnow.verifierSecretName" -}}
+{{- if .Values.verifier.auth.existingSecret }}
+{{- .Values.verifier.auth.existingSecret }}
+{{- else }}
+{{- printf "%s-verifier-token" (include "winnow.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "winnow.verifierSecretKey" -}}
+{{- if .Values.verifier.auth.existingSecret }}{{ .Values.verifier.auth.existingSecretKey }}{{ else }}token{{ end }}
+{{- end }}
+
+{{/* Env var holding the verifier token: call with (dict "root" $ "name" "WINNOW_VERIFIER_TOKEN") */}}
+{{- define "winnow.verifierTokenEnv" -}}
+{{- if .root.Values.verifier.auth.enabled }}
+- name: {{ .name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "winnow.verifierSecretName" .root }}
+      key: {{ include "winnow.verifierSecretKey" .root }}
+{{- end }}
+{{- end }}
+
+{{/* Env common to learner and generators ----------------------------------------------------- */}}
+{{- define "winnow.kafkaEnv" -}}
+- name: KAFKA_BOOTSTRAP_SERVERS
+  value: {{ include "winnow.kafkaBootstrap" . | quote }}
+{{- with .Values.kafka.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "winnow.cacheEnv" -}}
+- name: HOME
+  value: /home/winnow
+- name: HF_HOME
+  value: /home/winnow/.cache/huggingface
+- name: XDG_CACHE_HOME
+  value: /home/winnow/.cache
+- name: TMPDIR
+  value: /tmp
+- name: PYTHONUNBUFFERED
+  value: "1"
+{{- end }}
+
+{{/* Scratch volumes: /tmp and the cache dir (emptyDir), optional /dev/shm ----------------------- */}}
+{{- define "winnow.scratchVolumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ .root.Values.scratchSizeLimit }}
+- name: cache
+  emptyDir:
+    sizeLimit: {{ .root.Values.scratchSizeLimit }}
+{{- if .shm }}
+- name: dshm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .shm }}
+{{- end }}
+{{- end }}
+
+{{- define "winnow.scratchMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: cache
+  mountPath: /home/winnow/.cache
+{{- if .shm }}
+- name: dshm
+  mountPath: /dev/shm
+{{- end }}
+{{- end }}
+
+{{/* Resources with an optional GPU: call with (dict "resources" ... "gpu" ...) ---------------- */}}
+{{- define "winnow.resources" -}}
+{{- $res := deepCopy (default (dict) .resources) }}
+{{- if .gpu.enabled }}
+{{- $limits := default (dict) $res.limits }}
+{{- $_ := set $limits .gpu.resourceName (int .gpu.count) }}
+{{- $_ := set $res "limits" $limits }}
+{{- $requests := default (dict) $res.requests }}
+{{- $_ := set $requests .gpu.resourceName (int .gpu.count) }}
+{{- $_ := set $res "requests" $requests }}
+{{- end }}
+{{- toYaml $res }}
+{{- end }}
+
+{{/* Service configs (the ConfigMaps): chart-owned keys, then the user's `config` over them ----- */}}
+{{- define "winnow.verifierConfig" -}}
+{{- $base := dict "host" "0.0.0.0" "port" (int .Values.verifier.grpcPort) "metrics_port" (int .Values.verifier.metricsPort) }}
+{{- toYaml (mustMergeOverwrite $base (deepCopy .Values.verifier.config)) }}
+{{- end }}
+
+{{- define "winnow.verifierEndpoints" -}}
+{{- $root := . }}
+{{- $eps := list }}
+{{- range .Values.verifier.extra }}
+{{- $addr := printf "%s-verifier-%s.%s.svc:%d" (include "winnow.fullname" $root) .name $root.Release.Namespace (int (default 50051 .port)) }}
+{{- $eps = append $eps (dict "tasks" .tasks "address" $addr) }}
+{{- end }}
+{{- $eps = append $eps (dict "tasks" (list "*") "address" (include "winnow.verifierAddress" .)) }}
+{{- toYaml $eps }}
+{{- end }}
+
+{{- define "winnow.generatorConfig" -}}
+{{- $verifier := dict "endpoints" (include "winnow.verifierEndpoints" . | fromYamlArray) }}
+{{- $base := dict "metrics_port" (int .Values.generator.metricsPort) "verifier" $verifier "kafka" (dict "topic_prefix" .Values.kafka.topicPrefix) }}
+{{- toYaml (mustMergeOverwrite $base (deepCopy .Values.generator.config)) }}
+{{- end }}
+
+{{- define "winnow.learnerConfig" -}}
+{{- $base := dict "metrics_port" (int .Values.learner.metricsPort) "algo" (dict "preset" .Values.learner.algorithm) "checkpoint_dir" "/checkpoints" "weights_dir" .Values.weights.mountPath "kafka" (dict "topic_prefix" .Values.kafka.topicPrefix) }}
+{{- toYaml (mustMergeOverwrite $base (deepCopy .Values.learner.config)) }}
+{{- end }}
+
+{{- define "winnow.weightsClaim" -}}
+{{- default (printf "%s-weights" (include "winnow.fullname" .)) .Values.weights.persistence.existingClaim }}
+{{- end }}
