@@ -31,9 +31,8 @@ def _forward_chunk(z: Tensor, t: Tensor, with_entropy: bool) -> tuple[Tensor, Te
     lse = torch.logsumexp(z, dim=-1)
     lp = z.gather(1, t[:, None]).squeeze(1) - lse
     if with_entropy:
-        zc = z.clamp(min=_NEG)
-        p = torch.exp(zc - lse[:, None])
-        ent = lse - (p * zc).sum(dim=-1)
+        logp = z.clamp(min=_NEG) - lse[:, None]
+        ent = -(torch.exp(logp) * logp).sum(dim=-1)
     else:
         ent = torch.zeros_like(lse)
     return lp, lse, ent
