@@ -1,0 +1,218 @@
+"""Deterministic canonicalisation of an extracted answer and its top-level structure (VERIFIER_NOTES §4.3).
+
+``canonicalize`` is a string pass (a union of the Hendrycks, Minerva and Math-Verify rules):
+delimiters and ``\\boxed`` removed; ``\\left``/``\\right``, ``\\!``, ``\\,``, ``\\displaystyle``
+dropped; ``\\dfrac``/``\\tfrac`` -> ``\\frac``; ``\\frac12``, ``\\frac1{x}``, ``\\sqrt3`` braced;
+``\\text``/``\\mathrm``/``\\textbf``/``\\mbox`` unwrapped; unit words removed (a word list, never
+single letters, only when the answer has a digit); ``^\\circ``, ``\\$`` removed; ``\\%`` -> ``%``;
+thousands separators (``1{,}000``, ``1,\\!000``, ``1\\,000``; ``1,000`` only when every group has
+3 digits and there is no space after the comma); mixed numbers ``2 1/2``; ``or``/``and`` between
+answers -> ``,``; a leading ``x \\in``; the trailing period; whitespace (a space is kept only after a
+LaTeX command followed by a letter).
+
+``parse_structure`` splits a canonical answer at its top level into a ``Struct``: scalar, bare list
+(unordered solution list), set ``\\{…\\}``, tuple/interval (the bracket characters are kept so the
+gold decides the semantics), a union of intervals, or a matrix.
+
+Left out: number words ("five"), base subscripts (``1011_2``), units written as single letters.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_UNITS = sorted(
+    """
+    degrees degree cm centimeters centimeter centimetres centimetre meters meter metres metre km kilometers
+    kilometer mm millimeters millimeter inches inch feet foot ft yards yard yd miles mile mph kph kmh kg
+    kilograms kilogram grams gram mg pounds pound lbs lb ounces ounce oz tons ton liters liter litres litre
+    ml mL gallons gallon quarts quart cups cup seconds second sec secs minutes minute mins min hours hour hrs
+    hr days day weeks week months month years year dollars dollar cents cent euros euro units unit square
+    sq cubic points point students people persons apples cookies marbles books pages times per each
+    """.split(),
+    key=len,
+    reverse=True,
+)
+_UNIT_RE = re.compile(r"(?<![A-Za-z\\])(?:" + "|".join(_UNITS) + r")(?:\^\{?[23]\}?)?(?![A-Za-z])")
+_TEXT_CMD_RE = re.compile(
+    r"\\(?:text|textbf|textit|textrm|textsf|texttt|textnormal|mathrm|mathbf|mathit|mathsf|mbox|operatorname|emph)"
+    r"\s*\{([^{}]*)\}"
+)
+_SPACING_RE = re.compile(r"\\[!,;:> ]|\\q?quad\b|~|\\(?:displaystyle|textstyle|scriptstyle|limits)\b")
+_SIZING_RE = re.compile(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|biggl|biggr|Biggl|Biggr|big|Big|bigg|Bigg|middle)(?![a-zA-Z])")
+_UNICODE = {
+    "\u2212": "-", "\u2013": "-", "\u00d7": "\\times ", "\u00b7": "\\cdot ", "\u22c5": "\\cdot ", "\u221e": "\\infty ",
+    "\u03c0": "\\pi ", "\u221a": "\\sqrt", "\u2264": "\\le ", "\u2265": "\\ge ", "\u2260": "\\ne ", "\u00b0": "^\\circ",
+    "\u00a0": " ", "\u2009": " ", "\u202f": " ",
+}
+_THOUSANDS_RE = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?%?$")
+
+
+def _unwrap_text(s: str) -> str:
+    prev = None
+    while prev != s:
+        prev = s
+        s = _TEXT_CMD_RE.sub(lambda m: " " + m.group(1) + " ", s)
+    return s
+
+
+def strip_outer_boxed(s: str) -> str:
+    from winnow.verifier.extract import find_boxed
+
+    st = s.strip()
+    if st.startswith(("\\boxed", "\\fbox")):
+        boxed, _ = find_boxed(st)
+        if len(boxed) == 1 and st.endswith("}"):
+            return boxed[0]
+    return s
+
+
+def canonicalize(s: str) -> str:
+    """Canonical string form of an extracted answer (see module doc). Pure, O(n) regex passes."""
+    from winnow.verifier.extract import strip_math_delimiters
+
+    s = strip_math_delimiters(s.strip())
+    s = strip_outer_boxed(s)
+    s = strip_math_delimiters(s)
+    for k, v in _UNICODE.items():
+        if k in s:
+            s = s.replace(k, v)
+    s = s.replace("\\left.", "").replace("\\right.", "")
+    s = _SIZING_RE.sub("", s)
+    s = s.replace("\\lbrace", "\\{").replace("\\rbrace", "\\}").replace("\\lbrack", "[").replace("\\rbrack", "]")
+    s = s.replace("\\langle", "(").replace("\\rangle", ")")
+    s = re.sub(r"\\[dt]frac", r"\\frac", s)
+    s = re.sub(r"(\d)\{,\}(?=\d)", r"\1", s)
+    s = re.sub(r"(\d),\\!\s*(?=\d{3})", r"\1", s)
+    s = re.sub(r"(\d)\\,(?=\d{3}(?!\d))", r"\1", s)
+    s = _SPACING_RE.sub(" ", s)
+    s = re.sub(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree", "", s)
+    s = s.replace("\\$", "").replace("$", "")
+    s = s.replace("\\%", "%")
+    s = _unwrap_text(s)
+    s = re.sub(r"(?<![A-Za-z])percent(?![A-Za-z])", "%", s)
+    if re.search(r"\d", s):
+        s = _UNIT_RE.sub(" ", s)
+    s = re.sub(r"\s+(?:or|and)\s+", ",", s.strip())
+    s = re.sub(r"^([+-]?\d+)\s+(\d+)\s*/\s*(\d+)$", r"\1\\frac{\2}{\3}", s.strip())
+    s = re.sub(r"^[a-zA-Z]\s*\\in\s*", "", s)
+    # whitespace: keep one space only between a command and a following letter
+    s = re.sub(r"(\\[a-zA-Z]+)\s+(?=[a-zA-Z])", "\\1\x00", s)
+    s = re.sub(r"\s+", "", s).replace("\x00", " ")
+    s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\frac(\d)\{", r"\\frac{\1}{", s)
+    s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\sqrt(\d)", r"\\sqrt{\1}", s)
+    s = re.sub(r"\\infin(?![a-z])|\\infinity", r"\\infty", s)
+    s = re.sub(r"(?<![\w)}\]])\+(?=[\d\\.])", "", s)  # leading/unary plus
+    s = s.rstrip(".").rstrip("\\").rstrip(",")
+    if _THOUSANDS_RE.match(s):
+        s = s.replace(",", "")
+    return s
+
+
+# --------------------------------------------------------------------------- structure
+
+_OPENERS = "([{"
+_CLOSERS = ")]}"
+_ASSIGN_RE = re.compile(r"^([a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?|\\[a-zA-Z]+)=(?!=)(.+)$")
+_MATRIX_RE = re.compile(r"^\\begin\{(pmatrix|bmatrix|Bmatrix|matrix|smallmatrix|array)\}(.*)\\end\{\1\}$", re.S)
+
+
+@dataclass(slots=True)
+class Struct:
+    """Top-level shape of a canonical answer.
+
+    kind: ``scalar``, ``list`` (bare commas), ``set`` (braces), ``bracket`` (``(…)``/``[…]``/mixed, with
+    ``open``/``close`` kept), ``union`` (of ``bracket`` items), ``matrix`` (``rows``).
+    """
+
+    kind: str
+    text: str
+    items: list[str] = field(default_factory=list)
+    open: str = ""
+    close: str = ""
+    rows: list[list[str]] = field(default_factory=list)
+    parts: list[Struct] = field(default_factory=list)
+
+
+def split_top(s: str, sep: str = ",") -> list[str]:
+    """Split at ``sep`` outside any brackets/braces."""
+    out, depth, start = [], 0, 0
+    i = 0
+    while i < len(s):
+        ch = s[i]
+        if ch in _OPENERS:
+            depth += 1
+        elif ch in _CLOSERS:
+            depth -= 1
+        elif depth == 0 and s.startswith(sep, i):
+            out.append(s[start:i])
+            start = i + len(sep)
+            i += len(sep)
+            continue
+        i += 1
+    out.append(s[start:])
+    return out
+
+
+def _close_of_first(s: str) -> int:
+    """Index where the bracket opened at s[0] closes (any bracket type), or -1."""
+    depth = 0
+    for i, ch in enumerate(s):
+        if ch in _OPENERS:
+            depth += 1
+        elif ch in _CLOSERS:
+            depth -= 1
+            if depth == 0:
+                return i
+    return -1
+
+
+def split_assignment(s: str) -> tuple[str, str] | None:
+    """``x=5`` -> ("x", "5") for a single-symbol left-hand side; None otherwise."""
+    if s.count("=") != 1 or any(op in s for op in ("\\le", "\\ge", "<", ">", "\\ne")):
+        return None
+    m = _ASSIGN_RE.match(s)
+    if not m or m.group(1) in ("\\frac", "\\sqrt", "\\infty"):
+        return None
+    return m.group(1), m.group(2)
+
+
+def _parse_bracket(s: str) -> Struct | None:
+    if len(s) >= 2 and s[0] in "([" and s[-1] in ")]" and _close_of_first(s) == len(s) - 1:
+        items = split_top(s[1:-1])
+        return Struct("bracket", s, items, s[0], s[-1])
+    return None
+
+
+def parse_structure(s: str) -> Struct:
+    """Top-level structure of a canonical answer (see ``Struct``)."""
+    m = _MATRIX_RE.match(s)
+    if m:
+        body = m.group(2)
+        if m.group(1) == "array":
+            body = re.sub(r"^\{[lcr|]*\}", "", body)
+        rows = [r for r in body.split("\\\\") if r.strip()]
+        return Struct("matrix", s, rows=[r.split("&") for r in rows])
+    if "\\cup" in s:
+        pieces = split_top(s, "\\cup")
+        if len(pieces) > 1:
+            parts = [_parse_bracket(p) for p in pieces]
+            if all(p is not None and len(p.items) == 2 for p in parts):
+                return Struct("union", s, parts=parts)  # type: ignore[arg-type]
+    if s.startswith("\\{") and s.endswith("\\}") and _close_of_first(s[1:]) == len(s) - 2:
+        inner = s[2:-2]
+        return Struct("set", s, [x for x in split_top(inner) if x != ""] if inner else [])
+    b = _parse_bracket(s)
+    if b is not None:
+        if len(b.items) == 1 and b.open == "(" and b.close == ")":
+            return parse_structure(b.items[0])  # "(5)" is just 5
+        if len(b.items) >= 2:
+            return b
+    items = split_top(s)
+    if len(items) > 1:
+        items = [x for x in items if x != ""]
+        return Struct("list", s, items) if len(items) > 1 else Struct("scalar", items[0] if items else "")
+    return Struct("scalar", s)

@@ -1,0 +1,345 @@
+"""The verifier engine: ``grade`` (pure, in-process) and ``MathVerifier`` (fast paths + sandboxed sympy).
+
+Pipeline for one (response, gold), VERIFIER_NOTES §4:
+
+1. Gold: ``extract.extract_gold`` (``#### 42``, ``\\boxed{}``, ``$…$``) -> ``canonical.canonicalize`` ->
+   structure, MCQ letter, text flag (``prepare_gold``; done once per distinct gold in a batch).
+   A gold that fails the guards or is empty is ERROR, since it is not the model's fault.
+2. Response: ``extract.extract_answer`` (think stripped, tail kept, last box...). Nothing found ->
+   NO_ANSWER (path ``extract``). Guards (``guard.check_text``): control characters or unbalanced
+   braces -> UNPARSABLE, too long / too deep / more than 8 boxes -> TOO_COMPLEX (path ``guard``).
+3. Hedging: several distinct boxed answers are WRONG (path ``hedge``) unless the gold is a set/list,
+   in which case they are joined into one list answer.
+4. MCQ golds (path ``mcq``) and text golds (path ``text``) are decided here.
+5. Fast paths (``fastpath.compare_struct`` with ``fast_scalar_eq``): decided -> done (paths ``string``,
+   ``number``, ``tuple``, ``interval``, ``set``, ``matrix``, ``relation``).
+6. Otherwise the symbolic path (``symbolic.compare_canonical``): in-process in ``grade``, in a worker
+   process with a wall-clock budget in ``MathVerifier`` (TIMEOUT when killed). Results of this step
+   are kept in an LRU cache keyed by (canonical gold, canonical answer, percent option); a hit has
+   path ``cache`` and the original path in ``detail``.
+
+Statuses: CORRECT/WRONG; NO_ANSWER (nothing extracted); UNPARSABLE (answer fails the guards or the
+grammar); TIMEOUT (worker killed, or the batch deadline passed); TOO_COMPLEX (refused by a guard);
+ERROR (gold unparsable, or an internal exception: never turned into WRONG).
+
+Options (``Item.options``, string values "1"/"true"): ``last_number`` (fall back to the last number in
+the response), ``percent`` (accept x vs x/100), ``mcq`` (lower-case letters count as choices). A task
+name containing ``mcq`` sets ``mcq``.
+
+Left out: reward mapping (the learner's config), answers spread over several boxes for tuple golds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from winnow.verifier.canonical import Struct, canonicalize, parse_structure
+from winnow.verifier.extract import extract_answer, extract_gold
+from winnow.verifier.fastpath import (
+    compare_struct,
+    fast_scalar_eq,
+    is_text_gold,
+    mcq_letter,
+    pred_letter,
+    text_norm,
+)
+from winnow.verifier.guard import MAX_BOXED, VerifyError, check_text
+from winnow.verifier.types import Item, Status, Verdict
+
+
+class Result(NamedTuple):
+    """What ``grade`` returns (a ``Verdict`` without id and latency)."""
+
+    status: Status
+    extracted: str = ""
+    path: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Gold:
+    """A gold answer prepared once: canonical text, structure, MCQ letter, text flag, or an error."""
+
+    raw: str
+    canon: str
+    struct: Struct | None
+    letter: str | None
+    text: bool
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A comparison the fast paths could not decide (sent to the symbolic path)."""
+
+    gold: str
+    pred: str
+    percent: bool
+    extracted: str
+
+    @property
+    def key(self) -> tuple[str, str, bool]:
+        return (self.gold, self.pred, self.percent)
+
+    def as_dict(self) -> dict:
+        return {"gold": self.gold, "pred": self.pred, "percent": self.percent}
+
+
+def _flag(options: dict[str, str] | None, name: str) -> bool:
+    v = (options or {}).get(name, "")
+    return str(v).strip().lower() in ("1", "true", "yes", "on")
+
+
+def prepare_gold(gold: str, task: str = "", options: dict[str, str] | None = None) -> Gold:
+    raw = extract_gold(gold)
+    if not raw:
+        return Gold(raw, "", None, None, False, "empty gold")
+    refusal = check_text(raw)
+    if refusal is not None:
+        return Gold(raw, "", None, None, False, f"gold refused by guard: {refusal.detail}")
+    canon = canonicalize(raw)
+    if not canon:
+        return Gold(raw, "", None, None, False, "gold is empty after canonicalisation")
+    mcq = _flag(options, "mcq") or "mcq" in task.lower()
+    return Gold(raw, canon, parse_structure(canon), mcq_letter(canon, mcq_task=mcq), is_text_gold(raw))
+
+
+def _status(label: str) -> Status:
+    return Status.from_label(label)
+
+
+def decide_fast(gold: Gold, response: str, options: dict[str, str] | None = None) -> Result | Job:
+    """Steps 2-5 of the module doc: a final ``Result``, or a ``Job`` for the symbolic path."""
+    if gold.error:
+        return Result(Status.ERROR, "", "gold", gold.error)
+    ex = extract_answer(response, last_number=_flag(options, "last_number"))
+    if ex.n_boxed > MAX_BOXED:
+        return Result(Status.TOO_COMPLEX, "", "guard", f"{ex.n_boxed} boxed answers > {MAX_BOXED}")
+    if ex.answer is None:
+        if ex.unbalanced:
+            return Result(Status.UNPARSABLE, "", "guard", "unbalanced braces after \\boxed")
+        return Result(Status.NO_ANSWER, "", "extract", ex.method or "no answer found")
+    answer = ex.answer
+    for text in ex.boxed or [answer]:
+        refusal = check_text(text)
+        if refusal is not None:
+            return Result(_status(refusal.kind), text[:512], "guard", refusal.detail)
+    percent = _flag(options, "percent")
+    pred = canonicalize(answer)
+
+    distinct = _distinct_boxed(ex.boxed, percent)
+    if len(distinct) > 1:
+        assert gold.struct is not None
+        if gold.struct.kind not in ("set", "list"):
+            return Result(Status.WRONG, answer, "hedge", f"{len(distinct)} distinct boxed answers")
+        pred = ",".join(distinct)
+        answer = ", ".join(distinct)
+
+    if gold.letter is not None:
+        letter = pred_letter(answer) or pred_letter(pred)
+        ok = letter == gold.letter
+        return Result(Status.CORRECT if ok else Status.WRONG, answer, "mcq", "" if letter else "no choice letter")
+    if gold.text:
+        ok = text_norm(gold.raw) == text_norm(answer) or gold.canon.lower() == pred.lower()
+        return Result(Status.CORRECT if ok else Status.WRONG, answer, "text")
+    if not pred:
+        return Result(Status.NO_ANSWER, answer, "extract", "empty answer")
+    assert gold.struct is not None
+    pstruct = parse_structure(pred)
+
+    def elem_eq(a: str, b: str) -> tuple[bool | None, str]:
+        return fast_scalar_eq(a, b, percent_option=percent)
+
+    verdict, path = compare_struct(gold.struct, pstruct, elem_eq)
+    if verdict is not None:
+        return Result(Status.CORRECT if verdict else Status.WRONG, answer, path)
+    return Job(gold.canon, pred, percent, answer)
+
+
+def _distinct_boxed(boxed: list[str], percent: bool) -> list[str]:
+    out: list[str] = []
+    for b in boxed:
+        c = canonicalize(b)
+        if c and not any(c == o or fast_scalar_eq(o, c, percent_option=percent)[0] for o in out):
+            out.append(c)
+    return out
+
+
+def run_symbolic(job: Job) -> Result:
+    """The symbolic step in-process (no timeout). Used by ``grade``; workers use ``pool.handle_job``."""
+    from winnow.verifier.pool import handle_job
+
+    reply = handle_job(job.as_dict())
+    return Result(_status(reply["status"]), job.extracted, reply["path"], reply.get("detail", ""))
+
+
+def grade(response: str, gold: str, task: str = "", options: dict[str, str] | None = None) -> Result:
+    """Grade one response against one gold, entirely in this process (no pool, no timeout)."""
+    try:
+        decision = decide_fast(prepare_gold(gold, task, options), response, options)
+    except VerifyError as exc:
+        return Result(_status(exc.status), "", "guard", exc.detail)
+    except Exception as exc:  # a bug is an ERROR, never WRONG
+        return Result(Status.ERROR, "", "internal", f"{type(exc).__name__}: {exc}")
+    if isinstance(decision, Result):
+        return decision
+    return run_symbolic(decision)
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+class _LRU:
+    def __init__(self, size: int):
+        self.size = size
+        self._data: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key, value) -> None:
+        if self.size <= 0:
+            return
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+
+
+_CACHEABLE = {Status.CORRECT, Status.WRONG, Status.UNPARSABLE, Status.TOO_COMPLEX}
+
+
+class MathVerifier:
+    """Thread-safe verifier: fast paths in-process, the symbolic path in a pool of worker processes."""
+
+    def __init__(self, *, workers: int = 2, timeout_s: float = 2.0, memory_mb: int = 1024,
+                 max_tasks_per_worker: int = 500, cache_size: int = 65536,
+                 on_worker_restart: Callable[[str], None] | None = None,
+                 on_cache: Callable[[bool], None] | None = None):
+        from winnow.verifier.pool import WorkerPool
+
+        self.timeout_s = timeout_s
+        self._on_cache = on_cache
+        self._on_restart_cb = on_worker_restart
+        self._stats_lock = threading.Lock()
+        self._stats = {"cache_hits": 0, "cache_misses": 0, "worker_restarts": 0, "symbolic_calls": 0,
+                       "timeouts": 0, "errors": 0, "fast_path": 0}
+        self._cache = _LRU(cache_size)
+        self._pool = WorkerPool(workers=workers, timeout_s=timeout_s, memory_mb=memory_mb,
+                                max_tasks=max_tasks_per_worker, on_restart=self._on_restart)
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="winnow-verifier")
+        self._closed = False
+
+    # -- bookkeeping
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._stats_lock:
+            self._stats[key] += n
+
+    def _on_restart(self, reason: str) -> None:
+        self._count("worker_restarts")
+        if self._on_restart_cb is not None:
+            self._on_restart_cb(reason)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        with self._stats_lock:
+            return dict(self._stats)
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """PIDs of the live worker processes (for tests and debugging)."""
+        return self._pool.pids()
+
+    # -- API
+    def verify(self, item: Item) -> Verdict:
+        return self.verify_batch([item])[0]
+
+    def verify_batch(self, items: list[Item], *, deadline_s: float | None = None) -> list[Verdict]:
+        """Verdicts in the order of ``items``; golds prepared once; symbolic jobs run in parallel workers."""
+        if self._closed:
+            raise RuntimeError("MathVerifier is closed")
+        start = time.monotonic()
+        deadline = None if deadline_s is None else start + deadline_s
+        golds: dict[tuple, Gold] = {}
+        out: list[Verdict | None] = [None] * len(items)
+        pending: dict[tuple, list[tuple[int, float, Job]]] = {}
+        for i, item in enumerate(items):
+            t0 = time.perf_counter()
+            try:
+                gkey = (item.gold, item.task, _flag(item.options, "mcq"))
+                gold = golds.get(gkey)
+                if gold is None:
+                    gold = golds[gkey] = prepare_gold(item.gold, item.task, item.options)
+                decision = decide_fast(gold, item.response, item.options)
+            except Exception as exc:  # one bad item must not fail the batch
+                self._count("errors")
+                decision = Result(Status.ERROR, "", "internal", f"{type(exc).__name__}: {exc}"[:300])
+            if isinstance(decision, Result):
+                self._count("fast_path")
+                out[i] = self._verdict(item, decision, t0)
+                continue
+            cached = self._cache.get(decision.key)
+            if self._on_cache is not None:
+                self._on_cache(cached is not None)
+            if cached is not None:
+                self._count("cache_hits")
+                status, path, detail = cached
+                out[i] = self._verdict(item, Result(status, decision.extracted, "cache", path), t0)
+                continue
+            self._count("cache_misses")
+            pending.setdefault(decision.key, []).append((i, t0, decision))
+        if pending:
+            futures = {key: self._executor.submit(self._run_job, jobs[0][2], deadline)
+                       for key, jobs in pending.items()}
+            for key, fut in futures.items():
+                result = fut.result()
+                if result.status in _CACHEABLE:
+                    self._cache.put(key, (result.status, result.path, result.detail))
+                for i, t0, job in pending[key]:
+                    out[i] = self._verdict(items[i], result._replace(extracted=job.extracted), t0)
+        return out  # type: ignore[return-value]
+
+    def _run_job(self, job: Job, deadline: float | None) -> Result:
+        self._count("symbolic_calls")
+        try:
+            reply = self._pool.run(job.as_dict(), timeout_s=self.timeout_s, deadline=deadline)
+        except Exception as exc:  # pool failure: an error verdict, counted
+            self._count("errors")
+            return Result(Status.ERROR, job.extracted, "pool", f"{type(exc).__name__}: {exc}")
+        status = _status(reply["status"])
+        if status == Status.TIMEOUT:
+            self._count("timeouts")
+        elif status == Status.ERROR:
+            self._count("errors")
+        return Result(status, job.extracted, reply.get("path", ""), reply.get("detail", ""))
+
+    @staticmethod
+    def _verdict(item: Item, r: Result, t0: float) -> Verdict:
+        return Verdict(id=item.id, status=r.status, extracted=r.extracted, path=r.path, detail=r.detail,
+                       latency_ms=(time.perf_counter() - t0) * 1000.0)
+
+    def close(self) -> None:
+        """Stop the worker processes (SIGKILL) and the dispatch threads. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pool.close()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> MathVerifier:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,351 @@
+"""Fast exact comparison paths, pure Python, no sympy (VERIFIER_NOTES §4.4).
+
+* Numbers as exact ``fractions.Fraction``: integers, decimals, ``a/b``, ``\\frac{a}{b}``, mixed numbers
+  (``2\\frac{1}{2}``), scientific notation (``1.5e3``, ``1.5\\times10^{3}``, exponent |k| <= 10^4).
+* Integers compare exactly (``1000050 != 1000000``). A decimal matches an exact fraction, or a
+  decimal with more digits, only within the precision it printed, and only when it printed at least
+  2 decimals (``0.33 == 1/3``, ``0.3 != 1/3``); there is no blanket relative tolerance.
+* Percent only when the gold carries ``%`` (``50%`` matches ``50``, ``50%`` and ``0.5``) or the option
+  ``percent`` is set; a bare ``0.5`` never matches a bare ``50``. A predicted ``50%`` matches a gold
+  ``50`` (the sign is dropped), or ``0.5``.
+* MCQ letters (``B``, ``(B)``, ``\\text{(B)}``, ``B) 42``) and case-folded text answers.
+* ``compare_struct``: tuples, intervals, sets, solution lists, unions of intervals and matrices with
+  the gold deciding the semantics; elements are compared with a pluggable ``elem_eq`` (the fast
+  scalar comparison here, or fast-then-symbolic inside a worker).
+
+Every function returns ``True``/``False`` when it can decide, ``None`` when the symbolic path must.
+
+Left out: number words, base-n numerals, rounding rules beyond printed decimals.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+
+from winnow.verifier.canonical import Struct, split_assignment
+
+MAX_SCI_EXPONENT = 10**4
+
+_INT = r"\d+"
+_DEC = r"(?:\d+\.\d*|\.\d+)"
+_RE_INT = re.compile(rf"^{_INT}$")
+_RE_DEC = re.compile(rf"^{_DEC}$")
+_RE_SLASH = re.compile(r"^(\d+)/(\d+)$")
+_RE_FRAC = re.compile(r"^\\frac\{([+-]?\d+)\}\{([+-]?\d+)\}$")
+_RE_MIXED = re.compile(r"^(\d+)\\frac\{(\d+)\}\{(\d+)\}$")
+_RE_SCI_E = re.compile(rf"^({_DEC}|{_INT})[eE]([+-]?\d+)$")
+_RE_SCI_TIMES = re.compile(rf"^({_DEC}|{_INT})(?:\\times|\\cdot|\*)10\^(?:\{{([+-]?\d+)\}}|(\d))$")
+_RE_POW10 = re.compile(r"^10\^(?:\{([+-]?\d+)\}|(\d))$")
+_FUNC_WORDS = {"sin", "cos", "tan", "cot", "sec", "csc", "log", "ln", "exp", "lg", "arcsin", "arccos", "arctan",
+               "sinh", "cosh", "tanh", "max", "min", "gcd", "lcm", "det", "mod", "sqrt", "pi", "infty"}
+
+
+@dataclass(frozen=True, slots=True)
+class Num:
+    """A number parsed from text. ``kind``: ``int``, ``dec`` (with ``decimals`` printed), ``exact``."""
+
+    value: Fraction
+    kind: str
+    decimals: int = 0
+    percent: bool = False
+
+
+def parse_number(s: str) -> Num | None:
+    """Parse a canonical scalar as an exact number, or None."""
+    percent = s.endswith("%")
+    if percent:
+        s = s[:-1]
+    sign = 1
+    if s.startswith("-"):
+        sign, s = -1, s[1:]
+    if not s:
+        return None
+    if _RE_INT.match(s):
+        return Num(sign * Fraction(int(s)), "int", 0, percent)
+    if _RE_DEC.match(s):
+        decimals = len(s) - s.index(".") - 1
+        return Num(sign * Fraction(s if not s.endswith(".") else s[:-1]), "dec", decimals, percent)
+    m = _RE_SLASH.match(s) or _RE_FRAC.match(s)
+    if m:
+        den = int(m.group(2))
+        if den == 0:
+            return None
+        return Num(sign * Fraction(int(m.group(1)), den), "exact", 0, percent)
+    m = _RE_MIXED.match(s)
+    if m:
+        den = int(m.group(3))
+        if den == 0:
+            return None
+        return Num(sign * (int(m.group(1)) + Fraction(int(m.group(2)), den)), "exact", 0, percent)
+    m = _RE_SCI_E.match(s) or _RE_SCI_TIMES.match(s)
+    if m:
+        k = int(m.group(2) if m.group(2) is not None else m.group(3))
+        if abs(k) > MAX_SCI_EXPONENT:
+            return None
+        return Num(sign * Fraction(m.group(1)) * Fraction(10) ** k, "exact", 0, percent)
+    m = _RE_POW10.match(s)
+    if m:
+        k = int(m.group(1) if m.group(1) is not None else m.group(2))
+        if abs(k) > MAX_SCI_EXPONENT:
+            return None
+        return Num(sign * Fraction(10) ** k, "exact", 0, percent)
+    return None
+
+
+def _round_half_up(x: Fraction, decimals: int) -> Fraction:
+    q = Fraction(10) ** decimals
+    n = x * q
+    r = (abs(n) + Fraction(1, 2)).__floor__()
+    return Fraction(r if n >= 0 else -r) / q
+
+
+def _values_match(a: Fraction, a_kind: str, a_dec: int, b: Fraction, b_kind: str, b_dec: int) -> bool:
+    if a == b:
+        return True
+    if a_kind == "int" or b_kind == "int":
+        return False  # integers are exact
+    if a_kind == "dec" and b_kind == "dec":
+        d = min(a_dec, b_dec)
+        if d < 2:
+            return False
+        coarse, fine = (a, b) if a_dec <= b_dec else (b, a)
+        trunc = Fraction(int(fine * 10**d), 10**d)
+        return _round_half_up(fine, d) == coarse or trunc == coarse
+    if a_kind == "dec" or b_kind == "dec":
+        dec, d, exact = (a, a_dec, b) if a_kind == "dec" else (b, b_dec, a)
+        return d >= 2 and abs(exact - dec) < Fraction(1, 10**d)
+    return False
+
+
+def num_eq(g: Num, p: Num, *, percent_option: bool = False) -> bool:
+    """Gold-vs-prediction number equality with the percent and precision rules of the module doc."""
+    if _values_match(g.value, g.kind, g.decimals, p.value, p.kind, p.decimals):
+        return True
+    hundred = Fraction(100)
+    if g.percent and not p.percent:
+        return p.value == g.value / hundred
+    if p.percent and not g.percent:
+        return p.value / hundred == g.value
+    if percent_option:
+        return p.value == g.value / hundred or p.value == g.value * hundred
+    return False
+
+
+# --------------------------------------------------------------------------- MCQ and text
+
+_MCQ_GOLD_RE = re.compile(r"^\(?([A-J])\)?$")
+_MCQ_PRED_RE = re.compile(r"^\s*(?:\\text(?:bf)?\{\s*)?(?:\*\*)?\(?([A-Ja-j])(?:\)|\.|:|\}|\*\*|\s|$)")
+_TEXT_WRAP_RE = re.compile(r"^\\(?:text|textbf|mathrm|mbox|textit)\{([^{}]*)\}$")
+_WORDS_RE = re.compile(r"^[A-Za-z][A-Za-z '\-]*$")
+
+
+def mcq_letter(gold: str, *, mcq_task: bool = False) -> str | None:
+    """The letter if the (canonical) gold is a multiple-choice answer (uppercase A-J, or any case for mcq)."""
+    m = _MCQ_GOLD_RE.match(gold)
+    if m:
+        return m.group(1)
+    if mcq_task:
+        m = re.match(r"^\(?([a-jA-J])\)?$", gold)
+        if m:
+            return m.group(1).upper()
+    return None
+
+
+def pred_letter(raw: str) -> str | None:
+    m = _MCQ_PRED_RE.match(raw.strip())
+    return m.group(1).upper() if m else None
+
+
+def text_norm(raw: str) -> str:
+    s = raw.strip()
+    prev = None
+    while prev != s:
+        prev = s
+        s = re.sub(r"\\(?:text|textbf|mathrm|mbox|textit|emph)\s*\{([^{}]*)\}", r"\1", s)
+    s = s.replace("$", "").lower()
+    s = re.sub(r"[^a-z0-9 ]+", " ", s)
+    s = re.sub(r"^(?:the|a|an) ", "", s.strip())
+    return " ".join(s.split())
+
+
+def is_text_gold(raw: str) -> bool:
+    """A gold that is words (``Monday``, ``\\text{even}``, ``yes``), compared case-folded, never by sympy."""
+    s = raw.strip()
+    m = _TEXT_WRAP_RE.match(s)
+    if m:
+        s = m.group(1).strip()
+        if s and re.fullmatch(r"[A-Za-z][A-Za-z0-9 ,'\-]*", s) and not re.fullmatch(r"\(?[A-Za-z]\)?", s):
+            return True
+    if not _WORDS_RE.match(s):
+        return False
+    words = re.findall(r"[A-Za-z]+", s)
+    if s.lower() in ("yes", "no"):
+        return True
+    return any(len(w) >= 3 and w.lower() not in _FUNC_WORDS for w in words) and " " in s or (
+        len(words) == 1 and len(words[0]) >= 4 and words[0].lower() not in _FUNC_WORDS
+    )
+
+
+# --------------------------------------------------------------------------- scalars and structures
+
+_INF = {"\\infty", "-\\infty", "+\\infty", "oo", "-oo", "\\infinity"}
+_REL_RE = re.compile(r"=|<|>|\\le|\\ge|\\ne|\\neq|\\lt|\\gt")
+_INEQ_RE = re.compile(r"<|>|\\le|\\ge|\\lt|\\gt|\\leq|\\geq")
+
+
+def top_level(s: str) -> str:
+    """``s`` with every ``{…}`` group removed (so ``\\sum_{i=1}`` has no top-level ``=``)."""
+    prev = None
+    while prev != s and "{" in s:
+        prev = s
+        s = re.sub(r"\{[^{}]*\}", "", s)
+    return s
+
+
+def is_relation(s: str) -> bool:
+    return _REL_RE.search(top_level(s)) is not None
+
+
+def is_inequality(s: str) -> bool:
+    return _INEQ_RE.search(top_level(s)) is not None
+
+
+ElemEq = Callable[[str, str], "tuple[bool | None, str]"]
+
+
+def fast_scalar_eq(g: str, p: str, *, percent_option: bool = False) -> tuple[bool | None, str]:
+    """Compare two canonical scalars without sympy: (True/False, path) or (None, "") when undecided."""
+    if g == p:
+        return True, "string"
+    ga = split_assignment(g)
+    pa = split_assignment(p)
+    if pa is not None and (ga is None or ga[0] == pa[0]):
+        p = pa[1]
+        if ga is not None:
+            g = ga[1]
+        if g == p:
+            return True, "string"
+    elif ga is not None and pa is None and not is_relation(p):
+        g = ga[1]
+        if g == p:
+            return True, "string"
+    if g in _INF or p in _INF:
+        gi = g.replace("+", "")
+        pi = p.replace("+", "")
+        if gi in _INF or pi in _INF:
+            return gi == pi, "number"
+    gn = parse_number(g)
+    if gn is not None:
+        pn = parse_number(p)
+        if pn is not None:
+            return num_eq(gn, pn, percent_option=percent_option), "number"
+        if is_relation(p):
+            return False, "relation"  # "7=11a+c" for a numeric gold
+    return None, ""
+
+
+def _match_unordered(golds: list[str], preds: list[str], elem_eq: ElemEq) -> bool | None:
+    """Set equality with possibly-undecided element comparisons (every element matched both ways)."""
+    table: dict[tuple[int, int], bool | None] = {}
+
+    def eq(i: int, j: int) -> bool | None:
+        if (i, j) not in table:
+            table[(i, j)] = elem_eq(golds[i], preds[j])[0]
+        return table[(i, j)]
+
+    undecided = False
+    for j in range(len(preds)):
+        results = [eq(i, j) for i in range(len(golds))]
+        if True in results:
+            continue
+        if None in results:
+            undecided = True
+            continue
+        return False  # a predicted element equal to no gold element
+    for i in range(len(golds)):
+        results = [eq(i, j) for j in range(len(preds))]
+        if True in results:
+            continue
+        if None in results:
+            undecided = True
+            continue
+        return False  # a gold element missing from the prediction
+    return None if undecided else True
+
+
+def _match_ordered(golds: list[str], preds: list[str], elem_eq: ElemEq) -> bool | None:
+    if len(golds) != len(preds):
+        return False
+    undecided = False
+    for g, p in zip(golds, preds, strict=True):
+        r = elem_eq(g, p)[0]
+        if r is False:
+            return False
+        if r is None:
+            undecided = True
+    return None if undecided else True
+
+
+def compare_struct(gs: Struct, ps: Struct, elem_eq: ElemEq) -> tuple[bool | None, str]:
+    """Compare structures with the gold deciding the semantics. Returns (verdict or None, path)."""
+    if gs.kind == "scalar":
+        if ps.kind == "scalar":
+            return elem_eq(gs.text, ps.text)
+        if ps.kind in ("set", "list") and len(ps.items) == 1:
+            return elem_eq(gs.text, ps.items[0])
+        if ps.kind in ("bracket", "union") and is_inequality(gs.text):
+            return None, "relation"  # a gold inequality may match a predicted interval (symbolic path)
+        return False, "set"  # several answers (or a tuple) for a scalar gold
+    if gs.kind in ("set", "list"):
+        if ps.kind in ("set", "list"):
+            return _match_unordered(gs.items, ps.items, elem_eq), "set"
+        if ps.kind == "scalar":
+            if len(gs.items) == 1:
+                return elem_eq(gs.items[0], ps.text)
+            return False, "set"
+        return False, "set"
+    if gs.kind == "bracket":
+        if ps.kind != "bracket":
+            if ps.kind == "matrix" and _is_vector(ps):
+                return _match_ordered(gs.items, _flatten(ps), elem_eq), "tuple"
+            return False, "tuple" if len(gs.items) != 2 or gs.open + gs.close == "()" else "interval"
+        interval = len(gs.items) == 2 and gs.open + gs.close != "()"
+        path = "interval" if interval else "tuple"
+        if (gs.open, gs.close) != (ps.open, ps.close):
+            return False, path  # bracket types must match: (0,9) != [0,9)
+        return _match_ordered(gs.items, ps.items, elem_eq), path
+    if gs.kind == "union":
+        if ps.kind != "union" or len(ps.parts) != len(gs.parts):
+            return False, "interval"
+
+        def part_eq(a: str, b: str) -> tuple[bool | None, str]:
+            return compare_struct(_part_by_text(gs, a), _part_by_text(ps, b), elem_eq)
+
+        return _match_unordered([p.text for p in gs.parts], [p.text for p in ps.parts], part_eq), "interval"
+    if gs.kind == "matrix":
+        if ps.kind == "matrix":
+            if [len(r) for r in gs.rows] != [len(r) for r in ps.rows]:
+                return False, "matrix"
+            return _match_ordered(_flatten(gs), _flatten(ps), elem_eq), "matrix"
+        if ps.kind == "bracket" and _is_vector(gs):
+            return _match_ordered(_flatten(gs), ps.items, elem_eq), "matrix"
+        return False, "matrix"
+    return None, ""
+
+
+def _part_by_text(s: Struct, text: str) -> Struct:
+    for p in s.parts:
+        if p.text == text:
+            return p
+    raise KeyError(text)
+
+
+def _flatten(m: Struct) -> list[str]:
+    return [c for row in m.rows for c in row]
+
+
+def _is_vector(m: Struct) -> bool:
+    return len(m.rows) == 1 or all(len(r) == 1 for r in m.rows)

@@ -1,0 +1,273 @@
+"""The symbolic path: LaTeX -> sympy with a grammar parser, guarded, then compared (VERIFIER_NOTES §4.5).
+
+Runs inside a worker process of ``winnow.verifier.pool`` (or in-process in ``grade``). Imports sympy.
+
+* Parsing: ``latex2sympy2_extended.latex2sympy`` (an ANTLR grammar; sympy objects are built with
+  ``evaluate=False``). Model text is never passed to ``eval``, ``sympify`` or ``parse_expr``
+  (the library only calls ``parse_expr`` on ``variable_values``, which we never pass).
+  Every parsed tree goes through ``guard.check_tree`` before any evaluation.
+* Scalars, in order: the fast path; structural ``==``; for constants a numeric probe
+  (``evalf(30)``, relative error 1e-12, no chop, so ``1/2^99 != 1/2^98``; a side printed as a
+  decimal with d >= 2 decimals is compared with absolute tolerance 10^-d); for expressions with free
+  symbols, evaluation at up to 5 random positive rational points (3 must agree; one clear
+  mismatch decides "wrong"); only then ``simplify(a - b) == 0`` / ``a.equals(b)``.
+* Relations: equations compare ``lhs - rhs`` up to a nonzero constant factor (checked at random
+  points); univariate inequalities compare as solution sets; a gold inequality may match a
+  predicted interval or union (never the reverse: an interval gold needs an interval).
+* Structures (tuples, sets, intervals, matrices) are split by ``canonical.parse_structure`` and
+  compared by ``fastpath.compare_struct`` with ``scalar_eq`` below for the elements.
+
+Left out: assumptions (``\\sqrt{1/n}`` vs ``1/\\sqrt n`` is decided at positive points only),
+multivariate inequality systems, degrees vs radians, functional equations.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import re
+
+import sympy
+from latex2sympy2_extended import NormalizationConfig, latex2sympy
+from winnow.verifier.canonical import Struct, parse_structure, split_assignment
+from winnow.verifier.fastpath import compare_struct, fast_scalar_eq, is_inequality, is_relation, parse_number
+from winnow.verifier.guard import VerifyError, check_tree
+
+_NORM = NormalizationConfig(basic_latex=True, units=False, malformed_operators=True, nits=False, boxed="none")
+_REL_TOL = sympy.Float("1e-12", 30)
+_POINT_TOL = sympy.Float("1e-9", 30)
+_DECIMAL_RE = re.compile(r"\d*\.\d+")
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cached(text: str):
+    return latex2sympy(text, normalization_config=_NORM)
+
+
+def parse_latex(text: str, *, side: str):
+    """Parse canonical LaTeX into a guarded sympy object. ``side`` is "gold" or "pred" (error kinds)."""
+    try:
+        expr = _parse_cached(text)
+    except (MemoryError, RecursionError) as exc:
+        raise VerifyError("too_complex", f"{side} parse: {type(exc).__name__}") from None
+    except Exception as exc:  # the grammar rejects the text: a verdict, not a crash
+        status = "error" if side == "gold" else "unparsable"
+        raise VerifyError(status, f"{side} does not parse: {str(exc).splitlines()[0][:120]}") from None
+    if isinstance(expr, list | tuple):
+        raise VerifyError("error" if side == "gold" else "unparsable", f"{side} parses to several expressions")
+    refusal = check_tree(expr)
+    if refusal is not None:
+        raise VerifyError(refusal.kind, f"{side}: {refusal.detail}")
+    return expr
+
+
+def _decimals_of(text: str) -> int | None:
+    """Printed decimals when the text is a plain decimal number (for the decimal-vs-exact tolerance)."""
+    n = parse_number(text)
+    return n.decimals if n is not None and n.kind == "dec" else None
+
+
+def _is_finite_number(v) -> bool:
+    return v.is_number and v.is_finite is not False and not v.has(sympy.nan, sympy.zoo, sympy.oo, -sympy.oo)
+
+
+def _close(a, b, tol) -> bool:
+    diff = abs(a - b)
+    scale = max(abs(a), abs(b))
+    if scale == 0:
+        return True
+    return bool(diff <= tol * scale)
+
+
+def _numeric_probe(g, p, g_text: str, p_text: str) -> bool | None:
+    try:
+        gv = sympy.N(g, 30)
+        pv = sympy.N(p, 30)
+    except (MemoryError, RecursionError):
+        raise
+    except Exception:
+        return None
+    if not (_is_finite_number(gv) and _is_finite_number(pv)):
+        return None
+    if gv.free_symbols or pv.free_symbols:
+        return None
+    gd, pd = _decimals_of(g_text), _decimals_of(p_text)
+    if (gd is None) != (pd is None):
+        d = gd if gd is not None else pd
+        if d >= 2:
+            return bool(abs(gv - pv) < sympy.Float(10, 30) ** (-d))
+    return _close(gv, pv, _REL_TOL)
+
+
+def _points(symbols, n: int, seed: int):
+    rng = random.Random(seed)
+    syms = sorted(symbols, key=lambda s: s.name)
+    for _ in range(n):
+        yield {s: sympy.Rational(rng.randint(7, 60), rng.randint(5, 13)) for s in syms}
+
+
+def _random_points(g, p) -> bool | None:
+    syms = g.free_symbols | p.free_symbols
+    agree = 0
+    for point in _points(syms, 6, 12345):
+        try:
+            gv = g.evalf(30, subs=point)
+            pv = p.evalf(30, subs=point)
+        except (MemoryError, RecursionError):
+            raise
+        except Exception:
+            continue
+        if not (_is_finite_number(gv) and _is_finite_number(pv)) or gv.free_symbols or pv.free_symbols:
+            continue
+        if not _close(gv, pv, _POINT_TOL):
+            return False
+        agree += 1
+        if agree >= 3:
+            return True
+    return None
+
+
+def _simplify_equal(g, p) -> bool:
+    try:
+        if sympy.simplify(g - p) == 0:
+            return True
+        return bool(g.equals(p))
+    except (MemoryError, RecursionError):
+        raise
+    except Exception:
+        return False
+
+
+def expr_equal(g, p, g_text: str = "", p_text: str = "") -> tuple[bool, str]:
+    """Compare two parsed sympy expressions. Returns (equal, path)."""
+    if g == p:
+        return True, "symbolic"
+    if isinstance(g, sympy.Expr) and isinstance(p, sympy.Expr):
+        if not g.free_symbols and not p.free_symbols:
+            r = _numeric_probe(g, p, g_text, p_text)
+            if r is not None:
+                return r, "numeric_probe"
+        else:
+            r = _random_points(g, p)
+            if r is not None:
+                return r, "numeric_probe"
+        return _simplify_equal(g, p), "symbolic"
+    if isinstance(g, sympy.MatrixBase) and isinstance(p, sympy.MatrixBase):
+        if g.shape != p.shape:
+            return False, "matrix"
+        return all(expr_equal(a, b)[0] for a, b in zip(g, p, strict=True)), "matrix"
+    if isinstance(g, sympy.Set) and isinstance(p, sympy.Set):
+        try:
+            return bool(g == p or sympy.simplify(g.symmetric_difference(p)) == sympy.S.EmptySet), "set"
+        except Exception:
+            return False, "set"
+    return False, "symbolic"
+
+
+def _eq_up_to_scalar(d1, d2) -> bool:
+    """lhs-rhs of two equations equal up to a nonzero constant factor."""
+    syms = d1.free_symbols | d2.free_symbols
+    if not syms:
+        return bool(sympy.simplify(d1) == 0) == bool(sympy.simplify(d2) == 0)
+    ratios = []
+    for point in _points(syms, 6, 777):
+        try:
+            a = d1.evalf(30, subs=point)
+            b = d2.evalf(30, subs=point)
+        except Exception:
+            continue
+        if not (_is_finite_number(a) and _is_finite_number(b)) or a.free_symbols or b.free_symbols:
+            continue
+        if b == 0 or abs(b) < 1e-25:
+            if abs(a) > 1e-20:
+                return False
+            continue
+        ratios.append(a / b)
+    if len(ratios) >= 3:
+        r0 = ratios[0]
+        return abs(r0) > 1e-20 and all(_close(r, r0, _POINT_TOL) for r in ratios[1:])
+    try:
+        q = sympy.simplify(d1 / d2)
+        return bool(q.is_number and q != 0 and q.is_finite)
+    except Exception:
+        return False
+
+
+def _as_set(rel):
+    syms = rel.free_symbols
+    if len(syms) != 1:
+        return None
+    try:
+        return rel.as_set()
+    except Exception:
+        return None
+
+
+def relation_equal(g, p) -> tuple[bool, str]:
+    """Gold relation vs predicted relation (or a predicted set, for a gold inequality)."""
+    if isinstance(g, sympy.Equality) and isinstance(p, sympy.Equality):
+        if g == p:
+            return True, "relation"
+        return _eq_up_to_scalar(g.lhs - g.rhs, p.lhs - p.rhs), "relation"
+    if isinstance(g, sympy.Rel) and not isinstance(g, sympy.Equality | sympy.Unequality):
+        gset = _as_set(g)
+        if isinstance(p, sympy.Set):
+            pset = p
+        elif isinstance(p, sympy.Rel) and not isinstance(p, sympy.Equality | sympy.Unequality):
+            if (g.free_symbols != p.free_symbols) and len(g.free_symbols) == 1:
+                return False, "relation"
+            pset = _as_set(p)
+        else:
+            return False, "relation"
+        if gset is None or pset is None:
+            return bool(g == p), "relation"
+        return expr_equal(gset, pset)[0], "relation"
+    return bool(g == p), "relation"
+
+
+def scalar_eq(g: str, p: str, *, percent_option: bool = False) -> tuple[bool, str]:
+    """Compare two canonical scalar strings: fast path first, then sympy."""
+    fast, path = fast_scalar_eq(g, p, percent_option=percent_option)
+    if fast is not None:
+        return fast, path
+    ga, pa = split_assignment(g), split_assignment(p)
+    if pa is not None and (ga is None or ga[0] == pa[0]):
+        p = pa[1]
+        g = ga[1] if ga is not None else g
+    elif ga is not None and pa is None and not is_relation(p):
+        g = ga[1]
+    gx = parse_latex(g, side="gold")
+    px = parse_latex(p, side="pred")
+    g_rel = isinstance(gx, sympy.Rel)
+    p_rel = isinstance(px, sympy.Rel)
+    if g_rel or p_rel:
+        if g_rel and (p_rel or isinstance(px, sympy.Set)):
+            return relation_equal(gx, px)
+        return False, "relation"
+    if isinstance(gx, sympy.logic.boolalg.Boolean) or isinstance(px, sympy.logic.boolalg.Boolean):
+        return bool(gx == px), "relation"
+    return expr_equal(gx, px, g, p)
+
+
+def compare_canonical(gold: str, pred: str, *, percent_option: bool = False) -> tuple[bool, str]:
+    """Full comparison of canonical gold and prediction (structures, then scalars), fast then symbolic."""
+    gs = parse_structure(gold)
+    ps = parse_structure(pred)
+
+    def elem_eq(a: str, b: str) -> tuple[bool | None, str]:
+        return scalar_eq(a, b, percent_option=percent_option)
+
+    result, path = compare_struct(gs, ps, elem_eq)
+    if result is None and path == "relation":
+        return _inequality_vs_set(gs, ps)
+    if result is None:
+        raise VerifyError("error", f"undecided comparison ({gs.kind} vs {ps.kind})")
+    return result, path or "symbolic"
+
+
+def _inequality_vs_set(gs: Struct, ps: Struct) -> tuple[bool, str]:
+    gx = parse_latex(gs.text, side="gold")
+    px = parse_latex(ps.text, side="pred")
+    if not is_inequality(gs.text) or not isinstance(gx, sympy.Rel):
+        return False, "relation"
+    return relation_equal(gx, px)
