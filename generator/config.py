@@ -199,6 +199,15 @@ class GeneratorConfig(Settings):
     """Address /metrics and /health bind to."""
     lag_interval_s: float = Field(default=10.0, gt=0.0)
     """How often the consumer lag gauge is refreshed."""
+    kafka_partitions: int = Field(default=4, ge=1, le=10_000)
+    """Partitions of the prompts/groups topics if the generator has to create them (the most
+    generator replicas that can share the prompt stream)."""
+    max_poll_interval_ms: int = Field(default=1_800_000, ge=10_000)
+    """Kafka max.poll.interval.ms: the longest a batch (generate + score + publish) may take before
+    the group considers this generator dead."""
+    revoke_wait_s: float = Field(default=60.0, ge=0.0)
+    """On a rebalance, wait up to this long for the in-flight batch to publish and commit before
+    giving its partitions up (longer batches are redelivered to the next owner)."""
 
     @field_validator("device")
     @classmethod

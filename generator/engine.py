@@ -22,7 +22,6 @@ from winnow.generator.config import SamplingConfig
 
 if TYPE_CHECKING:
     import torch
-
     from winnow.generator.config import GeneratorConfig
 
 
@@ -57,11 +56,17 @@ class Engine(Protocol):
         ...
 
 
+class GenerationCancelled(RuntimeError):
+    """``generate`` was interrupted by ``engine.cancel()`` (the service is stopping)."""
+
+
 class WeightLoadError(RuntimeError):
     """A weight file does not fit the loaded model (missing/unexpected keys, wrong shapes)."""
 
 
-def process_logprobs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+def process_logprobs(
+    logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0
+) -> torch.Tensor:
     """Log-probs of the processed sampling distribution.
 
     logits: (B, V) next-token logits (any float dtype; computed in float32).

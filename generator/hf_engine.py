@@ -15,14 +15,20 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-
 from winnow.generator.config import SamplingConfig
-from winnow.generator.engine import Completion, WeightLoadError, process_logprobs, sample_tokens
+from winnow.generator.engine import (
+    Completion,
+    GenerationCancelled,
+    WeightLoadError,
+    process_logprobs,
+    sample_tokens,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +42,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """"auto": bf16 on CUDA and on CPUs with native bf16 (2-4x faster than fp32 there), else fp32."""
+    """ "auto": bf16 on CUDA and on CPUs with native bf16 (2-4x faster than fp32 there), else fp32."""
     if dtype != "auto":
         return _DTYPES[dtype]
     if device.type == "cuda":
@@ -53,7 +59,10 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     """Every id that ends a completion: the tokenizer's EOS and the generation config's EOS id(s)."""
     ids: set[int] = set()
-    for src in (getattr(tokenizer, "eos_token_id", None), getattr(model.generation_config, "eos_token_id", None)):
+    for src in (
+        getattr(tokenizer, "eos_token_id", None),
+        getattr(model.generation_config, "eos_token_id", None),
+    ):
         if src is None:
             continue
         ids.update([int(src)] if isinstance(src, int) else [int(x) for x in src])
@@ -93,7 +102,9 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> 
 class HFEngine:
     """Sampling engine over a transformers causal LM (see the module docstring)."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, max_batch_sequences: int = 64, version: int = 0) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, *, max_batch_sequences: int = 64, version: int = 0
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.version = version
@@ -103,6 +114,7 @@ class HFEngine:
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_id = int(pad) if pad is not None else self.eos_ids[0]
         self._eos = torch.tensor(self.eos_ids, device=self.device)
+        self._cancel = threading.Event()
         # transformers >= 5.2x names the KV-cache argument ``cache`` (``past_key_values`` before)
         params = inspect.signature(self.model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
@@ -135,6 +147,14 @@ class HFEngine:
         return cls(model, tokenizer, max_batch_sequences=max_batch_sequences, version=version)
 
     # -- sampling ---------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """Make the running and every later ``generate`` raise :class:`GenerationCancelled` (checked
+        every decoding step) until :meth:`clear_cancel`. Thread-safe."""
+        self._cancel.set()
+
+    def clear_cancel(self) -> None:
+        self._cancel.clear()
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Completion]]:
         """``n`` completions for each prompt (see :class:`winnow.generator.engine.Engine`)."""
@@ -186,6 +206,8 @@ class HFEngine:
         logps: list[list[float]] = [[] for _ in range(rows)]
         finish = ["length"] * rows
         for step in range(sampling.max_new_tokens):
+            if self._cancel.is_set():
+                raise GenerationCancelled("generation cancelled")
             lp_all = process_logprobs(logits, sampling.temperature, sampling.top_k, sampling.top_p)
             tok = sample_tokens(lp_all, generator)
             lp = lp_all.gather(-1, tok[:, None]).squeeze(-1)

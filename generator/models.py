@@ -97,7 +97,7 @@ def default_model_dir(cache_dir: str | Path | None = None) -> Path:
 
 
 def resolve_model(name_or_path: str, cache_dir: str | Path | None = None) -> str:
-    """"smollm2-135m" (and aliases) -> the converted default folder; anything else (a local HF
+    """ "smollm2-135m" (and aliases) -> the converted default folder; anything else (a local HF
     directory or a hub id) is returned unchanged."""
     if name_or_path.lower() in SMOLLM2_ALIASES:
         return str(default_model_dir(cache_dir))

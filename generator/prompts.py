@@ -213,9 +213,13 @@ class PromptSource(ABC):
         if rows <= 0:
             raise PromptSourceError(f"prompt source {self.name!r} has no rows")
         if base.holdout >= rows and base.split == "train":
-            raise PromptSourceError(f"{self.name}: holdout={base.holdout} leaves no training rows out of {rows}")
+            raise PromptSourceError(
+                f"{self.name}: holdout={base.holdout} leaves no training rows out of {rows}"
+            )
         if base.split == "eval" and base.holdout == 0:
-            raise PromptSourceError(f"{self.name}: split 'eval' needs holdout > 0 (the number of held-out rows)")
+            raise PromptSourceError(
+                f"{self.name}: split 'eval' needs holdout > 0 (the number of held-out rows)"
+            )
         self._shuffle = base.shuffle
         self._seed = base.shuffle_seed
         self._rows: range | list[int] = range(rows)
@@ -284,12 +288,18 @@ class ReasoningGymSource(PromptSource):
             if cfg.mixture:
                 from reasoning_gym.composite import DatasetSpec
 
-                specs = [DatasetSpec(name=m.name, weight=m.weight, config=dict(m.config)) for m in cfg.mixture]
-                self._ds = reasoning_gym.create_dataset("composite", size=cfg.size, seed=cfg.seed, datasets=specs)
+                specs = [
+                    DatasetSpec(name=m.name, weight=m.weight, config=dict(m.config)) for m in cfg.mixture
+                ]
+                self._ds = reasoning_gym.create_dataset(
+                    "composite", size=cfg.size, seed=cfg.seed, datasets=specs
+                )
             else:
                 self._ds = reasoning_gym.create_dataset(cfg.name, size=cfg.size, seed=cfg.seed, **cfg.config)
         except (ValueError, TypeError, KeyError, AssertionError) as e:
-            raise PromptSourceError(f"reasoning_gym dataset {cfg.name!r} with config {cfg.config}: {e}") from e
+            raise PromptSourceError(
+                f"reasoning_gym dataset {cfg.name!r} with config {cfg.config}: {e}"
+            ) from e
         rows = len(self._ds) if cfg.limit is None else min(cfg.limit, len(self._ds))
         super().__init__(rows, cfg)
 
@@ -360,7 +370,9 @@ class JsonlSource(_RecordSource):
                 except json.JSONDecodeError as e:
                     raise PromptSourceError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
                 if not isinstance(rec, dict):
-                    raise PromptSourceError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+                    raise PromptSourceError(
+                        f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}"
+                    )
                 records.append(rec)
         super().__init__(records, cfg, str(path))
 
@@ -398,12 +410,16 @@ class HFDatasetSource(_RecordSource):
         try:
             ds = datasets.load_dataset(cfg.dataset, cfg.subset, split=cfg.hf_split)
         except Exception as e:  # network/hub errors come in many types; report them as config errors
-            raise PromptSourceError(f"could not load HF dataset {cfg.dataset!r} ({cfg.subset}, {cfg.hf_split}): {e}") from e
+            raise PromptSourceError(
+                f"could not load HF dataset {cfg.dataset!r} ({cfg.subset}, {cfg.hf_split}): {e}"
+            ) from e
         n = len(ds) if cfg.limit is None else min(cfg.limit, len(ds))
         super().__init__([ds[i] for i in range(n)], cfg, f"hf:{cfg.dataset}")
 
 
-def make_source(cfg: PromptSourceConfig | dict[str, Any], split: Literal["train", "eval"] | None = None) -> PromptSource:
+def make_source(
+    cfg: PromptSourceConfig | dict[str, Any], split: Literal["train", "eval"] | None = None
+) -> PromptSource:
     """Build the prompt source a config describes; ``split`` overrides ``cfg.split`` (e.g. to build
     the held-out eval source from the training config)."""
     if isinstance(cfg, dict):

@@ -1,0 +1,76 @@
+"""``winnow generator run --config FILE [--set key=value ...]``.
+
+Imports lightly: the config is parsed and validated first; torch, transformers and vLLM are
+imported only once the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "generator", help="sample responses for prompt requests, score them, publish groups"
+    )
+    sub = p.add_subparsers(dest="generator_command", metavar="SUBCOMMAND")
+    run = sub.add_parser("run", help="run a generator (a Kafka consumer group member on the prompts topic)")
+    run.add_argument(
+        "--config", "-c", default=None, help="YAML/JSON config file (a generator: section or flat)"
+    )
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set sampling.max_new_tokens=128 (repeatable)",
+    )
+    run.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    run.set_defaults(func=_run)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _run(args: argparse.Namespace) -> int:
+    from winnow.generator.config import GeneratorConfig
+
+    from winnow.config import load_config, parse_overrides
+
+    cfg = load_config(GeneratorConfig, args.config, parse_overrides(args.overrides))
+    if args.print_config:
+        print(cfg.model_dump_json(indent=2))
+        return 0
+    log.info("generator config: %s", cfg.model_dump_json())
+
+    import asyncio
+
+    return asyncio.run(serve(cfg))
+
+
+async def serve(cfg) -> int:
+    """Build the engine, start /metrics and /health, run until SIGTERM/SIGINT."""
+    import asyncio
+    import signal
+
+    from prometheus_client import CollectorRegistry
+    from winnow.generator.engine import make_engine
+    from winnow.generator.service import GeneratorService
+
+    from winnow.metrics import serve_metrics
+
+    engine = await asyncio.to_thread(make_engine, cfg)
+    registry = CollectorRegistry()
+    service = GeneratorService(cfg, engine, registry)
+    metrics = serve_metrics(registry, cfg.metrics_port, host=cfg.metrics_host, health=service.healthy)
+    log.info("metrics and health on %s:%d", cfg.metrics_host, metrics.port)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, service.request_stop)
+    try:
+        await service.run()
+    finally:
+        metrics.stop()
+    return 0
