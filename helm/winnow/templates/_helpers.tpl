@@ -159,25 +159,38 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- toYaml (mustMergeOverwrite $base (deepCopy .Values.verifier.config)) }}
 {{- end }}
 
+{{/* Task pattern -> custom verifier address (GeneratorConfig.verifier.endpoints). Helm writes map keys
+     sorted, so keep the patterns of different custom verifiers disjoint. */}}
 {{- define "winnow.verifierEndpoints" -}}
 {{- $root := . }}
-{{- $eps := list }}
+{{- $eps := dict }}
 {{- range .Values.verifier.extra }}
 {{- $addr := printf "%s-verifier-%s.%s.svc:%d" (include "winnow.fullname" $root) .name $root.Release.Namespace (int (default 50051 .port)) }}
-{{- $eps = append $eps (dict "tasks" .tasks "address" $addr) }}
+{{- range .tasks }}
+{{- if hasKey $eps . }}
+{{- fail (printf "verifier.extra: task pattern %q is routed to two custom verifiers" .) }}
 {{- end }}
-{{- $eps = append $eps (dict "tasks" (list "*") "address" (include "winnow.verifierAddress" .)) }}
+{{- $_ := set $eps . $addr }}
+{{- end }}
+{{- end }}
 {{- toYaml $eps }}
 {{- end }}
 
 {{- define "winnow.generatorConfig" -}}
-{{- $verifier := dict "endpoints" (include "winnow.verifierEndpoints" . | fromYamlArray) }}
-{{- $base := dict "metrics_port" (int .Values.generator.metricsPort) "verifier" $verifier "kafka" (dict "topic_prefix" .Values.kafka.topicPrefix) }}
+{{- $verifier := dict "endpoints" (include "winnow.verifierEndpoints" . | fromYaml) }}
+{{- if .Values.verifier.enabled }}
+{{- $_ := set $verifier "default_endpoint" (include "winnow.verifierAddress" .) }}
+{{- end }}
+{{- $base := dict "metrics_port" (int .Values.generator.metricsPort) "metrics_host" "0.0.0.0" "verifier" $verifier "weights" (dict "root" .Values.weights.mountPath) "kafka" (dict "topic_prefix" .Values.kafka.topicPrefix) }}
 {{- toYaml (mustMergeOverwrite $base (deepCopy .Values.generator.config)) }}
 {{- end }}
 
 {{- define "winnow.learnerConfig" -}}
-{{- $base := dict "metrics_port" (int .Values.learner.metricsPort) "algo" (dict "preset" .Values.learner.algorithm) "checkpoint_dir" "/checkpoints" "weights_dir" .Values.weights.mountPath "kafka" (dict "topic_prefix" .Values.kafka.topicPrefix) }}
+{{- $wm := .Values.weights.mountPath }}
+{{- $base := dict "metrics_port" (int .Values.learner.metricsPort) "metrics_host" "0.0.0.0" "algo" (dict "preset" .Values.learner.algorithm) "kafka" (dict "topic_prefix" .Values.kafka.topicPrefix) }}
+{{- $_ := set $base "weights" (dict "dir" $wm "uri_root" $wm) }}
+{{- $_ := set $base "checkpoint" (dict "dir" "/checkpoints/checkpoints") }}
+{{- $_ := set $base "run_dir" "/checkpoints/run" }}
 {{- toYaml (mustMergeOverwrite $base (deepCopy .Values.learner.config)) }}
 {{- end }}
 
