@@ -238,6 +238,7 @@ class Scorer:
         self.routing = routing
         self.metrics = metrics
         self._in_process = in_process
+        self._owns_in_process = in_process is None  # close only what this scorer built
         self._clients: dict[str, Any] = {}
         self._stopping = stopping
 
@@ -313,9 +314,10 @@ class Scorer:
         for client in self._clients.values():
             await client.close()
         self._clients.clear()
-        closer = getattr(self._in_process, "close", None) or getattr(self._in_process, "shutdown", None)
-        if closer is not None:
+        closer = getattr(self._in_process, "close", None)
+        if self._owns_in_process and closer is not None:
             await asyncio.to_thread(closer)
+            self._in_process = None
 
 
 class ScoringAborted(RuntimeError):

@@ -1,0 +1,361 @@
+"""The generator service against a real Kafka-protocol broker, the tiny model and the real
+in-process math verifier; the scorer against a real gRPC verifier server."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry
+from safetensors.torch import save_file
+from winnow.generator.chat import PromptFormatter
+from winnow.generator.config import GeneratorConfig, RewardMapping, SamplingConfig, VerifierRouting
+from winnow.generator.engine import Completion
+from winnow.generator.service import (
+    GeneratorMetrics,
+    GeneratorService,
+    Scorer,
+    build_group,
+    merge_sampling,
+    resolve_weight_uri,
+)
+from winnow.verifier.types import Item, Status, Verdict
+
+from winnow.v1 import messages_pb2
+
+# ---------------------------------------------------------------------------------- pure parts
+
+
+def test_merge_sampling_zero_means_default():
+    default = SamplingConfig(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=64, seed=None)
+    assert merge_sampling(default, messages_pb2.SamplingParams()) == default
+    got = merge_sampling(
+        default, messages_pb2.SamplingParams(temperature=0.5, top_k=5, max_new_tokens=9, seed=3)
+    )
+    assert got == SamplingConfig(temperature=0.5, top_p=1.0, top_k=5, max_new_tokens=9, seed=3)
+
+
+def test_build_group_fields():
+    req = messages_pb2.PromptRequest(
+        prompt_id="p/1", request_id="r1", problem="1+1", gold="2", task="math", n=2
+    )
+    comps = [
+        Completion(token_ids=[5, 6, 2], logprobs=[-0.1, -0.2, -0.3], finish_reason="stop", text="\\boxed{2}"),
+        Completion(token_ids=[7], logprobs=[-1.5], finish_reason="length", text="x"),
+    ]
+    verdicts = [
+        Verdict(id="r1/0", status=Status.CORRECT, extracted="2"),
+        Verdict(id="r1/1", status=Status.NO_ANSWER),
+    ]
+    g = build_group(
+        req,
+        [1, 2, 3],
+        comps,
+        verdicts,
+        sampling=SamplingConfig(max_new_tokens=3),
+        version=7,
+        generator_id="g0",
+        reward=RewardMapping(),
+        generation_seconds=1.5,
+        scoring_seconds=0.25,
+    )
+    assert (g.prompt_id, g.request_id, g.task, g.generator_id, g.policy_version) == (
+        "p/1",
+        "r1",
+        "math",
+        "g0",
+        7,
+    )
+    assert list(g.prompt_token_ids) == [1, 2, 3] and g.sampling.max_new_tokens == 3
+    s0, s1 = g.samples
+    assert list(s0.response_token_ids) == [5, 6, 2] and list(s0.policy_versions) == [7, 7, 7]
+    assert list(s0.behaviour_logprobs) == pytest.approx([-0.1, -0.2, -0.3])
+    assert (s0.status, s0.reward, s0.extracted, s0.finish_reason) == (Status.CORRECT, 1.0, "2", "stop")
+    assert (s1.status, s1.reward, s1.finish_reason) == (Status.NO_ANSWER, 0.0, "length")
+
+
+def test_resolve_weight_uri(tmp_path):
+    assert resolve_weight_uri("file:///w/v1/model.safetensors") == tmp_path.__class__(
+        "/w/v1/model.safetensors"
+    )
+    assert resolve_weight_uri("v1/m.safetensors", str(tmp_path)) == tmp_path / "v1/m.safetensors"
+    with pytest.raises(ValueError, match="s3"):
+        resolve_weight_uri("s3://bucket/m.safetensors")
+
+
+def test_routing_patterns_first_match_wins():
+    r = VerifierRouting(endpoints={"rg/count*": "a:1", "rg/*": "b:2"}, default_endpoint="c:3")
+    assert [r.endpoint_for(t) for t in ("rg/countdown", "rg/chain_sum", "gsm8k")] == ["a:1", "b:2", "c:3"]
+    assert VerifierRouting().endpoint_for("anything") == ""
+
+
+# ------------------------------------------------------------------------- scorer over gRPC
+
+
+class ExactMatchEngine:
+    """A real verifier engine for the gRPC server: correct iff the text after the last '=' equals gold."""
+
+    def verify_batch(self, items, deadline_s=None):
+        out = []
+        for it in items:
+            ans = it.response.rsplit("=", 1)[-1].strip() if "=" in it.response else ""
+            status = Status.NO_ANSWER if not ans else (Status.CORRECT if ans == it.gold else Status.WRONG)
+            out.append(Verdict(id=it.id, status=status, extracted=ans))
+        return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _start_verifier(port: int):
+    from winnow.verifier.config import VerifierConfig
+    from winnow.verifier.server import create_server
+
+    server, bound = create_server(
+        VerifierConfig(host="127.0.0.1", port=port, metrics_port=-1), ExactMatchEngine(), CollectorRegistry()
+    )
+    await server.start()
+    return server, bound
+
+
+async def test_scorer_routes_and_handles_verifier_down():
+    port = _free_port()
+    items = [
+        Item(id="a", response="x = 4", gold="4", task="arith"),
+        Item(id="b", response="x = 5", gold="4", task="arith"),
+    ]
+    # "error": a dead endpoint marks the samples ERROR (never a silent "wrong") and counts the failure
+    metrics = GeneratorMetrics(CollectorRegistry())
+    scorer = Scorer(
+        VerifierRouting(endpoints={"arith": f"127.0.0.1:{port}"}, on_verifier_down="error", timeout_s=2),
+        metrics,
+    )
+    scorer._client(f"127.0.0.1:{port}").retry_total_s = 0.3
+    verdicts = await scorer.score(items)
+    assert [v.status for v in verdicts] == [Status.ERROR, Status.ERROR]
+    assert metrics.verifier_errors._value.get() == 1
+    await scorer.close()
+    # "wait": retries until the verifier comes up, then returns its verdicts
+    metrics = GeneratorMetrics(CollectorRegistry())
+    scorer = Scorer(
+        VerifierRouting(endpoints={"arith": f"127.0.0.1:{port}"}, retry_interval_s=0.2, timeout_s=2), metrics
+    )
+    scorer._client(f"127.0.0.1:{port}").retry_total_s = 0.3
+    task = asyncio.create_task(scorer.score(items))
+    await asyncio.sleep(1.0)
+    assert not task.done() and metrics.verifier_errors._value.get() >= 1
+    server, _ = await _start_verifier(port)
+    try:
+        verdicts = await asyncio.wait_for(task, 20)
+        assert [(v.id, v.status) for v in verdicts] == [("a", Status.CORRECT), ("b", Status.WRONG)]
+        assert metrics.verifier_latency._sum.get() > 0
+    finally:
+        await scorer.close()
+        await server.stop(0)
+
+
+# ------------------------------------------------------------------------------ the service
+
+
+@pytest.fixture(scope="module")
+def math_verifier():
+    from winnow.verifier.engine import MathVerifier
+
+    v = MathVerifier(workers=1, timeout_s=5.0)
+    yield v
+    v.close()
+
+
+def _cfg(kafka_config, **kw) -> GeneratorConfig:
+    base = dict(
+        kafka=kafka_config.model_dump(),
+        group_id="gen-test",
+        generator_id="gen-test-0",
+        batch_prompts=3,
+        batch_wait_ms=200,
+        metrics_port=0,
+        sampling={"max_new_tokens": 6, "seed": 1},
+        weights={"poll_interval_s": 0.1},
+        kafka_partitions=2,
+    )
+    base.update(kw)
+    return GeneratorConfig(**base)
+
+
+def _request(i: int, n: int = 3) -> messages_pb2.PromptRequest:
+    return messages_pb2.PromptRequest(
+        prompt_id=f"toy/{i}",
+        request_id=f"req-{i}",
+        problem=f"What is {i} + 1?",
+        gold=str(i + 1),
+        task="math",
+        n=n,
+        release_version=0,
+        released_at=time.time(),
+    )
+
+
+async def _produce(cfg: GeneratorConfig, msgs, raw: list[bytes] = ()) -> None:
+    from winnow.kafka import make_producer, send, topics
+
+    producer = make_producer(cfg.kafka)
+    await producer.start()
+    try:
+        for m in msgs:
+            await send(
+                producer,
+                topics(cfg.kafka).prompts
+                if isinstance(m, messages_pb2.PromptRequest)
+                else topics(cfg.kafka).weights,
+                m,
+            )
+        for data in raw:
+            await producer.send_and_wait(topics(cfg.kafka).prompts, data, key=b"junk")
+    finally:
+        await producer.stop()
+
+
+async def _collect_groups(
+    cfg: GeneratorConfig, n: int, timeout_s: float = 60.0
+) -> list[messages_pb2.ScoredGroup]:
+    from winnow.kafka import ScoredGroup, decode_record, make_consumer, topics
+
+    consumer = make_consumer(cfg.kafka, [topics(cfg.kafka).groups], "test-reader")
+    await consumer.start()
+    out: list = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while len(out) < n and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                out += [decode_record(ScoredGroup, r) for r in records]
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def _committed(cfg: GeneratorConfig) -> int:
+    from aiokafka import TopicPartition
+
+    from winnow.kafka import make_consumer, topics
+
+    consumer = make_consumer(cfg.kafka, None, cfg.group_id)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topics(cfg.kafka).prompts, p) for p in range(cfg.kafka_partitions)]
+        return sum([(await consumer.committed(tp)) or 0 for tp in tps])
+    finally:
+        await consumer.stop()
+
+
+async def _stop(service: GeneratorService, task: asyncio.Task) -> None:
+    service.request_stop()
+    await asyncio.wait_for(task, 30)
+
+
+async def test_service_publishes_scored_groups_and_commits(kafka_config, tiny, math_verifier):
+    from winnow.generator.hf_engine import HFEngine
+
+    from winnow.kafka import ensure_topics
+
+    model, tok = tiny
+    cfg = _cfg(kafka_config)
+    await ensure_topics(cfg.kafka, partitions=cfg.kafka_partitions)
+    requests = [_request(i) for i in range(5)]
+    await _produce(cfg, requests, raw=[b"\xff\x00 not a prompt request"])
+    registry = CollectorRegistry()
+    service = GeneratorService(cfg, HFEngine(model, tok), registry, in_process_verifier=math_verifier)
+    task = asyncio.create_task(service.run())
+    try:
+        groups = await _collect_groups(cfg, 5)
+        assert sorted(g.request_id for g in groups) == [f"req-{i}" for i in range(5)]
+        fmt = PromptFormatter(tok, cfg.chat)
+        for g in groups:
+            req = requests[int(g.request_id.split("-")[1])]
+            assert g.prompt_id == req.prompt_id and g.task == "math" and g.generator_id == "gen-test-0"
+            assert list(g.prompt_token_ids) == fmt(req.problem)
+            assert len(g.samples) == 3 and g.policy_version == 0 and g.sampling.max_new_tokens == 6
+            for s in g.samples:
+                assert 1 <= len(s.response_token_ids) <= 6
+                assert len(s.behaviour_logprobs) == len(s.policy_versions) == len(s.response_token_ids)
+                assert set(s.policy_versions) == {0} and all(lp <= 0 for lp in s.behaviour_logprobs)
+                assert s.finish_reason in ("stop", "length")
+                # a random tiny model writes no \boxed{}: the real verifier says so (not ERROR)
+                assert s.status not in (Status.UNSPECIFIED, Status.ERROR)
+                assert s.reward == (1.0 if s.status == Status.CORRECT else 0.0)
+        # every record, the corrupt one included, is committed once its group is published
+        deadline = time.monotonic() + 20
+        while (committed := await _committed(cfg)) < 6 and time.monotonic() < deadline:
+            await asyncio.sleep(0.3)
+        assert committed == 6
+        value = registry.get_sample_value
+        assert value("winnow_generator_groups_published_total") == 5
+        assert value("winnow_generator_corrupt_messages_total") == 1
+        assert value("winnow_generator_tokens_total") == sum(
+            len(s.response_token_ids) for g in groups for s in g.samples
+        )
+        assert value("winnow_generator_generation_seconds_count") >= 2  # 5 requests in batches of <= 3
+        assert value("winnow_generator_verifier_latency_seconds_count") >= 2
+        assert value("winnow_generator_weight_version") == 0
+        assert service.healthy()
+    finally:
+        await _stop(service, task)
+    assert not service.healthy()
+
+
+async def test_service_loads_announced_weights_and_rejects_bad_sha(
+    kafka_config_one, tiny, math_verifier, tmp_path
+):
+    from winnow.generator.hf_engine import HFEngine
+    from winnow.learner.tiny import build_tiny_model_and_tokenizer
+
+    from winnow.kafka import ensure_topics
+
+    model, tok = build_tiny_model_and_tokenizer(seed=0)  # its own copy: this test changes the weights
+    cfg = _cfg(kafka_config_one, weights={"poll_interval_s": 0.1, "root": str(tmp_path)})
+    await ensure_topics(cfg.kafka, partitions=cfg.kafka_partitions)
+    other, _ = build_tiny_model_and_tokenizer(seed=1)
+    save_file(
+        {k: v.contiguous() for k, v in other.state_dict().items() if k != "lm_head.weight"},
+        str(tmp_path / "v2.safetensors"),
+    )
+    digest = hashlib.sha256((tmp_path / "v2.safetensors").read_bytes()).hexdigest()
+    registry = CollectorRegistry()
+    engine = HFEngine(model, tok)
+    service = GeneratorService(cfg, engine, registry, in_process_verifier=math_verifier)
+    task = asyncio.create_task(service.run())
+    value = registry.get_sample_value
+    try:
+        bad = messages_pb2.WeightAnnouncement(
+            version=1, uri="v2.safetensors", sha256="0" * 64, format="safetensors"
+        )
+        await _produce(cfg, [bad])
+        deadline = time.monotonic() + 30
+        while value("winnow_generator_weight_reload_failures_total") < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert value("winnow_generator_weight_reload_failures_total") == 1
+        assert engine.version == 0
+        good = messages_pb2.WeightAnnouncement(
+            version=2, uri=f"file://{tmp_path}/v2.safetensors", sha256=digest, format="safetensors"
+        )
+        await _produce(cfg, [good])
+        deadline = time.monotonic() + 30
+        while engine.version != 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert engine.version == 2 and value("winnow_generator_weight_version") == 2
+        assert value("winnow_generator_weight_reload_seconds_count") == 1
+        await _produce(cfg, [_request(i, n=2) for i in range(2)])
+        groups = await _collect_groups(cfg, 2)
+        assert len(groups) == 2
+        for g in groups:
+            assert g.policy_version == 2
+            assert all(set(s.policy_versions) == {2} for s in g.samples)
+        assert value("winnow_generator_weight_reload_failures_total") == 1  # the bad one is not retried
+    finally:
+        await _stop(service, task)
