@@ -132,7 +132,7 @@ def compute_loss(
     zero = pg_loss.detach() * 0
     kl = zero
     if ref_logprobs is not None:
-        kl = agg(kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator))
+        kl = agg(kl_penalty(logprobs if cfg.kl_coef > 0 else logprobs.detach(), ref_logprobs, cfg.kl_estimator))
         loss = loss + cfg.kl_coef * kl if cfg.kl_coef > 0 else loss
     ent = zero
     if entropy is not None:
