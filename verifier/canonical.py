@@ -34,7 +34,7 @@ _UNITS = sorted(
     key=len,
     reverse=True,
 )
-_UNIT_RE = re.compile(r"(?<![A-Za-z\\])(?:" + "|".join(_UNITS) + r")(?:\^\{?[23]\}?)?(?![A-Za-z])")
+_UNIT_RE = re.compile(r"(?<![A-Za-z\\])(?:" + "|".join(_UNITS) + r")(?:\s*\^\{?[23]\}?)?(?![A-Za-z])")
 _TEXT_CMD_RE = re.compile(
     r"\\(?:text|textbf|textit|textrm|textsf|texttt|textnormal|mathrm|mathbf|mathit|mathsf|mbox|operatorname|emph)"
     r"\s*\{([^{}]*)\}"
@@ -187,8 +187,12 @@ def _parse_bracket(s: str) -> Struct | None:
     return None
 
 
+def _dedupe(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(x for x in items if x != ""))
+
+
 def parse_structure(s: str) -> Struct:
-    """Top-level structure of a canonical answer (see ``Struct``)."""
+    """Top-level structure of a canonical answer (see ``Struct``). Set/list items are de-duplicated."""
     m = _MATRIX_RE.match(s)
     if m:
         body = m.group(2)
@@ -204,7 +208,7 @@ def parse_structure(s: str) -> Struct:
                 return Struct("union", s, parts=parts)  # type: ignore[arg-type]
     if s.startswith("\\{") and s.endswith("\\}") and _close_of_first(s[1:]) == len(s) - 2:
         inner = s[2:-2]
-        return Struct("set", s, [x for x in split_top(inner) if x != ""] if inner else [])
+        return Struct("set", s, _dedupe(split_top(inner)) if inner else [])
     b = _parse_bracket(s)
     if b is not None:
         if len(b.items) == 1 and b.open == "(" and b.close == ")":
@@ -213,6 +217,6 @@ def parse_structure(s: str) -> Struct:
             return b
     items = split_top(s)
     if len(items) > 1:
-        items = [x for x in items if x != ""]
+        items = _dedupe(items)
         return Struct("list", s, items) if len(items) > 1 else Struct("scalar", items[0] if items else "")
     return Struct("scalar", s)

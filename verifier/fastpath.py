@@ -116,7 +116,10 @@ def _values_match(a: Fraction, a_kind: str, a_dec: int, b: Fraction, b_kind: str
         return _round_half_up(fine, d) == coarse or trunc == coarse
     if a_kind == "dec" or b_kind == "dec":
         dec, d, exact = (a, a_dec, b) if a_kind == "dec" else (b, b_dec, a)
-        return d >= 2 and abs(exact - dec) < Fraction(1, 10**d)
+        if d < 2:
+            return False
+        trunc = Fraction(int(exact * 10**d), 10**d)  # int() truncates toward zero
+        return _round_half_up(exact, d) == dec or trunc == dec
     return False
 
 

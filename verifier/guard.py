@@ -98,7 +98,11 @@ def _log10_bound(expr, memo: dict) -> float:
     elif isinstance(expr, sympy.Rational):
         out = max(_log10_bound(sympy.Integer(expr.p), memo), _log10_bound(sympy.Integer(expr.q), memo))
     elif isinstance(expr, sympy.Float):
-        out = float(abs(expr._mpf_[2]) * math.log10(2) + 20) if expr._mpf_[1] else 0.0
+        try:
+            v = abs(float(expr))
+            out = math.log10(v) if 1 < v < math.inf else (0.0 if v <= 1 else math.inf)
+        except (OverflowError, ValueError):
+            out = math.inf
     elif isinstance(expr, sympy.Pow):
         base = _log10_bound(expr.base, memo)
         exp = _log10_bound(expr.exp, memo)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import random
 import re
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
 
 import sympy
 from latex2sympy2_extended import NormalizationConfig, latex2sympy
@@ -79,7 +80,37 @@ def _close(a, b, tol) -> bool:
     return bool(diff <= tol * scale)
 
 
+def _exact_rational_diff(g, p) -> bool | None:
+    """For Float-free constants, ``(g - p).doit()``; decides when that is a Rational (integers exact)."""
+    if g.has(sympy.Float) or p.has(sympy.Float):
+        return None
+    try:
+        diff = (g - p).doit()
+    except (MemoryError, RecursionError):
+        raise
+    except Exception:
+        return None
+    if isinstance(diff, sympy.Rational):
+        return diff == 0
+    return None
+
+
+def _decimal_matches(exact, dec, d: int) -> bool:
+    """``dec`` (printed with ``d`` decimals) is ``exact`` rounded half-up or truncated to ``d`` decimals."""
+    try:
+        x = Decimal(str(sympy.N(exact, 40)))
+        y = Decimal(str(sympy.N(dec, 40)))
+    except (InvalidOperation, ValueError):
+        return False
+    q = Decimal(1).scaleb(-d)
+    y = y.quantize(q, rounding=ROUND_HALF_UP)
+    return x.quantize(q, rounding=ROUND_HALF_UP) == y or x.quantize(q, rounding=ROUND_DOWN) == y
+
+
 def _numeric_probe(g, p, g_text: str, p_text: str) -> bool | None:
+    exact = _exact_rational_diff(g, p)
+    if exact is not None:
+        return exact
     try:
         gv = sympy.N(g, 30)
         pv = sympy.N(p, 30)
@@ -95,7 +126,7 @@ def _numeric_probe(g, p, g_text: str, p_text: str) -> bool | None:
     if (gd is None) != (pd is None):
         d = gd if gd is not None else pd
         if d >= 2:
-            return bool(abs(gv - pv) < sympy.Float(10, 30) ** (-d))
+            return _decimal_matches(pv if gd is not None else gv, gv if gd is not None else pv, d)
     return _close(gv, pv, _REL_TOL)
 
 
@@ -138,11 +169,23 @@ def _simplify_equal(g, p) -> bool:
         return False
 
 
+_I_SYMBOL = sympy.Symbol("i")
+
+
+def _imaginary_unit(g, p):
+    """The grammar reads ``i`` as a symbol; read it as the imaginary unit when the other side is a constant."""
+    g_i, p_i = _I_SYMBOL in g.free_symbols, _I_SYMBOL in p.free_symbols
+    if (g_i and not p.free_symbols) or (p_i and not g.free_symbols):
+        return g.xreplace({_I_SYMBOL: sympy.I}), p.xreplace({_I_SYMBOL: sympy.I})
+    return g, p
+
+
 def expr_equal(g, p, g_text: str = "", p_text: str = "") -> tuple[bool, str]:
     """Compare two parsed sympy expressions. Returns (equal, path)."""
     if g == p:
         return True, "symbolic"
     if isinstance(g, sympy.Expr) and isinstance(p, sympy.Expr):
+        g, p = _imaginary_unit(g, p)
         if not g.free_symbols and not p.free_symbols:
             r = _numeric_probe(g, p, g_text, p_text)
             if r is not None:
@@ -244,9 +287,9 @@ def scalar_eq(g: str, p: str, *, percent_option: bool = False) -> tuple[bool, st
         if g_rel and (p_rel or isinstance(px, sympy.Set)):
             return relation_equal(gx, px)
         return False, "relation"
-    if isinstance(gx, sympy.logic.boolalg.Boolean) or isinstance(px, sympy.logic.boolalg.Boolean):
-        return bool(gx == px), "relation"
-    return expr_equal(gx, px, g, p)
+    if isinstance(gx, sympy.Expr | sympy.MatrixBase | sympy.Set) and isinstance(px, sympy.Expr | sympy.MatrixBase | sympy.Set):
+        return expr_equal(gx, px, g, p)
+    return bool(gx == px), "relation"  # logic (And/Or/...) compares structurally
 
 
 def compare_canonical(gold: str, pred: str, *, percent_option: bool = False) -> tuple[bool, str]:

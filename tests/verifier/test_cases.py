@@ -1,0 +1,30 @@
+"""The case table (tests/verifier/cases.py) through ``grade``: in-process, no pool, fast."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+import pytest
+from winnow.verifier.engine import grade
+
+_TABLE = runpy.run_path(str(Path(__file__).with_name("cases.py")))
+CASES = _TABLE["CASES"]
+_CASES = _TABLE["all_cases"]()
+
+
+@pytest.mark.parametrize(
+    ("category", "gold", "response", "expected", "reason"),
+    _CASES,
+    ids=[f"{c[0]}-{i}" for i, c in enumerate(_CASES)],
+)
+def test_case(category, gold, response, expected, reason):
+    result = grade(response, gold)
+    assert result.status.label == expected, f"{reason}: got {result}"
+
+
+def test_table_is_large_and_covers_every_category():
+    assert len(_CASES) >= 300
+    for name in ("integers", "fractions", "decimals", "percent", "units", "text", "mcq",
+                 "tuples_sets_intervals", "matrices", "relations", "symbolic", "extraction", "gsm8k", "traps"):
+        assert len(CASES[name]) >= 10, name
