@@ -32,6 +32,6 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /app
 USER 10001:10001
 # verifier gRPC, verifier / generator / learner metrics (the chart's defaults)
-EXPOSE 50051 9101 9102 9103
+EXPOSE 50051 9101 9401 9402
 ENTRYPOINT ["winnow"]
 CMD ["--help"]

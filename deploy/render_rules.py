@@ -11,6 +11,7 @@ Usage: .venv/bin/python deploy/render_rules.py [--out FILE] [--set monitoring.pr
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -42,7 +43,13 @@ def render(sets: list[str] | None = None, helm: str | None = None) -> str:
     cmd = [helm or find_helm(), "template", "winnow", str(CHART), "--show-only", "templates/prometheusrule.yaml",
            "--set", "kafka.bootstrapServers=kafka:9092", "--set", "monitoring.prometheusRule.enabled=true"]
     for s in sets or []:
-        cmd += ["--set", s]
+        # numbers go through --set-json (plain --set keeps floats as strings, which the schema rejects)
+        key, _, value = s.partition("=")
+        try:
+            json.loads(value)
+            cmd += ["--set-json", s]
+        except ValueError:
+            cmd += ["--set-string", s]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     body = out.split("\nspec:\n", 1)[1]
     return HEADER + textwrap.dedent(body)
