@@ -53,8 +53,8 @@ def prepare_batch_signals(statuses: Tensor, cfg: AlgoConfig) -> dict[str, Any]:
     n_keep = keep.sum().clamp(min=1)
     stacked = torch.stack([
         correct.sum() / n_valid,
-        keep.any(dim=-1).float().mean() if keep.shape[0] else torch.tensor(0.0),
-        keep.float().mean() if keep.numel() else torch.tensor(0.0),
+        keep.any(dim=-1).float().mean() if keep.shape[0] else keep.new_zeros((), dtype=torch.float32),
+        keep.float().mean() if keep.numel() else keep.new_zeros((), dtype=torch.float32),
         gs["all_correct"].sum(),
         gs["all_wrong"].sum(),
         gs["mixed"].sum(),

@@ -204,3 +204,10 @@ def test_empty_micro_batch_is_zero_with_grad():
     assert loss.item() == 0.0 and m["tokens"] == 0
     loss.backward()
     assert lp.grad is not None and lp.grad.abs().sum() == 0
+
+
+def test_empty_batch_signals():
+    s = prepare_batch_signals(torch.zeros(0, 4, dtype=torch.long), AlgoConfig())
+    assert s["advantages"].shape == (0, 4) and all(v == 0.0 for v in s["metrics"].values())
+    with pytest.raises(ValueError, match=r"statuses must be \(G, n\)"):
+        prepare_batch_signals(torch.ones(4, dtype=torch.long), AlgoConfig())
