@@ -308,6 +308,7 @@ async def serve(cfg: VerifierConfig, *, ready: Callable[[int, int | None], None]
     """
     from winnow.metrics import serve_metrics
 
+    log.info("verifier config: %s", cfg.model_dump_json())  # the token prints as **********
     registry = CollectorRegistry()
     metrics = VerifierMetrics(registry)
     engine = build_engine(cfg, metrics)

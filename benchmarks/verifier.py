@@ -1,0 +1,497 @@
+"""Benchmark: winnow's math verifier engine vs math-verify 0.9.0, on the same inputs, in one run.
+
+    .venv/bin/python benchmarks/verifier.py [--out results.json] [--quick]
+    winnow bench verifier [--out results.json]
+
+Three timed sets (every item distinct; winnow runs with its verdict cache off, since each item is
+scored twice, sequentially and then in one batch):
+  (a) ``int_frac``:  integers, fractions and decimals, right and wrong;
+  (b) ``symbolic``:  LaTeX expressions that need algebra (expand, radicals, pi, exponentials);
+  (c) ``adversarial``: the hostile inputs of docs/VERIFIER_NOTES §3 (huge powers and factorials,
+      5,000 nested braces, a code-injection payload, rel-tol / percent / subset / bracket traps,
+      hedged boxes, a 24k-character chain of thought).
+For each set: sequential per-item latency p50/p99 (one caller, one item at a time: ``verify``)
+and throughput, for winnow sequentially and with ``verify_batch`` (its worker pool), and for
+math-verify sequentially (``parse`` + ``verify`` in the main thread with its own signal-based
+timeouts, the only way it times out; it cannot run in threads). Ratios are printed as
+ours/theirs: throughput > 1 and latency < 1 mean winnow is faster.
+
+Then agreement with math-verify over a mixed set (several hundred items): GSM8K golds (from
+``--gsm8k``, default ``../shared/data/gsm8k/test.jsonl``; skipped when absent) with correct
+answers in many surface forms and perturbed answers, plus the three sets above and, when
+present, the engine's case table (``tests/verifier/cases.py``: ``all_cases()``). Every item carries
+its ground truth by construction (``None`` where the right verdict is a policy choice). Each
+disagreement is classified by the variant that produced it and by who matches the ground truth;
+``NOTES`` below holds the manual judgement for each kind. JSON results go to ``--out``.
+
+Gold for math-verify is wrapped as ``\\boxed{gold}`` (the usual reward-function practice, e.g.
+verl and Minimal-RL); GSM8K's ``#### 1,234`` is reduced to ``1234`` for it, while winnow gets
+the raw ``#### 1,234`` (it understands that form).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import random
+import runpy
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_GSM8K = REPO.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
+
+# Manual judgement per variant kind, written after reading the disagreements of a run (see the
+# docstring). "truth" is what a reward for RL should say; the note says why and who gets it right.
+NOTES: dict[str, str] = {
+    "answer_is": "'The answer is N.' with no box: a plain, unambiguous final-answer cue; both should accept.",
+    "hash": "GSM8K-style '#### N' at the end: the dataset's own answer format; accept.",
+    "thousands": "'1,234' with 3-digit groups is the number 1234 (GSM8K golds use it); accept.",
+    "dollar": "'\\$18' is 18 dollars; the currency sign is not part of the value; accept.",
+    "decimal0": "'18.00' equals 18 exactly; accept.",
+    "units_text": "'18 \\text{ apples}': a trailing unit word does not change the value; accept.",
+    "off_by_one": "N+1 for gold N: wrong.",
+    "times10": "10N for gold N: wrong (a percent-style x10 allowance would be a false positive).",
+    "no_answer": "No final answer at all: not correct.",
+    "hedge": "Two different boxed values: a hedge; rewarding it teaches the policy to box every candidate.",
+    "bare_number_no_cue": "Number only in running text, no cue: policy choice (winnow needs options.last_number).",
+    "wrong_then_right": "Two boxed values, the last one right: policy choice (winnow treats distinct boxes as a hedge).",
+}
+
+
+@dataclass
+class Case:
+    kind: str
+    response: str
+    gold: str  # as winnow gets it
+    mv_gold: str  # as math-verify gets it (before \boxed{} wrapping)
+    truth: bool | None  # is the response correct? None: the right verdict is a policy choice
+    reason: str = ""  # why (case-table rows carry their own reason)
+
+
+# -- the sets ------------------------------------------------------------------------------------
+def int_frac_cases(n: int, rng: random.Random) -> list[Case]:
+    out: list[Case] = []
+    seen: set[tuple[str, str]] = set()
+    while len(out) < n:
+        k = rng.randrange(6)
+        if k == 0:
+            g = rng.randint(-10**6, 10**6)
+            c = Case("int_right", f"Adding everything up gives \\boxed{{{g}}}.", str(g), str(g), True)
+        elif k == 1:
+            g = rng.randint(-10**6, 10**6)
+            c = Case("int_wrong", f"So the total is \\boxed{{{g + rng.choice([-2, -1, 1, 3])}}}.", str(g), str(g), False)
+        elif k == 2:
+            a, b = rng.randint(1, 999), rng.randint(2, 999)
+            m = rng.randint(2, 9)
+            c = Case("frac_unreduced_right", f"The probability is \\boxed{{\\frac{{{a * m}}}{{{b * m}}}}}.",
+                     f"\\frac{{{a}}}{{{b}}}", f"\\frac{{{a}}}{{{b}}}", True)  # fmt: skip
+        elif k == 3:
+            a, b = rng.randint(1, 999), rng.randint(2, 999)
+            c = Case("frac_wrong", f"The ratio is $\\boxed{{\\frac{{{a + 1}}}{{{b}}}}}$.", f"{a}/{b}", f"{a}/{b}", False)
+        elif k == 4:
+            a = rng.randint(1, 9999)
+            exact = f"{a / 8:.3f}".rstrip("0").rstrip(".")  # a/8 has at most 3 decimals: exact
+            c = Case("decimal_vs_frac", f"This equals \\boxed{{{exact}}}.", f"\\frac{{{a}}}{{8}}", f"\\frac{{{a}}}{{8}}",
+                     True)  # fmt: skip
+        else:
+            a, b = rng.randint(1, 99), rng.randint(2, 99)
+            c = Case("slash_frac_right", f"Hence \\boxed{{{a}/{b}}}", f"\\frac{{{a}}}{{{b}}}", f"\\frac{{{a}}}{{{b}}}", True)
+        if (c.response, c.gold) not in seen:
+            seen.add((c.response, c.gold))
+            out.append(c)
+    return out
+
+
+def symbolic_cases(n: int, rng: random.Random) -> list[Case]:
+    out: list[Case] = []
+    seen: set[tuple[str, str]] = set()
+    while len(out) < n:
+        k = rng.randrange(7)
+        a, b = rng.randint(2, 40), rng.randint(2, 40)
+        right = rng.random() < 0.6
+        d = 0 if right else rng.choice([1, 2])
+        if k == 0:  # expand a square
+            r, g = f"x^2+{2 * a + d}x+{a * a}", f"(x+{a})^2"
+        elif k == 1:  # rationalise a denominator
+            p = rng.choice([2, 3, 5, 7, 11, 13])
+            r, g = f"\\frac{{{a + d}\\sqrt{{{p}}}}}{{{p}}}", f"\\frac{{{a}}}{{\\sqrt{{{p}}}}}"
+        elif k == 2:  # pull a square out of a radical
+            p = rng.choice([2, 3, 5, 6, 7])
+            r, g = f"{a}\\sqrt{{{p + d}}}", f"\\sqrt{{{a * a * p}}}"
+        elif k == 3:  # multiples of pi
+            r, g = f"\\frac{{{a + d}\\pi}}{{{b}}}", f"\\frac{{{2 * a}\\pi}}{{{2 * b}}}"
+        elif k == 4:  # exponentials
+            r, g = f"e^{{{a + b + d}x}}", f"e^{{{a}x}} \\cdot e^{{{b}x}}"
+        elif k == 5:  # factored vs expanded quadratic
+            r, g = f"x^2-{a + b + d}x+{a * b}", f"(x-{a})(x-{b})"
+        else:  # trigonometric identity times a constant
+            r, g = f"{a + d}", f"{a}\\sin^2 x + {a}\\cos^2 x"
+        c = Case(f"sym{k}_{'right' if right else 'wrong'}", f"Simplifying, we get $\\boxed{{{r}}}$.", g, g, right)
+        if (c.response, c.gold) not in seen:
+            seen.add((c.response, c.gold))
+            out.append(c)
+    return out
+
+
+def adversarial_cases() -> list[Case]:
+    nested = "{" * 5000 + "1" + "}" * 5000
+    long_cot = ("We consider each case in turn and keep track of the running total. " * 360) + "\\boxed{17}"
+    raw = [
+        ("power_tower", "\\boxed{9^{9^{9^{9}}}}", "81", False),
+        ("huge_power", "\\boxed{99999999999^{99999999}}", "1", False),
+        ("double_exp", "\\boxed{2^{2^{31}}}", "4", False),
+        ("googolplex", "\\boxed{10^{10^{9}}}", "10", False),
+        ("huge_factorial", "\\boxed{(10^{10^{8}})!}", "1", False),
+        ("nested_braces", f"\\boxed{{{nested}}}", "1", None),
+        ("code_injection", "\\boxed{__import__('os').system('touch /tmp/winnow_pwned')}", "0", False),
+        ("reltol_trap", "\\boxed{1000050}", "1000000", False),
+        ("percent_trap_x100", "\\boxed{50}", "0.5", False),
+        ("percent_trap_div100", "\\boxed{0.28}", "28", False),
+        ("subset_trap", "\\boxed{\\sqrt{67}}", "\\sqrt{67},-\\sqrt{85}", False),
+        ("bracket_trap", "\\boxed{[0,9)}", "(0,9)", False),
+        ("tiny_values", "\\boxed{\\frac{1}{2^{98}}}", "\\frac{1}{2^{99}}", False),
+        ("hedged_boxes", "It is \\boxed{3} or maybe \\boxed{4}.", "4", False),
+        ("long_cot", long_cot, "17", True),
+        ("equation_trap", "\\boxed{3x+4y+14=0}", "3x-y+13=0", False),
+        ("failed_latex_sign", "\\boxed{1-1/e}", "1+\\frac{1}{e}", False),
+        ("malformed_sqrt", "\\boxed{4\\sqrt(2)}", "4", False),
+        ("unbalanced", "\\boxed{\\frac{1}{2}", "\\frac{1}{2}", None),
+        ("list_order_trap", "\\boxed{1,-3}", "1,-2", False),
+        ("deep_sqrt", "\\boxed{" + "\\sqrt{" * 200 + "2" + "}" * 200 + "}", "2", False),
+        ("big_int_close", "\\boxed{123456789012345678901234567891}", "123456789012345678901234567890", False),
+    ]
+    return [Case(f"adv_{k}", r, g, g, t) for k, r, g, t in raw]
+
+
+def gsm8k_cases(path: Path, n_golds: int, rng: random.Random) -> list[Case]:
+    if not path.is_file():
+        return []
+    golds: list[str] = []
+    with open(path) as f:
+        for line in f:
+            golds.append(json.loads(line)["answer"].split("####")[-1].strip())
+            if len(golds) >= n_golds:
+                break
+    out: list[Case] = []
+    for raw in golds:
+        g = int(raw.replace(",", ""))
+        variants = [
+            ("boxed", f"Step by step: the result is \\boxed{{{g}}}.", True),
+            ("answer_is", f"Putting it together. The answer is {g}.", True),
+            ("hash", f"Adding the parts gives the total.\n#### {g}", True),
+            ("dollar", f"She makes \\boxed{{\\${g}}} a day.", True),
+            ("decimal0", f"\\boxed{{{g}.00}}", True),
+            ("units_text", f"\\boxed{{{g} \\text{{ apples}}}}", True),
+            ("off_by_one", f"The answer is \\boxed{{{g + 1}}}.", False),
+            ("times10", f"The answer is \\boxed{{{g * 10}}}.", False),
+            ("no_answer", "I could not finish the computation in time.", False),
+            ("hedge", f"Either \\boxed{{{g + 3}}} or \\boxed{{{g}}}.", False),
+            ("bare_number_no_cue", f"After all that she has {g} left over", None),
+            ("wrong_then_right", f"\\boxed{{{g + 2}}}. Wait, let me recheck: \\boxed{{{g}}}", None),
+        ]
+        if abs(g) >= 1000:
+            variants.append(("thousands", f"The total is \\boxed{{{g:,}}}.", True))
+        for kind, response, truth in rng.sample(variants, 3):
+            out.append(Case(kind, response, f"#### {raw}", str(g), truth))
+    return out
+
+
+def case_table() -> list[Case]:
+    """The engine's case table (tests/verifier/cases.py: ``all_cases()`` of (category, gold, response,
+    expected status, reason)), if present. Its expected statuses are our own judgement, each with a
+    reason; a gold the table marks ``error`` has no truth (the verifier must not judge it)."""
+    path = REPO / "tests" / "verifier" / "cases.py"
+    if not path.is_file():
+        return []
+    try:
+        rows = runpy.run_path(str(path))["all_cases"]()
+    except Exception as e:  # the table is optional; a broken table must not stop the benchmark
+        print(f"(case table skipped: {type(e).__name__}: {e})", file=sys.stderr)
+        return []
+    out: list[Case] = []
+    for category, gold, response, expected, reason in rows:
+        truth = None if expected == "error" else expected == "correct"
+        out.append(Case(f"table_{category}", response, gold, gold, truth, reason))
+    return out
+
+
+# -- the two verifiers ---------------------------------------------------------------------------
+class MathVerifyRunner:
+    """math-verify 0.9.0 as its README recommends, in the main thread (signal-based timeouts)."""
+
+    def __init__(self) -> None:
+        logging.getLogger("math_verify").setLevel(logging.CRITICAL)
+        from math_verify import parse, verify
+
+        self._parse, self._verify = parse, verify
+
+    def __call__(self, c: Case) -> bool:
+        try:
+            gold = self._parse("\\boxed{" + c.mv_gold + "}")
+            pred = self._parse(c.response)
+            return bool(self._verify(gold, pred))
+        except BaseException as e:  # its TimeoutException subclasses BaseException
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            return False
+
+
+def percentile(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    if not s:
+        return float("nan")
+    i = min(len(s) - 1, max(0, int(round(q / 100 * (len(s) - 1)))))
+    return s[i]
+
+
+def timed_set(name: str, cases: list[Case], engine, mv: MathVerifyRunner) -> dict:
+    from winnow.verifier.types import Item
+
+    items = [Item(id=str(i), response=c.response, gold=c.gold) for i, c in enumerate(cases)]
+    ours_lat: list[float] = []
+    ours_verdicts = []
+    t0 = time.perf_counter()
+    for it in items:
+        t = time.perf_counter()
+        ours_verdicts.append(engine.verify(it))
+        ours_lat.append(time.perf_counter() - t)
+    ours_seq = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    engine.verify_batch(items)
+    ours_batch = time.perf_counter() - t0
+    mv_lat: list[float] = []
+    mv_verdicts = []
+    t0 = time.perf_counter()
+    for c in cases:
+        t = time.perf_counter()
+        mv_verdicts.append(mv(c))
+        mv_lat.append(time.perf_counter() - t)
+    mv_seq = time.perf_counter() - t0
+    n = len(cases)
+    res = {
+        "n": n,
+        "ours": {
+            "throughput_seq": n / ours_seq,
+            "throughput_batch": n / ours_batch,
+            "p50_ms": percentile(ours_lat, 50) * 1e3,
+            "p99_ms": percentile(ours_lat, 99) * 1e3,
+            "max_ms": max(ours_lat) * 1e3,
+        },
+        "math_verify": {
+            "throughput_seq": n / mv_seq,
+            "p50_ms": percentile(mv_lat, 50) * 1e3,
+            "p99_ms": percentile(mv_lat, 99) * 1e3,
+            "max_ms": max(mv_lat) * 1e3,
+        },
+    }
+    o, m = res["ours"], res["math_verify"]
+    res["ratio"] = {
+        "throughput_seq": o["throughput_seq"] / m["throughput_seq"],
+        "throughput_batch_vs_seq": o["throughput_batch"] / m["throughput_seq"],
+        "p50": o["p50_ms"] / m["p50_ms"] if m["p50_ms"] else float("nan"),
+        "p99": o["p99_ms"] / m["p99_ms"] if m["p99_ms"] else float("nan"),
+    }
+    res["verdicts"] = (ours_verdicts, mv_verdicts)
+    return res
+
+
+def classify(c: Case, ours_correct: bool, mv_correct: bool) -> str:
+    if c.truth is None:
+        return "policy"
+    if ours_correct == c.truth and mv_correct != c.truth:
+        return "ours"
+    if mv_correct == c.truth and ours_correct != c.truth:
+        return "math-verify"
+    return "neither"
+
+
+def agreement(cases: list[Case], ours_verdicts, mv_verdicts) -> dict:
+    from winnow.verifier.types import Status
+
+    rows = []
+    by_kind: dict[str, dict[str, int]] = {}
+    agree = 0
+    ours_right = mv_right = judged = 0
+    for c, v, m in zip(cases, ours_verdicts, mv_verdicts, strict=True):
+        oc = v.status == Status.CORRECT
+        base = c.kind.split("_")[0] if c.kind.startswith("sym") else c.kind
+        k = by_kind.setdefault(base, {"n": 0, "agree": 0})
+        k["n"] += 1
+        if c.truth is not None:
+            judged += 1
+            ours_right += oc == c.truth
+            mv_right += m == c.truth
+        if oc == m:
+            agree += 1
+            k["agree"] += 1
+            continue
+        rows.append(
+            {
+                "kind": c.kind,
+                "right": classify(c, oc, m),
+                "truth": c.truth,
+                "ours": v.status.label,
+                "ours_path": v.path,
+                "ours_extracted": v.extracted[:80],
+                "math_verify": m,
+                "gold": c.gold[:80],
+                "response": c.response[:160] + ("..." if len(c.response) > 160 else ""),
+                "note": c.reason or NOTES.get(c.kind, ""),
+            }
+        )
+    return {
+        "n": len(cases),
+        "agree": agree,
+        "agreement_rate": agree / len(cases) if cases else float("nan"),
+        "judged": judged,
+        "ours_accuracy_vs_truth": ours_right / judged if judged else float("nan"),
+        "math_verify_accuracy_vs_truth": mv_right / judged if judged else float("nan"),
+        "by_kind": by_kind,
+        "disagreements": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="benchmarks/verifier.py", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, help="write JSON results here")
+    ap.add_argument("--quick", action="store_true", help="small sets (a smoke run)")
+    ap.add_argument("--n", type=int, default=300, help="items in each of sets (a) and (b)")
+    ap.add_argument("--gsm8k", type=Path, default=DEFAULT_GSM8K, help="GSM8K test.jsonl (skipped if absent)")
+    ap.add_argument("--gsm8k-golds", type=int, default=150, help="GSM8K golds to use (3 variants each)")
+    ap.add_argument("--workers", type=int, default=2, help="winnow engine workers")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    n = 40 if args.quick else args.n
+    rng = random.Random(args.seed)
+
+    try:
+        mv = MathVerifyRunner()
+    except ImportError:
+        print("math-verify is not installed (pip install 'math-verify==0.9.0', the dev extra)", file=sys.stderr)
+        return 2
+    from winnow.verifier.engine import MathVerifier
+
+    sets = {
+        "int_frac": int_frac_cases(n, rng),
+        "symbolic": symbolic_cases(n, rng),
+        "adversarial": adversarial_cases(),
+    }
+    # No verdict cache: every timed item is distinct and is scored twice (sequential, then batch).
+    engine = MathVerifier(workers=args.workers, timeout_s=2.0, memory_mb=1024, max_tasks_per_worker=500,
+                          cache_size=0)  # fmt: skip
+    results: dict = {
+        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": _cpus()},
+        "versions": _versions(),
+        "workers": args.workers,
+        "sets": {},
+    }
+    try:
+        engine.verify_batch([])  # warm up the pool outside the timings
+        warm = int_frac_cases(20, random.Random(99)) + symbolic_cases(10, random.Random(99))
+        for c in warm:
+            mv(c)
+        engine.verify_batch([_item(i, c) for i, c in enumerate(warm)])
+        verdicts = {}
+        for name, cases in sets.items():
+            print(f"timing {name} ({len(cases)} items)...", file=sys.stderr, flush=True)
+            r = timed_set(name, cases, engine, mv)
+            verdicts[name] = r.pop("verdicts")
+            results["sets"][name] = r
+
+        mixed = gsm8k_cases(args.gsm8k, 30 if args.quick else args.gsm8k_golds, rng) + case_table()
+        print(f"agreement: scoring {len(mixed)} extra items...", file=sys.stderr, flush=True)
+        ours_mixed = engine.verify_batch([_item(i, c) for i, c in enumerate(mixed)])
+        mv_mixed = [mv(c) for c in mixed]
+        all_cases = mixed + [c for cases in sets.values() for c in cases]
+        all_ours = list(ours_mixed) + [v for name in sets for v in verdicts[name][0]]
+        all_mv = mv_mixed + [m for name in sets for m in verdicts[name][1]]
+        results["agreement"] = agreement(all_cases, all_ours, all_mv)
+        results["agreement"]["sources"] = {
+            "gsm8k_variants": sum(1 for c in mixed if not c.kind.startswith("table_")),
+            "case_table": sum(1 for c in mixed if c.kind.startswith("table_")),
+            **{name: len(cases) for name, cases in sets.items()},
+        }
+    finally:
+        close = getattr(engine, "close", None)
+        if close:
+            close()
+
+    print_report(results)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2, default=str))
+        print(f"results written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _item(i: int, c: Case):
+    from winnow.verifier.types import Item
+
+    return Item(id=str(i), response=c.response, gold=c.gold)
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("winnow", "math-verify", "sympy", "latex2sympy2_extended"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def print_report(results: dict) -> None:
+    w = results["workers"]
+    print(f"\nwinnow engine ({w} workers) vs math-verify {results['versions'].get('math-verify')}, same inputs")
+    head = (f"{'set':<12} {'n':>4} | {'ours it/s':>9} {'batch it/s':>10} {'p50 ms':>8} {'p99 ms':>8} | "
+            f"{'mv it/s':>8} {'p50 ms':>8} {'p99 ms':>8} | {'thr x':>6} {'batch x':>7} {'p50 x':>6} {'p99 x':>6}")  # fmt: skip
+    print(head)
+    print("-" * len(head))
+    for name, r in results["sets"].items():
+        o, m, x = r["ours"], r["math_verify"], r["ratio"]
+        print(
+            f"{name:<12} {r['n']:>4} | {o['throughput_seq']:>9.0f} {o['throughput_batch']:>10.0f} {o['p50_ms']:>8.3f} "
+            f"{o['p99_ms']:>8.2f} | {m['throughput_seq']:>8.0f} {m['p50_ms']:>8.3f} {m['p99_ms']:>8.1f} | "
+            f"{x['throughput_seq']:>6.2f} {x['throughput_batch_vs_seq']:>7.2f} {x['p50']:>6.3f} {x['p99']:>6.3f}"
+        )
+    print("ratios are ours/theirs: thr x and batch x > 1 = faster; p50 x, p99 x < 1 = lower latency")
+    a = results["agreement"]
+    print(
+        f"\nagreement with math-verify: {a['agree']}/{a['n']} = {a['agreement_rate']:.1%}  "
+        f"(vs ground truth on {a['judged']} judged items: ours {a['ours_accuracy_vs_truth']:.1%}, "
+        f"math-verify {a['math_verify_accuracy_vs_truth']:.1%})"
+    )
+    counts: dict[str, int] = {}
+    for d in a["disagreements"]:
+        counts[d["right"]] = counts.get(d["right"], 0) + 1
+    print("disagreements by who matches the ground truth: "
+          + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))  # fmt: skip
+    by_kind: dict[tuple[str, str], int] = {}
+    for d in a["disagreements"]:
+        by_kind[(d["kind"], d["right"])] = by_kind.get((d["kind"], d["right"]), 0) + 1
+    print(f"{'kind':<28} {'right':<12} {'count':>5}  note")
+    for (kind, right), cnt in sorted(by_kind.items(), key=lambda kv: -kv[1]):
+        print(f"{kind:<28} {right:<12} {cnt:>5}  {NOTES.get(kind, '')[:90]}")
+    print("\nevery disagreement:")
+    for d in a["disagreements"]:
+        resp = d["response"].replace("\n", " ")
+        print(f"  [{d['right']}] {d['kind']}: gold={d['gold']!r} resp={resp[:90]!r} -> ours={d['ours']} "
+              f"({d['ours_path']}, {d['ours_extracted']!r}) math-verify={d['math_verify']}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""`winnow score`: streaming JSONL grading in-process and through a server, malformed lines in place,
+order kept, exit codes; and the CLI's --help staying light."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from winnow.verifier.score import Summary, parse_line, score_lines
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "math_answers.jsonl"
+
+
+def test_parse_line_errors_name_the_line_and_field():
+    cases = {
+        '{"response": "x", "gold": "1"': "line 3: invalid JSON",
+        '["response", "gold"]': "line 3: expected a JSON object, got list",
+        '{"response": "x"}': "line 3: missing field 'gold'",
+        '{"gold": "1"}': "line 3: missing field 'response'",
+        '{"response": 5, "gold": "1"}': "line 3: field 'response' must be a string, got int",
+        '{"response": "x", "gold": null}': "line 3: field 'gold' must be a string or number, got NoneType",
+        '{"response": "x", "gold": true}': "line 3: field 'gold' must be a string or number, got bool",
+        '{"response": "x", "gold": "1", "task": 1}': "line 3: field 'task' must be a string, got int",
+        '{"response": "x", "gold": "1", "options": []}': "line 3: field 'options' must be an object, got list",
+        '{"response": "x", "gold": "1", "options": {"a": [1]}}': "line 3: field 'options.a' must be a string",
+    }
+    for text, message in cases.items():
+        p = parse_line(3, text)
+        assert p.item is None and p.error.startswith(message), (text, p.error)
+    ok = parse_line(4, '{"response": "r", "gold": 12, "options": {"percent": true, "timeout_ms": 500}}')
+    assert ok.error == "" and ok.item.id == "4" and ok.item.gold == "12"
+    assert ok.item.options == {"percent": "true", "timeout_ms": "500"}
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def mixed_file(path: Path) -> list[str]:
+    """Eight physical lines: 5 good, 1 blank (skipped), 2 malformed at lines 3 and 6."""
+    lines = [
+        json.dumps({"id": "a", "response": r"\boxed{4}", "gold": "4", "extra": [1, 2]}),
+        json.dumps({"id": "a", "response": r"\boxed{5}", "gold": "4"}),  # duplicate id: fine
+        '{"id": "c", "response": "oops"',  # line 3: bad JSON
+        json.dumps({"response": "no box here", "gold": "4"}),  # no id: fine
+        "",  # blank line: skipped
+        json.dumps({"id": "f", "response": r"\boxed{1}"}),  # line 6: missing gold
+        json.dumps({"id": "g", "response": r"\boxed{\frac{1}{2}}", "gold": 0.5}),
+        json.dumps({"id": "h", "response": r"\boxed{7}", "gold": "#### 7", "task": "gsm8k"}),
+    ]
+    write_lines(path, lines)
+    return lines
+
+
+def check_mixed_output(out: list[dict]) -> None:
+    assert len(out) == 7  # 8 lines minus the blank one
+    assert [r.get("id") for r in out] == ["a", "a", None, None, "f", "g", "h"]
+    assert [r["status"] for r in out] == ["correct", "wrong", "error", "no_answer", "error", "correct", "correct"]
+    assert [r["correct"] for r in out] == [True, False, False, False, False, True, True]
+    assert out[0]["extra"] == [1, 2] and out[0]["extracted"] == "4"
+    assert out[2] == {"line": 3, "status": "error", "correct": False, "error": out[2]["error"]}
+    assert out[2]["error"].startswith("line 3: invalid JSON")
+    assert out[4] == {"line": 6, "id": "f", "status": "error", "correct": False, "error": "line 6: missing field 'gold'"}
+    for r in (out[0], out[1], out[3], out[5], out[6]):
+        assert set(r) >= {"status", "correct", "extracted", "path", "detail", "latency_ms"}
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "WINNOW_VERIFIER_TOKEN"}
+    return subprocess.run(
+        [sys.executable, "-m", "winnow", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+@pytest.mark.slow
+def test_score_cli_in_process_with_malformed_lines(tmp_path):
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    mixed_file(src)
+    res = run_cli("score", str(src), "-o", str(dst), "--workers", "1", "--batch-size", "2")
+    assert res.returncode == 1, res.stderr
+    check_mixed_output([json.loads(line) for line in dst.read_text().splitlines()])
+    assert "7 lines" in res.stderr and "correct 3, wrong 1, no_answer 1" in res.stderr
+    assert "2 malformed lines (first: line 3: invalid JSON" in res.stderr
+
+
+async def test_score_cli_via_verifier_with_token(tmp_path, start_server):
+    srv = await start_server(token="tok", max_batch_items=2)
+    src = tmp_path / "in.jsonl"
+    mixed_file(src)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "winnow", "score", str(src), "--verifier", srv.target, "--token", "tok",
+        "--batch-size", "3", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 1, err.decode()
+    check_mixed_output([json.loads(line) for line in out.decode().splitlines()])  # stdout when no -o
+    # batch size 3 over 6 non-blank lines of which 4 scorable, server chunks of <= 2 items
+    assert srv.metrics.requests.labels("VerifyBatch", "OK")._value.get() >= 2
+    assert srv.metrics.requests.labels("VerifyBatch", "INVALID_ARGUMENT")._value.get() == 0
+
+
+async def test_score_cli_verifier_unreachable_exits_3(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    src = tmp_path / "in.jsonl"
+    write_lines(src, [json.dumps({"response": r"\boxed{1}", "gold": "1"})])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "winnow", "score", str(src), "--verifier", f"127.0.0.1:{port}", "--retry-s", "0.5",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 3
+    assert "unavailable" in err.decode()
+
+
+async def test_score_lines_streams_in_order_with_bounded_inflight(engine):
+    """Many small chunks through the real engine: order kept, never more than 2 chunks outstanding."""
+    n = 500
+    lines = [json.dumps({"id": i, "response": rf"\boxed{{{i % 3}}}", "gold": str(i % 2)}) for i in range(n)]
+    outstanding = 0
+    peak = 0
+
+    async def scorer(items):
+        nonlocal outstanding, peak
+        outstanding += 1
+        peak = max(peak, outstanding)
+        try:
+            return await asyncio.to_thread(engine.verify_batch, items)
+        finally:
+            outstanding -= 1
+
+    out = io.StringIO()
+    summary = await score_lines(iter(lines), out, scorer, batch_size=16, inflight=2)
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["id"] for r in rows] == list(range(n))
+    # i%3 == i%2 exactly when i % 6 in {0, 1}
+    assert [r["correct"] for r in rows] == [i % 6 in (0, 1) for i in range(n)]
+    assert peak <= 3  # the chunk being read + at most 2 in flight
+    assert summary.lines == n and not summary.failed
+    assert summary.counts["correct"] == sum(1 for i in range(n) if i % 6 in (0, 1))
+
+
+def test_summary_format():
+    s = Summary(lines=10, elapsed_s=2.0, malformed=1, first_malformed="line 2: missing field 'gold'")
+    s.counts.update({"correct": 6, "wrong": 3})
+    assert s.format() == (
+        "winnow score: 10 lines in 2.00s (5.0 lines/s): correct 6, wrong 3; "
+        "1 malformed line (first: line 2: missing field 'gold')"
+    )
+    assert s.failed
+
+
+@pytest.mark.slow
+def test_example_file_scores_as_annotated(tmp_path):
+    dst = tmp_path / "out.jsonl"
+    res = run_cli("score", str(EXAMPLE), "-o", str(dst), "--workers", "1")
+    rows = [json.loads(line) for line in dst.read_text().splitlines()]
+    assert len(rows) == len(EXAMPLE.read_text().splitlines()) >= 25
+    wrong = [(r["id"], r["expect"], r["status"], r.get("extracted")) for r in rows if r["status"] != r["expect"]]
+    assert not wrong
+    assert res.returncode == 0, res.stderr
+    assert {r["expect"] for r in rows} >= {"correct", "wrong", "no_answer"}
+
+
+def test_help_is_fast_and_imports_no_heavy_modules():
+    code = "import sys, winnow.verifier.main; print(sorted(m for m in ('sympy', 'grpc') if m in sys.modules))"
+    mine = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert mine.stdout.strip() == "[]", mine.stdout + mine.stderr
+    for args in (["--help"], ["score", "--help"], ["verifier", "serve", "--help"]):
+        t = time.perf_counter()
+        res = run_cli(*args, timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert time.perf_counter() - t < 20
+    assert "--verifier HOST:PORT" in run_cli("score", "--help").stdout
+    assert "--metrics-port" in run_cli("verifier", "serve", "--help").stdout
