@@ -138,10 +138,10 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in top.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -165,10 +165,10 @@ def load_config(
     """Resolve and validate a service config (see the module docstring for the priority)."""
     file_data: dict[str, Any] = dict(data or {})
     if path is not None:
-        file_data = _deep_merge(file_data, read_config_file(path))
+        file_data = deep_merge(file_data, read_config_file(path))
     if cls.section and isinstance(file_data.get(cls.section), dict):
         shared = {k: v for k, v in file_data.items() if k == "kafka"}
-        file_data = _deep_merge(shared, file_data[cls.section]) if "kafka" in cls.model_fields else file_data[cls.section]
+        file_data = deep_merge(shared, file_data[cls.section]) if "kafka" in cls.model_fields else file_data[cls.section]
     token = _FILE_DATA.set(file_data)
     try:
         cfg = cls(**(overrides or {}))
