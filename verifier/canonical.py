@@ -97,6 +97,8 @@ def canonicalize(s: str) -> str:
     s = re.sub(r"\s+(?:or|and)\s+", ",", s.strip())
     s = re.sub(r"^([+-]?\d+)\s+(\d+)\s*/\s*(\d+)$", r"\1\\frac{\2}{\3}", s.strip())
     s = re.sub(r"^[a-zA-Z]\s*\\in\s*", "", s)
+    if _THOUSANDS_RE.match(s.strip().rstrip(".")):  # before whitespace goes: "1, 000" stays a list
+        s = s.replace(",", "")
     # whitespace: keep one space only between a command and a following letter
     s = re.sub(r"(\\[a-zA-Z]+)\s+(?=[a-zA-Z])", "\\1\x00", s)
     s = re.sub(r"\s+", "", s).replace("\x00", " ")
@@ -106,10 +108,7 @@ def canonicalize(s: str) -> str:
     s = re.sub(r"\\sqrt(\d)", r"\\sqrt{\1}", s)
     s = re.sub(r"\\infin(?![a-z])|\\infinity", r"\\infty", s)
     s = re.sub(r"(?<![\w)}\]])\+(?=[\d\\.])", "", s)  # leading/unary plus
-    s = s.rstrip(".").rstrip("\\").rstrip(",")
-    if _THOUSANDS_RE.match(s):
-        s = s.replace(",", "")
-    return s
+    return s.rstrip(".").rstrip("\\").rstrip(",")
 
 
 # --------------------------------------------------------------------------- structure

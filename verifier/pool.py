@@ -192,7 +192,7 @@ class WorkerPool:
         with self._lock:
             self._all.discard(w)
         with contextlib.suppress(Exception):
-            w.process.kill()  # SIGKILL
+            w.process.kill()  # SIGKILL: cannot be caught, works mid-bigint
         with contextlib.suppress(Exception):
             w.process.wait(5)
         for f in (w.process.stdin, w.process.stdout):
@@ -200,13 +200,25 @@ class WorkerPool:
                 f.close()
 
     def _replace(self, w: _Worker, reason: str) -> None:
-        self._kill(w)
+        """SIGKILL ``w`` now; reap it and start its replacement in a background thread."""
+        with contextlib.suppress(Exception):
+            w.process.kill()
         with self._lock:
             self.restarts += 1
         if self._on_restart is not None:
             self._on_restart(reason)
-        if not self._closed:
-            self._idle.put(self._spawn())
+        threading.Thread(target=self._reap_and_respawn, args=(w,), name="winnow-verifier-respawn",
+                         daemon=True).start()
+
+    def _reap_and_respawn(self, w: _Worker) -> None:
+        self._kill(w)
+        if self._closed:
+            return
+        fresh = self._spawn()
+        if self._closed:  # close() ran while we were spawning: do not leak the new worker
+            self._kill(fresh)
+            return
+        self._idle.put(fresh)
 
     def _wait_ready(self, w: _Worker) -> bool:
         if not w.ready:
