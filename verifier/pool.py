@@ -1,45 +1,62 @@
-"""A small pool of pre-started worker processes for the symbolic path (VERIFIER_NOTES §4.6).
+"""A small pool of worker processes for the symbolic path, with a wall-clock budget per item (VERIFIER_NOTES §4.6).
 
 Why not ``concurrent.futures.ProcessPoolExecutor``: ``result(timeout)`` leaves a hung worker running
-and a killed worker breaks the whole executor. Here each worker is a ``multiprocessing`` process
-with its own duplex pipe:
+and a killed worker breaks the whole executor. Why not ``multiprocessing``: its spawn/forkserver
+start methods re-import the parent's ``__main__`` in every child, and plain ``fork`` of the server
+process is unsafe (the verifier runs inside a grpc.aio server whose threads hold locks).
 
-* Start method ``forkserver`` (``spawn`` where unavailable): the verifier runs inside a grpc.aio
-  server whose threads make ``fork`` of the server process unsafe. The fork server preloads
-  ``winnow.verifier.symbolic`` (sympy + the ANTLR parser), so a replacement worker is ready in
-  milliseconds and the first call is not slow.
-* Requests and replies are small JSON documents (``send_bytes``), not pickles.
-* Per-item wall-clock budget: the parent waits on the pipe with ``poll(budget)``; on expiry it sends
-  SIGKILL and starts a replacement (never ``signal.alarm``: it cannot interrupt C-level bigint work
-  and only works on the main thread).
-* Each worker sets ``RLIMIT_AS`` (``memory_mb``) and ``RLIMIT_CPU`` (a backstop for an orphan) and
-  asks the kernel to SIGKILL it when its parent dies (``PR_SET_PDEATHSIG``). A ``MemoryError``
-  inside a worker is answered as too_complex and the worker exits to be replaced.
+Design:
+
+* A **zygote** process is started with ``subprocess.Popen`` (fork+exec: safe next to grpc threads)
+  running ``python -m winnow.verifier.pool --zygote``. It imports sympy and the ANTLR parser once
+  (``winnow.verifier.symbolic``), then, single-threaded, forks a worker on request and hands the
+  parent one end of a fresh socketpair (``socket.send_fds``). A replacement worker is therefore
+  ready in milliseconds, and the first call is not slow.
+* Each worker sets ``RLIMIT_AS`` (``memory_mb``), ``RLIMIT_CPU`` (a backstop against an orphan) and
+  ``PR_SET_PDEATHSIG`` (SIGKILL when the zygote dies; the zygote exits when its control socket to the
+  parent closes, i.e. when the parent process exits).
+  A ``MemoryError`` is answered as too_complex and the worker exits to be replaced.
+* Requests and replies are length-prefixed JSON frames, never pickles.
+* Per-item wall-clock budget: the parent waits with ``select``; on expiry it SIGKILLs the worker
+  (never ``signal.alarm``: that cannot interrupt C-level bigint work and only works on the main
+  thread) and a background thread reaps it and forks a replacement.
 * Workers are recycled after ``max_tasks`` tasks (sympy caches grow).
-* A caller may pass an absolute ``deadline`` (``time.monotonic()``) bounding both the wait for a
+* ``run(job, deadline=...)``: an absolute ``time.monotonic()`` deadline bounds both the wait for a
   free worker and the item's budget (the batch deadline of ``MathVerifier.verify_batch``).
+* ``close()`` SIGKILLs every worker and the zygote and waits until they are gone.
 
-Replacements are started in the caller's thread after the reply has been read.
+The zygote reaps its children automatically (SIGCHLD ignored), so workers never linger as zombies.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import queue
 import select
 import signal
+import socket
 import struct
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 READY = b"ready"
 _MAX_FRAME = 1 << 20
+_PR_SET_PDEATHSIG = 1
+_FD_LOCK = threading.Lock()
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _set_limits(memory_mb: int, cpu_s: int) -> None:
@@ -52,12 +69,6 @@ def _set_limits(memory_mb: int, cpu_s: int) -> None:
     if cpu_s > 0:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 5))
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def handle_job(job: dict) -> dict:
@@ -79,8 +90,11 @@ def handle_job(job: dict) -> dict:
         return {"status": "error", "path": "symbolic", "detail": f"{type(exc).__name__}: {exc}"[:300]}
 
 
+# --------------------------------------------------------------------------- framing
+
+
 def _read_exact(fd: int, n: int, deadline: float | None) -> bytes | None:
-    """Read exactly ``n`` bytes from ``fd``; None on timeout; EOFError when the worker is gone."""
+    """Read exactly ``n`` bytes from ``fd``; None on timeout; EOFError when the peer is gone."""
     buf = bytearray()
     while len(buf) < n:
         if deadline is not None:
@@ -92,42 +106,37 @@ def _read_exact(fd: int, n: int, deadline: float | None) -> bytes | None:
                 return None
         chunk = os.read(fd, n - len(buf))
         if not chunk:
-            raise EOFError("worker closed its pipe")
+            raise EOFError("peer closed the connection")
         buf += chunk
     return bytes(buf)
 
 
 def read_frame(fd: int, deadline: float | None = None) -> bytes | None:
-    """One length-prefixed frame (4-byte big-endian length, then the body)."""
+    """One frame: a 4-byte big-endian length, then the body. None on timeout."""
     head = _read_exact(fd, 4, deadline)
     if head is None:
         return None
     (size,) = struct.unpack(">I", head)
     if size > _MAX_FRAME:
         raise EOFError("frame too large")
-    body = _read_exact(fd, size, deadline)
-    return body
+    return _read_exact(fd, size, deadline)
 
 
 def write_frame(fd: int, body: bytes) -> None:
-    data = struct.pack(">I", len(body)) + body
-    view = memoryview(data)
+    view = memoryview(struct.pack(">I", len(body)) + body)
     while view:
-        n = os.write(fd, view)
-        view = view[n:]
+        view = view[os.write(fd, view) :]
 
 
-def worker_main(memory_mb: int, cpu_s: int) -> None:
-    """Entry point of a worker process: answer JSON frames on stdin/stdout until EOF."""
-    _set_limits(memory_mb, cpu_s)
-    import winnow.verifier.symbolic  # noqa: F401  (sympy and the ANTLR parser, before the first job)
+# --------------------------------------------------------------------------- processes
 
-    inp, out = sys.stdin.fileno(), sys.stdout.fileno()
-    sys.stdout = sys.stderr  # stray prints must not corrupt the protocol
-    write_frame(out, READY)
+
+def worker_loop(fd: int) -> None:
+    """Answer JSON job frames on ``fd`` until EOF (runs in a forked worker)."""
+    write_frame(fd, READY)
     while True:
         try:
-            data = read_frame(inp)
+            data = read_frame(fd)
         except (EOFError, OSError):
             return
         if data is None:
@@ -136,25 +145,124 @@ def worker_main(memory_mb: int, cpu_s: int) -> None:
             reply = handle_job(json.loads(data))
         except MemoryError:
             reply = {"status": "too_complex", "path": "guard", "detail": "worker memory limit", "exit": "memory"}
-        write_frame(out, json.dumps(reply).encode())
+        write_frame(fd, json.dumps(reply).encode())
         if reply.get("exit"):
             return
 
 
+def zygote_main(ctrl_fd: int, memory_mb: int, cpu_s: int) -> None:
+    """Preload sympy, then fork one worker per b"s" read on the control socket (single-threaded).
+
+    The zygote exits when the control socket closes (the parent exited or closed the pool); it does
+    not use PR_SET_PDEATHSIG, which fires when the parent *thread* that started it exits.
+    """
+    sys.stdout = sys.stderr  # stray prints must never reach a protocol pipe
+    import winnow.verifier.symbolic  # noqa: F401  (sympy + latex2sympy2_extended, once)
+
+    gc.collect()
+    gc.freeze()  # keep the preloaded heap shared copy-on-write with the workers
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps exited workers
+    ctrl = socket.socket(fileno=ctrl_fd)
+    while True:
+        try:
+            cmd = ctrl.recv(1)
+        except OSError:
+            cmd = b""
+        if not cmd:
+            os._exit(0)
+        ours, theirs = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 0
+            try:
+                ctrl.close()
+                ours.close()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                _die_with_parent()
+                _set_limits(memory_mb, cpu_s)
+                worker_loop(theirs.fileno())
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        theirs.close()
+        socket.send_fds(ctrl, [struct.pack(">q", pid)], [ours.fileno()])
+        ours.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+class _Zygote:
+    """The parent's handle on the zygote process (thread-safe ``fork``)."""
+
+    def __init__(self, memory_mb: int, cpu_s: int):
+        ours, theirs = socket.socketpair()
+        cmd = [sys.executable, "-m", "winnow.verifier.pool", "--zygote", "--fd", str(theirs.fileno()),
+               "--memory-mb", str(memory_mb), "--cpu-s", str(cpu_s)]
+        self.proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True)
+        theirs.close()
+        self.sock = ours
+        self.lock = threading.Lock()
+
+    def fork(self, timeout_s: float) -> tuple[int, int]:
+        """Ask for a worker; returns (pid, socket fd). Raises OSError/EOFError when the zygote is gone."""
+        with self.lock:
+            self.sock.settimeout(timeout_s)
+            self.sock.sendall(b"s")
+            msg, fds, _, _ = socket.recv_fds(self.sock, 8, 1)
+            if len(msg) != 8 or len(fds) != 1:
+                for fd in fds:
+                    os.close(fd)
+                raise EOFError("zygote closed the connection")
+            return struct.unpack(">q", msg)[0], fds[0]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.proc.kill()
+        with contextlib.suppress(Exception):
+            self.proc.wait(5)
+        with contextlib.suppress(Exception):
+            self.sock.close()
+
+
 @dataclass(eq=False)
 class _Worker:
-    process: subprocess.Popen
+    pid: int
+    fd: int
     ready: bool = False
     tasks: int = 0
-    started: float = field(default_factory=time.monotonic)
+    dead: bool = False
 
-    @property
-    def pid(self) -> int:
-        return self.process.pid
+    def kill(self) -> None:
+        if not self.dead:
+            self.dead = True
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        """Kill, close the socket once (a closed fd number may be reused), wait until the process is gone."""
+        self.kill()
+        with _FD_LOCK:
+            fd, self.fd = self.fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        deadline = time.monotonic() + 5
+        while _alive(self.pid) and time.monotonic() < deadline:
+            time.sleep(0.002)
 
 
 class WorkerPool:
-    """``workers`` processes, each running ``worker_main``; ``run(job)`` is thread-safe and blocking."""
+    """``workers`` forked worker processes; ``run(job)`` is thread-safe and blocks for one reply."""
 
     def __init__(self, *, workers: int = 2, timeout_s: float = 2.0, memory_mb: int = 1024,
                  max_tasks: int = 500, on_restart: Callable[[str], None] | None = None,
@@ -171,38 +279,44 @@ class WorkerPool:
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._all: set[_Worker] = set()
         self._closed = False
+        self._zygote = _Zygote(memory_mb, self._cpu_s)
         self.pids_seen: list[int] = []
         self.restarts = 0
-        started = [self._spawn() for _ in range(workers)]
-        for w in started:  # sympy is imported before the first job, so the first call is not slow
-            self._wait_ready(w)
+        for _ in range(workers):
+            w = self._spawn()
+            self._wait_ready(w)  # sympy is already imported: the first job is not slow
             self._idle.put(w)
 
+    @property
+    def zygote_pid(self) -> int:
+        return self._zygote.proc.pid
+
     def _spawn(self) -> _Worker:
-        cmd = [sys.executable, "-m", "winnow.verifier.pool", "--memory-mb", str(self.memory_mb),
-               "--cpu-s", str(self._cpu_s)]
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
-        w = _Worker(proc)
+        for attempt in range(2):
+            try:
+                pid, fd = self._zygote.fork(self.start_timeout_s)
+                break
+            except (OSError, EOFError):
+                if attempt or self._closed:
+                    raise
+                with self._lock:  # the zygote died: start a new one (slow path, about a second)
+                    self._zygote.close()
+                    self._zygote = _Zygote(self.memory_mb, self._cpu_s)
+        w = _Worker(pid, fd)
         with self._lock:
             self._all.add(w)
-            self.pids_seen.append(proc.pid)
+            self.pids_seen.append(pid)
         return w
 
-    def _kill(self, w: _Worker) -> None:
+    def _forget(self, w: _Worker) -> None:
+        """Kill ``w`` and wait until it is gone; close() also waits for workers still dying here."""
+        w.close()
         with self._lock:
             self._all.discard(w)
-        with contextlib.suppress(Exception):
-            w.process.kill()  # SIGKILL: cannot be caught, works mid-bigint
-        with contextlib.suppress(Exception):
-            w.process.wait(5)
-        for f in (w.process.stdin, w.process.stdout):
-            with contextlib.suppress(Exception):
-                f.close()
 
     def _replace(self, w: _Worker, reason: str) -> None:
-        """SIGKILL ``w`` now; reap it and start its replacement in a background thread."""
-        with contextlib.suppress(Exception):
-            w.process.kill()
+        """SIGKILL ``w`` now; reap it and fork its replacement in a background thread."""
+        w.kill()
         with self._lock:
             self.restarts += 1
         if self._on_restart is not None:
@@ -211,24 +325,26 @@ class WorkerPool:
                          daemon=True).start()
 
     def _reap_and_respawn(self, w: _Worker) -> None:
-        self._kill(w)
+        self._forget(w)
         if self._closed:
             return
-        fresh = self._spawn()
-        if self._closed:  # close() ran while we were spawning: do not leak the new worker
-            self._kill(fresh)
+        try:
+            fresh = self._spawn()
+        except (OSError, EOFError):
+            return  # closed meanwhile, or no zygote: run() reports errors on the next call
+        if self._closed:  # close() ran while we were forking: do not leak the new worker
+            self._forget(fresh)
             return
         self._idle.put(fresh)
 
     def _wait_ready(self, w: _Worker) -> bool:
         if not w.ready:
             with contextlib.suppress(EOFError, OSError):
-                frame = read_frame(w.process.stdout.fileno(), time.monotonic() + self.start_timeout_s)
-                w.ready = frame == READY
+                w.ready = read_frame(w.fd, time.monotonic() + self.start_timeout_s) == READY
         return w.ready
 
     def run(self, job: dict, *, timeout_s: float | None = None, deadline: float | None = None) -> dict:
-        """Run ``job`` on a free worker within the budget; returns the reply (``status``, ``path``, ``detail``)."""
+        """Run ``job`` on a free worker within the budget; the reply has ``status``, ``path``, ``detail``."""
         if self._closed:
             raise RuntimeError("pool is closed")
         budget = self.timeout_s if timeout_s is None else timeout_s
@@ -243,8 +359,8 @@ class WorkerPool:
         if deadline is not None:
             budget = min(budget, max(0.0, deadline - time.monotonic()))
         try:
-            write_frame(w.process.stdin.fileno(), json.dumps(job).encode())
-            frame = read_frame(w.process.stdout.fileno(), time.monotonic() + budget)
+            write_frame(w.fd, json.dumps(job).encode())
+            frame = read_frame(w.fd, time.monotonic() + budget)
             if frame is None:
                 self._replace(w, "timeout")
                 return {"status": "timeout", "path": "pool", "detail": f"worker killed after {budget:.2f} s"}
@@ -262,31 +378,37 @@ class WorkerPool:
         return reply
 
     def pids(self) -> list[int]:
+        """PIDs of the live workers."""
         with self._lock:
             return [w.pid for w in self._all]
 
     def close(self) -> None:
-        """Kill every worker (SIGKILL) and reap it."""
+        """SIGKILL every worker and the zygote, and wait until they are gone. Idempotent."""
         self._closed = True
         with self._lock:
             workers = list(self._all)
-        for w in workers:
-            self._kill(w)
+        for w in workers:  # includes workers a respawn thread is still reaping
+            w.close()
+        with self._lock:
+            self._all.clear()
         while True:
             try:
                 self._idle.get_nowait()
             except queue.Empty:
                 break
+        self._zygote.close()
 
 
 def _main(argv: list[str] | None = None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(description="winnow verifier worker (started by WorkerPool)")
+    parser = argparse.ArgumentParser(description="winnow verifier zygote (started by WorkerPool)")
+    parser.add_argument("--zygote", action="store_true", required=True)
+    parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--memory-mb", type=int, default=1024)
     parser.add_argument("--cpu-s", type=int, default=600)
     args = parser.parse_args(argv)
-    worker_main(args.memory_mb, args.cpu_s)
+    zygote_main(args.fd, args.memory_mb, args.cpu_s)
 
 
 if __name__ == "__main__":
