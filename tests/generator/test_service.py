@@ -359,3 +359,41 @@ async def test_service_loads_announced_weights_and_rejects_bad_sha(
         assert value("winnow_generator_weight_reload_failures_total") == 1  # the bad one is not retried
     finally:
         await _stop(service, task)
+
+
+async def test_stop_mid_batch_abandons_it_and_the_next_generator_gets_it(kafka_config_one, math_verifier):
+    from winnow.generator.hf_engine import HFEngine
+    from winnow.learner.tiny import build_tiny_model_and_tokenizer
+
+    from winnow.kafka import ensure_topics
+
+    model, tok = build_tiny_model_and_tokenizer(seed=0)
+    cfg = _cfg(kafka_config_one, sampling={"max_new_tokens": 300, "seed": 1}, batch_wait_ms=500)
+    await ensure_topics(cfg.kafka, partitions=cfg.kafka_partitions)
+    await _produce(cfg, [_request(i, n=16) for i in range(3)])
+    registry = CollectorRegistry()
+    first = GeneratorService(cfg, HFEngine(model, tok), registry, in_process_verifier=math_verifier)
+    task = asyncio.create_task(first.run())
+    value = registry.get_sample_value
+    deadline = time.monotonic() + 30
+    while not value("winnow_generator_requests_in_flight") and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert value("winnow_generator_requests_in_flight") > 0  # the batch is generating
+    await _stop(first, task)  # SIGTERM's handler: cancels the generation, nothing published
+    assert value("winnow_generator_groups_published_total") == 0
+    assert value("winnow_generator_generation_seconds_count") == 0
+    assert await _committed(cfg) == 0
+    # the next generator of the group gets the same prompts
+    second = GeneratorService(
+        cfg.model_copy(update={"sampling": SamplingConfig(max_new_tokens=4)}),
+        HFEngine(model, tok),
+        CollectorRegistry(),
+        in_process_verifier=math_verifier,
+    )
+    task = asyncio.create_task(second.run())
+    try:
+        groups = await _collect_groups(cfg, 3)
+        assert sorted(g.request_id for g in groups) == ["req-0", "req-1", "req-2"]
+        assert all(len(g.samples) == 16 for g in groups)
+    finally:
+        await _stop(second, task)

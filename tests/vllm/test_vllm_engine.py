@@ -1,0 +1,96 @@
+"""The vLLM engine on the tiny model. Runs only where vLLM imports (the optional CPU environment
+from scripts/vllm_env.sh, or a GPU machine with vllm): ``.venv-vllm/bin/python -m pytest tests/vllm -m vllm``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from winnow.generator.config import SamplingConfig
+from winnow.generator.engine import WeightLoadError
+
+pytestmark = pytest.mark.vllm
+
+try:  # skip the module unless vLLM imports
+    import vllm  # noqa: F401
+except Exception as e:  # ImportError, or a broken install (e.g. a stray torchvision)
+    pytest.skip(f"vllm not importable: {e}", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_bf16(tmp_path_factory):
+    from winnow.learner.tiny import save_tiny
+
+    return save_tiny(tmp_path_factory.mktemp("vllm") / "tiny", seed=0, dtype=torch.bfloat16)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_bf16):
+    from winnow.generator.vllm_engine import VLLMEngine
+
+    return VLLMEngine(tiny_bf16, dtype="bfloat16", max_model_len=512, enforce_eager=True)
+
+
+def _recompute(model_dir, prompt, response):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    ids = torch.tensor([prompt + response])
+    with torch.no_grad():
+        lp = torch.log_softmax(model(ids).logits[0].float(), -1)[len(prompt) - 1 : -1]
+    return lp.gather(-1, torch.tensor(response)[:, None]).squeeze(-1)
+
+
+PROMPTS = [[5, 17, 33, 80, 12], [7, 7, 200, 31]]
+
+
+def test_generate_n_with_behaviour_logprobs(engine, tiny_bf16):
+    out = engine.generate(PROMPTS, 4, SamplingConfig(max_new_tokens=10, seed=0))
+    assert [len(g) for g in out] == [4, 4]
+    eos = engine.tokenizer.eos_token_id
+    for prompt, group in zip(PROMPTS, out, strict=True):
+        for c in group:
+            assert len(c.token_ids) == len(c.logprobs) and all(math.isfinite(v) for v in c.logprobs)
+            if c.finish_reason == "stop":
+                assert c.token_ids[-1] == eos
+            else:
+                assert len(c.token_ids) == 10
+            ref = _recompute(tiny_bf16, prompt, c.token_ids)
+            # bf16 weights: vLLM's kernels vs an fp32 recompute of the same bf16 weights
+            torch.testing.assert_close(torch.tensor(c.logprobs), ref, atol=0.05, rtol=0.05)
+
+
+def test_processed_logprobs_under_truncation(engine):
+    assert engine.processed_logprobs, "this vLLM does not support logprobs_mode=processed_logprobs"
+    out = engine.generate(PROMPTS[:1], 4, SamplingConfig(max_new_tokens=6, top_k=3, temperature=0.5, seed=1))
+    # among only 3 tokens at temperature 0.5 each sampled token has probability well above 1/vocab
+    assert all(lp > math.log(1 / 3) - 1.0 for c in out[0] for lp in c.logprobs)
+
+
+def test_load_weights_in_place(engine, tmp_path):
+    from winnow.learner.tiny import build_tiny_model_and_tokenizer
+
+    s = SamplingConfig(max_new_tokens=6, seed=5)
+    before = engine.generate(PROMPTS, 1, s)
+    other, _ = build_tiny_model_and_tokenizer(seed=1)
+    path = tmp_path / "v1.safetensors"
+    save_file(
+        {
+            k: v.to(torch.bfloat16).contiguous()
+            for k, v in other.state_dict().items()
+            if k != "lm_head.weight"
+        },
+        str(path),
+    )
+    engine.load_weights(str(path), version=1)
+    assert engine.version == 1
+    after = engine.generate(PROMPTS, 1, s)
+    assert [g[0].logprobs for g in after] != [g[0].logprobs for g in before]
+    bad = tmp_path / "bad.safetensors"
+    save_file({"model.norm.weight": torch.ones(3)}, str(bad))
+    with pytest.raises(WeightLoadError):
+        engine.load_weights(str(bad), version=2)
+    assert engine.version == 1
