@@ -1,0 +1,146 @@
+"""Learner checkpoints: everything needed to resume without losing or repeating a scored group.
+
+A checkpoint is a folder ``<dir>/step-<version:08d>/`` with
+
+- ``trainer.pt``: :meth:`Trainer.state_dict` (model, optimizer, version), written with
+  ``torch.save`` and read back with ``weights_only=True`` (local disk only, never the wire);
+- ``state.json``: the service state (:class:`LearnerState`): version, next data position,
+  released-but-unconsumed requests, the dedupe window, the consumed Kafka offsets.
+
+It is written to a temporary folder, fsynced and renamed into place; then the ``LATEST`` file
+(also replaced atomically) names it. A crash at any point leaves the previous checkpoint
+intact. The newest ``keep`` checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+LATEST = "LATEST"
+_STEP_DIR = re.compile(r"^step-(\d{8,})$")
+
+
+@dataclass
+class LearnerState:
+    """The service's resumable state (everything except the trainer's tensors)."""
+
+    version: int = 0
+    """Optimizer steps taken (the policy version)."""
+    run_id: str = ""
+    """Random id of the run, the prefix of its request ids (kept across restarts)."""
+    next_position: int = 0
+    """Position in the prompt source of the next prompt to release."""
+    unconsumed: dict[str, int] = field(default_factory=dict)
+    """Released requests not yet trained on or dropped: request_id -> data position."""
+    attempts: dict[str, int] = field(default_factory=dict)
+    """Data position (as a string key) -> release attempts so far, for positions in ``unconsumed``."""
+    seen: list[str] = field(default_factory=list)
+    """Request ids already trained on or dropped (the dedupe window, oldest first)."""
+    offsets: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Groups-topic offsets that are safe to resume from: topic -> partition -> next offset."""
+    prompts_released: int = 0
+    """Prompt requests released so far (for metrics continuity)."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> LearnerState:
+        data = json.loads(text)
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(
+    directory: str | Path, trainer_state: dict[str, Any], state: LearnerState, keep: int = 2
+) -> Path:
+    """Atomically write a checkpoint for ``state.version`` and point ``LATEST`` at it; returns its folder."""
+    import torch
+
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{state.version:08d}"
+    final = root / name
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        with open(tmp / "trainer.pt", "wb") as f:
+            torch.save(trainer_state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        _write_file(tmp / "state.json", state.to_json().encode())
+        _fsync_dir(tmp)
+        if final.exists():  # re-checkpointing the same version (e.g. at shutdown)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        latest_tmp = root / f".{LATEST}.tmp-{os.getpid()}"
+        _write_file(latest_tmp, name.encode())
+        os.replace(latest_tmp, root / LATEST)
+        _fsync_dir(root)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    _prune(root, keep, protect=name)
+    log.info("checkpoint %s written", final)
+    return final
+
+
+def _prune(root: Path, keep: int, protect: str) -> None:
+    steps = sorted(p for p in root.iterdir() if _STEP_DIR.match(p.name) and p.is_dir())
+    for p in steps[: max(0, len(steps) - keep)]:
+        if p.name != protect:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    """The folder ``LATEST`` names, or None if there is no complete checkpoint."""
+    root = Path(directory)
+    marker = root / LATEST
+    if not marker.is_file():
+        return None
+    path = root / marker.read_text().strip()
+    if not (path / "state.json").is_file() or not (path / "trainer.pt").is_file():
+        log.warning("%s names %s, which is incomplete; ignoring it", marker, path)
+        return None
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> tuple[dict[str, Any], LearnerState]:
+    """``(trainer_state_dict, LearnerState)`` from a checkpoint folder."""
+    import torch
+
+    p = Path(path)
+    trainer_state = torch.load(p / "trainer.pt", map_location=map_location, weights_only=True)
+    state = LearnerState.from_json((p / "state.json").read_text())
+    return trainer_state, state

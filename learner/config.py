@@ -1,0 +1,185 @@
+"""Configuration of the learner service (section ``learner``).
+
+Pure pydantic: importing it does not import torch, so ``winnow learner run --help`` answers at
+once. The algorithm block is :class:`winnow.learner.algo.AlgoConfig` (``algo.preset`` plus field
+overrides; ``algo.max_staleness`` is the staleness bound used both to drop old groups and for
+admission control); the optimizer block is :class:`winnow.learner.step.OptimConfig` (imported
+lazily through :func:`optim_config_class` because that module imports torch).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from winnow.generator.config import SamplingConfig
+from winnow.generator.prompts import PromptSourceConfig, ReasoningGymSourceConfig
+
+from winnow.config import KafkaConfig, Model, Settings, settings_config
+
+
+class WeightStoreConfig(Model):
+    """Where the learner writes weights for the generators and how it announces them."""
+
+    dir: str = "runs/weights"
+    """Directory of the weight store (a shared volume in Kubernetes): ``<dir>/v<version>/model.safetensors``."""
+    uri_root: str = ""
+    """If set, announced URIs are relative to this root as generators see it (e.g. the volume's mount
+    path there): ``<uri_root>/v<version>/model.safetensors``. "" = the absolute local path as a file:// URI."""
+    publish_every: int = Field(default=1, ge=1)
+    """Publish weights every this many optimizer steps (and always after the last one)."""
+    keep: int = Field(default=3, ge=1)
+    """Keep the newest this many versions in the store (generators may still be loading an older one)."""
+    dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    """dtype of the published tensors ("auto" = as trained)."""
+
+
+class CheckpointConfig(Model):
+    """Learner checkpoints: model, optimizer, version, data position, dedupe state, consumed offsets."""
+
+    dir: str = "runs/checkpoints"
+    """Checkpoint directory (``step-<version>/`` folders plus a ``LATEST`` marker)."""
+    every: int = Field(default=1, ge=1)
+    """Checkpoint every this many steps. Kafka offsets are committed only after a checkpoint, so a
+    larger value means more groups are re-read (and deduped) after a crash."""
+    keep: int = Field(default=2, ge=1)
+    """Keep the newest this many checkpoints."""
+    resume: bool = True
+    """Resume from the latest checkpoint in ``dir`` if there is one."""
+
+
+class EvalConfig(Model):
+    """Held-out evaluation (greedy decoding on the learner's own model, scored in-process)."""
+
+    every: int = Field(default=0, ge=0)
+    """Evaluate every this many steps (0 = never)."""
+    prompts: int = Field(default=32, ge=1)
+    """Number of held-out problems per evaluation."""
+    max_new_tokens: int = Field(default=128, ge=1)
+    """Generation length for evaluation."""
+    set_name: str = "heldout"
+    """Label of the ``set`` in ``winnow_learner_eval_accuracy{set}``."""
+    source: dict[str, Any] | None = None
+    """Prompt source of the eval set (same schema as ``prompts``); None = the training source with
+    ``split: eval`` (needs ``prompts.holdout > 0``)."""
+
+
+class LearnerConfig(Settings):
+    """The learner: releases prompts, trains on scored groups, publishes weights, checkpoints."""
+
+    section = "learner"
+    model_config = settings_config("learner")
+
+    model: str = "smollm2-135m"
+    """Initial policy: "smollm2-135m" (the embedded SmolLM2-135M-Instruct), a Hugging Face model directory,
+    or a hub id. Generators must start from the same weights."""
+    device: str = "auto"
+    """Torch device ("auto" = cuda if available, else cpu)."""
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """Parameter dtype ("auto" = fp32 master weights on CPU, bf16 on GPU)."""
+
+    algo: dict[str, Any] = Field(default_factory=lambda: {"preset": "reinforce_rej"})
+    """Algorithm: ``preset`` (raft, raft++, reinforce, grpo, reinforce_rej, ...) plus any AlgoConfig field
+    to override (see docs/algorithms.md), e.g. ``{preset: grpo, kl_coef: 0}``."""
+    optim: dict[str, Any] = Field(default_factory=dict)
+    """Optimizer and micro-batching (OptimConfig fields: lr, weight_decay, warmup_steps, micro_batch_size, ...)."""
+
+    batch_groups: int = Field(default=8, ge=1, le=65536)
+    """Prompts (scored groups) per optimizer step."""
+    n: int = Field(default=8, ge=1, le=1024)
+    """Samples per prompt (the group size), sent in every prompt request."""
+    sampling: SamplingConfig = SamplingConfig()
+    """Sampling parameters sent with every prompt request; ``temperature`` is also the one the learner
+    divides its logits by, so that pi_theta matches the behaviour distribution."""
+    max_steps: int | None = Field(default=None, ge=1)
+    """Stop after this many optimizer steps in total (None = run until stopped)."""
+    request_timeout_s: float = Field(default=900.0, gt=0)
+    """A released prompt whose scored group has not arrived after this long is released again (new
+    request id); the late group, if it ever comes, is dropped as a duplicate."""
+
+    prompts: dict[str, Any] = Field(default_factory=lambda: ReasoningGymSourceConfig().model_dump())
+    """Training prompt source (winnow.generator.prompts: kind reasoning_gym | jsonl | parquet | hf)."""
+    eval: EvalConfig = EvalConfig()
+    """Held-out evaluation."""
+
+    kafka: KafkaConfig = KafkaConfig()
+    """Kafka connection and topic prefix (shared with the generators)."""
+    group_id: str = Field(default="winnow-learner", min_length=1)
+    """Consumer group of the learner on the groups topic."""
+    kafka_partitions: int = Field(default=4, ge=1, le=10_000)
+    """Partitions of the prompts and groups topics when the learner creates them."""
+    dedupe_capacity: int = Field(default=200_000, ge=1)
+    """How many processed request ids are remembered (and checkpointed) to drop repeats."""
+
+    weights: WeightStoreConfig = WeightStoreConfig()
+    """Weight store and announcements."""
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    """Checkpoints."""
+    run_dir: str = "runs/learner"
+    """Directory for ``metrics.jsonl`` (one line per step) and the resolved config."""
+    metrics_port: int = Field(default=9402, ge=0, le=65535)
+    """Port of /metrics and /health (0 = pick a free one)."""
+    metrics_host: str = "0.0.0.0"
+    """Address to bind the metrics server to."""
+    seed: int = 0
+    """Torch seed."""
+
+    @field_validator("algo")
+    @classmethod
+    def _check_algo(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from winnow.learner.algo import AlgoConfig
+
+        _validate_block("algo", AlgoConfig, v)
+        return v
+
+    @field_validator("optim")
+    @classmethod
+    def _check_optim(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from winnow.learner.step import OptimConfig
+
+        _validate_block("optim", OptimConfig, v)
+        return v
+
+    @field_validator("prompts")
+    @classmethod
+    def _check_prompts(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from winnow.generator.prompts import parse_source_config
+
+        try:
+            parse_source_config(v)
+        except ValidationError as e:
+            raise ValueError(_short_errors(e)) from None
+        return v
+
+    def algo_config(self):
+        """The validated :class:`~winnow.learner.algo.AlgoConfig`."""
+        from winnow.learner.algo import AlgoConfig
+
+        return AlgoConfig(**self.algo)
+
+    def optim_config(self):
+        """The validated :class:`~winnow.learner.step.OptimConfig` (imports torch)."""
+        from winnow.learner.step import OptimConfig
+
+        return OptimConfig(**self.optim)
+
+    def prompt_source_config(self) -> PromptSourceConfig:
+        from winnow.generator.prompts import parse_source_config
+
+        return parse_source_config(self.prompts)
+
+    @property
+    def max_staleness(self) -> int:
+        return self.algo_config().max_staleness
+
+
+def _short_errors(err: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(x) for x in e['loc']) or '(root)'}: {e['msg']}" for e in err.errors())
+
+
+def _validate_block(name: str, cls, data: dict[str, Any]) -> None:
+    """Validate a nested block held as a dict (its class imports torch, so it is not a field type)."""
+    try:
+        cls(**data)
+    except ValidationError as e:
+        raise ValueError(_short_errors(e)) from None

@@ -1,0 +1,80 @@
+"""``winnow learner run --config FILE [--set key=value ...]``.
+
+Imports lightly: the config is parsed and validated first; torch and transformers are imported
+only once the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("learner", help="release prompts, train on scored groups, publish weights")
+    sub = p.add_subparsers(dest="learner_command", metavar="SUBCOMMAND")
+    run = sub.add_parser("run", help="run the learner (the pipeline's controller)")
+    run.add_argument(
+        "--config", "-c", default=None, help="YAML/JSON config file (a learner: section or flat)"
+    )
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set algo.preset=grpo --set batch_groups=16 (repeatable)",
+    )
+    run.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    run.set_defaults(func=_run)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def _run(args: argparse.Namespace) -> int:
+    from winnow.learner.config import LearnerConfig
+
+    from winnow.config import load_config, parse_overrides
+
+    cfg = load_config(LearnerConfig, args.config, parse_overrides(args.overrides))
+    if args.print_config:
+        print(cfg.model_dump_json(indent=2))
+        return 0
+    log.info("learner config: %s", cfg.model_dump_json())
+
+    import asyncio
+
+    return asyncio.run(serve(cfg))
+
+
+async def serve(cfg) -> int:
+    """Build the trainer and prompt source, start /metrics and /health, run until SIGTERM/SIGINT
+    or ``max_steps``."""
+    import asyncio
+    import signal
+    from pathlib import Path
+
+    from prometheus_client import CollectorRegistry
+    from winnow.generator.prompts import make_source
+    from winnow.learner.service import LearnerService, build_trainer
+
+    from winnow.metrics import serve_metrics
+
+    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.run_dir) / "learner-config.json").write_text(cfg.model_dump_json(indent=2))
+    source = await asyncio.to_thread(make_source, cfg.prompt_source_config())
+    trainer, _tokenizer = await asyncio.to_thread(build_trainer, cfg)
+    registry = CollectorRegistry()
+    service = LearnerService(cfg, trainer, source, registry)
+    metrics = serve_metrics(registry, cfg.metrics_port, host=cfg.metrics_host, health=service.healthy)
+    log.info("metrics and health on %s:%d", cfg.metrics_host, metrics.port)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, service.request_stop)
+    try:
+        steps = await service.run()
+    finally:
+        metrics.stop()
+    log.info("learner stopped after %d steps (version %d)", steps, service.version)
+    return 0

@@ -1,0 +1,98 @@
+"""Publishing weights: safetensors into the weight store, then an announcement on Kafka.
+
+Order matters: the file is written atomically and its sha256 computed *before* the
+:class:`WeightAnnouncement` ``{version, uri, sha256, format}`` is produced (acks=all) on the
+compacted weights topic, so a generator never sees an announcement for a file that is not
+complete. The store keeps the newest ``keep`` versions; older folders are deleted after the new
+announcement is acknowledged (a generator that is still loading an old version has ``keep - 1``
+publications of slack).
+
+Layout: ``<store>/v<version:08d>/model.safetensors``. The announced URI is a ``file://`` URI of
+the absolute path, or ``<uri_root>/v<version:08d>/model.safetensors`` when generators mount the
+store somewhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from winnow.kafka import WeightAnnouncement, send
+
+log = logging.getLogger(__name__)
+
+_VERSION_DIR = re.compile(r"^v(\d{8,})$")
+
+
+def version_dir(store: Path, version: int) -> Path:
+    return store / f"v{version:08d}"
+
+
+class WeightPublisher:
+    """Writes ``trainer``'s weights to the store and announces them on ``topic`` via ``producer``."""
+
+    def __init__(
+        self,
+        store_dir: str | Path,
+        producer: Any,
+        topic: str,
+        *,
+        keep: int = 3,
+        uri_root: str = "",
+        dtype: Any = None,
+    ) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self.store = Path(store_dir).expanduser().resolve()
+        self.store.mkdir(parents=True, exist_ok=True)
+        self.producer = producer
+        self.topic = topic
+        self.keep = keep
+        self.uri_root = uri_root.rstrip("/")
+        self.dtype = dtype
+        self.last: WeightAnnouncement | None = None
+
+    def uri_for(self, path: Path) -> str:
+        if self.uri_root:
+            return f"{self.uri_root}/{path.relative_to(self.store).as_posix()}"
+        return path.as_uri()
+
+    def write(self, trainer: Any) -> WeightAnnouncement:
+        """Write the weights of ``trainer.version`` (blocking; run it in a thread) and build the announcement."""
+        version = int(trainer.version)
+        path = version_dir(self.store, version) / "model.safetensors"
+        sha256 = trainer.save_weights(path, dtype=self.dtype)
+        return WeightAnnouncement(
+            version=version,
+            uri=self.uri_for(path),
+            sha256=sha256,
+            format="safetensors",
+            created_at=time.time(),
+        )
+
+    async def announce(self, ann: WeightAnnouncement) -> None:
+        """Produce the announcement (acks=all), then prune old versions."""
+        await send(self.producer, self.topic, ann)
+        self.last = ann
+        log.info("published weights v%d (%s, sha256 %s)", ann.version, ann.uri, ann.sha256[:12])
+        self.prune(keep_version=ann.version)
+
+    def prune(self, keep_version: int | None = None) -> list[Path]:
+        """Delete all but the newest ``keep`` version folders (never ``keep_version``)."""
+        found = []
+        for p in self.store.iterdir():
+            m = _VERSION_DIR.match(p.name)
+            if m and p.is_dir():
+                found.append((int(m.group(1)), p))
+        found.sort()
+        removed = []
+        for version, p in found[: max(0, len(found) - self.keep)]:
+            if version == keep_version:
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+        return removed
