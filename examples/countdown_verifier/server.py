@@ -5,9 +5,9 @@ It implements the same gRPC contract as the math verifier, ``winnow.v1.Verifier`
 so the generator can route ``task: countdown`` to it (see docs/verifiers.md).
 
 Scoring is safe by construction: the answer is parsed with :func:`ast.parse` (mode ``eval``) and the
-tree is walked by hand. Only integer literals, parentheses and the binary operators ``+ - * /`` are
-accepted; any other node (names, calls, attributes, unary minus, powers, floats...) makes the answer
-UNPARSABLE and nothing is evaluated. Arithmetic uses :class:`fractions.Fraction`, so ``8/3*3`` is
+tree is walked by hand. Only integer literals, parentheses, the binary operators ``+ - * /`` and unary
+minus (reasoning-gym's reference solutions write ``-1 + 72*12``) are accepted; any other node (names,
+calls, attributes, powers, floats, strings...) makes the answer UNPARSABLE and nothing is evaluated. Arithmetic uses :class:`fractions.Fraction`, so ``8/3*3`` is
 exactly 8. Nothing is ever passed to ``eval``.
 
 The puzzle (numbers and target) comes, in this order of precedence, from:
@@ -106,9 +106,11 @@ def parse(expr: str) -> ast.expr:
     if len(nodes) > MAX_NODES:
         raise TooComplex(f"expression has more than {MAX_NODES} syntax nodes")
     for node in nodes:
-        if isinstance(node, ast.Expression | ast.BinOp) or type(node) in _BINOPS:
+        if isinstance(node, ast.Expression | ast.BinOp | ast.USub) or type(node) in _BINOPS:
             if isinstance(node, ast.BinOp) and type(node.op) not in _BINOPS:
                 raise Unparsable(f"operator {type(node.op).__name__} is not allowed (only + - * /)")
+            continue
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
             continue
         if isinstance(node, ast.Constant) and type(node.value) is int:
             continue
@@ -120,6 +122,8 @@ def evaluate(node: ast.expr) -> Fraction:
     """Exact value of a tree accepted by :func:`parse`. Raises ZeroDivisionError on x/0."""
     if isinstance(node, ast.Constant):
         return Fraction(node.value)
+    if isinstance(node, ast.UnaryOp):
+        return -evaluate(node.operand)
     left, right = evaluate(node.left), evaluate(node.right)
     match node.op:
         case ast.Add():

@@ -160,3 +160,24 @@ def test_token_required_when_configured() -> None:
             assert ok.status == pb.STATUS_CORRECT
     finally:
         stop_process(proc)
+
+
+def test_reasoning_gym_countdown_entries(stub) -> None:
+    """The generator sends reasoning-gym's countdown entries as task "rg/countdown" with gold = the reference
+    expression; the verifier derives numbers and target from it. Every reference is CORRECT, and a
+    perturbed one (last number + 1) is WRONG."""
+    reasoning_gym = pytest.importorskip("reasoning_gym")
+    ds = reasoning_gym.create_dataset("countdown", size=40, seed=7)
+    items = []
+    for i, entry in enumerate(ds):
+        gold = entry["answer"]
+        items.append(pb.VerifyRequest(id=f"ok{i}", response=f"\\boxed{{{gold}}}", gold=gold, task="rg/countdown"))
+        # the same expression with one number changed: not the given numbers any more
+        bad = re.sub(r"(\d+)(?!.*\d)", lambda m: str(int(m.group(1)) + 1), gold)
+        items.append(pb.VerifyRequest(id=f"bad{i}", response=f"<answer>{bad}</answer>", gold=gold, task="rg/countdown"))
+        md = entry["metadata"]
+        assert sorted(md["numbers"]) == sorted(int(x) for x in re.findall(r"\d+", gold))  # the premise
+    out = stub.VerifyBatch(pb.VerifyBatchRequest(items=items), timeout=30)
+    for r in out.results:
+        expected = pb.STATUS_CORRECT if r.id.startswith("ok") else pb.STATUS_WRONG
+        assert r.status == expected, r

@@ -459,6 +459,7 @@ def test_generator_config_is_valid(variant, request, tmp_path, monkeypatch) -> N
     if variant == "gpu":
         countdown = f"prod-winnow-verifier-countdown.{ns}.svc:50061"
         assert cfg.verifier.endpoint_for("countdown") == countdown
+        assert cfg.verifier.endpoint_for("rg/countdown") == countdown  # reasoning-gym's task name
         assert cfg.verifier.endpoint_for("countdown_hard") == countdown
         assert cfg.verifier.endpoint_for("gsm8k") == main
     else:
