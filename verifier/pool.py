@@ -50,6 +50,8 @@ READY = b"ready"
 _MAX_FRAME = 1 << 20
 _PR_SET_PDEATHSIG = 1
 _FD_LOCK = threading.Lock()
+_WARMUP = [("x^2+2x+1", "(x+1)^2"), ("\\frac{\\sqrt{2}}{2}", "\\sin(\\pi/4)"), ("3x+4y=1", "y=1-x"),
+           ("x>3", "(3,\\infty)"), ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "(1,2)"), ("\\{1,2\\}", "\\ln 2")]
 
 
 def _die_with_parent() -> None:
@@ -159,6 +161,9 @@ def zygote_main(ctrl_fd: int, memory_mb: int, cpu_s: int) -> None:
     sys.stdout = sys.stderr  # stray prints must never reach a protocol pipe
     import winnow.verifier.symbolic  # noqa: F401  (sympy + latex2sympy2_extended, once)
 
+    for gold, pred in _WARMUP:  # the first ANTLR parse and sympy evaluation are slow: pay it once here
+        handle_job({"gold": gold, "pred": pred})
+    winnow.verifier.symbolic.clear_caches()
     gc.collect()
     gc.freeze()  # keep the preloaded heap shared copy-on-write with the workers
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps exited workers

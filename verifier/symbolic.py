@@ -2,9 +2,12 @@
 
 Runs inside a worker process of ``winnow.verifier.pool`` (or in-process in ``grade``). Imports sympy.
 
-* Parsing: ``latex2sympy2_extended.latex2sympy`` (an ANTLR grammar; sympy objects are built with
-  ``evaluate=False``). Model text is never passed to ``eval``, ``sympify`` or ``parse_expr``
-  (the library only calls ``parse_expr`` on ``variable_values``, which we never pass).
+* Parsing: ``latex2sympy2_extended``'s ANTLR grammar and converter (sympy objects are built with
+  ``evaluate=False``). Model text is never passed to ``eval``, ``sympify`` or ``parse_expr``: the
+  library's converter calls ``sympy.Number(token)`` (which ends in ``parse_expr``) for number tokens,
+  so ``_SafeLatex2Sympy`` overrides those two places with ``int()``/``Float(str)``; the library only
+  calls ``parse_expr`` otherwise on ``variable_values``, which we never pass. A test patches
+  ``parse_expr``/``eval``/``exec`` to raise and runs the symbolic path.
   Every parsed tree goes through ``guard.check_tree`` before any evaluation.
 * Scalars, in order: the fast path; structural ``==``; for constants a numeric probe
   (``evalf(30)``, relative error 1e-12, no chop, so ``1/2^99 != 1/2^98``; a side printed as a
@@ -29,7 +32,8 @@ import re
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
 
 import sympy
-from latex2sympy2_extended import NormalizationConfig, latex2sympy
+from latex2sympy2_extended import NormalizationConfig, normalize_latex
+from latex2sympy2_extended.latex2sympy2 import ConversionConfig, _Latex2Sympy, comma_number_regex
 from winnow.verifier.canonical import Struct, parse_structure, split_assignment
 from winnow.verifier.fastpath import compare_struct, fast_scalar_eq, is_inequality, is_relation, parse_number
 from winnow.verifier.guard import VerifyError, check_tree
@@ -40,9 +44,52 @@ _POINT_TOL = sympy.Float("1e-9", 30)
 _DECIMAL_RE = re.compile(r"\d*\.\d+")
 
 
+_INT_RE = re.compile(r"^\d+$")
+_FLOAT_RE = re.compile(r"^(?:\d+\.\d*|\.\d+)$")
+
+
+def safe_number(text: str):
+    """A sympy number from a numeric token without ``sympy.Number(str)`` (which goes through
+    ``sympify`` -> ``parse_expr`` -> ``eval``): ``int()`` for integers, ``Float(str)`` for decimals."""
+    t = text.replace(",", "").replace(" ", "")
+    if _INT_RE.match(t):
+        return sympy.Integer(int(t))
+    if _FLOAT_RE.match(t):
+        return sympy.Float(t)
+    raise ValueError(f"not a number token: {text[:40]!r}")
+
+
+class _SafeLatex2Sympy(_Latex2Sympy):
+    """latex2sympy2_extended's converter with its two ``sympy.Number(str)`` calls replaced."""
+
+    def parse_number(self, text):
+        return safe_number(text)
+
+    def parse(self, latex_str: str):
+        math = self.create_parser(latex_str).math()
+        if math.set_relation():
+            return self.convert_set_relation(math.set_relation())
+        if math.set_elements():
+            if comma_number_regex.match(latex_str):  # "1,000" is a number, "1, 000" a set (upstream rule)
+                t = latex_str
+                if "," in t and t.startswith("0"):
+                    t = t.replace(",", ".")
+                return safe_number(t)
+            return self.convert_set_elements(math.set_elements())
+        if math.set_elements_relation():
+            return self.convert_set_elements_relation(math.set_elements_relation())
+        raise ValueError("nothing matched")
+
+
 @functools.lru_cache(maxsize=4096)
 def _parse_cached(text: str):
-    return latex2sympy(text, normalization_config=_NORM)
+    converter = _SafeLatex2Sympy(None, None, False, config=ConversionConfig())
+    return converter.parse(normalize_latex(text, _NORM))
+
+
+def clear_caches() -> None:
+    """Forget parsed strings (the zygote warms up on examples, then clears before forking workers)."""
+    _parse_cached.cache_clear()
 
 
 def parse_latex(text: str, *, side: str):

@@ -1,0 +1,130 @@
+"""The worker pool: real processes, SIGKILL on the budget, replacement, recycling, limits, no leaks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from winnow.verifier.pool import WorkerPool, _alive
+
+HANG = {"gold": "5", "pred": "\\sum_{i=1}^{10^{40}} i^{i}", "percent": False}  # sympy grinds for minutes
+EASY = {"gold": "x^2+2x+1", "pred": "(x+1)^2", "percent": False}
+
+
+def _children_of(pid: int) -> set[int]:
+    out = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.add(int(entry))
+    return out
+
+
+def _wait_for(cond, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+_REASONS: list[str] = []
+
+
+@pytest.fixture(scope="module")
+def shared_pool():
+    p = WorkerPool(workers=1, timeout_s=0.5, memory_mb=1024, max_tasks=1000, on_restart=_REASONS.append)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def reasons():
+    _REASONS.clear()
+    return _REASONS
+
+
+@pytest.fixture
+def pool(shared_pool, reasons):
+    assert _wait_for(lambda: len(shared_pool.pids()) == 1)  # a replacement from the previous test is up
+    return shared_pool
+
+
+def test_runs_a_job(pool):
+    assert pool.run(EASY) == {"status": "correct", "path": "numeric_probe", "detail": ""}
+
+
+def test_overrun_is_killed_and_replaced(pool, reasons):
+    (old,) = pool.pids()
+    t0 = time.monotonic()
+    reply = pool.run(HANG)
+    elapsed = time.monotonic() - t0
+    assert reply["status"] == "timeout" and reply["path"] == "pool"
+    assert 0.5 <= elapsed < 3.0  # the 0.5 s budget plus slack on a loaded machine
+    assert reasons == ["timeout"]
+    assert _wait_for(lambda: not _alive(old))  # SIGKILLed and reaped
+    assert pool.run(EASY)["status"] == "correct"  # the replacement answers
+    assert pool.pids() and pool.pids() != [old]
+
+
+def test_workers_are_recycled(reasons):
+    pool = WorkerPool(workers=1, timeout_s=2.0, max_tasks=3, on_restart=reasons.append)
+    (first,) = pool.pids()
+    for _ in range(3):
+        assert pool.run(EASY)["status"] == "correct"
+    assert reasons == ["recycle"]
+    assert _wait_for(lambda: pool.pids() and first not in pool.pids())
+    assert pool.run(EASY)["status"] == "correct"
+    pool.close()
+
+
+def test_a_crashed_worker_is_reported_and_replaced(pool, reasons):
+    (pid,) = pool.pids()
+    os.kill(pid, signal.SIGKILL)  # our own worker, by PID
+    assert _wait_for(lambda: not _alive(pid))
+    reply = pool.run(EASY)
+    assert reply["status"] == "error" and reply["path"] == "pool"
+    assert reasons == ["crash"]
+    assert pool.run(EASY)["status"] == "correct"
+
+
+def test_worker_limits_are_set(pool):
+    (pid,) = pool.pids()
+    with open(f"/proc/{pid}/limits") as f:
+        limits = f.read()
+    line = next(ln for ln in limits.splitlines() if ln.startswith("Max address space"))
+    assert str(1024 * 1024 * 1024) in line
+    cpu = next(ln for ln in limits.splitlines() if ln.startswith("Max cpu time"))
+    assert "unlimited" not in cpu.split()[3]
+
+
+def test_batch_deadline_bounds_the_wait(pool):
+    deadline = time.monotonic() + 0.3
+    t0 = time.monotonic()
+    reply = pool.run(HANG, timeout_s=5.0, deadline=deadline)  # the deadline is shorter than the budget
+    assert reply["status"] == "timeout"
+    assert time.monotonic() - t0 < 2.5
+
+
+def test_close_leaves_no_process_behind(reasons):
+    p = WorkerPool(workers=2, timeout_s=0.3, max_tasks=100, on_restart=reasons.append)
+    zygote = p.zygote_pid
+    workers = p.pids()
+    assert len(workers) == 2 and all(_alive(w) for w in workers)
+    assert set(workers) <= _children_of(zygote)
+    assert zygote in _children_of(os.getpid())
+    p.run(HANG)  # one kill + respawn in flight while we close
+    p.close()
+    for pid in [*p.pids_seen, zygote]:
+        assert not _alive(pid), pid
+    assert zygote not in _children_of(os.getpid())
+    with pytest.raises(RuntimeError):
+        p.run(EASY)
