@@ -23,15 +23,11 @@ class TLSConfig(Model):
     """PEM certificate chain of the server (e.g. ``tls.crt`` of a Kubernetes TLS Secret)."""
     key_file: Path | None = None
     """PEM private key of the server (``tls.key``)."""
-    client_ca_file: Path | None = None
-    """Optional PEM CA bundle: when set, clients must present a certificate signed by it (mutual TLS)."""
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> TLSConfig:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("tls.cert_file and tls.key_file must be set together")
-        if self.client_ca_file is not None and self.cert_file is None:
-            raise ValueError("tls.client_ca_file needs tls.cert_file and tls.key_file")
         return self
 
     @property
@@ -64,9 +60,9 @@ class VerifierConfig(Settings):
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=4096, le=2**31 - 1)
     """Largest gRPC message received or sent, in bytes; a larger request is RESOURCE_EXHAUSTED."""
     batch_deadline_s: float = Field(default=120.0, ge=0)
-    """Total budget of one VerifyBatch call; items still undecided then get status timeout. 0 = none."""
+    """Total budget of one call (Verify or VerifyBatch); items still undecided then get status timeout. 0 = none."""
     max_concurrent_rpcs: int = Field(default=0, ge=0)
-    """Most RPCs served at once (more wait in gRPC's queue, then RESOURCE_EXHAUSTED); 0 = unlimited."""
+    """Most RPCs handled at once; calls beyond it are answered RESOURCE_EXHAUSTED at once. 0 = unlimited."""
     metrics_port: int = Field(default=9101, ge=-1, le=65535)
     """Prometheus port serving /metrics and /health; 0 picks a free port, -1 disables it."""
     metrics_host: str | None = None
@@ -99,18 +95,15 @@ class VerifierConfig(Settings):
             raise ConfigError(f"verifier.token_file: {self.token_file} is empty")
         return value
 
-    def read_tls(self) -> tuple[bytes, bytes, bytes | None] | None:
-        """(cert chain, key, client CA or None) as bytes, or None when TLS is off."""
+    def read_tls(self) -> tuple[bytes, bytes] | None:
+        """(PEM cert chain, PEM key) as bytes, or None when TLS is off."""
         if not self.tls.enabled:
             return None
         out = []
-        for name in ("cert_file", "key_file", "client_ca_file"):
+        for name in ("cert_file", "key_file"):
             path = getattr(self.tls, name)
-            if path is None:
-                out.append(None)
-                continue
             try:
                 out.append(Path(path).read_bytes())
             except OSError as e:
                 raise ConfigError(f"verifier.tls.{name}: cannot read {path}: {e.strerror}") from None
-        return out[0], out[1], out[2]
+        return out[0], out[1]

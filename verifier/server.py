@@ -274,10 +274,8 @@ def create_server(
     if ":" in cfg.host and not cfg.host.startswith("["):
         address = f"[{cfg.host}]:{cfg.port}"
     if tls is not None:
-        cert, key, client_ca = tls
-        creds = grpc.ssl_server_credentials(
-            [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
-        )
+        cert, key = tls
+        creds = grpc.ssl_server_credentials([(key, cert)])
         port = server.add_secure_port(address, creds)
     else:
         port = server.add_insecure_port(address)

@@ -146,6 +146,9 @@ def test_token_sources(tmp_path, monkeypatch):
         load_config(VerifierConfig, overrides={"token_file": str(tmp_path / "missing")}).resolve_token()
     with pytest.raises(ConfigError, match="cert_file and tls.key_file"):
         load_config(VerifierConfig, overrides={"tls": {"cert_file": "/x.pem"}})
+    with pytest.raises(ConfigError, match="tls.cert_file: cannot read"):
+        missing = str(tmp_path / "nope.pem")
+        load_config(VerifierConfig, overrides={"tls": {"cert_file": missing, "key_file": missing}}).read_tls()
     with pytest.raises(ConfigError, match="max_batch_items"):
         load_config(VerifierConfig, overrides={"max_batch_items": 0})
 
