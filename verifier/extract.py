@@ -122,9 +122,14 @@ def _clean_marker_answer(s: str) -> str:
 
 
 def _looks_bare(s: str) -> bool:
+    """A short math-looking answer (no prose words), or a single word (``Monday``, ``yes``)."""
     if not s or len(s) > _MAX_BARE or "\n" in s:
         return False
-    return len(_WORD_RE.findall(re.sub(r"\\text\{[^{}]*\}", "", s))) <= 2
+    if re.fullmatch(r"[A-Za-z]+", s):
+        return True
+    return not _WORD_RE.findall(re.sub(r"\\(?:text|mathrm|textbf)\{[^{}]*\}", "", s)) and not re.search(
+        r"(?<![\\A-Za-z])[A-Za-z](?:\s+[A-Za-z]){2,}", s
+    )
 
 
 def extract_answer(response: str, *, last_number: bool = False) -> Extraction:
