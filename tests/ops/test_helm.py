@@ -560,3 +560,46 @@ def test_dockerfile(name) -> None:
 def test_dockerignore_keeps_context_small() -> None:
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".git", ".venv", ".tools", "tests"} <= ignored
+
+
+def test_algorithm_enum_matches_the_learner_presets() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    enum = schema["properties"]["learner"]["properties"]["algorithm"]["enum"]
+    try:
+        from winnow.learner.algo import PRESETS
+    except ModuleNotFoundError as e:
+        if in_ci():
+            raise
+        pytest.skip(f"learner not importable: {e}")
+    assert sorted(enum) == sorted(PRESETS), "values.schema.json learner.algorithm must list learner.algo.PRESETS"
+
+
+def test_tls_secret_through_extra_volumes(helm_bin, tmp_path, monkeypatch) -> None:
+    """verifier.extraVolumes/extraVolumeMounts mount a TLS Secret that verifier.config.tls points at."""
+    values = tmp_path / "tls.yaml"
+    values.write_text(yaml.safe_dump({
+        "kafka": {"bootstrapServers": BOOTSTRAP},
+        "verifier": {
+            "config": {"tls": {"cert_file": "/etc/winnow/tls/tls.crt", "key_file": "/etc/winnow/tls/tls.key"}},
+            "extraVolumes": [{"name": "tls", "secret": {"secretName": "verifier-tls"}}],
+            "extraVolumeMounts": [{"name": "tls", "mountPath": "/etc/winnow/tls", "readOnly": True}],
+            "extraEnv": [{"name": "GRPC_VERBOSITY", "value": "ERROR"}],
+        },
+        "learner": {"extraVolumes": [{"name": "models", "persistentVolumeClaim": {"claimName": "models"}}],
+                    "extraVolumeMounts": [{"name": "models", "mountPath": "/models", "readOnly": True}],
+                    "config": {"model": "/models/qwen2.5-0.5b"}},
+    }))
+    objs = render(helm_bin, values)
+    for obj in objs:
+        if obj["kind"] not in CRDS:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    v = one(objs, "Deployment", "rl-winnow-verifier")["spec"]["template"]["spec"]
+    assert {"name": "tls", "secret": {"secretName": "verifier-tls"}} in v["volumes"]
+    assert {"name": "tls", "mountPath": "/etc/winnow/tls", "readOnly": True} in v["containers"][0]["volumeMounts"]
+    assert env_of(v["containers"][0])["GRPC_VERBOSITY"]["value"] == "ERROR"
+    VerifierConfig = config_class("winnow.verifier.config", "VerifierConfig")  # noqa: N806
+    monkeypatch.delenv("WINNOW_VERIFIER_TOKEN", raising=False)
+    cfg = load_config(VerifierConfig, config_of(objs, "rl-winnow-verifier", tmp_path))
+    assert cfg.tls.enabled and str(cfg.tls.cert_file) == "/etc/winnow/tls/tls.crt"
+    lc = container(objs, "StatefulSet", "rl-winnow-learner")
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in lc["volumeMounts"]
