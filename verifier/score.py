@@ -18,7 +18,8 @@ its position, e.g. ``{"line": 7, "status": "error", "correct": false, "error": "
 field 'gold'"}``; the other lines are still scored.
 
 Exit status: 0 when every line was scored without error; 1 when some lines were malformed or got
-status ``error``; 2 for usage/config errors; 3 when the remote verifier stayed unavailable.
+status ``error``; 2 for usage/config errors; 3 when the remote verifier stayed unavailable or
+refused a call (wrong token, limits); the lines scored before that point are already written.
 A summary (counts by status, malformed lines, throughput) goes to stderr.
 
 Memory stays bounded: lines are read, scored and written in chunks of ``--batch-size`` with at most
@@ -268,12 +269,12 @@ def run(args) -> int:
 
 
 class _Unavailable(RuntimeError):
-    pass
+    """The remote verifier failed for good (the message says how)."""
 
 
 async def _run_async(args, cfg, src, dst, bar) -> Summary:
     if args.verifier:
-        from winnow.verifier.client import VerifierClient, VerifierUnavailableError
+        from winnow.verifier.client import VerifierClient, VerifierError
 
         token = args.token or os.environ.get("WINNOW_VERIFIER_TOKEN") or None
         client = VerifierClient(
@@ -286,7 +287,7 @@ async def _run_async(args, cfg, src, dst, bar) -> Summary:
         )
         try:
             return await score_lines(src, dst, client.verify_batch, batch_size=args.batch_size, progress=bar)
-        except VerifierUnavailableError as e:
+        except VerifierError as e:  # unavailable past --retry-s, or a call refused (auth, limits)
             raise _Unavailable(str(e)) from None
         finally:
             await client.close()

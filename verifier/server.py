@@ -121,12 +121,13 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
 
     async def _score(self, items: list[Item]) -> list[Verdict]:
         deadline = self.cfg.batch_deadline_s or None
-        loop = asyncio.get_running_loop()
-        self.metrics.inflight_items.inc(len(items))
-        try:
-            verdicts = await loop.run_in_executor(self.executor, _verify_batch, self.engine, items, deadline)
-        finally:
-            self.metrics.inflight_items.dec(len(items))
+        n = len(items)
+        self.metrics.inflight_items.inc(n)
+        # The gauge drops when the engine is done, even if the caller cancelled meanwhile (the engine
+        # call cannot be interrupted; it is bounded by batch_deadline_s).
+        future = self.executor.submit(_verify_batch, self.engine, items, deadline)
+        future.add_done_callback(lambda _: self.metrics.inflight_items.dec(n))
+        verdicts = await asyncio.wrap_future(future)
         if len(verdicts) != len(items):
             raise RuntimeError(f"engine returned {len(verdicts)} verdicts for {len(items)} items")
         for item, verdict in zip(items, verdicts, strict=True):

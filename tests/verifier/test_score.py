@@ -124,6 +124,19 @@ async def test_score_cli_verifier_unreachable_exits_3(tmp_path):
     assert "unavailable" in err.decode()
 
 
+async def test_score_cli_refused_call_exits_3_from_stdin(start_server):
+    srv = await start_server(token="right")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "winnow", "score", "-", "--verifier", srv.target, "--token", "wrong",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    line = json.dumps({"id": "a", "response": r"\boxed{1}", "gold": "1"}) + "\n"
+    out, err = await asyncio.wait_for(proc.communicate(line.encode()), 60)
+    assert proc.returncode == 3, err.decode()
+    assert "UNAUTHENTICATED" in err.decode() and "Traceback" not in err.decode()
+    assert out == b""
+
+
 async def test_score_lines_streams_in_order_with_bounded_inflight(engine):
     """Many small chunks through the real engine: order kept, never more than 2 chunks outstanding."""
     n = 500

@@ -387,3 +387,18 @@ async def test_sigterm_stops_serve_gracefully_after_in_flight_call(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_client_deadline_counts_cancelled_and_inflight_drains(start_server, engine):
+    srv = await start_server(engine_override=SlowEngine(engine, 2.0))
+    async with grpc.aio.insecure_channel(srv.target) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await verifier_pb2_grpc.VerifierStub(ch).Verify(req("a", r"\boxed{1}", "1"), timeout=0.5)
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert srv.metrics.inflight_items._value.get() == 1  # the engine is still on it
+    for _ in range(100):
+        if srv.metrics.inflight_items._value.get() == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert srv.metrics.inflight_items._value.get() == 0
+    assert srv.metrics.requests.labels("Verify", "CANCELLED")._value.get() == 1
