@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
-from winnow.generator.config import SamplingConfig
+from winnow.generator.config import ChatFormat, SamplingConfig
 from winnow.generator.prompts import PromptSourceConfig, ReasoningGymSourceConfig
 
 from winnow.config import KafkaConfig, Model, Settings, settings_config
@@ -62,6 +62,20 @@ class EvalConfig(Model):
     source: dict[str, Any] | None = None
     """Prompt source of the eval set (same schema as ``prompts``); None = the training source with
     ``split: eval`` (needs ``prompts.holdout > 0``)."""
+    chat: ChatFormat = ChatFormat()
+    """Prompt format for evaluation: use the same block as the generators' ``chat``."""
+
+    @field_validator("source")
+    @classmethod
+    def _check_source(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            from winnow.generator.prompts import parse_source_config
+
+            try:
+                parse_source_config(v)
+            except ValidationError as e:
+                raise ValueError(_short_errors(e)) from None
+        return v
 
 
 class LearnerConfig(Settings):

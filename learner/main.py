@@ -57,6 +57,7 @@ async def serve(cfg) -> int:
 
     from prometheus_client import CollectorRegistry
     from winnow.generator.prompts import make_source
+    from winnow.learner.evaluate import build_evaluator
     from winnow.learner.service import LearnerService, build_trainer
 
     from winnow.metrics import serve_metrics
@@ -64,9 +65,10 @@ async def serve(cfg) -> int:
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.run_dir) / "learner-config.json").write_text(cfg.model_dump_json(indent=2))
     source = await asyncio.to_thread(make_source, cfg.prompt_source_config())
-    trainer, _tokenizer = await asyncio.to_thread(build_trainer, cfg)
+    trainer, tokenizer = await asyncio.to_thread(build_trainer, cfg)
+    evaluator = await asyncio.to_thread(build_evaluator, cfg, tokenizer)
     registry = CollectorRegistry()
-    service = LearnerService(cfg, trainer, source, registry)
+    service = LearnerService(cfg, trainer, source, registry, evaluate=evaluator)
     metrics = serve_metrics(registry, cfg.metrics_port, host=cfg.metrics_host, health=service.healthy)
     log.info("metrics and health on %s:%d", cfg.metrics_host, metrics.port)
     loop = asyncio.get_running_loop()
@@ -76,5 +78,7 @@ async def serve(cfg) -> int:
         steps = await service.run()
     finally:
         metrics.stop()
+        if evaluator is not None:
+            evaluator.close()
     log.info("learner stopped after %d steps (version %d)", steps, service.version)
     return 0

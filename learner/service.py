@@ -21,7 +21,7 @@ Prompts: the learner owns the data position. A released request that has not com
 is dropped as a duplicate). Requests released before a restart stay in the checkpoint as
 "unconsumed" and are waited for again (their timers restart).
 
-Metrics: ``winnow_learner_*`` on the registry passed in (documented in docs/learner.md), plus one
+Metrics: ``winnow_learner_*`` on the registry passed in (documented in docs/metrics.md), plus one
 JSON line per step in ``<run_dir>/metrics.jsonl``.
 """
 
@@ -351,6 +351,10 @@ class LearnerService:
             await consumer.start()
             if self.version > 0:  # generators must follow the restored weights
                 await self._publish()
+            elif self.evaluate is not None and cfg.eval.every:  # the baseline, before any update
+                acc = float(await asyncio.to_thread(self.evaluate, self.trainer))
+                self.metrics.eval_accuracy.labels(set=cfg.eval.set_name).set(acc)
+                self._write_jsonl({"version": 0, "time": time.time(), "eval_accuracy": acc})
             self._running = True
             log.info(
                 "learner: version %d, batch %d groups x n=%d, max_staleness %d, consuming %s",
@@ -397,8 +401,6 @@ class LearnerService:
         for b, outcome in zip(batch, outcomes, strict=True):
             self._finish(b.message.request_id, b.record, outcome)
             m.staleness.observe(max(0, version_before - b.group.policy_version))
-            for s in b.group.samples:
-                m.samples.labels(status=_status_label(s.status)).inc()
         self.steps_run += 1
         last = cfg.max_steps is not None and self.version >= cfg.max_steps
         published = False
@@ -598,6 +600,8 @@ class LearnerService:
                 self.state.run_id,
             )
         self.buffer[rid] = _Buffered(record, msg, group)
+        for s in group.samples:
+            self.metrics.samples.labels(status=_status_label(s.status)).inc()
 
     def _drop_stale(self) -> None:
         for rid, b in list(self.buffer.items()):

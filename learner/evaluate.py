@@ -1,0 +1,128 @@
+"""Held-out evaluation inside the learner: greedy decoding with the policy being trained.
+
+Every ``eval.every`` steps the learner formats ``eval.prompts`` held-out problems exactly as the
+generators do (:class:`~winnow.generator.config.ChatFormat`), decodes greedily with its own
+model (``transformers`` ``generate``, left padding, KV cache on), scores the answers with the
+sandboxed :class:`~winnow.verifier.engine.MathVerifier` and reports
+``accuracy = #CORRECT / #prompts`` as ``winnow_learner_eval_accuracy{set}``. The problems are
+the first ``eval.prompts`` positions of the eval source, the same ones every time, so the curve
+is comparable across steps.
+
+Not implemented here: sampling-based pass@k, several eval sets per run (one ``set`` label).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from winnow.generator.chat import PromptFormatter
+from winnow.generator.config import ChatFormat
+from winnow.verifier.types import Item, Status
+
+log = logging.getLogger(__name__)
+
+
+class Evaluator:
+    """``evaluator(trainer) -> accuracy`` on a fixed list of problems; call :meth:`close` at the end."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        problems: list[Any],
+        *,
+        chat: ChatFormat | None = None,
+        max_new_tokens: int = 128,
+        batch_size: int = 8,
+        verifier: Any = None,
+    ) -> None:
+        if not problems:
+            raise ValueError("evaluation needs at least one problem")
+        self.tokenizer = tokenizer
+        self.problems = problems
+        self.format = PromptFormatter(tokenizer, chat or ChatFormat())
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self._verifier = verifier
+        self._own_verifier = verifier is None
+        self.last_responses: list[str] = []
+
+    def _get_verifier(self):
+        if self._verifier is None:
+            from winnow.verifier.engine import MathVerifier
+
+            self._verifier = MathVerifier(workers=1, timeout_s=2.0)
+        return self._verifier
+
+    def generate(self, model: Any) -> list[str]:
+        """Greedy responses to every problem (model put back in train mode afterwards)."""
+        import torch
+
+        pad_id = self.tokenizer.pad_token_id
+        eos_id = self.tokenizer.eos_token_id
+        device = next(model.parameters()).device
+        prompts = [self.format(p.problem) for p in self.problems]
+        out: list[str] = []
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                for start in range(0, len(prompts), self.batch_size):
+                    chunk = prompts[start : start + self.batch_size]
+                    width = max(len(p) for p in chunk)
+                    ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+                    mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                    for i, p in enumerate(chunk):  # left padding: every prompt ends at the same column
+                        ids[i, width - len(p) :] = torch.tensor(p)
+                        mask[i, width - len(p) :] = 1
+                    gen = model.generate(
+                        input_ids=ids.to(device),
+                        attention_mask=mask.to(device),
+                        max_new_tokens=self.max_new_tokens,
+                        do_sample=False,
+                        pad_token_id=pad_id,
+                        eos_token_id=eos_id,
+                        use_cache=True,
+                    )
+                    for row in gen[:, width:].tolist():
+                        out.append(self.tokenizer.decode(row, skip_special_tokens=True))
+        finally:
+            model.train(was_training)
+        return out
+
+    def score(self, responses: list[str]) -> float:
+        """Fraction of ``responses`` the verifier judges CORRECT against the problems' golds."""
+        items = [
+            Item(id=str(i), response=r, gold=p.gold, task=p.task)
+            for i, (r, p) in enumerate(zip(responses, self.problems, strict=True))
+        ]
+        verdicts = self._get_verifier().verify_batch(items)
+        return sum(v.status == Status.CORRECT for v in verdicts) / len(items)
+
+    def __call__(self, trainer: Any) -> float:
+        self.last_responses = self.generate(trainer.model)
+        accuracy = self.score(self.last_responses)
+        log.info(
+            "eval at version %d: accuracy %.3f on %d problems", trainer.version, accuracy, len(self.problems)
+        )
+        return accuracy
+
+    def close(self) -> None:
+        if self._own_verifier and self._verifier is not None:
+            self._verifier.close()
+            self._verifier = None
+
+
+def build_evaluator(cfg: Any, tokenizer: Any) -> Evaluator | None:
+    """The evaluator a :class:`~winnow.learner.config.LearnerConfig` asks for, or None (``eval.every = 0``)."""
+    from winnow.generator.prompts import make_source
+
+    if not cfg.eval.every:
+        return None
+    if cfg.eval.source is not None:
+        source = make_source(cfg.eval.source)
+    else:
+        source = make_source(cfg.prompt_source_config(), split="eval")
+    count = min(cfg.eval.prompts, len(source))
+    problems = [source.get(i) for i in range(count)]
+    return Evaluator(tokenizer, problems, chat=cfg.eval.chat, max_new_tokens=cfg.eval.max_new_tokens)

@@ -1,0 +1,191 @@
+"""The learner service's parts without a broker: config, checkpoints, weight store, group checks,
+outcomes, evaluation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+from winnow.generator.prompts import Problem
+from winnow.learner.algo import AlgoConfig
+from winnow.learner.checkpoint import (
+    LATEST,
+    LearnerState,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from winnow.learner.config import LearnerConfig
+from winnow.learner.evaluate import Evaluator
+from winnow.learner.service import group_data, group_outcomes
+from winnow.learner.step import OptimConfig, Trainer
+from winnow.learner.tiny import build_tiny_model_and_tokenizer
+from winnow.learner.weights import WeightPublisher
+
+from winnow.config import ConfigError, load_config, parse_overrides
+from winnow.v1 import messages_pb2
+
+CORRECT, WRONG, ERROR = 1, 2, 7
+
+
+def _group(statuses, *, request_id="r1", logprob=-1.0, tokens=(5, 6), n_versions=None):
+    return messages_pb2.ScoredGroup(
+        prompt_id="p/1",
+        request_id=request_id,
+        prompt_token_ids=[1, 2, 3],
+        samples=[
+            messages_pb2.Sample(
+                response_token_ids=list(tokens),
+                behaviour_logprobs=[logprob] * len(tokens),
+                policy_versions=[4] * (len(tokens) if n_versions is None else n_versions),
+                status=s,
+            )
+            for s in statuses
+        ],
+        policy_version=4,
+    )
+
+
+def test_config_overrides_and_errors(tmp_path):
+    cfg = load_config(
+        LearnerConfig, overrides=parse_overrides(["algo.preset=grpo", "algo.kl_coef=0", "batch_groups=3"])
+    )
+    algo = cfg.algo_config()
+    assert (algo.preset, algo.kl_coef, algo.advantage, cfg.batch_groups) == ("grpo", 0.0, "mean_std", 3)
+    assert cfg.max_staleness == algo.max_staleness == 1
+    f = tmp_path / "c.yaml"
+    f.write_text("learner:\n  algo: {preset: raft}\n  optim: {lr: 0.5}\nkafka:\n  topic_prefix: exp1\n")
+    cfg = load_config(LearnerConfig, f)
+    assert (
+        cfg.algo_config().loss == "sft" and cfg.optim_config().lr == 0.5 and cfg.kafka.topic_prefix == "exp1"
+    )
+    with pytest.raises(ConfigError, match=r"algo: .*unknown algorithm 'ppo'"):
+        load_config(LearnerConfig, overrides={"algo": {"preset": "ppo"}})
+    with pytest.raises(ConfigError, match=r"optim: .*micro_batch_size"):
+        load_config(LearnerConfig, overrides={"optim": {"micro_batch_size": 0}})
+    with pytest.raises(ConfigError, match=r"prompts: .*path"):
+        load_config(LearnerConfig, overrides={"prompts": {"kind": "jsonl"}})
+
+
+def test_checkpoint_round_trip_atomic_and_pruned(tmp_path):
+    model, _ = build_tiny_model_and_tokenizer(seed=0)
+    trainer = Trainer(model, AlgoConfig(preset="grpo", kl_coef=0.0), OptimConfig(lr=1e-3), pad_token_id=0)
+    assert latest_checkpoint(tmp_path) is None
+    for v in (1, 2, 3):
+        trainer.version = v
+        state = LearnerState(
+            version=v, run_id="abc", next_position=10 * v, unconsumed={"abc-9-0": 9}, seen=["x", "y"]
+        )
+        state.offsets = {"t.groups": {"0": 17}}
+        save_checkpoint(tmp_path, trainer.state_dict(), state, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("step-")) == [
+        "step-00000002",
+        "step-00000003",
+    ]
+    assert (tmp_path / LATEST).read_text() == "step-00000003"
+    sd, state = load_checkpoint(latest_checkpoint(tmp_path))
+    assert state == LearnerState(
+        version=3,
+        run_id="abc",
+        next_position=30,
+        unconsumed={"abc-9-0": 9},
+        seen=["x", "y"],
+        offsets={"t.groups": {"0": 17}},
+    )
+    assert sd["version"] == 3
+    for name, p in model.state_dict().items():
+        assert torch.equal(sd["model"][name], p)
+    # an interrupted write leaves only a temporary folder: LATEST still names a complete checkpoint
+    (tmp_path / ".tmp-step-00000004-1").mkdir()
+    assert latest_checkpoint(tmp_path).name == "step-00000003"
+    # LATEST naming an incomplete folder is ignored, not half-loaded
+    (tmp_path / "step-00000009").mkdir()
+    (tmp_path / LATEST).write_text("step-00000009")
+    assert latest_checkpoint(tmp_path) is None
+
+
+class _FakeTrainer:
+    def __init__(self, version):
+        self.version = version
+
+    def save_weights(self, path, dtype=None):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(f"weights {self.version}".encode())
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_weight_store_uri_and_pruning(tmp_path):
+    pub = WeightPublisher(tmp_path / "store", producer=None, topic="t.weights", keep=2)
+    anns = [pub.write(_FakeTrainer(v)) for v in (1, 2, 3)]
+    assert anns[2].uri == (tmp_path / "store" / "v00000003" / "model.safetensors").resolve().as_uri()
+    assert anns[2].sha256 == hashlib.sha256(b"weights 3").hexdigest() and anns[2].format == "safetensors"
+    removed = pub.prune(keep_version=3)
+    assert [p.name for p in removed] == ["v00000001"]
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["v00000002", "v00000003"]
+    shared = WeightPublisher(tmp_path / "store", producer=None, topic="t.weights", uri_root="/mnt/weights/")
+    assert shared.write(_FakeTrainer(4)).uri == "/mnt/weights/v00000004/model.safetensors"
+
+
+def test_group_data_checks():
+    g = group_data(_group([CORRECT, WRONG]), n=2, vocab_size=10)
+    assert (
+        g.request_id == "r1" and g.policy_version == 4 and [s.status for s in g.samples] == [CORRECT, WRONG]
+    )
+    with pytest.raises(ValueError, match="expected n=3"):
+        group_data(_group([CORRECT, WRONG]), n=3)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        group_data(_group([CORRECT], tokens=(5, 60)), n=1, vocab_size=10)
+    with pytest.raises(ValueError, match="finite and <= 0"):
+        group_data(_group([CORRECT], logprob=0.5), n=1)
+    # no per-token versions: the group's version stands for every token
+    g = group_data(_group([CORRECT], n_versions=0), n=1)
+    assert g.samples[0].policy_versions == [4] and g.policy_version == 4
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected"),
+    [
+        ("reinforce_rej", ["all_correct", "all_wrong", "trained", "all_wrong"]),
+        ("raft", ["trained", "all_wrong", "trained", "all_wrong"]),
+        ("grpo", ["trained", "trained", "trained", "all_wrong"]),  # the last has no valid sample
+    ],
+)
+def test_group_outcomes(preset, expected):
+    statuses = [[CORRECT, CORRECT], [WRONG, WRONG], [CORRECT, WRONG], [ERROR, ERROR]]
+    groups = [group_data(_group(s, request_id=f"r{i}"), n=2) for i, s in enumerate(statuses)]
+    assert group_outcomes(groups, AlgoConfig(preset=preset)) == expected
+
+
+class _Verifier:
+    """Stands in for MathVerifier: exact match of the boxed answer."""
+
+    def verify_batch(self, items):
+        from winnow.verifier.types import Status, Verdict
+
+        return [
+            Verdict(id=i.id, status=Status.CORRECT if f"\\boxed{{{i.gold}}}" in i.response else Status.WRONG)
+            for i in items
+        ]
+
+
+def test_evaluator_generates_and_scores():
+    model, tok = build_tiny_model_and_tokenizer(seed=0)
+    problems = [Problem(f"p/{i}", f"What is {i} + 1?", str(i + 1), "math") for i in range(3)]
+    ev = Evaluator(tok, problems, max_new_tokens=6, batch_size=2, verifier=_Verifier())
+    assert ev.score(["so \\boxed{1}", "\\boxed{3}", "\\boxed{3}"]) == pytest.approx(
+        2 / 3
+    )  # 1 right, 2 wrong, 3 right
+    trainer = Trainer(
+        model, AlgoConfig(preset="grpo", kl_coef=0.0), OptimConfig(), pad_token_id=tok.pad_token_id
+    )
+    before = [p.detach().clone() for p in model.parameters()]
+    acc = ev(trainer)
+    assert len(ev.last_responses) == 3 and all(isinstance(r, str) for r in ev.last_responses)
+    assert acc == ev.score(ev.last_responses)
+    assert model.training  # back in train mode, weights untouched
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    # greedy: the same responses every time
+    assert ev.generate(model) == ev.last_responses
+    json.dumps(ev.last_responses)
