@@ -19,6 +19,7 @@ Left out: number words ("five"), base subscripts (``1011_2``), units written as 
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -68,11 +69,37 @@ def strip_outer_boxed(s: str) -> str:
     return s
 
 
+_R = re.compile
+_DTFRAC = _R(r"\\[dt]frac")
+_BRACE_COMMA = _R(r"(\d)\{,\}(?=\d)")
+_COMMA_BANG = _R(r"(\d),\\!\s*(?=\d{3})")
+_THIN_SPACE = _R(r"(\d)\\,(?=\d{3}(?!\d))")
+_DEGREES = _R(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree")
+_PERCENT_WORD = _R(r"(?<![A-Za-z])percent(?![A-Za-z])")
+_DIGIT = _R(r"\d")
+_OR_AND = _R(r"\s+(?:or|and)\s+")
+_MIXED = _R(r"^([+-]?\d+)\s+(\d+)\s*/\s*(\d+)$")
+_IN_PREFIX = _R(r"^[a-zA-Z]\s*\\in\s*")
+_CMD_SPACE = _R(r"(\\[a-zA-Z]+)\s+(?=[a-zA-Z])")
+_WS = _R(r"\s+")
+_FRAC_DD = _R(r"\\frac(\d)(\d)")
+_FRAC_D = _R(r"\\frac(\d)\{")
+_FRAC_XD = _R(r"\\frac\{([^{}]*)\}(\d)")
+_SQRT_D = _R(r"\\sqrt(\d)")
+_INFIN = _R(r"\\infin(?![a-z])|\\infinity")
+_UNARY_PLUS = _R(r"(?<![\w)}\]])\+(?=[\d\\.])")
+_PLAIN_NUMBER = _R(r"-?\d+(?:\.\d+)?")
+
+
+@functools.lru_cache(maxsize=65536)
 def canonicalize(s: str) -> str:
-    """Canonical string form of an extracted answer (see module doc). Pure, O(n) regex passes."""
+    """Canonical string form of an extracted answer (see module doc). Pure, O(n) regex passes, cached."""
     from winnow.verifier.extract import strip_math_delimiters
 
-    s = strip_math_delimiters(s.strip())
+    s = s.strip()
+    if _PLAIN_NUMBER.fullmatch(s):
+        return s
+    s = strip_math_delimiters(s)
     s = strip_outer_boxed(s)
     s = strip_math_delimiters(s)
     for k, v in _UNICODE.items():
@@ -82,32 +109,32 @@ def canonicalize(s: str) -> str:
     s = _SIZING_RE.sub("", s)
     s = s.replace("\\lbrace", "\\{").replace("\\rbrace", "\\}").replace("\\lbrack", "[").replace("\\rbrack", "]")
     s = s.replace("\\langle", "(").replace("\\rangle", ")")
-    s = re.sub(r"\\[dt]frac", r"\\frac", s)
-    s = re.sub(r"(\d)\{,\}(?=\d)", r"\1", s)
-    s = re.sub(r"(\d),\\!\s*(?=\d{3})", r"\1", s)
-    s = re.sub(r"(\d)\\,(?=\d{3}(?!\d))", r"\1", s)
+    s = _DTFRAC.sub(r"\\frac", s)
+    s = _BRACE_COMMA.sub(r"\1", s)
+    s = _COMMA_BANG.sub(r"\1", s)
+    s = _THIN_SPACE.sub(r"\1", s)
     s = _SPACING_RE.sub(" ", s)
-    s = re.sub(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree", "", s)
+    s = _DEGREES.sub("", s)
     s = s.replace("\\$", "").replace("$", "")
     s = s.replace("\\%", "%")
     s = _unwrap_text(s)
-    s = re.sub(r"(?<![A-Za-z])percent(?![A-Za-z])", "%", s)
-    if re.search(r"\d", s):
+    s = _PERCENT_WORD.sub("%", s)
+    if _DIGIT.search(s):
         s = _UNIT_RE.sub(" ", s)
-    s = re.sub(r"\s+(?:or|and)\s+", ",", s.strip())
-    s = re.sub(r"^([+-]?\d+)\s+(\d+)\s*/\s*(\d+)$", r"\1\\frac{\2}{\3}", s.strip())
-    s = re.sub(r"^[a-zA-Z]\s*\\in\s*", "", s)
+    s = _OR_AND.sub(",", s.strip())
+    s = _MIXED.sub(r"\1\\frac{\2}{\3}", s.strip())
+    s = _IN_PREFIX.sub("", s)
     if _THOUSANDS_RE.match(s.strip().rstrip(".")):  # before whitespace goes: "1, 000" stays a list
         s = s.replace(",", "")
     # whitespace: keep one space only between a command and a following letter
-    s = re.sub(r"(\\[a-zA-Z]+)\s+(?=[a-zA-Z])", "\\1\x00", s)
-    s = re.sub(r"\s+", "", s).replace("\x00", " ")
-    s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
-    s = re.sub(r"\\frac(\d)\{", r"\\frac{\1}{", s)
-    s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
-    s = re.sub(r"\\sqrt(\d)", r"\\sqrt{\1}", s)
-    s = re.sub(r"\\infin(?![a-z])|\\infinity", r"\\infty", s)
-    s = re.sub(r"(?<![\w)}\]])\+(?=[\d\\.])", "", s)  # leading/unary plus
+    s = _CMD_SPACE.sub("\\1\x00", s)
+    s = _WS.sub("", s).replace("\x00", " ")
+    s = _FRAC_DD.sub(r"\\frac{\1}{\2}", s)
+    s = _FRAC_D.sub(r"\\frac{\1}{", s)
+    s = _FRAC_XD.sub(r"\\frac{\1}{\2}", s)
+    s = _SQRT_D.sub(r"\\sqrt{\1}", s)
+    s = _INFIN.sub(r"\\infty", s)
+    s = _UNARY_PLUS.sub("", s)
     return s.rstrip(".").rstrip("\\").rstrip(",")
 
 

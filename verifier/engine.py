@@ -163,6 +163,8 @@ def decide_fast(gold: Gold, response: str, options: dict[str, str] | None = None
 
 
 def _distinct_boxed(boxed: list[str], percent: bool) -> list[str]:
+    if len(boxed) < 2:
+        return boxed
     out: list[str] = []
     for b in boxed:
         c = canonicalize(b)
