@@ -180,8 +180,9 @@ def _metric(text: str, name: str, **labels) -> float:
     raise AssertionError(f"{name}{labels} not in the scrape")
 
 
-async def test_learner_trains_dedupes_drops_and_resumes(kafka_config_one, tmp_path: Path):
-    kcfg = kafka_config_one.model_copy(update={"session_timeout_ms": 6000})
+async def test_learner_trains_dedupes_drops_and_resumes(kafka_config, tmp_path: Path):
+    """On both brokers (tansu's group re-join after the crash waits out the old session: ~35 s)."""
+    kcfg = kafka_config
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(
         "".join(
