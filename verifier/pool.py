@@ -342,6 +342,24 @@ class WorkerPool:
             return
         self._idle.put(fresh)
 
+    def _checkout(self, deadline: float | None) -> _Worker | None:
+        """A free worker; waits up to the deadline (or, without one, until a worker should long be free).
+
+        If every worker is gone (a respawn failed), one is forked here; None when that fails too.
+        """
+        patience = self.start_timeout_s + self.timeout_s
+        wait = patience if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return self._idle.get(timeout=wait)
+        except queue.Empty:
+            pass
+        with self._lock:
+            missing = not self._all
+        if missing and not self._closed and (deadline is None or time.monotonic() < deadline):
+            with contextlib.suppress(OSError, EOFError):
+                return self._spawn()
+        return None
+
     def _wait_ready(self, w: _Worker) -> bool:
         if not w.ready:
             with contextlib.suppress(EOFError, OSError):
@@ -353,11 +371,12 @@ class WorkerPool:
         if self._closed:
             raise RuntimeError("pool is closed")
         budget = self.timeout_s if timeout_s is None else timeout_s
-        try:
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            w = self._idle.get(timeout=wait)
-        except queue.Empty:
-            return {"status": "timeout", "path": "deadline", "detail": "batch deadline passed before a worker was free"}
+        w = self._checkout(deadline)
+        if w is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                return {"status": "timeout", "path": "deadline",
+                        "detail": "batch deadline passed before a worker was free"}
+            return {"status": "error", "path": "pool", "detail": "no worker available"}
         if not self._wait_ready(w):
             self._replace(w, "crash")
             return {"status": "error", "path": "pool", "detail": "worker did not start"}

@@ -11,9 +11,11 @@ Runs inside a worker process of ``winnow.verifier.pool`` (or in-process in ``gra
   Every parsed tree goes through ``guard.check_tree`` before any evaluation.
 * Scalars, in order: the fast path; structural ``==``; for constants a numeric probe
   (``evalf(30)``, relative error 1e-12, no chop, so ``1/2^99 != 1/2^98``; a side printed as a
-  decimal with d >= 2 decimals is compared with absolute tolerance 10^-d); for expressions with free
-  symbols, evaluation at up to 5 random positive rational points (3 must agree; one clear
-  mismatch decides "wrong"); only then ``simplify(a - b) == 0`` / ``a.equals(b)``.
+  decimal with d >= 2 decimals must equal the exact value rounded half-up or truncated to d decimals;
+  Float-free constants are first compared exactly as rationals when ``(a - b).doit()`` is one, so
+  integers stay exact); for expressions with free symbols, evaluation at up to 6 random positive
+  rational points (3 must agree to relative 1e-12; one clear mismatch decides "wrong"); only then
+  ``simplify(a - b) == 0`` / ``a.equals(b)``.
 * Relations: equations compare ``lhs - rhs`` up to a nonzero constant factor (checked at random
   points); univariate inequalities compare as solution sets; a gold inequality may match a
   predicted interval or union (never the reverse: an interval gold needs an interval).
@@ -40,7 +42,7 @@ from winnow.verifier.guard import VerifyError, check_tree
 
 _NORM = NormalizationConfig(basic_latex=True, units=False, malformed_operators=True, nits=False, boxed="none")
 _REL_TOL = sympy.Float("1e-12", 30)
-_POINT_TOL = sympy.Float("1e-9", 30)
+_POINT_TOL = sympy.Float("1e-12", 30)
 _DECIMAL_RE = re.compile(r"\d*\.\d+")
 
 

@@ -291,6 +291,9 @@ CASES["relations"] = [
     ("x\\le 2", B("x \\leq 2"), C, "leq"),
     ("11a+c", B("7=11a+c"), W, "an equation for an expression gold (Qwen trap)"),
     ("5", B("7=5"), W, "non-symbol lhs is not an assignment"),
+    ("x=2", B("2=x"), C, "equation written the other way round"),
+    ("x^2", B("x^{2.0000000001}"), W, "random points compare to relative 1e-12"),
+    ("y=x^2", B("y=x^{2}+0"), C, "trivially equal equation"),
 ]
 
 CASES["symbolic"] = [

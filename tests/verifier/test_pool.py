@@ -96,6 +96,20 @@ def test_a_crashed_worker_is_reported_and_replaced(pool, reasons):
     assert pool.run(EASY)["status"] == "correct"
 
 
+def test_a_dead_zygote_is_restarted(reasons):
+    p = WorkerPool(workers=1, timeout_s=2.0, on_restart=reasons.append)
+    try:
+        old_zygote, (worker,) = p.zygote_pid, p.pids()
+        os.kill(old_zygote, signal.SIGKILL)  # our own zygote, by PID: its worker dies with it
+        assert _wait_for(lambda: not _alive(worker))
+        assert p.run(EASY)["status"] == "error"  # the job met a dead worker
+        assert p.run(EASY)["status"] == "correct"  # a new zygote forked a new worker
+        assert p.zygote_pid != old_zygote
+    finally:
+        p.close()
+    assert not _alive(p.zygote_pid)
+
+
 def test_worker_limits_are_set(pool):
     (pid,) = pool.pids()
     with open(f"/proc/{pid}/limits") as f:
