@@ -190,14 +190,14 @@ def test_prometheus_scrapes_learner_and_generator(prometheus_factory, processes,
         learner_cfg.write_text(yaml.safe_dump({
             **common, "metrics_port": learner_port,
             # grpo trains on every group, so a random model's all-wrong groups still give trained tokens
-            "algo": {"preset": "grpo"}, "batch_groups": 2, "n": 4, "sampling": {"max_new_tokens": 16},
+            "algo": {"preset": "grpo"}, "batch_groups": 1, "n": 2, "sampling": {"max_new_tokens": 8},
             "prompts": {"kind": "reasoning_gym", "name": "basic_arithmetic"},
             "weights": {"dir": str(tmp_path / "weights")}, "checkpoint": {"dir": str(tmp_path / "ckpt")},
             "run_dir": str(tmp_path / "run"),
         }))
         generator_cfg = tmp_path / "generator.yaml"
         generator_cfg.write_text(yaml.safe_dump({
-            **common, "metrics_port": generator_port, "batch_prompts": 2, "batch_wait_ms": 50,
+            **common, "metrics_port": generator_port, "batch_prompts": 1, "batch_wait_ms": 0,
             "weights": {"root": str(tmp_path / "weights")},
         }))
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
@@ -223,11 +223,11 @@ def test_prometheus_scrapes_learner_and_generator(prometheus_factory, processes,
         assert entropy is not None and 0.0 < entropy < 20.0, entropy  # nats; <= log(vocab) for a random model
         assert kept is not None and 0.0 <= kept <= 1.0
         assert prom.value("winnow_learner_weight_version") >= 1
-        assert prom.value('sum(winnow_learner_groups_total{outcome="trained"})') >= 2  # batch_groups
+        assert prom.value('sum(winnow_learner_groups_total{outcome="trained"})') >= 1  # batch_groups
         assert prom.value("winnow_learner_tokens_total") > 0
-        assert prom.value("winnow_learner_staleness_versions_count") >= 2
+        assert prom.value("winnow_learner_staleness_versions_count") >= 1
         assert abs(prom.value("time() - winnow_learner_last_step_timestamp_seconds")) < 300
-        assert prom.value("winnow_generator_groups_published_total") >= 2
+        assert prom.value("winnow_generator_groups_published_total") >= 1
         assert prom.value("winnow_generator_tokens_total") > 0
         assert prom.value('up{job="learner"}') == 1.0 and prom.value('up{job="generator"}') == 1.0
         # a healthy run: the stall alert's expression selects nothing
