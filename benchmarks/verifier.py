@@ -29,8 +29,6 @@ verl and Minimal-RL); GSM8K's ``#### 1,234`` is reduced to ``1234`` for it, whil
 the raw ``#### 1,234`` (it understands that form).
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import logging
@@ -64,6 +62,8 @@ NOTES: dict[str, str] = {
 }
 
 
+# No `from __future__ import annotations` here: `winnow bench` loads this file without registering it
+# in sys.modules, and dataclasses then cannot resolve string annotations.
 @dataclass
 class Case:
     kind: str
