@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import re
@@ -244,3 +245,26 @@ def test_metrics_doc_exists_with_formulas() -> None:
     assert "(sum w)^2 / (N sum w^2)" in text  # ESS
     assert "w_t - 1 - log w_t" in text  # k3
     assert Path(RULES).exists()
+
+
+def test_plain_prometheus_config(promtool_bin) -> None:
+    """deploy/prometheus/prometheus.yml (outside Kubernetes) is valid, loads the alert rules, and scrapes
+    each service on its default metrics port."""
+    path = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+    proc = promtool(promtool_bin, "check", "config", str(path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"SUCCESS: {len(ALERTS)} rules found" in proc.stdout
+    cfg = yaml.safe_load(path.read_text())
+    ports = {j["job_name"]: int(j["static_configs"][0]["targets"][0].rsplit(":", 1)[1]) for j in cfg["scrape_configs"]}
+    defaults = {}
+    for service, module, cls in (("verifier", "winnow.verifier.config", "VerifierConfig"),
+                                 ("generator", "winnow.generator.config", "GeneratorConfig"),
+                                 ("learner", "winnow.learner.config", "LearnerConfig")):
+        try:
+            config_cls = getattr(importlib.import_module(module), cls)
+        except ModuleNotFoundError:
+            continue
+        defaults[f"winnow-{service}"] = config_cls.model_fields["metrics_port"].default
+    assert defaults, "no service config importable"
+    for job, port in defaults.items():
+        assert ports[job] == port, f"{job}: prometheus.yml scrapes {ports[job]}, the service default is {port}"
