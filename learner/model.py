@@ -121,3 +121,47 @@ def response_logits(
     if logits.shape[1] != response_width + 1:  # a model that ignores logits_to_keep
         logits = logits[:, -(response_width + 1) :]
     return logits[:, :-1]
+
+
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def plain_lm_head(model: torch.nn.Module) -> torch.Tensor | None:
+    """The LM-head weight ``(V, H)`` when ``logits = hidden @ W.T`` exactly (no bias, no scaling or
+    soft-capping of the logits, a decoder reachable with ``get_decoder()``), else None.
+
+    When it is not None, :func:`response_hidden` + ``logprobs_from_hidden`` give the same log-probs
+    as :func:`response_logits` without ever materialising the ``(b, t, V)`` logits.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None or not hasattr(model, "get_decoder"):
+        return None
+    if type(head.weight).__name__ == "DTensor":  # FSDP2-sharded head: use the model's own forward
+        return None
+    config = getattr(model, "config", None)
+    text_config = getattr(config, "get_text_config", lambda: config)()
+    for name in _LOGIT_TRANSFORMS:
+        value = getattr(text_config, name, None)
+        if value not in (None, 0, 1, 1.0):
+            return None
+    return head.weight
+
+
+def response_hidden(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    prompt_width: int,
+    response_width: int,
+) -> torch.Tensor:
+    """Final hidden states ``(b, t, H)`` at the columns that predict the response tokens (see
+    :func:`response_logits`), from the decoder alone (the LM head is applied by the caller, chunked)."""
+    if input_ids.shape[1] != prompt_width + response_width:
+        raise ValueError(
+            f"input width {input_ids.shape[1]} != prompt {prompt_width} + response {response_width}"
+        )
+    out = model.get_decoder()(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    )
+    return out.last_hidden_state[:, prompt_width - 1 : prompt_width + response_width - 1]

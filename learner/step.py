@@ -49,9 +49,9 @@ import torch
 from pydantic import Field
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.batch import GroupData, MicroBatch, TrainBatch, collate
-from winnow.learner.logits import token_logprobs_and_entropy
+from winnow.learner.logits import logprobs_from_hidden, token_logprobs_and_entropy
 from winnow.learner.losses import loss_denominator, ratio_stats
-from winnow.learner.model import response_logits
+from winnow.learner.model import plain_lm_head, response_hidden, response_logits
 from winnow.learner.objective import compute_loss, prepare_batch_signals
 
 from winnow.config import Model
@@ -104,12 +104,16 @@ class Trainer:
         logprob_chunk_size: int = 1024,
         temperature: float = 1.0,
         autocast_dtype: torch.dtype | None | str = "auto",
+        logprob_mode: str = "auto",
         dp_group: Any = None,
     ):
         """``ref_model``: ``"copy"`` (frozen deep copy of ``model``, made only when ``algo.kl_coef > 0``),
         a module, or None. ``temperature``: the sampling temperature; logits are divided by it so that
         pi_theta is the distribution the behaviour log-probs were measured under. ``autocast_dtype``:
         ``"auto"`` = bf16 autocast on CUDA when the parameters are fp32, none otherwise.
+        ``logprob_mode``: ``"hidden"`` applies the LM head chunk by chunk to the decoder's hidden states, so
+        the (b, t, V) logits never exist (needs a plain linear head, see ``plain_lm_head``); ``"logits"``
+        takes the model's logits and computes log-softmax/entropy in chunks; ``"auto"`` = hidden when possible.
         ``dp_group``: a torch.distributed process group (or None = the default group when
         torch.distributed is initialised); see docs/distributed.md.
         """
@@ -130,6 +134,14 @@ class Trainer:
             self.autocast_dtype = torch.bfloat16 if use_bf16 else None
         else:
             self.autocast_dtype = autocast_dtype
+        if logprob_mode not in ("auto", "hidden", "logits"):
+            raise ValueError(f"logprob_mode must be auto, hidden or logits, got {logprob_mode!r}")
+        has_plain_head = plain_lm_head(self.model) is not None
+        if logprob_mode == "hidden" and not has_plain_head:
+            raise ValueError("logprob_mode='hidden' needs a plain linear LM head (see plain_lm_head)")
+        self.logprob_mode = "hidden" if logprob_mode == "auto" and has_plain_head else logprob_mode
+        if self.logprob_mode == "auto":
+            self.logprob_mode = "logits"
         self.dp_group = dp_group
         self.version = 0
 
@@ -189,10 +201,25 @@ class Trainer:
 
     def _logprobs(self, model: torch.nn.Module, mb: MicroBatch, with_entropy: bool):
         """log pi(a_t) (b, t) fp32 and entropy (b, t) fp32 or None for the micro-batch's response tokens."""
+        args = (mb.input_ids, mb.attention_mask, mb.position_ids, mb.prompt_width, mb.response_width)
+        if self.logprob_mode == "hidden":
+            with self._autocast():
+                hidden = response_hidden(model, *args)
+                weight = plain_lm_head(model)
+                if (
+                    self.autocast_dtype is not None
+                ):  # the matmul runs in the autocast dtype, as the model's head
+                    hidden, weight = hidden.to(self.autocast_dtype), weight.to(self.autocast_dtype)
+                return logprobs_from_hidden(
+                    hidden,
+                    weight,
+                    mb.targets,
+                    chunk_size=self.logprob_chunk_size,
+                    temperature=self.temperature,
+                    with_entropy=with_entropy,
+                )
         with self._autocast():
-            logits = response_logits(
-                model, mb.input_ids, mb.attention_mask, mb.position_ids, mb.prompt_width, mb.response_width
-            )
+            logits = response_logits(model, *args)
         return token_logprobs_and_entropy(
             logits,
             mb.targets,

@@ -272,3 +272,20 @@ def test_data_parallel_hooks_with_one_gloo_rank_match_single_process():
     assert m["loss"] == pytest.approx(plain["loss"]) and m["tokens"] == plain["tokens"]
     for (k, p), q in zip(m1.named_parameters(), m2.parameters(), strict=True):
         torch.testing.assert_close(q, p, msg=k)
+
+
+def test_hidden_and_logits_modes_agree():
+    """The chunked LM head over hidden states equals the model's own logits path (tied embeddings too)."""
+    m1, tok = build_tiny_model_and_tokenizer(seed=14)
+    m2 = copy.deepcopy(m1)
+    groups = make_groups(STATUSES, seed=14)
+    algo = AlgoConfig.from_preset("grpo", kl_coef=0.05, entropy_coef=0.01)
+    opt = OptimConfig(lr=1e-3, micro_batch_size=5)
+    th = Trainer(m1, algo, opt, pad_token_id=0, logprob_mode="hidden", logprob_chunk_size=7)
+    tl = Trainer(m2, algo, opt, pad_token_id=0, logprob_mode="logits")
+    assert Trainer(copy.deepcopy(m1), algo, opt, pad_token_id=0).logprob_mode == "hidden"  # auto
+    mh, ml = th.forward_backward(groups), tl.forward_backward(groups)
+    for k in ("loss", "entropy", "kl", "ratio_mean"):
+        assert mh[k] == pytest.approx(ml[k], rel=1e-5), k
+    for (k, p1), p2 in zip(m1.named_parameters(), m2.parameters(), strict=True):
+        torch.testing.assert_close(p1.grad, p2.grad, atol=1e-6, rtol=1e-4, msg=k)
