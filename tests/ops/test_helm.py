@@ -457,6 +457,7 @@ def test_generator_config_is_valid(variant, request, tmp_path, monkeypatch) -> N
     main = f"{release}-winnow-verifier.{ns}.svc:50051"
     assert cfg.verifier.default_endpoint == main
     if variant == "gpu":
+        assert cfg.model == "Qwen/Qwen2.5-Math-1.5B" and cfg.engine == "vllm"
         countdown = f"prod-winnow-verifier-countdown.{ns}.svc:50061"
         assert cfg.verifier.endpoint_for("countdown") == countdown
         assert cfg.verifier.endpoint_for("rg/countdown") == countdown  # reasoning-gym's task name
@@ -475,6 +476,8 @@ def test_learner_config_is_valid(variant, request, tmp_path) -> None:
     c = container(objs, "StatefulSet", f"{release}-winnow-learner")
     assert cfg.metrics_port == {p["name"]: p["containerPort"] for p in c["ports"]}["metrics"]
     assert cfg.algo["preset"] == "raft++"
+    if variant == "gpu":
+        assert cfg.model == "Qwen/Qwen2.5-Math-1.5B" and cfg.device == "cuda"  # the same weights as generators
     assert cfg.algo_config().max_staleness >= 0  # the preset resolves
     # checkpoints and the run dir live on the StatefulSet's PVC; weights on the shared volume that the
     # generators mount at the same path (so announced URIs resolve there too)
@@ -603,3 +606,10 @@ def test_tls_secret_through_extra_volumes(helm_bin, tmp_path, monkeypatch) -> No
     assert cfg.tls.enabled and str(cfg.tls.cert_file) == "/etc/winnow/tls/tls.crt"
     lc = container(objs, "StatefulSet", "rl-winnow-learner")
     assert {"name": "models", "mountPath": "/models", "readOnly": True} in lc["volumeMounts"]
+
+
+def test_bare_n_key_is_caught(helm_bin, tmp_path) -> None:
+    values = tmp_path / "n.yaml"
+    values.write_text("kafka: {bootstrapServers: 'k:9092'}\nlearner:\n  config:\n    n: 8\n")
+    proc = helm(helm_bin, "template", "x", str(CHART), "-f", str(values), check=False)
+    assert proc.returncode != 0 and '"n": 8' in proc.stderr, proc.stderr

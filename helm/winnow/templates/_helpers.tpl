@@ -182,15 +182,20 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- $_ := set $verifier "default_endpoint" (include "winnow.verifierAddress" .) }}
 {{- end }}
 {{- $base := dict "metrics_port" (int .Values.generator.metricsPort) "metrics_host" "0.0.0.0" "verifier" $verifier "weights" (dict "root" .Values.weights.mountPath) "kafka" (dict "topic_prefix" .Values.kafka.topicPrefix) }}
+{{- with .Values.model }}{{ $_ := set $base "model" . }}{{ end }}
 {{- toYaml (mustMergeOverwrite $base (deepCopy .Values.generator.config)) }}
 {{- end }}
 
 {{- define "winnow.learnerConfig" -}}
+{{- if or (hasKey .Values.learner.config "false") (hasKey .Values.learner.config "true") }}
+{{- fail "learner.config has a key that YAML read as a boolean: write the group size as \"n\": 8 (a bare n or y is false/true in Helm's YAML)" }}
+{{- end }}
 {{- $wm := .Values.weights.mountPath }}
 {{- $base := dict "metrics_port" (int .Values.learner.metricsPort) "metrics_host" "0.0.0.0" "algo" (dict "preset" .Values.learner.algorithm) "kafka" (dict "topic_prefix" .Values.kafka.topicPrefix) }}
 {{- $_ := set $base "weights" (dict "dir" $wm "uri_root" $wm) }}
 {{- $_ := set $base "checkpoint" (dict "dir" "/checkpoints/checkpoints") }}
 {{- $_ := set $base "run_dir" "/checkpoints/run" }}
+{{- with .Values.model }}{{ $_ := set $base "model" . }}{{ end }}
 {{- toYaml (mustMergeOverwrite $base (deepCopy .Values.learner.config)) }}
 {{- end }}
 
