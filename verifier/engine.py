@@ -18,6 +18,10 @@ Pipeline for one (response, gold), VERIFIER_NOTES §4:
    are kept in an LRU cache keyed by (canonical gold, canonical answer, percent option); a hit has
    path ``cache`` and the original path in ``detail``.
 
+Paths (``Verdict.path``, the deciding step): ``extract``, ``guard``, ``gold``, ``hedge``, ``mcq``, ``text``,
+``string``, ``number``, ``tuple``, ``interval``, ``set``, ``matrix``, ``relation``, ``numeric_probe``,
+``symbolic``, ``cache``; ``pool``/``deadline`` for timeouts and worker failures; ``internal`` for a bug.
+
 Statuses: CORRECT/WRONG; NO_ANSWER (nothing extracted); UNPARSABLE (answer fails the guards or the
 grammar); TIMEOUT (worker killed, or the batch deadline passed); TOO_COMPLEX (refused by a guard);
 ERROR (gold unparsable, or an internal exception: never turned into WRONG).
@@ -31,6 +35,7 @@ Left out: reward mapping (the learner's config), answers spread over several box
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -51,6 +56,8 @@ from winnow.verifier.fastpath import (
 )
 from winnow.verifier.guard import MAX_BOXED, VerifyError, check_text
 from winnow.verifier.types import Item, Status, Verdict
+
+_CHOICE_RE = re.compile(r"\(([A-J])\)")
 
 
 class Result(NamedTuple):
@@ -143,6 +150,8 @@ def decide_fast(gold: Gold, response: str, options: dict[str, str] | None = None
 
     if gold.letter is not None:
         letter = pred_letter(answer) or pred_letter(pred)
+        if len(set(_CHOICE_RE.findall(answer.upper()))) > 1:
+            return Result(Status.WRONG, answer, "hedge", "several choice letters")
         ok = letter == gold.letter
         return Result(Status.CORRECT if ok else Status.WRONG, answer, "mcq", "" if letter else "no choice letter")
     if gold.text:

@@ -103,6 +103,8 @@ def parse_latex(text: str, *, side: str):
     except Exception as exc:  # the grammar rejects the text: a verdict, not a crash
         status = "error" if side == "gold" else "unparsable"
         raise VerifyError(status, f"{side} does not parse: {str(exc).splitlines()[0][:120]}") from None
+    if isinstance(expr, sympy.Basic) and expr.has(sympy.UnevaluatedExpr):  # "50\\%" -> 50*(1/100)
+        expr = expr.replace(lambda e: isinstance(e, sympy.UnevaluatedExpr), lambda e: e.args[0])
     if isinstance(expr, list | tuple):
         raise VerifyError("error" if side == "gold" else "unparsable", f"{side} parses to several expressions")
     refusal = check_tree(expr)
@@ -118,15 +120,26 @@ def _decimals_of(text: str) -> int | None:
 
 
 def _is_finite_number(v) -> bool:
-    return v.is_number and v.is_finite is not False and not v.has(sympy.nan, sympy.zoo, sympy.oo, -sympy.oo)
+    """An evaluated number: real and imaginary parts are finite sympy Numbers (not an unevaluated tree)."""
+    if not v.is_number or v.has(sympy.nan, sympy.zoo, sympy.oo, -sympy.oo):
+        return False
+    try:
+        re_, im_ = v.as_real_imag()
+    except Exception:
+        return False
+    return bool(re_.is_Number and im_.is_Number)
 
 
 def _close(a, b, tol) -> bool:
-    diff = abs(a - b)
-    scale = max(abs(a), abs(b))
+    """Relative closeness of two evaluated numbers (complex allowed)."""
+    diff = sympy.N(abs(a - b), 30)
+    scale = sympy.N(max(abs(a), abs(b), key=lambda v: sympy.N(v, 30)), 30)
     if scale == 0:
-        return True
-    return bool(diff <= tol * scale)
+        return diff == 0
+    try:
+        return bool(diff <= tol * scale)
+    except TypeError:  # not comparable: not equal as far as we can tell
+        return False
 
 
 def _exact_rational_diff(g, p) -> bool | None:

@@ -204,6 +204,8 @@ CASES["mcq"] = [
     ("B", "I think the answer is B.", C, "answer is B."),
     ("D", B("D. 17"), C, "letter with a dot"),
     ("A", B("B"), W, "wrong letter"),
+    ("A", B("(A) or (B)"), W, "two choices are a hedge"),
+    ("A", "Answer: (A) and (C)", W, "two choices are a hedge"),
     ("C", "The final answer is (C). I hope it is correct.", C, "Minerva format"),
 ]
 

@@ -198,3 +198,38 @@ def test_agrees_with_math_verify_on_numbers_and_is_faster():
     assert sum(ours) > 50 and sum(not o for o in ours) > 50  # both outcomes are exercised
     # throughput: the target is 10x; assert a margin robust to a loaded machine
     assert t_theirs / t_ours > 3.0, (t_theirs, t_ours)
+
+
+def _symbolic_pairs(n: int, seed: int) -> list[tuple[str, str]]:
+    """(gold, answer) LaTeX pairs printed by sympy from random polynomials/radicals: equal forms or perturbed."""
+    import sympy
+
+    rng = random.Random(seed)
+    x = sympy.Symbol("x")
+    out = []
+    for _ in range(n):
+        a, b, c = rng.randint(1, 9), rng.randint(-9, 9), rng.randint(2, 30)
+        kind = rng.choice(["poly", "radical", "rational"])
+        if kind == "poly":
+            gold = sympy.expand((a * x + b) ** 2)
+            ans = (a * x + b) ** 2 if rng.random() < 0.5 else (a * x + b + 1) ** 2
+        elif kind == "radical":
+            gold = a * sympy.sqrt(c)
+            ans = sympy.sqrt(a * a * c) if rng.random() < 0.5 else sympy.sqrt(a * a * c + 1)
+        else:
+            gold = sympy.Rational(a, c) + sympy.sqrt(2)
+            ans = sympy.sqrt(2) + sympy.Rational(a * 2, c * 2) if rng.random() < 0.5 else sympy.sqrt(3) + sympy.Rational(a, c)
+        out.append((sympy.latex(gold), sympy.latex(ans, order="none")))
+    return out
+
+
+@pytest.mark.slow
+def test_agrees_with_math_verify_on_symbolic_answers():
+    math_verify = pytest.importorskip("math_verify")
+    pairs = _symbolic_pairs(40, seed=11)
+    theirs = [math_verify.verify(math_verify.parse(f"${g}$"), math_verify.parse(f"${a}$")) for g, a in pairs]
+    ours = [grade(B(a), g) for g, a in pairs]
+    assert [o.status.label for o in ours if o.status not in (Status.CORRECT, Status.WRONG)] == []
+    disagreements = [(p, t, o) for p, t, o in zip(pairs, theirs, ours, strict=True) if t != (o.status == Status.CORRECT)]
+    assert disagreements == []
+    assert 8 < sum(theirs) < 32
