@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     path = BENCH_DIR / f"{args.name}.py"
     spec = importlib.util.spec_from_file_location(f"winnow_bench_{args.name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and pickling look modules up by name
     spec.loader.exec_module(module)
     return int(module.main(list(args.args)) or 0)
 
