@@ -2,7 +2,7 @@
 # plus examples/ (the Countdown verifier). GPU pods use Dockerfile.cuda.
 #   docker build -t winnow:0.1.0 .
 # Runs as the non-root user 10001; the Helm chart mounts a read-only root filesystem with emptyDirs
-# for /tmp and /home/winnow/.cache.
+# for /tmp and the home directory /home/winnow.
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch's CPU wheels live on the PyTorch CPU index (PyPI's Linux torch wheel is the CUDA build).

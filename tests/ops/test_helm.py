@@ -302,7 +302,7 @@ def test_security_contexts(variant, request) -> None:
             mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
             volumes = {v["name"]: v for v in spec["volumes"]}
             # a read-only root needs writable scratch space
-            for path in ("/tmp", "/home/winnow/.cache"):
+            for path in ("/tmp", "/home/winnow"):
                 assert "emptyDir" in volumes[mounts[path]], f"{name}: {path} must be an emptyDir"
             assert c["resources"]["requests"] and c["resources"]["limits"], name
 
@@ -376,6 +376,12 @@ def test_env_and_commands(full) -> None:
     verifier = container(full, "Deployment", "rl-winnow-verifier")
     for c in (gen, learner):
         assert env_of(c)["KAFKA_BOOTSTRAP_SERVERS"]["value"] == BOOTSTRAP
+    # every cache a library writes under $HOME is redirected into the writable emptyDir
+    for c in (gen, learner, verifier):
+        env = env_of(c)
+        for var in ("HOME", "HF_HOME", "XDG_CACHE_HOME", "TRITON_CACHE_DIR", "VLLM_CONFIG_ROOT", "TMPDIR"):
+            path = env[var]["value"]
+            assert path.startswith(("/home/winnow", "/tmp")), (var, path)
     assert gen["args"] == ["generator", "run", "--config", "/etc/winnow/config.yaml"]
     assert learner["args"] == ["learner", "run", "--config", "/etc/winnow/config.yaml"]
     assert verifier["args"] == ["verifier", "serve", "--config", "/etc/winnow/config.yaml"]

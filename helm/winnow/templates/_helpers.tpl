@@ -108,6 +108,12 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
   value: /home/winnow/.cache
 - name: TMPDIR
   value: /tmp
+- name: TRITON_CACHE_DIR
+  value: /home/winnow/.cache/triton
+- name: VLLM_CONFIG_ROOT
+  value: /home/winnow/.cache/vllm-config
+- name: VLLM_NO_USAGE_STATS
+  value: "1"
 - name: PYTHONUNBUFFERED
   value: "1"
 {{- end }}
@@ -132,7 +138,7 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 - name: tmp
   mountPath: /tmp
 - name: cache
-  mountPath: /home/winnow/.cache
+  mountPath: /home/winnow
 {{- if .shm }}
 - name: dshm
   mountPath: /dev/shm
