@@ -140,8 +140,14 @@ class Pipeline:
         from winnow.verifier.config import VerifierConfig
 
         classes = {"verifier": VerifierConfig, "generator": GeneratorConfig, "learner": LearnerConfig}
+        problems = []
         for name, cfg in configs.items():
-            load_config(classes[name], data={name: cfg})
+            try:
+                load_config(classes[name], data={name: cfg})
+            except ConfigError as e:
+                problems.append(str(e))
+        if problems:
+            raise ConfigError("\n".join(problems))
 
     # -- processes --------------------------------------------------------------------------
 
@@ -196,16 +202,16 @@ class Pipeline:
     def start(self) -> None:
         from winnow.brokers import ensure_broker
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         host = self.up.host
+        self.ports = {k: _free_port(host) for k in ("verifier", "verifier_metrics", "learner_metrics")}
+        # Validate every service's config before starting anything (a bad field fails in a second).
+        self.validate(self.component_configs("127.0.0.1:9092", None))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        model_dir = self._prepare_model()
         configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or self.data.get("kafka", {}).get("bootstrap_servers")
         bootstrap, self.broker = ensure_broker(configured or None, self.up.broker, self.run_dir / "kafka")
         log.info("kafka at %s%s", bootstrap, f" (local {self.up.broker} broker)" if self.broker else "")
-
-        self.ports = {k: _free_port(host) for k in ("verifier", "verifier_metrics", "learner_metrics")}
-        model_dir = self._prepare_model()
         configs = self.component_configs(bootstrap, model_dir)
-        self.validate(configs)
         cfg_dir = self.run_dir / "config"
         cfg_dir.mkdir(parents=True, exist_ok=True)
         for name, cfg in configs.items():
