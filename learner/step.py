@@ -189,6 +189,12 @@ class Trainer:
             return torch.distributed.get_world_size(self.dp_group)
         return 1
 
+    @property
+    def rank(self) -> int:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(self.dp_group)
+        return 0
+
     def lr_at(self, version: int) -> float:
         """The learning rate used for the optimizer step that produces ``version + 1``."""
         w = self.optim_cfg.warmup_steps
@@ -287,7 +293,7 @@ class Trainer:
         denom_local = loss_denominator(mask, sample_weight, algo.agg)
         denom = float(self._all_reduce(torch.tensor([denom_local], dtype=torch.float64), "sum")[0])
         rows = torch.nonzero((sample_weight != 0) & (batch.response_lengths > 0)).flatten()
-        skipped = denom <= 0 or rows.numel() == 0
+        skipped = denom <= 0  # globally: every rank agrees
 
         B, T = batch.targets.shape
         logprobs_all = torch.zeros(B, T, device=self.device)  # (B, T) log pi_theta, detached
@@ -296,7 +302,15 @@ class Trainer:
         scale = float(self.world_size)  # undo FSDP/DDP gradient averaging: each rank holds a share of a sum
 
         self.optimizer.zero_grad(set_to_none=True)
-        for idx in [] if skipped else self._micro_batches(batch, rows):
+        micro = [] if skipped else self._micro_batches(batch, rows)
+        real = len(micro)
+        if self.world_size > 1 and not skipped:
+            # FSDP runs collectives in every forward/backward: all ranks must run as many micro-batches.
+            # A rank with fewer kept rows runs zero-weighted copies of its first row.
+            most = int(self._all_reduce(torch.tensor([real], dtype=torch.float64), "max")[0])
+            micro += [torch.zeros(1, dtype=torch.long, device=self.device)] * (most - real)
+        for i, idx in enumerate(micro):
+            dummy = i >= real
             mb = batch.rows(idx)
             t0 = time.perf_counter()
             logprobs, entropy = self._logprobs(self.model, mb, with_entropy=True)
@@ -313,7 +327,7 @@ class Trainer:
                 behaviour_logprobs=mb.behaviour_logprobs,
                 mask=mb.response_mask.to(torch.float32),
                 advantages=advantages[idx],
-                sample_weight=sample_weight[idx],
+                sample_weight=sample_weight[idx] * (0.0 if dummy else 1.0),
                 cfg=algo,
                 entropy=entropy,
                 ref_logprobs=ref_logprobs,
@@ -324,8 +338,9 @@ class Trainer:
             _sync(self.device)
             t3 = time.perf_counter()
             t_fwd, t_ref, t_bwd = t_fwd + t1 - t0, t_ref + t2 - t1, t_bwd + t3 - t2
-            logprobs_all[idx, : mb.response_width] = logprobs.detach()
-            _accumulate_loss_metrics(acc, m)
+            if not dummy:
+                logprobs_all[idx, : mb.response_width] = logprobs.detach()
+                _accumulate_loss_metrics(acc, m)
 
         # metrics: ratio statistics over every trained token of the batch
         trained = torch.zeros_like(mask)
@@ -427,11 +442,16 @@ class Trainer:
         ``path`` is a ``.safetensors`` file or a directory (``model.safetensors`` inside it). Tensors
         sharing storage (tied embeddings) are written once, under their first name in the state dict
         (as ``save_pretrained`` does); the metadata records the dropped aliases and the version. The
-        file appears atomically (written to a temporary name, fsynced, renamed).
+        file appears atomically (written to a temporary name, fsynced, renamed). Under data parallelism
+        every rank must call it (gathering the shards is a collective); rank 0 writes the file.
         """
-        return save_state_dict(
-            self.full_state_dict(), path, dtype=dtype, metadata={"version": str(self.version)}
-        )
+        state = self.full_state_dict()  # a collective under FSDP2: every rank calls save_weights
+        digest = [""]
+        if self.rank == 0:  # rank 0 writes; the others get its digest
+            digest[0] = save_state_dict(state, path, dtype=dtype, metadata={"version": str(self.version)})
+        if self.world_size > 1:
+            torch.distributed.broadcast_object_list(digest, src=0, group=self.dp_group)
+        return digest[0]
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The unsharded state dict (gathers FSDP2 DTensors to full CPU tensors when sharded)."""
