@@ -120,6 +120,26 @@ def test_worker_limits_are_set(pool):
     assert "unlimited" not in cpu.split()[3]
 
 
+def _vm_size_mb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        line = next(ln for ln in f if ln.startswith("VmSize:"))
+    return int(line.split()[1]) // 1024
+
+
+def test_memory_limit_turns_into_too_complex_and_a_fresh_worker(pool, reasons):
+    base = _vm_size_mb(pool.pids()[0])  # a forked worker's address space (about 70 MB here)
+    small = WorkerPool(workers=1, timeout_s=10.0, memory_mb=base + 12, on_restart=reasons.append)
+    try:
+        assert small.run(EASY)["status"] == "correct"  # normal jobs fit
+        hog = {"gold": "5", "pred": "\\sum_{i=1}^{9000} \\frac{1}{i^{3}}", "percent": False}  # huge exact rational
+        reply = small.run(hog)
+        assert (reply["status"], reply["detail"]) == ("too_complex", "worker memory limit")
+        assert reasons == ["memory"]
+        assert small.run(EASY)["status"] == "correct"
+    finally:
+        small.close()
+
+
 def test_batch_deadline_bounds_the_wait(pool):
     deadline = time.monotonic() + 0.3
     t0 = time.monotonic()
