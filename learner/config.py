@@ -110,6 +110,10 @@ class LearnerConfig(Settings):
     request_timeout_s: float = Field(default=900.0, gt=0)
     """A released prompt whose scored group has not arrived after this long is released again (new
     request id); the late group, if it ever comes, is dropped as a duplicate."""
+    rerelease_on_resume: bool = True
+    """After resuming from a checkpoint, send the released-but-unconsumed requests again under the same
+    request ids (in case the prompts were lost with the broker or by retention). Whichever group
+    arrives first is trained; the other is dropped as a duplicate."""
 
     prompts: dict[str, Any] = Field(default_factory=lambda: ReasoningGymSourceConfig().model_dump())
     """Training prompt source (winnow.generator.prompts: kind reasoning_gym | jsonl | parquet | hf)."""

@@ -19,7 +19,8 @@ to the restored state. No group is lost: nothing is committed before it is done.
 Prompts: the learner owns the data position. A released request that has not come back after
 ``request_timeout_s`` is released again under a new request id (the late one, if it ever comes,
 is dropped as a duplicate). Requests released before a restart stay in the checkpoint as
-"unconsumed" and are waited for again (their timers restart).
+"unconsumed"; on resume they are sent again under the same ids (``rerelease_on_resume``), so a
+prompt lost with the broker is regenerated while a group already published is not trained twice.
 
 Metrics: ``winnow_learner_*`` on the registry passed in (documented in docs/metrics.md), plus one
 JSON line per step in ``<run_dir>/metrics.jsonl``.
@@ -328,7 +329,7 @@ class LearnerService:
         """Run until stopped or ``max_steps``; returns the number of steps taken in this run."""
         cfg = self.cfg
         await ensure_topics(cfg.kafka, partitions=cfg.kafka_partitions)
-        await asyncio.to_thread(self.restore)
+        resumed = await asyncio.to_thread(self.restore)
         producer = make_producer(cfg.kafka, client_id="winnow-learner")
         consumer = make_consumer(
             cfg.kafka,
@@ -351,6 +352,8 @@ class LearnerService:
             await consumer.start()
             if self.version > 0:  # generators must follow the restored weights
                 await self._publish()
+            if resumed and cfg.rerelease_on_resume and self.state.unconsumed:
+                await self._rerelease_unconsumed()
             elif self.evaluate is not None and cfg.eval.every:  # the baseline, before any update
                 acc = float(await asyncio.to_thread(self.evaluate, self.trainer))
                 self.metrics.eval_accuracy.labels(set=cfg.eval.set_name).set(acc)
@@ -528,6 +531,18 @@ class LearnerService:
                 await fut
         self.metrics.unconsumed.set(len(self.state.unconsumed))
 
+    async def _rerelease_unconsumed(self) -> None:
+        """Send every unconsumed request of the restored state again, under its own request id."""
+        futures = []
+        for rid, pos in list(self.state.unconsumed.items()):
+            attempt = self.state.attempts.get(str(pos), 0)
+            if rid.endswith(f"-{pos}-{attempt}"):
+                futures.append(await self._send_request(pos, attempt))
+        for fut in futures:
+            if fut is not None:
+                await fut
+        log.info("released %d unconsumed requests of the checkpoint again (same request ids)", len(futures))
+
     async def _send_request(self, position: int, attempt: int):
         """Release the request for ``position``; None if no send was needed.
 
@@ -555,13 +570,13 @@ class LearnerService:
         """Wait until ``batch_groups`` fresh groups are buffered; None if stopped first."""
         while True:
             self._drop_stale()
+            await self._release()  # first: slots freed by the last step keep the generators busy
             if len(self.buffer) >= self.cfg.batch_groups:
                 batch = [self.buffer.popitem(last=False)[1] for _ in range(self.cfg.batch_groups)]
                 self.metrics.buffered.set(len(self.buffer))
                 return batch
             if self._done():
                 return None
-            await self._release()
             batches = await self._consumer.getmany(timeout_ms=500)
             for records in batches.values():
                 for record in records:

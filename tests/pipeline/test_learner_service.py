@@ -253,6 +253,8 @@ async def test_learner_trains_dedupes_drops_and_resumes(kafka_config, tmp_path: 
         assert fake.max_release_version <= 3
         ckpt = latest_checkpoint(cfg.checkpoint.dir)
         assert ckpt is not None and ckpt.name == "step-00000002"
+        _, state_v2 = load_checkpoint(ckpt)
+        assert state_v2.unconsumed, "requests were in flight at the checkpoint"
         lines = (Path(cfg.run_dir) / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(x)["version"] for x in lines] == [1, 2, 3]
 
@@ -282,6 +284,8 @@ async def test_learner_trains_dedupes_drops_and_resumes(kafka_config, tmp_path: 
         "groups of the step lost in the crash were trained after resuming"
     )
     assert fake.duplicated in ids and fake.stale not in ids
+    # on resume, the checkpoint's unconsumed requests were sent again under the same ids
+    assert all(fake.seen.count(rid) >= 2 for rid in state_v2.unconsumed)
     assert service1.outcomes["stale"] + service2.outcomes["stale"] >= 1
     # data positions never repeat in the lineage (requests are <run>-<position>-<attempt>)
     positions = [i.split("-")[1] for i in ids]
