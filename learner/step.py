@@ -234,6 +234,23 @@ class Trainer:
             with_entropy=with_entropy,
         )
 
+    def _check_vocab(self, batch: TrainBatch) -> None:
+        vocab = (
+            self.model.get_input_embeddings().num_embeddings
+            if hasattr(self.model, "get_input_embeddings")
+            else None
+        )
+        if vocab is None:
+            return
+        too_big = (batch.input_ids >= vocab).any(dim=1)
+        if bool(too_big.any()):
+            row = int(torch.nonzero(too_big)[0])
+            rid = batch.request_ids[int(batch.group_index[row])]
+            bad = int(batch.input_ids[row].max())
+            raise ValueError(
+                f"group request_id={rid!r}: token id {bad} is outside the model's vocabulary ({vocab})"
+            )
+
     def _micro_batches(self, batch: TrainBatch, rows: torch.Tensor) -> list[torch.Tensor]:
         """Chunks of ``rows``, longest sequences first (similar lengths together: less padding)."""
         lengths = (batch.prompt_lengths + batch.response_lengths).index_select(0, rows)
@@ -281,7 +298,9 @@ class Trainer:
         """
         t_start = time.perf_counter()
         algo = self.algo
-        batch = collate(groups, self.pad_token_id).to(self.device)
+        batch = collate(groups, self.pad_token_id)
+        self._check_vocab(batch)
+        batch = batch.to(self.device)
 
         # rewards, filter, advantages: once over the whole batch
         sig = prepare_batch_signals(batch.statuses, algo)

@@ -289,3 +289,11 @@ def test_hidden_and_logits_modes_agree():
         assert mh[k] == pytest.approx(ml[k], rel=1e-5), k
     for (k, p1), p2 in zip(m1.named_parameters(), m2.parameters(), strict=True):
         torch.testing.assert_close(p1.grad, p2.grad, atol=1e-6, rtol=1e-4, msg=k)
+
+
+def test_token_outside_vocabulary_names_the_request(tiny):
+    model, tok = tiny
+    groups = make_groups(STATUSES, seed=15)
+    groups[1].samples[2].response_token_ids[0] = 10_000
+    with pytest.raises(ValueError, match=r"request_id='r1'.*10000 is outside the model's vocabulary \(384\)"):
+        trainer(model, tok).train_step(groups)
