@@ -7,7 +7,7 @@ dropped; ``\\dfrac``/``\\tfrac`` -> ``\\frac``; ``\\frac12``, ``\\frac1{x}``, ``
 single letters, only when the answer has a digit); ``^\\circ``, ``\\$`` removed; ``\\%`` -> ``%``;
 thousands separators (``1{,}000``, ``1,\\!000``, ``1\\,000``; ``1,000`` only when every group has
 3 digits and there is no space after the comma); mixed numbers ``2 1/2``; ``or``/``and`` between
-answers -> ``,``; a leading ``x \\in``; the trailing period; whitespace (a space is kept only after a
+answers -> ``,``; ``a\\pm b`` -> ``a+b,a-b``; a leading ``x \\in``; the trailing period; whitespace (a space is kept only after a
 LaTeX command followed by a letter).
 
 ``parse_structure`` splits a canonical answer at its top level into a ``Struct``: scalar, bare list
@@ -89,6 +89,7 @@ _SQRT_D = _R(r"\\sqrt(\d)")
 _INFIN = _R(r"\\infin(?![a-z])|\\infinity")
 _UNARY_PLUS = _R(r"(?<![\w)}\]])\+(?=[\d\\.])")
 _PLAIN_NUMBER = _R(r"-?\d+(?:\.\d+)?")
+_PM = _R(r"\\pm(?![a-zA-Z])")
 
 
 @functools.lru_cache(maxsize=65536)
@@ -135,7 +136,19 @@ def canonicalize(s: str) -> str:
     s = _SQRT_D.sub(r"\\sqrt{\1}", s)
     s = _INFIN.sub(r"\\infty", s)
     s = _UNARY_PLUS.sub("", s)
-    return s.rstrip(".").rstrip("\\").rstrip(",")
+    s = s.rstrip(".").rstrip("\\").rstrip(",")
+    if len(_PM.findall(s)) == 1 and "," not in s:
+        s = _expand_pm(s)
+    return s
+
+
+def _expand_pm(s: str) -> str:
+    """One ``\\pm`` anywhere -> the list of both branches: ``a\\pm b`` -> ``a+b,a-b``, ``\\pm b`` -> ``b,-b``,
+    ``\\frac{1\\pm\\sqrt5}{2}`` -> ``\\frac{1+\\sqrt5}{2},\\frac{1-\\sqrt5}{2}``."""
+    m = _PM.search(s)
+    plus = s[: m.start()] + "+" + s[m.end() :]
+    minus = s[: m.start()] + "-" + s[m.end() :]
+    return f"{_UNARY_PLUS.sub('', plus)},{minus}"
 
 
 # --------------------------------------------------------------------------- structure

@@ -105,8 +105,10 @@ def parse_latex(text: str, *, side: str):
         raise VerifyError(status, f"{side} does not parse: {str(exc).splitlines()[0][:120]}") from None
     if isinstance(expr, sympy.Basic) and expr.has(sympy.UnevaluatedExpr):  # "50\\%" -> 50*(1/100)
         expr = expr.replace(lambda e: isinstance(e, sympy.UnevaluatedExpr), lambda e: e.args[0])
-    if isinstance(expr, list | tuple):
-        raise VerifyError("error" if side == "gold" else "unparsable", f"{side} parses to several expressions")
+    if isinstance(expr, list | tuple):  # "\\frac{1\\pm\\sqrt5}{2}": the grammar returns both branches
+        if not expr or not all(isinstance(e, sympy.Expr) for e in expr):
+            raise VerifyError("error" if side == "gold" else "unparsable", f"{side} parses to several expressions")
+        expr = sympy.FiniteSet(*expr, evaluate=False)
     refusal = check_tree(expr)
     if refusal is not None:
         raise VerifyError(refusal.kind, f"{side}: {refusal.detail}")
