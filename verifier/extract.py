@@ -7,8 +7,10 @@ Response, in order (the first that yields something wins):
 2. The last ``\\boxed{…}`` / ``\\fbox{…}`` (brace-matched, O(n)) or ``\\boxed 5``. All boxed
    answers are collected so the caller can apply the hedging rule.
 3. ``final answer is …`` (Minerva / lm-eval "I hope it is correct" format), then ``#### …``
-   (GSM8K style), then ``Answer: …`` (DAPO style; the last occurrence, one line).
-4. A bare short answer: the whole response is a short math-looking string (``42``, ``$\\frac12$``).
+   (GSM8K style), then ``Answer: …`` (DAPO style), then ``the answer is …`` (each: the last
+   occurrence, one line; a leading ``$…$`` span is taken, markdown ``**`` dropped).
+4. A bare short answer: the whole response is a short math-looking string (``42``, ``$\\frac12$``,
+   ``**42**``) with no prose words, or a single word (``Monday``).
 5. Only with ``last_number=True``: the last number in the text.
 
 Golds: ``#### 42`` (GSM8K), ``\\boxed{}`` (MATH solutions), ``$…$``, ``\\(…\\)``, ``\\[…\\]``, or bare.
