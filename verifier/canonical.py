@@ -90,6 +90,7 @@ _INFIN = _R(r"\\infin(?![a-z])|\\infinity")
 _UNARY_PLUS = _R(r"(?<![\w)}\]])\+(?=[\d\\.])")
 _PLAIN_NUMBER = _R(r"-?\d+(?:\.\d+)?")
 _PM = _R(r"\\pm(?![a-zA-Z])")
+_EMPTY_SETS = {"\\{\\}", "\\varnothing", "\\emptyset", "\\O", "\\empty", "{}", "emptyset", "\u2205"}
 
 
 @functools.lru_cache(maxsize=65536)
@@ -137,6 +138,8 @@ def canonicalize(s: str) -> str:
     s = _INFIN.sub(r"\\infty", s)
     s = _UNARY_PLUS.sub("", s)
     s = s.rstrip(".").rstrip("\\").rstrip(",")
+    if s in _EMPTY_SETS:
+        return "\\emptyset"
     if len(_PM.findall(s)) == 1 and "," not in s:
         s = _expand_pm(s)
     return s

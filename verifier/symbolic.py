@@ -310,17 +310,30 @@ def _as_set(rel):
         return None
 
 
+def _is_inequality(e) -> bool:
+    """A strict/non-strict inequality, or an And/Or of them (``1<x<3`` parses to an And)."""
+    if isinstance(e, sympy.Rel):
+        return not isinstance(e, sympy.Equality | sympy.Unequality)
+    if isinstance(e, sympy.And | sympy.Or):
+        return all(_is_inequality(a) for a in e.args)
+    return False
+
+
+def _is_relation(e) -> bool:
+    return isinstance(e, sympy.Rel) or _is_inequality(e)
+
+
 def relation_equal(g, p) -> tuple[bool, str]:
     """Gold relation vs predicted relation (or a predicted set, for a gold inequality)."""
     if isinstance(g, sympy.Equality) and isinstance(p, sympy.Equality):
         if g == p:
             return True, "relation"
         return _eq_up_to_scalar(g.lhs - g.rhs, p.lhs - p.rhs), "relation"
-    if isinstance(g, sympy.Rel) and not isinstance(g, sympy.Equality | sympy.Unequality):
+    if _is_inequality(g):
         gset = _as_set(g)
         if isinstance(p, sympy.Set):
             pset = p
-        elif isinstance(p, sympy.Rel) and not isinstance(p, sympy.Equality | sympy.Unequality):
+        elif _is_inequality(p):
             if (g.free_symbols != p.free_symbols) and len(g.free_symbols) == 1:
                 return False, "relation"
             pset = _as_set(p)
@@ -345,8 +358,8 @@ def scalar_eq(g: str, p: str, *, percent_option: bool = False) -> tuple[bool, st
         g = ga[1]
     gx = parse_latex(g, side="gold")
     px = parse_latex(p, side="pred")
-    g_rel = isinstance(gx, sympy.Rel)
-    p_rel = isinstance(px, sympy.Rel)
+    g_rel = _is_relation(gx)
+    p_rel = _is_relation(px)
     if g_rel or p_rel:
         if g_rel and (p_rel or isinstance(px, sympy.Set)):
             return relation_equal(gx, px)
@@ -375,6 +388,6 @@ def compare_canonical(gold: str, pred: str, *, percent_option: bool = False) -> 
 def _inequality_vs_set(gs: Struct, ps: Struct) -> tuple[bool, str]:
     gx = parse_latex(gs.text, side="gold")
     px = parse_latex(ps.text, side="pred")
-    if not is_inequality(gs.text) or not isinstance(gx, sympy.Rel):
+    if not is_inequality(gs.text) or not _is_inequality(gx):
         return False, "relation"
     return relation_equal(gx, px)
