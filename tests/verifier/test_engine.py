@@ -233,3 +233,19 @@ def test_agrees_with_math_verify_on_symbolic_answers():
     disagreements = [(p, t, o) for p, t, o in zip(pairs, theirs, ours, strict=True) if t != (o.status == Status.CORRECT)]
     assert disagreements == []
     assert 8 < sum(theirs) < 32
+
+
+def test_engine_agrees_with_grade_on_the_case_table(verifier):
+    """The pool path and the in-process path give the same verdicts on the whole case table."""
+    import runpy
+    from pathlib import Path
+
+    table = runpy.run_path(str(Path(__file__).with_name("cases.py")))["all_cases"]()
+    items = [Item(str(i), response, gold) for i, (_c, gold, response, _e, _r) in enumerate(table)]
+    verdicts = verifier.verify_batch(items, deadline_s=120)
+    mismatches = [
+        (case[1], case[2][-40:], v.status.label, case[3])
+        for case, v in zip(table, verdicts, strict=True)
+        if v.status.label != case[3]
+    ]
+    assert mismatches == []
