@@ -627,7 +627,9 @@ class LearnerService:
     def _finish(self, rid: str, record: Any, outcome: str) -> None:
         """The group ``rid`` is done (trained or dropped): remember it, free its slot, mark its offset."""
         self.dedupe.add(rid)
-        self.state.unconsumed.pop(rid, None)
+        position = self.state.unconsumed.pop(rid, None)
+        if position is not None:
+            self.state.attempts.pop(str(position), None)
         self._released_at.pop(rid, None)
         self.tracker.done(record)
         self._count(outcome)
