@@ -78,6 +78,27 @@ class OptimConfig(Model):
     """Recompute activations in the backward pass (less memory, ~30% more compute)."""
 
 
+CHUNK_ELEMENTS = 1 << 24
+"""Target size of one log-prob chunk: rows x vocabulary = 16M fp32 values (64 MiB). The kernels hold
+several temporaries of this size at once (about 7 in the backward pass)."""
+
+
+def auto_chunk_size(model: torch.nn.Module) -> int:
+    """Rows per log-prob chunk: ``CHUNK_ELEMENTS // vocab`` clamped to [16, 8192] (1024 without a vocab).
+
+    Qwen2.5 (151,936 tokens): 110 rows; SmolLM2 (49,152): 341; the tiny test model (384): 8192.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    vocab = (
+        head.weight.shape[0]
+        if head is not None
+        else getattr(getattr(model, "config", None), "vocab_size", None)
+    )
+    if not vocab:
+        return 1024
+    return max(16, min(8192, CHUNK_ELEMENTS // int(vocab)))
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -101,7 +122,7 @@ class Trainer:
         ref_model: torch.nn.Module | str | None = "copy",
         pad_token_id: int,
         device: torch.device | str | None = None,
-        logprob_chunk_size: int = 1024,
+        logprob_chunk_size: int | None = None,
         temperature: float = 1.0,
         autocast_dtype: torch.dtype | None | str = "auto",
         logprob_mode: str = "auto",
@@ -111,6 +132,8 @@ class Trainer:
         a module, or None. ``temperature``: the sampling temperature; logits are divided by it so that
         pi_theta is the distribution the behaviour log-probs were measured under. ``autocast_dtype``:
         ``"auto"`` = bf16 autocast on CUDA when the parameters are fp32, none otherwise.
+        ``logprob_chunk_size``: rows of (response tokens x vocabulary) processed at once by the log-prob
+        and entropy kernels; None = :func:`auto_chunk_size` (about 64 MiB of fp32 logits per chunk).
         ``logprob_mode``: ``"hidden"`` applies the LM head chunk by chunk to the decoder's hidden states, so
         the (b, t, V) logits never exist (needs a plain linear head, see ``plain_lm_head``); ``"logits"``
         takes the model's logits and computes log-softmax/entropy in chunks; ``"auto"`` = hidden when possible.
@@ -124,7 +147,9 @@ class Trainer:
         self.device = torch.device(device) if device is not None else _model_device(model)
         if _model_device(model) != self.device:
             self.model.to(self.device)
-        self.logprob_chunk_size = int(logprob_chunk_size)
+        self.logprob_chunk_size = int(logprob_chunk_size or auto_chunk_size(self.model))
+        if self.logprob_chunk_size < 1:
+            raise ValueError(f"logprob_chunk_size must be >= 1, got {logprob_chunk_size}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)

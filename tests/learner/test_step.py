@@ -283,7 +283,8 @@ def test_hidden_and_logits_modes_agree():
     opt = OptimConfig(lr=1e-3, micro_batch_size=5)
     th = Trainer(m1, algo, opt, pad_token_id=0, logprob_mode="hidden", logprob_chunk_size=7)
     tl = Trainer(m2, algo, opt, pad_token_id=0, logprob_mode="logits")
-    assert Trainer(copy.deepcopy(m1), algo, opt, pad_token_id=0).logprob_mode == "hidden"  # auto
+    auto = Trainer(copy.deepcopy(m1), algo, opt, pad_token_id=0)
+    assert auto.logprob_mode == "hidden" and auto.logprob_chunk_size == 8192  # 1 << 24 // 384, clamped
     mh, ml = th.forward_backward(groups), tl.forward_backward(groups)
     for k in ("loss", "entropy", "kl", "ratio_mean"):
         assert mh[k] == pytest.approx(ml[k], rel=1e-5), k
