@@ -123,6 +123,22 @@ def response_logits(
     return logits[:, :-1]
 
 
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Set every dropout probability to 0 (``nn.Dropout`` modules and HF attention's ``attention_dropout``),
+    so that recomputed log-probs are deterministic and equal the generator's (TRL does the same).
+    Returns how many were non-zero."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd) and module.p > 0:
+            module.p = 0.0
+            changed += 1
+        p = getattr(module, "attention_dropout", None)
+        if isinstance(p, float) and p > 0:
+            module.attention_dropout = 0.0
+            changed += 1
+    return changed
+
+
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 

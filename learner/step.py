@@ -51,7 +51,7 @@ from winnow.learner.algo import AlgoConfig
 from winnow.learner.batch import GroupData, MicroBatch, TrainBatch, collate
 from winnow.learner.logits import logprobs_from_hidden, token_logprobs_and_entropy
 from winnow.learner.losses import loss_denominator, ratio_stats
-from winnow.learner.model import plain_lm_head, response_hidden, response_logits
+from winnow.learner.model import disable_dropout, plain_lm_head, response_hidden, response_logits
 from winnow.learner.objective import compute_loss, prepare_batch_signals
 
 from winnow.config import Model
@@ -178,6 +178,7 @@ class Trainer:
                 self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         if hasattr(self.model, "config"):
             self.model.config.use_cache = False
+        disable_dropout(self.model)  # the ratio pi_theta / mu must not be noise
         self.model.train()
 
         self.ref_model: torch.nn.Module | None = None

@@ -298,3 +298,23 @@ def test_token_outside_vocabulary_names_the_request(tiny):
     groups[1].samples[2].response_token_ids[0] = 10_000
     with pytest.raises(ValueError, match=r"request_id='r1'.*10000 is outside the model's vocabulary \(384\)"):
         trainer(model, tok).train_step(groups)
+
+
+def test_dropout_is_disabled_so_on_policy_ratio_is_exactly_one():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        attention_dropout=0.5,
+    )
+    model = Qwen2ForCausalLM(cfg)
+    t = trainer(model, type("Tok", (), {"pad_token_id": 0})(), "grpo")
+    assert all(getattr(m, "attention_dropout", 0.0) == 0.0 for m in model.modules())
+    model.eval()
+    groups = on_policy(model, make_groups(STATUSES, seed=16))
+    assert t.forward_backward(groups)["ratio_max"] == pytest.approx(1.0, abs=1e-5)
