@@ -354,7 +354,7 @@ class LearnerService:
                 await self._publish()
             if resumed and cfg.rerelease_on_resume and self.state.unconsumed:
                 await self._rerelease_unconsumed()
-            elif self.evaluate is not None and cfg.eval.every:  # the baseline, before any update
+            if self.version == 0 and self.evaluate is not None and cfg.eval.every:  # the baseline
                 acc = float(await asyncio.to_thread(self.evaluate, self.trainer))
                 self.metrics.eval_accuracy.labels(set=cfg.eval.set_name).set(acc)
                 self._write_jsonl({"version": 0, "time": time.time(), "eval_accuracy": acc})
