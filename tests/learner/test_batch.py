@@ -124,3 +124,28 @@ def test_padded_response_forward_matches_each_sequence_alone(tiny):
             row = gi * len(g.samples) + si
             got = lp[row, : len(expect)]
             torch.testing.assert_close(got, torch.tensor(expect), atol=1e-5, rtol=1e-5)
+
+
+def test_tiny_model_directory_round_trip(tmp_path):
+    """save_tiny writes a normal HF directory that load_causal_lm loads; weights and tokenizer survive."""
+    from winnow.learner.model import load_causal_lm, resolve_device
+    from winnow.learner.tiny import build_tiny_model_and_tokenizer, save_tiny
+
+    path = save_tiny(tmp_path / "tiny", seed=3)
+    model, tok = load_causal_lm(path)
+    ref_model, ref_tok = build_tiny_model_and_tokenizer(seed=3)
+    assert next(model.parameters()).dtype == torch.float32 and model.training  # CPU default: fp32
+    assert resolve_device("auto").type == "cpu"
+    for (k, p), q in zip(ref_model.named_parameters(), model.parameters(), strict=True):
+        assert torch.equal(p, q), k
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "7 3"}], tokenize=False, add_generation_prompt=True
+    )
+    assert text == "<|im_start|>user\n7 3<|im_end|>\n<|im_start|>assistant\n"
+    assert tok(text)["input_ids"] == ref_tok(text)["input_ids"]
+    assert tok.pad_token == "<|endoftext|>" and tok.eos_token == "<|im_end|>"
+    # digits are single tokens
+    assert all(len(tok(str(d), add_special_tokens=False)["input_ids"]) == 1 for d in range(10))
+    assert len(tok("12345")["input_ids"]) == 5
+    with pytest.raises(ValueError, match="dtype"):
+        load_causal_lm(path, dtype="float8")
