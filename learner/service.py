@@ -23,7 +23,8 @@ is dropped as a duplicate). Requests released before a restart stay in the check
 prompt lost with the broker is regenerated while a group already published is not trained twice.
 
 Metrics: ``winnow_learner_*`` on the registry passed in (documented in docs/metrics.md), plus one
-JSON line per step in ``<run_dir>/metrics.jsonl``.
+JSON line per step in ``<run_dir>/metrics.jsonl`` and the audit trail ``<run_dir>/ledger.jsonl``
+(one row per finished group, see :class:`Ledger`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import time
 import uuid
 from collections import OrderedDict
@@ -275,6 +277,8 @@ class LearnerService:
         self._vocab_size = _vocab_size(trainer.model)
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         self._jsonl = Path(cfg.run_dir) / "metrics.jsonl"
+        self.ledger = Ledger(Path(cfg.run_dir) / "ledger.jsonl")
+        self._ledger_pending: list[dict[str, Any]] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -296,6 +300,7 @@ class LearnerService:
         path = latest_checkpoint(self.cfg.checkpoint.dir) if self.cfg.checkpoint.resume else None
         if path is None:
             self.state = LearnerState(run_id=uuid.uuid4().hex[:10])
+            self.ledger.truncate(0)
             return False
         trainer_state, state = load_checkpoint(path)
         self.trainer.load_state_dict(trainer_state)
@@ -304,6 +309,7 @@ class LearnerService:
                 f"checkpoint {path}: state.json version {state.version} != trainer version {self.version}"
             )
         self.state = state
+        self.ledger.truncate(self.version)  # rows of steps after the checkpoint will be redone
         state.run_id = state.run_id or uuid.uuid4().hex[:10]
         self.dedupe = Deduper.from_ids(state.seen, self.cfg.dedupe_capacity)
         now = time.monotonic()
@@ -402,7 +408,7 @@ class LearnerService:
         t2 = time.perf_counter()
         outcomes = group_outcomes(groups, self.algo)
         for b, outcome in zip(batch, outcomes, strict=True):
-            self._finish(b.message.request_id, b.record, outcome)
+            self._finish(b.message.request_id, b.record, outcome, b.message.prompt_id)
             m.staleness.observe(max(0, version_before - b.group.policy_version))
         self.steps_run += 1
         last = cfg.max_steps is not None and self.version >= cfg.max_steps
@@ -606,7 +612,7 @@ class LearnerService:
             group = group_data(msg, self.cfg.n, self._vocab_size)
         except ValueError as e:
             log.warning("dropping group %s from %s: %s", rid, msg.generator_id or "?", e)
-            self._finish(rid, record, "corrupt")
+            self._finish(rid, record, "corrupt", msg.prompt_id)
             return
         if rid not in self.state.unconsumed:
             log.debug(
@@ -622,11 +628,12 @@ class LearnerService:
         for rid, b in list(self.buffer.items()):
             if self.version - b.group.policy_version > self.max_staleness:
                 del self.buffer[rid]
-                self._finish(rid, b.record, "stale")
+                self._finish(rid, b.record, "stale", b.message.prompt_id)
 
-    def _finish(self, rid: str, record: Any, outcome: str) -> None:
+    def _finish(self, rid: str, record: Any, outcome: str, prompt_id: str = "") -> None:
         """The group ``rid`` is done (trained or dropped): remember it, free its slot, mark its offset."""
         self.dedupe.add(rid)
+        self._ledger_pending.append({"request_id": rid, "prompt_id": prompt_id, "outcome": outcome})
         position = self.state.unconsumed.pop(rid, None)
         if position is not None:
             self.state.attempts.pop(str(position), None)
@@ -658,6 +665,8 @@ class LearnerService:
             state.offsets.setdefault(tp.topic, {})[str(tp.partition)] = off
         # buffered groups are not done: they stay in state.unconsumed and above the committed offsets
         t0 = time.perf_counter()
+        await asyncio.to_thread(self.ledger.append, self.version, self._ledger_pending)
+        self._ledger_pending = []
         await asyncio.to_thread(
             save_checkpoint,
             self.cfg.checkpoint.dir,
@@ -672,6 +681,51 @@ class LearnerService:
         if to_commit:
             await commit_offsets(self._consumer, to_commit)
             self.tracker.mark_committed(to_commit)
+
+
+class Ledger:
+    """``<run_dir>/ledger.jsonl``: one row per scored group the learner finished (trained or
+    dropped), ``{"version", "request_id", "prompt_id", "outcome"}``, where ``version`` is the
+    checkpoint that holds it.
+
+    Rows are appended just before the checkpoint that makes them durable; on restore the rows of
+    later versions (work that is redone) are cut, so the file is exactly the checkpointed history:
+    each request id appears once. It is the audit trail for "no group lost, none trained twice".
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, version: int, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            for row in rows:
+                f.write(json.dumps({"version": version, **row}, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def truncate(self, version: int) -> None:
+        """Keep only the rows of checkpoints up to ``version``."""
+        if not self.path.exists():
+            return
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a torn last line from a crash
+                continue
+            if int(row.get("version", 0)) <= version:
+                keep.append(line)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(k + "\n" for k in keep))
+        os.replace(tmp, self.path)
+
+    def rows(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
 
 def _vocab_size(model: Any) -> int | None:
