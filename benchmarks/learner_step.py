@@ -258,9 +258,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['step_s']:8.2f} {r['step_s'] / base['step_s']:9.2f}"
         )
     (b_t, b_v) = args.mem_micro_batch * args.mem_response_len, args.vocab
-    print(
-        f"(one fp32 (b, t, V) tensor here = {b_t * b_v * 4 / 2**20:.0f} MiB; chunks of {args.mem_chunk} rows)"
-    )
+    chunk = args.mem_chunk or max(16, min(8192, (1 << 24) // args.vocab))  # = Trainer's auto_chunk_size
+    print(f"(one fp32 (b, t, V) tensor here = {b_t * b_v * 4 / 2**20:.0f} MiB; chunks of {chunk} rows)")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)
