@@ -72,7 +72,7 @@ class NaiveTrainer:
         return _Naive(*args, **kwargs)
 
 
-def _trainer(model, variant: str, micro_batch_size: int, chunk: int):
+def _trainer(model, variant: str, micro_batch_size: int, chunk: int, autocast=None):
     from winnow.learner.algo import AlgoConfig
     from winnow.learner.step import OptimConfig, Trainer
 
@@ -80,7 +80,15 @@ def _trainer(model, variant: str, micro_batch_size: int, chunk: int):
     optim = OptimConfig(lr=1e-6, micro_batch_size=micro_batch_size)
     if variant == "naive":
         return NaiveTrainer.make(model, algo, optim, pad_token_id=0, logprob_mode="logits")
-    return Trainer(model, algo, optim, pad_token_id=0, logprob_mode=variant, logprob_chunk_size=chunk or None)
+    return Trainer(
+        model,
+        algo,
+        optim,
+        pad_token_id=0,
+        logprob_mode=variant,
+        logprob_chunk_size=chunk or None,
+        autocast_dtype=autocast if autocast is not None else "auto",
+    )
 
 
 def _status_mib(field: str) -> float:
@@ -152,9 +160,11 @@ def run_memory(args) -> list[dict]:
     return rows
 
 
-def run_throughput(model, name: str, args, groups: int, n: int, prompt_len: int, response_len: int) -> dict:
+def run_throughput(
+    model, name: str, args, groups: int, n: int, prompt_len: int, response_len: int, autocast=None
+) -> dict:
     vocab = model.get_input_embeddings().weight.shape[0]
-    trainer = _trainer(model, "auto", args.micro_batch, args.chunk)
+    trainer = _trainer(model, "auto", args.micro_batch, args.chunk, autocast)
     batch = _random_groups(vocab, groups, n, prompt_len, response_len, seed=2)
     trainer.train_step(batch)  # warm-up
     ms = [trainer.train_step(batch) for _ in range(args.steps)]
@@ -174,6 +184,7 @@ def run_throughput(model, name: str, args, groups: int, n: int, prompt_len: int,
         "ref_share": ref / total,
         "rest_share": 1 - (fwd + ref) / total,
         "logprob_mode": trainer.logprob_mode,
+        "autocast": str(autocast).replace("torch.", "") if autocast is not None else "none",
     }
 
 
@@ -199,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mem-response-len", type=int, default=512)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     p.add_argument("--quick", action="store_true", help="smaller memory case and 1 measured step")
+    p.add_argument(
+        "--bf16", action="store_true", help="also time each model with bf16 autocast (fp32 master weights)"
+    )
+    p.add_argument("--no-memory", action="store_true", help="skip the memory part")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--variant", default=None, help=argparse.SUPPRESS)
@@ -217,32 +232,41 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs", flush=True)
     results: dict = {"throughput": [], "memory": []}
-    tiny, _ = build_tiny_model_and_tokenizer(seed=0)
-    results["throughput"].append(run_throughput(tiny, "tiny (hidden 64, 2 layers)", args, 8, 4, 32, 96))
+    precisions = [None, torch.bfloat16] if args.bf16 else [None]
+    for autocast in precisions:
+        tiny, _ = build_tiny_model_and_tokenizer(seed=0)
+        results["throughput"].append(
+            run_throughput(tiny, "tiny (hidden 64, 2 layers)", args, 8, 4, 32, 96, autocast)
+        )
     if args.model:
         path = args.model
         if path.lower().startswith("smollm2"):
             from winnow.generator.models import resolve_model
 
             path = resolve_model(path)
-        model, _ = load_causal_lm(path, dtype="float32", device="cpu")
-        results["throughput"].append(
-            run_throughput(model, os.path.basename(str(path).rstrip("/")), args, 2, 2, 64, 192)
-        )
-        del model
+        for autocast in precisions:
+            model, _ = load_causal_lm(path, dtype="float32", device="cpu")
+            name = os.path.basename(str(path).rstrip("/"))
+            results["throughput"].append(run_throughput(model, name, args, 2, 2, 64, 192, autocast))
+            del model
 
     print("\nTraining step throughput (GRPO + KL; median of measured steps)")
     print(
-        f"{'model':34s} {'params':>8s} {'seqs x len':>11s} {'step s':>8s} {'tok/s':>9s} "
+        f"{'model':34s} {'params':>8s} {'autocast':>9s} {'seqs x len':>11s} {'step s':>8s} {'tok/s':>9s} "
         f"{'logprob fwd':>11s} {'ref fwd':>8s} {'bwd+opt':>8s}"
     )
     for r in results["throughput"]:
         print(
-            f"{r['model']:34s} {r['params_m']:7.2f}M {r['sequences']:4d} x {r['tokens_per_seq']:<4d} "
+            f"{r['model']:34s} {r['params_m']:7.2f}M {r['autocast']:>9s} {r['sequences']:4d} x {r['tokens_per_seq']:<4d} "
             f"{r['step_s']:8.3f} {r['tokens_per_s']:9.0f} {r['forward_share']:10.0%} {r['ref_share']:8.0%} "
             f"{r['rest_share']:8.0%}"
         )
 
+    if args.no_memory:
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=2)
+        return 0
     print(
         f"\nPeak memory of one step, vocab {args.vocab}, hidden {args.hidden}, micro-batch "
         f"{args.mem_micro_batch} x {32 + args.mem_response_len} tokens, {args.mem_groups * 2} sequences "
