@@ -337,13 +337,11 @@ class LearnerService:
         await ensure_topics(cfg.kafka, partitions=cfg.kafka_partitions)
         resumed = await asyncio.to_thread(self.restore)
         producer = make_producer(cfg.kafka, client_id="winnow-learner")
-        consumer = make_consumer(
-            cfg.kafka,
-            [self.names.groups],
-            cfg.group_id,
-            on_assigned=self._on_assigned,
-            client_id="winnow-learner",
-        )
+        # The learner is a singleton: it assigns itself every partition of the groups topic
+        # instead of joining a consumer group. A restarted learner then reads at once, without
+        # waiting for the dead instance's session to expire (or, on brokers that never expire a
+        # killed member, forever). group_id is still used to commit offsets.
+        consumer = make_consumer(cfg.kafka, None, cfg.group_id, client_id="winnow-learner")
         self._producer, self._consumer = producer, consumer
         self._publisher = WeightPublisher(
             cfg.weights.dir,
@@ -356,6 +354,7 @@ class LearnerService:
         await producer.start()
         try:
             await consumer.start()
+            await self._assign_all(consumer)
             if self.version > 0:  # generators must follow the restored weights
                 await self._publish()
             if resumed and cfg.rerelease_on_resume and self.state.unconsumed:
@@ -385,6 +384,24 @@ class LearnerService:
                 except Exception as e:  # shutting down: log and go on
                     log.warning("stopping a Kafka client failed: %s", e)
         return self.steps_run
+
+    async def _assign_all(self, consumer) -> None:
+        """Assign every partition of the groups topic to this learner and seek to the checkpoint."""
+        from aiokafka import TopicPartition
+
+        deadline = time.monotonic() + 30
+        parts = None
+        while not parts:
+            await consumer.topics()  # refreshes metadata
+            parts = consumer.partitions_for_topic(self.names.groups)
+            if not parts:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"topic {self.names.groups} has no partitions (metadata timeout)")
+                await asyncio.sleep(0.2)
+        tps = [TopicPartition(self.names.groups, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        log.info("reading %s partitions %s", self.names.groups, sorted(parts))
+        await self._on_assigned(tps)
 
     async def _on_assigned(self, partitions) -> None:
         for tp in partitions:

@@ -66,7 +66,7 @@ class UpConfig(Settings):
     """Address every local service binds to."""
     startup_timeout_s: float = Field(default=600.0, gt=0)
     """How long to wait for the first training step before warning (model conversion, first batch)."""
-    stop_timeout_s: float = Field(default=60.0, gt=0)
+    stop_timeout_s: float = Field(default=120.0, gt=0)
     """Grace period for each service to stop on Ctrl-C before it is killed."""
 
 
@@ -151,7 +151,7 @@ class Pipeline:
 
     # -- processes --------------------------------------------------------------------------
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         logs = self.run_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child for its lifetime
@@ -219,13 +219,13 @@ class Pipeline:
         (cfg_dir / "up.yaml").write_text(yaml.safe_dump(self.data, sort_keys=False))
 
         if self.up.start_verifier:
-            self._spawn("verifier", ["verifier", "serve", "--config", str(cfg_dir / "verifier.yaml")])
+            self.spawn("verifier", ["verifier", "serve", "--config", str(cfg_dir / "verifier.yaml")])
         for i in range(self.up.generators):
             gen_cfg = deep_merge(configs["generator"], {"generator_id": f"gen-{i}", "metrics_port": _free_port(host)})
             path = cfg_dir / f"generator-{i}.yaml"
             path.write_text(yaml.safe_dump({"generator": gen_cfg}, sort_keys=False))
-            self._spawn(f"generator-{i}", ["generator", "run", "--config", str(path)])
-        self._spawn("learner", ["learner", "run", "--config", str(cfg_dir / "learner.yaml")])
+            self.spawn(f"generator-{i}", ["generator", "run", "--config", str(path)])
+        self.spawn("learner", ["learner", "run", "--config", str(cfg_dir / "learner.yaml")])
         print(
             f"winnow up: run dir {self.run_dir}\n"
             f"  learner metrics  http://{host}:{self.ports['learner_metrics']}/metrics\n"
