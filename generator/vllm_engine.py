@@ -17,11 +17,19 @@ EOS: vLLM stops at the EOS token and keeps it as the last token id (``finish_rea
 ``"length"`` when ``max_tokens`` is reached.
 
 Weights: ``load_weights(path, version)`` checks the file's tensor names and shapes against the
-model folder's own checkpoint (strict; a tied ``lm_head.weight`` may be omitted), then reloads in
-place with ``llm.collective_rpc("reload_weights", kwargs={"weights_iterator": [...]})`` and resets
-the prefix cache (cached KV of the old weights must not be reused). This needs the engine core
-in-process: ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` is set (unless already set) before vLLM is
-imported. On CPU, ``VLLM_CPU_KVCACHE_SPACE`` defaults to 2 (GiB).
+model folder's own checkpoint (strict; a tied ``lm_head.weight`` may be omitted), then, with
+``reload="inplace"`` (the default on GPU), reloads in place with
+``llm.collective_rpc("reload_weights", kwargs={"weights_iterator": [...]})`` and resets the prefix
+cache (cached KV of the old weights must not be reused). This needs the engine core in-process:
+``VLLM_ENABLE_V1_MULTIPROCESSING=0`` is set (unless already set) before vLLM is imported.
+
+On CPU the in-place reload is NOT correct with vllm-cpu 0.32.0: its CPU linear layers pre-pack
+their weights (oneDNN / AMX kernels) and drop the originals, and after ``reload_weights`` the
+outputs match neither the old nor the new weights (measured on the tiny model and on SmolLM2-135M
+against a fresh engine and a transformers recompute). So ``reload="restart"`` (the default on CPU)
+rebuilds the ``LLM`` from a folder holding the model's config and tokenizer and the new weight
+file (a few seconds for small models, start-up cost for large ones). On CPU,
+``VLLM_CPU_KVCACHE_SPACE`` defaults to 2 (GiB).
 """
 
 from __future__ import annotations
@@ -98,6 +106,7 @@ class VLLMEngine:
         enforce_eager: bool = True,
         version: int = 0,
         seed: int = 0,
+        reload: str = "auto",
     ) -> None:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         if device == "cpu" or (device == "auto" and not _cuda_available()):
@@ -123,17 +132,31 @@ class VLLMEngine:
         )
         if _cuda_available():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-        self.processed_logprobs = True
-        try:
-            self.llm = vllm.LLM(**kwargs, logprobs_mode="processed_logprobs")
-        except TypeError as e:  # an older vLLM without logprobs_mode
-            log.warning("vLLM %s has no logprobs_mode (%s): behaviour log-probs are raw", vllm.__version__, e)
-            self.processed_logprobs = False
-            self.llm = vllm.LLM(**kwargs)
+        if reload not in ("auto", "inplace", "restart"):
+            raise ValueError(f"reload must be auto, inplace or restart, got {reload!r}")
+        self.reload = ("inplace" if _cuda_available() else "restart") if reload == "auto" else reload
+        self._kwargs = kwargs
         self._vllm = vllm
+        self._tmp: Path | None = None
+        self.processed_logprobs = True
+        self.llm = self._build(self.model_dir)
         self._expected = checkpoint_shapes(self.model_dir)
         config = json.loads((Path(self.model_dir) / "config.json").read_text())
         self._tied = bool(config.get("tie_word_embeddings", False))
+
+    def _build(self, model_dir: str):
+        kwargs = {**self._kwargs, "model": model_dir}
+        if self.processed_logprobs:
+            try:
+                return self._vllm.LLM(**kwargs, logprobs_mode="processed_logprobs")
+            except TypeError as e:  # an older vLLM without logprobs_mode
+                log.warning(
+                    "vLLM %s has no logprobs_mode (%s): behaviour log-probs are raw",
+                    self._vllm.__version__,
+                    e,
+                )
+                self.processed_logprobs = False
+        return self._vllm.LLM(**kwargs)
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Completion]]:
         if not self.processed_logprobs and (
@@ -177,10 +200,36 @@ class VLLMEngine:
         t0 = time.perf_counter()
         state = load_file(str(path), device="cpu")
         check_against_checkpoint(self._expected, {k: tuple(v.shape) for k, v in state.items()}, self._tied)
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items())})
-        self.llm.reset_prefix_cache()
+        if self.reload == "inplace":
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items())})
+            self.llm.reset_prefix_cache()
+        else:
+            self._restart(Path(path))
         self.version = version
         log.info("vLLM reloaded weights v%d from %s in %.2fs", version, path, time.perf_counter() - t0)
+
+    def _restart(self, weights: Path) -> None:
+        """Rebuild the LLM from the original folder's config/tokenizer files and ``weights``."""
+        import gc
+        import shutil
+        import tempfile
+
+        new = Path(tempfile.mkdtemp(prefix="winnow-vllm-weights-"))
+        for f in Path(self.model_dir).iterdir():
+            if (
+                f.is_file()
+                and not f.name.endswith(".safetensors")
+                and f.name != "model.safetensors.index.json"
+            ):
+                os.symlink(f.resolve(), new / f.name)
+        os.symlink(weights.resolve(), new / "model.safetensors")
+        old_llm, self.llm = self.llm, None
+        del old_llm
+        gc.collect()
+        self.llm = self._build(str(new))
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        self._tmp = new
 
 
 def _sampled_logprobs(logprobs: Any, token_ids: list[int]) -> list[float]:
