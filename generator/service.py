@@ -644,9 +644,10 @@ class GeneratorService:
                 self.metrics.requests_in_flight.set(len(pending))
                 try:
                     groups = await self.process([p.request for p in pending])
-                    for g in groups:
-                        await send(producer, names.groups, g, wait=False)
-                    await producer.flush()
+                    futures = [await send(producer, names.groups, g, wait=False) for g in groups]
+                    # every group must be acknowledged before its prompt offset is committed: a
+                    # delivery error raises here and the prompts are redelivered, never lost
+                    await asyncio.gather(*futures)
                     self.metrics.groups_published.inc(len(groups))
                     for p in pending:
                         self._tracker.done(p.record)
