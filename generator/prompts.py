@@ -40,7 +40,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter, model_validator
 
-from winnow.config import Model
+from winnow.config import ConfigError, Model
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +54,7 @@ class Problem:
     task: str
 
 
-class PromptSourceError(ValueError):
+class PromptSourceError(ConfigError):
     """A prompt source cannot be built or read (the message names the file, row or field)."""
 
 

@@ -80,9 +80,11 @@ def resolve(config_path: str | None, overrides: list[str], run_dir: Path) -> dic
     """Merge the embedded default, the user file and overrides into one dict with a section per
     service (kafka shared). Validates nothing yet."""
     data = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    if config_path:
-        data = deep_merge(data, read_config_file(config_path))
-    data = deep_merge(data, parse_overrides(overrides))
+    for layer in ([read_config_file(config_path)] if config_path else []) + [parse_overrides(overrides)]:
+        prompts = (layer.get("learner") or {}).get("prompts")
+        if isinstance(prompts, dict) and ({"kind", "name"} & set(prompts)):
+            data["learner"].pop("prompts", None)  # another source: don't inherit the default's knobs
+        data = deep_merge(data, layer)
     unknown = set(data) - {"up", "kafka", *COMPONENTS}
     if unknown:
         raise ConfigError(f"unknown top-level section(s) {sorted(unknown)}; expected up, kafka, {', '.join(COMPONENTS)}")

@@ -206,8 +206,9 @@ def _timed(result: verifier_pb2.VerifyResult, t0: float) -> verifier_pb2.VerifyR
 
 
 class CountdownVerifier(verifier_pb2_grpc.VerifierServicer):
-    def __init__(self, token: str = "") -> None:
+    def __init__(self, token: str = "", log_calls: bool = False) -> None:
         self.token = token
+        self.log_calls = log_calls
 
     async def _check_auth(self, context: grpc.aio.ServicerContext) -> None:
         if not self.token:
@@ -225,13 +226,19 @@ class CountdownVerifier(verifier_pb2_grpc.VerifierServicer):
         if len(request.items) > MAX_BATCH_ITEMS:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"batch of {len(request.items)} items exceeds max_batch_items={MAX_BATCH_ITEMS}")
-        return verifier_pb2.VerifyBatchResponse(results=[score(item) for item in request.items])
+        results = [score(item) for item in request.items]
+        if self.log_calls:
+            tasks = ",".join(sorted({item.task for item in request.items}))
+            print(f"VerifyBatch items={len(results)} tasks={tasks}", flush=True)
+        return verifier_pb2.VerifyBatchResponse(results=results)
 
 
-def create_server(address: str, token: str = "") -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+def create_server(
+    address: str, token: str = "", log_calls: bool = False
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Build (not start) the server; returns it, the bound port (``:0`` picks one) and the health servicer."""
     server = grpc.aio.server()
-    verifier_pb2_grpc.add_VerifierServicer_to_server(CountdownVerifier(token), server)
+    verifier_pb2_grpc.add_VerifierServicer_to_server(CountdownVerifier(token, log_calls), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service_name = verifier_pb2.DESCRIPTOR.services_by_name["Verifier"].full_name
@@ -240,8 +247,8 @@ def create_server(address: str, token: str = "") -> tuple[grpc.aio.Server, int, 
     return server, port, health_servicer
 
 
-async def serve(host: str, port: int, token: str) -> None:
-    server, bound, health_servicer = create_server(f"{host}:{port}", token)
+async def serve(host: str, port: int, token: str, log_calls: bool = False) -> None:
+    server, bound, health_servicer = create_server(f"{host}:{port}", token, log_calls)
     await server.start()
     service_name = verifier_pb2.DESCRIPTOR.services_by_name["Verifier"].full_name
     for name in ("", service_name):
@@ -263,9 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=50061, help="gRPC port (0 picks a free one)")
     parser.add_argument("--token", default=os.environ.get("WINNOW_VERIFIER_TOKEN", ""),
                         help="require 'authorization: Bearer TOKEN' (default: env WINNOW_VERIFIER_TOKEN)")
+    parser.add_argument("--log-calls", action="store_true", help="print one line per VerifyBatch call")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(args.host, args.port, args.token))
+    asyncio.run(serve(args.host, args.port, args.token, args.log_calls))
     return 0
 
 

@@ -228,3 +228,40 @@ def test_bad_config_is_a_clear_error(tmp_path):
     assert "batch_groups" in proc.stderr and "sampling.top_p" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "r").exists(), "nothing is started or written for a bad config"
+
+
+def test_custom_verifier_routed_by_task(tiny_dir, kafka_bootstrap_one, tmp_path):
+    """A pipeline run on reasoning-gym's countdown task scores it through the example Countdown
+    verifier over gRPC, routed by task name in the generator config (other tasks would still go
+    to the math verifier)."""
+    from winnow.brokers import free_port
+
+    port = free_port()
+    server_log = tmp_path / "countdown.log"
+    script = Path(__file__).resolve().parents[2] / "examples" / "countdown_verifier" / "server.py"
+    with server_log.open("w") as out:
+        server = subprocess.Popen(
+            [sys.executable, str(script), "--port", str(port), "--log-calls"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    try:
+        _wait_for(lambda: "listening" in server_log.read_text(), 60, "the countdown verifier to listen")
+        data = _config(tiny_dir, kafka_bootstrap_one, steps=2)
+        data["learner"]["prompts"] = {"kind": "reasoning_gym", "name": "countdown", "size": 50, "seed": 3}
+        data["generator"]["verifier"]["endpoints"] = {"rg/countdown": f"127.0.0.1:{port}"}
+        cfg = tmp_path / "up.yaml"
+        cfg.write_text(yaml.safe_dump(data))
+        proc = subprocess.run(
+            [sys.executable, "-m", "winnow", "up", "--config", str(cfg), "--run-dir", str(tmp_path / "run")],
+            capture_output=True, text=True, timeout=400, stdin=subprocess.DEVNULL,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    calls = [line for line in server_log.read_text().splitlines() if line.startswith("VerifyBatch")]
+    assert calls and all(line.endswith("tasks=rg/countdown") for line in calls)
+    scored = sum(int(line.split("items=")[1].split()[0]) for line in calls)
+    groups = asyncio.run(_published_groups(data["kafka"]))
+    assert groups and {g.task for g in groups} == {"rg/countdown"}
+    assert scored >= sum(len(g.samples) for g in groups)
