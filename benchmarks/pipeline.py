@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
 import os
 import platform
 import shutil
@@ -97,11 +98,28 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def run_pipeline(data: dict, run_dir: Path, timeout_s: float) -> list[dict]:
-    """Start the services, wait for the learner to reach max_steps, stop everything; the step rows."""
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a live process (and its waited-for children), from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+
+
+def run_pipeline(data: dict, run_dir: Path, timeout_s: float) -> tuple[list[dict], dict]:
+    """Start the services, wait for the learner to reach max_steps, stop everything.
+
+    Returns the step rows of ``metrics.jsonl`` and the CPU seconds each service used between the
+    first step and the last sample before the learner exited (sampled every 0.5 s).
+    """
     from winnow.up import Pipeline
 
     pipeline = Pipeline(data, run_dir, resume=False)
+    metrics = run_dir / "metrics.jsonl"
+    first: tuple[float, dict] | None = None
+    last: tuple[float, dict] | None = None
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the banner of `winnow up`
             pipeline.start()
@@ -115,12 +133,24 @@ def run_pipeline(data: dict, run_dir: Path, timeout_s: float) -> list[dict]:
             for name, proc in pipeline.procs.items():
                 if name != "learner" and proc.poll() is not None:
                     raise RuntimeError(f"{name} exited with {proc.returncode}:\n{pipeline._tail_hint(name)}")
+            if first is not None or (metrics.exists() and '"loss"' in metrics.read_text()):
+                cpu = {name: _cpu_s(proc.pid) for name, proc in pipeline.procs.items()}
+                if all(v is not None for v in cpu.values()):
+                    last = (time.monotonic(), cpu)
+                    first = first or last
             if time.monotonic() > deadline:
                 raise RuntimeError(f"run did not finish in {timeout_s:.0f}s; logs in {run_dir / 'logs'}")
             time.sleep(0.5)
     finally:
         pipeline.stop_all()
-    return sorted((r for r in _rows(run_dir / "metrics.jsonl") if "loss" in r), key=lambda r: r["version"])
+    cpu_window: dict[str, float] = {}
+    if first is not None and last is not None and last[0] > first[0]:
+        cpu_window = {"window_s": last[0] - first[0]}
+        for name in last[1]:
+            role = "generator" if name.startswith("generator") else name
+            cpu_window[f"{role}_cpu_s"] = cpu_window.get(f"{role}_cpu_s", 0.0) + last[1][name] - first[1][name]
+    rows = sorted((r for r in _rows(metrics) if "loss" in r), key=lambda r: r["version"])
+    return rows, cpu_window
 
 
 def summarize(rows: list[dict], staleness: int, started: float) -> dict:
@@ -320,7 +350,8 @@ def _model(args: argparse.Namespace, work: Path) -> tuple[str, str]:
         return args.model, os.path.basename(args.model.rstrip("/"))
     from winnow.learner.tiny import save_tiny
 
-    path = save_tiny(work / "model", seed=args.seed, hidden=args.hidden, layers=args.layers)
+    with contextlib.redirect_stderr(io.StringIO()):  # the progress bar of save_pretrained
+        path = save_tiny(work / "model", seed=args.seed, hidden=args.hidden, layers=args.layers)
     return path, f"tiny Qwen2 (hidden {args.hidden}, {args.layers} layers)"
 
 
@@ -328,22 +359,27 @@ def print_report(results: dict) -> None:
     runs = results["runs"]
     print(f"\nPipeline: {results['model']}, {results['batch_groups']} groups x n={results['n']} per step, "
           f"max_new_tokens {results['max_new_tokens']}, {results['steps']} steps (first skipped); "
-          f"{results['cpus']} CPUs, broker {results['broker']}")
+          f"{results['cpus']} CPUs (load average {results['load_before'][0]:.1f} before, "
+          f"{results['load_after'][0]:.1f} after), threads per service: {results['threads']}, "
+          f"broker {results['broker']}")
     head = (f"{'staleness':>9s} {'wall s':>7s} {'step s':>7s} {'tok/s':>7s} {'idle':>6s} {'wait':>6s} "
             f"{'compute':>7s} {'publish':>7s} {'ckpt':>6s} {'lag':>5s} {'gen':>6s} {'gen busy':>8s} "
-            f"{'batches':>9s} {'first s':>7s}")
+            f"{'batches':>9s} {'cores L+G':>9s} {'first s':>7s}")
     print(head)
     print("-" * len(head))
     for r in runs:
         batches = f"{r['generation_batches']}/{r['wasted_batches']}"
+        cores = f"{r['learner_cores']:.2f}+{r['generator_cores']:.2f}" if "cores_used" in r else "n/a"
         print(f"{r['max_staleness']:9d} {r['wall_s']:7.1f} {r['step_s']:7.2f} {r['tokens_per_s']:7.0f} "
               f"{r['idle_share']:6.0%} {r['mean_wait_s']:6.2f} {r['mean_compute_s']:7.2f} "
               f"{r['mean_publish_s']:7.2f} {r['mean_checkpoint_s']:6.2f} {r['staleness_mean']:5.2f} "
-              f"{r['gen_batch_s']:6.2f} {r['generator_busy_share']:8.0%} {batches:>9s} {r['first_step_s']:7.1f}")
+              f"{r['gen_batch_s']:6.2f} {r['generator_busy_share']:8.0%} {batches:>9s} {cores:>9s} "
+              f"{r['first_step_s']:7.1f}")
     print("wait/compute/publish/ckpt: learner seconds per steady step; idle = wait share of the learner's time; "
           "lag: mean version lag of trained groups;\ngen: median seconds per generation batch (generate + score); "
           "gen busy: generator's busy share of the steady window; batches: generated / wasted (every group "
-          "dropped as stale)")
+          "dropped as stale);\ncores L+G: CPU seconds per second of the learner and the generator over the steady "
+          "window (2 = both cores of a 2-core machine); first s: start to first step")
     base = runs[0]
     for r in runs[1:]:
         ratio = r["tokens_per_s"] / base["tokens_per_s"] if base["tokens_per_s"] else float("nan")
@@ -383,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint-every", type=int, default=1, help="learner checkpoint interval (steps)")
     p.add_argument("--staleness", default="0,1", help="comma-separated max_staleness values; the first is the base")
     p.add_argument("--verifier", action="store_true", help="score through a verifier gRPC process (default in-process)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="OMP_NUM_THREADS for every service (0 = inherit: torch uses every core in each process)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trials", type=int, default=20, help="round trips per Kafka transport case")
     p.add_argument("--run-timeout", type=float, default=600.0, help="seconds allowed per run")
@@ -398,9 +436,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 2:
         p.error("--steps must be >= 2 (the first step is start-up)")
 
+    for name in ("aiokafka", "winnow.kafka", "winnow.brokers", "winnow.up"):  # `winnow bench` logs at INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
     from winnow.brokers import LocalBroker
     from winnow.kafka import PromptRequest, ScoredGroup, WeightAnnouncement
 
+    if args.threads:  # the services are child processes: they inherit it
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="winnow-bench-pipeline-"))
     work.mkdir(parents=True, exist_ok=True)
     broker = None
@@ -416,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, Any] = {
             "model": model_name, "steps": args.steps, "batch_groups": args.batch_groups, "n": args.n,
             "max_new_tokens": args.max_new_tokens, "cpus": os.cpu_count(), "broker": broker_name,
+            "threads": os.environ.get("OMP_NUM_THREADS", "default"), "load_before": os.getloadavg(),
             "platform": platform.platform(), "transport_trials": args.trials, "runs": [],
         }
         tag = uuid.uuid4().hex[:6]
@@ -425,8 +468,13 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = work / f"staleness-{s}"
             print(f"run max_staleness={s}: {args.steps} steps ...", file=sys.stderr, flush=True)
             started = time.time()
-            rows = run_pipeline(run_config(args, model, bootstrap, s, prefix), run_dir, args.run_timeout)
+            rows, cpu = run_pipeline(run_config(args, model, bootstrap, s, prefix), run_dir, args.run_timeout)
             summary = summarize(rows, s, started)
+            if cpu:
+                summary["cpu"] = cpu
+                summary["cores_used"] = sum(v for k, v in cpu.items() if k.endswith("_cpu_s")) / cpu["window_s"]
+                summary["learner_cores"] = cpu.get("learner_cpu_s", 0.0) / cpu["window_s"]
+                summary["generator_cores"] = cpu.get("generator_cpu_s", 0.0) / cpu["window_s"]
             groups = asyncio.run(read_topic(bootstrap, f"{prefix}.groups", ScoredGroup, 100_000))
             summary.update(generator_stats(groups, _rows(run_dir / "ledger.jsonl"), rows))
             # generate-then-train without any wasted batch: train + publish + checkpoint + one generation
@@ -447,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         results["transport"] = asyncio.run(
             transport(bootstrap, prompts, groups, anns[-1], args.batch_groups, args.trials)
         )
+        results["load_after"] = os.getloadavg()
         for r in results["runs"]:
             r["transport_share"] = results["transport"]["per_step_s"] / r["step_s"]
         print_report(results)
