@@ -16,7 +16,15 @@ identical: model, seeds, prompts, batch, steps.
 From each run's ``metrics.jsonl`` (steady state: the first step, which includes start-up, is
 skipped): wall time from the first to the last step, trained tokens/s = sum(tokens of steps 2..N) /
 that wall time, and the learner's idle share = sum(wait_s) / sum(wait_s + compute_s + publish_s +
-checkpoint_s). Printed: a table per run, and the ratios of each run to the first (async/sync).
+checkpoint_s). From the run's groups topic (each ScoredGroup carries its batch's generation and
+scoring seconds) and ``ledger.jsonl``: generation batches, median seconds per batch, the generator's
+busy share, and batches wasted (every group dropped as stale). From /proc: CPU seconds per second of
+the learner and of the generator over the steady window (how many cores each really got). Printed:
+a table per run and the ratios of each run to the first (async/sync). When the staleness-0 run
+wasted batches (the generator can fetch the next prompts before it has loaded the weights the
+learner just announced: those groups are one version old and dropped), an estimate of
+generate-then-train without that waste is printed too: compute + publish + checkpoint + one
+generation batch per step.
 
 Part 2, Kafka transport. With the broker of part 1, the real messages of the last run (PromptRequests,
 ScoredGroups, the WeightAnnouncement, read back from its topics) are sent again through a fresh topic
