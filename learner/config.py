@@ -91,6 +91,10 @@ class LearnerConfig(Settings):
     """Torch device ("auto" = cuda if available, else cpu)."""
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     """Parameter dtype ("auto" = fp32 master weights on CPU, bf16 on GPU)."""
+    autocast: Literal["auto", "bfloat16", "off"] = "auto"
+    """Mixed precision of the forward/backward over fp32 master weights: "auto" = bf16 autocast on CUDA,
+    none on CPU; "bfloat16" = bf16 autocast on any device (about 1.5x faster on CPUs with AVX512-BF16);
+    "off" = full precision."""
 
     algo: dict[str, Any] = Field(default_factory=lambda: {"preset": "reinforce_rej"})
     """Algorithm: ``preset`` (raft, raft++, reinforce, grpo, reinforce_rej, ...) plus any AlgoConfig field

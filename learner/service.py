@@ -786,5 +786,6 @@ def build_trainer(cfg: LearnerConfig):
         cfg.optim_config(),
         pad_token_id=tokenizer.pad_token_id,
         temperature=temperature,
+        autocast_dtype={"auto": "auto", "bfloat16": torch.bfloat16, "off": None}[cfg.autocast],
     )
     return trainer, tokenizer

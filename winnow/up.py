@@ -68,6 +68,10 @@ class UpConfig(Settings):
     """How long to wait for the first training step before warning (model conversion, first batch)."""
     stop_timeout_s: float = Field(default=120.0, gt=0)
     """Grace period for each service to stop on Ctrl-C before it is killed."""
+    torch_threads: int = Field(default=0, ge=0, le=1024)
+    """Threads per torch process (OMP_NUM_THREADS). 0 = the machine's cores shared out between the
+    learner and the generators, so they run side by side instead of oversubscribing the CPU
+    (oversubscribed OpenMP threads spin and can slow both by an order of magnitude)."""
 
 
 def _free_port(host: str) -> int:
@@ -158,6 +162,9 @@ class Pipeline:
         logs.mkdir(parents=True, exist_ok=True)
         out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child for its lifetime
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if name != "verifier":
+            threads = self.up.torch_threads or max(1, (os.cpu_count() or 1) // (self.up.generators + 1))
+            env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         proc = subprocess.Popen(
             [sys.executable, "-m", "winnow", *argv],
             stdout=out,
@@ -298,7 +305,7 @@ def format_progress(row: dict[str, Any]) -> str:
     return (
         f"step {int(g('version', 0)):4d} | reward {g('reward_mean'):.3f} | acceptance {g('acceptance_rate'):.2f}"
         f" | kept groups {g('kept_group_fraction'):.2f} | entropy {g('entropy'):.3f}"
-        f" | staleness {g('staleness_mean', 0.0):.2f} | {g('tokens_per_s', 0.0):.0f} tok/s"
+        f" | staleness {g('staleness_mean', 0.0):.2f} | {g("tokens_per_s", 0.0):.0f} trained tok/s"
         f" | wait {g('wait_s', 0.0):.1f}s compute {g('compute_s', 0.0):.1f}s"
         + (f" | eval {g('eval_accuracy'):.3f}" if "eval_accuracy" in row else "")
     )
