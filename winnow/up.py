@@ -305,7 +305,7 @@ def format_progress(row: dict[str, Any]) -> str:
     return (
         f"step {int(g('version', 0)):4d} | reward {g('reward_mean'):.3f} | acceptance {g('acceptance_rate'):.2f}"
         f" | kept groups {g('kept_group_fraction'):.2f} | entropy {g('entropy'):.3f}"
-        f" | staleness {g('staleness_mean', 0.0):.2f} | {g("tokens_per_s", 0.0):.0f} trained tok/s"
+        f" | staleness {g('staleness_mean', 0.0):.2f} | {g('tokens_per_s', 0.0):.0f} trained tok/s"
         f" | wait {g('wait_s', 0.0):.1f}s compute {g('compute_s', 0.0):.1f}s"
         + (f" | eval {g('eval_accuracy'):.3f}" if "eval_accuracy" in row else "")
     )
