@@ -412,6 +412,15 @@ class GeneratorService:
             return
         await self._load_announced(ann)
 
+    async def _catch_up(self, consumer, version: int) -> None:
+        """Load (at least) ``version`` before generating, waiting up to ``weights.catch_up_s``: the
+        learner announces new weights before it releases the prompts that expect them."""
+        deadline = time.monotonic() + self.cfg.weights.catch_up_s
+        while self.engine.version < version and time.monotonic() < deadline and not self._stop.is_set():
+            await self._poll_weights(consumer, drain_s=0.1)
+        if self.engine.version < version:
+            log.warning("generating with weights v%d for requests released at v%d", self.engine.version, version)
+
     async def _load_announced(self, ann: messages_pb2.WeightAnnouncement) -> bool:
         t0 = time.perf_counter()
         try:
@@ -640,6 +649,8 @@ class GeneratorService:
                 if not pending:
                     await self._commit()
                     continue
+                if self.cfg.weights.enabled:
+                    await self._catch_up(weights, max(p.request.release_version for p in pending))
                 self._batch_idle.clear()
                 self.metrics.requests_in_flight.set(len(pending))
                 try:
