@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from winnow.cli import add_config_args, load_service_config
+
 log = logging.getLogger(__name__)
 
 
@@ -18,18 +20,7 @@ def register(subparsers) -> None:
     )
     sub = p.add_subparsers(dest="generator_command", metavar="SUBCOMMAND")
     run = sub.add_parser("run", help="run a generator (a Kafka consumer group member on the prompts topic)")
-    run.add_argument(
-        "--config", "-c", default=None, help="YAML/JSON config file (a generator: section or flat)"
-    )
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set sampling.max_new_tokens=128 (repeatable)",
-    )
-    run.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    add_config_args(run, "generator", "sampling.max_new_tokens=128")
     run.set_defaults(func=_run)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -37,13 +28,9 @@ def register(subparsers) -> None:
 def _run(args: argparse.Namespace) -> int:
     from winnow.generator.config import GeneratorConfig
 
-    from winnow.config import load_config, parse_overrides
-
-    cfg = load_config(GeneratorConfig, args.config, parse_overrides(args.overrides))
-    if args.print_config:
-        print(cfg.model_dump_json(indent=2))
+    cfg = load_service_config(GeneratorConfig, args)
+    if cfg is None:
         return 0
-    log.info("generator config: %s", cfg.model_dump_json())
 
     import asyncio
 

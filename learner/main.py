@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from winnow.cli import add_config_args, load_service_config
+
 log = logging.getLogger(__name__)
 
 
@@ -16,18 +18,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("learner", help="release prompts, train on scored groups, publish weights")
     sub = p.add_subparsers(dest="learner_command", metavar="SUBCOMMAND")
     run = sub.add_parser("run", help="run the learner (the pipeline's controller)")
-    run.add_argument(
-        "--config", "-c", default=None, help="YAML/JSON config file (a learner: section or flat)"
-    )
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set algo.preset=grpo --set batch_groups=16 (repeatable)",
-    )
-    run.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    add_config_args(run, "learner", "algo.preset=grpo --set batch_groups=16")
     run.set_defaults(func=_run)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -35,13 +26,9 @@ def register(subparsers) -> None:
 def _run(args: argparse.Namespace) -> int:
     from winnow.learner.config import LearnerConfig
 
-    from winnow.config import load_config, parse_overrides
-
-    cfg = load_config(LearnerConfig, args.config, parse_overrides(args.overrides))
-    if args.print_config:
-        print(cfg.model_dump_json(indent=2))
+    cfg = load_service_config(LearnerConfig, args)
+    if cfg is None:
         return 0
-    log.info("learner config: %s", cfg.model_dump_json())
 
     import asyncio
 

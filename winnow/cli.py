@@ -23,6 +23,34 @@ COMMAND_MODULES = [
 ]
 
 
+def add_config_args(parser: argparse.ArgumentParser, section: str, example: str) -> None:
+    """The config flags every service's ``run`` command takes: ``--config``, ``--set``, ``--print-config``."""
+    parser.add_argument(
+        "--config", "-c", default=None, help=f"YAML/JSON config file (a {section}: section or flat)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config field, e.g. --set {example} (repeatable)",
+    )
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+
+
+def load_service_config(cls, args: argparse.Namespace):
+    """Resolve the config from ``args`` (see :func:`add_config_args`); None after ``--print-config``."""
+    from winnow.config import load_config, parse_overrides
+
+    cfg = load_config(cls, args.config, parse_overrides(args.overrides))
+    if args.print_config:
+        print(cfg.model_dump_json(indent=2))
+        return None
+    logging.getLogger(f"winnow.{cls.section}").info("%s config: %s", cls.section, cfg.model_dump_json())
+    return cfg
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="winnow", description=__import__("winnow").__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
