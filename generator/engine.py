@@ -64,6 +64,23 @@ class WeightLoadError(RuntimeError):
     """A weight file does not fit the loaded model (missing/unexpected keys, wrong shapes)."""
 
 
+def raise_on_mismatch(missing: list[str], unexpected: list[str], bad_shapes: list[str]) -> None:
+    """Raise :class:`WeightLoadError` naming (up to 5 of) each kind of mismatch, if there is any."""
+
+    def some(items: list[str]) -> str:
+        return f"{items[:5]}{' ...' if len(items) > 5 else ''}"
+
+    problems = []
+    if missing:
+        problems.append(f"missing keys {some(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {some(unexpected)}")
+    if bad_shapes:
+        problems.append(f"shape mismatches {some(bad_shapes)}")
+    if problems:
+        raise WeightLoadError("weight file does not match the model architecture: " + "; ".join(problems))
+
+
 def process_logprobs(
     logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0
 ) -> torch.Tensor:

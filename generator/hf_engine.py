@@ -25,8 +25,8 @@ from winnow.generator.config import SamplingConfig
 from winnow.generator.engine import (
     Completion,
     GenerationCancelled,
-    WeightLoadError,
     process_logprobs,
+    raise_on_mismatch,
     sample_tokens,
 )
 
@@ -88,15 +88,7 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> 
         for k in sorted(set(state) & set(expected))
         if tuple(state[k].shape) != tuple(expected[k].shape)
     ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    if unexpected:
-        problems.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-    if bad_shapes:
-        problems.append(f"shape mismatches {bad_shapes[:5]}")
-    if problems:
-        raise WeightLoadError("weight file does not match the model architecture: " + "; ".join(problems))
+    raise_on_mismatch(missing, unexpected, bad_shapes)
 
 
 class HFEngine:

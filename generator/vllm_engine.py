@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from winnow.generator.config import SamplingConfig
-from winnow.generator.engine import Completion, WeightLoadError
+from winnow.generator.engine import Completion, WeightLoadError, raise_on_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +81,7 @@ def check_against_checkpoint(
         for k in sorted(set(got) & set(expected))
         if got[k] != expected[k]
     ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {missing[:5]}")
-    if unexpected:
-        problems.append(f"unexpected keys {unexpected[:5]}")
-    if bad:
-        problems.append(f"shape mismatches {bad[:5]}")
-    if problems:
-        raise WeightLoadError("weight file does not match the model architecture: " + "; ".join(problems))
+    raise_on_mismatch(missing, unexpected, bad)
 
 
 class VLLMEngine:
