@@ -57,6 +57,11 @@ class EvalConfig(Model):
     """Number of held-out problems per evaluation."""
     max_new_tokens: int = Field(default=128, ge=1)
     """Generation length for evaluation."""
+    k: int = Field(default=0, ge=0, le=256)
+    """Also sample k responses per problem and report mean@k (mean correctness over the k samples;
+    0 = greedy accuracy only)."""
+    temperature: float = Field(default=1.0, gt=0.0, le=10.0)
+    """Sampling temperature of the mean@k samples."""
     set_name: str = "heldout"
     """Label of the ``set`` in ``winnow_learner_eval_accuracy{set}``."""
     source: dict[str, Any] | None = None

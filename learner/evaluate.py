@@ -1,14 +1,16 @@
-"""Held-out evaluation inside the learner: greedy decoding with the policy being trained.
+"""Held-out evaluation inside the learner: greedy accuracy and mean@k with the policy being trained.
 
 Every ``eval.every`` steps the learner formats ``eval.prompts`` held-out problems exactly as the
 generators do (:class:`~winnow.generator.config.ChatFormat`), decodes greedily with its own
 model (``transformers`` ``generate``, left padding, KV cache on), scores the answers with the
 sandboxed :class:`~winnow.verifier.engine.MathVerifier` and reports
-``accuracy = #CORRECT / #prompts`` as ``winnow_learner_eval_accuracy{set}``. The problems are
+``accuracy = #CORRECT / #prompts`` as ``winnow_learner_eval_accuracy{set}``. With ``eval.k > 0`` it
+also samples k responses per problem at ``eval.temperature`` and reports
+``mean@k = #CORRECT samples / (k * #prompts)`` as ``winnow_learner_eval_mean_at_k{set}``. The problems are
 the first ``eval.prompts`` positions of the eval source, the same ones every time, so the curve
 is comparable across steps.
 
-Not implemented here: sampling-based pass@k, several eval sets per run (one ``set`` label).
+Not implemented here: pass@k, several eval sets per run (one ``set`` label).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ class Evaluator:
         max_new_tokens: int = 128,
         batch_size: int = 8,
         verifier: Any = None,
+        k: int = 0,
+        temperature: float = 1.0,
+        seed: int = 0,
     ) -> None:
         if not problems:
             raise ValueError("evaluation needs at least one problem")
@@ -45,7 +50,11 @@ class Evaluator:
         self.batch_size = batch_size
         self._verifier = verifier
         self._own_verifier = verifier is None
+        self.k = k
+        self.temperature = temperature
+        self.seed = seed
         self.last_responses: list[str] = []
+        self.last_mean_at_k: float | None = None
 
     def _get_verifier(self):
         if self._verifier is None:
@@ -54,9 +63,16 @@ class Evaluator:
             self._verifier = MathVerifier(workers=1, timeout_s=2.0)
         return self._verifier
 
-    def generate(self, model: Any) -> list[str]:
-        """Greedy responses to every problem (model put back in train mode afterwards)."""
+    def generate(self, model: Any, k: int = 0) -> list[str]:
+        """Greedy responses to every problem, or with ``k > 0`` k sampled responses per problem
+        (problem-major order); the model is put back in train mode afterwards."""
         import torch
+
+        sampling = {"do_sample": False}
+        if k > 0:
+            torch.manual_seed(self.seed)
+            sampling = {"do_sample": True, "temperature": self.temperature, "top_p": 1.0, "top_k": 0,
+                        "num_return_sequences": k}
 
         pad_id = self.tokenizer.pad_token_id
         eos_id = self.tokenizer.eos_token_id
@@ -79,7 +95,7 @@ class Evaluator:
                         input_ids=ids.to(device),
                         attention_mask=mask.to(device),
                         max_new_tokens=self.max_new_tokens,
-                        do_sample=False,
+                        **sampling,
                         pad_token_id=pad_id,
                         eos_token_id=eos_id,
                         use_cache=True,
@@ -91,17 +107,25 @@ class Evaluator:
         return out
 
     def score(self, responses: list[str]) -> float:
-        """Fraction of ``responses`` the verifier judges CORRECT against the problems' golds."""
+        """Fraction of ``responses`` the verifier judges CORRECT against the problems' golds
+        (``len(responses)`` a multiple of the problems: k responses per problem, problem-major)."""
+        per = len(responses) // len(self.problems)
+        if per < 1 or per * len(self.problems) != len(responses):
+            raise ValueError(f"{len(responses)} responses for {len(self.problems)} problems")
         items = [
-            Item(id=str(i), response=r, gold=p.gold, task=p.task)
-            for i, (r, p) in enumerate(zip(responses, self.problems, strict=True))
+            Item(id=str(i), response=r, gold=self.problems[i // per].gold, task=self.problems[i // per].task)
+            for i, r in enumerate(responses)
         ]
         verdicts = self._get_verifier().verify_batch(items)
         return sum(v.status == Status.CORRECT for v in verdicts) / len(items)
 
     def __call__(self, trainer: Any) -> float:
+        """Greedy accuracy (returned); mean@k, when ``k > 0``, lands in :attr:`last_mean_at_k`."""
         self.last_responses = self.generate(trainer.model)
         accuracy = self.score(self.last_responses)
+        if self.k > 0:
+            self.last_mean_at_k = self.score(self.generate(trainer.model, self.k))
+            log.info("eval at version %d: mean@%d %.3f", trainer.version, self.k, self.last_mean_at_k)
         log.info(
             "eval at version %d: accuracy %.3f on %d problems", trainer.version, accuracy, len(self.problems)
         )
@@ -125,4 +149,12 @@ def build_evaluator(cfg: Any, tokenizer: Any) -> Evaluator | None:
         source = make_source(cfg.prompt_source_config(), split="eval")
     count = min(cfg.eval.prompts, len(source))
     problems = [source.get(i) for i in range(count)]
-    return Evaluator(tokenizer, problems, chat=cfg.eval.chat, max_new_tokens=cfg.eval.max_new_tokens)
+    return Evaluator(
+        tokenizer,
+        problems,
+        chat=cfg.eval.chat,
+        max_new_tokens=cfg.eval.max_new_tokens,
+        k=cfg.eval.k,
+        temperature=cfg.eval.temperature,
+        seed=cfg.seed,
+    )

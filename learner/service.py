@@ -154,6 +154,10 @@ class LearnerMetrics:
             "Records behind the groups topic's high watermark (best effort).",
             registry=r,
         )
+        self.eval_mean_at_k = Gauge(
+            "winnow_learner_eval_mean_at_k", "Mean correctness of k samples per held-out problem.", ["set"],
+            registry=r,
+        )
         self.eval_accuracy = Gauge(
             "winnow_learner_eval_accuracy", "Accuracy on a held-out set.", ["set"], registry=r
         )
@@ -360,9 +364,8 @@ class LearnerService:
             if resumed and cfg.rerelease_on_resume and self.state.unconsumed:
                 await self._rerelease_unconsumed()
             if self.version == 0 and self.evaluate is not None and cfg.eval.every:  # the baseline
-                acc = float(await asyncio.to_thread(self.evaluate, self.trainer))
-                self.metrics.eval_accuracy.labels(set=cfg.eval.set_name).set(acc)
-                self._write_jsonl({"version": 0, "time": time.time(), "eval_accuracy": acc})
+                row = await self._evaluate()
+                self._write_jsonl({"version": 0, "time": time.time(), **row})
             self._running = True
             log.info(
                 "learner: version %d, batch %d groups x n=%d, max_staleness %d, consuming %s",
@@ -440,10 +443,9 @@ class LearnerService:
             checkpointed = True
         t4 = time.perf_counter()
         self._observe_step(stats, wait_s=t1 - t0, compute_s=t2 - t1, publish_s=t3 - t2)
-        eval_acc = None
+        eval_row = {}
         if self.evaluate is not None and cfg.eval.every and self.version % cfg.eval.every == 0:
-            eval_acc = float(await asyncio.to_thread(self.evaluate, self.trainer))
-            m.eval_accuracy.labels(set=cfg.eval.set_name).set(eval_acc)
+            eval_row = await self._evaluate()
         self._write_jsonl(
             {
                 "version": self.version,
@@ -456,11 +458,22 @@ class LearnerService:
                 "batch_outcomes": {o: outcomes.count(o) for o in set(outcomes)},
                 "unconsumed": len(self.state.unconsumed),
                 "next_position": self.state.next_position,
-                **({"eval_accuracy": eval_acc} if eval_acc is not None else {}),
+                **eval_row,
                 **{k: v for k, v in stats.items() if isinstance(v, int | float)},
             }
         )
         self._last_progress = time.monotonic()
+
+    async def _evaluate(self) -> dict[str, float]:
+        """Run the evaluator; export and return {"eval_accuracy"[, "eval_mean_at_k"]}."""
+        label = self.cfg.eval.set_name
+        row = {"eval_accuracy": float(await asyncio.to_thread(self.evaluate, self.trainer))}
+        self.metrics.eval_accuracy.labels(set=label).set(row["eval_accuracy"])
+        mean_at_k = getattr(self.evaluate, "last_mean_at_k", None)
+        if mean_at_k is not None:
+            row["eval_mean_at_k"] = float(mean_at_k)
+            self.metrics.eval_mean_at_k.labels(set=label).set(row["eval_mean_at_k"])
+        return row
 
     def _observe_step(
         self, stats: dict[str, float], *, wait_s: float, compute_s: float, publish_s: float

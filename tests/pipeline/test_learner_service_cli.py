@@ -85,7 +85,7 @@ async def test_learner_process(kafka_config_one, tmp_path):
         "  batch_groups: 2\n  n: 2\n  kafka_partitions: 1\n"
         "  algo: {preset: grpo, kl_coef: 0, max_staleness: 1}\n"
         f"  prompts: {{kind: jsonl, path: {prompts}, holdout: 2}}\n"
-        "  eval: {every: 1, prompts: 2, max_new_tokens: 4}\n"
+        "  eval: {every: 1, prompts: 2, max_new_tokens: 4, k: 2}\n"
         f"  weights: {{dir: {tmp_path / 'weights'}}}\n"
         f"  checkpoint: {{dir: {tmp_path / 'ckpt'}}}\n"
         f"  run_dir: {tmp_path / 'run'}\n"
@@ -126,6 +126,8 @@ async def test_learner_process(kafka_config_one, tmp_path):
         assert _value(body, "winnow_learner_requests_unconsumed") == 4
         eval_acc = _value(body, 'winnow_learner_eval_accuracy{set="heldout"}')
         assert eval_acc is not None and 0.0 <= eval_acc <= 1.0  # the baseline, at version 0
+        mean_at_k = _value(body, 'winnow_learner_eval_mean_at_k{set="heldout"}')
+        assert mean_at_k is not None and 0.0 <= mean_at_k <= 1.0
 
         # answer the first batch as a generator would: the learner takes one step and announces v1
         tok = build_tiny_tokenizer()
@@ -171,4 +173,4 @@ async def test_learner_process(kafka_config_one, tmp_path):
             proc.wait()
     assert (tmp_path / "ckpt" / "LATEST").read_text() == "step-00000001"
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["version"] for r in rows] == [0, 1] and "eval_accuracy" in rows[1]
+    assert [r["version"] for r in rows] == [0, 1] and "eval_accuracy" in rows[1] and "eval_mean_at_k" in rows[1]

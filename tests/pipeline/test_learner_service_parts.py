@@ -189,3 +189,18 @@ def test_evaluator_generates_and_scores():
     # greedy: the same responses every time
     assert ev.generate(model) == ev.last_responses
     json.dumps(ev.last_responses)
+
+
+def test_evaluator_mean_at_k():
+    model, tok = build_tiny_model_and_tokenizer(seed=0)
+    problems = [Problem(f"p/{i}", f"What is {i} + 1?", str(i + 1), "math") for i in range(3)]
+    ev = Evaluator(tok, problems, max_new_tokens=4, batch_size=2, verifier=_Verifier(), k=2, seed=1)
+    # k=2 responses per problem, problem-major: p0 1 of 2 right, p1 2 of 2, p2 0 of 2 -> 3/6
+    assert ev.score(["\\boxed{1}", "x", "\\boxed{2}", "\\boxed{2}", "\\boxed{4}", "no"]) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="5 responses for 3 problems"):
+        ev.score(["a"] * 5)
+    trainer = Trainer(model, AlgoConfig(preset="grpo", kl_coef=0.0), OptimConfig(), pad_token_id=tok.pad_token_id)
+    acc = ev(trainer)
+    assert 0.0 <= acc <= 1.0 and ev.last_mean_at_k is not None and 0.0 <= ev.last_mean_at_k <= 1.0
+    samples = ev.generate(model, 2)
+    assert len(samples) == 6 and model.training
