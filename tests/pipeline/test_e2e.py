@@ -267,3 +267,27 @@ def test_custom_verifier_routed_by_task(tiny_dir, kafka_bootstrap_one, tmp_path)
     groups = asyncio.run(_published_groups(data["kafka"]))
     assert groups and {g.task for g in groups} == {"rg/countdown"}
     assert scored >= sum(len(g.samples) for g in groups)
+
+
+def test_winnow_up_resume(tiny_dir, kafka_bootstrap_one, tmp_path):
+    """`winnow up --resume` continues a stopped run from its checkpoint: versions go on, no
+    prompt is finished twice."""
+    data = _config(tiny_dir, kafka_bootstrap_one, steps=2)
+    cfg = tmp_path / "up.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    run_dir = tmp_path / "run"
+    base = [sys.executable, "-m", "winnow", "up", "--run-dir", str(run_dir)]
+    first = subprocess.run(base + ["--config", str(cfg)], capture_output=True, text=True, timeout=300,
+                           stdin=subprocess.DEVNULL)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    again = subprocess.run(base + ["--config", str(cfg)], capture_output=True, text=True, timeout=120,
+                           stdin=subprocess.DEVNULL)
+    assert again.returncode == 2 and "use --resume" in again.stderr  # never silently overwrites a run
+    resumed = subprocess.run(base + ["--resume", "--steps", "4"], capture_output=True, text=True, timeout=300,
+                             stdin=subprocess.DEVNULL)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert "done at version 4" in resumed.stdout
+    assert "resumed from" in (run_dir / "logs" / "learner.log").read_text()
+    versions = [r["version"] for r in _rows(run_dir / "metrics.jsonl") if "loss" in r]
+    assert versions == [1, 2, 3, 4]
+    _check_exactly_once(run_dir, asyncio.run(_published_groups(data["kafka"])))
