@@ -191,12 +191,22 @@ class Pipeline:
             proc.wait()
 
     def stop_all(self) -> None:
+        """Stop the services in order (learner first, so it checkpoints); a second Ctrl-C kills the
+        rest at once instead of leaving them running."""
         order = ["learner"] + [n for n in self.procs if n.startswith("generator")] + ["verifier"]
-        for name in order:
-            self._stop(name)
-        if self.broker is not None:
-            self.broker.stop()
-            self.broker = None
+        try:
+            for name in order:
+                self._stop(name)
+        except KeyboardInterrupt:
+            print("winnow up: interrupted again: killing the services", file=sys.stderr, flush=True)
+            for proc in self.procs.values():
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        finally:
+            if self.broker is not None:
+                self.broker.stop()
+                self.broker = None
 
     def _tail_hint(self, name: str, lines: int = 15) -> str:
         path = self.run_dir / "logs" / f"{name}.log"
