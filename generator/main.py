@@ -40,24 +40,15 @@ def _run(args: argparse.Namespace) -> int:
 async def serve(cfg) -> int:
     """Build the engine, start /metrics and /health, run until SIGTERM/SIGINT."""
     import asyncio
-    import signal
 
     from prometheus_client import CollectorRegistry
     from winnow.generator.engine import make_engine
     from winnow.generator.service import GeneratorService
 
-    from winnow.metrics import serve_metrics
+    from winnow.metrics import run_service
 
     engine = await asyncio.to_thread(make_engine, cfg)
     registry = CollectorRegistry()
     service = GeneratorService(cfg, engine, registry)
-    metrics = serve_metrics(registry, cfg.metrics_port, host=cfg.metrics_host, health=service.healthy)
-    log.info("metrics and health on %s:%d", cfg.metrics_host, metrics.port)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, service.request_stop)
-    try:
-        await service.run()
-    finally:
-        metrics.stop()
+    await run_service(service, registry, cfg.metrics_port, cfg.metrics_host)
     return 0

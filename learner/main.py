@@ -39,7 +39,6 @@ async def serve(cfg) -> int:
     """Build the trainer and prompt source, start /metrics and /health, run until SIGTERM/SIGINT
     or ``max_steps``."""
     import asyncio
-    import signal
     from pathlib import Path
 
     from prometheus_client import CollectorRegistry
@@ -47,7 +46,7 @@ async def serve(cfg) -> int:
     from winnow.learner.evaluate import build_evaluator
     from winnow.learner.service import LearnerService, build_trainer
 
-    from winnow.metrics import serve_metrics
+    from winnow.metrics import run_service
 
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.run_dir) / "learner-config.json").write_text(cfg.model_dump_json(indent=2))
@@ -56,15 +55,9 @@ async def serve(cfg) -> int:
     evaluator = await asyncio.to_thread(build_evaluator, cfg, tokenizer)
     registry = CollectorRegistry()
     service = LearnerService(cfg, trainer, source, registry, evaluate=evaluator)
-    metrics = serve_metrics(registry, cfg.metrics_port, host=cfg.metrics_host, health=service.healthy)
-    log.info("metrics and health on %s:%d", cfg.metrics_host, metrics.port)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, service.request_stop)
     try:
-        steps = await service.run()
+        steps = await run_service(service, registry, cfg.metrics_port, cfg.metrics_host)
     finally:
-        metrics.stop()
         if evaluator is not None:
             evaluator.close()
     log.info("learner stopped after %d steps (version %d)", steps, service.version)

@@ -73,3 +73,22 @@ def serve_metrics(
 ) -> MetricsServer:
     """Start serving ``registry`` on ``host:port`` in a daemon thread and return the server."""
     return MetricsServer(registry, host=host, port=port, health=health).start()
+
+
+async def run_service(service, registry: CollectorRegistry, port: int, host: str):
+    """The tail of every Kafka service's process: serve ``/metrics`` and ``/health`` (from
+    ``service.healthy()``), turn SIGTERM/SIGINT into ``service.request_stop()``, and return what
+    ``await service.run()`` returns, stopping the HTTP server however it ends."""
+    import asyncio
+    import logging
+    import signal
+
+    metrics = serve_metrics(registry, port, host=host, health=service.healthy)
+    logging.getLogger(__name__).info("metrics and health on %s:%d", host, metrics.port)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, service.request_stop)
+    try:
+        return await service.run()
+    finally:
+        metrics.stop()

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field
 
+from winnow.brokers import free_port
 from winnow.config import (
     ConfigError,
     Settings,
@@ -73,11 +73,6 @@ class UpConfig(Settings):
     learner and the generators, so they run side by side instead of oversubscribing the CPU
     (oversubscribed OpenMP threads spin and can slow both by an order of magnitude)."""
 
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def resolve(config_path: str | None, overrides: list[str], run_dir: Path) -> dict[str, Any]:
@@ -222,7 +217,7 @@ class Pipeline:
         from winnow.brokers import ensure_broker
 
         host = self.up.host
-        self.ports = {k: _free_port(host) for k in ("verifier", "verifier_metrics", "learner_metrics")}
+        self.ports = {k: free_port(host) for k in ("verifier", "verifier_metrics", "learner_metrics")}
         # Validate every service's config before starting anything (a bad field fails in a second).
         self.validate(self.component_configs("127.0.0.1:9092", None))
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -240,7 +235,7 @@ class Pipeline:
         if self.up.start_verifier:
             self.spawn("verifier", ["verifier", "serve", "--config", str(cfg_dir / "verifier.yaml")])
         for i in range(self.up.generators):
-            gen_cfg = deep_merge(configs["generator"], {"generator_id": f"gen-{i}", "metrics_port": _free_port(host)})
+            gen_cfg = deep_merge(configs["generator"], {"generator_id": f"gen-{i}", "metrics_port": free_port(host)})
             path = cfg_dir / f"generator-{i}.yaml"
             path.write_text(yaml.safe_dump({"generator": gen_cfg}, sort_keys=False))
             self.spawn(f"generator-{i}", ["generator", "run", "--config", str(path)])

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
+from winnow.brokers import free_port
 from winnow.cli import main
 
 
@@ -33,10 +33,6 @@ def test_bad_config_names_the_field(capsys):
     assert "sampling.top_p" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -63,7 +59,7 @@ async def test_generator_process_serves_and_stops_on_sigterm(kafka_config_one, t
 
     kcfg = kafka_config_one
     await ensure_topics(kcfg, partitions=1)
-    port = _free_port()
+    port = free_port()
     cfg_file = tmp_path / "gen.yaml"
     cfg_file.write_text(
         f"generator:\n  model: {tiny_dir}\n  metrics_port: {port}\n  metrics_host: 127.0.0.1\n"

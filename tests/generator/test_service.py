@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import socket
 import time
 
 import pytest
@@ -24,6 +23,7 @@ from winnow.generator.service import (
 )
 from winnow.verifier.types import Item, Status, Verdict
 
+from winnow.brokers import free_port
 from winnow.v1 import messages_pb2
 
 # ---------------------------------------------------------------------------------- pure parts
@@ -107,10 +107,6 @@ class ExactMatchEngine:
         return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _start_verifier(port: int):
@@ -125,7 +121,7 @@ async def _start_verifier(port: int):
 
 
 async def test_scorer_routes_and_handles_verifier_down():
-    port = _free_port()
+    port = free_port()
     items = [
         Item(id="a", response="x = 4", gold="4", task="arith"),
         Item(id="b", response="x = 5", gold="4", task="arith"),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import socket
 
 import pytest
 import torch
@@ -16,6 +15,8 @@ from winnow.learner.algo import AlgoConfig
 from winnow.learner.batch import GroupData
 from winnow.learner.step import OptimConfig, Trainer
 from winnow.learner.tiny import build_tiny_model_and_tokenizer
+
+from winnow.brokers import free_port
 
 from .conftest import CORRECT, WRONG, current_logprobs, make_groups
 
@@ -250,10 +251,6 @@ def test_staleness_and_warmup(tiny):
     assert t.lr_at(0) == pytest.approx(1e-3 / 4) and t.lr_at(3) == pytest.approx(1e-3)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_data_parallel_hooks_with_one_gloo_rank_match_single_process():
@@ -262,7 +259,7 @@ def test_data_parallel_hooks_with_one_gloo_rank_match_single_process():
     m2 = copy.deepcopy(m1)
     groups = make_groups(STATUSES, seed=13)
     plain = trainer(m1, tok, "reinforce_rej").train_step(groups)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     try:
         t = trainer(m2, tok, "reinforce_rej")
         t.dp_group = dist.group.WORLD

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import urllib.request
 
 import pytest
 
+from winnow.brokers import free_port
 from winnow.cli import main
 
 
@@ -33,10 +33,6 @@ def test_print_config(tmp_path, capsys):
     assert "algo" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -78,7 +74,7 @@ async def test_learner_process(kafka_config_one, tmp_path):
     prompts.write_text(
         "".join(json.dumps({"question": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n" for i in range(20))
     )
-    port = _free_port()
+    port = free_port()
     cfg_file = tmp_path / "learner.yaml"
     cfg_file.write_text(
         f"learner:\n  model: {model_dir}\n  metrics_port: {port}\n  metrics_host: 127.0.0.1\n"
