@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from winnow.config import KafkaConfig, Model, Settings, settings_config
+from winnow.numerics import NumericsConfig
 
 PAPER_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 PAPER_USER_SUFFIX = "Let's think step by step and output the final answer within \\boxed{}."
@@ -165,8 +166,9 @@ class GeneratorConfig(Settings):
     """Inference engine: "transformers" (CPU or GPU, any HF causal LM) or "vllm" (needs vllm installed)."""
     device: str = "auto"
     """"cpu", "cuda", "cuda:1" ... or "auto" (cuda when available)."""
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    """Weights/compute dtype ("auto": bfloat16 on CPU with bf16 support and on CUDA, else float32)."""
+    numerics: NumericsConfig = NumericsConfig()
+    """Compute precision shared with the learner (the top-level ``numerics`` section): the engine holds
+    the weights in it. The learner trains and evaluates at the same precision."""
     max_batch_sequences: int = Field(default=64, ge=1, le=4096)
     """Most sequences (prompts x n) the transformers engine decodes at once; larger calls are chunked."""
     vllm_max_model_len: int = Field(default=2048, ge=64)
@@ -216,6 +218,16 @@ class GeneratorConfig(Settings):
     revoke_wait_s: float = Field(default=60.0, ge=0.0)
     """On a rebalance, wait up to this long for the in-flight batch to publish and commit before
     giving its partitions up (longer batches are redelivered to the next owner)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_fields(cls, data):
+        if isinstance(data, dict) and "dtype" in data:
+            raise ValueError(
+                "generator.dtype was replaced by numerics.precision (auto | bfloat16 | float32), one setting "
+                "shared with the learner"
+            )
+        return data
 
     @field_validator("device")
     @classmethod

@@ -136,7 +136,7 @@ def make_engine(cfg: GeneratorConfig) -> Engine:
 
         return VLLMEngine(
             model_dir,
-            dtype=cfg.dtype,
+            dtype=cfg.numerics.precision,
             device=cfg.device,
             max_model_len=cfg.vllm_max_model_len,
             gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
@@ -149,7 +149,7 @@ def make_engine(cfg: GeneratorConfig) -> Engine:
     return HFEngine.from_pretrained(
         model_dir,
         device=cfg.device,
-        dtype=cfg.dtype,
+        dtype=cfg.numerics.precision,
         max_batch_sequences=cfg.max_batch_sequences,
         version=cfg.weights.initial_version,
     )

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from winnow.generator.config import ChatFormat, SamplingConfig
 from winnow.generator.prompts import PromptSourceConfig, ReasoningGymSourceConfig
 
 from winnow.config import KafkaConfig, Model, Settings, settings_config
+from winnow.numerics import NumericsConfig
 
 
 class WeightStoreConfig(Model):
@@ -96,10 +97,10 @@ class LearnerConfig(Settings):
     """Torch device ("auto" = cuda if available, else cpu)."""
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     """Parameter dtype ("auto" = fp32 master weights on CPU, bf16 on GPU)."""
-    autocast: Literal["auto", "bfloat16", "off"] = "auto"
-    """Mixed precision of the forward/backward over fp32 master weights: "auto" = bf16 autocast on CUDA,
-    none on CPU; "bfloat16" = bf16 autocast on any device (about 1.5x faster on CPUs with AVX512-BF16);
-    "off" = full precision."""
+    numerics: NumericsConfig = NumericsConfig()
+    """Compute precision shared with the generators (the top-level ``numerics`` section): the forward/
+    backward and log-prob recompute run under autocast to it over the master weights, and the held-out
+    evaluation decodes with the generators' engine in it."""
 
     algo: dict[str, Any] = Field(default_factory=lambda: {"preset": "reinforce_rej"})
     """Algorithm: ``preset`` (raft, raft++, reinforce, grpo, reinforce_rej, ...) plus any AlgoConfig field
@@ -150,6 +151,16 @@ class LearnerConfig(Settings):
     """Address to bind the metrics server to."""
     seed: int = 0
     """Torch seed."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "autocast" in data:
+            raise ValueError(
+                "learner.autocast was replaced by numerics.precision (auto | bfloat16 | float32), one setting "
+                "shared by the generators, the learner and its evaluation"
+            )
+        return data
 
     @field_validator("algo")
     @classmethod

@@ -187,7 +187,7 @@ def test_evaluator_generates_and_scores():
     assert model.training  # back in train mode, weights untouched
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     # greedy: the same responses every time
-    assert ev.generate(model) == ev.last_responses
+    assert ev.generate(trainer) == ev.last_responses
     json.dumps(ev.last_responses)
 
 
@@ -202,5 +202,5 @@ def test_evaluator_mean_at_k():
     trainer = Trainer(model, AlgoConfig(preset="grpo", kl_coef=0.0), OptimConfig(), pad_token_id=tok.pad_token_id)
     acc = ev(trainer)
     assert 0.0 <= acc <= 1.0 and ev.last_mean_at_k is not None and 0.0 <= ev.last_mean_at_k <= 1.0
-    samples = ev.generate(model, 2)
+    samples = ev.generate(trainer, 2)
     assert len(samples) == 6 and model.training
