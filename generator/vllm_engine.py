@@ -41,8 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from winnow.generator.config import SamplingConfig
-from winnow.generator.engine import Completion, WeightLoadError, raise_on_mismatch
+from winnow.sampling import Completion, SamplingConfig, WeightLoadError, raise_on_mismatch
 
 log = logging.getLogger(__name__)
 

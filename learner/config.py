@@ -12,11 +12,12 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from winnow.generator.config import ChatFormat, SamplingConfig
-from winnow.generator.prompts import PromptSourceConfig, ReasoningGymSourceConfig
 
+from winnow.chat import ChatFormat
 from winnow.config import KafkaConfig, Model, Settings, settings_config
 from winnow.numerics import NumericsConfig
+from winnow.prompts import PromptSourceConfig, ReasoningGymSourceConfig
+from winnow.sampling import SamplingConfig
 
 
 class WeightStoreConfig(Model):
@@ -75,7 +76,7 @@ class EvalConfig(Model):
     @classmethod
     def _check_source(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         if v is not None:
-            from winnow.generator.prompts import parse_source_config
+            from winnow.prompts import parse_source_config
 
             try:
                 parse_source_config(v)
@@ -126,7 +127,7 @@ class LearnerConfig(Settings):
     arrives first is trained; the other is dropped as a duplicate."""
 
     prompts: dict[str, Any] = Field(default_factory=lambda: ReasoningGymSourceConfig().model_dump())
-    """Training prompt source (winnow.generator.prompts: kind reasoning_gym | jsonl | parquet | hf)."""
+    """Training prompt source (winnow.prompts: kind reasoning_gym | jsonl | parquet | hf)."""
     eval: EvalConfig = EvalConfig()
     """Held-out evaluation."""
 
@@ -181,7 +182,7 @@ class LearnerConfig(Settings):
     @field_validator("prompts")
     @classmethod
     def _check_prompts(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from winnow.generator.prompts import parse_source_config
+        from winnow.prompts import parse_source_config
 
         try:
             parse_source_config(v)
@@ -202,7 +203,7 @@ class LearnerConfig(Settings):
         return OptimConfig(**self.optim)
 
     def prompt_source_config(self) -> PromptSourceConfig:
-        from winnow.generator.prompts import parse_source_config
+        from winnow.prompts import parse_source_config
 
         return parse_source_config(self.prompts)
 

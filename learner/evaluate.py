@@ -20,9 +20,8 @@ import copy
 import logging
 from typing import Any
 
-from winnow.generator.chat import PromptFormatter
-from winnow.generator.config import ChatFormat
-from winnow.verifier.types import Item, Status
+from winnow.chat import ChatFormat, PromptFormatter
+from winnow.verdict import Item, Status
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +60,9 @@ class Evaluator:
 
     def _get_verifier(self):
         if self._verifier is None:
-            from winnow.verifier.engine import MathVerifier
+            from winnow.scoring import in_process_verifier
 
-            self._verifier = MathVerifier(workers=1, timeout_s=2.0)
+            self._verifier = in_process_verifier(workers=1, timeout_s=2.0)
         return self._verifier
 
     def generate(self, trainer: Any, k: int = 0) -> list[str]:
@@ -74,8 +73,9 @@ class Evaluator:
         dtype holds the current weights (as a generator holds the published ones). The trainer's model
         is put back in train mode afterwards."""
         import torch
-        from winnow.generator.config import SamplingConfig
-        from winnow.generator.hf_engine import HFEngine
+
+        from winnow.hf_engine import HFEngine
+        from winnow.sampling import SamplingConfig
 
         model = trainer.model
         was_training = model.training
@@ -136,7 +136,7 @@ class Evaluator:
 
 def build_evaluator(cfg: Any, tokenizer: Any) -> Evaluator | None:
     """The evaluator a :class:`~winnow.learner.config.LearnerConfig` asks for, or None (``eval.every = 0``)."""
-    from winnow.generator.prompts import make_source
+    from winnow.prompts import make_source
 
     if not cfg.eval.every:
         return None

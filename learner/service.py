@@ -45,7 +45,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from winnow.learner.checkpoint import LearnerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from winnow.learner.config import LearnerConfig
 from winnow.learner.weights import WeightPublisher
-from winnow.verifier.types import Status
 
 from winnow.kafka import (
     Deduper,
@@ -62,6 +61,7 @@ from winnow.kafka import (
     topics,
 )
 from winnow.v1 import messages_pb2
+from winnow.verdict import Status
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ class LearnerService:
 
     ``trainer``: a :class:`winnow.learner.step.Trainer` built from the *initial* weights (a
     checkpoint, if any, is loaded into it by :meth:`run`). ``source``: the training
-    :class:`~winnow.generator.prompts.PromptSource`. ``evaluate``: optional
+    :class:`~winnow.prompts.PromptSource`. ``evaluate``: optional
     ``callable(trainer) -> float`` (accuracy), run in a thread every ``eval.every`` steps.
     """
 
@@ -801,10 +801,10 @@ def build_trainer(cfg: LearnerConfig):
     in another dtype (fp32 on CPU), none when they already are in it.
     """
     import torch
-    from winnow.generator.models import resolve_model
     from winnow.learner.model import load_causal_lm, resolve_device
     from winnow.learner.step import Trainer
 
+    from winnow.models import resolve_model
     from winnow.numerics import resolve_precision, torch_dtype
 
     torch.manual_seed(cfg.seed)

@@ -259,7 +259,7 @@ class Pipeline:
         models = {self.data.get(c, {}).get("model", "smollm2-135m") for c in ("generator", "learner")}
         if len(models) != 1:
             return None
-        from winnow.generator.models import SMOLLM2_ALIASES, resolve_model
+        from winnow.models import SMOLLM2_ALIASES, resolve_model
 
         (model,) = models
         if str(model).lower() not in SMOLLM2_ALIASES:

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from winnow.generator.config import SamplingConfig
-from winnow.generator.hf_engine import HFEngine
-from winnow.generator.prompts import Problem
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.evaluate import Evaluator
 from winnow.learner.step import OptimConfig, Trainer
 from winnow.learner.tiny import build_tiny_model_and_tokenizer
 
+from winnow.hf_engine import HFEngine
 from winnow.numerics import NumericsConfig, resolve_precision, torch_dtype
+from winnow.prompts import Problem
+from winnow.sampling import SamplingConfig
 
 from .conftest import CORRECT, WRONG, make_groups
 
@@ -23,7 +23,7 @@ class _ContainsGold:
     model scores between 0 and 1, and two decoders that differ can score differently)."""
 
     def verify_batch(self, items):
-        from winnow.verifier.types import Status, Verdict
+        from winnow.verdict import Status, Verdict
 
         return [Verdict(id=i.id, status=Status.CORRECT if i.gold in i.response else Status.WRONG) for i in items]
 

@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-from winnow.generator.prompts import Problem
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.checkpoint import (
     LATEST,
@@ -25,6 +24,7 @@ from winnow.learner.tiny import build_tiny_model_and_tokenizer
 from winnow.learner.weights import WeightPublisher
 
 from winnow.config import ConfigError, load_config, parse_overrides
+from winnow.prompts import Problem
 from winnow.v1 import messages_pb2
 
 CORRECT, WRONG, ERROR = 1, 2, 7
@@ -162,7 +162,7 @@ class _Verifier:
     """Stands in for MathVerifier: exact match of the boxed answer."""
 
     def verify_batch(self, items):
-        from winnow.verifier.types import Status, Verdict
+        from winnow.verdict import Status, Verdict
 
         return [
             Verdict(id=i.id, status=Status.CORRECT if f"\\boxed{{{i.gold}}}" in i.response else Status.WRONG)

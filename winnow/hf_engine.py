@@ -21,16 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from winnow.generator.config import SamplingConfig
-from winnow.generator.engine import (
+
+from winnow.numerics import resolve_precision, torch_dtype
+from winnow.sampling import (
     Completion,
     GenerationCancelled,
+    SamplingConfig,
     process_logprobs,
     raise_on_mismatch,
     sample_tokens,
 )
-
-from winnow.numerics import resolve_precision, torch_dtype
 
 log = logging.getLogger(__name__)
 
