@@ -213,16 +213,22 @@ def eval_problems(budget: Budget) -> list[Any]:
 
 
 def evaluate(model_dir: str, weights: str | None, problems: list[Any], budget: Budget, chat: dict[str, Any],
-             precision: str = "auto", seed: int = 0) -> dict[str, Any]:
+             precision: str = "auto", seed: int = 0, threads: int = 1) -> dict[str, Any]:
     """Greedy accuracy and pass@k of the model at ``model_dir`` (with the safetensors ``weights`` loaded
     over it, if given), decoded by the generators' transformers engine at the run's ``numerics.precision``:
-    exactly as the generators sample during training."""
+    exactly as the generators sample during training. ``threads``: torch threads of this process (1 by
+    default: on a shared machine OpenMP threads that spin for a busy core slow decoding by an order of
+    magnitude; 0 = torch's default)."""
+    import torch
+
     from winnow.chat import ChatFormat, PromptFormatter
     from winnow.hf_engine import HFEngine
     from winnow.sampling import SamplingConfig
     from winnow.scoring import in_process_verifier
     from winnow.verdict import Item, Status
 
+    if threads:
+        torch.set_num_threads(threads)
     t0 = time.perf_counter()
     engine = HFEngine.from_pretrained(model_dir, dtype=precision, max_batch_sequences=64)
     if weights:
@@ -356,7 +362,7 @@ def summarize(spec: RunSpec, rows: list[dict], ev: dict[str, Any], wall_s: float
 
 
 def run_one(spec: RunSpec, budget: Budget, model_dir: str, bootstrap: str, results: Path, work: Path,
-            problems: list[Any], timeout_s: float) -> dict[str, Any]:
+            problems: list[Any], timeout_s: float, eval_threads: int = 1) -> dict[str, Any]:
     """Run, evaluate and record one spec (``results/runs/<id>/``); returns its summary."""
     out = results / "runs" / spec.run_id
     run_dir = work / spec.run_id
@@ -370,7 +376,7 @@ def run_one(spec: RunSpec, budget: Budget, model_dir: str, bootstrap: str, resul
     shutil.copy(run_dir / "metrics.jsonl", out / "metrics.jsonl")
     weights, version = final_weights(run_dir)
     ev = evaluate(model_dir, weights, problems, budget, data["generator"].get("chat", {}),
-                  precision=data.get("numerics", {}).get("precision", "auto"), seed=spec.seed)
+                  precision=data.get("numerics", {}).get("precision", "auto"), seed=spec.seed, threads=eval_threads)
     ev["weights_version"] = version
     (out / "eval.json").write_text(json.dumps(ev, indent=1))
     summary = summarize(spec, _rows(out / "metrics.jsonl"), ev, wall_s)
@@ -603,11 +609,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-problems", type=int, default=d.eval_problems)
     p.add_argument("--eval-k", type=int, default=d.eval_k, help="samples per held-out problem for pass@k")
     p.add_argument("--eval-seed", type=int, default=d.eval_seed, help="reasoning-gym seed of the held-out set")
+    p.add_argument("--eval-threads", type=int, default=1,
+                   help="torch threads of the evaluation (1: no OpenMP spinning on a shared machine; 0 = default)")
     p.add_argument("--staleness-preset", default="reinforce_rej")
     p.add_argument("--staleness-values", default="0,1,2,4")
     p.add_argument("--config", default=None, help="a winnow up config file merged over every run's config")
     p.add_argument("--run-timeout", type=float, default=1800.0, help="seconds allowed per run")
-    p.add_argument("--only", default=None, help="run only the labels in this comma-separated list (e.g. grpo,raft)")
+    p.add_argument("--only", default=None, help="run only these labels or presets (comma-separated), in this order within a seed")
     p.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
     p.add_argument("--report-only", action="store_true", help="only rebuild table.md and the plots")
     p.add_argument("--base-only", action="store_true",
@@ -653,9 +661,14 @@ def main(argv: list[str] | None = None) -> int:
                     task_config=args.task_config_dict, eval_problems=args.eval_problems, eval_k=args.eval_k,
                     eval_seed=args.eval_seed, extra=read_config_file(args.config) if args.config else {})
     specs = plan(args.suites, args.seed_list, args.staleness_preset, args.staleness_list)
-    if args.only:
-        wanted = {w.strip() for w in args.only.split(",")}
+    if args.only:  # these labels or presets only, in the order given (within each suite and seed)
+        wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+
+        def rank(s: RunSpec) -> int:
+            return next(i for i, w in enumerate(wanted) if w in (s.label, s.algo.get("preset")))
+
         specs = [s for s in specs if s.label in wanted or s.algo.get("preset") in wanted]
+        specs.sort(key=lambda s: (SUITES.index(s.suite), s.seed, rank(s)))
     todo = [s for s in specs if not (results / "runs" / s.run_id / "summary.json").exists()]
     if args.max_runs is not None:
         todo = todo[: args.max_runs]
@@ -684,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
     chat, precision = probe["generator"].get("chat", {}), probe.get("numerics", {}).get("precision", "auto")
     if not (results / "base_eval.json").exists():
         print("evaluating the initial model ...", file=sys.stderr, flush=True)
-        base = evaluate(model_dir, None, problems, budget, chat, precision=precision)
+        base = evaluate(model_dir, None, problems, budget, chat, precision=precision, threads=args.eval_threads)
         (results / "base_eval.json").write_text(json.dumps(base, indent=1))
         print(f"  initial model: greedy {base['greedy_accuracy']:.3f}, pass@k {base.get('pass_at_k')}",
               file=sys.stderr, flush=True)
@@ -700,7 +713,8 @@ def main(argv: list[str] | None = None) -> int:
             bootstrap = broker.start()
         for i, spec in enumerate(todo, 1):
             print(f"[{i}/{len(todo)}] {spec.run_id} ({time.strftime('%H:%M:%S')}) ...", file=sys.stderr, flush=True)
-            s = run_one(spec, budget, model_dir, bootstrap, results, work, problems, args.run_timeout)
+            s = run_one(spec, budget, model_dir, bootstrap, results, work, problems, args.run_timeout,
+                        args.eval_threads)
             print(f"  done in {s['wall_s']:.0f}s: greedy {s['greedy_accuracy']:.3f}, pass@{budget.eval_k} "
                   f"{s['pass_at_k'].get(str(budget.eval_k), float('nan')):.3f}, train acc "
                   f"{s['acceptance_first']} -> {s['acceptance_last']}", file=sys.stderr, flush=True)
