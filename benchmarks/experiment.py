@@ -329,10 +329,10 @@ def summarize(spec: RunSpec, rows: list[dict], ev: dict[str, Any], wall_s: float
     """One run's numbers for the table: the last steps' training signals and the held-out evaluation."""
     steps = [r for r in rows if "loss" in r]
     tail = steps[-max(1, len(steps) // 4):]  # last quarter of the run
+    trained_steps = [r for r in steps if trained(r)]
+    trained_tail = trained_steps[-max(1, len(trained_steps) // 4):]  # entropy/KL: last quarter of trained steps
 
     def mean(key: str, rs: list[dict]) -> float | None:
-        if key in TRAINED_ONLY:
-            rs = [r for r in rs if trained(r)]
         vals = [float(r[key]) for r in rs if isinstance(r.get(key), int | float)]
         return statistics.fmean(vals) if vals else None
 
@@ -347,9 +347,9 @@ def summarize(spec: RunSpec, rows: list[dict], ev: dict[str, Any], wall_s: float
         "acceptance_first": mean("acceptance_rate", steps[:max(1, len(steps) // 4)]),
         "acceptance_last": mean("acceptance_rate", tail),
         "reward_last": mean("reward_mean", tail),
-        "entropy_first": mean("entropy", steps[:1]),
-        "entropy_last": mean("entropy", tail),
-        "kl_last": mean("kl", tail),
+        "entropy_first": mean("entropy", trained_steps[:1]),
+        "entropy_last": mean("entropy", trained_tail),
+        "kl_last": mean("kl", trained_tail),
         "kept_groups_mean": mean("kept_group_fraction", steps),
         "staleness_mean": mean("staleness_mean", steps),
         "stale_dropped": int(last.get("outcomes", {}).get("stale", 0)),
@@ -413,7 +413,15 @@ def _fmt(values: list[float], pct: bool = False, digits: int = 3) -> str:
 
 
 def load_summaries(results: Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted((results / "runs").glob("*/summary.json"))]
+    """Every finished run's summary, recomputed from its ``metrics.jsonl`` and ``eval.json`` (so a change
+    of :func:`summarize` applies to runs recorded before it)."""
+    out = []
+    for path in sorted((results / "runs").glob("*/summary.json")):
+        saved = json.loads(path.read_text())
+        spec = RunSpec(saved["suite"], saved["label"], saved["algo"], saved["seed"])
+        ev = json.loads((path.parent / "eval.json").read_text())
+        out.append({**saved, **summarize(spec, _rows(path.parent / "metrics.jsonl"), ev, saved["wall_s"])})
+    return out
 
 
 def table(results: Path) -> str:
@@ -475,8 +483,9 @@ def write_report(results: Path) -> list[Path]:
         "greedy acc / pass@k: held-out, final weights decoded by the generator's engine (pass@k unbiased from "
         f"{b['eval_k']} samples per problem); train acc: fraction of correct samples (first / last quarter of "
         "the steps); held-out entropy: mean -log-prob per token of those samples (a Monte Carlo estimate of "
-        "the policy's per-token entropy on held-out prompts, comparable across presets); reward, KL (k3 vs the initial model), entropy: learner metrics of the last quarter (first "
-        "step for entropy first), over the trained tokens only (steps that trained nothing are left out); wall s: one run start to learner exit, one process each for generator and "
+        "the policy's per-token entropy on held-out prompts, comparable across presets); reward: learner mean reward over the last quarter of the steps; KL (k3 vs the initial "
+        "model), entropy: learner metrics over the trained tokens only, first trained step and last quarter of "
+        "the trained steps (steps that trained nothing are left out and counted in skipped steps); wall s: one run start to learner exit, one process each for generator and "
         "learner; mean ± sd over seeds.\n\n"
     )
     files = [results / "table.md"]

@@ -106,6 +106,7 @@ def test_table_mean_and_spread_over_seeds(tmp_path):
         d = tmp_path / "runs" / spec.run_id
         d.mkdir(parents=True)
         (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (d / "eval.json").write_text(json.dumps(ev))
         (d / "summary.json").write_text(json.dumps(exp.summarize(spec, rows, ev, 30.0)))
     text = exp.table(tmp_path)
     row = next(line for line in text.splitlines() if "| grpo |" in line)
@@ -148,3 +149,12 @@ def test_only_filters_and_orders_within_a_seed(tmp_path, capsys):
     ids = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert ids == ["main-grpo-s0", "main-raft-s0", "main-grpo-s1", "main-raft-s1"]
     assert not (tmp_path / "config.json").exists()  # a dry run records nothing
+
+
+def test_entropy_and_kl_skip_steps_that_trained_nothing():
+    spec = exp.RunSpec("main", "reinforce_rej", {"preset": "reinforce_rej"}, 0)
+    rows = [{"version": 1, "time": 0.0, "loss": 0.1, "tokens": 10.0, "entropy": 0.8, "kl": 0.01},
+            {"version": 2, "time": 1.0, "loss": 0.0, "tokens": 0.0, "skipped": 1.0, "entropy": 0.0, "kl": 0.0}]
+    s = exp.summarize(spec, rows, {"greedy_accuracy": 0.5}, 2.0)
+    # the last step trained nothing: its logged 0 entropy/KL is not a measurement
+    assert s["entropy_last"] == 0.8 and s["kl_last"] == 0.01 and s["skipped_steps"] == 1
