@@ -512,7 +512,8 @@ def plot(results: Path) -> list[Path]:
         curves.setdefault(s["suite"], {}).setdefault(s["label"], []).append(rows)
     written: list[Path] = []
     metrics = [("acceptance_rate", "train accuracy (fraction of correct samples)", "reward"),
-               ("entropy", "mean token entropy", "entropy"), ("kl", "KL(pi || pi_ref), k3", "kl")]
+               ("entropy", "mean token entropy (trained tokens)", "entropy"),
+               ("kl", "KL(pi || pi_ref), k3 (trained tokens)", "kl")]
     for key, ylabel, name in metrics:
         suites = [s for s in SUITES if s in curves]
         if not suites:
