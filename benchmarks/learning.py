@@ -66,22 +66,26 @@ def make_data(work: Path, size: int, eval_prompts: int, seed: int) -> tuple[Path
 
 
 class HeldOut:
-    """Greedy accuracy on the held-out sums, under bf16 autocast (the sampling precision)."""
+    """Greedy accuracy on the held-out sums: the learner's own evaluator (winnow.learner.evaluate), which
+    decodes with the generators' engine on a copy of the weights in the compute precision (bf16 here)."""
 
     def __init__(self, tokenizer: Any, rows: list[dict], max_new_tokens: int) -> None:
-        from winnow.generator.config import ChatFormat
-        from winnow.generator.prompts import Problem
         from winnow.learner.evaluate import Evaluator
+
+        from winnow.chat import ChatFormat
+        from winnow.prompts import Problem
 
         problems = [Problem(f"heldout/{i}", r["question"], r["answer"], "math") for i, r in enumerate(rows)]
         self.evaluator = Evaluator(tokenizer, problems, chat=ChatFormat(), max_new_tokens=max_new_tokens,
                                    batch_size=len(problems))
 
-    def __call__(self, model: Any) -> float:
+    def __call__(self, model: Any, version: int) -> float:
+        import types
+
         import torch
 
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return self.evaluator.score(self.evaluator.generate(model))
+        policy = types.SimpleNamespace(model=model, compute_dtype=torch.bfloat16, version=version)
+        return self.evaluator.score(self.evaluator.generate(policy))
 
     def close(self) -> None:
         self.evaluator.close()
@@ -97,12 +101,12 @@ def minimal_loop(args: argparse.Namespace, model_dir: str, train: list[dict], he
     ``{"version", "wall_s", "accuracy"}``.
     """
     import torch
-    from winnow.generator.chat import PromptFormatter
-    from winnow.generator.config import ChatFormat
-    from winnow.generator.hf_engine import eos_token_ids
     from winnow.learner.model import load_causal_lm
-    from winnow.verifier.engine import MathVerifier
-    from winnow.verifier.types import Item, Status
+
+    from winnow.chat import ChatFormat, PromptFormatter
+    from winnow.hf_engine import eos_token_ids
+    from winnow.scoring import in_process_verifier
+    from winnow.verdict import Item, Status
 
     clock = Stopwatch()
     torch.manual_seed(args.seed)
@@ -114,14 +118,14 @@ def minimal_loop(args: argparse.Namespace, model_dir: str, train: list[dict], he
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "norm" not in n.lower())]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr)
-    verifier = MathVerifier(workers=1, timeout_s=2.0)
+    verifier = in_process_verifier(workers=1, timeout_s=2.0)
     heldout = HeldOut(tok, heldout_rows, args.max_new_tokens)
     bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
     out: dict[str, Any] = {"rows": [], "evals": [], "phases": []}
 
     def evaluate(version: int) -> None:
         with clock.paused():
-            acc = heldout(model)
+            acc = heldout(model, version)
         out["evals"].append({"version": version, "wall_s": clock.elapsed(), "accuracy": acc})
         log(f"  loop v{version}: held-out accuracy {acc:.3f} at {clock.elapsed():.0f}s")
 
@@ -293,7 +297,7 @@ def run_winnow(args: argparse.Namespace, model_dir: str, train_path: Path, heldo
                 if not path.exists():
                     raise RuntimeError(f"winnow published no weights for version {v} ({path})")
                 model.load_state_dict(load_file(str(path)), strict=False)  # tied aliases are omitted
-            acc = heldout(model)
+            acc = heldout(model, v)
             out["evals"].append({"version": v, "wall_s": wall[v], "accuracy": acc})
             log(f"  winnow v{v}: held-out accuracy {acc:.3f} at {wall[v]:.0f}s")
     finally:
@@ -444,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("aiokafka", "winnow.kafka", "winnow.brokers", "winnow.up", "httpx", "transformers"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
-    from winnow.generator.models import resolve_model
+    from winnow.models import resolve_model
 
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
