@@ -79,11 +79,19 @@ def resolve(config_path: str | None, overrides: list[str], run_dir: Path) -> dic
     """Merge the embedded default, the user file and overrides into one dict with a section per
     service (kafka shared). Validates nothing yet."""
     data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    replaced = eval_set = False
     for layer in ([read_config_file(config_path)] if config_path else []) + [parse_overrides(overrides)]:
-        prompts = (layer.get("learner") or {}).get("prompts")
+        learner = layer.get("learner") or {}
+        prompts = learner.get("prompts")
         if isinstance(prompts, dict) and ({"kind", "name"} & set(prompts)):
             data["learner"].pop("prompts", None)  # another source: don't inherit the default's knobs
+            replaced = True
+        eval_set = eval_set or bool(isinstance(learner.get("eval"), dict) and learner["eval"])
         data = deep_merge(data, layer)
+    learner = data.get("learner", {})
+    if replaced and not eval_set and not learner.get("prompts", {}).get("holdout"):
+        # the default's held-out evaluation belongs to the default's data (its set-aside rows)
+        learner.setdefault("eval", {})["every"] = 0
     unknown = set(data) - {"up", "kafka", "numerics", *COMPONENTS}
     if unknown:
         raise ConfigError(
