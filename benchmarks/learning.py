@@ -94,8 +94,13 @@ class HeldOut:
 # -- the baseline: a minimal synchronous loop -------------------------------------------------------
 
 
-def minimal_loop(args: argparse.Namespace, model_dir: str, train: list[dict], heldout_rows: list[dict]) -> dict:
+def minimal_loop(args: argparse.Namespace, model_dir: str, train: list[dict], heldout_rows: list[dict] | None,
+                 train_on: str = "correct", chat: dict | None = None) -> dict:
     """Generate -> score -> SFT on the correct samples, one process, every core; returns the curve.
+
+    ``train_on="all"``: a vanilla policy-gradient step on every sample instead (loss -r log pi, token-mean;
+    the cost of a no-filter step, for benchmarks/pipeline.py's random model that is never right).
+    ``heldout_rows=None``: no evaluation. ``chat``: ChatFormat fields (default: the default chat format).
 
     ``rows``: per step ``{"version", "wall_s"}`` (clock paused during evaluation); ``evals``:
     ``{"version", "wall_s", "accuracy"}``.
@@ -112,18 +117,20 @@ def minimal_loop(args: argparse.Namespace, model_dir: str, train: list[dict], he
     torch.manual_seed(args.seed)
     torch.set_num_threads(os.cpu_count() or 1)
     model, tok = load_causal_lm(model_dir)  # fp32 master weights, as winnow's learner
-    fmt = PromptFormatter(tok, ChatFormat())
+    fmt = PromptFormatter(tok, ChatFormat(**(chat or {})))
     eos = set(eos_token_ids(model, tok))
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "norm" not in n.lower()]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "norm" not in n.lower())]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=args.lr)
     verifier = in_process_verifier(workers=1, timeout_s=2.0)
-    heldout = HeldOut(tok, heldout_rows, args.max_new_tokens)
+    heldout = HeldOut(tok, heldout_rows, args.max_new_tokens) if heldout_rows else None
     bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
     out: dict[str, Any] = {"rows": [], "evals": [], "phases": []}
 
     def evaluate(version: int) -> None:
+        if heldout is None:
+            return
         with clock.paused():
             acc = heldout(model, version)
         out["evals"].append({"version": version, "wall_s": clock.elapsed(), "accuracy": acc})
@@ -154,23 +161,26 @@ def minimal_loop(args: argparse.Namespace, model_dir: str, train: list[dict], he
                           task="math") for i, r in enumerate(responses)]
             correct = [v.status == Status.CORRECT for v in verifier.verify_batch(items)]
             t2 = time.perf_counter()
-            kept = [(prompts[i // n], r) for i, r in enumerate(responses) if correct[i] and r]
-            tokens = sum(len(r) for _, r in kept)
-            kept.sort(key=lambda pr: -(len(pr[0]) + len(pr[1])))  # similar lengths together, as winnow
+            kept = [(prompts[i // n], r, float(correct[i])) for i, r in enumerate(responses)
+                    if r and (correct[i] or train_on == "all")]
+            tokens = sum(len(r) for _, r, _ in kept)
+            kept.sort(key=lambda k: -(len(k[0]) + len(k[1])))  # similar lengths together, as winnow
             for s in range(0, len(kept), args.micro_batch):
                 mb = kept[s : s + args.micro_batch]
-                L = max(len(p) + len(r) for p, r in mb)
+                L = max(len(p) + len(r) for p, r, _ in mb)
                 x = torch.full((len(mb), L), tok.pad_token_id)
                 am = torch.zeros((len(mb), L), dtype=torch.long)
                 y = torch.full((len(mb), L), -100)
-                for i, (p, r) in enumerate(mb):
+                for i, (p, r, _) in enumerate(mb):
                     x[i, : len(p) + len(r)] = torch.tensor(p + r)
                     am[i, : len(p) + len(r)] = 1
                     y[i, len(p) - 1 : len(p) + len(r) - 1] = torch.tensor(r)  # logits at t predict t+1
                 with bf16():
                     logits = model(input_ids=x, attention_mask=am).logits
-                loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100,
-                                                         reduction="sum") / tokens  # token-mean over the batch
+                nll = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100,
+                                                        reduction="none").view(len(mb), L)
+                advantage = torch.tensor([1.0 if train_on == "correct" else a for _, _, a in mb])  # RAFT: 1
+                loss = (nll.sum(1) * advantage).sum() / tokens  # token-mean over the batch
                 loss.backward()
             if kept:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -186,7 +196,8 @@ def minimal_loop(args: argparse.Namespace, model_dir: str, train: list[dict], he
                 evaluate(step + 1)
     finally:
         verifier.close()
-        heldout.close()
+        if heldout is not None:
+            heldout.close()
     return out
 
 
