@@ -50,6 +50,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "reinforce+remove_all_wrong": {"filter": "remove_all_wrong", "advantage": "raw", "loss": "clipped"},
     "reinforce+remove_all_correct": {"filter": "remove_all_correct", "advantage": "raw", "loss": "clipped"},
     "reinforce_rej+std": {"filter": "mixed", "advantage": "mean_std", "loss": "clipped"},
+    # Rejection sampling at temperature beta (THEORY.md 1.2, 2.4; docs/algorithms.md "RAFT at a finite beta"):
+    # keep each sample with probability exp((r - r_max) / beta), SFT on the kept ones. beta -> 0 is raft.
+    "raft_beta": {"filter": "raft_beta", "advantage": "unit", "loss": "sft"},
+    "raft++_beta": {"filter": "raft_beta", "advantage": "unit", "loss": "clipped"},
+    # Its importance-sampling twin: every sample, weighted N * softmax_group(r / beta).
+    "raft_snis": {"filter": "none", "advantage": "snis", "loss": "sft"},
 }
 DEFAULT_PRESET = "reinforce_rej"
 
@@ -63,13 +69,20 @@ class AlgoConfig(Model):
 
     preset: str = DEFAULT_PRESET
     """Named algorithm (see docs/algorithms.md): raft, raft++, raft++clip_higher, reinforce, grpo, reinforce_rej,
-    reinforce+mean_zero, reinforce+remove_all_wrong, reinforce+remove_all_correct, reinforce_rej+std.
-    Fields set explicitly override the preset's."""
+    reinforce+mean_zero, reinforce+remove_all_wrong, reinforce+remove_all_correct, reinforce_rej+std, raft_beta,
+    raft++_beta, raft_snis. Fields set explicitly override the preset's."""
     filter: FilterMode
     """Which samples contribute: none | raft (correct samples) | mixed (groups with 0 < #correct < n) |
-    remove_all_wrong | remove_all_correct."""
+    remove_all_wrong | remove_all_correct | raft_beta (each sample with probability exp((r - reward_correct) / beta))."""
     advantage: AdvantageKind
-    """raw (r) | mean_zero (r - group mean) | mean_std ((r - mean) / (std + eps), GRPO) | raft (max(r, 0))."""
+    """raw (r) | mean_zero (r - group mean) | mean_std ((r - mean) / (std + eps), GRPO) | raft (max(r, 0)) |
+    unit (1) | snis (N * softmax over the group of r / beta)."""
+    beta: float = Field(default=0.5, gt=0.0, allow_inf_nan=False)
+    """Temperature of raft_beta / raft_snis: the target is pi* ∝ pi * exp(r / beta). With rewards {0, 1} a wrong
+    sample is kept with probability exp(-1 / beta) (0.5: 0.135, 0.25: 0.018); beta -> 0 is raft (only the best
+    reward), a large beta keeps everything (plain SFT on all samples)."""
+    sampler_seed: int = 0
+    """Seed of raft_beta's acceptance draws; a draw is a pure function of (sampler_seed, request_id, sample index)."""
     loss: Literal["sft", "clipped"]
     """sft: -A log pi (RAFT, no ratio); clipped: PPO clipped surrogate with the per-token ratio."""
     eps_low: float = Field(default=0.2, ge=0.0, lt=1.0)
