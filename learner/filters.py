@@ -110,18 +110,19 @@ def sample_keep_mask(correct: Tensor, mode: CorrectnessFilter, *, valid: Tensor 
 
 
 def uniform_draws(seed: int, request_ids: Sequence[str], n: int) -> Tensor:
-    """``G`` request ids -> ``(G, n)`` float64 uniforms in ``[0, 1)``, a pure function of ``(seed, id, i)``.
+    """``G`` request ids -> ``(G, n)`` float64 uniforms in ``(0, 1]``, a pure function of ``(seed, id, i)``.
 
-    ``u[g, i]`` is the first 8 bytes of ``blake2b(f"{seed}/{request_ids[g]}/{i}")`` over ``2**64``: no RNG
-    state, so the same group replayed after a crash (or seen by another data-parallel rank) gets the same
+    ``u[g, i] = (k + 1) / 2**53`` with ``k`` the top 53 bits of the 8-byte
+    ``blake2b(f"{seed}/{request_ids[g]}/{i}")`` (exact in float64, so ``0 < u <= 1``). No RNG state, so the same group replayed after a crash (or seen by another data-parallel rank) gets the same
     draws, whatever the batch it lands in.
     """
-    out = torch.empty((len(request_ids), n), dtype=torch.float64)
-    for g, rid in enumerate(request_ids):
-        for i in range(n):
-            digest = hashlib.blake2b(f"{seed}/{rid}/{i}".encode(), digest_size=8).digest()
-            out[g, i] = int.from_bytes(digest, "big") / 2.0**64
-    return out
+    values = [
+        ((int.from_bytes(hashlib.blake2b(f"{seed}/{rid}/{i}".encode(), digest_size=8).digest(), "big") >> 11) + 1)
+        / 2.0**53
+        for rid in request_ids
+        for i in range(n)
+    ]
+    return torch.tensor(values, dtype=torch.float64).reshape(len(request_ids), n)
 
 
 def acceptance_probability(rewards: Tensor, *, beta: float, r_max: float) -> Tensor:
@@ -139,18 +140,18 @@ def acceptance_probability(rewards: Tensor, *, beta: float, r_max: float) -> Ten
 def beta_keep_mask(
     rewards: Tensor, uniforms: Tensor, *, beta: float, r_max: float, valid: Tensor | None = None
 ) -> Tensor:
-    """``raft_beta``: ``rewards (G, n)``, ``uniforms (G, n)`` in [0, 1) -> keep ``(G, n)`` bool.
+    """``raft_beta``: ``rewards (G, n)``, ``uniforms (G, n)`` in (0, 1] -> keep ``(G, n)`` bool.
 
-    Sample ``i`` is kept iff ``u_i < alpha_i`` (:func:`acceptance_probability`) and it is valid. With
-    ``u in [0, 1)`` a sample with ``alpha = 1`` is always kept and one with ``alpha = 0`` (``beta -> 0``, or
-    ``exp`` underflowing) never, so a tiny ``beta`` is exactly the ``raft`` filter.
+    Sample ``i`` is kept iff ``u_i <= alpha_i`` (:func:`acceptance_probability`) and it is valid. With
+    :func:`uniform_draws` (``2**-53 <= u <= 1``) a sample with ``alpha = 1`` is always kept and one with
+    ``alpha < 2**-53`` never (``(r_max - r) / beta > 36.7``), so a small enough ``beta`` is exactly ``raft``.
     """
     if uniforms.shape != rewards.shape:
         raise ValueError(f"uniforms {tuple(uniforms.shape)} must match rewards {tuple(rewards.shape)}")
     if valid is None:
         valid = torch.ones_like(rewards, dtype=torch.bool)
     alpha = acceptance_probability(rewards, beta=beta, r_max=r_max)
-    return (uniforms.to(alpha.device, torch.float64) < alpha) & valid
+    return (uniforms.to(alpha.device, torch.float64) <= alpha) & valid
 
 
 def sampler_diagnostics(
