@@ -34,7 +34,8 @@ from winnow.learner.filters import (
     uniform_draws,
 )
 from winnow.learner.losses import aggregate, clipped_policy_loss, kl_penalty, ratio_stats, sft_loss
-from winnow.verifier.types import Status
+
+from winnow.verdict import Status
 
 
 def prepare_batch_signals(
