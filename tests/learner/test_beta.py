@@ -192,6 +192,13 @@ def test_beta_is_validated_and_named():
         with pytest.raises(ConfigError, match=r"beta"):
             AlgoConfig.from_preset("raft_beta", beta=bad)
     assert AlgoConfig.from_preset("raft_snis", beta=3.0).beta == 3.0
+    # through the learner's config (file / env): the error names algo and beta
+    from winnow.learner.config import LearnerConfig
+
+    from winnow.config import load_config
+
+    with pytest.raises(ConfigError, match=r"algo.*beta: Input should be greater than 0"):
+        load_config(LearnerConfig, data={"algo": {"preset": "raft_beta", "beta": -1}})
 
 
 def _random_batch(G=6, n=4, T=5, seed=0):
