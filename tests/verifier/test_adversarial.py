@@ -126,7 +126,7 @@ SYMBOLIC_CASES = [
     ("\\frac{1}{2^{98}}", B("\\frac1{2^{99}}"), "wrong"),
     ("\\begin{pmatrix}\\sqrt{2}\\\\1\\end{pmatrix}", B("\\begin{pmatrix}\\frac{2}{\\sqrt2}\\\\1\\end{pmatrix}"), "correct"),
     ("\\{1,\\sqrt{2}\\}", B("\\{\\sqrt{2},1\\}"), "correct"),
-    ("\\pi", B("3.14"), "correct"),
+    ("\\pi", B("3.141593"), "correct"),
 ]
 
 
