@@ -256,10 +256,12 @@ class MathVerifier:
     def __init__(self, *, workers: int = 2, timeout_s: float = 2.0, memory_mb: int = 1024,
                  max_tasks_per_worker: int = 500, cache_size: int = 65536,
                  on_worker_restart: Callable[[str], None] | None = None,
-                 on_cache: Callable[[bool], None] | None = None):
+                 on_cache: Callable[[bool], None] | None = None,
+                 default_options: dict[str, str] | None = None):
         from winnow.verifier.pool import WorkerPool
 
         self.timeout_s = timeout_s
+        self.default_options = dict(default_options or {})
         self._on_cache = on_cache
         self._on_restart_cb = on_worker_restart
         self._stats_lock = threading.Lock()
@@ -306,6 +308,11 @@ class MathVerifier:
         pending: dict[tuple, list[tuple[int, float, Job]]] = {}
         for i, item in enumerate(items):
             t0 = time.perf_counter()
+            if self.default_options:
+                item = Item(item.id, item.response, item.gold, item.task, {**self.default_options, **item.options})
+            if deadline is not None and time.monotonic() > deadline:  # gold and answer parsing share the budget
+                out[i] = self._verdict(item, Result(Status.TIMEOUT, "", "deadline", "batch deadline passed"), t0)
+                continue
             try:
                 gkey = (item.gold, item.task, _flag(item.options, "mcq"))
                 gold = golds.get(gkey)

@@ -402,3 +402,21 @@ async def test_client_deadline_counts_cancelled_and_inflight_drains(start_server
         await asyncio.sleep(0.05)
     assert srv.metrics.inflight_items._value.get() == 0
     assert srv.metrics.requests.labels("Verify", "CANCELLED")._value.get() == 1
+
+
+async def test_made_up_method_names_do_not_create_metric_series(start_server):
+    """Issue 13 fault 7: each unauthenticated call to an invented method used to add a series."""
+    from winnow.verifier.server import method_label
+
+    assert method_label("/winnow.v1.Verifier/Verify") == "Verify"
+    assert method_label("/winnow.v1.Verifier/Xyz123") == "other"
+    assert method_label("/other.Service/Verify") == "other"
+    srv = await start_server(token="s3cret")
+    async with grpc.aio.insecure_channel(srv.target) as ch:
+        for i in range(20):
+            call = ch.unary_unary(f"/winnow.v1.Verifier/Made{i}", request_serializer=bytes, response_deserializer=bytes)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await call(b"")
+    series = {s.labels["rpc"] for m in srv.registry.collect() if m.name == "winnow_verifier_requests"
+              for s in m.samples}
+    assert series <= {"Verify", "VerifyBatch", "other"}, series
