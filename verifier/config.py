@@ -73,6 +73,10 @@ class VerifierConfig(Settings):
     """Optional bearer token: calls must send ``authorization: Bearer <token>``. Env: WINNOW_VERIFIER_TOKEN."""
     token_file: Path | None = None
     """File holding the bearer token (a mounted Kubernetes Secret); used when ``token`` is unset."""
+    max_connection_age_s: float = Field(default=60.0, ge=0, le=86400)
+    """Close each client connection after this long (gracefully: calls in flight finish). Clients then
+    reconnect and re-resolve the Service's DNS name, so verifier pods added by the HPA start to receive
+    calls (gRPC does not re-resolve DNS on its own while connections are healthy). 0 = never."""
     accept_rounded: bool = False
     """Accept a decimal rounded or truncated to >= 2 places for an exact or irrational gold (``0.33`` for
     ``1/3``, ``3.14`` for ``\\pi``). Off by default: with it on, a policy can earn full reward with a

@@ -266,6 +266,9 @@ def create_server(
         ("grpc.max_send_message_length", cfg.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    if cfg.max_connection_age_s > 0:  # clients reconnect and re-resolve DNS: pods the HPA adds get traffic
+        options += [("grpc.max_connection_age_ms", int(cfg.max_connection_age_s * 1000)),
+                    ("grpc.max_connection_age_grace_ms", int(max(cfg.batch_deadline_s, 30.0) * 1000))]
     executor = ThreadPoolExecutor(max_workers=max(4, 2 * cfg.engine_workers), thread_name_prefix="verify")
     server = grpc.aio.server(
         interceptors=[TokenAuthInterceptor(token, metrics)] if token else None,
