@@ -40,7 +40,7 @@ _TEXT_CMD_RE = re.compile(
     r"\\(?:text|textbf|textit|textrm|textsf|texttt|textnormal|mathrm|mathbf|mathit|mathsf|mbox|operatorname|emph)"
     r"\s*\{([^{}]*)\}"
 )
-_SPACING_RE = re.compile(r"\\[!,;:> ]|\\q?quad\b|~|\\(?:displaystyle|textstyle|scriptstyle|limits)\b")
+_SPACING_RE = re.compile(r"(?<!\\)\\[!,;:> ]|\\q?quad|~|\\(?:displaystyle|textstyle|scriptstyle|limits)\b")
 _SIZING_RE = re.compile(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|biggl|biggr|Biggl|Biggr|big|Big|bigg|Bigg|middle)(?![a-zA-Z])")
 _UNICODE = {
     "\u2212": "-", "\u2013": "-", "\u00d7": "\\times ", "\u00b7": "\\cdot ", "\u22c5": "\\cdot ", "\u221e": "\\infty ",
@@ -154,12 +154,16 @@ def canonicalize(s: str) -> str:
     if s in _EMPTY_SETS:
         return "\\emptyset"
     if ";" in s and not s.startswith("\\begin"):
+        s = _TUPLE_SEMICOLONS.sub(lambda m: m.group(0).replace(";", ","), s)  # "(0;-2;6)" is "(0,-2,6)"
         s = _semicolons(s)
     if len(s) > 2 and s[0] == "{" and s[-1] == "}" and _close_of_first(s) == len(s) - 1 and len(split_top(s[1:-1])) > 1:
         s = "\\{" + s[1:-1] + "\\}"  # "{1,2,3}": braces used as a list
     if len(_PM.findall(s)) == 1 and "," not in s:
         s = _expand_pm(s)
     return s
+
+
+_TUPLE_SEMICOLONS = re.compile(r"\([^(),;]*(?:;[^(),;]*)+\)")
 
 
 def _semicolons(s: str) -> str:
@@ -363,7 +367,11 @@ def parse_structure(s: str) -> Struct:
         inner = parse_structure(lab[1])
         if inner.kind != "scalar":
             return inner
-    m = _MATRIX_RE.match(s)
+    if len(s) > 2 and s[0] in "([" and s[-1] in ")]" and s[1:].startswith("\\begin{") and _close_of_first(s) == len(s) - 1:
+        inner = parse_structure(s[1:-1])  # "\\left[\\begin{array}…\\end{array}\\right]": a matrix in delimiters
+        if inner.kind == "matrix":
+            return inner
+    m = _MATRIX_RE.match(s) if s.count("\\begin{") == 1 else None
     if m:
         body = m.group(2)
         if m.group(1) == "array":

@@ -179,6 +179,7 @@ _MARKER_RE = re.compile(
     re.IGNORECASE | re.MULTILINE,
 )
 _MAX_BARE_CHARS = 512
+_SPAN_LIST_RE = re.compile(r"\$[^$]+\$(?:\s*(?:,|;|and|or|,\s*and)\s*\$[^$]+\$)+")
 
 
 def _last_span_or_number(s: str) -> str | None:
@@ -204,9 +205,12 @@ def _marker_answer(rest: str) -> str | None:
     if m:
         return next(g for g in m.groups() if g is not None).strip() or None
     line = rest.split("\n", 1)[0]
-    line = _HOPE_RE.sub("", line).strip().strip("*").strip()
+    line = _HOPE_RE.sub("", line).replace('\\"', '"').strip().strip("*").strip().strip('"').strip()
     if not line:
         return None
+    spans = _SPAN_LIST_RE.fullmatch(line.rstrip(".").strip())
+    if spans:  # "$12$ and $13$": several values in one statement
+        return ", ".join(x.strip() for x in re.findall(r"\$([^$]+)\$", line))
     bare = strip_math_delimiters(line.rstrip(".").strip())
     if _looks_bare(bare):
         return bare
@@ -220,7 +224,7 @@ def _looks_bare(s: str, limit: int = _MAX_BARE) -> bool:
     if re.fullmatch(r"[A-Za-z]+", s):
         return True
     t = re.sub(r"\\(?:text|mathrm|textbf|mbox)\{[^{}]*\}|\\begin\{[a-z]*\}|\\end\{[a-z]*\}", "", s)
-    t = re.sub(r"\d\s*(?:percent|pct)\b", "", t)
+    t = re.sub(r"\d\s*(?:percent|pct)\b|(?<=[\d)\]}])\s*(?:or|and)(?=[-+\d(\[{\\A-Za-z])", "", t)
     return "$" not in t and not _WORD_RE.findall(t) and not re.search(r"(?<![\\A-Za-z])[A-Za-z](?:\s+[A-Za-z]){2,}", t)
 
 

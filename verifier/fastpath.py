@@ -304,6 +304,19 @@ def simple_inequality(s: str) -> Interval | None:
     return None
 
 
+def _negate(n: str | None) -> str | None:
+    if n is None:
+        return None
+    return n[1:] if n.startswith("-") else "-" + n
+
+
+def _normalise(i: Interval | None) -> Interval | None:
+    """``-x > -1`` is ``x < 1``: a negated subject flips the interval."""
+    if i is None or not i.subject.startswith("-") or parse_number(i.subject) is not None:
+        return i
+    return Interval(i.subject[1:], _negate(i.hi), i.hi_closed, _negate(i.lo), i.lo_closed)
+
+
 def _bound_eq(a: str | None, b: str | None) -> bool | None:
     if a is None or b is None:
         return a is None and b is None
@@ -356,7 +369,7 @@ def fast_scalar_eq(g: str, p: str, *, percent_option: bool = False, rounded: boo
     if ":" in top_level(g) or ":" in top_level(p):
         return False, "string"  # clock times and ratios compare literally
     if is_inequality(g) or is_inequality(p):
-        gi, pi = simple_inequality(g), simple_inequality(p)
+        gi, pi = _normalise(simple_inequality(g)), _normalise(simple_inequality(p))
         if gi is not None and pi is not None:
             if gi.subject != pi.subject:
                 return False, "relation"
@@ -364,7 +377,7 @@ def fast_scalar_eq(g: str, p: str, *, percent_option: bool = False, rounded: boo
             if r is not None:
                 return r, "relation"
         ps = parse_structure(p) if pi is None else None
-        if gi is not None and ps is not None and ps.kind == "bracket":
+        if gi is not None and ps is not None and ps.kind == "bracket":  # never the reverse (Math-Verify's rule)
             r = inequality_vs_bracket(g, ps)
             if r is not None:
                 return r, "relation"
@@ -496,10 +509,6 @@ def compare_struct(gs: Struct, ps: Struct, elem_eq: ElemEq) -> tuple[bool | None
         if ps.kind != "bracket":
             if ps.kind == "matrix" and _is_vector(ps):
                 return _match_ordered(gs.items, _flatten(ps), item_eq), "tuple"
-            if ps.kind == "scalar" and is_inequality(ps.text):
-                r = inequality_vs_bracket(ps.text, gs)
-                if r is not None:
-                    return r, "relation"
             if ps.kind == "list" and gs.open + gs.close == "()":
                 values = _labelled_values(ps.items)
                 if values is not None:
@@ -525,6 +534,8 @@ def compare_struct(gs: Struct, ps: Struct, elem_eq: ElemEq) -> tuple[bool | None
             return _match_ordered(_flatten(gs), _flatten(ps), item_eq), "matrix"
         if ps.kind == "bracket" and _is_vector(gs):
             return _match_ordered(_flatten(gs), ps.items, item_eq), "matrix"
+        if ps.kind == "scalar" and "\\begin{" in ps.text:
+            return None, "matrix"  # sums and products of literal matrices: the symbolic path evaluates them
         return False, "matrix"
     return None, ""
 

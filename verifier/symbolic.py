@@ -376,8 +376,6 @@ def scalar_eq(g: str, p: str, *, percent_option: bool = False, rounded: bool = F
     if g_rel or p_rel:
         if g_rel and (p_rel or isinstance(px, sympy.Set)):
             return relation_equal(gx, px)
-        if p_rel and _is_inequality(px) and isinstance(gx, sympy.Set):
-            return relation_equal(px, gx)  # an interval gold answered by the inequality
         return False, "relation"
     if isinstance(gx, sympy.Expr | sympy.MatrixBase | sympy.Set) and isinstance(px, sympy.Expr | sympy.MatrixBase | sympy.Set):
         return expr_equal(gx, px, g, p, rounded=rounded)
@@ -410,9 +408,24 @@ def compare_canonical(gold: str, pred: str, *, percent_option: bool = False, rou
     result, path = compare_struct(gs, ps, elem_eq)
     if result is None and path == "relation":
         return _inequality_vs_set(gs, ps)
+    if result is None and path == "matrix":
+        return _matrix_expression(gs.text, ps.text)
     if result is None:
         raise VerifyError("error", f"undecided comparison ({gs.kind} vs {ps.kind})")
     return result, path or "symbolic"
+
+
+def _matrix_expression(gold: str, pred: str) -> tuple[bool, str]:
+    """A gold matrix against sums/products of literal matrices (evaluated elementwise)."""
+    gx = parse_latex(gold, side="gold")
+    px = parse_latex(pred, side="pred")
+    try:
+        gm = sympy.Matrix(gx.doit()) if not isinstance(gx, sympy.MatrixBase) else gx
+        pm = px.doit() if hasattr(px, "doit") else px
+        pm = sympy.Matrix(pm)
+    except Exception:
+        return False, "matrix"
+    return expr_equal(gm, pm)[0], "matrix"
 
 
 def _inequality_vs_set(gs: Struct, ps: Struct) -> tuple[bool, str]:
