@@ -241,6 +241,11 @@ def is_undefined(s: str) -> bool:
     return _UNDEFINED_RE.match(s) is not None
 
 
+def _label_head(label: str) -> str:
+    """``f(x)`` -> ``f``, ``x_{1}`` -> ``x_{1}``, ``(p,q)`` -> ``(p,q)``: what must match between two labels."""
+    return label.split("(", 1)[0] if not label.startswith("(") and "(" in label else label
+
+
 def resolve_pair(g: str, p: str) -> tuple[str, str, bool | None]:
     """Labels, chains and approximations resolved on both sides (``canonical.reduce_relation``).
 
@@ -249,6 +254,9 @@ def resolve_pair(g: str, p: str) -> tuple[str, str, bool | None]:
     the verdict is False (``7=11a+c`` for ``11a+c``; ``2x=10`` for ``10``).
     Returns (gold, pred, verdict or None).
     """
+    gl, pl = split_label(g), split_label(p)
+    if gl is not None and pl is not None and _label_head(gl[0]) != _label_head(pl[0]):
+        return g, p, False  # "x=2" is not "y=2" (f(x) and f(n) are the same function)
     gv, pv = reduce_relation(g), reduce_relation(p)
     g_eq, p_eq = is_equation(gv), is_equation(pv)
     if g_eq and not p_eq:
