@@ -191,6 +191,8 @@ def build_group(
         created_at=time.time(),
         generation_seconds=generation_seconds,
         scoring_seconds=scoring_seconds,
+        problem=request.problem,
+        gold=request.gold,
     )
 
 

@@ -16,6 +16,7 @@ from winnow.generator.config import ChatFormat, SamplingConfig
 from winnow.generator.prompts import PromptSourceConfig, ReasoningGymSourceConfig
 
 from winnow.config import KafkaConfig, Model, Settings, settings_config
+from winnow.tracking import TrackingConfig
 
 
 class WeightStoreConfig(Model):
@@ -143,7 +144,11 @@ class LearnerConfig(Settings):
     checkpoint: CheckpointConfig = CheckpointConfig()
     """Checkpoints."""
     run_dir: str = "runs/learner"
-    """Directory for ``metrics.jsonl`` (one line per step) and the resolved config."""
+    """Directory for ``metrics.jsonl`` (one line per step), ``samples.jsonl``, TensorBoard events and the
+    resolved config."""
+    tracking: TrackingConfig = TrackingConfig()
+    """Experiment tracking (winnow.tracking): sinks (tensorboard, wandb, mlflow, trackio) and the sample
+    log; short form ``tracking: [tensorboard, wandb]``."""
     metrics_port: int = Field(default=9402, ge=0, le=65535)
     """Port of /metrics and /health (0 = pick a free one)."""
     metrics_host: str = "0.0.0.0"

@@ -61,6 +61,7 @@ from winnow.kafka import (
     send,
     topics,
 )
+from winnow.tracking import Tracker
 from winnow.v1 import messages_pb2
 
 log = logging.getLogger(__name__)
@@ -283,6 +284,7 @@ class LearnerService:
         self._jsonl = Path(cfg.run_dir) / "metrics.jsonl"
         self.ledger = Ledger(Path(cfg.run_dir) / "ledger.jsonl")
         self._ledger_pending: list[dict[str, Any]] = []
+        self.tracking = Tracker(cfg.tracking, cfg.run_dir, config=cfg.model_dump(mode="json"), registry=registry)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -381,6 +383,7 @@ class LearnerService:
                 await self._checkpoint_and_commit()
         finally:
             self._running = False
+            self.tracking.close()
             for client in (consumer, producer):
                 try:
                     await client.stop()
@@ -427,6 +430,7 @@ class LearnerService:
         stats = await asyncio.to_thread(self.trainer.train_step, groups)
         t2 = time.perf_counter()
         outcomes = group_outcomes(groups, self.algo)
+        self.tracking.record_groups([b.message for b in batch], outcomes, step=self.version, algo=self.algo)
         for b, outcome in zip(batch, outcomes, strict=True):
             self._finish(b.message.request_id, b.record, outcome, b.message.prompt_id)
             m.staleness.observe(max(0, version_before - b.group.policy_version))
@@ -513,6 +517,7 @@ class LearnerService:
     def _write_jsonl(self, row: dict[str, Any]) -> None:
         with self._jsonl.open("a") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")
+        self.tracking.log_row(row)
 
     # -- prompts ------------------------------------------------------------------------------
 
@@ -659,6 +664,7 @@ class LearnerService:
             if self.version - b.group.policy_version > self.max_staleness:
                 del self.buffer[rid]
                 self._finish(rid, b.record, "stale", b.message.prompt_id)
+                self.tracking.record_groups([b.message], ["stale"], step=self.version + 1)
 
     def _finish(self, rid: str, record: Any, outcome: str, prompt_id: str = "") -> None:
         """The group ``rid`` is done (trained or dropped): remember it, free its slot, mark its offset."""
