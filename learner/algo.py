@@ -27,9 +27,9 @@ from torch import Tensor
 from winnow.learner.advantages import AdvantageKind
 from winnow.learner.filters import FilterMode
 from winnow.learner.losses import AggMode
-from winnow.verifier.types import Status
 
 from winnow.config import ConfigError, Model, format_validation_error
+from winnow.verdict import Status
 
 # name -> fields; everything not listed takes the AlgoConfig default.
 PRESETS: dict[str, dict[str, Any]] = {

@@ -27,7 +27,8 @@ from winnow.learner.advantages import compute_advantages
 from winnow.learner.algo import AlgoConfig, reward_from_status
 from winnow.learner.filters import group_stats, sample_keep_mask
 from winnow.learner.losses import aggregate, clipped_policy_loss, kl_penalty, ratio_stats, sft_loss
-from winnow.verifier.types import Status
+
+from winnow.verdict import Status
 
 
 def prepare_batch_signals(statuses: Tensor, cfg: AlgoConfig) -> dict[str, Any]:

@@ -45,7 +45,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from winnow.learner.checkpoint import LearnerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from winnow.learner.config import LearnerConfig
 from winnow.learner.weights import WeightPublisher
-from winnow.verifier.types import Status
 
 from winnow.kafka import (
     Deduper,
@@ -63,6 +62,7 @@ from winnow.kafka import (
 )
 from winnow.tracking import Tracker
 from winnow.v1 import messages_pb2
+from winnow.verdict import Status
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,17 @@ class LearnerMetrics:
         self.ess = Gauge(
             "winnow_learner_effective_sample_size",
             "Normalised effective sample size of the importance ratios (last step).",
+            registry=r,
+        )
+        self.mismatch_kl = Gauge(
+            "winnow_learner_mismatch_kl",
+            "Training-inference mismatch: mean k3 KL(mu || pi) over trained tokens sampled at the learner's "
+            "own version (last step that had any).",
+            registry=r,
+        )
+        self.mismatch_max_abs_log_ratio = Gauge(
+            "winnow_learner_mismatch_max_abs_log_ratio",
+            "Max |log pi - log mu| over trained tokens sampled at the learner's own version (last step that had any).",
             registry=r,
         )
         self.reward_mean = Gauge(
@@ -243,7 +254,7 @@ class LearnerService:
 
     ``trainer``: a :class:`winnow.learner.step.Trainer` built from the *initial* weights (a
     checkpoint, if any, is loaded into it by :meth:`run`). ``source``: the training
-    :class:`~winnow.generator.prompts.PromptSource`. ``evaluate``: optional
+    :class:`~winnow.prompts.PromptSource`. ``evaluate``: optional
     ``callable(trainer) -> float`` (accuracy), run in a thread every ``eval.every`` steps.
     """
 
@@ -494,6 +505,9 @@ class LearnerService:
         m.ratio_max.set(stats.get("ratio_max", 1.0))
         m.ess.set(stats.get("ess", 1.0))
         m.reward_mean.set(stats.get("reward_mean", 0.0))
+        if stats.get("mismatch_tokens", 0.0) > 0:  # only tokens sampled at the version just trained from
+            m.mismatch_kl.set(stats["mismatch_kl"])
+            m.mismatch_max_abs_log_ratio.set(stats["mismatch_max_abs_log_ratio"])
         m.loss.set(stats.get("loss", 0.0))
         tokens = float(stats.get("tokens", 0.0))
         m.tokens.inc(tokens)
@@ -664,7 +678,7 @@ class LearnerService:
             if self.version - b.group.policy_version > self.max_staleness:
                 del self.buffer[rid]
                 self._finish(rid, b.record, "stale", b.message.prompt_id)
-                self.tracking.record_groups([b.message], ["stale"], step=self.version + 1)
+                self.tracking.record_groups([b.message], ["stale"], step=self.version + 1, algo=self.algo)
 
     def _finish(self, rid: str, record: Any, outcome: str, prompt_id: str = "") -> None:
         """The group ``rid`` is done (trained or dropped): remember it, free its slot, mark its offset."""
@@ -781,20 +795,37 @@ def _status_label(status: int) -> str:
 def _dtype(name: str):
     if name == "auto":
         return None
-    import torch
+    from winnow.numerics import torch_dtype
 
-    return {"bfloat16": torch.bfloat16, "float32": torch.float32}[name]
+    return torch_dtype(name)
 
 
 def build_trainer(cfg: LearnerConfig):
-    """Load the initial policy named by ``cfg.model`` and build the Trainer (imports torch)."""
+    """Load the initial policy named by ``cfg.model`` and build the Trainer (imports torch).
+
+    The forward/backward runs at ``numerics.precision``: autocast to it when the master weights are
+    in another dtype (fp32 on CPU), none when they already are in it.
+    """
     import torch
-    from winnow.generator.models import resolve_model
-    from winnow.learner.model import load_causal_lm
+    from winnow.learner.model import load_causal_lm, resolve_device
     from winnow.learner.step import Trainer
 
+    from winnow.models import resolve_model
+    from winnow.numerics import resolve_precision, torch_dtype
+
     torch.manual_seed(cfg.seed)
-    model, tokenizer = load_causal_lm(resolve_model(cfg.model), dtype=cfg.dtype, device=cfg.device)
+    device = resolve_device(cfg.device)
+    compute = torch_dtype(resolve_precision(cfg.numerics.precision, device.type))
+    dtype = cfg.dtype
+    if dtype == "auto" and compute == torch.float32:
+        dtype = "float32"  # bf16 parameters cannot compute in fp32
+    model, tokenizer = load_causal_lm(resolve_model(cfg.model), dtype=dtype, device=device)
+    param_dtype = next(model.parameters()).dtype
+    if param_dtype != compute and param_dtype != torch.float32:
+        raise ValueError(
+            f"learner.dtype {cfg.dtype} ({param_dtype}) cannot compute at numerics.precision "
+            f"{cfg.numerics.precision} ({compute}); use learner.dtype: float32"
+        )
     temperature = cfg.sampling.temperature
     if temperature <= 0:
         log.warning("sampling.temperature=0 (greedy) gives no policy gradient signal; the learner uses 1.0")
@@ -805,6 +836,6 @@ def build_trainer(cfg: LearnerConfig):
         cfg.optim_config(),
         pad_token_id=tokenizer.pad_token_id,
         temperature=temperature,
-        autocast_dtype={"auto": "auto", "bfloat16": torch.bfloat16, "off": None}[cfg.autocast],
+        autocast_dtype=compute if compute != param_dtype else None,
     )
     return trainer, tokenizer

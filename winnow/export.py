@@ -115,7 +115,7 @@ def export_run(
         raise ConfigError(f"{out} is not empty (use --force to overwrite)")
     source = versions[version]
 
-    from winnow.generator.models import resolve_model
+    from winnow.models import resolve_model
 
     base = resolve_model(cfg.get("model", "smollm2-135m"))
     write_hf_folder(base, _load_weights(source), out, dtype=dtype)

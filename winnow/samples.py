@@ -88,7 +88,7 @@ def group_row(
             {
                 "text": _cut(s.text, max_chars),
                 "status": status,
-                "reward": float(rewards[i]) if rewards is not None else float(s.reward),
+                "reward": float(rewards[i]) if rewards is not None else None,
                 "extracted": s.extracted,
                 "finish_reason": s.finish_reason,
                 "tokens": len(s.response_token_ids),

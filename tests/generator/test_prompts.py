@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from winnow.generator.prompts import (
+
+from winnow.prompts import (
     JsonlSourceConfig,
     Problem,
     PromptSourceError,

@@ -4,9 +4,9 @@ import pytest
 import torch
 from pydantic import Field, ValidationError
 from winnow.learner.algo import PRESETS, AlgoConfig, reward_from_status
-from winnow.verifier.types import Status
 
 from winnow.config import ConfigError, Settings, load_config, settings_config
+from winnow.verdict import Status
 
 EXPECTED = {
     # name: (filter, advantage, loss), the table in docs/algorithms.md

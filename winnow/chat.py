@@ -17,7 +17,49 @@ from __future__ import annotations
 
 from typing import Any
 
-from winnow.generator.config import ChatFormat
+from pydantic import Field
+
+from winnow.config import Model
+
+PAPER_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+PAPER_USER_SUFFIX = "Let's think step by step and output the final answer within \\boxed{}."
+
+
+class FewShot(Model):
+    """One demonstration, shown as an earlier user/assistant exchange before the real problem."""
+
+    question: str = Field(min_length=1)
+    """The demonstration problem (the user suffix is appended as for real problems)."""
+    answer: str = Field(min_length=1)
+    """The assistant's demonstrated answer, ending with a \\boxed{} answer."""
+
+
+DEFAULT_FEW_SHOT = [
+    FewShot(question="What is 2 + 3?", answer="2 + 3 = 5. \\boxed{5}"),
+    FewShot(question="What is 7 - 4?", answer="7 - 4 = 3. \\boxed{3}"),
+]
+
+
+class ChatFormat(Model):
+    """How a problem becomes prompt tokens: the paper's system prompt and user suffix, optional
+    few-shot demonstrations as earlier chat turns, the tokenizer's chat template (or a plain-text
+    fallback for tokenizers without one)."""
+
+    system_prompt: str | None = PAPER_SYSTEM_PROMPT
+    """System message (None or "" = no system turn)."""
+    user_suffix: str = PAPER_USER_SUFFIX
+    """Appended to every problem (and every demonstration question) after a blank line; "" = none."""
+    few_shot: list[FewShot] = Field(default_factory=lambda: [d.model_copy() for d in DEFAULT_FEW_SHOT])
+    """Demonstrations shown before the problem. Small models (SmolLM2-135M) need them to use \\boxed{};
+    set [] for models that already follow the format (the paper's setting)."""
+    use_chat_template: bool = True
+    """Apply the tokenizer's chat template. When False, or when the tokenizer has none, use the
+    plain-text fallback ("System: ...\\n\\nUser: ...\\n\\nAssistant:")."""
+    add_special_tokens: bool = False
+    """Let the tokenizer add its BOS/special tokens when encoding the rendered prompt (templates
+    usually already contain them)."""
+
+
 
 
 def _user_text(question: str, fmt: ChatFormat) -> str:
