@@ -249,6 +249,20 @@ def group_outcomes(groups: list, algo) -> list[str]:
     return out
 
 
+def judge_samples(groups: list, algo):
+    """Per sample of ``groups``: kept by the algorithm's filter, valid, reward (for the sample log)."""
+    import torch
+    from winnow.learner.algo import reward_from_status
+    from winnow.learner.filters import sample_keep_mask
+
+    from winnow.samples import SampleJudgement
+
+    statuses = torch.tensor([[s.status for s in g.samples] for g in groups], dtype=torch.long)
+    rewards, valid = reward_from_status(statuses, algo)
+    keep = sample_keep_mask((statuses == int(Status.CORRECT)) & valid, algo.filter, valid=valid)
+    return SampleJudgement(keep.tolist(), valid.tolist(), rewards.tolist(), str(algo.filter))
+
+
 class LearnerService:
     """Releases prompts, trains on scored groups, publishes weights, checkpoints, commits.
 
@@ -441,7 +455,9 @@ class LearnerService:
         stats = await asyncio.to_thread(self.trainer.train_step, groups)
         t2 = time.perf_counter()
         outcomes = group_outcomes(groups, self.algo)
-        self.tracking.record_groups([b.message for b in batch], outcomes, step=self.version, algo=self.algo)
+        self.tracking.record_groups(
+            [b.message for b in batch], outcomes, step=self.version, judged=judge_samples(groups, self.algo)
+        )
         for b, outcome in zip(batch, outcomes, strict=True):
             self._finish(b.message.request_id, b.record, outcome, b.message.prompt_id)
             m.staleness.observe(max(0, version_before - b.group.policy_version))
@@ -678,7 +694,9 @@ class LearnerService:
             if self.version - b.group.policy_version > self.max_staleness:
                 del self.buffer[rid]
                 self._finish(rid, b.record, "stale", b.message.prompt_id)
-                self.tracking.record_groups([b.message], ["stale"], step=self.version + 1, algo=self.algo)
+                self.tracking.record_groups(
+                    [b.message], ["stale"], step=self.version + 1, judged=judge_samples([b.group], self.algo)
+                )
 
     def _finish(self, rid: str, record: Any, outcome: str, prompt_id: str = "") -> None:
         """The group ``rid`` is done (trained or dropped): remember it, free its slot, mark its offset."""

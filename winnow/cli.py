@@ -121,6 +121,22 @@ def field_rows(cls, prefix: str = "") -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def print_config_fields(section: str) -> None:
+    """``winnow config SECTION``: the --help field list, plus the learner's algo and optim blocks (held
+    as dicts in the config because their classes import torch)."""
+    print(config_fields_help(section), end="")
+    if section == "learner":
+        from winnow.learner.algo import AlgoConfig
+        from winnow.learner.step import OptimConfig
+
+        for block, cls in (("algo", AlgoConfig), ("optim", OptimConfig)):
+            print(f"\n{block} fields (--set {block}.KEY=VALUE):")
+            for name, type_s, default, doc in field_rows(cls, f"{block}."):
+                print(f"  {name}: {type_s} = {default}")
+                for line in doc.splitlines():
+                    print(f"      {line.strip()}")
+
+
 def add_config_args(parser: argparse.ArgumentParser, section: str, example: str) -> None:
     """The config flags every service's ``run`` command takes: ``--config``, ``--set``, ``--print-config``;
     its ``--help`` lists the config fields."""

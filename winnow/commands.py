@@ -107,17 +107,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> int:
-    from winnow.cli import config_fields_help, field_rows
+    from winnow.cli import print_config_fields
 
-    print(config_fields_help(args.section), end="")
-    if args.section == "learner":  # blocks held as dicts (their classes import torch)
-        from winnow.learner.algo import AlgoConfig
-        from winnow.learner.step import OptimConfig
-
-        for block, cls in (("algo", AlgoConfig), ("optim", OptimConfig)):
-            print(f"\n{block} fields (--set {block}.KEY=VALUE):")
-            for name, type_s, default, doc in field_rows(cls, f"{block}."):
-                print(f"  {name}: {type_s} = {default}")
-                for line in doc.splitlines():
-                    print(f"      {line.strip()}")
+    print_config_fields(args.section)
     return 0

@@ -23,10 +23,22 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SampleJudgement:
+    """The learner's view of each sample of G groups: ``kept`` (it contributed to the update), ``valid``
+    (the verifier judged it), ``rewards`` (the learner's status -> reward map), the filter's name."""
+
+    kept: list[list[bool]]
+    valid: list[list[bool]]
+    rewards: list[list[float]]
+    filter: str = ""
 
 STATUS_LABELS = ("unspecified", "correct", "wrong", "no_answer", "unparsable", "timeout", "too_complex", "error")
 
@@ -39,21 +51,6 @@ def _cut(text: str, limit: int) -> str:
     if limit and len(text) > limit:
         return text[:limit] + f"… [{len(text) - limit} more chars]"
     return text
-
-
-def kept_samples(statuses: list[list[int]], algo: Any) -> tuple[list[list[bool]], list[list[bool]]]:
-    """``(kept, valid)`` per sample under ``algo``'s reward map and filter (the learner's own rule)."""
-    import torch
-
-    from winnow.learner.algo import reward_from_status
-    from winnow.learner.filters import sample_keep_mask
-    from winnow.verifier.types import Status
-
-    st = torch.tensor(statuses, dtype=torch.long)
-    _, valid = reward_from_status(st, algo)
-    correct = (st == int(Status.CORRECT)) & valid
-    keep = sample_keep_mask(correct, algo.filter, valid=valid)
-    return keep.tolist(), valid.tolist()
 
 
 def group_row(
@@ -122,8 +119,16 @@ class SampleLog:
     def _wanted(self, step: int) -> bool:
         return self.cfg.every > 0 and self.cfg.max_groups > 0 and step % self.cfg.every == 0
 
-    def record(self, groups: list[Any], outcomes: list[str], *, step: int, algo: Any = None) -> None:
-        """Groups (``ScoredGroup``) the step ``step`` consumed or dropped, each with its outcome. The
+    def record(
+        self,
+        groups: list[Any],
+        outcomes: list[str],
+        *,
+        step: int,
+        judged: SampleJudgement | None = None,
+    ) -> None:
+        """Groups (``ScoredGroup``) the step ``step`` consumed or dropped, each with its outcome, and the
+        learner's per-sample judgement (kept, valid, reward; None = kept iff the group was trained). The
         batch's groups come first in the log, then the ones dropped as stale, ``max_groups`` in all."""
         if not groups or not self._wanted(step):
             return
@@ -131,21 +136,15 @@ class SampleLog:
         room = self.cfg.max_groups - len(bucket)
         if room <= 0:
             return
-        groups, outcomes = list(groups)[:room], list(outcomes)[:room]
-        kept = valid = rewards = None
-        if algo is not None and all(len(g.samples) == len(groups[0].samples) for g in groups):
-            statuses = [[int(s.status) for s in g.samples] for g in groups]
-            kept, valid = kept_samples(statuses, algo)
-            rewards = [[float(algo.reward_of(_status(x)) or 0.0) for x in row] for row in statuses]
-        for i, (g, outcome) in enumerate(zip(groups, outcomes, strict=True)):
+        for i, (g, outcome) in enumerate(list(zip(groups, outcomes, strict=True))[:room]):
             bucket.append(
                 group_row(
                     g,
                     outcome,
-                    kept=kept[i] if kept is not None and outcome != "stale" else None,
-                    valid=valid[i] if valid is not None else None,
-                    rewards=rewards[i] if rewards is not None else None,
-                    filter_name=str(getattr(algo, "filter", "")) if algo is not None else "",
+                    kept=judged.kept[i] if judged is not None and outcome != "stale" else None,
+                    valid=judged.valid[i] if judged is not None else None,
+                    rewards=judged.rewards[i] if judged is not None else None,
+                    filter_name=judged.filter if judged is not None else "",
                     max_chars=self.cfg.max_chars,
                 )
             )
@@ -167,12 +166,6 @@ class SampleLog:
             for row in rows:
                 f.write(json.dumps({"step": step, **row}, ensure_ascii=False) + "\n")
         return [{"step": step, **r} for r in rows]
-
-
-def _status(x: int):
-    from winnow.verifier.types import Status
-
-    return Status(x)
 
 
 def table_rows(rows: list[dict[str, Any]], max_chars: int = 0) -> tuple[list[str], list[list[Any]]]:

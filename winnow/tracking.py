@@ -416,10 +416,10 @@ class Tracker:
             for sink in self.sinks:
                 self._call(sink, "table", step, columns, table)
 
-    def record_groups(self, groups: list[Any], outcomes: list[str], *, step: int, algo: Any = None) -> None:
-        """The groups of the coming step (ScoredGroup messages) and what happened to each; written
-        by the next :meth:`log_row` (see :class:`winnow.samples.SampleLog`)."""
-        self.samples.record(groups, outcomes, step=step, algo=algo)
+    def record_groups(self, groups: list[Any], outcomes: list[str], *, step: int, judged: Any = None) -> None:
+        """The groups of the coming step (ScoredGroup messages), what happened to each and the learner's
+        per-sample :class:`~winnow.samples.SampleJudgement`; written by the next :meth:`log_row`."""
+        self.samples.record(groups, outcomes, step=step, judged=judged)
 
     def close(self) -> None:
         for sink in self.sinks:

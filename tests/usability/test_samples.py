@@ -6,6 +6,7 @@ import json
 
 import pytest
 from winnow.learner.algo import AlgoConfig
+from winnow.learner.service import group_data, judge_samples
 
 from winnow.cli import main
 from winnow.samples import SampleLog, read_samples, select
@@ -16,11 +17,14 @@ def _rows(path):
     return list(read_samples(path))
 
 
+def _judge(groups, preset):
+    return judge_samples([group_data(g, len(g.samples)) for g in groups], AlgoConfig(preset=preset))
+
+
 def test_raft_keeps_correct_samples_only(tmp_path, make_group):
     log = SampleLog(tmp_path / "samples.jsonl", SamplesConfig())
-    algo = AlgoConfig(preset="raft")
-    log.record([make_group([1, 2, 7, 1]), make_group([2, 2, 2, 2], prompt_id="p/1")], ["trained", "all_wrong"],
-               step=5, algo=algo)
+    groups = [make_group([1, 2, 7, 1]), make_group([2, 2, 2, 2], prompt_id="p/1")]
+    log.record(groups, ["trained", "all_wrong"], step=5, judged=_judge(groups, "raft"))
     written = log.flush(5)
     (a, b) = _rows(tmp_path / "samples.jsonl")
     assert written == [a, b]
@@ -37,9 +41,9 @@ def test_raft_keeps_correct_samples_only(tmp_path, make_group):
 
 def test_reinforce_rej_keeps_mixed_groups_and_stale(tmp_path, make_group):
     log = SampleLog(tmp_path / "s.jsonl", SamplesConfig())
-    algo = AlgoConfig(preset="reinforce_rej")
     log.record([make_group([1, 2])], ["stale"], step=3)  # dropped before the step
-    log.record([make_group([1, 2]), make_group([1, 1])], ["trained", "all_correct"], step=3, algo=algo)
+    groups = [make_group([1, 2]), make_group([1, 1])]
+    log.record(groups, ["trained", "all_correct"], step=3, judged=_judge(groups, "reinforce_rej"))
     log.flush(3)
     rows = _rows(tmp_path / "s.jsonl")
     assert [r["outcome"] for r in rows] == ["trained", "all_correct", "stale"]  # the batch first
@@ -66,11 +70,11 @@ def test_bounds(tmp_path, make_group):
 
 def test_winnow_samples_prints_and_filters(tmp_path, make_group, capsys):
     log = SampleLog(tmp_path / "samples.jsonl", SamplesConfig())
-    algo = AlgoConfig(preset="raft")
-    log.record([make_group([1, 2], texts=["2+3=5 \\boxed{5}", "I think \\boxed{4}"])], ["trained"], step=1,
-               algo=algo)
+    g = [make_group([1, 2], texts=["2+3=5 \\boxed{5}", "I think \\boxed{4}"])]
+    log.record(g, ["trained"], step=1, judged=_judge(g, "raft"))
     log.flush(1)
-    log.record([make_group([2, 2], prompt_id="p/9")], ["all_wrong"], step=2, algo=algo)
+    g = [make_group([2, 2], prompt_id="p/9")]
+    log.record(g, ["all_wrong"], step=2, judged=_judge(g, "raft"))
     log.flush(2)
 
     assert main(["samples", str(tmp_path), "--step", "1", "--status", "wrong"]) == 0
