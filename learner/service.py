@@ -565,6 +565,7 @@ class LearnerService:
             problem=problem.problem,
             gold=problem.gold,
             task=problem.task,
+            messages=[messages_pb2.ChatMessage(role=r, content=c) for r, c in problem.messages or ()],
             n=self.cfg.n,
             release_version=self.version,
             sampling=messages_pb2.SamplingParams(

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PromptRequest(_message.Message):
-    __slots__ = ("prompt_id", "request_id", "problem", "gold", "task", "n", "release_version", "sampling", "verifier_options", "released_at")
+    __slots__ = ("prompt_id", "request_id", "problem", "gold", "task", "n", "release_version", "sampling", "verifier_options", "released_at", "messages")
     class VerifierOptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class PromptRequest(_message.Message):
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     VERIFIER_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     RELEASED_AT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
     prompt_id: str
     request_id: str
     problem: str
@@ -36,7 +37,16 @@ class PromptRequest(_message.Message):
     sampling: SamplingParams
     verifier_options: _containers.ScalarMap[str, str]
     released_at: float
-    def __init__(self, prompt_id: _Optional[str] = ..., request_id: _Optional[str] = ..., problem: _Optional[str] = ..., gold: _Optional[str] = ..., task: _Optional[str] = ..., n: _Optional[int] = ..., release_version: _Optional[int] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., verifier_options: _Optional[_Mapping[str, str]] = ..., released_at: _Optional[float] = ...) -> None: ...
+    messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
+    def __init__(self, prompt_id: _Optional[str] = ..., request_id: _Optional[str] = ..., problem: _Optional[str] = ..., gold: _Optional[str] = ..., task: _Optional[str] = ..., n: _Optional[int] = ..., release_version: _Optional[int] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., verifier_options: _Optional[_Mapping[str, str]] = ..., released_at: _Optional[float] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ...) -> None: ...
+
+class ChatMessage(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: str
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
     __slots__ = ("temperature", "top_p", "top_k", "max_new_tokens", "seed")
