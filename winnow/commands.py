@@ -93,7 +93,7 @@ def _samples(args: argparse.Namespace) -> int:
 def _plot(args: argparse.Namespace) -> int:
     from winnow.plot import plot_runs
 
-    out = plot_runs(args.run_dirs, args.output, labels=args.label or None, smooth=args.smooth)
+    out = plot_runs(args.run_dirs, args.output, labels=args.label or None, window=args.smooth)
     print(f"wrote {out}")
     return 0
 
