@@ -106,10 +106,6 @@ TRAINING_GAUGES: dict[str, tuple[str, str]] = {
         "winnow_learner_truncated_fraction",
         "Samples of the batch that hit max_new_tokens (finish_reason length) (last step).",
     ),
-    "mismatch_kl": (
-        "winnow_learner_mismatch_kl",
-        "KL(mu || pi_theta) estimate over trained tokens: sampler/learner mismatch (last step).",
-    ),
     "ratio_min": ("winnow_learner_importance_ratio_min", "Min pi_theta/mu over trained tokens (last step)."),
     "staleness_mean": (
         "winnow_learner_staleness_mean",

@@ -88,7 +88,6 @@ def test_tensorboard_and_prometheus(tmp_path, make_row, make_group):
     assert registry.get_sample_value("winnow_learner_learning_rate") == 1e-6
     assert registry.get_sample_value("winnow_learner_response_length_mean") == 42.0
     assert registry.get_sample_value("winnow_learner_truncated_fraction") == 0.125
-    assert registry.get_sample_value("winnow_learner_mismatch_kl") == 0.002
     assert registry.get_sample_value("winnow_learner_pg_loss") == -0.3
     assert len({name for name, _ in TRAINING_GAUGES.values()}) == len(TRAINING_GAUGES)
 
@@ -198,3 +197,15 @@ def test_missing_package_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib, "import_module", lambda name: no_wandb(name))
     with pytest.raises(ConfigError, match="winnow\\[tracking\\]"):
         Tracker(TrackingConfig(sinks=["tensorboard", "wandb"]), tmp_path)
+
+
+def test_tracker_next_to_the_learner_metrics(tmp_path, make_row):
+    """The service's own registry: the tracker adds only the gauges the service does not export."""
+    from winnow.learner.service import LearnerMetrics
+
+    registry = CollectorRegistry()
+    LearnerMetrics(registry)
+    tracker = Tracker(TrackingConfig(sinks=[]), tmp_path, registry=registry)
+    tracker.log_row(make_row(2))
+    assert registry.get_sample_value("winnow_learner_grad_norm") == 0.5
+    assert registry.get_sample_value("winnow_learner_truncated_fraction") == 0.125
