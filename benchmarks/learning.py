@@ -250,7 +250,7 @@ def winnow_config(args: argparse.Namespace, model_dir: str, train_path: Path, bo
 
 
 def run_winnow(args: argparse.Namespace, model_dir: str, train_path: Path, heldout_rows: list[dict],
-               work: Path) -> dict:
+               work: Path, v0_accuracy: float | None = None) -> dict:
     """One ``winnow up`` run to ``--steps``, then the held-out accuracy of its published versions."""
     import yaml
     from winnow.learner.model import load_causal_lm
@@ -308,7 +308,10 @@ def run_winnow(args: argparse.Namespace, model_dir: str, train_path: Path, heldo
                 if not path.exists():
                     raise RuntimeError(f"winnow published no weights for version {v} ({path})")
                 model.load_state_dict(load_file(str(path)), strict=False)  # tied aliases are omitted
-            acc = heldout(model, v)
+            if v == 0 and v0_accuracy is not None:  # the same initial weights: the loop's measurement
+                acc = v0_accuracy
+            else:
+                acc = heldout(model, v)
             out["evals"].append({"version": v, "wall_s": wall[v], "accuracy": acc})
             log(f"  winnow v{v}: held-out accuracy {acc:.3f} at {wall[v]:.0f}s")
     finally:
@@ -484,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
         if name == "loop":
             res = minimal_loop(args, model_dir, train, heldout_rows)
         else:
-            res = run_winnow(args, model_dir, train_path, heldout_rows, work)
+            v0 = results["loop"]["evals"][0]["accuracy"] if "loop" in results else None
+            res = run_winnow(args, model_dir, train_path, heldout_rows, work, v0)
         res.update(args=key, started=started, load={"before": load_before, "after": os.getloadavg()})
         path.write_text(json.dumps(res, indent=1))
         results[name] = res
