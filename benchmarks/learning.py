@@ -430,6 +430,48 @@ def plot(results: dict, cmp: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def train_step_ratio(args: argparse.Namespace, model_dir: str, repeats: int = 2) -> dict:
+    """``--train-step``: one RAFT step of winnow's Trainer on a synthetic batch shaped like this task's
+    (``--batch-groups`` prompts x ``--n`` samples, half of them correct, the default chat format), with
+    ``optim.share_prompt`` off and on, alternated ``repeats`` times on the same model; seconds per step."""
+    import torch
+    from winnow.learner.algo import AlgoConfig
+    from winnow.learner.batch import GroupData, SampleData
+    from winnow.learner.model import load_causal_lm
+    from winnow.learner.step import OptimConfig, Trainer
+
+    from winnow.chat import ChatFormat, PromptFormatter
+    from winnow.verdict import Status
+
+    model, tok = load_causal_lm(model_dir)
+    fmt = PromptFormatter(tok, ChatFormat())
+    rng = random.Random(args.seed)
+    groups = []
+    for g in range(args.batch_groups):
+        a, b = rng.randint(10, 49), rng.randint(10, 49)
+        prompt = fmt(f"What is {a} + {b}?")
+        response = tok.encode(f"{a} + {b} = {a + b}. \\boxed{{{a + b}}}") + [tok.eos_token_id]
+        samples = [SampleData(response_token_ids=response, behaviour_logprobs=[-0.1] * len(response),
+                              policy_versions=[0] * len(response),
+                              status=int(Status.CORRECT if i % 2 == 0 else Status.WRONG)) for i in range(args.n)]
+        groups.append(GroupData(prompt_id=str(g), request_id=str(g), prompt_token_ids=prompt, samples=samples))
+    times: dict[str, list[float]] = {"plain": [], "share_prompt": []}
+    for _ in range(repeats):
+        for share in (False, True):
+            trainer = Trainer(model, AlgoConfig.from_preset("raft", kl_coef=0.0, entropy_coef=0.0),
+                              OptimConfig(lr=args.lr, micro_batch_size=args.micro_batch, share_prompt=share),
+                              pad_token_id=tok.pad_token_id, autocast_dtype=torch.bfloat16)
+            t0 = time.perf_counter()
+            trainer.train_step(groups)
+            times["share_prompt" if share else "plain"].append(time.perf_counter() - t0)
+    best = {k: min(v) for k, v in times.items()}
+    print(f"RAFT train step, {args.batch_groups} prompts x n={args.n} (half correct), prompt {len(groups[0].prompt_token_ids)} "
+          f"tokens, response {len(groups[0].samples[0].response_token_ids)}; {torch.get_num_threads()} threads, load "
+          f"average {os.getloadavg()[0]:.1f}: plain {best['plain']:.1f}s, share_prompt {best['share_prompt']:.1f}s "
+          f"(best of {repeats}) -> x{best['plain'] / best['share_prompt']:.2f} faster")
+    return {"times": times, "best": best}
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -455,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-timeout", type=float, default=3600.0)
     p.add_argument("--plot", default=None, help="PNG path (default: <work-dir>/learning.png)")
     p.add_argument("--out", default=None, help="write all results as JSON here")
+    p.add_argument("--train-step", action="store_true",
+                   help="only time winnow's RAFT step with optim.share_prompt off and on (a synthetic batch)")
     args = p.parse_args(argv)
     order = [s.strip() for s in args.order.split(",") if s.strip()]
     if not order or set(order) - set(SYSTEMS):
@@ -464,9 +508,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from winnow.models import resolve_model
 
+    model_dir = resolve_model(args.model)
+    if args.train_step:
+        res = train_step_ratio(args, model_dir)
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=1))
+        return 0
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    model_dir = resolve_model(args.model)
     train_path, heldout_rows = make_data(work, size=args.steps * args.batch_groups * 4, eval_prompts=args.eval_prompts,
                                          seed=args.seed)
     train = [json.loads(line) for line in train_path.read_text().splitlines()]
