@@ -54,7 +54,7 @@ async def serve(cfg) -> int:
     trainer, tokenizer = await asyncio.to_thread(build_trainer, cfg)
     evaluator = await asyncio.to_thread(build_evaluator, cfg, tokenizer)
     registry = CollectorRegistry()
-    service = LearnerService(cfg, trainer, source, registry, evaluate=evaluator)
+    service = LearnerService(cfg, trainer, source, registry, evaluate=evaluator, tokenizer=tokenizer)
     try:
         steps = await run_service(service, registry, cfg.metrics_port, cfg.metrics_host)
     finally:

@@ -280,8 +280,10 @@ class LearnerService:
         registry: CollectorRegistry,
         *,
         evaluate: Any = None,
+        tokenizer: Any = None,
     ) -> None:
         self.cfg = cfg
+        self.tokenizer = tokenizer  # saved next to published weights (HF folders); optional
         self.trainer = trainer
         self.source = source
         self.metrics = LearnerMetrics(registry)
@@ -381,6 +383,8 @@ class LearnerService:
             keep=cfg.weights.keep,
             uri_root=cfg.weights.uri_root,
             dtype=_dtype(cfg.weights.dtype),
+            hf_model=self.trainer.model,
+            hf_tokenizer=self.tokenizer,
         )
         await producer.start()
         try:
