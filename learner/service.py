@@ -311,7 +311,9 @@ class LearnerService:
         self._jsonl = Path(cfg.run_dir) / "metrics.jsonl"
         self.ledger = Ledger(Path(cfg.run_dir) / "ledger.jsonl")
         self._ledger_pending: list[dict[str, Any]] = []
-        self.tracking = Tracker(cfg.tracking, cfg.run_dir, config=cfg.model_dump(mode="json"), registry=registry)
+        self.tracking = Tracker(
+            cfg.tracking, cfg.run_dir, config=cfg.model_dump(mode="json", exclude={"kafka"}), registry=registry
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
 
