@@ -44,6 +44,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from winnow.learner.checkpoint import LearnerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from winnow.learner.config import LearnerConfig
+from winnow.learner.sampler_metrics import BetaSamplerMetrics
 from winnow.learner.weights import WeightPublisher
 
 from winnow.kafka import (
@@ -173,6 +174,7 @@ class LearnerMetrics:
         self.eval_accuracy = Gauge(
             "winnow_learner_eval_accuracy", "Accuracy on a held-out set.", ["set"], registry=r
         )
+        self.beta_sampler = BetaSamplerMetrics(r)
         self.checkpoint_seconds = Histogram(
             "winnow_learner_checkpoint_seconds",
             "Seconds to write a checkpoint.",
@@ -238,7 +240,12 @@ def group_outcomes(groups: list, algo) -> list[str]:
     statuses = torch.tensor([[s.status for s in g.samples] for g in groups], dtype=torch.long)
     _, valid = reward_from_status(statuses, algo)
     correct = (statuses == int(Status.CORRECT)) & valid
-    keep = sample_keep_mask(correct, algo.filter, valid=valid)
+    if algo.filter == "raft_beta":  # the same seeded draws as the step's (winnow.learner.filters.uniform_draws)
+        from winnow.learner.objective import prepare_batch_signals
+
+        keep = prepare_batch_signals(statuses, algo, request_ids=[g.request_id for g in groups])["keep"]
+    else:
+        keep = sample_keep_mask(correct, algo.filter, valid=valid)
     stats = group_stats(correct, valid=valid)
     out = []
     for gi in range(len(groups)):
@@ -531,6 +538,7 @@ class LearnerService:
             m.mismatch_kl.set(stats["mismatch_kl"])
             m.mismatch_max_abs_log_ratio.set(stats["mismatch_max_abs_log_ratio"])
         m.loss.set(stats.get("loss", 0.0))
+        m.beta_sampler.observe(stats)
         tokens = float(stats.get("tokens", 0.0))
         m.tokens.inc(tokens)
         m.tokens_per_second.set(tokens / compute_s if compute_s > 0 else 0.0)

@@ -336,7 +336,7 @@ class Trainer:
         batch = batch.to(self.device)
 
         # rewards, filter, advantages: once over the whole batch
-        sig = prepare_batch_signals(batch.statuses, algo)
+        sig = prepare_batch_signals(batch.statuses, algo, request_ids=batch.request_ids)
         advantages = sig["advantages"].reshape(-1).to(self.device, torch.float32)  # (B,)
         sample_weight = sig["sample_weight"].reshape(-1).to(self.device, torch.float32)  # (B,)
         mask = batch.response_mask.to(torch.float32)  # (B, T)
