@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
 from winnow.config import ConfigError, load_config
-from winnow.tracking import TRAINING_GAUGES, Tracker, TrackingConfig, flatten_row, metric_tag
+from winnow.tracking import Tracker, TrackingConfig, flatten_row, metric_tag, training_gauges
 
 
 def _tb_events(logdir):
@@ -89,7 +89,7 @@ def test_tensorboard_and_prometheus(tmp_path, make_row, make_group):
     assert registry.get_sample_value("winnow_learner_response_length_mean") == 42.0
     assert registry.get_sample_value("winnow_learner_truncated_fraction") == 0.125
     assert registry.get_sample_value("winnow_learner_pg_loss") == -0.3
-    assert len({name for name, _ in TRAINING_GAUGES.values()}) == len(TRAINING_GAUGES)
+    assert len({g._name for g in training_gauges().values()}) == len(training_gauges())
 
 
 def test_gauge_the_service_already_exports_is_not_duplicated(tmp_path, make_row):
