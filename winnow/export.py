@@ -169,7 +169,20 @@ def write_hf_folder(base: str | Path, state_dict: dict[str, Any], out: str | Pat
         pass
     model.save_pretrained(str(out))
     AutoTokenizer.from_pretrained(str(base)).save_pretrained(str(out))
+    _readable(out)
     return out
+
+
+def _readable(folder: Path) -> None:
+    """Files as the umask allows (safetensors writes 0600 temp files): a server running as another user
+    (a vLLM container) must read the export."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in folder.iterdir():
+        if f.is_file():
+            f.chmod(0o666 & ~umask)
 
 
 def hf_template(folder: str | Path, model: Any, tokenizer: Any = None) -> Path:

@@ -4,6 +4,7 @@ that generates exactly what the learner's model generates."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -74,6 +75,9 @@ def test_export_generates_like_the_learner(run, tmp_path):
         assert tokens == want_tokens
         torch.testing.assert_close(logits, want_logits)
         assert not torch.allclose(logits, base_logits, atol=1e-3)  # the trained weights, not the base's
+        umask = os.umask(0)
+        os.umask(umask)
+        assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # not safetensors' 0600
         meta = json.loads((out / "winnow-export.json").read_text())
         assert meta["version"] == version and meta["chat"] == {"system_prompt": "sys"}
         assert model.config.tie_word_embeddings and model.lm_head.weight.data_ptr() == \
