@@ -12,7 +12,7 @@ and the step-0 evaluation) and the groups of each step; the tracker fans them ou
   learner continues the same W&B run.
 - ``mlflow``: the tracking URI is ``mlflow_tracking_uri``, else ``MLFLOW_TRACKING_URI``, else a local
   file store ``<run_dir>/mlruns`` (``mlflow ui --backend-store-uri runs/learner/mlruns``). Sample
-  tables as ``mlflow.log_table`` artifacts.
+  tables as JSON artifacts ``samples/step_<K>.json`` (``{columns, data}``, the layout of ``log_table``).
 - ``trackio``: ``trackio.init(project, name, config)`` (local-first; ``TRACKIO_DIR`` picks the folder).
 
 Metric names in the sinks: ``train/<key>`` for step statistics, ``eval/<key>`` for ``eval_*``,
@@ -302,8 +302,8 @@ class MlflowSink(Sink):
         )
 
     def table(self, step: int, columns: list[str], rows: list[list[Any]]) -> None:
-        data = {c: [r[i] for r in rows] for i, c in enumerate(columns)}
-        self.client.log_table(self.run_id, data=data, artifact_file=f"samples/step_{step:08d}.json")
+        # the layout of mlflow.log_table's files, written without pandas (mlflow-skinny does not have it)
+        self.client.log_dict(self.run_id, {"columns": columns, "data": rows}, f"samples/step_{step:08d}.json")
 
     def close(self) -> None:
         self.client.set_terminated(self.run_id)

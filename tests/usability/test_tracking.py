@@ -152,7 +152,8 @@ def test_mlflow_file_store(tmp_path, make_row, make_group, monkeypatch):
     run = client.get_run(run_id)
     assert run.data.params["algo.preset"] == "grpo" and run.data.params["n"] == "8"
     (table,) = (tmp_path / "mlruns").rglob("samples/step_00000002.json")
-    assert "What is 2+3?" in table.read_text()
+    t = json.loads(table.read_text())
+    assert t["columns"][:3] == ["step", "prompt_id", "problem"] and t["data"][0][2] == "What is 2+3?"
 
 
 def test_trackio_local(tmp_path, make_row, make_group, monkeypatch):
