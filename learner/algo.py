@@ -19,6 +19,7 @@ counted as wrong.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import torch
@@ -58,6 +59,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     "raft_snis": {"filter": "none", "advantage": "snis", "loss": "sft"},
 }
 DEFAULT_PRESET = "reinforce_rej"
+
+# The paper's Fig. 4 ablations compare under its +-1 reward; under {0, 1} (reward_wrong >= 0) they lose their
+# meaning, so using one there warns (AlgoConfig._warn_ablation_reward). Value: what goes wrong under {0, 1}.
+PLUS_MINUS_ONE_ABLATIONS: dict[str, str] = {
+    "reinforce+remove_all_wrong": "all-wrong groups already have advantage 0, so this is `reinforce` up to the loss "
+    "normaliser (identical with soft_filter)",
+    "reinforce+remove_all_correct": "wrong answers are never pushed down, so the comparison with reinforce and "
+    "reinforce_rej is not the paper's",
+    "reinforce+mean_zero": "r - mean does not depend on the reward offset, but the `reinforce` it is compared with does",
+    "reinforce_rej+std": "(r - mean) / std does not depend on the reward offset, but the `reinforce_rej` it is "
+    "compared with does",
+}
 
 
 def _valid_names() -> str:
@@ -172,6 +185,18 @@ class AlgoConfig(Model):
                     )
             if self.decoupled:
                 raise ValueError("decoupled=True needs a ratio: it applies to loss=clipped, not loss=sft")
+        return self
+
+    @model_validator(mode="after")
+    def _warn_ablation_reward(self) -> AlgoConfig:
+        if self.preset in PLUS_MINUS_ONE_ABLATIONS and self.reward_wrong >= 0:
+            warnings.warn(
+                f"algo.preset={self.preset!r} is a Fig. 4 ablation of the paper, which uses rewards +-1; with "
+                f"reward_wrong={self.reward_wrong} {PLUS_MINUS_ONE_ABLATIONS[self.preset]}. Set "
+                "algo.reward_wrong=-1 to reproduce the ablation.",
+                UserWarning,
+                stacklevel=2,
+            )
         return self
 
     def reward_of(self, status: Status) -> float | None:

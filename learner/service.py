@@ -61,6 +61,7 @@ from winnow.kafka import (
     send,
     topics,
 )
+from winnow.tracking import Tracker
 from winnow.v1 import messages_pb2
 from winnow.verdict import Status
 
@@ -255,6 +256,20 @@ def group_outcomes(groups: list, algo) -> list[str]:
     return out
 
 
+def judge_samples(groups: list, algo):
+    """Per sample of ``groups``: kept by the algorithm's filter, valid, reward (for the sample log)."""
+    import torch
+    from winnow.learner.algo import reward_from_status
+    from winnow.learner.filters import sample_keep_mask
+
+    from winnow.samples import SampleJudgement
+
+    statuses = torch.tensor([[s.status for s in g.samples] for g in groups], dtype=torch.long)
+    rewards, valid = reward_from_status(statuses, algo)
+    keep = sample_keep_mask((statuses == int(Status.CORRECT)) & valid, algo.filter, valid=valid)
+    return SampleJudgement(keep.tolist(), valid.tolist(), rewards.tolist(), str(algo.filter))
+
+
 class LearnerService:
     """Releases prompts, trains on scored groups, publishes weights, checkpoints, commits.
 
@@ -301,6 +316,7 @@ class LearnerService:
         self._jsonl = Path(cfg.run_dir) / "metrics.jsonl"
         self.ledger = Ledger(Path(cfg.run_dir) / "ledger.jsonl")
         self._ledger_pending: list[dict[str, Any]] = []
+        self.tracking = Tracker(cfg.tracking, cfg.run_dir, config=cfg.model_dump(mode="json"), registry=registry)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -399,6 +415,7 @@ class LearnerService:
                 await self._checkpoint_and_commit()
         finally:
             self._running = False
+            self.tracking.close()
             for client in (consumer, producer):
                 try:
                     await client.stop()
@@ -445,6 +462,9 @@ class LearnerService:
         stats = await asyncio.to_thread(self.trainer.train_step, groups)
         t2 = time.perf_counter()
         outcomes = group_outcomes(groups, self.algo)
+        self.tracking.record_groups(
+            [b.message for b in batch], outcomes, step=self.version, judged=judge_samples(groups, self.algo)
+        )
         for b, outcome in zip(batch, outcomes, strict=True):
             self._finish(b.message.request_id, b.record, outcome, b.message.prompt_id)
             m.staleness.observe(max(0, version_before - b.group.policy_version))
@@ -535,6 +555,7 @@ class LearnerService:
     def _write_jsonl(self, row: dict[str, Any]) -> None:
         with self._jsonl.open("a") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")
+        self.tracking.log_row(row)
 
     # -- prompts ------------------------------------------------------------------------------
 
@@ -552,6 +573,7 @@ class LearnerService:
             problem=problem.problem,
             gold=problem.gold,
             task=problem.task,
+            messages=[messages_pb2.ChatMessage(role=r, content=c) for r, c in problem.messages or ()],
             n=self.cfg.n,
             release_version=self.version,
             sampling=messages_pb2.SamplingParams(
@@ -681,6 +703,9 @@ class LearnerService:
             if self.version - b.group.policy_version > self.max_staleness:
                 del self.buffer[rid]
                 self._finish(rid, b.record, "stale", b.message.prompt_id)
+                self.tracking.record_groups(
+                    [b.message], ["stale"], step=self.version + 1, judged=judge_samples([b.group], self.algo)
+                )
 
     def _finish(self, rid: str, record: Any, outcome: str, prompt_id: str = "") -> None:
         """The group ``rid`` is done (trained or dropped): remember it, free its slot, mark its offset."""
