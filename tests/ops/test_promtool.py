@@ -216,7 +216,7 @@ def metrics_in_code(*files: Path) -> set[str]:
     for f in files:
         for kind, name in re.findall(r'\b(Counter|Gauge|Histogram|Summary)\(\s*"(winnow_[a-z0-9_]+)"', f.read_text()):
             names.add(name + "_total" if kind == "Counter" and not name.endswith("_total") else name)
-        # gauges declared as data, e.g. winnow/tracking.py TRAINING_GAUGES: {"key": ("winnow_...", "help")}
+        # gauges declared as data: {"key": ("winnow_...", "help")}
         names.update(re.findall(r':\s*\(\s*"(winnow_[a-z0-9_]+)"', f.read_text()))
     return names
 
