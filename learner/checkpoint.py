@@ -144,3 +144,48 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> tuple[dict[s
     trainer_state = torch.load(p / "trainer.pt", map_location=map_location, weights_only=True)
     state = LearnerState.from_json((p / "state.json").read_text())
     return trainer_state, state
+
+
+class Ledger:
+    """``<run_dir>/ledger.jsonl``: one row per scored group the learner finished (trained or
+    dropped), ``{"version", "request_id", "prompt_id", "outcome"}``, where ``version`` is the
+    checkpoint that holds it.
+
+    Rows are appended just before the checkpoint that makes them durable; on restore the rows of
+    later versions (work that is redone) are cut, so the file is exactly the checkpointed history:
+    each request id appears once. It is the audit trail for "no group lost, none trained twice".
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, version: int, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            for row in rows:
+                f.write(json.dumps({"version": version, **row}, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def truncate(self, version: int) -> None:
+        """Keep only the rows of checkpoints up to ``version``."""
+        if not self.path.exists():
+            return
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a torn last line from a crash
+                continue
+            if int(row.get("version", 0)) <= version:
+                keep.append(line)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(k + "\n" for k in keep))
+        os.replace(tmp, self.path)
+
+    def rows(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 from winnow.learner.algo import AlgoConfig
+from winnow.learner.batch import group_from_proto
 from winnow.learner.checkpoint import (
     LATEST,
     LearnerState,
@@ -18,8 +19,8 @@ from winnow.learner.checkpoint import (
 )
 from winnow.learner.config import LearnerConfig
 from winnow.learner.evaluate import Evaluator
-from winnow.learner.service import group_data, group_outcomes
-from winnow.learner.step import OptimConfig, Trainer
+from winnow.learner.objective import prepare_batch_signals
+from winnow.learner.step import OptimConfig, Trainer, group_outcomes
 from winnow.learner.tiny import build_tiny_model_and_tokenizer
 from winnow.learner.weights import WeightPublisher
 
@@ -128,19 +129,23 @@ def test_weight_store_uri_and_pruning(tmp_path):
     assert shared.write(_FakeTrainer(4)).uri == "/mnt/weights/v00000004/model.safetensors"
 
 
-def test_group_data_checks():
-    g = group_data(_group([CORRECT, WRONG]), n=2, vocab_size=10)
+def test_group_from_proto_checks():
+    g = group_from_proto(_group([CORRECT, WRONG]), n=2, vocab_size=10)
     assert (
         g.request_id == "r1" and g.policy_version == 4 and [s.status for s in g.samples] == [CORRECT, WRONG]
     )
     with pytest.raises(ValueError, match="expected n=3"):
-        group_data(_group([CORRECT, WRONG]), n=3)
+        group_from_proto(_group([CORRECT, WRONG]), n=3)
     with pytest.raises(ValueError, match="outside the vocabulary"):
-        group_data(_group([CORRECT], tokens=(5, 60)), n=1, vocab_size=10)
+        group_from_proto(_group([CORRECT], tokens=(5, 60)), n=1, vocab_size=10)
     with pytest.raises(ValueError, match="finite and <= 0"):
-        group_data(_group([CORRECT], logprob=0.5), n=1)
+        group_from_proto(_group([CORRECT], logprob=0.5), n=1)
+    with pytest.raises(ValueError, match="status 8 is not a verifier Status"):  # a poison record (issue 13)
+        group_from_proto(_group([CORRECT, 8]), n=2)
+    with pytest.raises(ValueError, match="3 response tokens, more than the 2 allowed"):
+        group_from_proto(_group([CORRECT], tokens=(5, 6, 7)), n=1, max_response_tokens=2)
     # no per-token versions: the group's version stands for every token
-    g = group_data(_group([CORRECT], n_versions=0), n=1)
+    g = group_from_proto(_group([CORRECT], n_versions=0), n=1)
     assert g.samples[0].policy_versions == [4] and g.policy_version == 4
 
 
@@ -154,8 +159,8 @@ def test_group_data_checks():
 )
 def test_group_outcomes(preset, expected):
     statuses = [[CORRECT, CORRECT], [WRONG, WRONG], [CORRECT, WRONG], [ERROR, ERROR]]
-    groups = [group_data(_group(s, request_id=f"r{i}"), n=2) for i, s in enumerate(statuses)]
-    assert group_outcomes(groups, AlgoConfig(preset=preset)) == expected
+    sig = prepare_batch_signals(torch.tensor(statuses), AlgoConfig(preset=preset))
+    assert list(group_outcomes(sig["keep"], sig["correct"], sig["valid"])) == expected
 
 
 class _Verifier:
