@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from collections import Counter
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PromCounter
@@ -12,6 +15,8 @@ from winnow.learner.book import Outcome
 
 if TYPE_CHECKING:
     from winnow.learner.step import StepResult
+
+log = logging.getLogger("winnow.learner.service")
 
 
 class LearnerMetrics:
@@ -156,3 +161,21 @@ class LearnerMetrics:
         self.phase.labels(phase="compute").observe(compute_s)
         self.phase.labels(phase="publish").observe(publish_s)
         self.last_step.set(time.time())
+        log.info("step %d: loss %.4f acceptance %.2f kept groups %.2f tokens %d mismatch kl %.2e (wait %.2fs "
+                 "compute %.2fs publish %.2fs)", version, r.loss, r.acceptance_rate, r.kept_group_fraction,
+                 int(r.tokens), r.mismatch_kl, wait_s, compute_s, publish_s)
+
+    def observe_eval(self, label: str, accuracy: float, mean_at_k: float | None) -> dict[str, float]:
+        """Export a held-out evaluation; returns its ``metrics.jsonl`` fields."""
+        row = {"eval_accuracy": float(accuracy)}
+        self.eval_accuracy.labels(set=label).set(row["eval_accuracy"])
+        if mean_at_k is not None:
+            row["eval_mean_at_k"] = float(mean_at_k)
+            self.eval_mean_at_k.labels(set=label).set(row["eval_mean_at_k"])
+        return row
+
+
+def append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    """One line of ``metrics.jsonl``."""
+    with path.open("a") as f:
+        f.write(json.dumps(row, sort_keys=True) + "\n")

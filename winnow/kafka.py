@@ -399,14 +399,15 @@ def make_consumer(
     return consumer
 
 
-async def commit_offsets(consumer: AIOKafkaConsumer, offsets: Mapping[TopicPartition, int]) -> None:
-    """Commit ``{partition: next offset to read}`` (i.e. last processed offset + 1).
+async def commit_offsets(consumer: AIOKafkaConsumer, offsets: Mapping[tuple[str, int], int]) -> None:
+    """Commit ``{partition: next offset to read}`` (i.e. last processed offset + 1); partitions as
+    ``TopicPartition`` or plain ``(topic, partition)`` tuples.
 
     Call only after the work done with the messages below those offsets is durable (a
     checkpoint written, a group published). An empty mapping is a no-op.
     """
     if offsets:
-        await consumer.commit({tp: int(off) for tp, off in offsets.items()})
+        await consumer.commit({TopicPartition(*tp): int(off) for tp, off in offsets.items()})
 
 
 class OffsetTracker:
@@ -571,6 +572,24 @@ async def latest_weight_announcement(
                 return latest
     finally:
         await consumer.stop()
+
+
+async def assign_all_partitions(consumer: AIOKafkaConsumer, topic: str, offsets: Mapping[int, int],
+                                timeout_s: float = 30.0) -> None:
+    """Assign every partition of ``topic`` to ``consumer`` (no consumer group membership: a singleton
+    reader, such as the learner) and seek the partitions in ``offsets`` (partition -> next offset)."""
+    deadline, parts = time.monotonic() + timeout_s, None
+    while not parts:
+        await consumer.topics()  # refreshes metadata
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topic {topic} has no partitions (metadata timeout)")
+            await asyncio.sleep(0.2)
+    consumer.assign([TopicPartition(topic, p) for p in sorted(parts)])
+    for p, off in offsets.items():
+        consumer.seek(TopicPartition(topic, p), off)
+        log.info("resuming %s[%d] at offset %d", topic, p, off)
 
 
 async def consumer_lag(consumer: AIOKafkaConsumer) -> int:
