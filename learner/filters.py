@@ -22,13 +22,9 @@ correct sample ties for best, which is the ``raft`` filter).
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import torch
 from torch import Tensor
-
-FilterMode = Literal["none", "raft", "mixed", "remove_all_wrong", "remove_all_correct"]
-FILTER_MODES: tuple[str, ...] = get_args(FilterMode)
+from winnow.learner.algo import FILTER_MODES, FilterMode  # noqa: F401  (defined with the config)
 
 
 def correct_mask(rewards: Tensor, reward_correct: float = 1.0) -> Tensor:

@@ -51,7 +51,7 @@ async def serve(cfg) -> int:
 
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.run_dir) / "learner-config.json").write_text(cfg.model_dump_json(indent=2))
-    source = await asyncio.to_thread(make_source, cfg.prompt_source_config())
+    source = await asyncio.to_thread(make_source, cfg.prompts)
     trainer, tokenizer = await asyncio.to_thread(build_trainer, cfg)
     evaluator = await asyncio.to_thread(build_evaluator, cfg, tokenizer)
     registry = CollectorRegistry()

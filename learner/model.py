@@ -207,8 +207,8 @@ def build_trainer(cfg: LearnerConfig):
         temperature = 1.0
     trainer = Trainer(
         model,
-        cfg.algo_config(),
-        cfg.optim_config(),
+        cfg.algo,
+        cfg.optim,
         pad_token_id=tokenizer.pad_token_id,
         temperature=temperature,
         autocast_dtype=compute if compute != param_dtype else None,

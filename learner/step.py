@@ -48,38 +48,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.batch import GroupData, MicroBatch, TrainBatch, collate
+from winnow.learner.config import OptimConfig
 from winnow.learner.filters import group_stats
 from winnow.learner.logits import logprobs_from_hidden, token_logprobs_and_entropy
 from winnow.learner.losses import loss_denominator, mismatch_stats, ratio_stats
 from winnow.learner.model import disable_dropout, plain_lm_head, response_hidden, response_logits
 from winnow.learner.objective import compute_loss, prepare_batch_signals
-
-from winnow.config import Model
-
-
-class OptimConfig(Model):
-    """AdamW and batching settings of the training step."""
-
-    lr: float = Field(default=1e-6, gt=0)
-    """Peak learning rate (constant after warm-up; the paper uses 1e-6)."""
-    weight_decay: float = Field(default=0.01, ge=0)
-    """AdamW decoupled weight decay."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW (beta1, beta2)."""
-    eps: float = Field(default=1e-8, gt=0)
-    """AdamW epsilon."""
-    max_grad_norm: float = Field(default=1.0, ge=0)
-    """Clip the global gradient L2 norm to this value; 0 disables clipping (the norm is still logged)."""
-    warmup_steps: int = Field(default=0, ge=0)
-    """Linear learning-rate warm-up over this many optimizer steps (0 = none)."""
-    micro_batch_size: int = Field(default=8, ge=1)
-    """Sequences per forward/backward pass (gradients are accumulated over the batch)."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass (less memory, ~30% more compute)."""
-
 
 GroupOutcome = Literal["trained", "all_correct", "all_wrong"]
 

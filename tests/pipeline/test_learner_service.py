@@ -222,8 +222,8 @@ async def test_learner_trains_dedupes_drops_and_resumes(kafka_config, tmp_path: 
     finally:
         await producer.stop()
 
-    source = make_source(cfg.prompt_source_config())
-    algo = cfg.algo_config()
+    source = make_source(cfg.prompts)
+    algo = cfg.algo
     trained: list = []
 
     trainer1, tok = _trainer(algo)
@@ -330,10 +330,10 @@ async def test_lost_request_is_released_again(kafka_config_one, tmp_path: Path):
             "run_dir": str(tmp_path / "run"),
         },
     )
-    trainer, tok = _trainer(cfg.algo_config())
+    trainer, tok = _trainer(cfg.algo)
     trained: list = []
     Recorder(trainer, 1, trained)
-    service = LearnerService(cfg, trainer, make_source(cfg.prompt_source_config()), CollectorRegistry())
+    service = LearnerService(cfg, trainer, make_source(cfg.prompts), CollectorRegistry())
     fake = FakeGenerator(
         kcfg, tok, trainer.model.get_input_embeddings().weight.shape[0], inject=False, lose_first=True
     )

@@ -53,20 +53,20 @@ def test_config_overrides_and_errors(tmp_path):
     cfg = load_config(
         LearnerConfig, overrides=parse_overrides(["algo.preset=grpo", "algo.kl_coef=0", "batch_groups=3"])
     )
-    algo = cfg.algo_config()
+    algo = cfg.algo
     assert (algo.preset, algo.kl_coef, algo.advantage, cfg.batch_groups) == ("grpo", 0.0, "mean_std", 3)
     assert cfg.max_staleness == algo.max_staleness == 1
     f = tmp_path / "c.yaml"
     f.write_text("learner:\n  algo: {preset: raft}\n  optim: {lr: 0.5}\nkafka:\n  topic_prefix: exp1\n")
     cfg = load_config(LearnerConfig, f)
     assert (
-        cfg.algo_config().loss == "sft" and cfg.optim_config().lr == 0.5 and cfg.kafka.topic_prefix == "exp1"
+        cfg.algo.loss == "sft" and cfg.optim.lr == 0.5 and cfg.kafka.topic_prefix == "exp1"
     )
     with pytest.raises(ConfigError, match=r"algo: .*unknown algorithm 'ppo'"):
         load_config(LearnerConfig, overrides={"algo": {"preset": "ppo"}})
-    with pytest.raises(ConfigError, match=r"optim: .*micro_batch_size"):
+    with pytest.raises(ConfigError, match=r"optim\.micro_batch_size"):
         load_config(LearnerConfig, overrides={"optim": {"micro_batch_size": 0}})
-    with pytest.raises(ConfigError, match=r"prompts: .*path"):
+    with pytest.raises(ConfigError, match=r"prompts\.jsonl\.path"):
         load_config(LearnerConfig, overrides={"prompts": {"kind": "jsonl"}})
 
 
