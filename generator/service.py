@@ -191,6 +191,8 @@ def build_group(
         created_at=time.time(),
         generation_seconds=generation_seconds,
         scoring_seconds=scoring_seconds,
+        problem=request.problem,
+        gold=request.gold,
     )
 
 
@@ -465,7 +467,7 @@ class GeneratorService:
         """Generate and score a batch of requests; one ScoredGroup per request, in order.
 
         Requests with equal ``(n, sampling)`` share one engine call."""
-        prompt_ids = [self.formatter(r.problem) for r in requests]
+        prompt_ids = [self.formatter(r.problem, [(m.role, m.content) for m in r.messages]) for r in requests]
         samplings = [
             merge_sampling(self.cfg.sampling, r.sampling if r.HasField("sampling") else None)
             for r in requests

@@ -79,6 +79,8 @@ class Buffered:
     where: Position
     group: Any
     """The payload the trainer consumes (:class:`~winnow.learner.batch.GroupData`)."""
+    message: Any = None
+    """The record as received (for the sample log), if the caller keeps it."""
 
 
 @dataclass
@@ -201,7 +203,7 @@ class RequestBook:
         return True
 
     def receive(self, where: Position, group: Any, prompt_id: str, oldest_version: int, newest_version: int,
-                version: int) -> Outcome | None:
+                version: int, message: Any = None) -> Outcome | None:
         """Admit a checked, non-duplicate group (``group.request_id``) read at ``where`` whose tokens come from
         policy versions ``oldest_version..newest_version`` while the learner holds ``version``: None if it
         was buffered, else the outcome of dropping it. Foreign and future groups are not "done" (a request of
@@ -213,7 +215,7 @@ class RequestBook:
         if newest_version > version:
             self.done(where, Outcome.FUTURE)
             return Outcome.FUTURE
-        self.buffer[request_id] = Buffered(request_id, prompt_id, oldest_version, where, group)
+        self.buffer[request_id] = Buffered(request_id, prompt_id, oldest_version, where, group, message)
         return None
 
     def released_by_this_run(self, request_id: str) -> bool:

@@ -20,6 +20,7 @@ from winnow.config import KafkaConfig, Model, Settings, settings_config
 from winnow.numerics import NumericsConfig
 from winnow.prompts import PromptSourceConfig, ReasoningGymSourceConfig
 from winnow.sampling import SamplingConfig
+from winnow.tracking import TrackingConfig
 
 
 class OptimConfig(Model):
@@ -156,7 +157,11 @@ class LearnerConfig(Settings):
     checkpoint: CheckpointConfig = CheckpointConfig()
     """Checkpoints."""
     run_dir: str = "runs/learner"
-    """Directory for ``metrics.jsonl`` (one line per step) and the resolved config."""
+    """Directory for ``metrics.jsonl`` (one line per step), ``samples.jsonl``, TensorBoard events and the
+    resolved config."""
+    tracking: TrackingConfig = TrackingConfig()
+    """Experiment tracking (winnow.tracking): sinks (tensorboard, wandb, mlflow, trackio) and the sample
+    log; short form ``tracking: [tensorboard, wandb]``."""
     metrics_port: int = Field(default=9402, ge=0, le=65535)
     """Port of /metrics and /health (0 = pick a free one)."""
     metrics_host: str = "0.0.0.0"

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PromCounter
 from winnow.learner.book import Outcome
+from winnow.learner.sampler_metrics import BetaSamplerMetrics
 
 if TYPE_CHECKING:
     from winnow.learner.step import StepResult
@@ -124,6 +125,7 @@ class LearnerMetrics:
         self.eval_accuracy = Gauge(
             "winnow_learner_eval_accuracy", "Accuracy on a held-out set.", ["set"], registry=r
         )
+        self.beta_sampler = BetaSamplerMetrics(r)
         self.checkpoint_seconds = Histogram(
             "winnow_learner_checkpoint_seconds",
             "Seconds to write a checkpoint.",
@@ -155,6 +157,7 @@ class LearnerMetrics:
             self.mismatch_kl.set(r.mismatch_kl)
             self.mismatch_max_abs_log_ratio.set(r.mismatch_max_abs_log_ratio)
         self.loss.set(r.loss)
+        self.beta_sampler.observe(r.metrics)
         self.tokens.inc(r.tokens)
         self.tokens_per_second.set(r.tokens / compute_s if compute_s > 0 else 0.0)
         self.phase.labels(phase="wait").observe(wait_s)

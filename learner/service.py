@@ -29,10 +29,12 @@ from winnow.learner.book import Buffered, Outcome, Position, Release, RequestBoo
 from winnow.learner.checkpoint import LearnerState, Ledger
 from winnow.learner.config import LearnerConfig
 from winnow.learner.metrics import LearnerMetrics, append_jsonl
+from winnow.learner.objective import judge_samples
 from winnow.learner.weights import WeightPublisher
 
 from winnow import kafka
 from winnow.sampling import prompt_request
+from winnow.tracking import Tracker
 from winnow.verdict import status_label
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ class LearnerService:
         self.ledger, self._jsonl = Ledger(Path(cfg.run_dir) / "ledger.jsonl"), Path(cfg.run_dir) / "metrics.jsonl"
         self._stop, self._running, self._checkpointed_version, self.steps_run = asyncio.Event(), False, -1, 0
         self._consumer = self._producer = self._publisher = None
+        self.tracking = Tracker(cfg.tracking, cfg.run_dir, config=cfg.model_dump(mode="json"), registry=registry)
         emb = getattr(trainer.model, "get_input_embeddings", lambda: None)()
         self._vocab_size = int(emb.weight.shape[0]) if emb is not None else None
 
@@ -118,7 +121,7 @@ class LearnerService:
             if resumed and cfg.rerelease_on_resume:
                 await self._send(self.book.resume_releases())
             if self.version == 0 and self.evaluate is not None and cfg.eval.every:  # the baseline
-                append_jsonl(self._jsonl, {"version": 0, "time": time.time(), **await self._evaluate()})
+                self._log_row({"version": 0, "time": time.time(), **await self._evaluate()})
             self._running = True
             log.info("learner: version %d, batch %d groups x n=%d, max_staleness %d, consuming %s", self.version,
                      cfg.batch_groups, cfg.n, self.book.max_staleness, self.names.groups)
@@ -128,6 +131,7 @@ class LearnerService:
                 await self._checkpoint_and_commit()
         finally:
             self._running = False
+            self.tracking.close()
             for r in await asyncio.gather(self._consumer.stop(), self._producer.stop(), return_exceptions=True):
                 if isinstance(r, Exception):  # shutting down: log and go on
                     log.warning("stopping a Kafka client failed: %s", r)
@@ -143,6 +147,8 @@ class LearnerService:
         t1, version_before = time.perf_counter(), self.version
         result = await asyncio.to_thread(self.trainer.train_step, [b.group for b in batch])
         t2 = time.perf_counter()
+        self.tracking.record_groups([b.message for b in batch], list(result.group_outcomes), step=self.version,
+                                    judged=result.judged)
         for b, outcome in zip(batch, result.group_outcomes, strict=True):
             self.book.finish(b.request_id, b.prompt_id, b.where, outcome)
             self.metrics.staleness.observe(max(0, version_before - b.policy_version))
@@ -157,7 +163,7 @@ class LearnerService:
         t4 = time.perf_counter()
         self.metrics.observe_step(result, self.version, wait_s=t1 - t0, compute_s=t2 - t1, publish_s=t3 - t2)
         evaluated = self.evaluate is not None and cfg.eval.every and self.version % cfg.eval.every == 0
-        append_jsonl(self._jsonl, {
+        self._log_row({
             "version": self.version, "time": time.time(), "wait_s": t1 - t0, "compute_s": t2 - t1,
             "publish_s": t3 - t2 if published else 0.0, "checkpoint_s": t4 - t3 if checkpointed else 0.0,
             "outcomes": {str(k): v for k, v in self.book.counts.items()},
@@ -171,12 +177,18 @@ class LearnerService:
         accuracy = await asyncio.to_thread(self.evaluate, self.trainer)
         return self.metrics.observe_eval(self.cfg.eval.set_name, accuracy, getattr(self.evaluate, "last_mean_at_k", None))
 
+    def _log_row(self, row: dict[str, Any]) -> None:  # metrics.jsonl, then the tracking sinks
+        append_jsonl(self._jsonl, row)
+        self.tracking.log_row(row)
+
     # -- prompts and groups -----------------------------------------------------------------------
 
     async def _collect(self) -> list[Buffered] | None:
         """Release and read until ``batch_groups`` fresh groups are buffered; None if stopped first."""
         while True:
-            self.book.drop_stale(self.version)
+            if stale := self.book.drop_stale(self.version):  # into the sample log, judged as the step would
+                self.tracking.record_groups([b.message for b in stale], ["stale"] * len(stale), step=self.version + 1,
+                                            judged=judge_samples([b.group for b in stale], self.trainer.algo))
             releases, timed_out = self.book.releases(time.monotonic(), more=not self._done())
             if timed_out:
                 log.warning("%d requests timed out; released again under new ids", timed_out)
@@ -221,7 +233,7 @@ class LearnerService:
             log.warning("dropping a corrupt group: %s", e)
             return self.book.drop(where, msg.request_id, msg.prompt_id, Outcome.CORRUPT)
         newest = max(v for s in group.samples for v in s.policy_versions)
-        outcome = self.book.receive(where, group, group.prompt_id, group.policy_version, newest, self.version)
+        outcome = self.book.receive(where, group, group.prompt_id, group.policy_version, newest, self.version, msg)
         if outcome is not None:
             return log.warning("dropping group %s from %s: %s", msg.request_id, msg.generator_id or "?", outcome)
         for s in group.samples:

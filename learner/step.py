@@ -55,7 +55,9 @@ from winnow.learner.filters import group_stats
 from winnow.learner.logits import logprobs_from_hidden, token_logprobs_and_entropy
 from winnow.learner.losses import loss_denominator, mismatch_stats, ratio_stats
 from winnow.learner.model import disable_dropout, plain_lm_head, response_hidden, response_logits
-from winnow.learner.objective import compute_loss, prepare_batch_signals
+from winnow.learner.objective import compute_loss, judgement, prepare_batch_signals
+
+from winnow.samples import SampleJudgement
 
 GroupOutcome = Literal["trained", "all_correct", "all_wrong"]
 
@@ -90,12 +92,15 @@ class StepResult:
     mismatch_max_abs_log_ratio: float
     mismatch_tokens: float
     metrics: dict[str, float]
+    judged: SampleJudgement | None = None
+    """Per sample: kept by the filter, valid, reward (the sample log)."""
 
     @classmethod
-    def build(cls, outcomes: tuple[GroupOutcome, ...], metrics: dict[str, float]) -> StepResult:
-        typed = {f: metrics[f] for f in cls.__dataclass_fields__ if f not in ("group_outcomes", "metrics")}
+    def build(cls, outcomes: tuple[GroupOutcome, ...], metrics: dict[str, float],
+              judged: SampleJudgement | None = None) -> StepResult:
+        typed = {f: metrics[f] for f in cls.__dataclass_fields__ if f not in ("group_outcomes", "metrics", "judged")}
         typed["skipped"] = bool(typed["skipped"])
-        return cls(group_outcomes=tuple(outcomes), metrics=dict(metrics), **typed)
+        return cls(group_outcomes=tuple(outcomes), metrics=dict(metrics), judged=judged, **typed)
 
     def __getitem__(self, name: str) -> float:
         return self.metrics[name]
@@ -345,7 +350,7 @@ class Trainer:
         metrics["tokens_per_s"] = metrics["tokens"] / total if total > 0 else 0.0
         if self.world_size > 1:
             metrics = self._reduce_metrics(metrics)
-        return StepResult.build(result.group_outcomes, metrics)
+        return StepResult.build(result.group_outcomes, metrics, result.judged)
 
     def forward_backward(self, groups: list[GroupData]) -> StepResult:
         """Accumulate the gradient of the whole batch's loss into ``.grad`` (zeroed first); the per-group
@@ -360,7 +365,7 @@ class Trainer:
         batch = batch.to(self.device)
 
         # rewards, filter, advantages: once over the whole batch
-        sig = prepare_batch_signals(batch.statuses, algo)
+        sig = prepare_batch_signals(batch.statuses, algo, request_ids=batch.request_ids)
         advantages = sig["advantages"].reshape(-1).to(self.device, torch.float32)  # (B,)
         sample_weight = sig["sample_weight"].reshape(-1).to(self.device, torch.float32)  # (B,)
         mask = batch.response_mask.to(torch.float32)  # (B, T)
@@ -457,7 +462,7 @@ class Trainer:
             }
         )
         metrics.update({k: float(v) for k, v in sig["metrics"].items()})
-        return StepResult.build(group_outcomes(sig["keep"], sig["correct"], sig["valid"]), metrics)
+        return StepResult.build(group_outcomes(sig["keep"], sig["correct"], sig["valid"]), metrics, judgement(sig, algo))
 
     def optimizer_step(self, skip: bool = False) -> tuple[float, bool]:
         """Clip the accumulated gradient, take the AdamW step (unless ``skip`` or a non-finite norm) and

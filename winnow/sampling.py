@@ -130,5 +130,6 @@ def prompt_request(problem: Any, request_id: str, *, n: int, sampling: SamplingC
     return messages_pb2.PromptRequest(
         prompt_id=problem.prompt_id, request_id=request_id, problem=problem.problem, gold=problem.gold,
         task=problem.task, n=n, release_version=version, released_at=now,
+        messages=[messages_pb2.ChatMessage(role=r, content=c) for r, c in getattr(problem, "messages", None) or ()],
         sampling=messages_pb2.SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                                              max_new_tokens=s.max_new_tokens, seed=s.seed or 0))

@@ -20,6 +20,9 @@ EXPECTED = {
     "reinforce+remove_all_wrong": ("remove_all_wrong", "raw", "clipped"),
     "reinforce+remove_all_correct": ("remove_all_correct", "raw", "clipped"),
     "reinforce_rej+std": ("mixed", "mean_std", "clipped"),
+    "raft_beta": ("raft_beta", "unit", "sft"),
+    "raft++_beta": ("raft_beta", "unit", "clipped"),
+    "raft_snis": ("none", "snis", "sft"),
 }
 
 

@@ -106,8 +106,8 @@ def test_statuses_through_the_engine(verifier):
 
 def test_options_last_number_and_percent(verifier):
     prose = "She had 3 apples and bought 4 more, which gives 7"
-    assert verifier.verify(Item("a", prose, "7")).status == Status.NO_ANSWER
-    assert verifier.verify(Item("b", prose, "7", options={"last_number": "true"})).status == Status.CORRECT
+    assert verifier.verify(Item("a", prose, "7", options={"fallback": "0"})).status == Status.NO_ANSWER
+    assert verifier.verify(Item("b", prose, "7")).status == Status.CORRECT  # the fallback is on by default
     assert verifier.verify(Item("c", B("0.25"), "25")).status == Status.WRONG
     assert verifier.verify(Item("d", B("0.25"), "25", options={"percent": "1"})).status == Status.CORRECT
 
