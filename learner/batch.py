@@ -318,3 +318,9 @@ def collate(groups: list[GroupData], pad_id: int) -> TrainBatch:
         finish_reasons=finish_reasons,
         pad_id=pad_id,
     )
+
+
+def vocab_size(model: Any) -> int | None:
+    """Rows of the model's input embedding (None for a model without ``get_input_embeddings``)."""
+    emb = getattr(model, "get_input_embeddings", lambda: None)()
+    return int(emb.weight.shape[0]) if emb is not None else None

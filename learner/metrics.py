@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PromCounter
-from winnow.learner.book import Outcome
+from winnow.learner.book import Outcome, RequestBook
 from winnow.learner.sampler_metrics import BetaSamplerMetrics
 
 if TYPE_CHECKING:
@@ -133,6 +133,12 @@ class LearnerMetrics:
             registry=r,
         )
 
+    def observe_book(self, book: RequestBook) -> None:
+        """Outstanding requests, buffered groups, outcome counts."""
+        self.unconsumed.set(book.outstanding)
+        self.buffered.set(len(book.buffer))
+        self.sync_outcomes(book.counts)
+
     def sync_outcomes(self, counts: Counter[str]) -> None:
         """Bring ``winnow_learner_groups_total`` up to the book's outcome counts."""
         for outcome, total in counts.items():
@@ -178,7 +184,8 @@ class LearnerMetrics:
         return row
 
 
-def append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    """One line of ``metrics.jsonl``."""
+def append_jsonl(path: Path, row: dict[str, Any]) -> dict[str, Any]:
+    """One line of ``metrics.jsonl``; returns ``row``."""
     with path.open("a") as f:
         f.write(json.dumps(row, sort_keys=True) + "\n")
+    return row

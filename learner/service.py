@@ -24,7 +24,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 from winnow.learner import checkpoint
-from winnow.learner.batch import group_from_proto
+from winnow.learner.batch import group_from_proto, vocab_size
 from winnow.learner.book import Buffered, Outcome, Position, Release, RequestBook
 from winnow.learner.checkpoint import LearnerState, Ledger
 from winnow.learner.config import LearnerConfig
@@ -41,12 +41,9 @@ log = logging.getLogger(__name__)
 
 
 class LearnerService:
-    """Releases prompts, trains on scored groups, publishes weights, checkpoints, commits.
-
-    ``trainer``: a :class:`winnow.learner.step.Trainer` built from the *initial* weights (a checkpoint,
-    if any, is loaded into it by :meth:`run`). ``source``: the training :class:`~winnow.prompts.PromptSource`.
-    ``evaluate``: optional ``callable(trainer) -> float`` (accuracy), run every ``eval.every`` steps.
-    """
+    """Releases prompts, trains, publishes, checkpoints, commits. ``trainer``: a :class:`~winnow.learner.step.Trainer`
+    from the *initial* weights (:meth:`run` loads a checkpoint into it); ``source``: a :class:`~winnow.prompts.PromptSource`;
+    ``evaluate``: optional ``callable(trainer) -> float`` (accuracy), run every ``eval.every`` steps."""
 
     def __init__(self, cfg: LearnerConfig, trainer: Any, source: Any, registry: CollectorRegistry, *,
                  evaluate: Any = None) -> None:
@@ -59,8 +56,7 @@ class LearnerService:
         self._stop, self._running, self._checkpointed_version, self.steps_run = asyncio.Event(), False, -1, 0
         self._consumer = self._producer = self._publisher = None
         self.tracking = Tracker(cfg.tracking, cfg.run_dir, config=cfg.model_dump(mode="json"), registry=registry)
-        emb = getattr(trainer.model, "get_input_embeddings", lambda: None)()
-        self._vocab_size = int(emb.weight.shape[0]) if emb is not None else None
+        self._vocab_size = vocab_size(trainer.model)
 
     def _new_book(self, state: LearnerState) -> RequestBook:
         return RequestBook(batch_groups=self.cfg.batch_groups, max_staleness=int(self.trainer.algo.max_staleness),
@@ -121,7 +117,8 @@ class LearnerService:
             if resumed and cfg.rerelease_on_resume:
                 await self._send(self.book.resume_releases())
             if self.version == 0 and self.evaluate is not None and cfg.eval.every:  # the baseline
-                self._log_row({"version": 0, "time": time.time(), **await self._evaluate()})
+                row = {"version": 0, "time": time.time(), **await self._evaluate()}
+                self.tracking.log_row(append_jsonl(self._jsonl, row))
             self._running = True
             log.info("learner: version %d, batch %d groups x n=%d, max_staleness %d, consuming %s", self.version,
                      cfg.batch_groups, cfg.n, self.book.max_staleness, self.names.groups)
@@ -163,23 +160,19 @@ class LearnerService:
         t4 = time.perf_counter()
         self.metrics.observe_step(result, self.version, wait_s=t1 - t0, compute_s=t2 - t1, publish_s=t3 - t2)
         evaluated = self.evaluate is not None and cfg.eval.every and self.version % cfg.eval.every == 0
-        self._log_row({
+        self.tracking.log_row(append_jsonl(self._jsonl, {
             "version": self.version, "time": time.time(), "wait_s": t1 - t0, "compute_s": t2 - t1,
             "publish_s": t3 - t2 if published else 0.0, "checkpoint_s": t4 - t3 if checkpointed else 0.0,
             "outcomes": {str(k): v for k, v in self.book.counts.items()},
             "batch_outcomes": {o: result.group_outcomes.count(o) for o in set(result.group_outcomes)},
             "unconsumed": self.book.outstanding, "next_position": self.book.state.next_position,
             **(await self._evaluate() if evaluated else {}), **result.metrics,
-        })
+        }))
 
     async def _evaluate(self) -> dict[str, float]:
         """Run the evaluator; export and return {"eval_accuracy"[, "eval_mean_at_k"]}."""
         accuracy = await asyncio.to_thread(self.evaluate, self.trainer)
         return self.metrics.observe_eval(self.cfg.eval.set_name, accuracy, getattr(self.evaluate, "last_mean_at_k", None))
-
-    def _log_row(self, row: dict[str, Any]) -> None:  # metrics.jsonl, then the tracking sinks
-        append_jsonl(self._jsonl, row)
-        self.tracking.log_row(row)
 
     # -- prompts and groups -----------------------------------------------------------------------
 
@@ -194,10 +187,8 @@ class LearnerService:
                 log.warning("%d requests timed out; released again under new ids", timed_out)
                 self.metrics.requests_rereleased.inc(timed_out)
             await self._send(releases)  # first: slots freed by the last step keep the generators busy
-            self.metrics.unconsumed.set(self.book.outstanding)
             batch = self.book.take_batch()
-            self.metrics.buffered.set(len(self.book.buffer))
-            self.metrics.sync_outcomes(self.book.counts)
+            self.metrics.observe_book(self.book)
             if batch is not None or self._done():
                 return batch
             for records in (await self._consumer.getmany(timeout_ms=500)).values():
