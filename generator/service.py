@@ -39,10 +39,10 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from winnow.generator.config import GeneratorConfig, VerifierRouting
-from winnow.generator.engine import Engine
 
 from winnow.chat import PromptFormatter
+from winnow.generator.config import GeneratorConfig, VerifierRouting
+from winnow.generator.engine import Engine
 from winnow.sampling import Completion, GenerationCancelled, SamplingConfig
 from winnow.v1 import messages_pb2
 from winnow.verdict import Item, Status, Verdict

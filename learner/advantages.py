@@ -34,6 +34,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+
 from winnow.learner.algo import ADVANTAGE_KINDS, AdvantageKind  # noqa: F401  (defined with the config)
 
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
-from winnow.learner.algo import AlgoConfig
 
 from winnow.chat import ChatFormat
 from winnow.config import KafkaConfig, Model, Settings, settings_config
+from winnow.learner.algo import AlgoConfig
 from winnow.numerics import NumericsConfig
 from winnow.prompts import PromptSourceConfig, ReasoningGymSourceConfig
 from winnow.sampling import SamplingConfig

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
 from winnow.learner.algo import FILTER_MODES, CorrectnessFilter, FilterMode  # noqa: F401  (defined with the config)
 
 

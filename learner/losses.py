@@ -27,6 +27,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+
 from winnow.learner.algo import AGG_MODES, AggMode  # noqa: F401  (defined with the config)
 
 KLKind = Literal["k1", "k2", "k3"]

@@ -42,10 +42,10 @@ async def serve(cfg) -> int:
     from pathlib import Path
 
     from prometheus_client import CollectorRegistry
+
     from winnow.learner.evaluate import build_evaluator
     from winnow.learner.model import build_trainer
     from winnow.learner.service import LearnerService
-
     from winnow.metrics import run_service
     from winnow.prompts import make_source
 

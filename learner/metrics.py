@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PromCounter
+
 from winnow.learner.book import Outcome, RequestBook
 from winnow.learner.sampler_metrics import BetaSamplerMetrics
 

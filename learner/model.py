@@ -184,7 +184,6 @@ def build_trainer(cfg: LearnerConfig):
     in another dtype (fp32 on CPU), none when they already are in it.
     """
     from winnow.learner.step import Trainer
-
     from winnow.models import resolve_model
     from winnow.numerics import resolve_precision, torch_dtype
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
 from winnow.learner.advantages import compute_advantages
 from winnow.learner.algo import AlgoConfig, reward_from_status
 from winnow.learner.filters import (
@@ -34,7 +35,6 @@ from winnow.learner.filters import (
     uniform_draws,
 )
 from winnow.learner.losses import aggregate, clipped_policy_loss, kl_penalty, ratio_stats, sft_loss
-
 from winnow.samples import SampleJudgement
 from winnow.verdict import Status
 

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+
+from winnow import kafka
 from winnow.learner import checkpoint
 from winnow.learner.batch import group_from_proto, vocab_size
 from winnow.learner.book import Buffered, Outcome, Position, Release, RequestBook
@@ -31,8 +33,6 @@ from winnow.learner.config import LearnerConfig
 from winnow.learner.metrics import LearnerMetrics, append_jsonl
 from winnow.learner.objective import judge_samples
 from winnow.learner.weights import WeightPublisher
-
-from winnow import kafka
 from winnow.sampling import prompt_request
 from winnow.tracking import Tracker
 from winnow.verdict import status_label

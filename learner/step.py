@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.batch import GroupData, MicroBatch, TrainBatch, collate
 from winnow.learner.config import OptimConfig
@@ -56,7 +57,6 @@ from winnow.learner.logits import logprobs_from_hidden, token_logprobs_and_entro
 from winnow.learner.losses import loss_denominator, mismatch_stats, ratio_stats
 from winnow.learner.model import disable_dropout, plain_lm_head, response_hidden, response_logits
 from winnow.learner.objective import compute_loss, judgement, prepare_batch_signals
-
 from winnow.samples import SampleJudgement
 
 GroupOutcome = Literal["trained", "all_correct", "all_wrong"]

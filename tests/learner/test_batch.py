@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from winnow.learner.batch import GroupData, SampleData, collate
 from winnow.learner.model import response_logits
 

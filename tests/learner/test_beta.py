@@ -13,6 +13,8 @@ import math
 import pytest
 import torch
 from prometheus_client import CollectorRegistry
+
+from winnow.config import ConfigError
 from winnow.learner.advantages import compute_advantages, snis_ess, snis_weights
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.filters import (
@@ -25,8 +27,6 @@ from winnow.learner.objective import compute_loss, prepare_batch_signals
 from winnow.learner.sampler_metrics import BetaSamplerMetrics
 from winnow.learner.step import OptimConfig, Trainer
 from winnow.learner.tiny import build_tiny_model_and_tokenizer
-
-from winnow.config import ConfigError
 
 from .conftest import CORRECT, WRONG, make_groups
 
@@ -193,9 +193,8 @@ def test_beta_is_validated_and_named():
             AlgoConfig.from_preset("raft_beta", beta=bad)
     assert AlgoConfig.from_preset("raft_snis", beta=3.0).beta == 3.0
     # through the learner's config (file / env): the error names algo and beta
-    from winnow.learner.config import LearnerConfig
-
     from winnow.config import load_config
+    from winnow.learner.config import LearnerConfig
 
     with pytest.raises(ConfigError, match=r"algo.*beta: Input should be greater than 0"):
         load_config(LearnerConfig, data={"algo": {"preset": "raft_beta", "beta": -1}})

@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.filters import group_stats, sample_keep_mask
 from winnow.learner.losses import aggregate, kl_penalty, ratio_stats, sft_loss

@@ -4,6 +4,7 @@ import itertools
 
 import pytest
 import torch
+
 from winnow.learner.filters import FILTER_MODES, group_stats, sample_keep_mask
 
 # 4 groups of n=4: mixed (2/4), all correct, all wrong, mixed (1/4)

@@ -11,12 +11,12 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+
+from winnow.brokers import free_port
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.batch import GroupData
 from winnow.learner.step import OptimConfig, Trainer
 from winnow.learner.tiny import build_tiny_model_and_tokenizer
-
-from winnow.brokers import free_port
 
 from .conftest import CORRECT, WRONG, current_logprobs, make_groups
 

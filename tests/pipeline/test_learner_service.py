@@ -19,12 +19,6 @@ from pathlib import Path
 import pytest
 import torch
 from prometheus_client import CollectorRegistry
-from winnow.learner.algo import AlgoConfig
-from winnow.learner.checkpoint import latest_checkpoint, load_checkpoint
-from winnow.learner.config import LearnerConfig
-from winnow.learner.service import LearnerService
-from winnow.learner.step import OptimConfig, Trainer
-from winnow.learner.tiny import build_tiny_model_and_tokenizer
 
 from winnow.config import load_config
 from winnow.kafka import (
@@ -37,6 +31,12 @@ from winnow.kafka import (
     send,
     topics,
 )
+from winnow.learner.algo import AlgoConfig
+from winnow.learner.checkpoint import latest_checkpoint, load_checkpoint
+from winnow.learner.config import LearnerConfig
+from winnow.learner.service import LearnerService
+from winnow.learner.step import OptimConfig, Trainer
+from winnow.learner.tiny import build_tiny_model_and_tokenizer
 from winnow.metrics import serve_metrics
 from winnow.prompts import make_source
 from winnow.v1 import messages_pb2

@@ -54,8 +54,6 @@ def _value(body: str, line_prefix: str) -> float | None:
 
 @pytest.mark.slow
 async def test_learner_process(kafka_config_one, tmp_path):
-    from winnow.learner.tiny import build_tiny_tokenizer, save_tiny
-
     from winnow.kafka import (
         PromptRequest,
         decode_record,
@@ -65,6 +63,7 @@ async def test_learner_process(kafka_config_one, tmp_path):
         send,
         topics,
     )
+    from winnow.learner.tiny import build_tiny_tokenizer, save_tiny
     from winnow.v1 import messages_pb2
 
     kcfg = kafka_config_one

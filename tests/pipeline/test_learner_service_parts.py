@@ -8,6 +8,8 @@ import json
 
 import pytest
 import torch
+
+from winnow.config import ConfigError, load_config, parse_overrides
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.batch import group_from_proto
 from winnow.learner.checkpoint import (
@@ -23,8 +25,6 @@ from winnow.learner.objective import prepare_batch_signals
 from winnow.learner.step import OptimConfig, Trainer, group_outcomes
 from winnow.learner.tiny import build_tiny_model_and_tokenizer
 from winnow.learner.weights import WeightPublisher
-
-from winnow.config import ConfigError, load_config, parse_overrides
 from winnow.prompts import Problem
 from winnow.v1 import messages_pb2
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+
+from winnow.cli import main
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.batch import group_from_proto
 from winnow.learner.objective import judge_samples
-
-from winnow.cli import main
 from winnow.samples import SampleLog, read_samples, select
 from winnow.tracking import SamplesConfig
 
