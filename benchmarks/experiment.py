@@ -214,12 +214,11 @@ def evaluate(model_dir: str, weights: str | None, problems: list[Any], budget: B
              seed: int = 0) -> dict[str, Any]:
     """Greedy accuracy and pass@k of the model at ``model_dir`` (with the safetensors ``weights`` loaded
     over it, if given), decoded by the generator's transformers engine as it samples during training."""
-    from winnow.verifier.engine import MathVerifier
-
     from winnow.chat import ChatFormat, PromptFormatter
     from winnow.hf_engine import HFEngine
     from winnow.sampling import SamplingConfig
     from winnow.verdict import Item, Status
+    from winnow.verifier.engine import MathVerifier
 
     t0 = time.perf_counter()
     engine = HFEngine.from_pretrained(model_dir, max_batch_sequences=64)
