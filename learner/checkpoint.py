@@ -189,3 +189,26 @@ class Ledger:
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+class DeadLetters:
+    """``<run_dir>/dead-letter.jsonl``: one row per quarantined record (a scored group that did not decode or
+    failed the group check), ``{"time", "topic", "partition", "offset", "request_id", "reason", "bytes"}``.
+    The record is skipped (its offset committed past it like any done record), never trained, and never
+    crashes the learner; the row says why, so an operator can find the producer (``generator_id`` is in the
+    reason when the record decoded)."""
+
+    def __init__(self, path: Path, counter: Any = None) -> None:
+        self.path, self.counter = path, counter
+
+    def write(self, where: Any, request_id: str, reason: str, size: int = 0) -> None:
+        """Log, count (``reason`` label: invalid when it decoded, else undecodable) and append one row."""
+        import time
+
+        log.warning("quarantined %s[%d]@%d: %s", where.topic, where.partition, where.offset, reason)
+        if self.counter is not None:
+            self.counter.labels(reason="invalid" if request_id else "undecodable").inc()
+        row = {"time": time.time(), "topic": where.topic, "partition": where.partition, "offset": where.offset,
+               "request_id": request_id, "reason": reason[:2000], "bytes": size}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")

@@ -126,6 +126,15 @@ class LearnerMetrics:
         self.eval_accuracy = Gauge(
             "winnow_learner_eval_accuracy", "Accuracy on a held-out set.", ["set"], registry=r
         )
+        self.dead_letters = PromCounter(
+            "winnow_learner_dead_letters",
+            "Scored-group records quarantined to <run_dir>/dead-letter.jsonl (undecodable, or invalid: "
+            "wrong n, a status outside the enum, too many response tokens, ...).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("undecodable", "invalid"):
+            self.dead_letters.labels(reason=reason)
         self.beta_sampler = BetaSamplerMetrics(r)
         self.checkpoint_seconds = Histogram(
             "winnow_learner_checkpoint_seconds",

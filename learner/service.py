@@ -28,7 +28,7 @@ from winnow import kafka
 from winnow.learner import checkpoint
 from winnow.learner.batch import group_from_proto, vocab_size
 from winnow.learner.book import Buffered, Outcome, Position, Release, RequestBook
-from winnow.learner.checkpoint import LearnerState, Ledger
+from winnow.learner.checkpoint import DeadLetters, LearnerState, Ledger
 from winnow.learner.config import LearnerConfig
 from winnow.learner.metrics import LearnerMetrics, append_jsonl
 from winnow.learner.objective import judge_samples
@@ -53,6 +53,7 @@ class LearnerService:
         self.book = self._new_book(LearnerState(run_id=uuid.uuid4().hex[:10]))
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         self.ledger, self._jsonl = Ledger(Path(cfg.run_dir) / "ledger.jsonl"), Path(cfg.run_dir) / "metrics.jsonl"
+        self.dead_letters = DeadLetters(Path(cfg.run_dir) / "dead-letter.jsonl", self.metrics.dead_letters)
         self._stop, self._running, self._checkpointed_version, self.steps_run = asyncio.Event(), False, -1, 0
         self._consumer = self._producer = self._publisher = None
         self.tracking = Tracker(cfg.tracking, cfg.run_dir, config=cfg.model_dump(mode="json"), registry=registry)
@@ -90,7 +91,6 @@ class LearnerService:
         self.book = self._new_book(state)
         self.ledger.truncate(self.version)  # rows of steps after the checkpoint will be redone
         self._checkpointed_version = self.version
-        self.metrics.weight_version.set(self.version)
         log.info("resumed from %s at version %d: %d outstanding requests", path, self.version, len(state.unconsumed))
         return True
 
@@ -113,6 +113,7 @@ class LearnerService:
             await kafka.assign_all_partitions(self._consumer, self.names.groups,
                                               {int(p): int(o) for p, o in offsets.items()})
             if self.version > 0:  # generators must follow the restored weights
+                self.metrics.weight_version.set(self.version)
                 await self._publish()
             if resumed and cfg.rerelease_on_resume:
                 await self._send(self.book.resume_releases())
@@ -120,8 +121,7 @@ class LearnerService:
                 row = {"version": 0, "time": time.time(), **await self._evaluate()}
                 self.tracking.log_row(append_jsonl(self._jsonl, row))
             self._running = True
-            log.info("learner: version %d, batch %d groups x n=%d, max_staleness %d, consuming %s", self.version,
-                     cfg.batch_groups, cfg.n, self.book.max_staleness, self.names.groups)
+            log.info("learner at version %d: %d groups x n=%d a step", self.version, cfg.batch_groups, cfg.n)
             while not self._done():
                 await self._step()
             if self.version != self._checkpointed_version and self.steps_run:
@@ -213,7 +213,7 @@ class LearnerService:
     def _on_record(self, record: Any) -> None:
         where = Position(record.topic, record.partition, record.offset)
         self.book.track(where)
-        if (msg := kafka.decode_record(kafka.ScoredGroup, record)) is None:
+        if (msg := kafka.decode_record(kafka.ScoredGroup, record, lambda why, _: self.dead_letters.write(where, "", why))) is None:
             return self.book.done(where, Outcome.CORRUPT)
         if self.book.duplicate(where, msg.request_id):
             return
@@ -221,7 +221,7 @@ class LearnerService:
             group = group_from_proto(msg, self.cfg.n, vocab_size=self._vocab_size,
                                      max_response_tokens=self.cfg.sampling.max_new_tokens)
         except ValueError as e:
-            log.warning("dropping a corrupt group: %s", e)
+            self.dead_letters.write(where, msg.request_id, str(e), len(record.value or b""))
             return self.book.drop(where, msg.request_id, msg.prompt_id, Outcome.CORRUPT)
         newest = max(v for s in group.samples for v in s.policy_versions)
         outcome = self.book.receive(where, group, group.prompt_id, group.policy_version, newest, self.version, msg)
