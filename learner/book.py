@@ -45,6 +45,7 @@ class Outcome(StrEnum):
     CORRUPT = "corrupt"
     FOREIGN = "foreign"
     FUTURE = "future"
+    REJECTED = "rejected"
 
 
 @dataclass(frozen=True)
@@ -257,13 +258,22 @@ class RequestBook:
 
     def finish(self, request_id: str, prompt_id: str, where: Position, outcome: Outcome | str) -> None:
         """``request_id`` is done (trained or dropped): remember it, free its slot, release its offset."""
+        self._close(request_id, prompt_id, Outcome(outcome))
+        self.done(where, Outcome(outcome))
+
+    def reject(self, release: Release, prompt_id: str) -> None:
+        """A released request that is not sent (its prompt failed the learner's check): done, never trained;
+        the next position takes its slot."""
+        self._close(release.request_id, prompt_id, Outcome.REJECTED)
+        self.counts[Outcome.REJECTED] += 1
+
+    def _close(self, request_id: str, prompt_id: str, outcome: Outcome) -> None:
         self._remember(request_id)
         self.ledger_rows.append({"request_id": request_id, "prompt_id": prompt_id, "outcome": str(outcome)})
         position = self.state.unconsumed.pop(request_id, None)
         if position is not None:
             self.state.attempts.pop(str(position), None)
         self._released_at.pop(request_id, None)
-        self.done(where, Outcome(outcome))
 
     def _remember(self, request_id: str) -> None:
         self._seen[request_id] = None

@@ -133,6 +133,10 @@ class LearnerConfig(Settings):
     request_timeout_s: float = Field(default=900.0, gt=0)
     """A released prompt whose scored group has not arrived after this long is released again (new
     request id); the late group, if it ever comes, is dropped as a duplicate."""
+    max_prompt_tokens: int = Field(default=4096, ge=1, le=1_000_000)
+    """A prompt longer than this many tokens (formatted as the generators do, ``eval.chat``) is not released:
+    it is counted as ``rejected`` and its position skipped, so one huge dataset row cannot take the
+    generators down."""
     rerelease_on_resume: bool = True
     """After resuming from a checkpoint, send the released-but-unconsumed requests again under the same
     request ids (in case the prompts were lost with the broker or by retention). Whichever group

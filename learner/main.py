@@ -43,6 +43,7 @@ async def serve(cfg) -> int:
 
     from prometheus_client import CollectorRegistry
 
+    from winnow.chat import PromptFormatter
     from winnow.learner.evaluate import build_evaluator
     from winnow.learner.model import build_trainer
     from winnow.learner.service import LearnerService
@@ -55,7 +56,9 @@ async def serve(cfg) -> int:
     trainer, tokenizer = await asyncio.to_thread(build_trainer, cfg)
     evaluator = await asyncio.to_thread(build_evaluator, cfg, tokenizer)
     registry = CollectorRegistry()
-    service = LearnerService(cfg, trainer, source, registry, evaluate=evaluator)
+    fmt = PromptFormatter(tokenizer, cfg.eval.chat)  # the generators' prompt format: bound prompts at release
+    service = LearnerService(cfg, trainer, source, registry, evaluate=evaluator,
+                             prompt_tokens=lambda p: len(fmt(p.problem, p.messages)))
     try:
         steps = await run_service(service, registry, cfg.metrics_port, cfg.metrics_host)
     finally:

@@ -143,8 +143,16 @@ class LearnerMetrics:
             registry=r,
         )
 
-    def observe_book(self, book: RequestBook) -> None:
-        """Outstanding requests, buffered groups, outcome counts."""
+    def observe_samples(self, labels) -> None:
+        """One received group's sample statuses (labels: correct, wrong, ...)."""
+        for label in labels:
+            self.samples.labels(status=label).inc()
+
+    def observe_book(self, book: RequestBook, timed_out: int = 0) -> None:
+        """Outstanding requests, buffered groups, outcome counts, requests just released again after a timeout."""
+        if timed_out:
+            log.warning("%d requests timed out; released again under new ids", timed_out)
+            self.requests_rereleased.inc(timed_out)
         self.unconsumed.set(book.outstanding)
         self.buffered.set(len(book.buffer))
         self.sync_outcomes(book.counts)

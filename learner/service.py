@@ -46,8 +46,9 @@ class LearnerService:
     ``evaluate``: optional ``callable(trainer) -> float`` (accuracy), run every ``eval.every`` steps."""
 
     def __init__(self, cfg: LearnerConfig, trainer: Any, source: Any, registry: CollectorRegistry, *,
-                 evaluate: Any = None) -> None:
+                 evaluate: Any = None, prompt_tokens: Any = None) -> None:
         self.cfg, self.trainer, self.source, self.evaluate = cfg, trainer, source, evaluate
+        self.prompt_tokens = prompt_tokens  # problem -> prompt tokens as the generators format it (None: no check)
         self.metrics = LearnerMetrics(registry)
         self.names = kafka.topics(cfg.kafka)
         self.book = self._new_book(LearnerState(run_id=uuid.uuid4().hex[:10]))
@@ -103,9 +104,8 @@ class LearnerService:
         # A singleton: it assigns itself every partition of the groups topic instead of joining a consumer
         # group, so a restarted learner reads at once (group_id is still used to commit offsets).
         self._consumer = kafka.make_consumer(cfg.kafka, None, cfg.group_id, client_id="winnow-learner")
-        dtype = None if cfg.weights.dtype == "auto" else cfg.weights.dtype
         self._publisher = WeightPublisher(cfg.weights.dir, self._producer, self.names.weights, keep=cfg.weights.keep,
-                                          uri_root=cfg.weights.uri_root, dtype=dtype)
+                                          uri_root=cfg.weights.uri_root, dtype=cfg.weights.dtype)
         await self._producer.start()
         try:
             await self._consumer.start()
@@ -183,12 +183,9 @@ class LearnerService:
                 self.tracking.record_groups([b.message for b in stale], ["stale"] * len(stale), step=self.version + 1,
                                             judged=judge_samples([b.group for b in stale], self.trainer.algo))
             releases, timed_out = self.book.releases(time.monotonic(), more=not self._done())
-            if timed_out:
-                log.warning("%d requests timed out; released again under new ids", timed_out)
-                self.metrics.requests_rereleased.inc(timed_out)
             await self._send(releases)  # first: slots freed by the last step keep the generators busy
             batch = self.book.take_batch()
-            self.metrics.observe_book(self.book)
+            self.metrics.observe_book(self.book, timed_out)
             if batch is not None or self._done():
                 return batch
             for records in (await self._consumer.getmany(timeout_ms=500)).values():
@@ -203,6 +200,10 @@ class LearnerService:
         futures = []
         for r in releases:
             problem = await asyncio.to_thread(self.source.get, r.position)
+            if self.prompt_tokens is not None and (k := self.prompt_tokens(problem)) > self.cfg.max_prompt_tokens:
+                log.warning("not releasing %s: %d prompt tokens > max_prompt_tokens", problem.prompt_id, k)
+                self.book.reject(r, problem.prompt_id)
+                continue
             req = prompt_request(problem, r.request_id, n=self.cfg.n, sampling=self.cfg.sampling,
                                  version=self.version, now=time.time())
             futures.append(await kafka.send(self._producer, self.names.prompts, req, wait=False))
@@ -227,8 +228,7 @@ class LearnerService:
         outcome = self.book.receive(where, group, group.prompt_id, group.policy_version, newest, self.version, msg)
         if outcome is not None:
             return log.warning("dropping group %s from %s: %s", msg.request_id, msg.generator_id or "?", outcome)
-        for s in group.samples:
-            self.metrics.samples.labels(status=status_label(s.status)).inc()
+        self.metrics.observe_samples(status_label(s.status) for s in group.samples)
 
     # -- weights and checkpoints ------------------------------------------------------------------
 

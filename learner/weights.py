@@ -45,7 +45,7 @@ class WeightPublisher:
         uri_root: str = "",
         dtype: str | None = None,
     ) -> None:
-        """``dtype``: "bfloat16" / "float32" to cast published tensors to, None = as trained."""
+        """``dtype``: "bfloat16" / "float32" to cast published tensors to, None or "auto" = as trained."""
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
         self.store = Path(store_dir).expanduser().resolve()
@@ -55,7 +55,7 @@ class WeightPublisher:
         self.keep = keep
         self.uri_root = uri_root.rstrip("/")
         self.dtype = None
-        if dtype is not None:
+        if dtype not in (None, "auto"):
             from winnow.numerics import torch_dtype
 
             self.dtype = torch_dtype(dtype)

@@ -392,3 +392,22 @@ async def test_stop_mid_batch_abandons_it_and_the_next_generator_gets_it(kafka_c
         assert all(len(g.samples) == 16 for g in groups)
     finally:
         await _stop(second, task)
+
+
+def test_poison_requests_are_quarantined_not_generated(tiny):
+    """Issue 13 fault 2: a request with max_new_tokens above the bound, or a 200k-character prompt, is refused
+    before generation (counted, its offset committed by the caller) instead of crashing the generator."""
+    from winnow.hf_engine import HFEngine
+
+    model, tok = tiny
+    registry = CollectorRegistry()
+    service = GeneratorService(GeneratorConfig(max_prompt_tokens=512, metrics_port=0), HFEngine(model, tok), registry)
+    assert service.quarantine(_request(1)) is False
+    too_many = _request(2)
+    too_many.sampling.max_new_tokens = 10_000_000
+    assert service.quarantine(too_many) is True
+    huge = _request(3)
+    huge.problem = "1 + " * 50_000
+    assert service.quarantine(huge) is True
+    assert registry.get_sample_value("winnow_generator_quarantined_requests_total", {"reason": "sampling"}) == 1
+    assert registry.get_sample_value("winnow_generator_quarantined_requests_total", {"reason": "prompt"}) == 1

@@ -4,12 +4,13 @@ record handler directly."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from types import SimpleNamespace
 
 from prometheus_client import CollectorRegistry
 
-from winnow.kafka import encode
+from winnow.kafka import decode, encode
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.book import Outcome
 from winnow.learner.config import LearnerConfig
@@ -69,3 +70,40 @@ def test_poison_groups_are_quarantined_dropped_and_passed(tmp_path):
     assert s.book.committable() == {("w.groups", 0): 5}
     # the quarantined requests of ours are done (their slots free); the future one stays outstanding
     assert f"{run}-0-0" not in s.book.state.unconsumed and f"{run}-2-0" in s.book.state.unconsumed
+
+
+class _Producer:
+    """Records what would be sent; ``send`` returns an awaitable acknowledgement, as aiokafka's does."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    async def send(self, topic, value, key=None, headers=None):
+        self.sent.append((topic, value))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+class _Source:
+    def get(self, position):
+        from winnow.prompts import Problem
+
+        text = "x " * 50_000 if position == 1 else f"What is {position} + 1?"  # position 1: a poison row
+        return Problem(f"p/{position}", text, str(position + 1), "math")
+
+
+async def test_a_poison_prompt_is_not_released(tmp_path):
+    """Fault 2: a 100k-character prompt is bounded at the learner when releasing; the other prompts go out."""
+    model, tok = build_tiny_model_and_tokenizer(seed=0)
+    trainer = Trainer(model, AlgoConfig(preset="grpo", kl_coef=0.0), pad_token_id=tok.pad_token_id)
+    cfg = LearnerConfig(n=N, batch_groups=2, run_dir=str(tmp_path), tracking={"sinks": []}, max_prompt_tokens=64)
+    s = LearnerService(cfg, trainer, _Source(), CollectorRegistry(), prompt_tokens=lambda p: len(tok(p.problem)["input_ids"]))
+    s._producer = _Producer()
+    releases, _ = s.book.releases(now=0.0)
+    await s._send(releases)
+    sent = [decode(messages_pb2.PromptRequest, v).prompt_id for _, v in s._producer.sent]
+    assert sent == ["p/0", "p/2", "p/3"]
+    assert s.book.counts[Outcome.REJECTED] == 1 and s.book.is_done(releases[1].request_id)
+    assert s.book.outstanding == 3  # its slot is free: the next release tops up
+    assert [r.position for r in s.book.releases(now=0.0)[0]] == [4]
