@@ -70,7 +70,7 @@ def strip_outer_boxed(s: str) -> str:
 
 
 _R = re.compile
-_DTFRAC = _R(r"\\[dt]frac")
+_DTFRAC = _R(r"\\[dtc]frac")
 _BRACE_COMMA = _R(r"(\d)\{,\}(?=\d)")
 _COMMA_BANG = _R(r"(\d),\\!\s*(?=\d{3})")
 _THIN_SPACE = _R(r"(\d)\\,(?=\d{3}(?!\d))")
