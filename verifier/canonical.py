@@ -10,6 +10,19 @@ thousands separators (``1{,}000``, ``1,\\!000``, ``1\\,000``; ``1,000`` only whe
 answers -> ``,``; ``a\\pm b`` -> ``a+b,a-b``; a leading ``x \\in``; the trailing period; whitespace (a space is kept only after a
 LaTeX command followed by a letter).
 
+Also: percent words (``percent``, ``pct``, ``percentage``) -> ``%``; currency signs dropped; a unit
+glued to a number with a superscript (``m²``) dropped; relation operators normalised (``<=``, ``\\leq``,
+``\\leqslant`` -> ``\\le``; ``\\lt`` -> ``<``; ``!=`` -> ``\\ne``); conjunctions glued to values
+(``(1,2)or(2,1)``, ``1orW``) separate; a space as thousands separator (``1 000``); ``;`` separates values
+(``p=5,q=2;p=7,q=2`` -> ``(5,2),(7,2)``, ``(0;-2;6)`` -> ``(0,-2,6)``); braces used as a list
+(``{1,2,3}``) are a set.
+
+Labels and relations (``is_label``, ``reduce_relation``): a left side made of symbols only (a variable,
+a tuple of variables, ``f(x)``, ``|AB|``, ``A:B``, ``\\frac{NO}{BO}``, subscripts allowed) is a label and
+is dropped; a chain of equalities gives its last side when that side is constant; an approximation tail
+(``\\approx …``) is dropped; anything else with ``=`` is an equation (never drop a left side with
+numeric coefficients).
+
 ``parse_structure`` splits a canonical answer at its top level into a ``Struct``: scalar, bare list
 (unordered solution list), set ``\\{…\\}``, tuple/interval (the bracket characters are kept so the
 gold decides the semantics), a union of intervals, or a matrix.

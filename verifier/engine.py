@@ -26,9 +26,21 @@ Statuses: CORRECT/WRONG; NO_ANSWER (nothing extracted); UNPARSABLE (answer fails
 grammar); TIMEOUT (worker killed, or the batch deadline passed); TOO_COMPLEX (refused by a guard);
 ERROR (gold unparsable, or an internal exception: never turned into WRONG).
 
-Options (``Item.options``, string values "1"/"true"): ``last_number`` (fall back to the last number in
-the response), ``percent`` (accept x vs x/100), ``mcq`` (lower-case letters count as choices). A task
-name containing ``mcq`` sets ``mcq``.
+Options (``Item.options``, string values "1"/"true" or "0"/"false"; ``MathVerifier(default_options=…)``
+supplies defaults from the config, a request's own options win):
+
+* ``fallback`` (default on; ``last_number`` is an alias): with no marker, take the last math span, then
+  the last number. Off = a strict format (only boxes and answer markers count).
+* ``rounded`` (default off): accept a decimal rounded or truncated to >= 2 places for an exact or
+  irrational gold. Risk: a low-precision guess earns full reward. Without it a decimal stands for an
+  exact value only when it matches to 6 places (Math-Verify's default float rounding).
+* ``percent``: accept x vs x/100. ``mcq``: lower-case letters count as choices (a task name containing
+  ``mcq`` sets it).
+
+Golds (``prepare_gold``): at most ``MAX_GOLD_CHARS`` characters (longer is ERROR, before any parsing);
+extracted in linear time; an MCQ gold with its option text (``(B) 42``) accepts the letter or the
+option's value; an undefined gold (``1/0``, ``nan``) is ERROR (unanswerable). Gold preparation runs under
+the same batch deadline as the answers.
 
 Left out: reward mapping (the learner's config), answers spread over several boxes for tuple golds.
 """

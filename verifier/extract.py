@@ -1,22 +1,28 @@
-"""Answer extraction from full model outputs and from dataset golds (VERIFIER_NOTES §4.1-4.2).
+"""Answer extraction from full model outputs and from dataset golds (VERIFIER_NOTES §4.1-4.2). Linear time.
 
-Response, in order (the first that yields something wins):
+Response, in order:
 
 1. ``<think>…</think>`` is dropped (everything up to the last ``</think>``; an unclosed ``<think>``
    means the model never answered), then only the last ``MAX_RESPONSE_CHARS`` characters are kept.
-2. The last ``\\boxed{…}`` / ``\\fbox{…}`` (brace-matched, O(n)) or ``\\boxed 5``. All boxed
-   answers are collected so the caller can apply the hedging rule.
-3. ``final answer is …`` (Minerva / lm-eval "I hope it is correct" format), then ``#### …``
-   (GSM8K style), then ``Answer: …`` (DAPO style), then ``the answer is …`` (each: the last
-   occurrence, one line; a leading ``$…$`` span is taken, markdown ``**`` dropped).
-4. A bare short answer: the whole response is a short math-looking string (``42``, ``$\\frac12$``,
-   ``**42**``) with no prose words, or a single word (``Monday``).
-5. Only with ``last_number=True``: the last number in the text.
+   JSON-escape damage is repaired (``\\x0crac`` -> ``\\frac``, ``\\\\frac`` -> ``\\frac``) and chat-template
+   tokens are dropped (the text is cut where a next turn starts: ``<|im_start|>user``).
+2. Answer markers: ``final answer is``, ``Final Answer:``, ``Answer:``, ``the answer is``, ``Answer``
+   directly followed by math, ``#### x``. The last marker wins; if it comes after the last box it also
+   overrides the boxes (an explicit final statement is not a hedge). After the marker: display math
+   (which may span lines); else the line as a sentence: the line itself when it is math only, a list
+   of math spans joined by "and"/commas, or else the last math span or number, whichever ends later.
+3. The last ``\\boxed{…}`` / ``\\fbox{…}`` or ``\\boxed 5``. All boxed answers are collected so the caller
+   can apply the hedging rule.
+4. A response that is only math (up to 512 characters, no prose words; ``$…$`` or bare; matrices), or a
+   single word (``Monday``).
+5. The no-marker fallback (``last_number``, on by default, see the engine's ``fallback`` option): the
+   last math span, then the last number (decimal comma, thousands, a trailing ``%``/percent).
 
-Golds: ``#### 42`` (GSM8K), ``\\boxed{}`` (MATH solutions), ``$…$``, ``\\(…\\)``, ``\\[…\\]``, or bare.
+Golds: ``#### 42`` (GSM8K); several boxes -> their list (``\\boxed{1} and \\boxed{2}``); one box; a box
+never closed -> the rest; a solution-style gold (prose with a final-answer marker, or long prose) ->
+its final answer found as in a response; else the text without math delimiters.
 
-Left out: natural-language answers without a marker ("so she has 5 apples left"), answers split
-across several ``$…$`` spans, other languages' markers (``答案是``).
+Left out: other languages' markers (``答案是``), answers split over several sentences.
 """
 
 from __future__ import annotations
