@@ -517,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from winnow.verifier.engine import MathVerifier
 
-    int_frac = int_frac_cases(2 * n, rng)
+    int_frac = int_frac_cases(3 * n, rng)
     sets = {
         "integers": [c for c in int_frac if c.kind.startswith("int_")][:n],
         "dec_frac": [c for c in int_frac if not c.kind.startswith("int_")][:n],
