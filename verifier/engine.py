@@ -322,6 +322,9 @@ class MathVerifier:
             t0 = time.perf_counter()
             if self.default_options:
                 item = Item(item.id, item.response, item.gold, item.task, {**self.default_options, **item.options})
+            if self._closed:  # shutting down: finish the batch at once instead of holding the process
+                out[i] = self._verdict(item, Result(Status.ERROR, "", "internal", "verifier shutting down"), t0)
+                continue
             if deadline is not None and time.monotonic() > deadline:  # gold and answer parsing share the budget
                 out[i] = self._verdict(item, Result(Status.TIMEOUT, "", "deadline", "batch deadline passed"), t0)
                 continue
@@ -348,6 +351,12 @@ class MathVerifier:
                 continue
             self._count("cache_misses")
             pending.setdefault(decision.key, []).append((i, t0, decision))
+        if pending and self._closed:
+            for jobs in pending.values():
+                for i, t0, job in jobs:
+                    out[i] = self._verdict(items[i], Result(Status.ERROR, job.extracted, "internal",
+                                                            "verifier shutting down"), t0)
+            pending = {}
         if pending:
             futures = {key: self._executor.submit(self._run_job, jobs[0][2], deadline)
                        for key, jobs in pending.items()}

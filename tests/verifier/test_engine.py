@@ -249,3 +249,23 @@ def test_engine_agrees_with_grade_on_the_case_table(verifier):
         if v.status.label != case[3]
     ]
     assert mismatches == []
+
+
+def test_close_during_a_batch_ends_it_promptly():
+    """Issue 13 fault 3: the verifier ignored its shutdown grace while a batch was still being parsed.
+    After close() the remaining items of an in-flight batch are errors ("shutting down"), not work."""
+    from winnow.verifier.engine import MathVerifier
+
+    engine = MathVerifier(workers=1, timeout_s=2.0, cache_size=0)
+    solution = "We compute the value step by step and keep the total. " * 200
+    items = [Item(str(k), B(str(k)), solution + f"The final answer is ${k}$.") for k in range(3000)]
+    out: list = []
+    worker = threading.Thread(target=lambda: out.extend(engine.verify_batch(items)))
+    worker.start()
+    time.sleep(0.2)
+    engine.close()
+    worker.join(30)
+    assert not worker.is_alive() and len(out) == len(items)
+    details = [v.detail for v in out]
+    assert "verifier shutting down" in details  # the tail of the batch was not parsed
+    assert out[0].status == Status.CORRECT  # items before close() were graded normally
