@@ -320,7 +320,7 @@ def percentile(xs: list[float], q: float) -> float:
 
 
 def timed_set(name: str, cases: list[Case], engine, mv: MathVerifyRunner) -> dict:
-    from winnow.verifier.types import Item
+    from winnow.verdict import Item
 
     items = [Item(id=str(i), response=c.response, gold=c.gold) for i, c in enumerate(cases)]
     ours_lat: list[float] = []
@@ -396,7 +396,7 @@ RULES: list[tuple[str, str, str]] = [
 
 
 def rule_for(c: Case, v, mv_correct: bool) -> str | None:
-    from winnow.verifier.types import Status
+    from winnow.verdict import Status
 
     ours_correct = v.status == Status.CORRECT
     resp = c.response
@@ -421,7 +421,7 @@ def rule_for(c: Case, v, mv_correct: bool) -> str | None:
 
 def classify(c: Case, v, mv_correct: bool) -> tuple[str, str, str]:
     """(who is right: ours | math-verify | neither | policy, the rule that decided or "truth", why)."""
-    from winnow.verifier.types import Status
+    from winnow.verdict import Status
 
     rule = rule_for(c, v, mv_correct)
     if rule is not None:
@@ -439,7 +439,7 @@ def classify(c: Case, v, mv_correct: bool) -> tuple[str, str, str]:
 
 
 def agreement(cases: list[Case], ours_verdicts, mv_verdicts) -> dict:
-    from winnow.verifier.types import Status
+    from winnow.verdict import Status
 
     rows = []
     by_kind: dict[str, dict[str, int]] = {}
@@ -575,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _item(i: int, c: Case):
-    from winnow.verifier.types import Item
+    from winnow.verdict import Item
 
     return Item(id=str(i), response=c.response, gold=c.gold)
 

@@ -1,6 +1,6 @@
 """The verifier's case table: (gold, response, expected status, reason), grouped by category.
 
-Expected statuses are the labels of ``winnow.verifier.types.Status``. ``B(x)`` wraps an answer the way
+Expected statuses are the labels of ``winnow.verdict.Status``. ``B(x)`` wraps an answer the way
 a model usually writes it. Where peers disagree on semantics the reason says which side we take
 (VERIFIER_NOTES §3, §4).
 """

@@ -10,7 +10,8 @@ from fractions import Fraction
 import pytest
 from winnow.verifier import engine as engine_mod
 from winnow.verifier.engine import MathVerifier, grade
-from winnow.verifier.types import Item, Status
+
+from winnow.verdict import Item, Status
 
 
 def B(x: str) -> str:

@@ -20,11 +20,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from winnow.verifier.client import VerifierClient, VerifierError, VerifierUnavailableError
 from winnow.verifier.config import VerifierConfig
 from winnow.verifier.server import build_engine
-from winnow.verifier.types import Item, Status
 
 from winnow.config import ConfigError, load_config
 from winnow.metrics import serve_metrics
 from winnow.v1 import verifier_pb2, verifier_pb2_grpc
+from winnow.verdict import Item, Status
 
 S = verifier_pb2
 
