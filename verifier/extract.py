@@ -280,6 +280,16 @@ def extract_answer(response: str, *, last_number: bool = True) -> Extraction:
 
 
 MAX_GOLD_CHARS = 16384
+_LIST_GAP_RE = re.compile(r"^[\s$.,;:\\()\[\]+*-]*(?:(?:and|or|,|;|\\quad|\\text\{\s*(?:and|or)\s*\})[\s$.,;:\\()\[\]]*)?"
+                          r"(?:[A-Za-z]{1,12}\s+(?:and|or)\s*)?[\s$\\()]*$")
+
+
+def _boxes_listed(g: str) -> bool:
+    """Several boxes in a gold form a list when only separators lie between them (``\\boxed{1}, \\boxed{2}``,
+    ``\\boxed{1} and \\boxed{2}``, ``\\boxed{1} papers and \\boxed{2}``), not prose (``\\boxed{1} no no \\boxed{2}``)."""
+    spans = box_spans(g)
+    gaps = [g[a[1] : b[0]] for a, b in zip(spans, spans[1:], strict=False)]
+    return all(len(gap) <= 40 and _LIST_GAP_RE.match(gap) for gap in gaps)
 _PROSE_RE = re.compile(r"[A-Za-z]{3,}\s+[A-Za-z]{3,}\s+[A-Za-z]{3,}")
 
 
@@ -296,8 +306,10 @@ def extract_gold(gold: str) -> str:
     if _BOX_RE.search(g):
         boxed, unbalanced = find_boxed(g)
         distinct = list(dict.fromkeys(b.strip() for b in boxed if b.strip()))
-        if len(distinct) > 1:
+        if len(distinct) > 1 and _boxes_listed(g):
             return ", ".join(distinct)
+        if len(distinct) > 1:
+            return boxed[-1].strip()
         if distinct:
             return distinct[0]
         if unbalanced:

@@ -567,7 +567,9 @@ CASES["labels"] = [
 CASES["several_values"] = [
     ("\\boxed{1}\\boxed{2}", B("1, 2"), C, "several boxes in a gold form a set"),
     ("\\(\\boxed{1}\\) and \\(\\boxed{-2}\\).", B("-2, 1"), C, "boxes with trailing text"),
-    ("\\boxed{1} papers and \\boxed{2} bins", B("1,2"), C, "boxes with words between them"),
+    ("\\boxed{1} papers and \\boxed{2} bins", B("1,2"), C, "boxes joined by a conjunction"),
+    ("\\boxed{1} no, that is wrong, so \\boxed{2}", B("1,2"), W, "negative: prose between boxes is a correction, the last box"),
+    ("\\boxed{1} no, that is wrong, so \\boxed{2}", B("2"), C, "the gold's last box"),
     ("{1,2,3}", "\\boxed{1}, \\boxed{2}, \\boxed{3}", C, "braces as a list; several boxes for a set gold"),
     ("{1,2,3}", B("\\{3, 2, 1\\}"), C, "a set in any order"),
     ("-12;-11;-10", B("\\{-12, -11, -10\\}"), C, "semicolons separate values"),
