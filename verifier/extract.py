@@ -234,6 +234,15 @@ def _looks_bare(s: str, limit: int = _MAX_BARE) -> bool:
     return "$" not in t and not _WORD_RE.findall(t) and not re.search(r"(?<![\\A-Za-z])[A-Za-z](?:\s+[A-Za-z]){2,}", t)
 
 
+def _final_statement(text: str, marker: re.Match) -> bool:
+    """A marker strong enough to override earlier boxes: "final answer", or "Answer"/"####" opening a
+    line (not "let me check my answer: ...")."""
+    if "final" in marker.group(0).lower():
+        return True
+    line_start = text.rfind("\n", 0, marker.start()) + 1
+    return not text[line_start : marker.start()].strip(" \t*#>_-")
+
+
 def _prepare(response: str) -> str | None:
     text = strip_think(response)
     if text is None:
@@ -255,7 +264,7 @@ def extract_answer(response: str, *, last_number: bool = True) -> Extraction:
     marker = _last(_MARKER_RE, text)
     spans = box_spans(text) if "box" in text else []
     n_boxed = len(_BOX_RE.findall(text)) if spans or "box" in text else 0
-    if marker is not None and (not spans or marker.start() >= spans[-1][1]):
+    if marker is not None and (not spans or (marker.start() >= spans[-1][1] and _final_statement(text, marker))):
         ans = _marker_answer(text[marker.end() :])
         if ans:
             return Extraction(ans, "marker", [], False, n_boxed)
