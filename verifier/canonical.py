@@ -273,7 +273,10 @@ _LABEL_RE = re.compile(
 _SUBSCRIPT_RE = re.compile(r"_(?:\{[^{}]*\}|[A-Za-z0-9])|\^\{?\\prime\}?|\\prime")
 _DECOR_RE = re.compile(r"\\(?:overline|vec|hat|bar|widehat|overrightarrow|mathbf|bm)\{([^{}]*)\}")
 _NOT_LABELS = {"sin", "cos", "tan", "log", "ln", "exp", "sqrt", "frac", "pi", "infty", "lim", "max", "min", "det"}
-_CONST_CMDS = re.compile(r"\\(?:frac|sqrt|pi|cdot|times|div|infty|circ|pm|mp|ldots|cdots)(?![a-zA-Z])")
+_CONST_CMDS = re.compile(
+    r"\\(?:frac|sqrt|pi|cdot|times|div|infty|circ|pm|mp|ldots|cdots|sin|cos|tan|cot|sec|csc|log|ln|exp|"
+    r"arcsin|arccos|arctan|binom)(?![a-zA-Z])"
+)
 _APPROX = re.compile(r"\\approx|\\simeq|≈")
 
 

@@ -131,8 +131,8 @@ def prepare_gold(gold: str, task: str = "", options: dict[str, str] | None = Non
     refusal = check_text(raw)
     if refusal is not None:
         return Gold(raw, "", None, None, False, f"gold refused by guard: {refusal.detail}")
-    option = _OPTION_GOLD_RE.match(raw)
-    if option and (option.group(0).startswith("(") or raw[1:2] in ".:)"):  # MCQ gold with its option text
+    option = _OPTION_GOLD_RE.match(re.sub(r"^\\text(?:bf)?\{\s*(\(?[A-J]\)?[.:]?)\s*\}", r"\1", raw))
+    if option and (option.group(0).startswith("(") or option.group(0)[1:2] in ".:)"):  # MCQ gold with option text
         canon = canonicalize(option.group(2).rstrip("."))
         return Gold(raw, canon, parse_structure(canon), option.group(1), is_text_gold(option.group(2)))
     canon = canonicalize(raw)

@@ -299,7 +299,9 @@ def _boxes_listed(g: str) -> bool:
     spans = box_spans(g)
     gaps = [g[a[1] : b[0]] for a, b in zip(spans, spans[1:], strict=False)]
     return all(len(gap) <= 40 and _LIST_GAP_RE.match(gap) for gap in gaps)
-_PROSE_RE = re.compile(r"[A-Za-z]{3,}\s+[A-Za-z]{3,}\s+[A-Za-z]{3,}")
+_PROSE_RE = re.compile(r"[A-Za-z]{3,}\s+[A-Za-z]{2,}\s+[A-Za-z]{2,}")
+_LEADING_SPAN_RE = re.compile(r"^\s*(?:\$\$(.+?)\$\$|\$([^$]+)\$|\\\((.+?)\\\))\s*[,.;:]?\s+(?=[A-Za-z])", re.S)
+_TRAILING_REMARK_RE = re.compile(r"(?<=\S)\s+\((?=[^()\\$]*(?<![A-Za-z\\])[A-Za-z]{3,})[^()\\$]*\)\s*\.?\s*$")
 
 
 def extract_gold(gold: str) -> str:
@@ -325,8 +327,11 @@ def extract_gold(gold: str) -> str:
             m = _last(_BOX_RE, g)
             return g[m.end() :].lstrip(" {").strip()
     bare = strip_math_delimiters(g)
-    if _PROSE_RE.search(re.sub(r"\\text\{[^{}]*\}", "", bare)) and (len(g) > 200 or _MARKER_RE.search(g)):
-        ex = extract_answer(g)
+    if _MARKER_RE.search(g) or (len(g) > 200 and _PROSE_RE.search(re.sub(r"\\text\{[^{}]*\}", "", bare))):
+        ex = extract_answer(g)  # a solution-style gold: its final answer
         if ex.answer:
             return ex.answer
-    return bare
+    lead = _LEADING_SPAN_RE.match(g)
+    if lead and _PROSE_RE.search(g[lead.end() :] + " and so"):  # "$\\frac12$, since half are left"
+        return next(x for x in lead.groups() if x is not None).strip()
+    return _TRAILING_REMARK_RE.sub("", bare)  # "42 (rounded)"

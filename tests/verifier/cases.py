@@ -560,6 +560,8 @@ CASES["labels"] = [
     ("z=1+1=2", B("z=3+3=2"), C, "chains on both sides: last sides"),
     ("\\frac{1}{3}", B("x = 1-\\frac{2}{3} = \\frac{1}{3} \\approx 0.33"), C, "an approximation tail is dropped"),
     ("\\frac{1}{2}", B("x = 3 - \\frac{5}{2} = 7"), W, "negative: the last side decides, not an earlier one"),
+    ("\\frac{\\sqrt{3}}{2}", B("\\sin 60^\\circ = \\frac{\\sqrt3}{2}"), C, "a constant left side with a function"),
+    ("\\frac{\\sqrt{3}}{2}", B("\\sin x = \\frac{\\sqrt3}{2}"), W, "negative: an equation in x is not a value"),
     ("2x+4y-3=0", B("y=-\\frac{1}{2}x+\\frac{3}{4}"), C, "solved for y vs the implicit form"),
     ("2x+4y-3=0", B("y=-\\frac{1}{2}x+1"), W, "negative: a different line"),
     ("y=2x+3", B("2x-y+3=0"), C, "a labelled gold against the implicit form"),
@@ -652,6 +654,13 @@ CASES["golds"] = [
     ("(B) 42", B("41"), W, "negative: another value"),
     ("B. \\frac{1}{2}", B("0.5"), C, "letter with a period, LaTeX option text"),
     ("\\boxed{14{,}916}.", B("14916"), C, "trailing period after the box"),
+    ("The answer is 42.", B("42"), C, "a gold written as a sentence with a marker"),
+    ("$\\frac{1}{2}$, since half of them are left", B("1/2"), C, "trailing prose after the gold's math"),
+    ("42 (rounded to the nearest unit)", B("42"), C, "a trailing remark in parentheses"),
+    ("(1, \\infty)", B("(1,\\infty)"), C, "an interval is no remark"),
+    ("\\text{(C)} 12", B("C"), C, "an MCQ letter in \\text with option text"),
+    ("\\text{(C)} 12", B("12"), C, "its option's value"),
+    ("\\text{(C)} 12", B("B"), W, "negative: another letter"),
     ("\\\\boxed{W(n) = 1 \\\\text{ and } W(n) = -1", B("W(x)=1, W(x)=-1"), C, "a box never closed, double-escaped"),
 ]
 
