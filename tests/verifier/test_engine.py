@@ -236,14 +236,18 @@ def test_agrees_with_math_verify_on_symbolic_answers():
     assert 8 < sum(theirs) < 32
 
 
-def test_engine_agrees_with_grade_on_the_case_table(verifier):
-    """The pool path and the in-process path give the same verdicts on the whole case table."""
+def test_engine_agrees_with_grade_on_the_case_table():
+    """The pool path and the in-process path give the same verdicts on the whole case table.
+
+    Its own engine with a generous per-item budget: on a loaded machine a 2 s budget can expire on the
+    heavier symbolic rows, and a timeout is not a verdict disagreement."""
     import runpy
     from pathlib import Path
 
     table = runpy.run_path(str(Path(__file__).with_name("cases.py")))["all_cases"]()
     items = [Item(str(i), response, gold) for i, (_c, gold, response, _e, _r) in enumerate(table)]
-    verdicts = verifier.verify_batch(items, deadline_s=120)
+    with MathVerifier(workers=2, timeout_s=20.0, cache_size=0) as verifier:
+        verdicts = verifier.verify_batch(items, deadline_s=600)
     mismatches = [
         (case[1], case[2][-40:], v.status.label, case[3])
         for case, v in zip(table, verdicts, strict=True)
