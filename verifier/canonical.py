@@ -166,6 +166,8 @@ def canonicalize(s: str) -> str:
     s = s.rstrip(".").rstrip("\\").rstrip(",")
     if s in _EMPTY_SETS:
         return "\\emptyset"
+    if s.lower() in _NUMBER_WORDS:  # the whole answer is a number word ("four", "\\text{twelve}")
+        return _NUMBER_WORDS[s.lower()]
     if ";" in s and not s.startswith("\\begin"):
         s = _TUPLE_SEMICOLONS.sub(lambda m: m.group(0).replace(";", ","), s)  # "(0;-2;6)" is "(0,-2,6)"
         s = _semicolons(s)
@@ -177,6 +179,13 @@ def canonicalize(s: str) -> str:
 
 
 _TUPLE_SEMICOLONS = re.compile(r"\([^(),;]*(?:;[^(),;]*)+\)")
+
+
+_NUMBER_WORDS = {w: str(i) for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())}
+_NUMBER_WORDS.update({"thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70", "eighty": "80",
+                      "ninety": "90", "hundred": "100", "thousand": "1000"})
 
 
 def _semicolons(s: str) -> str:

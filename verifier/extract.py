@@ -185,6 +185,7 @@ _MARKER_RE = re.compile(
     re.IGNORECASE | re.MULTILINE,
 )
 _MAX_BARE_CHARS = 512
+_BOLD_RE = re.compile(r"^\*+\s*|\s*\*+(?=\s*\.?\s*$)")
 _SPAN_LIST_RE = re.compile(r"\$[^$]+\$(?:\s*(?:,|;|and|or|,\s*and)\s*\$[^$]+\$)+")
 
 
@@ -211,7 +212,8 @@ def _marker_answer(rest: str) -> str | None:
     if m:
         return next(g for g in m.groups() if g is not None).strip() or None
     line = rest.split("\n", 1)[0]
-    line = _HOPE_RE.sub("", line).replace('\\"', '"').strip().strip("*").strip().strip('"').strip()
+    line = _HOPE_RE.sub("", line).replace('\\"', '"').strip().strip('"').strip()
+    line = _BOLD_RE.sub("", line).strip()  # "**42**." -> "42."
     if not line:
         return None
     spans = _SPAN_LIST_RE.fullmatch(line.rstrip(".").strip())

@@ -628,6 +628,11 @@ CASES["number_formats"] = [
     ("\\frac{4}{3}", B("\\\\frac{4}{3}"), C, "double-escaped backslash (mangled JSON)"),
     ("-\\frac{7}{4}", B("-\x0crac{7}{4}"), C, "form feed that ate the \\f of \\frac (mangled JSON)"),
     ("6", B("2\times 3"), C, "tab that ate the \\t of \\times"),
+    ("4", B("\\text{four}"), C, "a whole answer written as a number word"),
+    ("12", "The answer is twelve.", C, "a number word after a marker"),
+    ("\\text{four}", B("4"), C, "a number-word gold"),
+    ("4", B("fourteen"), W, "negative: another number word"),
+    ("42", "The answer is: **42**.", C, "markdown bold around the answer"),
     ("13", B("\text{13}"), C, "tab that ate the \\t of \\text"),
 ]
 
