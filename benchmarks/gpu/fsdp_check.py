@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import QWEN2_0_5B, TINY, env_info, write_json  # noqa: E402
+from gpu_common import QWEN2_0_5B, TINY, env_info, write_json  # noqa: E402
 
 STEP = "4_fsdp"
 LR = 1e-4

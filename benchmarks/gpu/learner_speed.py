@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import QWEN2_0_5B, TINY, describe_real_model, env_info, peak_rss_mib, write_json  # noqa: E402
+from gpu_common import QWEN2_0_5B, TINY, describe_real_model, env_info, peak_rss_mib, write_json  # noqa: E402
 
 STEP = "2_learner"
 PRIME_RL_ANCHOR = {"tokens_per_s": 11_900, "model": "Qwen3-0.6B", "gpu": "1x H100", "source": "prime-rl README"}
