@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="parameters after a step: max |diff| as a fraction of the learning rate (one step's size)")
     args = p.parse_args(argv)
     if args.dry_run:
-        args.groups, args.n = 4, 3
+        args.groups, args.n = 2, 3
 
     import torch.distributed as dist
     from transformers import Qwen2Config, Qwen2ForCausalLM
