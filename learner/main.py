@@ -42,11 +42,11 @@ async def serve(cfg) -> int:
     from pathlib import Path
 
     from prometheus_client import CollectorRegistry
-    from winnow.generator.prompts import make_source
     from winnow.learner.evaluate import build_evaluator
     from winnow.learner.service import LearnerService, build_trainer
 
     from winnow.metrics import run_service
+    from winnow.prompts import make_source
 
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.run_dir) / "learner-config.json").write_text(cfg.model_dump_json(indent=2))

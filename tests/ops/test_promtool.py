@@ -31,7 +31,8 @@ RULE_TESTS = ROOT / "deploy" / "prometheus" / "winnow-alerts.test.yaml"
 DASHBOARD = CHART / "dashboards" / "winnow.json"
 METRICS_DOC = ROOT / "docs" / "metrics.md"
 ALERTS = {"WinnowEntropyCollapse", "WinnowLearnerStalled", "WinnowVerifierErrorRate",
-          "WinnowGeneratorVerifierErrors", "WinnowConsumerLagGrowing", "WinnowGeneratorWeightsBehind"}
+          "WinnowGeneratorVerifierErrors", "WinnowConsumerLagGrowing", "WinnowGeneratorWeightsBehind",
+          "WinnowTrainingInferenceMismatch"}
 # Grafana's built-in variables are not PromQL; they are replaced by typical values before checking.
 GRAFANA_VARS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "6h"}
 
@@ -47,7 +48,9 @@ winnow_learner_kl winnow_learner_clip_fraction winnow_learner_importance_ratio_m
 winnow_learner_importance_ratio_max winnow_learner_effective_sample_size winnow_learner_reward_mean
 winnow_learner_loss winnow_learner_staleness_versions winnow_learner_tokens_total winnow_learner_tokens_per_second
 winnow_learner_step_phase_seconds winnow_learner_last_step_timestamp_seconds winnow_learner_prompts_released_total
-winnow_learner_eval_accuracy
+winnow_learner_eval_accuracy winnow_learner_mismatch_kl winnow_learner_mismatch_max_abs_log_ratio
+winnow_learner_beta_acceptance_rate winnow_learner_beta_identity winnow_learner_snis_ess_fraction
+winnow_learner_beta_groups_accepted
 winnow_generator_tokens_total winnow_generator_groups_published_total winnow_generator_requests_in_flight
 winnow_generator_weight_version winnow_generator_weight_reload_seconds winnow_generator_weight_reload_failures_total
 winnow_generator_verifier_latency_seconds winnow_generator_verifier_errors_total winnow_generator_consumer_lag
@@ -217,7 +220,7 @@ def metrics_in_code(*files: Path) -> set[str]:
 @pytest.mark.parametrize("service, files", [
     ("verifier", ["verifier/service_metrics.py"]),
     ("generator", ["generator/service.py"]),
-    ("learner", ["learner/service.py"]),
+    ("learner", ["learner/service.py", "learner/sampler_metrics.py"]),
 ])
 def test_metric_docs_match_the_code(service, files) -> None:
     """Every metric a service defines is documented, and every documented one exists (no drift)."""
