@@ -73,6 +73,7 @@ def up_config(args, model_dir: str, engine: str, prompts: Path, cuda: bool) -> d
             "max_steps": args.steps,
             "sampling": sampling,
             "checkpoint": {"every": 1000},
+            "tracking": {"sinks": []},  # metrics.jsonl only (tensorboardX is not on the GPU image)
             "prompts": {"kind": "jsonl", "path": str(prompts)},
         },
     }

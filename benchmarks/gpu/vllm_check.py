@@ -6,8 +6,8 @@ A. **Behaviour log-probs.** ``n`` samples for each of ``--prompts`` prompts, at 
    (temperature 1) and at a truncated one (temperature 0.7, top-k 50, top-p 0.9); every completion's
    recorded log-probs against a transformers recompute of the same (bf16) weights in fp32, processed
    the same way (``engine.process_logprobs``). Reported: max and mean |diff| per token and the
-   mismatch KL (``ratio_stats``' k3 estimate of KL(mu || pi), what the learner logs as
-   ``mismatch_kl`` on-policy).
+   mismatch KL (``mismatch_stats``' k3 estimate of KL(mu || pi), what the learner logs as
+   ``mismatch_kl``).
 B. **Weight reload**, per mode of ``--reload`` (``auto`` = in-place on GPU, restart on CPU):
    ``--versions`` weight versions, each published the way the learner publishes them
    (``save_state_dict``: one bf16 ``model.safetensors``, tied head written once), are loaded one after
@@ -90,7 +90,7 @@ class Recompute:
 
     @torch.no_grad()
     def logprobs(self, prompt: list[int], tokens: list[int], sampling) -> torch.Tensor:
-        from winnow.generator.engine import process_logprobs
+        from winnow.sampling import process_logprobs
 
         ids = torch.tensor([prompt + tokens], device=self.dev)
         logits = self.model(input_ids=ids).logits[0, len(prompt) - 1 : -1]  # (t, V)
@@ -100,7 +100,7 @@ class Recompute:
 
 def compare_to_recompute(out, prompts, rec: Recompute, sampling) -> dict[str, Any]:
     """max/mean |diff| and mismatch KL of the engine's log-probs against the recompute."""
-    from winnow.learner.losses import ratio_stats
+    from winnow.learner.losses import mismatch_stats, ratio_stats
 
     diffs, engine_lp, ref_lp = [], [], []
     for prompt, group in zip(prompts, out, strict=True):
@@ -116,13 +116,14 @@ def compare_to_recompute(out, prompts, rec: Recompute, sampling) -> dict[str, An
     finite = torch.isfinite(d)
     mu, pi = torch.cat(engine_lp), torch.cat(ref_lp)
     rs = ratio_stats(pi[None], mu[None], finite[None].float())
+    mm = mismatch_stats(pi[None], mu[None], finite[None].float())  # what the learner logs
     return {
         "completions": sum(len(g) for g in out),
         "tokens": int(d.numel()),
         "non_finite_diffs": int((~finite).sum()),
         "max_abs_diff": float(d[finite].max()) if finite.any() else None,
         "mean_abs_diff": float(d[finite].mean()) if finite.any() else None,
-        "mismatch_kl": float(rs["mismatch_kl"]),
+        "mismatch_kl": float(mm["mismatch_kl"]),
         "ratio_min": float(rs["ratio_min"]),
         "ratio_max": float(rs["ratio_max"]),
         "mean_logprob": float(mu[torch.isfinite(mu)].mean()),
@@ -146,8 +147,9 @@ def compare_outputs(a, b) -> dict[str, Any]:
 
 
 def reload_check(args, model_dir: str, versions: list[Path], prompts, mode: str, work: Path, rec: Recompute):
-    from winnow.generator.config import SamplingConfig
     from winnow.generator.vllm_engine import VLLMEngine
+
+    from winnow.sampling import SamplingConfig
 
     s = SamplingConfig(max_new_tokens=args.max_tokens, seed=7)
     kw = dict(dtype="bfloat16", max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_mem)
@@ -219,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.out, STEP, result)
         return 0
     try:
-        from winnow.generator.config import SamplingConfig
         from winnow.generator.vllm_engine import VLLMEngine
+
+        from winnow.sampling import SamplingConfig
 
         work = Path(args.workdir or tempfile.mkdtemp(prefix="winnow-gpu-vllm-"))
         work.mkdir(parents=True, exist_ok=True)
