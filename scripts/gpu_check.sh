@@ -2,7 +2,7 @@
 # The GPU check (issue 16): one script, four steps, each under its own timeout, each writing
 # $OUT/<step>.json and $OUT/<step>.log (8 files: what the device tool brings back). Default
 # OUT=./gpu_check_out. Sized for one H200 with 16 cores: ~3-5 minutes, 9 at the very most
-# (GPU_CHECK_BUDGET_S caps the sum of the timeouts). docs/benchmarks.md ("GPU check") has the exact
+# (GPU_CHECK_BUDGET_S caps the sum of the timeouts). docs/distributed.md ("The GPU check") has the exact
 # device-tool invocation and what each number means.
 #
 #   bash scripts/gpu_check.sh                 # on the GPU machine

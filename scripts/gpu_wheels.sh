@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Downloads, into .whl/, the Python packages that scripts/gpu_check.sh needs on the GPU machine and
 # that its image lacks (it has torch, transformers, safetensors, tokenizers, sympy, pyyaml, grpcio,
-# prometheus-client, ... but not pydantic, aiokafka, the noida broker; docs/benchmarks.md, "GPU check").
+# prometheus-client, ... but not pydantic, aiokafka, the noida broker; docs/distributed.md, "The GPU check").
 # Wheels for CPython 3.12 on manylinux x86_64, at the versions the test suite runs with here.
 # Not vLLM: its wheel is ~340 MB (the device tool carries 64 MiB per call) and pins its own torch.
 #
