@@ -329,8 +329,11 @@ class _Sink:
             return
         import tempfile
 
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, self.tmp = tempfile.mkstemp(prefix=".winnow-score-", suffix=".tmp", dir=directory)
+        self.path = path = os.path.realpath(path)  # through a symlink: replace its target, keep the link
+        fd, self.tmp = tempfile.mkstemp(prefix=".winnow-score-", suffix=".tmp", dir=os.path.dirname(path))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o666 & ~umask)
         self.file = os.fdopen(fd, "w", encoding="utf-8")
 
     def finish(self) -> None:
