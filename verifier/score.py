@@ -249,9 +249,8 @@ def _count_lines(path: str) -> int | None:
 
 def run(args) -> int:
     """Entry point of ``winnow score`` (args from :func:`winnow.verifier.main.register`)."""
-    from winnow.verifier.config import VerifierConfig
-
     from winnow.config import load_config, parse_overrides
+    from winnow.verifier.config import VerifierConfig
 
     if args.batch_size < 1:
         print("winnow score: --batch-size must be >= 1", file=sys.stderr)

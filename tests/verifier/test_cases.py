@@ -6,6 +6,7 @@ import runpy
 from pathlib import Path
 
 import pytest
+
 from winnow.verifier.engine import grade
 
 _TABLE = runpy.run_path(str(Path(__file__).with_name("cases.py")))

@@ -8,10 +8,10 @@ import time
 from fractions import Fraction
 
 import pytest
-from winnow.verifier import engine as engine_mod
-from winnow.verifier.engine import MathVerifier, grade
 
 from winnow.verdict import Item, Status
+from winnow.verifier import engine as engine_mod
+from winnow.verifier.engine import MathVerifier, grade
 
 
 def B(x: str) -> str:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from winnow.verifier.score import Summary, parse_line, score_lines
 
 REPO = Path(__file__).resolve().parents[2]
