@@ -45,10 +45,11 @@ class WeightPublisher:
         *,
         keep: int = 3,
         uri_root: str = "",
-        dtype: Any = None,
+        dtype: str | None = None,
         hf_model: Any = None,
         hf_tokenizer: Any = None,
     ) -> None:
+        """``dtype``: "bfloat16" / "float32" to cast published tensors to, None or "auto" = as trained."""
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
         self.store = Path(store_dir).expanduser().resolve()
@@ -57,7 +58,11 @@ class WeightPublisher:
         self.topic = topic
         self.keep = keep
         self.uri_root = uri_root.rstrip("/")
-        self.dtype = dtype
+        self.dtype = None
+        if dtype not in (None, "auto"):
+            from winnow.numerics import torch_dtype
+
+            self.dtype = torch_dtype(dtype)
         self.last: WeightAnnouncement | None = None
         # with hf_model (the trained model; its config) every version folder is also a Hugging Face folder
         self.hf_template = None

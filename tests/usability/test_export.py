@@ -8,15 +8,15 @@ import os
 
 import pytest
 import torch
+
+from winnow.cli import main
+from winnow.config import ConfigError
+from winnow.export import available_versions, export_run
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.checkpoint import LearnerState, save_checkpoint
 from winnow.learner.model import load_causal_lm
 from winnow.learner.step import OptimConfig, Trainer
 from winnow.learner.tiny import save_tiny
-
-from winnow.cli import main
-from winnow.config import ConfigError
-from winnow.export import available_versions, export_run
 
 
 def _perturb(model, seed):
@@ -105,6 +105,7 @@ def test_export_cli_newest_dtype_and_errors(run, tmp_path, capsys):
 def test_published_versions_are_hf_folders(tmp_path):
     """With the trained model (and tokenizer) given, every published version folder loads as it is."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from winnow.learner.weights import WeightPublisher
 
     base = save_tiny(tmp_path / "base")

@@ -33,11 +33,11 @@ def test_vllm_serves_the_export_and_the_published_version(tmp_path, monkeypatch)
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB, as the vLLM engine does on CPU
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from vllm import LLM, SamplingParams
+
+    from winnow.export import export_run
     from winnow.learner.step import save_state_dict
     from winnow.learner.tiny import build_tiny_model_and_tokenizer, save_tiny
     from winnow.learner.weights import WeightPublisher
-
-    from winnow.export import export_run
 
     base = save_tiny(tmp_path / "base", dtype=torch.bfloat16, **ARCH)
     model, tokenizer = build_tiny_model_and_tokenizer(seed=0, **ARCH)
