@@ -364,14 +364,7 @@ class Tracker:
         self.sinks: list[Sink] = []
         try:
             for sink in cfg.sinks:
-                if sink == "tensorboard":
-                    self.sinks.append(TensorBoardSink(self.run_dir))
-                elif sink == "wandb":
-                    self.sinks.append(WandbSink(cfg, self.run_dir, name, config or {}))
-                elif sink == "mlflow":
-                    self.sinks.append(MlflowSink(cfg, self.run_dir, name, config or {}))
-                elif sink == "trackio":
-                    self.sinks.append(TrackioSink(cfg, self.run_dir, name, config or {}))
+                self.sinks.append(self._start(sink, name, config or {}))
         except BaseException:
             self.close()
             raise
@@ -379,6 +372,21 @@ class Tracker:
         self._errors = None
         if registry is not None:
             self._register(registry)
+
+    def _start(self, sink: str, name: str, config: dict[str, Any]) -> Sink:
+        """Start one sink; a failure (no W&B login, an unreachable MLflow server) is a ConfigError naming it."""
+        try:
+            if sink == "tensorboard":
+                return TensorBoardSink(self.run_dir)
+            if sink == "wandb":
+                return WandbSink(self.cfg, self.run_dir, name, config)
+            if sink == "mlflow":
+                return MlflowSink(self.cfg, self.run_dir, name, config)
+            return TrackioSink(self.cfg, self.run_dir, name, config)
+        except ConfigError:
+            raise
+        except Exception as e:  # start-up: the backend's own error, with the setting to look at
+            raise ConfigError(f"tracking.sinks: {sink!r} could not start: {type(e).__name__}: {e}") from e
 
     def _register(self, registry: Any) -> None:
         from prometheus_client import Counter

@@ -210,3 +210,11 @@ def test_tracker_next_to_the_learner_metrics(tmp_path, make_row):
     tracker.log_row(make_row(2))
     assert registry.get_sample_value("winnow_learner_grad_norm") == 0.5
     assert registry.get_sample_value("winnow_learner_truncated_fraction") == 0.125
+
+
+def test_a_sink_that_cannot_start_is_a_config_error(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = TrackingConfig(sinks=["tensorboard", "mlflow"], mlflow_tracking_uri="nosuchscheme://x")
+    with pytest.raises(ConfigError, match="tracking.sinks: 'mlflow' could not start"):
+        Tracker(cfg, tmp_path)
