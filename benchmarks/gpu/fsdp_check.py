@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch.distributed as dist
     from transformers import Qwen2Config, Qwen2ForCausalLM
+
     from winnow.learner.algo import AlgoConfig
     from winnow.learner.fsdp import init_distributed, shard_model
     from winnow.learner.step import OptimConfig, Trainer

@@ -83,6 +83,7 @@ def padded_tokenizer(vocab_size: int):
     """
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
+
     from winnow.learner.tiny import CHATML_TEMPLATE, IM_END, IM_START, PAD_TOKEN, build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()

@@ -46,6 +46,7 @@ def publish_versions(model_dir: str, versions: int, root: Path, seed: int = 1) -
     """``versions`` weight files as the learner publishes them: the model plus growing noise (std 0.02 per
     version, like a few large updates), written by ``save_state_dict`` in bf16."""
     from transformers import AutoModelForCausalLM
+
     from winnow.learner.step import save_state_dict
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -150,7 +151,6 @@ def reload_check(args, model_dir: str, versions: list[Path], prompts, mode: str,
                  eng=None):
     """Load ``versions`` into ``eng`` (or a new engine with ``reload=mode``), then compare with a fresh engine."""
     from winnow.generator.vllm_engine import VLLMEngine
-
     from winnow.sampling import SamplingConfig
 
     s = SamplingConfig(max_new_tokens=args.max_tokens, seed=7)
@@ -226,7 +226,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         from winnow.generator.vllm_engine import VLLMEngine
-
         from winnow.sampling import SamplingConfig
 
         work = Path(args.workdir or tempfile.mkdtemp(prefix="winnow-gpu-vllm-"))

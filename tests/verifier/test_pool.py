@@ -7,6 +7,7 @@ import signal
 import time
 
 import pytest
+
 from winnow.verifier.pool import WorkerPool, _alive
 
 HANG = {"gold": "5", "pred": "\\sum_{i=1}^{10^{40}} i^{i}", "percent": False}  # sympy grinds for minutes
@@ -162,3 +163,18 @@ def test_close_leaves_no_process_behind(reasons):
     assert zygote not in _children_of(os.getpid())
     with pytest.raises(RuntimeError):
         p.run(EASY)
+
+
+def test_idle_warmup_pool_answers_while_warming_up():
+    """With idle_warmup (the service's setting) the zygote and workers warm the grammar between jobs;
+    a job sent meanwhile is answered (warm-up yields after the current pair), verdicts unchanged."""
+    from winnow.verifier.pool import _WARMUP_IDLE, WorkerPool
+
+    assert len(_WARMUP_IDLE) >= 20
+    pool = WorkerPool(workers=1, timeout_s=30.0, idle_warmup=True)
+    try:
+        for gold, pred, status in [("x^2+2x+1", "(x+1)^2", "correct"), ("\\frac{1}{3}", "0.33", "wrong"),
+                                   ("2<|x|\\le5", "[-5,-2)\\cup(2,5]", "correct")]:
+            assert pool.run({"gold": gold, "pred": pred}, timeout_s=30.0)["status"] == status
+    finally:
+        pool.close()
