@@ -70,9 +70,8 @@ class HeldOut:
     decodes with the generators' engine on a copy of the weights in the compute precision (bf16 here)."""
 
     def __init__(self, tokenizer: Any, rows: list[dict], max_new_tokens: int) -> None:
-        from winnow.learner.evaluate import Evaluator
-
         from winnow.chat import ChatFormat
+        from winnow.learner.evaluate import Evaluator
         from winnow.prompts import Problem
 
         problems = [Problem(f"heldout/{i}", r["question"], r["answer"], "math") for i, r in enumerate(rows)]
@@ -106,10 +105,10 @@ def minimal_loop(args: argparse.Namespace, model_dir: str, train: list[dict], he
     ``{"version", "wall_s", "accuracy"}``.
     """
     import torch
-    from winnow.learner.model import load_causal_lm
 
     from winnow.chat import ChatFormat, PromptFormatter
     from winnow.hf_engine import eos_token_ids
+    from winnow.learner.model import load_causal_lm
     from winnow.scoring import in_process_verifier
     from winnow.verdict import Item, Status
 
@@ -253,9 +252,9 @@ def run_winnow(args: argparse.Namespace, model_dir: str, train_path: Path, heldo
                work: Path, v0_accuracy: float | None = None) -> dict:
     """One ``winnow up`` run to ``--steps``, then the held-out accuracy of its published versions."""
     import yaml
+
     from winnow.learner.model import load_causal_lm
     from winnow.learner.weights import version_dir
-
     from winnow.up import Pipeline, resolve
 
     run_dir = work / "winnow-run"
@@ -435,12 +434,13 @@ def train_step_ratio(args: argparse.Namespace, model_dir: str, repeats: int = 2)
     (``--batch-groups`` prompts x ``--n`` samples, half of them correct, the default chat format), with
     ``optim.share_prompt`` off and on, alternated ``repeats`` times on the same model; seconds per step."""
     import torch
-    from winnow.learner.algo import AlgoConfig
-    from winnow.learner.batch import GroupData, SampleData
-    from winnow.learner.model import load_causal_lm
-    from winnow.learner.step import OptimConfig, Trainer
 
     from winnow.chat import ChatFormat, PromptFormatter
+    from winnow.learner.algo import AlgoConfig
+    from winnow.learner.batch import GroupData, SampleData
+    from winnow.learner.config import OptimConfig
+    from winnow.learner.model import load_causal_lm
+    from winnow.learner.step import Trainer
     from winnow.verdict import Status
 
     model, tok = load_causal_lm(model_dir)

@@ -12,12 +12,13 @@ Implements the filters of Xiong et al. (2025), "A Minimalist Approach to LLM Rea
   decided by a uniform draw that is a pure function of ``(seed, request_id, i)`` (:func:`uniform_draws`), so a
   replay of the same group after a crash keeps the same samples. The accepted samples are then exact draws
   from ``pi* ∝ pi · exp(r / beta)`` with the policy ``pi`` that generated them as the proposal. ``beta -> 0``
-  gives ``alpha_i = 1[r_i = r_max]`` (``raft``); ``beta -> inf`` gives ``alpha_i = 1`` (keep everything).
-  Needs rewards and draws, so it goes through :func:`beta_keep_mask`, not :func:`sample_keep_mask`.
+  gives ``alpha_i = 1[r_i = r_max]`` (``raft``; THEORY.md 2.4 and 3.2 write "beta -> infinity" for this limit,
+  the algebra gives beta -> 0); ``beta -> inf`` gives ``alpha_i = 1`` (keep everything). With binary rewards
+  and on-policy data its expected gradient is RAFT's times ``1 - exp(-1 / beta)`` (docs/algorithms.md
+  section 6). Needs rewards and draws, so it goes through :func:`beta_keep_mask`, not :func:`sample_keep_mask`.
 
 "Correct" is decided by the verifier's status (``Status.CORRECT``), never by comparing reward values:
-the reward map is configurable ({0,1}, {-1,+1}, shaped), the status is not. ``correct_mask`` exists for
-callers that only have rewards; it treats ``rewards == reward_correct`` as correct.
+the reward map is configurable ({0,1}, {-1,+1}, shaped), the status is not.
 
 ``valid`` marks samples the verifier actually judged (a verifier ERROR is not "wrong"): invalid samples are
 never kept and do not count in a group's size, so a group of 3 correct + 1 error is "all correct".
@@ -35,25 +36,11 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
-CorrectnessFilter = Literal["none", "raft", "mixed", "remove_all_wrong", "remove_all_correct"]
-FILTER_MODES: tuple[str, ...] = get_args(CorrectnessFilter)
-"""The filters decided by correctness alone (:func:`sample_keep_mask`)."""
-FilterMode = Literal[CorrectnessFilter, "raft_beta"]
-"""Every filter: the correctness filters and ``raft_beta`` (:func:`beta_keep_mask`)."""
-
-
-def correct_mask(rewards: Tensor, reward_correct: float = 1.0) -> Tensor:
-    """``rewards (G, n)`` -> bool ``(G, n)``: ``rewards == reward_correct``.
-
-    Prefer ``statuses == Status.CORRECT`` (see :func:`winnow.learner.algo.reward_from_status`); this helper
-    is for reward-only data where the correct reward value is known.
-    """
-    return rewards == reward_correct
+from winnow.learner.algo import FILTER_MODES, CorrectnessFilter, FilterMode  # noqa: F401  (defined with the config)
 
 
 def group_stats(correct: Tensor, *, valid: Tensor | None = None) -> dict[str, Tensor]:

@@ -42,19 +42,23 @@ async def serve(cfg) -> int:
     from pathlib import Path
 
     from prometheus_client import CollectorRegistry
-    from winnow.learner.evaluate import build_evaluator
-    from winnow.learner.service import LearnerService, build_trainer
 
+    from winnow.chat import PromptFormatter
+    from winnow.learner.evaluate import build_evaluator
+    from winnow.learner.model import build_trainer
+    from winnow.learner.service import LearnerService
     from winnow.metrics import run_service
     from winnow.prompts import make_source
 
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.run_dir) / "learner-config.json").write_text(cfg.model_dump_json(indent=2))
-    source = await asyncio.to_thread(make_source, cfg.prompt_source_config())
+    source = await asyncio.to_thread(make_source, cfg.prompts)
     trainer, tokenizer = await asyncio.to_thread(build_trainer, cfg)
     evaluator = await asyncio.to_thread(build_evaluator, cfg, tokenizer)
     registry = CollectorRegistry()
-    service = LearnerService(cfg, trainer, source, registry, evaluate=evaluator)
+    fmt = PromptFormatter(tokenizer, cfg.eval.chat)  # the generators' prompt format: bound prompts at release
+    service = LearnerService(cfg, trainer, source, registry, evaluate=evaluator,
+                             prompt_tokens=lambda p: len(fmt(p.problem, p.messages)), tokenizer=tokenizer)
     try:
         steps = await run_service(service, registry, cfg.metrics_port, cfg.metrics_host)
     finally:

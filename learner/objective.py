@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
 from winnow.learner.advantages import compute_advantages
 from winnow.learner.algo import AlgoConfig, reward_from_status
 from winnow.learner.filters import (
@@ -33,8 +34,8 @@ from winnow.learner.filters import (
     sampler_diagnostics,
     uniform_draws,
 )
-from winnow.learner.losses import aggregate, clipped_policy_loss, kl_penalty, ratio_stats, sft_loss
-
+from winnow.learner.losses import aggregate, clipped_policy_loss, kl_penalty, sft_loss
+from winnow.samples import SampleJudgement
 from winnow.verdict import Status
 
 
@@ -106,6 +107,20 @@ def prepare_batch_signals(
     }
 
 
+def judge_samples(groups: Sequence[Any], cfg: AlgoConfig) -> SampleJudgement:
+    """Per sample of ``groups`` (:class:`~winnow.learner.batch.GroupData`): kept by the algorithm's filter, valid,
+    reward, from the same :func:`prepare_batch_signals` a training step uses (for the sample log of groups that
+    are not trained, e.g. stale ones; a step reports its own in ``StepResult.judged``)."""
+    statuses = torch.tensor([[s.status for s in g.samples] for g in groups], dtype=torch.long)
+    sig = prepare_batch_signals(statuses, cfg, request_ids=[g.request_id for g in groups])
+    return judgement(sig, cfg)
+
+
+def judgement(sig: dict[str, Any], cfg: AlgoConfig) -> SampleJudgement:
+    """The per-sample view of :func:`prepare_batch_signals`' output for the sample log."""
+    return SampleJudgement(sig["keep"].tolist(), sig["valid"].tolist(), sig["rewards"].tolist(), str(cfg.filter))
+
+
 def compute_loss(
     *,
     logprobs: Tensor,
@@ -129,9 +144,9 @@ def compute_loss(
     micro-batch's own count, correct only without accumulation).
 
     Metrics: ``loss``, ``pg_loss``, ``kl``, ``entropy`` use the same denominator as the loss, so they *sum*
-    over micro-batches to the batch value; ``clip_frac``, ``dual_clip_frac``, ``ratio_mean``, ``ratio_max``,
-    ``ratio_min``, ``ess``, ``mismatch_kl``, ``is_weight_mean``, ``is_trunc_frac`` are over this
-    micro-batch's weighted tokens (``tokens``).
+    over micro-batches to the batch value; ``clip_frac``, ``dual_clip_frac``, ``is_weight_mean``,
+    ``is_trunc_frac`` are over this micro-batch's weighted tokens (``tokens``). Ratio statistics are the
+    step's, computed once over the batch (:func:`~winnow.learner.losses.ratio_stats`).
     """
     if cfg.kl_coef > 0 and ref_logprobs is None:
         raise ValueError(f"cfg.kl_coef={cfg.kl_coef} > 0 needs ref_logprobs (or set kl_coef=0)")
@@ -168,13 +183,12 @@ def compute_loss(
         ent = agg(entropy if cfg.entropy_coef > 0 else entropy.detach())
         loss = loss - cfg.entropy_coef * ent if cfg.entropy_coef > 0 else loss
 
-    rs = ratio_stats(logprobs.detach(), behaviour_logprobs, w_mask)
+    # ratio statistics are not computed here: the step computes them once over every trained token of the batch
     names = ["loss", "pg_loss", "kl", "entropy", "clip_frac", "dual_clip_frac", "is_weight_mean", "is_trunc_frac",
-             "ratio_mean", "ratio_max", "ratio_min", "ess", "mismatch_kl", "tokens"]
+             "tokens"]
     values = [loss.detach(), pg_loss.detach(), kl.detach(), ent.detach(),
               pg_stats.get("clip_frac", zero), pg_stats.get("dual_clip_frac", zero),
-              pg_stats.get("is_weight_mean", zero + 1), pg_stats.get("is_trunc_frac", zero),
-              rs["ratio_mean"], rs["ratio_max"], rs["ratio_min"], rs["ess"], rs["mismatch_kl"], w_mask.sum()]
+              pg_stats.get("is_weight_mean", zero + 1), pg_stats.get("is_trunc_frac", zero), w_mask.sum()]
     device = logprobs.device
     floats = torch.stack([v.detach().to(device=device, dtype=torch.float64).reshape(()) for v in values]).tolist()
     return loss, dict(zip(names, floats, strict=True))

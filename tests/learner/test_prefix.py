@@ -6,11 +6,13 @@ import copy
 
 import pytest
 import torch
+
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.batch import collate
+from winnow.learner.config import OptimConfig
 from winnow.learner.model import response_hidden
 from winnow.learner.prefix import group_micro_batches, shared_prompt_hidden
-from winnow.learner.step import OptimConfig, Trainer
+from winnow.learner.step import Trainer
 from winnow.learner.tiny import build_tiny_model_and_tokenizer
 
 from .conftest import CORRECT, WRONG, make_groups

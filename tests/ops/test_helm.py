@@ -481,10 +481,10 @@ def test_learner_config_is_valid(variant, request, tmp_path) -> None:
     cfg = load_config(LearnerConfig, config_of(objs, f"{release}-winnow-learner", tmp_path))
     c = container(objs, "StatefulSet", f"{release}-winnow-learner")
     assert cfg.metrics_port == {p["name"]: p["containerPort"] for p in c["ports"]}["metrics"]
-    assert cfg.algo["preset"] == "raft++"
+    assert cfg.algo.preset == "raft++"
     if variant == "gpu":
         assert cfg.model == "Qwen/Qwen2.5-Math-1.5B" and cfg.device == "cuda"  # the same weights as generators
-    assert cfg.algo_config().max_staleness >= 0  # the preset resolves
+    assert cfg.algo.max_staleness >= 0  # the preset resolves
     # checkpoints and the run dir live on the StatefulSet's PVC; weights on the shared volume that the
     # generators mount at the same path (so announced URIs resolve there too)
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
