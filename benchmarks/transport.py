@@ -172,8 +172,9 @@ class KafkaTransport:
 
     name = "kafka"
 
-    def __init__(self, bootstrap: str, broker_pid: int | None) -> None:
+    def __init__(self, bootstrap: str, broker_pid: int | None, linger_ms: int | None = None) -> None:
         self.bootstrap = bootstrap
+        self.overrides = {} if linger_ms is None else {"linger_ms": linger_ms}
         self.broker_pid = broker_pid
         self._futures: list = []
 
@@ -186,7 +187,7 @@ class KafkaTransport:
         cfg = KafkaConfig(bootstrap_servers=self.bootstrap, topic_prefix=f"bench-transport-{uuid.uuid4().hex[:8]}")
         await ensure_topics(cfg, partitions=1)
         self.topic = topics(cfg).groups
-        self.producer = make_producer(cfg, client_id="bench-transport-producer")
+        self.producer = make_producer(cfg, client_id="bench-transport-producer", **self.overrides)
         self.consumer = make_consumer(cfg, None, None, client_id="bench-transport-consumer")
         await self.producer.start()
         await self.consumer.start()
@@ -379,7 +380,7 @@ def _ms(s: float) -> str:
 
 
 def print_report(r: dict) -> None:
-    print(f"Transport: Kafka ({r['broker']}) vs in-process asyncio.Queue; {r['cpus']} CPUs, load average "
+    print(f"Transport: Kafka ({r['broker']}, producer linger_ms {r['linger_ms']}) vs in-process asyncio.Queue; {r['cpus']} CPUs, load average "
           f"{r['load_before']} before, {r['load_after']} after; {r['date']}")
     for s in r["sizes"]:
         k, q = s["kafka"], s["queue"]
@@ -421,7 +422,7 @@ async def run_sizes(args, bootstrap: str, broker_pid: int | None) -> list[dict]:
         entry: dict[str, Any] = {"n": n, "tokens": tokens,
                                  "group_bytes": round(statistics.fmean(len(encode(g)) for g in pool)),
                                  "codec": codec_cost(pool, args.codec_reps)}
-        for transport in (KafkaTransport(bootstrap, broker_pid), QueueTransport()):
+        for transport in (KafkaTransport(bootstrap, broker_pid, args.linger_ms), QueueTransport()):
             print(f"size {n}x{tokens}: {transport.name} ...", file=sys.stderr, flush=True)
             entry[transport.name] = await measure(transport, pool, args.groups, args.batch_groups, args.trials,
                                                   args.stream_reps)
@@ -449,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--broker", choices=("noida", "tansu"), default="noida", help="local broker to start")
     p.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
                    help="use this Kafka instead of starting a local broker (default: $KAFKA_BOOTSTRAP_SERVERS)")
+    p.add_argument("--linger-ms", type=int, default=None,
+                   help="override the producer's linger_ms (default: winnow's make_producer setting, 5 ms)")
     p.add_argument("--metrics-jsonl", type=Path, default=None, help="a real run's metrics.jsonl for the step time")
     p.add_argument("--step-shape", default="8x8x128", help="tiny train_step: GROUPSxNxTOKENS, or 'none'")
     p.add_argument("--step-reps", type=int, default=2, help="measured tiny train_steps (after a warm-up)")
@@ -459,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
         shape = None if args.step_shape == "none" else [int(x) for x in args.step_shape.lower().split("x")]
         if shape is not None and (len(shape) != 3 or min(shape) < 1):
             raise ValueError(f"--step-shape: {args.step_shape!r} is not GROUPSxNxTOKENS (e.g. 8x8x128) or 'none'")
+        if args.linger_ms is not None and args.linger_ms < 0:
+            raise ValueError(f"--linger-ms must be >= 0, got {args.linger_ms}")
         for name in ("groups", "trials", "stream_reps", "batch_groups", "pool", "codec_reps"):
             if getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -478,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="winnow-bench-transport-") as work:
         bootstrap, broker = ensure_broker(args.bootstrap, args.broker, work)
         results["broker"] = f"local {args.broker}" if broker is not None else f"external {bootstrap}"
+        results["linger_ms"] = args.linger_ms if args.linger_ms is not None else "winnow default"
         try:
             results["sizes"] = asyncio.run(run_sizes(args, bootstrap, broker.pid if broker else None))
         finally:
