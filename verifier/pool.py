@@ -163,13 +163,10 @@ def write_frame(fd: int, body: bytes) -> None:
 # --------------------------------------------------------------------------- processes
 
 
-def worker_loop(fd: int, warmup: list[tuple[str, str]] | None = None) -> None:
-    """Answer JSON job frames on ``fd`` until EOF (runs in a forked worker); warm up while idle."""
+def worker_loop(fd: int) -> None:
+    """Answer JSON job frames on ``fd`` until EOF (runs in a forked worker)."""
     write_frame(fd, READY)
-    pending = list(warmup or [])
     while True:
-        if pending:
-            _idle_warmup(fd, pending)
         try:
             data = read_frame(fd)
         except (EOFError, OSError):
@@ -224,7 +221,7 @@ def zygote_main(ctrl_fd: int, memory_mb: int, cpu_s: int, idle_warmup: bool = Fa
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 _die_with_parent()
                 _set_limits(memory_mb, cpu_s)
-                worker_loop(theirs.fileno(), pending)  # what the zygote has not warmed yet
+                worker_loop(theirs.fileno())
             except BaseException:
                 code = 1
             finally:
@@ -311,9 +308,9 @@ class WorkerPool:
     def __init__(self, *, workers: int = 2, timeout_s: float = 2.0, memory_mb: int = 1024,
                  max_tasks: int = 500, on_restart: Callable[[str], None] | None = None,
                  start_timeout_s: float = 60.0, idle_warmup: bool = False):
-        """``idle_warmup``: the zygote and fresh workers run ``_WARMUP_IDLE`` while they have nothing to
-        do (a long-running service: faster first calls on new forms; costs a few CPU seconds per process
-        after start, so tests and one-shot scoring leave it off)."""
+        """``idle_warmup``: the zygote runs ``_WARMUP_IDLE`` between fork requests, so workers forked
+        later (recycled, replaced) start warm (a long-running service; costs a few CPU seconds after
+        start, so tests and one-shot scoring leave it off)."""
         if workers < 1:
             raise ValueError("workers must be >= 1")
         self.timeout_s = timeout_s

@@ -406,4 +406,7 @@ def register(sub) -> None:
     p.add_argument("--preset", help="algorithm preset (raft, raft++, reinforce, grpo, reinforce_rej, ...)")
     p.add_argument("--model", help="any Hugging Face model directory or hub id (default: smollm2-135m)")
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS or a local broker)")
+    from winnow.cli import document_config
+
+    document_config(p, "up")  # --help ends with the up: section's fields
     p.set_defaults(func=run)

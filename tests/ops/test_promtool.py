@@ -50,6 +50,8 @@ winnow_learner_loss winnow_learner_staleness_versions winnow_learner_tokens_tota
 winnow_learner_step_phase_seconds winnow_learner_last_step_timestamp_seconds winnow_learner_prompts_released_total
 winnow_learner_eval_accuracy winnow_learner_mismatch_kl winnow_learner_mismatch_max_abs_log_ratio
 winnow_learner_beta_acceptance_rate winnow_learner_beta_identity winnow_learner_snis_ess_fraction
+winnow_learner_grad_norm winnow_learner_learning_rate winnow_learner_pg_loss winnow_learner_response_length_mean
+winnow_learner_truncated_fraction winnow_learner_staleness_mean winnow_learner_kept_sample_fraction
 winnow_learner_beta_groups_accepted
 winnow_generator_tokens_total winnow_generator_groups_published_total winnow_generator_requests_in_flight
 winnow_generator_weight_version winnow_generator_weight_reload_seconds winnow_generator_weight_reload_failures_total
@@ -214,7 +216,7 @@ def metrics_in_code(*files: Path) -> set[str]:
     for f in files:
         for kind, name in re.findall(r'\b(Counter|Gauge|Histogram|Summary)\(\s*"(winnow_[a-z0-9_]+)"', f.read_text()):
             names.add(name + "_total" if kind == "Counter" and not name.endswith("_total") else name)
-        # gauges declared as data, e.g. winnow/tracking.py TRAINING_GAUGES: {"key": ("winnow_...", "help")}
+        # gauges declared as data: {"key": ("winnow_...", "help")}
         names.update(re.findall(r':\s*\(\s*"(winnow_[a-z0-9_]+)"', f.read_text()))
     return names
 
