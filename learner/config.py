@@ -42,6 +42,11 @@ class OptimConfig(Model):
     """Sequences per forward/backward pass (gradients are accumulated over the batch)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% more compute)."""
+    share_prompt: bool = False
+    """Run each group's prompt once per micro-batch and its samples' responses against the cached
+    prompt (micro-batches then hold rows of one group; same gradient, see winnow.learner.prefix).
+    Saves most of the compute when prompts are long next to responses (few-shot demonstrations).
+    Needs the hidden log-prob mode and no gradient checkpointing."""
 
 
 class WeightStoreConfig(Model):

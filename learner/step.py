@@ -57,6 +57,7 @@ from winnow.learner.logits import logprobs_from_hidden, token_logprobs_and_entro
 from winnow.learner.losses import loss_denominator, mismatch_stats, ratio_stats
 from winnow.learner.model import disable_dropout, plain_lm_head, response_hidden, response_logits
 from winnow.learner.objective import compute_loss, judgement, prepare_batch_signals
+from winnow.learner.prefix import group_micro_batches, shared_prompt_hidden
 from winnow.samples import SampleJudgement
 
 GroupOutcome = Literal["trained", "all_correct", "all_wrong"]
@@ -195,6 +196,9 @@ class Trainer:
         self.logprob_mode = "hidden" if logprob_mode == "auto" and has_plain_head else logprob_mode
         if self.logprob_mode == "auto":
             self.logprob_mode = "logits"
+        if self.optim_cfg.share_prompt and (self.logprob_mode != "hidden" or self.optim_cfg.gradient_checkpointing):
+            raise ValueError("optim.share_prompt needs a plain linear LM head (hidden log-prob mode) and "
+                             "gradient_checkpointing off")
         self.dp_group = dp_group
         self.version = 0
 
@@ -270,7 +274,7 @@ class Trainer:
         args = (mb.input_ids, mb.attention_mask, mb.position_ids, mb.prompt_width, mb.response_width)
         if self.logprob_mode == "hidden":
             with self._autocast():
-                hidden = response_hidden(model, *args)
+                hidden = (shared_prompt_hidden if self.optim_cfg.share_prompt else response_hidden)(model, *args)
                 weight = plain_lm_head(model)
                 if (
                     self.autocast_dtype is not None
@@ -315,6 +319,8 @@ class Trainer:
         """Chunks of ``rows``, longest sequences first (similar lengths together: less padding)."""
         lengths = (batch.prompt_lengths + batch.response_lengths).index_select(0, rows)
         order = rows[torch.argsort(lengths, descending=True, stable=True)]
+        if self.optim_cfg.share_prompt:  # one group per micro-batch: its prompt is run once
+            return group_micro_batches(order, batch.group_index, self.optim_cfg.micro_batch_size)
         return list(torch.split(order, self.optim_cfg.micro_batch_size))
 
     def _all_reduce(self, values: torch.Tensor, op: str) -> torch.Tensor:
