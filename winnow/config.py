@@ -19,14 +19,17 @@ the field, the bad value and the rule, never a traceback from deep inside.
 from __future__ import annotations
 
 import contextvars
+import difflib
 import json
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 
 class ConfigError(ValueError):
@@ -108,7 +111,19 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
-    text = p.read_text()
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"config file {p} cannot be read: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"config file {p} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}): "
+            "expected a YAML or JSON file"
+        ) from None
+    if "\x00" in text:
+        raise ConfigError(f"config file {p} holds NUL bytes (offset {text.index(chr(0))}): expected a YAML or JSON file")
     try:
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as e:
@@ -169,11 +184,20 @@ def load_config(
     if cls.section and isinstance(file_data.get(cls.section), dict):
         shared = {k: v for k, v in file_data.items() if k == "kafka"}
         file_data = deep_merge(shared, file_data[cls.section]) if "kafka" in cls.model_fields else file_data[cls.section]
+    if cls.section:
+        check_env(cls, os.environ)
     token = _FILE_DATA.set(file_data)
     try:
         cfg = cls(**(overrides or {}))
     except ValidationError as e:
         raise ConfigError(format_validation_error(cls.section or cls.__name__, e)) from None
+    except SettingsError as e:  # a nested field's env value that is not JSON
+        cause = f": {e.__cause__}" if e.__cause__ else ""
+        raise ConfigError(
+            f"{e}{cause}. A nested field's environment variable must hold JSON (e.g. "
+            f"{env_prefix(cls.section)}KAFKA='{{\"topic_prefix\": \"run7\"}}'), or set one field with "
+            f"{env_prefix(cls.section)}KAFKA__TOPIC_PREFIX=run7"
+        ) from None
     finally:
         _FILE_DATA.reset(token)
     if "kafka" in cls.model_fields:
@@ -188,3 +212,65 @@ def env_prefix(section: str) -> str:
 def settings_config(section: str) -> SettingsConfigDict:
     """``model_config`` for a service config class: ``model_config = settings_config("learner")``."""
     return SettingsConfigDict(**{**Settings.model_config, "env_prefix": env_prefix(section)})
+
+
+def _model_classes(annotation: Any) -> list[type[BaseModel]] | None:
+    """The pydantic models a field holds (a union's members), [] for a leaf, None for free-form
+    (a dict / Any: any nested key is accepted)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _model_classes(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        found: list[type[BaseModel]] = []
+        for arg in typing.get_args(annotation):
+            sub = _model_classes(arg)
+            if sub is None:
+                return None
+            found += sub
+        return found
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    if annotation is Any or origin in (dict, typing.Mapping) or annotation is dict:
+        return None
+    return []
+
+
+def _field_names(models: list[type[BaseModel]]) -> dict[str, Any]:
+    names: dict[str, Any] = {}
+    for m in models:
+        for name, info in m.model_fields.items():
+            names.setdefault(name, info.annotation)
+    return names
+
+
+def check_env(cls: type[Settings], environ: typing.Mapping[str, str]) -> None:
+    """Reject ``WINNOW_<SECTION>_*`` variables that name no field of ``cls`` (a typo would be
+    silently ignored), naming the nearest field. Nested fields are checked level by level."""
+    prefix = env_prefix(cls.section)
+    problems = []
+    for var in sorted(environ):
+        if not var.upper().startswith(prefix) or environ[var] == "":
+            continue
+        models: list[type[BaseModel]] = [cls]
+        path: list[str] = []
+        for part in var[len(prefix):].lower().split("__"):
+            fields = _field_names(models)
+            if part not in fields:
+                near = difflib.get_close_matches(part, list(fields), n=1, cutoff=0.6)
+                where = ".".join([cls.section, *path])
+                hint = ""
+                if near:
+                    suggestion = prefix + "__".join([*path, near[0]]).upper()
+                    hint = f" (did you mean {'.'.join([*path, near[0]])}, i.e. {suggestion}?)"
+                problems.append(f"  - {var}: {where} has no field {part!r}{hint}")
+                break
+            path.append(part)
+            sub = _model_classes(fields[part])
+            if not sub:  # a leaf (the rest would be a parse error) or free-form (anything goes)
+                break
+            models = sub
+    if problems:
+        raise ConfigError(
+            f"unknown {cls.section} environment variable{'s' if len(problems) > 1 else ''} "
+            f"(every {prefix}* variable must name a config field):\n" + "\n".join(problems)
+        )
