@@ -116,6 +116,10 @@ class LearnerConfig(Settings):
     divides its logits by, so that pi_theta matches the behaviour distribution."""
     max_steps: int | None = Field(default=None, ge=1)
     """Stop after this many optimizer steps in total (None = run until stopped)."""
+    on_finish: Literal["exit", "idle"] = "exit"
+    """After ``max_steps`` (or when restarted on a finished run, see ``<run_dir>/finished.json``):
+    ``exit`` (code 0), or ``idle``: stay up serving /metrics and /health without training (the Helm
+    chart's choice, so a StatefulSet does not restart a finished run)."""
     request_timeout_s: float = Field(default=900.0, gt=0)
     """A released prompt whose scored group has not arrived after this long is released again (new
     request id); the late group, if it ever comes, is dropped as a duplicate."""

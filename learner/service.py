@@ -78,10 +78,10 @@ class LearnerMetrics:
         )
         self.steps = Counter("winnow_learner_steps", "Optimizer steps taken by this process.", registry=r)
         self.acceptance_rate = Gauge(
-            "winnow_learner_acceptance_rate", "Correct / valid samples in the last batch.", registry=r
+            "winnow_learner_acceptance_ratio", "Correct / valid samples in the last batch.", registry=r
         )
         self.kept_group_fraction = Gauge(
-            "winnow_learner_kept_group_fraction", "Groups of the last batch with a kept sample.", registry=r
+            "winnow_learner_kept_group_ratio", "Groups of the last batch with a kept sample / groups.", registry=r
         )
         self.groups = Counter("winnow_learner_groups", "Scored groups by outcome.", ["outcome"], registry=r)
         for o in OUTCOMES:
@@ -94,7 +94,23 @@ class LearnerMetrics:
         )
         self.kl = Gauge("winnow_learner_kl", "KL(pi || pi_ref) term (last step).", registry=r)
         self.clip_fraction = Gauge(
-            "winnow_learner_clip_fraction", "Fraction of clipped tokens (last step).", registry=r
+            "winnow_learner_clipped_token_ratio", "Clipped tokens / trained tokens (last step).", registry=r
+        )
+        # training curves (last step), for the dashboard's training panels
+        self.grad_norm = Gauge(
+            "winnow_learner_grad_norm", "Global gradient L2 norm before clipping (last step).", registry=r
+        )
+        self.learning_rate = Gauge("winnow_learner_learning_rate", "Learning rate of the last step.", registry=r)
+        self.response_length = Gauge(
+            "winnow_learner_response_length_tokens", "Mean response length in tokens (last step).", registry=r
+        )
+        self.truncated = Gauge(
+            "winnow_learner_truncated_ratio", "Responses cut at max_new_tokens / responses (last step).", registry=r
+        )
+        self.mismatch_kl = Gauge(
+            "winnow_learner_mismatch_kl",
+            "KL(mu || pi_theta) between behaviour and learner log-probs per token (last step).",
+            registry=r,
         )
         self.ratio_mean = Gauge(
             "winnow_learner_importance_ratio_mean",
@@ -157,6 +173,9 @@ class LearnerMetrics:
         self.eval_mean_at_k = Gauge(
             "winnow_learner_eval_mean_at_k", "Mean correctness of k samples per held-out problem.", ["set"],
             registry=r,
+        )
+        self.run_finished = Gauge(
+            "winnow_learner_run_finished", "1 once the run reached max_steps (completion marker written).", registry=r
         )
         self.eval_accuracy = Gauge(
             "winnow_learner_eval_accuracy", "Accuracy on a held-out set.", ["set"], registry=r
@@ -379,6 +398,8 @@ class LearnerService:
                 await self._step()
             if self.version != self._last_checkpoint_version and self.steps_run:
                 await self._checkpoint_and_commit()
+            if cfg.max_steps is not None and self.version >= cfg.max_steps:
+                await self._finish_run()
         finally:
             self._running = False
             for client in (consumer, producer):
@@ -486,6 +507,11 @@ class LearnerService:
         m.entropy.set(stats.get("entropy", 0.0))
         m.kl.set(stats.get("kl", 0.0))
         m.clip_fraction.set(stats.get("clip_frac", 0.0))
+        m.grad_norm.set(stats.get("grad_norm", 0.0))
+        m.learning_rate.set(stats.get("lr", 0.0))
+        m.response_length.set(stats.get("response_length_mean", 0.0))
+        m.truncated.set(stats.get("truncated_fraction", 0.0))
+        m.mismatch_kl.set(stats.get("mismatch_kl", 0.0))
         m.ratio_mean.set(stats.get("ratio_mean", 1.0))
         m.ratio_max.set(stats.get("ratio_max", 1.0))
         m.ess.set(stats.get("ess", 1.0))
@@ -683,6 +709,23 @@ class LearnerService:
     async def _publish(self) -> None:
         ann = await asyncio.to_thread(self._publisher.write, self.trainer)
         await self._publisher.announce(ann)
+
+    async def _finish_run(self) -> None:
+        """max_steps reached (and checkpointed): write the completion marker, then announce the final
+        weights once more with ``final=true`` so generators stop asking for prompts (learner/completion.py)."""
+        from winnow.learner.completion import write_marker
+
+        path = write_marker(self.cfg.run_dir, version=self.version, max_steps=self.cfg.max_steps,
+                            run_id=self.state.run_id or "")
+        self.metrics.run_finished.set(1)
+        last = self._publisher.last if self._publisher is not None else None
+        if last is not None:
+            final = type(last)()
+            final.CopyFrom(last)
+            final.final = True
+            await self._publisher.announce(final)
+        log.info("run finished at version %d: wrote %s%s", self.version, path,
+                 ", announced final weights" if last is not None else "")
 
     async def _checkpoint_and_commit(self) -> None:
         """Checkpoint, then commit the offsets below which every group is done (and so in the checkpoint)."""

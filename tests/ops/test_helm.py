@@ -179,7 +179,12 @@ CRD_SCHEMAS = {
                         "type": "object", "additionalProperties": False, "required": ["port"],
                         "properties": {"port": {"type": "string"}, "path": {"type": "string"},
                                        "interval": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
-                                       "scrapeTimeout": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"}}}},
+                                       "scrapeTimeout": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
+                                       "relabelings": {"type": "array", "items": {
+                                           "type": "object", "additionalProperties": False,
+                                           "properties": {"sourceLabels": {"type": "array"},
+                                                          "targetLabel": {"type": "string"},
+                                                          "action": {"type": "string"}}}}}}},
                 },
             },
         },
@@ -265,6 +270,9 @@ def test_service_monitors_select_metrics_services(full) -> None:
         assert "metrics" in {p["name"] for p in matched[0]["spec"]["ports"]}
         assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
         assert sm["spec"]["namespaceSelector"]["matchNames"] == ["train"]
+        # every series gets run=<release>, the dashboard's $run variable
+        assert sm["spec"]["endpoints"][0]["relabelings"] == [
+            {"sourceLabels": ["__meta_kubernetes_service_label_app_kubernetes_io_instance"], "targetLabel": "run"}]
 
 
 def test_learner_statefulset_has_governing_headless_service(default) -> None:
