@@ -25,10 +25,10 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 
@@ -93,15 +93,82 @@ class KafkaConfig(Model):
     """Client request timeout."""
     max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     """Largest message the producer may send (a scored group with n long samples can be large)."""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How clients talk to the brokers: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (SASL over TLS,
+    what MSK, Confluent Cloud and Strimzi's TLS+SCRAM listeners use). Applies to every producer,
+    consumer and admin client. Env: KAFKA_SECURITY_PROTOCOL."""
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    """SASL mechanism (required with SASL_*). OAUTHBEARER reads its token from ``sasl_oauth_token_file``.
+    Env: KAFKA_SASL_MECHANISM."""
+    sasl_username: str | None = None
+    """SASL user (PLAIN, SCRAM). Env: KAFKA_SASL_USERNAME."""
+    sasl_password: SecretStr | None = None
+    """SASL password (PLAIN, SCRAM); never printed. Set it from a Secret through env KAFKA_SASL_PASSWORD."""
+    sasl_oauth_token_file: Path | None = None
+    """OAUTHBEARER: a file holding the access token, re-read at every (re)connection, so a sidecar or
+    a projected service-account token can refresh it."""
+    ssl_cafile: Path | None = None
+    """PEM file of the CA(s) that signed the brokers' certificates; None = the system's CAs."""
+    ssl_certfile: Path | None = None
+    """PEM client certificate (mutual TLS, e.g. Strimzi's tls authentication); needs ``ssl_keyfile``."""
+    ssl_keyfile: Path | None = None
+    """PEM private key of ``ssl_certfile``."""
+    ssl_key_password: SecretStr | None = None
+    """Password of an encrypted ``ssl_keyfile``. Env: KAFKA_SSL_KEY_PASSWORD."""
+
+    @model_validator(mode="after")
+    def _security_consistent(self) -> KafkaConfig:
+        sasl = self.security_protocol.startswith("SASL_")
+        if sasl and self.sasl_mechanism is None:
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism "
+                             "(PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER)")
+        if not sasl and self.sasl_mechanism is not None:
+            raise ValueError(f"sasl_mechanism {self.sasl_mechanism} needs security_protocol SASL_SSL or SASL_PLAINTEXT")
+        if sasl and self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            if not self.sasl_username or self.sasl_password is None:
+                raise ValueError(f"sasl_mechanism {self.sasl_mechanism} needs sasl_username and sasl_password "
+                                 "(env KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD)")
+        if sasl and self.sasl_mechanism == "OAUTHBEARER" and self.sasl_oauth_token_file is None:
+            raise ValueError("sasl_mechanism OAUTHBEARER needs sasl_oauth_token_file")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile must be set together")
+        tls_files = [f for f in (self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile) if f is not None]
+        if tls_files and self.security_protocol not in ("SSL", "SASL_SSL"):
+            raise ValueError(f"ssl_* files are set but security_protocol is {self.security_protocol}: "
+                             "use SSL or SASL_SSL")
+        return self
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}.{name}"
 
 
+#: Standard environment variables read into every KafkaConfig (the chart sets them from Secrets).
+KAFKA_ENV = {
+    "KAFKA_BOOTSTRAP_SERVERS": "bootstrap_servers",
+    "KAFKA_SECURITY_PROTOCOL": "security_protocol",
+    "KAFKA_SASL_MECHANISM": "sasl_mechanism",
+    "KAFKA_SASL_USERNAME": "sasl_username",
+    "KAFKA_SASL_PASSWORD": "sasl_password",
+    "KAFKA_SSL_KEY_PASSWORD": "ssl_key_password",
+    "KAFKA_SSL_CAFILE": "ssl_cafile",
+    "KAFKA_SSL_CERTFILE": "ssl_certfile",
+    "KAFKA_SSL_KEYFILE": "ssl_keyfile",
+    "KAFKA_SASL_OAUTH_TOKEN_FILE": "sasl_oauth_token_file",
+}
+
+
 def kafka_from_env(cfg: KafkaConfig) -> KafkaConfig:
-    """Apply the standard ``KAFKA_BOOTSTRAP_SERVERS`` variable, if set."""
-    env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    return cfg.model_copy(update={"bootstrap_servers": env}) if env else cfg
+    """Apply the standard ``KAFKA_*`` variables of :data:`KAFKA_ENV` that are set (non-empty), and
+    validate the result; a bad combination is a :class:`ConfigError` naming the field."""
+    updates = {field: os.environ[var] for var, field in KAFKA_ENV.items() if os.environ.get(var)}
+    if not updates:
+        return cfg
+    data = {k: getattr(cfg, k) for k in type(cfg).model_fields}
+    data.update(updates)
+    try:
+        return type(cfg).model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error("kafka (with KAFKA_* environment variables)", e)) from None
 
 
 S = TypeVar("S", bound=Settings)
