@@ -6,7 +6,7 @@
 Part 1, throughput: ``Trainer.train_step`` (GRPO preset, KL to a reference model, so the step does
 policy forward, reference forward, backward and AdamW) on random token batches, for the tiny test
 model and, with ``--model``, a real model directory (or ``smollm2``: the embedded SmolLM2-135M,
-converted once by ``winnow.generator.models``). Reports trained tokens/s and the share of the step
+converted once by ``winnow.models``). Reports trained tokens/s and the share of the step
 spent recomputing log-probs (policy forward), in the reference forward, and in the rest (backward +
 optimizer + collation).
 
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model:
         path = args.model
         if path.lower().startswith("smollm2"):
-            from winnow.generator.models import resolve_model
+            from winnow.models import resolve_model
 
             path = resolve_model(path)
         for autocast in precisions:

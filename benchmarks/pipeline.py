@@ -352,7 +352,7 @@ async def transport(bootstrap: str, prompts: list, groups: list, announcement, b
 def _model(args: argparse.Namespace, work: Path) -> tuple[str, str]:
     if args.model:
         if args.model.lower().startswith("smollm2"):
-            from winnow.generator.models import resolve_model
+            from winnow.models import resolve_model
 
             return resolve_model(args.model), args.model
         return args.model, os.path.basename(args.model.rstrip("/"))

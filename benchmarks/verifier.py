@@ -251,7 +251,7 @@ def percentile(xs: list[float], q: float) -> float:
 
 
 def timed_set(name: str, cases: list[Case], engine, mv: MathVerifyRunner) -> dict:
-    from winnow.verifier.types import Item
+    from winnow.verdict import Item
 
     items = [Item(id=str(i), response=c.response, gold=c.gold) for i, c in enumerate(cases)]
     ours_lat: list[float] = []
@@ -326,7 +326,7 @@ RULES: list[tuple[str, str, str]] = [
 
 
 def rule_for(c: Case, v, mv_correct: bool) -> str | None:
-    from winnow.verifier.types import Status
+    from winnow.verdict import Status
 
     ours_correct = v.status == Status.CORRECT
     resp = c.response
@@ -351,7 +351,7 @@ def rule_for(c: Case, v, mv_correct: bool) -> str | None:
 
 def classify(c: Case, v, mv_correct: bool) -> tuple[str, str, str]:
     """(who is right: ours | math-verify | neither | policy, the rule that decided or "truth", why)."""
-    from winnow.verifier.types import Status
+    from winnow.verdict import Status
 
     rule = rule_for(c, v, mv_correct)
     if rule is not None:
@@ -369,7 +369,7 @@ def classify(c: Case, v, mv_correct: bool) -> tuple[str, str, str]:
 
 
 def agreement(cases: list[Case], ours_verdicts, mv_verdicts) -> dict:
-    from winnow.verifier.types import Status
+    from winnow.verdict import Status
 
     rows = []
     by_kind: dict[str, dict[str, int]] = {}
@@ -501,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _item(i: int, c: Case):
-    from winnow.verifier.types import Item
+    from winnow.verdict import Item
 
     return Item(id=str(i), response=c.response, gold=c.gold)
 

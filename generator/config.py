@@ -13,66 +13,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from winnow.chat import ChatFormat
 from winnow.config import KafkaConfig, Model, Settings, settings_config
-
-PAPER_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
-PAPER_USER_SUFFIX = "Let's think step by step and output the final answer within \\boxed{}."
-
-
-class SamplingConfig(Model):
-    """How to sample responses. The defaults are the paper's rollout settings (temperature 1, top-p 1).
-
-    The behaviour log-probs recorded for every token are log-probs under the *processed*
-    distribution that was actually sampled from: logits / temperature, then top-k, then top-p
-    (nucleus) truncation, renormalised. With temperature 1, top_p 1 and top_k 0 that is the
-    model's own distribution.
-    """
-
-    temperature: float = Field(default=1.0, ge=0.0, le=10.0)
-    """Softmax temperature. 0 means greedy decoding (the recorded log-prob is then 0: a point mass)."""
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (1 = off)."""
-    top_k: int = Field(default=0, ge=0)
-    """Keep only the k most likely tokens (0 = off)."""
-    max_new_tokens: int = Field(default=256, ge=1, le=65536)
-    """Maximum generated tokens per sample; a sample that reaches it ends with finish_reason "length"."""
-    seed: int | None = None
-    """Seed for the sampler (None = nondeterministic). On the wire, seed 0 means "no seed"."""
-
-
-class FewShot(Model):
-    """One demonstration, shown as an earlier user/assistant exchange before the real problem."""
-
-    question: str = Field(min_length=1)
-    """The demonstration problem (the user suffix is appended as for real problems)."""
-    answer: str = Field(min_length=1)
-    """The assistant's demonstrated answer, ending with a \\boxed{} answer."""
-
-
-DEFAULT_FEW_SHOT = [
-    FewShot(question="What is 2 + 3?", answer="2 + 3 = 5. \\boxed{5}"),
-    FewShot(question="What is 7 - 4?", answer="7 - 4 = 3. \\boxed{3}"),
-]
-
-
-class ChatFormat(Model):
-    """How a problem becomes prompt tokens: the paper's system prompt and user suffix, optional
-    few-shot demonstrations as earlier chat turns, the tokenizer's chat template (or a plain-text
-    fallback for tokenizers without one)."""
-
-    system_prompt: str | None = PAPER_SYSTEM_PROMPT
-    """System message (None or "" = no system turn)."""
-    user_suffix: str = PAPER_USER_SUFFIX
-    """Appended to every problem (and every demonstration question) after a blank line; "" = none."""
-    few_shot: list[FewShot] = Field(default_factory=lambda: [d.model_copy() for d in DEFAULT_FEW_SHOT])
-    """Demonstrations shown before the problem. Small models (SmolLM2-135M) need them to use \\boxed{};
-    set [] for models that already follow the format (the paper's setting)."""
-    use_chat_template: bool = True
-    """Apply the tokenizer's chat template. When False, or when the tokenizer has none, use the
-    plain-text fallback ("System: ...\\n\\nUser: ...\\n\\nAssistant:")."""
-    add_special_tokens: bool = False
-    """Let the tokenizer add its BOS/special tokens when encoding the rendered prompt (templates
-    usually already contain them)."""
+from winnow.numerics import NumericsConfig
+from winnow.sampling import SamplingConfig
 
 
 class VerifierRouting(Model):
@@ -110,29 +54,6 @@ class VerifierRouting(Model):
         return self.default_endpoint
 
 
-class RewardMapping(Model):
-    """Status -> reward written into ``Sample.reward`` (the learner recomputes it from status with its
-    own mapping; this is for dashboards and simple consumers). Default: 1 for correct, else 0."""
-
-    correct: float = 1.0
-    """Reward of a correct answer."""
-    wrong: float = 0.0
-    """Reward of a wrong answer."""
-    no_answer: float = 0.0
-    """Reward when no answer could be extracted."""
-    unparsable: float = 0.0
-    """Reward when the answer could not be parsed."""
-    timeout: float = 0.0
-    """Reward when checking timed out."""
-    too_complex: float = 0.0
-    """Reward when the expression was refused as too complex."""
-    error: float = 0.0
-    """Reward when the verifier failed (the learner should drop these; the status says ERROR)."""
-
-    def reward(self, status_label: str) -> float:
-        return float(getattr(self, status_label, self.error))
-
-
 class WeightsConfig(Model):
     """How new weights are picked up from the compacted weights topic."""
 
@@ -165,8 +86,9 @@ class GeneratorConfig(Settings):
     """Inference engine: "transformers" (CPU or GPU, any HF causal LM) or "vllm" (needs vllm installed)."""
     device: str = "auto"
     """"cpu", "cuda", "cuda:1" ... or "auto" (cuda when available)."""
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    """Weights/compute dtype ("auto": bfloat16 on CPU with bf16 support and on CUDA, else float32)."""
+    numerics: NumericsConfig = NumericsConfig()
+    """Compute precision shared with the learner (the top-level ``numerics`` section): the engine holds
+    the weights in it. The learner trains and evaluates at the same precision."""
     max_batch_sequences: int = Field(default=64, ge=1, le=4096)
     """Most sequences (prompts x n) the transformers engine decodes at once; larger calls are chunked."""
     vllm_max_model_len: int = Field(default=2048, ge=64)
@@ -186,8 +108,6 @@ class GeneratorConfig(Settings):
     """Prompt formatting: system prompt, user suffix, few-shot demonstrations."""
     verifier: VerifierRouting = VerifierRouting()
     """Which verifier scores which task."""
-    reward: RewardMapping = RewardMapping()
-    """Status -> Sample.reward."""
     weights: WeightsConfig = WeightsConfig()
     """Picking up new weights."""
 
@@ -216,6 +136,21 @@ class GeneratorConfig(Settings):
     revoke_wait_s: float = Field(default=60.0, ge=0.0)
     """On a rebalance, wait up to this long for the in-flight batch to publish and commit before
     giving its partitions up (longer batches are redelivered to the next owner)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_fields(cls, data):
+        if isinstance(data, dict) and "reward" in data:
+            raise ValueError(
+                "generator.reward was removed: generators report statuses; the one status -> reward map is "
+                "learner.algo (reward_correct, reward_wrong, ...)"
+            )
+        if isinstance(data, dict) and "dtype" in data:
+            raise ValueError(
+                "generator.dtype was replaced by numerics.precision (auto | bfloat16 | float32), one setting "
+                "shared with the learner"
+            )
+        return data
 
     @field_validator("device")
     @classmethod

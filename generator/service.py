@@ -39,12 +39,13 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from winnow.generator.chat import PromptFormatter
-from winnow.generator.config import GeneratorConfig, RewardMapping, SamplingConfig, VerifierRouting
-from winnow.generator.engine import Completion, Engine, GenerationCancelled
-from winnow.verifier.types import Item, Status, Verdict
+from winnow.generator.config import GeneratorConfig, VerifierRouting
+from winnow.generator.engine import Engine
 
+from winnow.chat import PromptFormatter
+from winnow.sampling import Completion, GenerationCancelled, SamplingConfig
 from winnow.v1 import messages_pb2
+from winnow.verdict import Item, Status, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +155,12 @@ def build_group(
     sampling: SamplingConfig,
     version: int,
     generator_id: str,
-    reward: RewardMapping,
     generation_seconds: float,
     scoring_seconds: float,
 ) -> messages_pb2.ScoredGroup:
     """One ScoredGroup: every sample with its tokens, behaviour log-probs, per-token policy
-    version, finish reason, text, status, mapped reward and extracted answer."""
+    version, finish reason, text, status and extracted answer. The generator reports statuses, not
+    rewards: the one status -> reward map is the learner's ``algo`` config (``Sample.reward`` stays 0)."""
     if len(completions) != len(verdicts):
         raise ValueError(f"{len(completions)} completions but {len(verdicts)} verdicts")
     samples = []
@@ -175,7 +176,6 @@ def build_group(
                 finish_reason=c.finish_reason,
                 text=c.text,
                 status=int(status),
-                reward=reward.reward(status.label),
                 extracted=v.extracted,
             )
         )
@@ -191,6 +191,8 @@ def build_group(
         created_at=time.time(),
         generation_seconds=generation_seconds,
         scoring_seconds=scoring_seconds,
+        problem=request.problem,
+        gold=request.gold,
     )
 
 
@@ -245,9 +247,9 @@ class Scorer:
     def _client(self, endpoint: str):
         client = self._clients.get(endpoint)
         if client is None:
-            from winnow.verifier.client import VerifierClient
+            from winnow.scoring import verifier_client
 
-            client = VerifierClient(
+            client = verifier_client(
                 endpoint,
                 token=self.routing.token,
                 timeout_s=self.routing.timeout_s,
@@ -258,9 +260,9 @@ class Scorer:
 
     def _local(self):
         if self._in_process is None:
-            from winnow.verifier.engine import MathVerifier
+            from winnow.scoring import in_process_verifier
 
-            self._in_process = MathVerifier(
+            self._in_process = in_process_verifier(
                 workers=self.routing.in_process_workers, timeout_s=self.routing.in_process_timeout_s
             )
         return self._in_process
@@ -484,7 +486,7 @@ class GeneratorService:
         """Generate and score a batch of requests; one ScoredGroup per request, in order.
 
         Requests with equal ``(n, sampling)`` share one engine call."""
-        prompt_ids = [self.formatter(r.problem) for r in requests]
+        prompt_ids = [self.formatter(r.problem, [(m.role, m.content) for m in r.messages]) for r in requests]
         samplings = [
             merge_sampling(self.cfg.sampling, r.sampling if r.HasField("sampling") else None)
             for r in requests
@@ -533,7 +535,6 @@ class GeneratorService:
                     sampling=samplings[i],
                     version=version,
                     generator_id=self.generator_id,
-                    reward=self.cfg.reward,
                     generation_seconds=gen_seconds[i],
                     scoring_seconds=score_s,
                 )

@@ -41,8 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from winnow.generator.config import SamplingConfig
-from winnow.generator.engine import Completion, WeightLoadError, raise_on_mismatch
+from winnow.sampling import Completion, SamplingConfig, WeightLoadError, raise_on_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +111,14 @@ class VLLMEngine:
             ) from e
         from transformers import AutoTokenizer
 
+        from winnow.numerics import resolve_precision
+
         self.model_dir = str(model_dir)
         self.version = version
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         kwargs: dict[str, Any] = dict(
             model=self.model_dir,
-            dtype="bfloat16" if dtype == "auto" else dtype,
+            dtype=resolve_precision(dtype, "cuda" if _cuda_available() else "cpu") if dtype == "auto" else dtype,
             max_model_len=max_model_len,
             enforce_eager=enforce_eager,
             seed=seed,

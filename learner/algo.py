@@ -19,6 +19,7 @@ counted as wrong.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import torch
@@ -27,9 +28,9 @@ from torch import Tensor
 from winnow.learner.advantages import AdvantageKind
 from winnow.learner.filters import FilterMode
 from winnow.learner.losses import AggMode
-from winnow.verifier.types import Status
 
 from winnow.config import ConfigError, Model, format_validation_error
+from winnow.verdict import Status
 
 # name -> fields; everything not listed takes the AlgoConfig default.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -50,8 +51,26 @@ PRESETS: dict[str, dict[str, Any]] = {
     "reinforce+remove_all_wrong": {"filter": "remove_all_wrong", "advantage": "raw", "loss": "clipped"},
     "reinforce+remove_all_correct": {"filter": "remove_all_correct", "advantage": "raw", "loss": "clipped"},
     "reinforce_rej+std": {"filter": "mixed", "advantage": "mean_std", "loss": "clipped"},
+    # Rejection sampling at temperature beta (THEORY.md 1.2, 2.4; docs/algorithms.md "RAFT at a finite beta"):
+    # keep each sample with probability exp((r - r_max) / beta), SFT on the kept ones. beta -> 0 is raft.
+    "raft_beta": {"filter": "raft_beta", "advantage": "unit", "loss": "sft"},
+    "raft++_beta": {"filter": "raft_beta", "advantage": "unit", "loss": "clipped"},
+    # Its importance-sampling twin: every sample, weighted N * softmax_group(r / beta).
+    "raft_snis": {"filter": "none", "advantage": "snis", "loss": "sft"},
 }
 DEFAULT_PRESET = "reinforce_rej"
+
+# The paper's Fig. 4 ablations compare under its +-1 reward; under {0, 1} (reward_wrong >= 0) they lose their
+# meaning, so using one there warns (AlgoConfig._warn_ablation_reward). Value: what goes wrong under {0, 1}.
+PLUS_MINUS_ONE_ABLATIONS: dict[str, str] = {
+    "reinforce+remove_all_wrong": "all-wrong groups already have advantage 0, so this is `reinforce` up to the loss "
+    "normaliser (identical with soft_filter)",
+    "reinforce+remove_all_correct": "wrong answers are never pushed down, so the comparison with reinforce and "
+    "reinforce_rej is not the paper's",
+    "reinforce+mean_zero": "r - mean does not depend on the reward offset, but the `reinforce` it is compared with does",
+    "reinforce_rej+std": "(r - mean) / std does not depend on the reward offset, but the `reinforce_rej` it is "
+    "compared with does",
+}
 
 
 def _valid_names() -> str:
@@ -63,13 +82,20 @@ class AlgoConfig(Model):
 
     preset: str = DEFAULT_PRESET
     """Named algorithm (see docs/algorithms.md): raft, raft++, raft++clip_higher, reinforce, grpo, reinforce_rej,
-    reinforce+mean_zero, reinforce+remove_all_wrong, reinforce+remove_all_correct, reinforce_rej+std.
-    Fields set explicitly override the preset's."""
+    reinforce+mean_zero, reinforce+remove_all_wrong, reinforce+remove_all_correct, reinforce_rej+std, raft_beta,
+    raft++_beta, raft_snis. Fields set explicitly override the preset's."""
     filter: FilterMode
     """Which samples contribute: none | raft (correct samples) | mixed (groups with 0 < #correct < n) |
-    remove_all_wrong | remove_all_correct."""
+    remove_all_wrong | remove_all_correct | raft_beta (each sample with probability exp((r - reward_correct) / beta))."""
     advantage: AdvantageKind
-    """raw (r) | mean_zero (r - group mean) | mean_std ((r - mean) / (std + eps), GRPO) | raft (max(r, 0))."""
+    """raw (r) | mean_zero (r - group mean) | mean_std ((r - mean) / (std + eps), GRPO) | raft (max(r, 0)) |
+    unit (1) | snis (N * softmax over the group of r / beta)."""
+    beta: float = Field(default=0.5, gt=0.0, allow_inf_nan=False)
+    """Temperature of raft_beta / raft_snis: the target is pi* ∝ pi * exp(r / beta). With rewards {0, 1} a wrong
+    sample is kept with probability exp(-1 / beta) (0.5: 0.135, 0.25: 0.018); beta -> 0 is raft (only the best
+    reward), a large beta keeps everything (plain SFT on all samples)."""
+    sampler_seed: int = 0
+    """Seed of raft_beta's acceptance draws; a draw is a pure function of (sampler_seed, request_id, sample index)."""
     loss: Literal["sft", "clipped"]
     """sft: -A log pi (RAFT, no ratio); clipped: PPO clipped surrogate with the per-token ratio."""
     eps_low: float = Field(default=0.2, ge=0.0, lt=1.0)
@@ -159,6 +185,18 @@ class AlgoConfig(Model):
                     )
             if self.decoupled:
                 raise ValueError("decoupled=True needs a ratio: it applies to loss=clipped, not loss=sft")
+        return self
+
+    @model_validator(mode="after")
+    def _warn_ablation_reward(self) -> AlgoConfig:
+        if self.preset in PLUS_MINUS_ONE_ABLATIONS and self.reward_wrong >= 0:
+            warnings.warn(
+                f"algo.preset={self.preset!r} is a Fig. 4 ablation of the paper, which uses rewards +-1; with "
+                f"reward_wrong={self.reward_wrong} {PLUS_MINUS_ONE_ABLATIONS[self.preset]}. Set "
+                "algo.reward_wrong=-1 to reproduce the ablation.",
+                UserWarning,
+                stacklevel=2,
+            )
         return self
 
     def reward_of(self, status: Status) -> float | None:

@@ -37,7 +37,7 @@ class SampleData:
     policy_versions: list[int]
     """Weight version that produced each token (one entry per token, or a single entry for all)."""
     status: int
-    """``winnow.verifier.types.Status`` value from the verifier (CORRECT = 1, WRONG = 2, ...)."""
+    """``winnow.verdict.Status`` value from the verifier (CORRECT = 1, WRONG = 2, ...)."""
     finish_reason: str = "stop"
     """"stop" (EOS or stop string) or "length" (hit max_new_tokens)."""
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
-from winnow.generator.config import ChatFormat, SamplingConfig
-from winnow.generator.prompts import PromptSourceConfig, ReasoningGymSourceConfig
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from winnow.chat import ChatFormat
 from winnow.config import KafkaConfig, Model, Settings, settings_config
+from winnow.numerics import NumericsConfig
+from winnow.prompts import PromptSourceConfig, ReasoningGymSourceConfig
+from winnow.sampling import SamplingConfig
+from winnow.tracking import TrackingConfig
 
 
 class WeightStoreConfig(Model):
@@ -74,7 +77,7 @@ class EvalConfig(Model):
     @classmethod
     def _check_source(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
         if v is not None:
-            from winnow.generator.prompts import parse_source_config
+            from winnow.prompts import parse_source_config
 
             try:
                 parse_source_config(v)
@@ -96,10 +99,10 @@ class LearnerConfig(Settings):
     """Torch device ("auto" = cuda if available, else cpu)."""
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     """Parameter dtype ("auto" = fp32 master weights on CPU, bf16 on GPU)."""
-    autocast: Literal["auto", "bfloat16", "off"] = "auto"
-    """Mixed precision of the forward/backward over fp32 master weights: "auto" = bf16 autocast on CUDA,
-    none on CPU; "bfloat16" = bf16 autocast on any device (about 1.5x faster on CPUs with AVX512-BF16);
-    "off" = full precision."""
+    numerics: NumericsConfig = NumericsConfig()
+    """Compute precision shared with the generators (the top-level ``numerics`` section): the forward/
+    backward and log-prob recompute run under autocast to it over the master weights, and the held-out
+    evaluation decodes with the generators' engine in it."""
 
     algo: dict[str, Any] = Field(default_factory=lambda: {"preset": "reinforce_rej"})
     """Algorithm: ``preset`` (raft, raft++, reinforce, grpo, reinforce_rej, ...) plus any AlgoConfig field
@@ -129,7 +132,7 @@ class LearnerConfig(Settings):
     arrives first is trained; the other is dropped as a duplicate."""
 
     prompts: dict[str, Any] = Field(default_factory=lambda: ReasoningGymSourceConfig().model_dump())
-    """Training prompt source (winnow.generator.prompts: kind reasoning_gym | jsonl | parquet | hf)."""
+    """Training prompt source (winnow.prompts: kind reasoning_gym | jsonl | parquet | hf)."""
     eval: EvalConfig = EvalConfig()
     """Held-out evaluation."""
 
@@ -147,13 +150,27 @@ class LearnerConfig(Settings):
     checkpoint: CheckpointConfig = CheckpointConfig()
     """Checkpoints."""
     run_dir: str = "runs/learner"
-    """Directory for ``metrics.jsonl`` (one line per step) and the resolved config."""
+    """Directory for ``metrics.jsonl`` (one line per step), ``samples.jsonl``, TensorBoard events and the
+    resolved config."""
+    tracking: TrackingConfig = TrackingConfig()
+    """Experiment tracking (winnow.tracking): sinks (tensorboard, wandb, mlflow, trackio) and the sample
+    log; short form ``tracking: [tensorboard, wandb]``."""
     metrics_port: int = Field(default=9402, ge=0, le=65535)
     """Port of /metrics and /health (0 = pick a free one)."""
     metrics_host: str = "0.0.0.0"
     """Address to bind the metrics server to."""
     seed: int = 0
     """Torch seed."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "autocast" in data:
+            raise ValueError(
+                "learner.autocast was replaced by numerics.precision (auto | bfloat16 | float32), one setting "
+                "shared by the generators, the learner and its evaluation"
+            )
+        return data
 
     @field_validator("algo")
     @classmethod
@@ -174,7 +191,7 @@ class LearnerConfig(Settings):
     @field_validator("prompts")
     @classmethod
     def _check_prompts(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from winnow.generator.prompts import parse_source_config
+        from winnow.prompts import parse_source_config
 
         try:
             parse_source_config(v)
@@ -195,7 +212,7 @@ class LearnerConfig(Settings):
         return OptimConfig(**self.optim)
 
     def prompt_source_config(self) -> PromptSourceConfig:
-        from winnow.generator.prompts import parse_source_config
+        from winnow.prompts import parse_source_config
 
         return parse_source_config(self.prompts)
 

@@ -1,8 +1,9 @@
 """Held-out evaluation inside the learner: greedy accuracy and mean@k with the policy being trained.
 
 Every ``eval.every`` steps the learner formats ``eval.prompts`` held-out problems exactly as the
-generators do (:class:`~winnow.generator.config.ChatFormat`), decodes greedily with its own
-model (``transformers`` ``generate``, left padding, KV cache on), scores the answers with the
+generators do (:class:`~winnow.generator.config.ChatFormat`), decodes greedily with the
+generators' own transformers engine at the trainer's compute precision (``numerics.precision``:
+the dtype the generators sample in, see :mod:`winnow.numerics`), scores the answers with the
 sandboxed :class:`~winnow.verifier.engine.MathVerifier` and reports
 ``accuracy = #CORRECT / #prompts`` as ``winnow_learner_eval_accuracy{set}``. With ``eval.k > 0`` it
 also samples k responses per problem at ``eval.temperature`` and reports
@@ -15,12 +16,12 @@ Not implemented here: pass@k, several eval sets per run (one ``set`` label).
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
-from winnow.generator.chat import PromptFormatter
-from winnow.generator.config import ChatFormat
-from winnow.verifier.types import Item, Status
+from winnow.chat import ChatFormat, PromptFormatter
+from winnow.verdict import Item, Status
 
 log = logging.getLogger(__name__)
 
@@ -55,56 +56,52 @@ class Evaluator:
         self.seed = seed
         self.last_responses: list[str] = []
         self.last_mean_at_k: float | None = None
+        self._copy: Any = None  # the weights in the compute dtype, when the master weights are not
 
     def _get_verifier(self):
         if self._verifier is None:
-            from winnow.verifier.engine import MathVerifier
+            from winnow.scoring import in_process_verifier
 
-            self._verifier = MathVerifier(workers=1, timeout_s=2.0)
+            self._verifier = in_process_verifier(workers=1, timeout_s=2.0)
         return self._verifier
 
-    def generate(self, model: Any, k: int = 0) -> list[str]:
+    def generate(self, trainer: Any, k: int = 0) -> list[str]:
         """Greedy responses to every problem, or with ``k > 0`` k sampled responses per problem
-        (problem-major order); the model is put back in train mode afterwards."""
+        (problem-major order), decoded by the generators' engine at the trainer's compute precision.
+
+        The model is used as is when its parameters already are in that dtype, else a copy in that
+        dtype holds the current weights (as a generator holds the published ones). The trainer's model
+        is put back in train mode afterwards."""
         import torch
 
-        sampling = {"do_sample": False}
-        if k > 0:
-            torch.manual_seed(self.seed)
-            sampling = {"do_sample": True, "temperature": self.temperature, "top_p": 1.0, "top_k": 0,
-                        "num_return_sequences": k}
+        from winnow.hf_engine import HFEngine
+        from winnow.sampling import SamplingConfig
 
-        pad_id = self.tokenizer.pad_token_id
-        eos_id = self.tokenizer.eos_token_id
-        device = next(model.parameters()).device
-        prompts = [self.format(p.problem) for p in self.problems]
-        out: list[str] = []
+        model = trainer.model
         was_training = model.training
-        model.eval()
+        dtype = trainer.compute_dtype
+        if next(model.parameters()).dtype == dtype:
+            policy = model
+        else:
+            if self._copy is None or next(self._copy.parameters()).dtype != dtype:
+                self._copy = copy.deepcopy(model).to(dtype)
+                for p in self._copy.parameters():
+                    p.requires_grad_(False)
+            else:
+                with torch.no_grad():
+                    self._copy.load_state_dict(model.state_dict())
+            policy = self._copy
+        if k > 0:
+            sampling = SamplingConfig(temperature=self.temperature, max_new_tokens=self.max_new_tokens, seed=self.seed)
+        else:
+            sampling = SamplingConfig(temperature=0.0, max_new_tokens=self.max_new_tokens)
+        prompts = [self.format(p.problem, p.messages) for p in self.problems]
         try:
-            with torch.no_grad():
-                for start in range(0, len(prompts), self.batch_size):
-                    chunk = prompts[start : start + self.batch_size]
-                    width = max(len(p) for p in chunk)
-                    ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-                    mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                    for i, p in enumerate(chunk):  # left padding: every prompt ends at the same column
-                        ids[i, width - len(p) :] = torch.tensor(p)
-                        mask[i, width - len(p) :] = 1
-                    gen = model.generate(
-                        input_ids=ids.to(device),
-                        attention_mask=mask.to(device),
-                        max_new_tokens=self.max_new_tokens,
-                        **sampling,
-                        pad_token_id=pad_id,
-                        eos_token_id=eos_id,
-                        use_cache=True,
-                    )
-                    for row in gen[:, width:].tolist():
-                        out.append(self.tokenizer.decode(row, skip_special_tokens=True))
+            engine = HFEngine(policy, self.tokenizer, max_batch_sequences=self.batch_size * max(1, k))
+            groups = engine.generate(prompts, max(1, k), sampling)
         finally:
             model.train(was_training)
-        return out
+        return [c.text for group in groups for c in group]
 
     def score(self, responses: list[str]) -> float:
         """Fraction of ``responses`` the verifier judges CORRECT against the problems' golds
@@ -121,10 +118,10 @@ class Evaluator:
 
     def __call__(self, trainer: Any) -> float:
         """Greedy accuracy (returned); mean@k, when ``k > 0``, lands in :attr:`last_mean_at_k`."""
-        self.last_responses = self.generate(trainer.model)
+        self.last_responses = self.generate(trainer)
         accuracy = self.score(self.last_responses)
         if self.k > 0:
-            self.last_mean_at_k = self.score(self.generate(trainer.model, self.k))
+            self.last_mean_at_k = self.score(self.generate(trainer, self.k))
             log.info("eval at version %d: mean@%d %.3f", trainer.version, self.k, self.last_mean_at_k)
         log.info(
             "eval at version %d: accuracy %.3f on %d problems", trainer.version, accuracy, len(self.problems)
@@ -139,7 +136,7 @@ class Evaluator:
 
 def build_evaluator(cfg: Any, tokenizer: Any) -> Evaluator | None:
     """The evaluator a :class:`~winnow.learner.config.LearnerConfig` asks for, or None (``eval.every = 0``)."""
-    from winnow.generator.prompts import make_source
+    from winnow.prompts import make_source
 
     if not cfg.eval.every:
         return None

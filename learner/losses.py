@@ -11,6 +11,7 @@ Xiong et al. (2025, arXiv 2504.11343), eq. 1 (RAFT), eq. 5-6 (Reinforce, RAFT++)
   ``w = min(pi_prox / mu, is_cap)`` for the behaviour policy ``mu`` that generated the data.
 - :func:`kl_penalty`: k1, k2, k3 (Schulman's "low variance" estimator, verl's ``low_var_kl``).
 - :func:`ratio_stats`: ratio mean/max/min, normalised effective sample size, training-inference mismatch KL.
+- :func:`mismatch_stats`: training-inference mismatch on tokens sampled at the learner's own version.
 - :func:`aggregate`: verl's ``token-mean``, ``seq-mean-token-mean`` and ``seq-mean-token-sum``, with an
   explicit denominator so that micro-batches sum to the full-batch loss.
 
@@ -215,4 +216,25 @@ def ratio_stats(logprobs: Tensor, behaviour_logprobs: Tensor, mask: Tensor) -> d
         "mismatch_kl": (w - 1.0 - log_w).mean(),
         "mismatch_k1": (-log_w).mean(),
         "tokens": torch.tensor(float(n)),
+    }
+
+
+def mismatch_stats(logprobs: Tensor, behaviour_logprobs: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    """Training-inference mismatch between the learner's recompute ``log pi`` and the generator's
+    ``log mu`` (both ``(B, T)``) over the tokens of ``mask`` (the caller keeps only tokens sampled at the
+    weights version the learner holds, so any difference is numerics, not policy change).
+
+    ``mismatch_kl`` = mean of ``w - 1 - log w`` with ``w = pi / mu`` (k3 estimate of ``KL(mu || pi)``, >= 0);
+    ``mismatch_max_abs_log_ratio`` = max ``|log pi - log mu|``; ``mismatch_tokens`` = N. Empty mask: 0, 0, 0.
+    Log-ratios are clamped to +-20 as in :func:`ratio_stats`. 0-d fp32 tensors, no grad.
+    """
+    on = mask != 0
+    log_w = (logprobs.detach().float() - behaviour_logprobs.float()).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)[on]
+    if log_w.numel() == 0:
+        zero = torch.tensor(0.0)
+        return {"mismatch_kl": zero, "mismatch_max_abs_log_ratio": zero, "mismatch_tokens": zero}
+    return {
+        "mismatch_kl": (log_w.exp() - 1.0 - log_w).mean(),
+        "mismatch_max_abs_log_ratio": log_w.abs().max(),
+        "mismatch_tokens": torch.tensor(float(log_w.numel())),
     }

@@ -42,12 +42,12 @@ async def serve(cfg) -> int:
     from pathlib import Path
 
     from prometheus_client import CollectorRegistry
-    from winnow.generator.prompts import make_source
     from winnow.learner.completion import IdleLearner, finished_run
     from winnow.learner.evaluate import build_evaluator
     from winnow.learner.service import LearnerService, build_trainer
 
     from winnow.metrics import run_service
+    from winnow.prompts import make_source
 
     marker = finished_run(cfg.run_dir, cfg.max_steps, cfg.checkpoint.resume)
     if marker is not None:  # a finished run stays finished (learner/completion.py)

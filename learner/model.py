@@ -15,16 +15,6 @@ import torch
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
-
-
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` -> ``cuda`` if available, else ``cpu``; anything else is passed to ``torch.device``."""
     if isinstance(device, torch.device):
@@ -48,9 +38,9 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype: {dtype!r} is not one of auto, {', '.join(sorted(_DTYPES))}")
-    return _DTYPES[dtype]
+    from winnow.numerics import torch_dtype
+
+    return torch_dtype(dtype)
 
 
 def load_causal_lm(

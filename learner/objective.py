@@ -19,19 +19,34 @@ with advantage 0. Invalid samples (verifier errors) have weight 0 either way.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 from winnow.learner.advantages import compute_advantages
 from winnow.learner.algo import AlgoConfig, reward_from_status
-from winnow.learner.filters import group_stats, sample_keep_mask
+from winnow.learner.filters import (
+    beta_keep_mask,
+    group_stats,
+    sample_keep_mask,
+    sampler_diagnostics,
+    uniform_draws,
+)
 from winnow.learner.losses import aggregate, clipped_policy_loss, kl_penalty, ratio_stats, sft_loss
-from winnow.verifier.types import Status
+
+from winnow.verdict import Status
 
 
-def prepare_batch_signals(statuses: Tensor, cfg: AlgoConfig) -> dict[str, Any]:
+def prepare_batch_signals(
+    statuses: Tensor, cfg: AlgoConfig, *, request_ids: Sequence[str] | None = None
+) -> dict[str, Any]:
     """``statuses (G, n)`` int verifier statuses -> per-sample signals and batch metrics.
+
+    ``request_ids`` (G,): the groups' request ids, needed by ``filter=raft_beta`` (and, optionally, for the
+    beta-sampler metrics of ``advantage=snis``): its acceptance draws are :func:`~winnow.learner.filters.uniform_draws` of
+    ``(cfg.sampler_seed, request_id, sample index)``, so a replayed group keeps the same samples. With
+    ``raft_beta`` or ``snis`` the metrics also hold :func:`~winnow.learner.filters.sampler_diagnostics`.
 
     Returns ``rewards`` (G, n) fp32, ``correct``, ``valid``, ``keep`` (G, n) bool, ``advantages`` (G, n) fp32
     (0 outside ``keep``), ``sample_weight`` (G, n) fp32 (``keep``, or ``valid`` under a soft filter) and
@@ -43,8 +58,22 @@ def prepare_batch_signals(statuses: Tensor, cfg: AlgoConfig) -> dict[str, Any]:
         raise ValueError(f"statuses must be (G, n), got shape {tuple(statuses.shape)}")
     rewards, valid = reward_from_status(statuses, cfg)
     correct = (statuses.long() == int(Status.CORRECT)) & valid
-    keep = sample_keep_mask(correct, cfg.filter, valid=valid)
-    advantages = compute_advantages(rewards, cfg.advantage, keep=valid, std=cfg.std, eps=cfg.eps)
+    beta_metrics: dict[str, float] = {}
+    if cfg.filter == "raft_beta" and request_ids is None:
+        raise ValueError("filter=raft_beta needs request_ids (its acceptance draws are keyed by them)")
+    if request_ids is not None and (cfg.filter == "raft_beta" or cfg.advantage == "snis"):
+        if len(request_ids) != statuses.shape[0]:
+            raise ValueError(f"request_ids has {len(request_ids)} entries for {statuses.shape[0]} groups")
+        draws = uniform_draws(cfg.sampler_seed, request_ids, statuses.shape[1])
+        accepted = beta_keep_mask(rewards, draws, beta=cfg.beta, r_max=cfg.reward_correct, valid=valid)
+        beta_metrics = sampler_diagnostics(rewards, accepted, beta=cfg.beta, r_max=cfg.reward_correct, valid=valid)
+    if cfg.filter == "raft_beta":
+        keep = accepted
+    else:
+        keep = sample_keep_mask(correct, cfg.filter, valid=valid)
+    advantages = compute_advantages(
+        rewards, cfg.advantage, keep=valid, std=cfg.std, eps=cfg.eps, beta=cfg.beta
+    )
     advantages = torch.where(keep, advantages, torch.zeros_like(advantages))
     sample_weight = (valid if cfg.soft_filter else keep).to(torch.float32)
 
@@ -73,7 +102,7 @@ def prepare_batch_signals(statuses: Tensor, cfg: AlgoConfig) -> dict[str, Any]:
         "keep": keep,
         "advantages": advantages,
         "sample_weight": sample_weight,
-        "metrics": dict(zip(names, stacked, strict=True)),
+        "metrics": {**dict(zip(names, stacked, strict=True)), **beta_metrics},
     }
 
 

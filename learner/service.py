@@ -44,8 +44,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from winnow.learner.checkpoint import LearnerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from winnow.learner.config import LearnerConfig
+from winnow.learner.sampler_metrics import BetaSamplerMetrics
 from winnow.learner.weights import WeightPublisher
-from winnow.verifier.types import Status
 
 from winnow.kafka import (
     Deduper,
@@ -61,7 +61,9 @@ from winnow.kafka import (
     send,
     topics,
 )
+from winnow.tracking import Tracker
 from winnow.v1 import messages_pb2
+from winnow.verdict import Status
 
 log = logging.getLogger(__name__)
 
@@ -96,22 +98,6 @@ class LearnerMetrics:
         self.clip_fraction = Gauge(
             "winnow_learner_clipped_token_ratio", "Clipped tokens / trained tokens (last step).", registry=r
         )
-        # training curves (last step), for the dashboard's training panels
-        self.grad_norm = Gauge(
-            "winnow_learner_grad_norm", "Global gradient L2 norm before clipping (last step).", registry=r
-        )
-        self.learning_rate = Gauge("winnow_learner_learning_rate", "Learning rate of the last step.", registry=r)
-        self.response_length = Gauge(
-            "winnow_learner_response_length_tokens", "Mean response length in tokens (last step).", registry=r
-        )
-        self.truncated = Gauge(
-            "winnow_learner_truncated_ratio", "Responses cut at max_new_tokens / responses (last step).", registry=r
-        )
-        self.mismatch_kl = Gauge(
-            "winnow_learner_mismatch_kl",
-            "KL(mu || pi_theta) between behaviour and learner log-probs per token (last step).",
-            registry=r,
-        )
         self.ratio_mean = Gauge(
             "winnow_learner_importance_ratio_mean",
             "Mean pi_theta/mu over trained tokens (last step).",
@@ -125,6 +111,17 @@ class LearnerMetrics:
         self.ess = Gauge(
             "winnow_learner_effective_sample_size",
             "Normalised effective sample size of the importance ratios (last step).",
+            registry=r,
+        )
+        self.mismatch_kl = Gauge(
+            "winnow_learner_mismatch_kl",
+            "Training-inference mismatch: mean k3 KL(mu || pi) over trained tokens sampled at the learner's "
+            "own version (last step that had any).",
+            registry=r,
+        )
+        self.mismatch_max_abs_log_ratio = Gauge(
+            "winnow_learner_mismatch_max_abs_log_ratio",
+            "Max |log pi - log mu| over trained tokens sampled at the learner's own version (last step that had any).",
             registry=r,
         )
         self.reward_mean = Gauge(
@@ -180,6 +177,7 @@ class LearnerMetrics:
         self.eval_accuracy = Gauge(
             "winnow_learner_eval_accuracy", "Accuracy on a held-out set.", ["set"], registry=r
         )
+        self.beta_sampler = BetaSamplerMetrics(r)
         self.checkpoint_seconds = Histogram(
             "winnow_learner_checkpoint_seconds",
             "Seconds to write a checkpoint.",
@@ -245,7 +243,12 @@ def group_outcomes(groups: list, algo) -> list[str]:
     statuses = torch.tensor([[s.status for s in g.samples] for g in groups], dtype=torch.long)
     _, valid = reward_from_status(statuses, algo)
     correct = (statuses == int(Status.CORRECT)) & valid
-    keep = sample_keep_mask(correct, algo.filter, valid=valid)
+    if algo.filter == "raft_beta":  # the same seeded draws as the step's (winnow.learner.filters.uniform_draws)
+        from winnow.learner.objective import prepare_batch_signals
+
+        keep = prepare_batch_signals(statuses, algo, request_ids=[g.request_id for g in groups])["keep"]
+    else:
+        keep = sample_keep_mask(correct, algo.filter, valid=valid)
     stats = group_stats(correct, valid=valid)
     out = []
     for gi in range(len(groups)):
@@ -256,12 +259,26 @@ def group_outcomes(groups: list, algo) -> list[str]:
     return out
 
 
+def judge_samples(groups: list, algo):
+    """Per sample of ``groups``: kept by the algorithm's filter, valid, reward (for the sample log)."""
+    import torch
+    from winnow.learner.algo import reward_from_status
+    from winnow.learner.filters import sample_keep_mask
+
+    from winnow.samples import SampleJudgement
+
+    statuses = torch.tensor([[s.status for s in g.samples] for g in groups], dtype=torch.long)
+    rewards, valid = reward_from_status(statuses, algo)
+    keep = sample_keep_mask((statuses == int(Status.CORRECT)) & valid, algo.filter, valid=valid)
+    return SampleJudgement(keep.tolist(), valid.tolist(), rewards.tolist(), str(algo.filter))
+
+
 class LearnerService:
     """Releases prompts, trains on scored groups, publishes weights, checkpoints, commits.
 
     ``trainer``: a :class:`winnow.learner.step.Trainer` built from the *initial* weights (a
     checkpoint, if any, is loaded into it by :meth:`run`). ``source``: the training
-    :class:`~winnow.generator.prompts.PromptSource`. ``evaluate``: optional
+    :class:`~winnow.prompts.PromptSource`. ``evaluate``: optional
     ``callable(trainer) -> float`` (accuracy), run in a thread every ``eval.every`` steps.
     """
 
@@ -302,6 +319,7 @@ class LearnerService:
         self._jsonl = Path(cfg.run_dir) / "metrics.jsonl"
         self.ledger = Ledger(Path(cfg.run_dir) / "ledger.jsonl")
         self._ledger_pending: list[dict[str, Any]] = []
+        self.tracking = Tracker(cfg.tracking, cfg.run_dir, config=cfg.model_dump(mode="json"), registry=registry)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -402,6 +420,7 @@ class LearnerService:
                 await self._finish_run()
         finally:
             self._running = False
+            self.tracking.close()
             for client in (consumer, producer):
                 try:
                     await client.stop()
@@ -448,6 +467,9 @@ class LearnerService:
         stats = await asyncio.to_thread(self.trainer.train_step, groups)
         t2 = time.perf_counter()
         outcomes = group_outcomes(groups, self.algo)
+        self.tracking.record_groups(
+            [b.message for b in batch], outcomes, step=self.version, judged=judge_samples(groups, self.algo)
+        )
         for b, outcome in zip(batch, outcomes, strict=True):
             self._finish(b.message.request_id, b.record, outcome, b.message.prompt_id)
             m.staleness.observe(max(0, version_before - b.group.policy_version))
@@ -507,16 +529,15 @@ class LearnerService:
         m.entropy.set(stats.get("entropy", 0.0))
         m.kl.set(stats.get("kl", 0.0))
         m.clip_fraction.set(stats.get("clip_frac", 0.0))
-        m.grad_norm.set(stats.get("grad_norm", 0.0))
-        m.learning_rate.set(stats.get("lr", 0.0))
-        m.response_length.set(stats.get("response_length_mean", 0.0))
-        m.truncated.set(stats.get("truncated_fraction", 0.0))
-        m.mismatch_kl.set(stats.get("mismatch_kl", 0.0))
         m.ratio_mean.set(stats.get("ratio_mean", 1.0))
         m.ratio_max.set(stats.get("ratio_max", 1.0))
         m.ess.set(stats.get("ess", 1.0))
         m.reward_mean.set(stats.get("reward_mean", 0.0))
+        if stats.get("mismatch_tokens", 0.0) > 0:  # only tokens sampled at the version just trained from
+            m.mismatch_kl.set(stats["mismatch_kl"])
+            m.mismatch_max_abs_log_ratio.set(stats["mismatch_max_abs_log_ratio"])
         m.loss.set(stats.get("loss", 0.0))
+        m.beta_sampler.observe(stats)
         tokens = float(stats.get("tokens", 0.0))
         m.tokens.inc(tokens)
         m.tokens_per_second.set(tokens / compute_s if compute_s > 0 else 0.0)
@@ -539,6 +560,7 @@ class LearnerService:
     def _write_jsonl(self, row: dict[str, Any]) -> None:
         with self._jsonl.open("a") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")
+        self.tracking.log_row(row)
 
     # -- prompts ------------------------------------------------------------------------------
 
@@ -556,6 +578,7 @@ class LearnerService:
             problem=problem.problem,
             gold=problem.gold,
             task=problem.task,
+            messages=[messages_pb2.ChatMessage(role=r, content=c) for r, c in problem.messages or ()],
             n=self.cfg.n,
             release_version=self.version,
             sampling=messages_pb2.SamplingParams(
@@ -685,6 +708,9 @@ class LearnerService:
             if self.version - b.group.policy_version > self.max_staleness:
                 del self.buffer[rid]
                 self._finish(rid, b.record, "stale", b.message.prompt_id)
+                self.tracking.record_groups(
+                    [b.message], ["stale"], step=self.version + 1, judged=judge_samples([b.group], self.algo)
+                )
 
     def _finish(self, rid: str, record: Any, outcome: str, prompt_id: str = "") -> None:
         """The group ``rid`` is done (trained or dropped): remember it, free its slot, mark its offset."""
@@ -818,20 +844,37 @@ def _status_label(status: int) -> str:
 def _dtype(name: str):
     if name == "auto":
         return None
-    import torch
+    from winnow.numerics import torch_dtype
 
-    return {"bfloat16": torch.bfloat16, "float32": torch.float32}[name]
+    return torch_dtype(name)
 
 
 def build_trainer(cfg: LearnerConfig):
-    """Load the initial policy named by ``cfg.model`` and build the Trainer (imports torch)."""
+    """Load the initial policy named by ``cfg.model`` and build the Trainer (imports torch).
+
+    The forward/backward runs at ``numerics.precision``: autocast to it when the master weights are
+    in another dtype (fp32 on CPU), none when they already are in it.
+    """
     import torch
-    from winnow.generator.models import resolve_model
-    from winnow.learner.model import load_causal_lm
+    from winnow.learner.model import load_causal_lm, resolve_device
     from winnow.learner.step import Trainer
 
+    from winnow.models import resolve_model
+    from winnow.numerics import resolve_precision, torch_dtype
+
     torch.manual_seed(cfg.seed)
-    model, tokenizer = load_causal_lm(resolve_model(cfg.model), dtype=cfg.dtype, device=cfg.device)
+    device = resolve_device(cfg.device)
+    compute = torch_dtype(resolve_precision(cfg.numerics.precision, device.type))
+    dtype = cfg.dtype
+    if dtype == "auto" and compute == torch.float32:
+        dtype = "float32"  # bf16 parameters cannot compute in fp32
+    model, tokenizer = load_causal_lm(resolve_model(cfg.model), dtype=dtype, device=device)
+    param_dtype = next(model.parameters()).dtype
+    if param_dtype != compute and param_dtype != torch.float32:
+        raise ValueError(
+            f"learner.dtype {cfg.dtype} ({param_dtype}) cannot compute at numerics.precision "
+            f"{cfg.numerics.precision} ({compute}); use learner.dtype: float32"
+        )
     temperature = cfg.sampling.temperature
     if temperature <= 0:
         log.warning("sampling.temperature=0 (greedy) gives no policy gradient signal; the learner uses 1.0")
@@ -842,6 +885,6 @@ def build_trainer(cfg: LearnerConfig):
         cfg.optim_config(),
         pad_token_id=tokenizer.pad_token_id,
         temperature=temperature,
-        autocast_dtype={"auto": "auto", "bfloat16": torch.bfloat16, "off": None}[cfg.autocast],
+        autocast_dtype=compute if compute != param_dtype else None,
     )
     return trainer, tokenizer

@@ -26,8 +26,9 @@ not repeated here. Choices made in this file:
   only when one batch feeds several optimizer steps).
 - **Reference model** (``kl_coef > 0`` only): a frozen deep copy of the model at construction,
   or a model passed in; its log-probs are computed under ``no_grad`` per micro-batch.
-- **Precision**: parameters stay in the dtype they were loaded in (fp32 on CPU). On CUDA with
-  fp32 parameters the forward runs under bf16 autocast. Log-probs and entropy are fp32.
+- **Precision**: parameters stay in the dtype they were loaded in (fp32 on CPU); the forward runs
+  under autocast to ``autocast_dtype`` (the service passes ``numerics.precision``, the dtype the
+  generators sample in; see :mod:`winnow.numerics`). Log-probs and entropy are fp32.
 - **Data parallel** (``dp_group``): see docs/distributed.md. The normaliser is all-reduced so
   every rank divides by the global count, and the loss is multiplied by the world size to undo
   the gradient averaging of FSDP/DDP.
@@ -50,7 +51,7 @@ from pydantic import Field
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.batch import GroupData, MicroBatch, TrainBatch, collate
 from winnow.learner.logits import logprobs_from_hidden, token_logprobs_and_entropy
-from winnow.learner.losses import loss_denominator, ratio_stats
+from winnow.learner.losses import loss_denominator, mismatch_stats, ratio_stats
 from winnow.learner.model import disable_dropout, plain_lm_head, response_hidden, response_logits
 from winnow.learner.objective import compute_loss, prepare_batch_signals
 
@@ -210,6 +211,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ helpers
     @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the forward runs in: the autocast dtype, else the parameters' dtype. The
+        evaluation decodes in it (see :mod:`winnow.numerics`)."""
+        return self.autocast_dtype or next(self.model.parameters()).dtype
+
+    @property
     def world_size(self) -> int:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             return torch.distributed.get_world_size(self.dp_group)
@@ -329,7 +336,7 @@ class Trainer:
         batch = batch.to(self.device)
 
         # rewards, filter, advantages: once over the whole batch
-        sig = prepare_batch_signals(batch.statuses, algo)
+        sig = prepare_batch_signals(batch.statuses, algo, request_ids=batch.request_ids)
         advantages = sig["advantages"].reshape(-1).to(self.device, torch.float32)  # (B,)
         sample_weight = sig["sample_weight"].reshape(-1).to(self.device, torch.float32)  # (B,)
         mask = batch.response_mask.to(torch.float32)  # (B, T)
@@ -391,6 +398,8 @@ class Trainer:
         trained = torch.zeros_like(mask)
         trained[rows] = mask[rows] * sample_weight[rows, None]
         rs = ratio_stats(logprobs_all, batch.behaviour_logprobs, trained)
+        same_version = (trained != 0) & (batch.policy_versions == self.version)  # before this step's update
+        mm = mismatch_stats(logprobs_all, batch.behaviour_logprobs, same_version)
         staleness = (self.version - batch.group_policy_versions).to(torch.float32)
         n_tok = acc.pop("_tokens", 0.0)
         metrics: dict[str, float] = {
@@ -402,8 +411,9 @@ class Trainer:
         for k in ("clip_frac", "dual_clip_frac", "is_weight_mean", "is_trunc_frac"):
             metrics[k] = acc.get(k, 0.0) / n_tok if n_tok > 0 else (1.0 if k == "is_weight_mean" else 0.0)
         metrics.update(
-            {k: float(rs[k]) for k in ("ratio_mean", "ratio_max", "ratio_min", "ess", "mismatch_kl")}
+            {k: float(rs[k]) for k in ("ratio_mean", "ratio_max", "ratio_min", "ess")}
         )
+        metrics.update({k: float(v) for k, v in mm.items()})
         metrics.update(
             {
                 "skipped": float(skipped),

@@ -22,9 +22,8 @@ def test_stubs_are_fresh(tmp_path):
 
 
 def test_status_enum_matches_python_mirror():
-    from winnow.verifier.types import Status
-
     from winnow.v1 import verifier_pb2
+    from winnow.verdict import Status
 
     proto = {v.name.removeprefix("STATUS_"): v.number for v in verifier_pb2.Status.DESCRIPTOR.values}
     assert proto == {s.name: s.value for s in Status}

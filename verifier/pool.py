@@ -79,7 +79,8 @@ def handle_job(job: dict) -> dict:
     from winnow.verifier.symbolic import compare_canonical
 
     try:
-        ok, path = compare_canonical(job["gold"], job["pred"], percent_option=bool(job.get("percent")))
+        ok, path = compare_canonical(job["gold"], job["pred"], percent_option=bool(job.get("percent")),
+                                     rounded=bool(job.get("rounded")))
         return {"status": "correct" if ok else "wrong", "path": path, "detail": ""}
     except VerifyError as exc:
         path = "guard" if exc.status == "too_complex" else "symbolic"

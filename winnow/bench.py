@@ -33,9 +33,19 @@ def run(args: argparse.Namespace) -> int:
     return int(module.main(list(args.args)) or 0)
 
 
+def run_experiment(args: argparse.Namespace) -> int:
+    """``winnow experiment ARGS``: ``benchmarks/experiment.py`` (the algorithm comparison)."""
+    args.name = "experiment"
+    return run(args)
+
+
 def register(sub) -> None:
     p = sub.add_parser("bench", help="run a benchmark (verifier, learner_step, pipeline)",
                        description=__doc__)
     p.add_argument("name", help=f"benchmark name: {', '.join(available()) or 'see benchmarks/'}")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")
     p.set_defaults(func=run)
+    e = sub.add_parser("experiment", add_help=False, prefix_chars="+",  # every flag goes to the script
+                       help="compare the algorithm presets through the pipeline (benchmarks/experiment.py; --help)")
+    e.add_argument("args", nargs=argparse.REMAINDER, help="arguments of benchmarks/experiment.py")
+    e.set_defaults(func=run_experiment)

@@ -7,7 +7,8 @@ variants. A config is resolved, lowest priority first, from:
 1. the field defaults,
 2. a YAML or JSON file (``--config FILE``; a Kubernetes ConfigMap). If the file has a top-level
    key named after the service's ``section`` (e.g. ``verifier:``), that subtree is used, so one
-   file can hold the whole pipeline,
+   file can hold the whole pipeline; the shared top-level ``kafka`` and ``numerics`` sections are
+   merged under it,
 3. environment variables ``WINNOW_<SECTION>_<FIELD>``, nested fields joined with ``__``
    (``WINNOW_LEARNER_ALGO__PRESET=grpo``), and for Kafka the standard ``KAFKA_BOOTSTRAP_SERVERS``,
 4. explicit overrides (command-line flags, ``--set a.b=value``).
@@ -173,6 +174,10 @@ def kafka_from_env(cfg: KafkaConfig) -> KafkaConfig:
 
 S = TypeVar("S", bound=Settings)
 
+SHARED_SECTIONS = ("kafka", "numerics")
+"""Top-level sections of a pipeline file that every service with that field reads (``kafka``: the
+broker and topics; ``numerics``: the compute precision, see :mod:`winnow.numerics`)."""
+
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
@@ -249,8 +254,8 @@ def load_config(
     if path is not None:
         file_data = deep_merge(file_data, read_config_file(path))
     if cls.section and isinstance(file_data.get(cls.section), dict):
-        shared = {k: v for k, v in file_data.items() if k == "kafka"}
-        file_data = deep_merge(shared, file_data[cls.section]) if "kafka" in cls.model_fields else file_data[cls.section]
+        shared = {k: v for k, v in file_data.items() if k in SHARED_SECTIONS and k in cls.model_fields}
+        file_data = deep_merge(shared, file_data[cls.section])
     if cls.section:
         check_env(cls, os.environ)
     token = _FILE_DATA.set(file_data)

@@ -84,9 +84,11 @@ def resolve(config_path: str | None, overrides: list[str], run_dir: Path) -> dic
         if isinstance(prompts, dict) and ({"kind", "name"} & set(prompts)):
             data["learner"].pop("prompts", None)  # another source: don't inherit the default's knobs
         data = deep_merge(data, layer)
-    unknown = set(data) - {"up", "kafka", *COMPONENTS}
+    unknown = set(data) - {"up", "kafka", "numerics", *COMPONENTS}
     if unknown:
-        raise ConfigError(f"unknown top-level section(s) {sorted(unknown)}; expected up, kafka, {', '.join(COMPONENTS)}")
+        raise ConfigError(
+            f"unknown top-level section(s) {sorted(unknown)}; expected up, kafka, numerics, {', '.join(COMPONENTS)}"
+        )
     return data
 
 
@@ -113,7 +115,8 @@ class Pipeline:
         verifier.update(host=host, port=self.ports["verifier"], metrics_port=self.ports["verifier_metrics"])
         verifier.setdefault("metrics_host", host)
         out["verifier"] = verifier
-        gen = deep_merge(self.data.get("generator", {}), {"kafka": kafka, "metrics_host": host})
+        numerics = self.data.get("numerics", {})  # one precision for sampling, training and evaluation
+        gen = deep_merge(self.data.get("generator", {}), {"kafka": kafka, "numerics": numerics, "metrics_host": host})
         if model_dir:
             gen["model"] = model_dir
         if self.up.start_verifier:
@@ -123,6 +126,7 @@ class Pipeline:
             self.data.get("learner", {}),
             {
                 "kafka": kafka,
+                "numerics": numerics,
                 "metrics_host": host,
                 "metrics_port": self.ports["learner_metrics"],
                 "run_dir": str(rd),
@@ -132,6 +136,8 @@ class Pipeline:
         )
         if model_dir:
             learner["model"] = model_dir
+        if "chat" in gen and "chat" not in learner.get("eval", {}):  # evaluate with the generators' prompt
+            learner = deep_merge(learner, {"eval": {"chat": gen["chat"]}})
         out["learner"] = learner
         return out
 
@@ -253,7 +259,7 @@ class Pipeline:
         models = {self.data.get(c, {}).get("model", "smollm2-135m") for c in ("generator", "learner")}
         if len(models) != 1:
             return None
-        from winnow.generator.models import SMOLLM2_ALIASES, resolve_model
+        from winnow.models import SMOLLM2_ALIASES, resolve_model
 
         (model,) = models
         if str(model).lower() not in SMOLLM2_ALIASES:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from winnow.generator.chat import (
+from winnow.chat import (
+    PAPER_SYSTEM_PROMPT,
+    PAPER_USER_SUFFIX,
+    ChatFormat,
+    FewShot,
     PromptFormatter,
     build_messages,
     prompt_token_ids,
     render_plain,
     render_prompt,
 )
-from winnow.generator.config import PAPER_SYSTEM_PROMPT, PAPER_USER_SUFFIX, ChatFormat, FewShot
 
 
 def test_messages_with_few_shot_turns():

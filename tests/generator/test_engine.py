@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 from safetensors.torch import save_file
-from winnow.generator.config import SamplingConfig
-from winnow.generator.engine import Engine, GenerationCancelled, WeightLoadError, process_logprobs
-from winnow.generator.hf_engine import HFEngine
+from winnow.generator.engine import Engine
+
+from winnow.hf_engine import HFEngine
+from winnow.sampling import GenerationCancelled, SamplingConfig, WeightLoadError, process_logprobs
 
 
 def eos_biased_model(eos_bias: float, seed: int = 0):

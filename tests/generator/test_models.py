@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from winnow.generator.models import ModelError, default_model_dir, resolve_model
+
+from winnow.models import ModelError, default_model_dir, resolve_model
 
 
 def test_resolve_passes_paths_and_hub_ids_through(tmp_path):
@@ -38,9 +39,9 @@ def test_smollm2_conversion_loads_and_generates(tmp_path):
     )  # idempotent
     assert resolve_model("smollm2-135m", tmp_path) == str(d)
 
-    from winnow.generator.chat import PromptFormatter
-    from winnow.generator.config import SamplingConfig
-    from winnow.generator.hf_engine import HFEngine
+    from winnow.chat import PromptFormatter
+    from winnow.hf_engine import HFEngine
+    from winnow.sampling import SamplingConfig
 
     engine = HFEngine.from_pretrained(d, device="cpu", dtype="bfloat16")
     fmt = PromptFormatter(engine.tokenizer)

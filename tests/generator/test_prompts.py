@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from winnow.generator.prompts import (
+
+from winnow.prompts import (
     JsonlSourceConfig,
     Problem,
     PromptSourceError,
@@ -121,9 +122,11 @@ def test_file_errors_name_the_problem(tmp_path):
     with pytest.raises(PromptSourceError, match=r"bad.jsonl:2: invalid JSON"):
         make_source({"kind": "jsonl", "path": str(bad)})
     nofield = tmp_path / "nofield.jsonl"
-    nofield.write_text('{"prompt": "q", "answer": "1"}\n')
-    with pytest.raises(PromptSourceError, match="no field 'question'"):
+    nofield.write_text('{"text": "q", "answer": "1"}\n')
+    with pytest.raises(PromptSourceError, match="none of the fields .*'question'"):
         make_source({"kind": "jsonl", "path": str(nofield)})
+    with pytest.raises(PromptSourceError, match="no field 'question'"):
+        make_source({"kind": "jsonl", "path": str(nofield), "problem_field": "question"})
     nohash = tmp_path / "nohash.jsonl"
     nohash.write_text('{"question": "q", "answer": "1"}\n')
     with pytest.raises(PromptSourceError, match="row 0.*####"):

@@ -10,9 +10,7 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 from safetensors.torch import save_file
-from winnow.generator.chat import PromptFormatter
-from winnow.generator.config import GeneratorConfig, RewardMapping, SamplingConfig, VerifierRouting
-from winnow.generator.engine import Completion
+from winnow.generator.config import GeneratorConfig, VerifierRouting
 from winnow.generator.service import (
     GeneratorMetrics,
     GeneratorService,
@@ -21,10 +19,12 @@ from winnow.generator.service import (
     merge_sampling,
     resolve_weight_uri,
 )
-from winnow.verifier.types import Item, Status, Verdict
 
 from winnow.brokers import free_port
+from winnow.chat import PromptFormatter
+from winnow.sampling import Completion, SamplingConfig
 from winnow.v1 import messages_pb2
+from winnow.verdict import Item, Status, Verdict
 
 # ---------------------------------------------------------------------------------- pure parts
 
@@ -58,7 +58,6 @@ def test_build_group_fields():
         sampling=SamplingConfig(max_new_tokens=3),
         version=7,
         generator_id="g0",
-        reward=RewardMapping(),
         generation_seconds=1.5,
         scoring_seconds=0.25,
     )
@@ -73,8 +72,9 @@ def test_build_group_fields():
     s0, s1 = g.samples
     assert list(s0.response_token_ids) == [5, 6, 2] and list(s0.policy_versions) == [7, 7, 7]
     assert list(s0.behaviour_logprobs) == pytest.approx([-0.1, -0.2, -0.3])
-    assert (s0.status, s0.reward, s0.extracted, s0.finish_reason) == (Status.CORRECT, 1.0, "2", "stop")
-    assert (s1.status, s1.reward, s1.finish_reason) == (Status.NO_ANSWER, 0.0, "length")
+    assert (s0.status, s0.extracted, s0.finish_reason) == (Status.CORRECT, "2", "stop")
+    assert (s1.status, s1.finish_reason) == (Status.NO_ANSWER, "length")
+    assert s0.reward == s1.reward == 0.0  # statuses, not rewards: the learner's algo maps them
 
 
 def test_resolve_weight_uri(tmp_path):
@@ -258,8 +258,7 @@ async def _stop(service: GeneratorService, task: asyncio.Task) -> None:
 
 
 async def test_service_publishes_scored_groups_and_commits(kafka_config, tiny, math_verifier):
-    from winnow.generator.hf_engine import HFEngine
-
+    from winnow.hf_engine import HFEngine
     from winnow.kafka import ensure_topics
 
     model, tok = tiny
@@ -286,7 +285,7 @@ async def test_service_publishes_scored_groups_and_commits(kafka_config, tiny, m
                 assert s.finish_reason in ("stop", "length")
                 # a random tiny model writes no \boxed{}: the real verifier says so (not ERROR)
                 assert s.status not in (Status.UNSPECIFIED, Status.ERROR)
-                assert s.reward == (1.0 if s.status == Status.CORRECT else 0.0)
+                assert s.reward == 0.0  # the learner maps statuses to rewards
         # every record, the corrupt one included, is committed once its group is published
         deadline = time.monotonic() + 20
         while (committed := await _committed(cfg)) < 6 and time.monotonic() < deadline:
@@ -310,9 +309,9 @@ async def test_service_publishes_scored_groups_and_commits(kafka_config, tiny, m
 async def test_service_loads_announced_weights_and_rejects_bad_sha(
     kafka_config_one, tiny, math_verifier, tmp_path
 ):
-    from winnow.generator.hf_engine import HFEngine
     from winnow.learner.tiny import build_tiny_model_and_tokenizer
 
+    from winnow.hf_engine import HFEngine
     from winnow.kafka import ensure_topics
 
     model, tok = build_tiny_model_and_tokenizer(seed=0)  # its own copy: this test changes the weights
@@ -360,9 +359,9 @@ async def test_service_loads_announced_weights_and_rejects_bad_sha(
 
 
 async def test_stop_mid_batch_abandons_it_and_the_next_generator_gets_it(kafka_config_one, math_verifier):
-    from winnow.generator.hf_engine import HFEngine
     from winnow.learner.tiny import build_tiny_model_and_tokenizer
 
+    from winnow.hf_engine import HFEngine
     from winnow.kafka import ensure_topics
 
     model, tok = build_tiny_model_and_tokenizer(seed=0)

@@ -9,7 +9,7 @@ import torch
 from winnow.learner.batch import GroupData, SampleData
 from winnow.learner.tiny import build_tiny_model_and_tokenizer
 
-CORRECT, WRONG = 1, 2  # winnow.verifier.types.Status values
+CORRECT, WRONG = 1, 2  # winnow.verdict.Status values
 
 
 @pytest.fixture(scope="module", autouse=True)

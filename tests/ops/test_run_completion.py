@@ -122,12 +122,12 @@ def _sample(body: str, name: str) -> float | None:
 
 @pytest.mark.slow
 async def test_finished_run_stays_finished(kafka_config_one, tmp_path: Path) -> None:
-    from winnow.generator.prompts import make_source
     from winnow.learner.config import LearnerConfig
     from winnow.learner.service import LearnerService, build_trainer
     from winnow.learner.tiny import save_tiny
 
     from winnow.kafka import latest_weight_announcement
+    from winnow.prompts import make_source
 
     kcfg = kafka_config_one
     model_dir = save_tiny(tmp_path / "tiny")
@@ -202,11 +202,11 @@ async def test_finished_run_stays_finished(kafka_config_one, tmp_path: Path) -> 
 
 async def test_generator_stops_asking_after_the_final_announcement(kafka_config_one) -> None:
     from winnow.generator.config import GeneratorConfig
-    from winnow.generator.hf_engine import HFEngine
     from winnow.generator.service import GeneratorService
     from winnow.learner.tiny import build_tiny_model_and_tokenizer
     from winnow.verifier.engine import MathVerifier
 
+    from winnow.hf_engine import HFEngine
     from winnow.kafka import (
         ScoredGroup,
         decode_record,

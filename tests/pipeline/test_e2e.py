@@ -214,7 +214,7 @@ def test_faults_generator_learner_and_verifier(tiny_dir, kafka_bootstrap, tmp_pa
     assert version() == 7 and before >= 4
     groups = asyncio.run(_published_groups(data["kafka"]))
     statuses = {s.status for g in groups for s in g.samples}
-    from winnow.verifier.types import Status
+    from winnow.verdict import Status
 
     assert Status.ERROR not in statuses, "a verifier outage turned into ERROR scores"
     _check_exactly_once(run_dir, groups)

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import torch
 from prometheus_client import CollectorRegistry
-from winnow.generator.prompts import make_source
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.checkpoint import latest_checkpoint, load_checkpoint
 from winnow.learner.config import LearnerConfig
@@ -39,6 +38,7 @@ from winnow.kafka import (
     topics,
 )
 from winnow.metrics import serve_metrics
+from winnow.prompts import make_source
 from winnow.v1 import messages_pb2
 
 pytestmark = [pytest.mark.timeout(180)]

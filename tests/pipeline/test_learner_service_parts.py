@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-from winnow.generator.prompts import Problem
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.checkpoint import (
     LATEST,
@@ -25,6 +24,7 @@ from winnow.learner.tiny import build_tiny_model_and_tokenizer
 from winnow.learner.weights import WeightPublisher
 
 from winnow.config import ConfigError, load_config, parse_overrides
+from winnow.prompts import Problem
 from winnow.v1 import messages_pb2
 
 CORRECT, WRONG, ERROR = 1, 2, 7
@@ -162,7 +162,7 @@ class _Verifier:
     """Stands in for MathVerifier: exact match of the boxed answer."""
 
     def verify_batch(self, items):
-        from winnow.verifier.types import Status, Verdict
+        from winnow.verdict import Status, Verdict
 
         return [
             Verdict(id=i.id, status=Status.CORRECT if f"\\boxed{{{i.gold}}}" in i.response else Status.WRONG)
@@ -187,7 +187,7 @@ def test_evaluator_generates_and_scores():
     assert model.training  # back in train mode, weights untouched
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     # greedy: the same responses every time
-    assert ev.generate(model) == ev.last_responses
+    assert ev.generate(trainer) == ev.last_responses
     json.dumps(ev.last_responses)
 
 
@@ -202,5 +202,5 @@ def test_evaluator_mean_at_k():
     trainer = Trainer(model, AlgoConfig(preset="grpo", kl_coef=0.0), OptimConfig(), pad_token_id=tok.pad_token_id)
     acc = ev(trainer)
     assert 0.0 <= acc <= 1.0 and ev.last_mean_at_k is not None and 0.0 <= ev.last_mean_at_k <= 1.0
-    samples = ev.generate(model, 2)
+    samples = ev.generate(trainer, 2)
     assert len(samples) == 6 and model.training

@@ -1,6 +1,6 @@
 """The verifier's case table: (gold, response, expected status, reason), grouped by category.
 
-Expected statuses are the labels of ``winnow.verifier.types.Status``. ``B(x)`` wraps an answer the way
+Expected statuses are the labels of ``winnow.verdict.Status``. ``B(x)`` wraps an answer the way
 a model usually writes it. Where peers disagree on semantics the reason says which side we take
 (VERIFIER_NOTES §3, §4).
 """
@@ -71,12 +71,12 @@ CASES["fractions"] = [
     ("-\\frac{1}{2}", B("\\frac{1}{-2}"), C, "sign in denominator"),
     ("\\frac{3}{4}", B("0.75"), C, "exact decimal"),
     ("\\frac{3}{4}", B("75\\%"), C, "75% is 0.75 (a predicted percent sign may be dropped or applied)"),
-    ("\\frac{1}{3}", B("0.333"), C, "decimal within its printed precision (3 decimals)"),
-    ("\\frac{1}{3}", B("0.33"), C, "decimal within its printed precision (2 decimals)"),
+    ("\\frac{1}{3}", B("0.333"), W, "strict by default, a rounded decimal is not the exact value (option rounded: decimal within its printed precision (3 decimals))"),
+    ("\\frac{1}{3}", B("0.33"), W, "strict by default, a rounded decimal is not the exact value (option rounded: decimal within its printed precision (2 decimals))"),
     ("\\frac{1}{3}", B("0.3"), W, "one decimal is too coarse to stand for 1/3"),
     ("\\frac{1}{3}", B("0.34"), W, "outside 10^-2"),
-    ("\\frac{2}{3}", B("0.667"), C, "rounded"),
-    ("\\frac{2}{3}", B("0.666"), C, "truncated"),
+    ("\\frac{2}{3}", B("0.667"), W, "strict by default, a rounded decimal is not the exact value (option rounded: rounded)"),
+    ("\\frac{2}{3}", B("0.666"), W, "strict by default, a rounded decimal is not the exact value (option rounded: truncated)"),
     ("\\frac{2}{3}", B("0.6"), W, "too coarse"),
     ("\\frac{5}{2}", B("2\\frac{1}{2}"), C, "mixed number"),
     ("\\frac{5}{2}", B("2 1/2"), C, "mixed number with a space"),
@@ -93,7 +93,7 @@ CASES["fractions"] = [
     ("\\frac{9}{4}", B("2.25"), C, "exact decimal"),
     ("\\frac{9}{4}", B("2.24"), W, "close but wrong"),
     ("\\frac{1}{7}", B("0.142857"), C, "many decimals"),
-    ("\\frac{1}{7}", B("0.142"), C, "truncated to 3 decimals"),
+    ("\\frac{1}{7}", B("0.142"), W, "strict by default, a rounded decimal is not the exact value (option rounded: truncated to 3 decimals)"),
     ("\\frac{1}{7}", B("0.15"), W, "outside 10^-2"),
     ("\\frac{100}{3}", B("33\\frac{1}{3}"), C, "mixed number"),
 ]
@@ -106,12 +106,12 @@ CASES["decimals"] = [
     ("0.5", B("0.51"), W, "different"),
     ("0.5", B("0.54"), W, "gold prints 1 decimal: no rounding allowance"),
     ("3.14", B("3.14"), C, "same"),
-    ("3.14", B("3.1416"), C, "more precise prediction rounds to the gold"),
+    ("3.14", B("3.1416"), W, "strict by default, a rounded decimal is not the exact value (option rounded: more precise prediction rounds to the gold)"),
     ("3.14", B("3.15"), W, "different at the printed precision"),
-    ("3.14", B("\\pi"), C, "gold decimal approximates pi within 10^-2"),
-    ("3.14159", B("3.14"), C, "prediction rounded to 2 decimals"),
-    ("2.718", B("e"), C, "e within 10^-3"),
-    ("1.41", B("\\sqrt{2}"), C, "sqrt 2 within 10^-2"),
+    ("3.14", B("\\pi"), W, "strict by default, a rounded decimal is not the exact value (option rounded: gold decimal approximates pi within 10^-2)"),
+    ("3.14159", B("3.14"), W, "strict by default, a rounded decimal is not the exact value (option rounded: prediction rounded to 2 decimals)"),
+    ("2.718", B("e"), W, "strict by default, a rounded decimal is not the exact value (option rounded: e within 10^-3)"),
+    ("1.41", B("\\sqrt{2}"), W, "strict by default, a rounded decimal is not the exact value (option rounded: sqrt 2 within 10^-2)"),
     ("1.42", B("\\sqrt{2}"), W, "1.42 is not sqrt 2 to 2 decimals (error 0.0058 < 0.01 accepts truncation only downward)"),
     ("12.5", B("12.50"), C, "trailing zero"),
     ("12.5", B("\\frac{25}{2}"), C, "fraction"),
@@ -263,7 +263,7 @@ CASES["tuples_sets_intervals"] = [
     ("(-\\infty,0)\\cup(1,\\infty)", B("(-\\infty,0]\\cup(1,\\infty)"), W, "union bracket"),
     ("(-\\infty,0)\\cup(1,\\infty)", B("(-\\infty,0)"), W, "union vs single interval"),
     ("[\\frac{1}{2},1]", B("[0.5,1]"), C, "interval endpoints as numbers"),
-    ("(3,\\infty)", B("x>3"), W, "interval gold needs an interval (asymmetric, like Math-Verify)"),
+    ("(3,\\infty)", B("x>3"), W, "an interval gold needs an interval (asymmetric, Math-Verify's default: the gold's form decides)"),
 ]
 
 CASES["matrices"] = [
@@ -323,8 +323,8 @@ CASES["symbolic"] = [
     ("\\frac{\\pi}{4}", B("\\frac{\\pi}{4}"), C, "pi fraction"),
     ("\\frac{\\pi}{4}", B("0.25\\pi"), C, "decimal coefficient"),
     ("\\frac{\\pi}{4}", B("\\frac{\\pi}{3}"), W, "different angle"),
-    ("\\frac{\\pi}{4}", B("0.785"), C, "decimal within 10^-3"),
-    ("\\frac{\\pi}{4}", B("0.79"), C, "decimal within 10^-2"),
+    ("\\frac{\\pi}{4}", B("0.785"), W, "strict by default, a rounded decimal is not the exact value (option rounded: decimal within 10^-3)"),
+    ("\\frac{\\pi}{4}", B("0.79"), W, "strict by default, a rounded decimal is not the exact value (option rounded: decimal within 10^-2)"),
     ("\\frac{\\pi}{4}", B("0.8"), W, "one decimal is too coarse"),
     ("e^2", B("e^{2}"), C, "e squared"),
     ("\\ln 2", B("\\ln(2)"), C, "parenthesised argument"),
@@ -348,8 +348,8 @@ CASES["symbolic"] = [
     ("\\infty", B("\\infty"), C, "infinity"),
     ("\\infty", B("-\\infty"), W, "minus infinity"),
     ("6\\pi", B("6 \\pi"), C, "spacing"),
-    ("6\\pi", B("18.85"), C, "decimal approximation within 10^-2"),
-    ("6\\pi", B("18.84"), C, "truncated decimal (6 pi = 18.8496)"),
+    ("6\\pi", B("18.85"), W, "strict by default, a rounded decimal is not the exact value (option rounded: decimal approximation within 10^-2)"),
+    ("6\\pi", B("18.84"), W, "strict by default, a rounded decimal is not the exact value (option rounded: truncated decimal (6 pi = 18.8496))"),
     ("6\\pi", B("18.83"), W, "decimal outside its precision"),
     ("a^2+b^2", B("b^2+a^2"), C, "two variables"),
     ("\\frac{a}{b}", B("a/b"), C, "slash division of symbols"),
@@ -378,7 +378,7 @@ CASES["extraction"] = [
     ("\\frac{1}{2}", "$\\frac12$", C, "bare LaTeX in dollars"),
     ("\\frac{1}{2}", "\\(\\frac{1}{2}\\)", C, "bare LaTeX in \\( \\)"),
     ("42", "#### 42", C, "GSM8K-style response"),
-    ("42", "She has 40 apples and then 2 more, so 42 in total.", NA, "no marker: no answer (no last-number fallback)"),
+    ("42", "She has 40 apples and then 2 more, so 42 in total.", C, "no marker: the last number (fallback on by default; options.fallback=0 turns it off)"),
     ("42", "I am not sure.", NA, "prose without a number"),
     ("42", "", NA, "empty response"),
     ("42", B(""), NA, "empty box"),
@@ -393,7 +393,7 @@ CASES["extraction"] = [
     ("42", "Answer: \\boxed{42}}", C, "extra closing brace after the box is outside the answer"),
     ("42", "x" * 20000 + " \\boxed{42}", C, "long response: the tail is kept"),
     ("42", "\\boxed{42}" + "x" * 20000, NA, "box beyond the kept tail is not seen"),
-    ("7", "2+5 = \\boxed{7}\n\nAnswer: 8", C, "boxed has priority over Answer:"),
+    ("7", "2+5 = \\boxed{7}\n\nAnswer: 8", W, "an explicit final-answer statement after the box overrides it"),
     ("8", "Answer: 8\nThe final answer is 8", C, "final answer is"),
     ("42", "**42**", C, "markdown bold bare answer (Math-Verify issue #76)"),
 ]
@@ -416,7 +416,7 @@ CASES["gsm8k"] = [
     ("#### 0", B("0"), C, "zero"),
     ("#### 1000000", B("1,000,000"), C, "million with commas"),
     ("#### 1000000", B("1000050"), W, "rel-tol trap"),
-    ("#### 3", "She has 3 left", NA, "no marker"),
+    ("#### 3", "She has 3 left", C, "no marker: last number fallback"),
     ("#### 100", B("100\\%"), C, "percent sign dropped on a bare gold"),
     ("#### 12", B("12 \\text{ cookies}"), C, "object unit word"),
 ]
@@ -474,6 +474,205 @@ CASES["statuses"] = [
     ("\\begin{foo}", B("42"), ER, "gold that does not parse is an error"),
     ("42", B("__import__('os').system('touch /tmp/winnow_pwned')"), UP, "code injection does not parse"),
     ("42", B("42)"), UP, "unbalanced parenthesis does not parse"),
+]
+
+
+# --------------------------------------------------------------------------- issue 11: by category
+
+CASES["false_positive_fixes"] = [
+    ("\\sqrt{2}", B("1.41"), W, "strict by default: 2 decimals do not stand for an irrational gold"),
+    ("\\sqrt{2}", B("1.414214"), C, "6 decimals match (Math-Verify's float rounding)"),
+    ("\\frac{1}{3}", B("0.333333"), C, "6 decimals match an exact fraction"),
+    ("\\frac{1}{3}", B("0.33333"), W, "5 decimals are not enough"),
+    ("\\frac{1}{12}", B("0.0833333333333333"), C, "many decimals round to the fraction at 6 places"),
+    ("\\pi", B("3.14"), W, "pi is not 3.14 by default"),
+    ("\\pi", B("3.141593"), C, "pi to 6 places"),
+    ("12:00", B("1:00"), W, "clock times compare literally (12/00 and 1/00 are both undefined)"),
+    ("12:00", B("12:00"), C, "same clock time"),
+    ("1:2", B("2:4"), W, "ratios written with a colon compare literally"),
+    ("3:4", B("3:4"), C, "same ratio"),
+    ("5", B("\\frac{1}{0}"), W, "undefined is never equal to anything"),
+    ("\\infty", B("\\frac{1}{0}"), W, "division by zero is not infinity"),
+    ("\\frac{2}{0}", B("\\frac{1}{0}"), ER, "an undefined gold is unanswerable: error, not wrong"),
+    ("1/0", B("1/0"), ER, "even the same undefined text"),
+    ("nan", B("1"), ER, "a nan gold is unanswerable"),
+]
+
+CASES["markers"] = [
+    ("9", "Answer \\[ 9 \\]", C, "'Answer' directly followed by display math"),
+    ("9", "Answer $9$", C, "'Answer' directly followed by inline math"),
+    ("9", "Answer \\[\n9\n\\]", C, "display math across lines"),
+    ("10", "Answer \\( (9+1) \\)", C, "inline \\( \\) math"),
+    ("\\frac{10}{9}", "Answer $ \\frac{1}{2} \\$ = \\frac{10}{9} $", C, "escaped dollar inside math; a computation's last side"),
+    ("3", "Final Answer: Jane started growing it 3 hours ago. I hope it is correct. <|im_start|>user\nNext: 7", C,
+     "answer sentence: its last number; the next chat turn is cut"),
+    ("34", "Final Answer: The largest $n$ is 34.", C, "the number after the last math span"),
+    ("120", "Final Answer: The volume of $ABCDEFGH$ is 120. I hope it is correct.", C, "sentence with a math name"),
+    ("10455", "so $\\boxed{255}$ interest.\nFinal Answer: The final answer is $10,455$. I hope it is correct.", C,
+     "an explicit final answer after an intermediate box overrides it (not a hedge)"),
+    ("255", "so $\\boxed{255}$ interest.\nFinal Answer: The final answer is $10,455$. I hope it is correct.", W,
+     "negative: the intermediate box is not the answer"),
+    ("5", "The final answer is $\\boxed{5}$.", C, "marker wrapping the box"),
+    ("12, 13", "Final Answer: The final answer is $12$ and $13$. I hope it is correct.", C, "two spans in one statement"),
+    ("5", "Final answer: 5 or 6", W, "negative: two values stated for a scalar gold"),
+    ("42", "<|im_start|>assistant\nThe answer is 42.<|im_end|>", C, "leading and trailing chat tokens"),
+]
+
+CASES["fallback"] = [
+    ("\\frac{2}{3}", "Therefore, the probability that Alice wins the game is 2/3.", C, "no marker: the last number (a fraction)"),
+    ("12", "Therefore, there are 12 sequences that meet the three given conditions.", C, "number words are not numbers"),
+    ("(7,6)", "So the ordered pair $(x, y)$ that solves the system is $(7, 6)$.", C, "the last math span"),
+    ("100\\%", "Therefore, the error increases by 100%.", C, "a percent at the end"),
+    ("x \\ge 5", "Therefore $x \\geq 5$ is the solution.", C, "a relation in the last math span"),
+    ("5", "She had 7 apples, then ate 2, leaving 5.", C, "the last number"),
+    ("7", "She had 7 apples, then ate 2, leaving 5.", W, "negative: an earlier number is not the answer"),
+    ("5", "I could not solve this one.", NA, "nothing to take"),
+    ("1000.99", "the number is not 10, it is 1,000.99\u20ac", C, "currency glued to the last number"),
+    ("2.74", "Soucis : 2,74 $ a..", C, "decimal comma in running text"),
+]
+
+CASES["labels"] = [
+    ("(3,2)", B("(p,q)=(3,2)"), C, "a tuple of variables as label"),
+    ("(p,q)=(3,2)", B("(3,2)"), C, "a labelled gold"),
+    ("(p,q,r)=(3,2,7)", B("(3, 2, 7)"), C, "three variables"),
+    ("1", B("f(x)=1"), C, "a function of a variable as label"),
+    ("1", B("|AB|=1"), C, "an absolute value as label"),
+    ("A:B=1", B("1"), C, "a ratio of symbols as label"),
+    ("V_{1}:V_{2}=11:21", B("11:21"), C, "a subscripted ratio label; the ratio compares literally"),
+    ("\\frac{NO}{BO}=\\frac{1}{\\sqrt{6}}", B("\\frac{1}{\\sqrt{6}}"), C, "a quotient of symbols as label"),
+    ("AB=4,CD=5", B("4, 5"), C, "a list of labelled values"),
+    ("x_{1}=2,\\quad x_{2}=3", B("2, 3"), C, "labelled solutions glued to \\quad"),
+    ("p=5,q=2;p=7,q=2", B("(5,2),(7,2)"), C, "semicolon-separated solutions of labelled values are tuples"),
+    ("(1,2)", B("x=1, y=2"), C, "distinct labels in order give the ordered pair"),
+    ("(1,2)", B("x=2, y=1"), W, "negative: the labelled values in the wrong order"),
+    ("W(n) = 1 \\text{ and } W(n) = -1", B("W(x)=1 or W(x)=-1"), C, "labelled solutions with different variable names"),
+    ("5", B("2x=5"), W, "negative: a numeric coefficient on the left is an equation, not a label"),
+    ("x=2", B("y=2"), W, "negative: another variable's value"),
+    ("f(x)=x^2", B("f(t)=x^2"), C, "the same function, another argument name"),
+    ("10", B("2x=10"), W, "negative: the right side of an equation is not its value"),
+    ("x=5", B("2x=10"), C, "equivalent equations (scale factor 2)"),
+    ("11a+c", B("7=11a+c"), W, "negative: a number on the left of an equation is no label"),
+    ("5", B("7=5"), W, "negative: a bare integer on the left is no computation"),
+    ("11", B("x = 5+5+1 = 7 = 11"), C, "chained equalities compare the last side"),
+    ("z=1+1=2", B("z=3+3=2"), C, "chains on both sides: last sides"),
+    ("\\frac{1}{3}", B("x = 1-\\frac{2}{3} = \\frac{1}{3} \\approx 0.33"), C, "an approximation tail is dropped"),
+    ("\\frac{1}{2}", B("x = 3 - \\frac{5}{2} = 7"), W, "negative: the last side decides, not an earlier one"),
+    ("2x+4y-3=0", B("y=-\\frac{1}{2}x+\\frac{3}{4}"), C, "solved for y vs the implicit form"),
+    ("2x+4y-3=0", B("y=-\\frac{1}{2}x+1"), W, "negative: a different line"),
+    ("y=2x+3", B("2x-y+3=0"), C, "a labelled gold against the implicit form"),
+    ("34x+45y-20z+100=0", B("-34x-45y+20z-100=0"), C, "scale factor -1"),
+    ("x+y=1", B("2x+2y=3"), W, "negative: parallel, not equal"),
+]
+
+CASES["several_values"] = [
+    ("\\boxed{1}\\boxed{2}", B("1, 2"), C, "several boxes in a gold form a set"),
+    ("\\(\\boxed{1}\\) and \\(\\boxed{-2}\\).", B("-2, 1"), C, "boxes with trailing text"),
+    ("\\boxed{1} papers and \\boxed{2} bins", B("1,2"), C, "boxes with words between them"),
+    ("{1,2,3}", "\\boxed{1}, \\boxed{2}, \\boxed{3}", C, "braces as a list; several boxes for a set gold"),
+    ("{1,2,3}", B("\\{3, 2, 1\\}"), C, "a set in any order"),
+    ("-12;-11;-10", B("\\{-12, -11, -10\\}"), C, "semicolons separate values"),
+    ("(0;-2;6),(4;0;0)", B("(4,0,0),(0,-2,6)"), C, "semicolons inside tuples"),
+    ("(11,7)or(7,11)", B("(7,11), (11,7)"), C, "a glued conjunction separates"),
+    ("\\pm 2021", B("\\{-2021, 2021\\}"), C, "plus-minus is both values"),
+    ("\\pm 2021", B("2021"), W, "negative: plus-minus against a single value"),
+    ("1, 2, 3", B("1, 2"), W, "negative: a subset of the solution list"),
+    ("1, 2", B("1, 2, 3"), W, "negative: a superset"),
+    ("(1,2)", B("(2,1)"), W, "negative: a swapped ordered pair"),
+    ("(1,2),(3,4)", B("(3,4),(1,2)"), C, "a set of tuples in any order"),
+    ("(1,2),(3,4)", B("(2,1),(3,4)"), W, "negative: a swapped pair inside a set of tuples"),
+    ("(5, 8), (8, 5)", B("(x, y) = (5, 8) \\quad \\text{and} \\quad (8, 5)"), C, "labelled first pair, 'and'"),
+]
+
+CASES["math_only"] = [
+    ("\\begin{pmatrix}1&0\\\\0&1\\end{pmatrix}", "$\\begin{pmatrix}1 & 0 \\\\ 0 & 1\\end{pmatrix}$", C, "a response that is only a matrix"),
+    ("x+1", "$\\frac{x^{3}+3x^{2}+3x+1}{x^{2}+2x+1}$", C, "a long math-only response"),
+    ("x+1", "\\frac{x^{3}+3x^{2}+3x+1}{x^{2}+2x+1} + 0 \\cdot \\left(x^{2} - 2 x + 7\\right) - 0", C, "long, no delimiters"),
+    ("5", "5 apples", C, "a trailing unit word"),
+    ("\\frac{1}{3}", "$\\frac{1}{3} \\textbf{meters}$", C, "a unit in \\textbf"),
+    ("1/3", "$k = \\frac{1}{3}$", C, "a labelled math-only response"),
+]
+
+CASES["relations_more"] = [
+    ("x<3", B("x \\lt 3"), C, "\\lt"),
+    ("x \\le 2", B("x <= 2"), C, "<= is \\le"),
+    ("x != 3", B("x \\neq 3"), C, "!= is \\neq"),
+    ("x<1", B("-x>-1"), C, "a negated subject flips the inequality"),
+    ("x<1", B("x>1"), W, "negative: the other side"),
+    ("x<1", B("x \\le 1"), W, "negative: strictness matters"),
+    ("x<1", B("y<1"), W, "negative: another variable"),
+    ("x \\ge 5", B("5 \\le x"), C, "flipped"),
+    ("-2 \\le x \\le 7", B("x \\in [-2, 7]"), C, "a gold inequality vs an interval"),
+    ("x \\ge 5", B("[5, \\infty)"), C, "a one-sided inequality vs a ray"),
+    ("x \\ge 5", B("(5, \\infty)"), W, "negative: the endpoint is included"),
+    ("1\\le|z|\\le\\frac{3}{2}", B("z\\in[-\\frac{3}{2},-1]\\cup[1,\\frac{3}{2}]"), C, "an inequality on |z| vs a union"),
+    ("0<f(x)<1", B("(0,1)"), C, "an inequality on f(x) vs an interval"),
+]
+
+CASES["number_formats"] = [
+    ("1000.99", B("1000,99"), C, "an unambiguous decimal comma (2 digits)"),
+    ("0.111", B("0,111"), C, "a leading 0: a decimal comma, not thousands"),
+    ("1.5", B("1,5"), C, "a decimal comma"),
+    ("1.000", B("1,000"), W, "negative: a 3-digit group is a thousands separator"),
+    ("1000", B("1 000"), C, "a space as thousands separator"),
+    ("28\\%", B("28 percent"), C, "percent as a word"),
+    ("28\\%", "28 pct", C, "pct"),
+    ("28\\%", B("28 percentage"), C, "percentage"),
+    ("1000.99", "which is 1,000.99m\u00b2", C, "a unit glued to the number"),
+    ("\\frac{4}{3}", B("\\\\frac{4}{3}"), C, "double-escaped backslash (mangled JSON)"),
+    ("-\\frac{7}{4}", B("-\x0crac{7}{4}"), C, "form feed that ate the \\f of \\frac (mangled JSON)"),
+    ("6", B("2\times 3"), C, "tab that ate the \\t of \\times"),
+    ("13", B("\text{13}"), C, "tab that ate the \\t of \\text"),
+]
+
+CASES["matrices_more"] = [
+    ("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", B("\\left[\\begin{array}{cc}1 & 2 \\\\ 3 & 4\\end{array}\\right]"), C,
+     "an array inside delimiters"),
+    ("\\begin{pmatrix}6&8\\\\10&12\\end{pmatrix}",
+     B("\\begin{pmatrix}1 & 2 \\\\ 3 & 4\\end{pmatrix} + \\begin{pmatrix}5 & 6 \\\\ 7 & 8\\end{pmatrix}"), C, "a sum of literal matrices"),
+    ("\\begin{pmatrix}6&8\\\\10&13\\end{pmatrix}",
+     B("\\begin{pmatrix}1 & 2 \\\\ 3 & 4\\end{pmatrix} + \\begin{pmatrix}5 & 6 \\\\ 7 & 8\\end{pmatrix}"), W, "negative: a wrong entry"),
+    ("\\begin{pmatrix}2&1\\\\4&3\\end{pmatrix}",
+     B("\\begin{pmatrix}1 & 2 \\\\ 3 & 4\\end{pmatrix}\\begin{pmatrix}0 & 1 \\\\ 1 & 0\\end{pmatrix}"), C, "a product of literal matrices"),
+    ("(\\begin{pmatrix}\\frac{1}{3}\\\\ \\frac{1}{5} \\end{pmatrix})", B("\\begin{pmatrix}\\frac13\\\\0.2 \\end{pmatrix}"), C,
+     "a matrix gold in parentheses"),
+]
+
+CASES["golds"] = [
+    ("Let the value be $x$. Then $x + 1 = 29$ so the loss is $28\\%$. Final Answer: The final answer is $28 \\%$. "
+     "I hope it is correct. Note: the solution provided is long and repeats itself many times over.", B("28\\%"), C,
+     "a solution-style gold reduced to its final answer"),
+    ("(B) 42", B("B"), C, "an MCQ gold with option text: the letter"),
+    ("(B) 42", B("42"), C, "an MCQ gold with option text: the option's value"),
+    ("(B) 42", B("C"), W, "negative: another letter"),
+    ("(B) 42", B("41"), W, "negative: another value"),
+    ("B. \\frac{1}{2}", B("0.5"), C, "letter with a period, LaTeX option text"),
+    ("\\boxed{14{,}916}.", B("14916"), C, "trailing period after the box"),
+    ("\\\\boxed{W(n) = 1 \\\\text{ and } W(n) = -1", B("W(x)=1, W(x)=-1"), C, "a box never closed, double-escaped"),
+]
+
+
+# Cases graded with options: (gold, response, expected, reason, options).
+CASES_OPTIONS: list[tuple[str, str, str, str, dict[str, str]]] = [
+    *[(g, r, e, why, {"rounded": "1"}) for g, r, e, why in [
+        ("\\frac{1}{3}", B("0.333"), C, "decimal within its printed precision (3 decimals)"),
+        ("\\frac{1}{3}", B("0.33"), C, "decimal within its printed precision (2 decimals)"),
+        ("\\frac{2}{3}", B("0.667"), C, "rounded"),
+        ("\\frac{2}{3}", B("0.666"), C, "truncated"),
+        ("\\frac{1}{7}", B("0.142"), C, "truncated to 3 decimals"),
+        ("3.14", B("3.1416"), C, "more precise prediction rounds to the gold"),
+        ("3.14", B("\\pi"), C, "gold decimal approximates pi within 10^-2"),
+        ("3.14159", B("3.14"), C, "prediction rounded to 2 decimals"),
+        ("2.718", B("e"), C, "e within 10^-3"),
+        ("1.41", B("\\sqrt{2}"), C, "sqrt 2 within 10^-2"),
+        ("\\frac{\\pi}{4}", B("0.785"), C, "decimal within 10^-3"),
+        ("\\frac{\\pi}{4}", B("0.79"), C, "decimal within 10^-2"),
+        ("6\\pi", B("18.85"), C, "decimal approximation within 10^-2"),
+        ("6\\pi", B("18.84"), C, "truncated decimal (6 pi = 18.8496)"),
+        ("\\frac{1}{3}", B("0.3"), W, "rounded: one decimal is still too coarse"),
+        ("6\\pi", B("18.83"), W, "rounded: outside its printed precision"),
+    ]],
+    ("42", "She has 40 apples and then 2 more, so 42 in total.", NA, "fallback=0: a strict format needs a marker", {"fallback": "0"}),
+    ("42", "so \\boxed{42}", C, "fallback=0 still reads boxes", {"fallback": "0"}),
 ]
 
 

@@ -10,7 +10,8 @@ from fractions import Fraction
 import pytest
 from winnow.verifier import engine as engine_mod
 from winnow.verifier.engine import MathVerifier, grade
-from winnow.verifier.types import Item, Status
+
+from winnow.verdict import Item, Status
 
 
 def B(x: str) -> str:
@@ -105,8 +106,8 @@ def test_statuses_through_the_engine(verifier):
 
 def test_options_last_number_and_percent(verifier):
     prose = "She had 3 apples and bought 4 more, which gives 7"
-    assert verifier.verify(Item("a", prose, "7")).status == Status.NO_ANSWER
-    assert verifier.verify(Item("b", prose, "7", options={"last_number": "true"})).status == Status.CORRECT
+    assert verifier.verify(Item("a", prose, "7", options={"fallback": "0"})).status == Status.NO_ANSWER
+    assert verifier.verify(Item("b", prose, "7")).status == Status.CORRECT  # the fallback is on by default
     assert verifier.verify(Item("c", B("0.25"), "25")).status == Status.WRONG
     assert verifier.verify(Item("d", B("0.25"), "25", options={"percent": "1"})).status == Status.CORRECT
 

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 from safetensors.torch import save_file
-from winnow.generator.config import SamplingConfig
-from winnow.generator.engine import WeightLoadError
+
+from winnow.sampling import SamplingConfig, WeightLoadError
 
 pytestmark = pytest.mark.vllm
 
@@ -69,7 +69,8 @@ def test_generate_n_with_behaviour_logprobs(engine, tiny_bf16):
 
 def test_processed_logprobs_under_truncation(engine, tiny_bf16):
     from transformers import AutoModelForCausalLM
-    from winnow.generator.engine import process_logprobs
+
+    from winnow.sampling import process_logprobs
 
     assert engine.processed_logprobs, "this vLLM does not support logprobs_mode=processed_logprobs"
     out = engine.generate(PROMPTS[:1], 4, SamplingConfig(max_new_tokens=6, top_k=3, temperature=0.5, seed=1))

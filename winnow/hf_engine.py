@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from winnow.generator.config import SamplingConfig
-from winnow.generator.engine import (
+
+from winnow.numerics import resolve_precision, torch_dtype
+from winnow.sampling import (
     Completion,
     GenerationCancelled,
+    SamplingConfig,
     process_logprobs,
     raise_on_mismatch,
     sample_tokens,
@@ -32,28 +34,15 @@ from winnow.generator.engine import (
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """ "auto": bf16 on CUDA and on CPUs with native bf16 (2-4x faster than fp32 there), else fp32."""
-    if dtype != "auto":
-        return _DTYPES[dtype]
-    if device.type == "cuda":
-        return torch.bfloat16
-    if device.type == "cpu":
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            flags = ""
-        return torch.bfloat16 if "avx512_bf16" in flags or "amx_bf16" in flags else torch.float32
-    return torch.float32
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The engine's weight dtype: ``numerics.precision`` resolved for ``device`` (see :mod:`winnow.numerics`)."""
+    return torch_dtype(resolve_precision(precision, device.type) if precision == "auto" else precision)
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:

@@ -1,0 +1,674 @@
+"""The algorithm comparison of Xiong et al. (2025, arXiv 2504.11343) through winnow's real pipeline.
+
+    winnow experiment [--suite main|ablations|staleness|all] [--seeds 0,1,2] [--steps 10] [--results DIR]
+    winnow experiment --report-only --results DIR       # rebuild the table and the plots
+    .venv/bin/python benchmarks/experiment.py ...        # the same
+
+Suites (every run: same model, task, seed set and budget; only the algorithm differs):
+
+- ``main``: the presets ``raft``, ``raft++``, ``reinforce``, ``grpo``, ``reinforce_rej`` as defined in
+  ``winnow.learner.algo.PRESETS`` (reward map {0, 1}, KL 0.001, entropy bonus 0.001: the released code).
+- ``ablations`` (paper Fig. 4): ``reinforce``, ``reinforce+remove_all_wrong``, ``reinforce+remove_all_correct``,
+  ``reinforce+mean_zero``, ``reinforce_rej``, ``reinforce_rej+std``, all with ``reward_wrong: -1`` (the paper's
+  +-1 reward; under {0, 1} these ablations do not differ, see docs/algorithms.md).
+- ``staleness``: one preset (``--staleness-preset``, default ``reinforce_rej``) with ``max_staleness`` 0, 1, 2, 4,
+  each without and with the decoupled correction (``algo.decoupled``; at staleness 0 it changes nothing and
+  is not run).
+
+Each run is one ``winnow up`` (``winnow.up.Pipeline``: generator and learner as separate processes over one
+Kafka-protocol broker, the broker shared by all runs of an invocation, each run on its own topic prefix;
+answers scored in-process by the generator, i.e. ``up.start_verifier: false``). The learner does no
+evaluation during the run (``eval.every: 0``), checkpoints only at the end, and stops at ``--steps``.
+
+Evaluation, after each run, by this script: the final published weights are loaded into the generator's own
+transformers engine (``HFEngine``, the precision and decoding the generators sample with, so the evaluation
+decodes exactly as training samples) and answer ``--eval-problems`` held-out problems: the same
+reasoning-gym task generated with another seed (``--eval-seed``; training uses seed ``1000 + run seed``).
+Greedy accuracy (temperature 0) and ``--eval-k`` samples per problem at the training temperature give
+pass@k for k = 1, 2, 4, ..., eval-k (unbiased estimator, Chen et al. 2021: 1 - C(n-c, k) / C(n, k) averaged
+over problems). The initial model is evaluated the same way once per results directory (``base``): that is
+the task's starting success rate.
+
+Results directory (default ``docs/results/``), filled run by run, resumable: ``runs/<run id>/`` holds the
+learner's ``metrics.jsonl`` (one line per step), ``eval.json`` and ``summary.json``; a run with a
+``summary.json`` is skipped, an unfinished one starts again from scratch. Its ``config.json`` records the
+budget: reusing a results directory with another budget is refused (use another ``--results``). The
+pipeline's own files (weights, checkpoints, broker data, logs) go to ``--work-dir`` (default
+``runs/experiment``), kept for inspection. At the end (and with ``--report-only``) it writes ``table.md``
+and the plots ``reward.png``, ``entropy.png``, ``kl.png`` (mean over seeds per preset vs step, min-max band),
+and for the staleness suite ``staleness.png`` (accuracy vs wall time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import platform
+import re
+import shutil
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("winnow.experiment")
+
+REPO = Path(__file__).resolve().parent.parent
+MAIN_PRESETS = ["raft", "raft++", "reinforce", "grpo", "reinforce_rej"]
+ABLATION_PRESETS = [
+    "reinforce",
+    "reinforce+remove_all_wrong",
+    "reinforce+remove_all_correct",
+    "reinforce+mean_zero",
+    "reinforce_rej",
+    "reinforce_rej+std",
+]
+STALENESS_VALUES = [0, 1, 2, 4]
+SUITES = ("main", "ablations", "staleness")
+
+
+# -- what to run ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: a suite, a label shared by its seeds (one line in the plots, one row in the table), the
+    algorithm block overrides and the seed."""
+
+    suite: str
+    label: str
+    algo: dict[str, Any]
+    seed: int
+
+    @property
+    def run_id(self) -> str:
+        slug = re.sub(r"[^A-Za-z0-9]+", "_", self.label.replace("+", "p").replace("=-1", "m1")).strip("_")
+        return f"{self.suite}-{slug}-s{self.seed}"
+
+
+def plan(suites: list[str], seeds: list[int], staleness_preset: str = "reinforce_rej",
+         staleness_values: list[int] | None = None) -> list[RunSpec]:
+    """Every run of the requested suites, seed-major within a suite (all presets of seed 0 first, so
+    a budget cut leaves complete seeds)."""
+    specs: list[RunSpec] = []
+    for suite in suites:
+        if suite not in SUITES:
+            raise ValueError(f"--suite: unknown suite {suite!r}; valid: {', '.join(SUITES)}, all")
+        for seed in seeds:
+            if suite == "main":
+                specs += [RunSpec(suite, p, {"preset": p}, seed) for p in MAIN_PRESETS]
+            elif suite == "ablations":
+                specs += [RunSpec(suite, f"{p} (r_wrong=-1)", {"preset": p, "reward_wrong": -1.0}, seed)
+                          for p in ABLATION_PRESETS]
+            else:
+                for s in staleness_values or STALENESS_VALUES:
+                    for decoupled in (False, True):
+                        if decoupled and s == 0:
+                            continue  # nothing is stale: the correction is the identity
+                        label = f"{staleness_preset} staleness={s}{' decoupled' if decoupled else ''}"
+                        algo = {"preset": staleness_preset, "max_staleness": s, "decoupled": decoupled}
+                        specs.append(RunSpec(suite, label, algo, seed))
+    return specs
+
+
+@dataclass
+class Budget:
+    """What every run of one results directory shares (recorded in ``config.json``)."""
+
+    model: str = "smollm2-135m"
+    steps: int = 10
+    batch_groups: int = 8
+    n: int = 4
+    max_new_tokens: int = 32
+    lr: float = 5e-5
+    micro_batch: int = 16
+    task: str = "chain_sum"
+    task_config: dict[str, Any] = field(
+        default_factory=lambda: {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1})
+    task_size: int = 5000
+    eval_problems: int = 32
+    eval_k: int = 16
+    eval_seed: int = 424242
+    temperature: float = 1.0
+    max_staleness: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Further ``winnow up`` config merged over each run's (``--config`` file)."""
+
+
+def up_config(spec: RunSpec, budget: Budget, model_dir: str, bootstrap: str, prefix: str) -> dict[str, Any]:
+    """The ``winnow up`` config of one run: the embedded default with the budget, the run's algorithm and
+    seed filled in."""
+    from winnow.config import deep_merge
+    from winnow.up import resolve
+
+    sampling = {"temperature": budget.temperature, "top_p": 1.0, "max_new_tokens": budget.max_new_tokens}
+    algo = {"max_staleness": budget.max_staleness, **spec.algo}
+    layer = {
+        "up": {"generators": 1, "start_verifier": False, "stop_timeout_s": 60},
+        "kafka": {"bootstrap_servers": bootstrap, "topic_prefix": prefix, "session_timeout_ms": 6000},
+        "generator": {"model": model_dir, "batch_prompts": budget.batch_groups, "sampling": sampling},
+        "learner": {
+            "model": model_dir,
+            "seed": spec.seed,
+            "algo": algo,
+            "optim": {"lr": budget.lr, "micro_batch_size": budget.micro_batch},
+            "batch_groups": budget.batch_groups,
+            "n": budget.n,
+            "max_steps": budget.steps,
+            "sampling": sampling,
+            "checkpoint": {"every": budget.steps},
+            "eval": {"every": 0},
+            "prompts": {"kind": "reasoning_gym", "name": budget.task, "size": budget.task_size,
+                        "seed": 1000 + spec.seed, "config": budget.task_config},
+        },
+    }
+    data = resolve(None, [], Path("."))
+    data["learner"].pop("algo", None)  # the run's algorithm and task only, no inherited knobs
+    data["learner"].pop("prompts", None)
+    data = deep_merge(deep_merge(data, layer), budget.extra)
+    data["learner"]["algo"] = {**data["learner"].get("algo", {}), **algo}
+    return data
+
+
+# -- evaluation -------------------------------------------------------------------------------------
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of one problem from ``n`` samples with ``c`` correct (Chen et al. 2021):
+    ``1 - C(n - c, k) / C(n, k)``; needs ``k <= n``."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def ks_up_to(k_max: int) -> list[int]:
+    """1, 2, 4, ... up to ``k_max`` (and ``k_max`` itself)."""
+    ks = [1]
+    while ks[-1] * 2 <= k_max:
+        ks.append(ks[-1] * 2)
+    if k_max > ks[-1]:
+        ks.append(k_max)
+    return ks if k_max >= 1 else []
+
+
+def eval_problems(budget: Budget) -> list[Any]:
+    """The held-out problems: the training task generated with ``budget.eval_seed``."""
+    from winnow.generator.prompts import make_source
+
+    source = make_source({"kind": "reasoning_gym", "name": budget.task, "size": budget.eval_problems,
+                          "seed": budget.eval_seed, "config": budget.task_config})
+    return [source.get(i) for i in range(budget.eval_problems)]
+
+
+def evaluate(model_dir: str, weights: str | None, problems: list[Any], budget: Budget, chat: dict[str, Any],
+             seed: int = 0) -> dict[str, Any]:
+    """Greedy accuracy and pass@k of the model at ``model_dir`` (with the safetensors ``weights`` loaded
+    over it, if given), decoded by the generator's transformers engine as it samples during training."""
+    from winnow.generator.chat import PromptFormatter
+    from winnow.generator.config import ChatFormat, SamplingConfig
+    from winnow.generator.hf_engine import HFEngine
+    from winnow.verifier.engine import MathVerifier
+    from winnow.verifier.types import Item, Status
+
+    t0 = time.perf_counter()
+    engine = HFEngine.from_pretrained(model_dir, max_batch_sequences=64)
+    if weights:
+        engine.load_weights(weights, version=1)
+    fmt = PromptFormatter(engine.tokenizer, ChatFormat(**chat))
+    prompts = [fmt(p.problem) for p in problems]
+    greedy = engine.generate(prompts, 1, SamplingConfig(temperature=0.0, max_new_tokens=budget.max_new_tokens))
+    sampled: list[list[Any]] = []
+    if budget.eval_k:
+        sampling = SamplingConfig(temperature=budget.temperature, top_p=1.0,
+                                  max_new_tokens=budget.max_new_tokens, seed=seed + 1)
+        sampled = engine.generate(prompts, budget.eval_k, sampling)
+    verifier = MathVerifier(workers=1, timeout_s=2.0)
+    try:
+        def correct(texts: list[str], problem: Any) -> list[bool]:
+            items = [Item(id=str(i), response=t, gold=problem.gold, task=problem.task) for i, t in enumerate(texts)]
+            return [v.status == Status.CORRECT for v in verifier.verify_batch(items)]
+
+        greedy_ok = [correct([g[0].text], p)[0] for g, p in zip(greedy, problems, strict=True)]
+        counts = [sum(correct([c.text for c in s], p)) for s, p in zip(sampled, problems, strict=True)]
+    finally:
+        verifier.close()
+    out: dict[str, Any] = {
+        "greedy_accuracy": sum(greedy_ok) / len(problems),
+        "problems": len(problems),
+        "k": budget.eval_k,
+        "eval_s": time.perf_counter() - t0,
+        "greedy_correct": greedy_ok,
+        "sample_correct_counts": counts,
+        "greedy_examples": [g[0].text for g in greedy[:3]],
+    }
+    if counts:
+        out["pass_at_k"] = {str(k): statistics.fmean(pass_at_k(budget.eval_k, c, k) for c in counts)
+                            for k in ks_up_to(budget.eval_k)}
+        out["mean_at_k"] = sum(counts) / (budget.eval_k * len(problems))
+    return out
+
+
+# -- one run ----------------------------------------------------------------------------------------
+
+
+def _rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_pipeline(data: dict[str, Any], run_dir: Path, timeout_s: float) -> float:
+    """Start the services of one run, wait for the learner to finish ``max_steps``, stop everything;
+    returns the wall seconds from start to the learner's exit."""
+    from winnow.up import Pipeline
+
+    pipeline = Pipeline(data, run_dir, resume=False)
+    t0 = time.monotonic()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the banner of `winnow up`
+            pipeline.start()
+        deadline = t0 + timeout_s
+        while True:
+            learner = pipeline.procs["learner"]
+            if learner.poll() is not None:
+                if learner.returncode != 0:
+                    raise RuntimeError(f"learner exited with {learner.returncode}:\n{pipeline._tail_hint('learner')}")
+                return time.monotonic() - t0
+            for name, proc in pipeline.procs.items():
+                if name != "learner" and proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}:\n{pipeline._tail_hint(name)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"run did not finish in {timeout_s:.0f}s; logs in {run_dir / 'logs'}")
+            time.sleep(0.5)
+    finally:
+        pipeline.stop_all()
+
+
+def final_weights(run_dir: Path) -> tuple[str, int]:
+    """The newest published weight file of a run and its version."""
+    versions = sorted((int(p.name[1:]), p) for p in (run_dir / "weights").glob("v*") if p.name[1:].isdigit())
+    for version, path in reversed(versions):
+        f = path / "model.safetensors"
+        if f.exists():
+            return str(f), version
+    raise RuntimeError(f"no published weights under {run_dir / 'weights'}")
+
+
+def summarize(spec: RunSpec, rows: list[dict], ev: dict[str, Any], wall_s: float) -> dict[str, Any]:
+    """One run's numbers for the table: the last steps' training signals and the held-out evaluation."""
+    steps = [r for r in rows if "loss" in r]
+    tail = steps[-max(1, len(steps) // 4):]  # last quarter of the run
+
+    def mean(key: str, rs: list[dict]) -> float | None:
+        vals = [float(r[key]) for r in rs if isinstance(r.get(key), int | float)]
+        return statistics.fmean(vals) if vals else None
+
+    last = steps[-1] if steps else {}
+    return {
+        **asdict(spec),
+        "run_id": spec.run_id,
+        "steps": len(steps),
+        "wall_s": wall_s,
+        "train_s": (steps[-1]["time"] - steps[0]["time"]) if len(steps) > 1 else 0.0,
+        "tokens_trained": sum(float(r.get("tokens", 0.0)) for r in steps),
+        "acceptance_first": mean("acceptance_rate", steps[:max(1, len(steps) // 4)]),
+        "acceptance_last": mean("acceptance_rate", tail),
+        "reward_last": mean("reward_mean", tail),
+        "entropy_first": mean("entropy", steps[:1]),
+        "entropy_last": mean("entropy", tail),
+        "kl_last": mean("kl", tail),
+        "kept_groups_mean": mean("kept_group_fraction", steps),
+        "staleness_mean": mean("staleness_mean", steps),
+        "stale_dropped": int(last.get("outcomes", {}).get("stale", 0)),
+        "greedy_accuracy": ev["greedy_accuracy"],
+        "pass_at_k": ev.get("pass_at_k", {}),
+        "mean_at_k": ev.get("mean_at_k"),
+    }
+
+
+def run_one(spec: RunSpec, budget: Budget, model_dir: str, bootstrap: str, results: Path, work: Path,
+            problems: list[Any], timeout_s: float) -> dict[str, Any]:
+    """Run, evaluate and record one spec (``results/runs/<id>/``); returns its summary."""
+    out = results / "runs" / spec.run_id
+    run_dir = work / spec.run_id
+    for d in (out, run_dir):
+        shutil.rmtree(d, ignore_errors=True)  # an unfinished earlier attempt starts over
+    out.mkdir(parents=True)
+    prefix = f"exp-{uuid.uuid4().hex[:6]}-{spec.run_id}"[:120]
+    data = up_config(spec, budget, model_dir, bootstrap, prefix)
+    (out / "up.json").write_text(json.dumps(data, indent=1))
+    wall_s = run_pipeline(data, run_dir, timeout_s)
+    shutil.copy(run_dir / "metrics.jsonl", out / "metrics.jsonl")
+    weights, version = final_weights(run_dir)
+    ev = evaluate(model_dir, weights, problems, budget, data["generator"].get("chat", {}), seed=spec.seed)
+    ev["weights_version"] = version
+    (out / "eval.json").write_text(json.dumps(ev, indent=1))
+    summary = summarize(spec, _rows(out / "metrics.jsonl"), ev, wall_s)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))  # last: marks the run finished
+    return summary
+
+
+# -- the report -------------------------------------------------------------------------------------
+
+
+def _fmt(values: list[float], pct: bool = False, digits: int = 3) -> str:
+    """``mean ± sd`` (sample sd; ``mean`` alone for one value; ``n/a`` for none)."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "n/a"
+    scale = 100.0 if pct else 1.0
+    m = statistics.fmean(vals) * scale
+    d = 1 if pct else digits
+    if len(vals) == 1:
+        return f"{m:.{d}f}"
+    return f"{m:.{d}f} ± {statistics.stdev(vals) * scale:.{d}f}"
+
+
+def load_summaries(results: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted((results / "runs").glob("*/summary.json"))]
+
+
+def table(results: Path) -> str:
+    """The markdown table: one row per (suite, label), mean ± sd over its seeds."""
+    cfg = json.loads((results / "config.json").read_text())
+    summaries = load_summaries(results)
+    base = json.loads((results / "base_eval.json").read_text()) if (results / "base_eval.json").exists() else None
+    ks = [str(k) for k in ks_up_to(cfg["budget"]["eval_k"])]
+    head = (["suite", "run", "seeds", "greedy acc %"] + [f"pass@{k} %" for k in ks]
+            + ["train acc first→last %", "reward last", "KL last", "entropy first→last", "tokens trained",
+               "wall s", "dropped stale"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    if base is not None:
+        lines.append("| base | initial model | - | " + f"{100 * base['greedy_accuracy']:.1f} | "
+                     + " | ".join(f"{100 * base['pass_at_k'][k]:.1f}" for k in ks)
+                     + " | - | - | - | - | - | - | - |")
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for s in summaries:
+        groups.setdefault((s["suite"], s["label"]), []).append(s)
+    order = {s: i for i, s in enumerate(SUITES)}
+    for (suite, label), rs in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 9), _label_order(kv[0][1]))):
+        def col(key: str, rs: list[dict] = rs) -> list:
+            return [r.get(key) for r in rs]
+
+        cells = [suite, label, str(len(rs)), _fmt(col("greedy_accuracy"), pct=True)]
+        cells += [_fmt([r["pass_at_k"].get(k) for r in rs], pct=True) for k in ks]
+        cells += [
+            f"{_fmt(col('acceptance_first'), pct=True)} → {_fmt(col('acceptance_last'), pct=True)}",
+            _fmt(col("reward_last")),
+            _fmt(col("kl_last"), digits=4),
+            f"{_fmt(col('entropy_first'))} → {_fmt(col('entropy_last'))}",
+            f"{statistics.fmean(col('tokens_trained')):.0f}",
+            f"{statistics.fmean(col('wall_s')):.0f}",
+            f"{statistics.fmean(col('stale_dropped')):.1f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _label_order(label: str) -> tuple[int, str]:
+    for i, p in enumerate(MAIN_PRESETS + ABLATION_PRESETS):
+        if label == p or label.startswith(p + " "):
+            return (i, label)
+    return (99, label)
+
+
+def write_report(results: Path) -> list[Path]:
+    """``table.md`` and the plots in ``results``; returns the files written."""
+    cfg = json.loads((results / "config.json").read_text())
+    b, hw = cfg["budget"], cfg["hardware"]
+    header = (
+        f"Model {b['model']}; task reasoning-gym {b['task']} {json.dumps(b['task_config'])} (training seed "
+        f"1000 + run seed, held-out: {b['eval_problems']} problems of seed {b['eval_seed']}); {b['steps']} steps "
+        f"x {b['batch_groups']} prompts x n={b['n']}, {b['max_new_tokens']} new tokens, lr {b['lr']}, "
+        f"temperature {b['temperature']}; hardware: {hw['cpus']} CPUs ({hw['processor']}), no GPU, "
+        f"{hw['platform']}.\n"
+        "greedy acc / pass@k: held-out, final weights decoded by the generator's engine (pass@k unbiased from "
+        f"{b['eval_k']} samples per problem); train acc: fraction of correct samples (first / last quarter of "
+        "the steps); reward, KL (k3 vs the initial model), entropy: learner metrics of the last quarter (first "
+        "step for entropy first); wall s: one run start to learner exit, one process each for generator and "
+        "learner; mean ± sd over seeds.\n\n"
+    )
+    files = [results / "table.md"]
+    files[0].write_text(header + table(results))
+    files += plot(results)
+    return files
+
+
+def plot(results: Path) -> list[Path]:
+    """reward/entropy/KL vs step per suite (one line per label, mean over seeds, min-max band), and for the
+    staleness suite greedy accuracy vs wall time. Skipped with a message when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plots (pip install matplotlib)", file=sys.stderr)
+        return []
+    curves: dict[str, dict[str, list[list[dict]]]] = {}
+    summaries = load_summaries(results)
+    for s in summaries:
+        rows = [r for r in _rows(results / "runs" / s["run_id"] / "metrics.jsonl") if "loss" in r]
+        curves.setdefault(s["suite"], {}).setdefault(s["label"], []).append(rows)
+    written: list[Path] = []
+    metrics = [("acceptance_rate", "train accuracy (fraction of correct samples)", "reward"),
+               ("entropy", "mean token entropy", "entropy"), ("kl", "KL(pi || pi_ref), k3", "kl")]
+    for key, ylabel, name in metrics:
+        suites = [s for s in SUITES if s in curves]
+        if not suites:
+            continue
+        fig, axes = plt.subplots(1, len(suites), figsize=(6.5 * len(suites), 4.2), squeeze=False)
+        for ax, suite in zip(axes[0], suites, strict=True):
+            for label in sorted(curves[suite], key=_label_order):
+                runs = curves[suite][label]
+                steps = sorted({int(r["version"]) for rows in runs for r in rows})
+                series = []
+                for st in steps:
+                    vals = [float(r[key]) for rows in runs for r in rows if int(r["version"]) == st and key in r]
+                    if vals:
+                        series.append((st, statistics.fmean(vals), min(vals), max(vals)))
+                if not series:
+                    continue
+                xs, ms, lo, hi = zip(*series, strict=True)
+                line, = ax.plot(xs, ms, label=f"{label} (n={len(runs)})", marker=".")
+                if len(runs) > 1:
+                    ax.fill_between(xs, lo, hi, alpha=0.15, color=line.get_color())
+            ax.set_title(f"{suite}: {ylabel}")
+            ax.set_xlabel("optimizer step")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = results / f"{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    stale = [s for s in summaries if s["suite"] == "staleness"]
+    if stale:
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for label in sorted({s["label"] for s in stale}):
+            pts = [(s["wall_s"], s["greedy_accuracy"]) for s in stale if s["label"] == label]
+            ax.scatter(*zip(*pts, strict=True), label=label, marker="x" if "decoupled" in label else "o")
+        ax.set_xlabel("wall time of the run (s)")
+        ax.set_ylabel("held-out greedy accuracy")
+        ax.set_title("staleness: accuracy vs wall time")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = results / "staleness.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+# -- main -------------------------------------------------------------------------------------------
+
+
+def _hardware() -> dict[str, Any]:
+    processor = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                processor = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = None
+    with contextlib.suppress(Exception):
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+    return {"cpus": os.cpu_count(), "processor": processor, "platform": platform.platform(), "gpu": gpu}
+
+
+def check_config(results: Path, budget: Budget) -> None:
+    """Record the budget in ``results/config.json``, or refuse when the directory holds another budget."""
+    path = results / "config.json"
+    mine = json.loads(json.dumps(asdict(budget)))
+    if path.exists():
+        theirs = json.loads(path.read_text())["budget"]
+        if theirs != mine:
+            diff = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
+            raise SystemExit(f"winnow experiment: {results} holds runs with another budget (differs in "
+                             f"{', '.join(diff)}); use another --results or the same options")
+        return
+    results.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"budget": mine, "hardware": _hardware()}, indent=1))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    d = Budget()
+    p = argparse.ArgumentParser(prog="winnow experiment", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", default="main", help="main, ablations, staleness, all, or a comma-separated list")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds")
+    p.add_argument("--results", default=str(REPO / "docs" / "results"), help="results directory (resumable)")
+    p.add_argument("--work-dir", default="runs/experiment", help="pipeline run directories (weights, logs)")
+    p.add_argument("--model", default=d.model, help="'smollm2-135m', a HF model directory, or 'tiny' (test model)")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-groups", type=int, default=d.batch_groups, help="prompts per optimizer step")
+    p.add_argument("--n", type=int, default=d.n, help="samples per prompt")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--micro-batch", type=int, default=d.micro_batch)
+    p.add_argument("--task", default=d.task, help="reasoning-gym dataset")
+    p.add_argument("--task-config", default=json.dumps(d.task_config), help="the dataset's options, JSON")
+    p.add_argument("--eval-problems", type=int, default=d.eval_problems)
+    p.add_argument("--eval-k", type=int, default=d.eval_k, help="samples per held-out problem for pass@k")
+    p.add_argument("--eval-seed", type=int, default=d.eval_seed, help="reasoning-gym seed of the held-out set")
+    p.add_argument("--staleness-preset", default="reinforce_rej")
+    p.add_argument("--staleness-values", default="0,1,2,4")
+    p.add_argument("--config", default=None, help="a winnow up config file merged over every run's config")
+    p.add_argument("--run-timeout", type=float, default=1800.0, help="seconds allowed per run")
+    p.add_argument("--only", default=None, help="run only the labels in this comma-separated list (e.g. grpo,raft)")
+    p.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
+    p.add_argument("--report-only", action="store_true", help="only rebuild table.md and the plots")
+    p.add_argument("--base-only", action="store_true",
+                   help="only evaluate the initial model (the task's starting success rate) and exit")
+    p.add_argument("--dry-run", action="store_true", help="print the runs that would start and exit")
+    args = p.parse_args(argv)
+    try:
+        args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
+        args.staleness_list = [int(s) for s in args.staleness_values.split(",") if s.strip()]
+    except ValueError:
+        p.error("--seeds and --staleness-values take comma-separated integers")
+    try:
+        args.task_config_dict = json.loads(args.task_config)
+    except json.JSONDecodeError as e:
+        p.error(f"--task-config is not JSON: {e}")
+    args.suites = list(SUITES) if args.suite == "all" else [s.strip() for s in args.suite.split(",") if s.strip()]
+    bad = [s for s in args.suites if s not in SUITES]
+    if bad:
+        p.error(f"--suite: unknown {bad}; valid: {', '.join(SUITES)}, all")
+    if args.steps < 1 or args.eval_problems < 1 or args.eval_k < 0:
+        p.error("--steps and --eval-problems must be >= 1, --eval-k >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    results = Path(args.results)
+    if args.report_only:
+        for f in write_report(results):
+            print(f"wrote {f}")
+        print((results / "table.md").read_text())
+        return 0
+    from winnow.config import read_config_file
+
+    budget = Budget(model=args.model, steps=args.steps, batch_groups=args.batch_groups, n=args.n,
+                    max_new_tokens=args.max_new_tokens, lr=args.lr, micro_batch=args.micro_batch, task=args.task,
+                    task_config=args.task_config_dict, eval_problems=args.eval_problems, eval_k=args.eval_k,
+                    eval_seed=args.eval_seed, extra=read_config_file(args.config) if args.config else {})
+    specs = plan(args.suites, args.seed_list, args.staleness_preset, args.staleness_list)
+    if args.only:
+        wanted = {w.strip() for w in args.only.split(",")}
+        specs = [s for s in specs if s.label in wanted or s.algo.get("preset") in wanted]
+    todo = [s for s in specs if not (results / "runs" / s.run_id / "summary.json").exists()]
+    if args.max_runs is not None:
+        todo = todo[: args.max_runs]
+    done = sum((results / "runs" / s.run_id / "summary.json").exists() for s in specs)
+    print(f"{len(specs)} runs planned, {done} already done, {len(todo)} to run now", file=sys.stderr)
+    if args.dry_run:
+        for s in todo:
+            print(s.run_id, json.dumps(s.algo))
+        return 0
+    check_config(results, budget)
+    for name in ("aiokafka", "winnow.kafka", "winnow.brokers", "winnow.up"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    work = Path(args.work_dir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    if budget.model == "tiny":
+        from winnow.learner.tiny import save_tiny
+
+        with contextlib.redirect_stderr(io.StringIO()):
+            model_dir = save_tiny(work / "tiny-model", seed=0)
+    else:
+        from winnow.generator.models import resolve_model
+
+        model_dir = resolve_model(budget.model)
+    problems = eval_problems(budget)
+    chat = up_config(RunSpec("main", "base", {}, 0), budget, model_dir, "", "")["generator"].get("chat", {})
+    if not (results / "base_eval.json").exists():
+        print("evaluating the initial model ...", file=sys.stderr, flush=True)
+        base = evaluate(model_dir, None, problems, budget, chat)
+        (results / "base_eval.json").write_text(json.dumps(base, indent=1))
+        print(f"  initial model: greedy {base['greedy_accuracy']:.3f}, pass@k {base.get('pass_at_k')}",
+              file=sys.stderr, flush=True)
+    if args.base_only:
+        return 0
+    broker = None
+    from winnow.brokers import LocalBroker
+
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    try:
+        if todo and not bootstrap:
+            broker = LocalBroker("noida", work / "broker")
+            bootstrap = broker.start()
+        for i, spec in enumerate(todo, 1):
+            print(f"[{i}/{len(todo)}] {spec.run_id} ({time.strftime('%H:%M:%S')}) ...", file=sys.stderr, flush=True)
+            s = run_one(spec, budget, model_dir, bootstrap, results, work, problems, args.run_timeout)
+            print(f"  done in {s['wall_s']:.0f}s: greedy {s['greedy_accuracy']:.3f}, pass@{budget.eval_k} "
+                  f"{s['pass_at_k'].get(str(budget.eval_k), float('nan')):.3f}, train acc "
+                  f"{s['acceptance_first']} -> {s['acceptance_last']}", file=sys.stderr, flush=True)
+    finally:
+        if broker is not None:
+            broker.stop()
+    for f in write_report(results):
+        print(f"wrote {f}", file=sys.stderr)
+    print((results / "table.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""One numerics policy for the whole pipeline (the shared ``numerics`` config section).
+
+The generators sample, the learner recomputes log-probs and trains, and the learner's held-out
+evaluation decodes, all at one declared compute precision, ``numerics.precision``:
+
+- generators (transformers and vLLM engines) hold the weights in that dtype;
+- the learner keeps fp32 master weights (on CPU) and runs its forward/backward under autocast to
+  that dtype (no autocast when it is float32 or the parameters already are in it);
+- the evaluation decodes with the generators' own engine on a copy of the weights in that dtype,
+  so ``eval_accuracy`` measures the policy the generators sample.
+
+Pure pydantic; torch is imported only by :func:`torch_dtype`. The residual training-inference
+mismatch (different kernels, batch shapes) is measured per step as ``mismatch_kl`` and
+``mismatch_max_abs_log_ratio`` (see docs/metrics.md).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+from winnow.config import Model
+
+Precision = Literal["auto", "bfloat16", "float32"]
+ResolvedPrecision = Literal["bfloat16", "float32"]
+
+
+class NumericsConfig(Model):
+    """Compute precision shared by sampling, the learner's log-prob recompute and the evaluation."""
+
+    precision: Precision = "auto"
+    """"auto" = bfloat16 on CUDA and on CPUs with native bf16 (AVX512-BF16 or AMX), else float32.
+    Set it once at the top level of a pipeline config (like ``kafka``): every service reads it."""
+
+
+@cache
+def cpu_has_bf16() -> bool:
+    """True when /proc/cpuinfo lists avx512_bf16 or amx_bf16 (native bf16 matmuls)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device_type: str) -> ResolvedPrecision:
+    """``precision`` ("auto" | "bfloat16" | "float32") on a device type ("cpu", "cuda", ...) -> a dtype name."""
+    if precision in ("bfloat16", "float32"):
+        return precision  # type: ignore[return-value]
+    if precision != "auto":
+        raise ValueError(f"precision must be auto, bfloat16 or float32, got {precision!r}")
+    if device_type == "cuda" or (device_type == "cpu" and cpu_has_bf16()):
+        return "bfloat16"
+    return "float32"
+
+
+_DTYPE_NAMES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
+
+
+def torch_dtype(name: str):
+    """``"bfloat16"`` / ``"bf16"`` / ``"float32"`` / ``"fp32"`` / ``"float16"`` / ``"fp16"`` -> ``torch.dtype``
+    (the one string-to-dtype table; imports torch)."""
+    import torch
+
+    if name not in _DTYPE_NAMES:
+        raise ValueError(f"dtype: {name!r} is not one of {', '.join(sorted(_DTYPE_NAMES))}")
+    return getattr(torch, _DTYPE_NAMES[name])

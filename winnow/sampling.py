@@ -1,0 +1,121 @@
+"""Sampling primitives shared by the generators' engines and the learner's evaluation.
+
+:class:`SamplingConfig` (what to sample), :class:`Completion` (what came out), the processed
+distribution :func:`process_logprobs` whose log-probs are recorded as the behaviour log-probs,
+and :func:`sample_tokens`. Torch is imported only inside the functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pydantic import Field
+
+from winnow.config import Model
+
+if TYPE_CHECKING:
+    import torch
+
+
+class SamplingConfig(Model):
+    """How to sample responses. The defaults are the paper's rollout settings (temperature 1, top-p 1).
+
+    The behaviour log-probs recorded for every token are log-probs under the *processed*
+    distribution that was actually sampled from: logits / temperature, then top-k, then top-p
+    (nucleus) truncation, renormalised. With temperature 1, top_p 1 and top_k 0 that is the
+    model's own distribution.
+    """
+
+    temperature: float = Field(default=1.0, ge=0.0, le=10.0)
+    """Softmax temperature. 0 means greedy decoding (the recorded log-prob is then 0: a point mass)."""
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (1 = off)."""
+    top_k: int = Field(default=0, ge=0)
+    """Keep only the k most likely tokens (0 = off)."""
+    max_new_tokens: int = Field(default=256, ge=1, le=65536)
+    """Maximum generated tokens per sample; a sample that reaches it ends with finish_reason "length"."""
+    seed: int | None = None
+    """Seed for the sampler (None = nondeterministic). On the wire, seed 0 means "no seed"."""
+
+
+@dataclass(slots=True)
+class Completion:
+    """One sampled response: generated token ids (EOS included if generated), per-token
+    behaviour log-probs (same length), "stop" or "length", and the decoded text (special tokens
+    skipped)."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str
+    text: str
+
+
+class GenerationCancelled(RuntimeError):
+    """``generate`` was interrupted by ``engine.cancel()`` (the service is stopping)."""
+
+
+class WeightLoadError(RuntimeError):
+    """A weight file does not fit the loaded model (missing/unexpected keys, wrong shapes)."""
+
+
+def raise_on_mismatch(missing: list[str], unexpected: list[str], bad_shapes: list[str]) -> None:
+    """Raise :class:`WeightLoadError` naming (up to 5 of) each kind of mismatch, if there is any."""
+
+    def some(items: list[str]) -> str:
+        return f"{items[:5]}{' ...' if len(items) > 5 else ''}"
+
+    problems = []
+    if missing:
+        problems.append(f"missing keys {some(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {some(unexpected)}")
+    if bad_shapes:
+        problems.append(f"shape mismatches {some(bad_shapes)}")
+    if problems:
+        raise WeightLoadError("weight file does not match the model architecture: " + "; ".join(problems))
+
+
+def process_logprobs(
+    logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0
+) -> torch.Tensor:
+    """Log-probs of the processed sampling distribution.
+
+    logits: (B, V) next-token logits (any float dtype; computed in float32).
+    Returns (B, V) float32 log-probs: log_softmax(logits / temperature) restricted to the top-k
+    tokens (k = 0: all) and then to the smallest prefix (by descending probability) whose mass
+    reaches top_p, renormalised; tokens outside get -inf. Ties at the top-k boundary keep every
+    tied token (like HF's TopKLogitsWarper). The most likely token is always kept.
+    ``temperature == 0`` means greedy: a point mass on the argmax (log-prob 0, others -inf).
+    """
+    import torch
+
+    x = logits.float()
+    if temperature == 0.0:
+        out = torch.full_like(x, float("-inf"))
+        out.scatter_(-1, x.argmax(dim=-1, keepdim=True), 0.0)
+        return out
+    x = x / temperature
+    if top_k and top_k < x.shape[-1]:
+        kth = torch.topk(x, top_k, dim=-1).values[..., -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_x, order = torch.sort(x, dim=-1, descending=True)
+        probs = torch.softmax(sorted_x, dim=-1)
+        mass_before = torch.cumsum(probs, dim=-1) - probs
+        drop_sorted = mass_before >= top_p  # keep tokens until the mass before them reaches top_p
+        drop_sorted[..., 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        x = x.masked_fill(drop, float("-inf"))
+    return torch.log_softmax(x, dim=-1)
+
+
+def sample_tokens(logprobs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw one token per row from (B, V) log-probs; returns (B,) int64.
+
+    ``torch.multinomial`` on the probabilities (exp of the log-probs), so the draw follows exactly
+    the distribution whose log-probs are recorded."""
+    import torch
+
+    probs = logprobs.exp()
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
