@@ -157,8 +157,9 @@ class LearnerConfig(Settings):
     log; short form ``tracking: [tensorboard, wandb]``."""
     metrics_port: int = Field(default=9402, ge=0, le=65535)
     """Port of /metrics and /health (0 = pick a free one)."""
-    metrics_host: str = "0.0.0.0"
-    """Address to bind the metrics server to."""
+    metrics_host: str = "127.0.0.1"
+    """Address /metrics and /health bind to: loopback unless configured (the Helm chart sets
+    0.0.0.0 so Prometheus can scrape the pod)."""
     seed: int = 0
     """Torch seed."""
 

@@ -266,3 +266,18 @@ async def test_generator_stops_asking_after_the_final_announcement(kafka_config_
         await asyncio.wait_for(task, 30)
         await producer.stop()
         verifier.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# metrics bind to loopback unless configured (issue 13, fault 7)
+
+
+def test_standalone_services_serve_metrics_on_loopback_by_default() -> None:
+    from winnow.generator.config import GeneratorConfig
+    from winnow.learner.config import LearnerConfig
+    from winnow.verifier.config import VerifierConfig
+
+    assert LearnerConfig().metrics_host == "127.0.0.1"
+    assert GeneratorConfig().metrics_host == "127.0.0.1"
+    v = VerifierConfig()
+    assert (v.metrics_host or v.host) == "127.0.0.1"
