@@ -203,7 +203,7 @@ def ks_up_to(k_max: int) -> list[int]:
 
 def eval_problems(budget: Budget) -> list[Any]:
     """The held-out problems: the training task generated with ``budget.eval_seed``."""
-    from winnow.generator.prompts import make_source
+    from winnow.prompts import make_source
 
     source = make_source({"kind": "reasoning_gym", "name": budget.task, "size": budget.eval_problems,
                           "seed": budget.eval_seed, "config": budget.task_config})
@@ -214,11 +214,12 @@ def evaluate(model_dir: str, weights: str | None, problems: list[Any], budget: B
              seed: int = 0) -> dict[str, Any]:
     """Greedy accuracy and pass@k of the model at ``model_dir`` (with the safetensors ``weights`` loaded
     over it, if given), decoded by the generator's transformers engine as it samples during training."""
-    from winnow.generator.chat import PromptFormatter
-    from winnow.generator.config import ChatFormat, SamplingConfig
-    from winnow.generator.hf_engine import HFEngine
     from winnow.verifier.engine import MathVerifier
-    from winnow.verifier.types import Item, Status
+
+    from winnow.chat import ChatFormat, PromptFormatter
+    from winnow.hf_engine import HFEngine
+    from winnow.sampling import SamplingConfig
+    from winnow.verdict import Item, Status
 
     t0 = time.perf_counter()
     engine = HFEngine.from_pretrained(model_dir, max_batch_sequences=64)
@@ -634,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.redirect_stderr(io.StringIO()):
             model_dir = save_tiny(work / "tiny-model", seed=0)
     else:
-        from winnow.generator.models import resolve_model
+        from winnow.models import resolve_model
 
         model_dir = resolve_model(budget.model)
     problems = eval_problems(budget)

@@ -12,8 +12,10 @@ Implements the filters of Xiong et al. (2025), "A Minimalist Approach to LLM Rea
   decided by a uniform draw that is a pure function of ``(seed, request_id, i)`` (:func:`uniform_draws`), so a
   replay of the same group after a crash keeps the same samples. The accepted samples are then exact draws
   from ``pi* ∝ pi · exp(r / beta)`` with the policy ``pi`` that generated them as the proposal. ``beta -> 0``
-  gives ``alpha_i = 1[r_i = r_max]`` (``raft``); ``beta -> inf`` gives ``alpha_i = 1`` (keep everything).
-  Needs rewards and draws, so it goes through :func:`beta_keep_mask`, not :func:`sample_keep_mask`.
+  gives ``alpha_i = 1[r_i = r_max]`` (``raft``; THEORY.md 2.4 and 3.2 write "beta -> infinity" for this limit,
+  the algebra gives beta -> 0); ``beta -> inf`` gives ``alpha_i = 1`` (keep everything). With binary rewards
+  and on-policy data its expected gradient is RAFT's times ``1 - exp(-1 / beta)`` (docs/algorithms.md
+  section 6). Needs rewards and draws, so it goes through :func:`beta_keep_mask`, not :func:`sample_keep_mask`.
 
 "Correct" is decided by the verifier's status (``Status.CORRECT``), never by comparing reward values:
 the reward map is configurable ({0,1}, {-1,+1}, shaped), the status is not. ``correct_mask`` exists for

@@ -358,3 +358,28 @@ def test_monte_carlo_snis_weights_reproduce_the_same_expectation():
     assert float((est * REWARD).sum()) == pytest.approx(exact, abs=0.01)
     keep = beta_keep_mask(REWARD[y], uniform_draws(0, [f"sn{i}" for i in range(G)], n), beta=BETA, r_max=1.0)
     assert float(REWARD[y][keep].mean()) == pytest.approx(exact, abs=0.01)
+
+
+# ---------------------------------------------------------------- what raft_beta's gradient is, on-policy
+def test_on_policy_raft_beta_gradient_is_raft_gradient_scaled_for_binary_rewards():
+    """alpha = e^{-1/beta} + (1 - e^{-1/beta}) 1[correct] and E_q[grad log q] = 0, so with q = pi_theta the
+    expected sum-gradient of SFT on the accepted samples, E_q[alpha grad log pi], is exactly
+    (1 - e^{-1/beta}) E_q[1[correct] grad log pi]: RAFT's direction, a smaller step; the wrong samples kept
+    add zero-mean noise. With graded rewards alpha is not affine in one indicator and the direction differs."""
+    logits = torch.tensor([0.3, -0.2, 1.1, 0.0, -0.7], dtype=torch.float64)
+    q = torch.softmax(logits, 0)  # the policy, also the proposal (on-policy)
+    eye = torch.eye(5, dtype=torch.float64)
+
+    def expected_grad(weight):  # d/dlogits of sum_y q(y) weight(y) log softmax(logits)(y), at logits
+        return (q[:, None] * weight[:, None] * (eye - q[None, :])).sum(0)
+
+    correct = torch.tensor([1.0, 0.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    for beta in (0.25, 0.5, 1.0, 3.0):
+        alpha = acceptance_probability(correct[None], beta=beta, r_max=1.0)[0]
+        g_beta, g_raft = expected_grad(alpha), expected_grad(correct)
+        torch.testing.assert_close(g_beta, (1 - math.exp(-1 / beta)) * g_raft, rtol=1e-12, atol=1e-15)
+    graded = torch.tensor([1.0, 0.0, 0.5, 0.2, 0.0], dtype=torch.float64)
+    g_beta = expected_grad(acceptance_probability(graded[None], beta=0.5, r_max=1.0)[0])
+    g_best = expected_grad((graded == 1.0).double())
+    cos = float(g_beta @ g_best / (g_beta.norm() * g_best.norm()))
+    assert cos < 0.99  # a different direction, not a rescaled RAFT

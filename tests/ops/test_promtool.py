@@ -229,8 +229,8 @@ def metrics_in_code(*files: Path) -> set[str]:
     for f in files:
         for kind, name in re.findall(r'\b(Counter|Gauge|Histogram|Summary)\(\s*"(winnow_[a-z0-9_]+)"', f.read_text()):
             names.add(name + "_total" if kind == "Counter" and not name.endswith("_total") else name)
-        # gauges declared as table entries ({"stat": ("winnow_...", help)}, winnow/tracking.py)
-        names |= set(re.findall(r'^\s*"[a-z_]+": \(\s*"(winnow_[a-z0-9_]+)"', f.read_text(), flags=re.M))
+        # gauges declared as data, e.g. winnow/tracking.py TRAINING_GAUGES: {"key": ("winnow_...", "help")}
+        names.update(re.findall(r':\s*\(\s*"(winnow_[a-z0-9_]+)"', f.read_text()))
     return names
 
 
