@@ -43,6 +43,7 @@ CONFIG_MODELS = {
 # keywords of pydantic's schema that say nothing to Helm's validator (formats like "path" are not
 # JSON Schema formats; titles duplicate the names)
 _DROP = {"title", "format", "writeOnly", "discriminator"}
+_NUMERIC = r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
 
 
 # ------------------------------------------------------------------------------------ comments
@@ -106,6 +107,12 @@ def _clean(node: Any, prefix: str) -> Any:
                 out[k] = {name: _clean(sub, prefix) for name, sub in v.items()}
                 continue
             out[k] = _clean(v, prefix)
+        if out.get("type") in ("number", "integer"):
+            # `helm --set a.b=2.5` passes floats as strings; the service parses numeric strings (pydantic's
+            # lax mode), so the schema accepts them too (their bounds are checked by the service)
+            numeric = {"type": "string", "pattern": _NUMERIC}
+            keep = {k: v for k, v in out.items() if k in ("description", "default")}
+            out = {**keep, "anyOf": [{k: v for k, v in out.items() if k not in keep}, numeric]}
         return out
     if isinstance(node, list):
         return [_clean(x, prefix) for x in node]
@@ -165,6 +172,9 @@ def build_schema(values: dict, comments: dict, base: dict) -> dict[str, Any]:
                                   for k in [*value, *[k for k in props if k not in value]]}
         else:
             node = {**_infer(value), **b} if "$ref" not in b and "oneOf" not in b else dict(b)
+        if node.get("type") == "number":  # `helm --set x=0.3` passes floats as strings
+            bounds = {k: v for k, v in node.items() if k != "description"}
+            node = {"anyOf": [bounds, {"type": "string", "pattern": _NUMERIC}]}
         desc = comments.get(path) or b.get("description")
         if desc:
             node["description"] = desc
@@ -207,6 +217,8 @@ def _rows(values: dict, comments: dict, schema: dict) -> list[tuple[str, str, st
         kind = node.get("type") or ("object" if path in CONFIG_MODELS else "")
         if isinstance(kind, list):
             kind = " or ".join(kind)
+        if not kind and "anyOf" in node:  # a number that may come as a numeric string (--set)
+            kind = node["anyOf"][0].get("type", "")
         if not kind and "oneOf" in node:
             kind = " or ".join(sorted({o.get("type", "") for o in node["oneOf"]}))
         rows.append((".".join(path), kind or "object", _default(value), node.get("description", "")))

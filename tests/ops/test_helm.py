@@ -654,6 +654,16 @@ def test_bare_n_key_is_caught(helm_bin, tmp_path) -> None:
     assert proc.returncode != 0 and "/learner/config" in proc.stderr and "'false'" in proc.stderr, proc.stderr
 
 
+def test_set_floats_in_config_blocks_still_render(helm_bin, tmp_path, monkeypatch) -> None:
+    # `helm --set x=2.5` passes floats as strings; the services parse numeric strings, so does the schema
+    objs = render(helm_bin, sets={"kafka.bootstrapServers": BOOTSTRAP, "verifier.config.timeout_s": "2.5",
+                                  "learner.config.optim.lr": "1e-6",
+                                  "monitoring.prometheusRule.alerts.entropyCollapseFraction": "0.3"})
+    VerifierConfig = config_class("winnow.verifier.config", "VerifierConfig")  # noqa: N806
+    monkeypatch.delenv("WINNOW_VERIFIER_TOKEN", raising=False)
+    assert load_config(VerifierConfig, config_of(objs, "rl-winnow-verifier", tmp_path)).timeout_s == 2.5
+
+
 def test_config_blocks_are_validated_at_render_time(helm_bin, tmp_path) -> None:
     """A typo or a bad value in verifier/generator/learner.config fails `helm template` naming the key
     (the schema of each block is the service's own pydantic config model), not the pod at start-up."""
