@@ -10,11 +10,16 @@ variants. A config is resolved, lowest priority first, from:
    file can hold the whole pipeline; the shared top-level ``kafka`` and ``numerics`` sections are
    merged under it,
 3. environment variables ``WINNOW_<SECTION>_<FIELD>``, nested fields joined with ``__``
-   (``WINNOW_LEARNER_ALGO__PRESET=grpo``), and for Kafka the standard ``KAFKA_BOOTSTRAP_SERVERS``,
+   (``WINNOW_LEARNER_ALGO__PRESET=grpo``; a nested block as JSON, ``WINNOW_LEARNER_ALGO='{...}'``),
+   and for Kafka the standard ``KAFKA_*`` variables of :data:`KAFKA_ENV` (bootstrap servers,
+   security protocol, SASL credentials, TLS files),
 4. explicit overrides (command-line flags, ``--set a.b=value``).
 
 It is validated once at start-up. A bad value raises :class:`ConfigError` whose message names
-the field, the bad value and the rule, never a traceback from deep inside.
+the field, the bad value and the rule, never a traceback from deep inside. So do a
+``WINNOW_<SECTION>_*`` variable that names no field (a typo would otherwise be ignored; the
+message names the nearest field), a nested variable that is not JSON, and a config file that is
+not UTF-8 text.
 """
 
 from __future__ import annotations
