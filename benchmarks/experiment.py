@@ -51,8 +51,10 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import sys
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -211,18 +213,24 @@ def eval_problems(budget: Budget) -> list[Any]:
 
 
 def evaluate(model_dir: str, weights: str | None, problems: list[Any], budget: Budget, chat: dict[str, Any],
-             seed: int = 0) -> dict[str, Any]:
+             precision: str = "auto", seed: int = 0, threads: int = 1) -> dict[str, Any]:
     """Greedy accuracy and pass@k of the model at ``model_dir`` (with the safetensors ``weights`` loaded
-    over it, if given), decoded by the generator's transformers engine as it samples during training."""
-    from winnow.verifier.engine import MathVerifier
+    over it, if given), decoded by the generators' transformers engine at the run's ``numerics.precision``:
+    exactly as the generators sample during training. ``threads``: torch threads of this process (1 by
+    default: on a shared machine OpenMP threads that spin for a busy core slow decoding by an order of
+    magnitude; 0 = torch's default)."""
+    import torch
 
     from winnow.chat import ChatFormat, PromptFormatter
     from winnow.hf_engine import HFEngine
     from winnow.sampling import SamplingConfig
+    from winnow.scoring import in_process_verifier
     from winnow.verdict import Item, Status
 
+    if threads:
+        torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    engine = HFEngine.from_pretrained(model_dir, max_batch_sequences=64)
+    engine = HFEngine.from_pretrained(model_dir, dtype=precision, max_batch_sequences=64)
     if weights:
         engine.load_weights(weights, version=1)
     fmt = PromptFormatter(engine.tokenizer, ChatFormat(**chat))
@@ -233,7 +241,7 @@ def evaluate(model_dir: str, weights: str | None, problems: list[Any], budget: B
         sampling = SamplingConfig(temperature=budget.temperature, top_p=1.0,
                                   max_new_tokens=budget.max_new_tokens, seed=seed + 1)
         sampled = engine.generate(prompts, budget.eval_k, sampling)
-    verifier = MathVerifier(workers=1, timeout_s=2.0)
+    verifier = in_process_verifier(workers=1, timeout_s=2.0)
     try:
         def correct(texts: list[str], problem: Any) -> list[bool]:
             items = [Item(id=str(i), response=t, gold=problem.gold, task=problem.task) for i, t in enumerate(texts)]
@@ -252,6 +260,10 @@ def evaluate(model_dir: str, weights: str | None, problems: list[Any], budget: B
         "sample_correct_counts": counts,
         "greedy_examples": [g[0].text for g in greedy[:3]],
     }
+    tokens = [lp for s in sampled for c in s for lp in c.logprobs]
+    if tokens:  # E[-log mu(a)] over sampled tokens: a Monte Carlo estimate of the per-token entropy
+        out["sample_entropy"] = -statistics.fmean(tokens)
+        out["response_tokens_mean"] = len(tokens) / (len(problems) * budget.eval_k)
     if counts:
         out["pass_at_k"] = {str(k): statistics.fmean(pass_at_k(budget.eval_k, c, k) for c in counts)
                             for k in ks_up_to(budget.eval_k)}
@@ -305,12 +317,22 @@ def final_weights(run_dir: Path) -> tuple[str, int]:
     raise RuntimeError(f"no published weights under {run_dir / 'weights'}")
 
 
+TRAINED_ONLY = ("entropy", "kl")
+"""Learner metrics measured over the trained tokens only: undefined (logged as 0) on a step that trained nothing."""
+
+
+def trained(row: dict) -> bool:
+    return float(row.get("tokens", 0.0)) > 0 and not row.get("skipped")
+
+
 def summarize(spec: RunSpec, rows: list[dict], ev: dict[str, Any], wall_s: float) -> dict[str, Any]:
     """One run's numbers for the table: the last steps' training signals and the held-out evaluation."""
     steps = [r for r in rows if "loss" in r]
     tail = steps[-max(1, len(steps) // 4):]  # last quarter of the run
 
     def mean(key: str, rs: list[dict]) -> float | None:
+        if key in TRAINED_ONLY:
+            rs = [r for r in rs if trained(r)]
         vals = [float(r[key]) for r in rs if isinstance(r.get(key), int | float)]
         return statistics.fmean(vals) if vals else None
 
@@ -331,6 +353,8 @@ def summarize(spec: RunSpec, rows: list[dict], ev: dict[str, Any], wall_s: float
         "kept_groups_mean": mean("kept_group_fraction", steps),
         "staleness_mean": mean("staleness_mean", steps),
         "stale_dropped": int(last.get("outcomes", {}).get("stale", 0)),
+        "skipped_steps": sum(not trained(r) for r in steps),
+        "sample_entropy": ev.get("sample_entropy"),
         "greedy_accuracy": ev["greedy_accuracy"],
         "pass_at_k": ev.get("pass_at_k", {}),
         "mean_at_k": ev.get("mean_at_k"),
@@ -338,7 +362,7 @@ def summarize(spec: RunSpec, rows: list[dict], ev: dict[str, Any], wall_s: float
 
 
 def run_one(spec: RunSpec, budget: Budget, model_dir: str, bootstrap: str, results: Path, work: Path,
-            problems: list[Any], timeout_s: float) -> dict[str, Any]:
+            problems: list[Any], timeout_s: float, eval_threads: int = 1) -> dict[str, Any]:
     """Run, evaluate and record one spec (``results/runs/<id>/``); returns its summary."""
     out = results / "runs" / spec.run_id
     run_dir = work / spec.run_id
@@ -351,12 +375,25 @@ def run_one(spec: RunSpec, budget: Budget, model_dir: str, bootstrap: str, resul
     wall_s = run_pipeline(data, run_dir, timeout_s)
     shutil.copy(run_dir / "metrics.jsonl", out / "metrics.jsonl")
     weights, version = final_weights(run_dir)
-    ev = evaluate(model_dir, weights, problems, budget, data["generator"].get("chat", {}), seed=spec.seed)
+    ev = evaluate(model_dir, weights, problems, budget, data["generator"].get("chat", {}),
+                  precision=data.get("numerics", {}).get("precision", "auto"), seed=spec.seed, threads=eval_threads)
     ev["weights_version"] = version
     (out / "eval.json").write_text(json.dumps(ev, indent=1))
     summary = summarize(spec, _rows(out / "metrics.jsonl"), ev, wall_s)
+    summary["git_commit"] = _git_commit()
     (out / "summary.json").write_text(json.dumps(summary, indent=1))  # last: marks the run finished
     return summary
+
+
+def _git_commit() -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
 
 
 # -- the report -------------------------------------------------------------------------------------
@@ -386,13 +423,13 @@ def table(results: Path) -> str:
     base = json.loads((results / "base_eval.json").read_text()) if (results / "base_eval.json").exists() else None
     ks = [str(k) for k in ks_up_to(cfg["budget"]["eval_k"])]
     head = (["suite", "run", "seeds", "greedy acc %"] + [f"pass@{k} %" for k in ks]
-            + ["train acc first→last %", "reward last", "KL last", "entropy first→last", "tokens trained",
-               "wall s", "dropped stale"])
+            + ["held-out entropy", "train acc first→last %", "reward last", "KL last", "entropy first→last",
+               "tokens trained", "skipped steps", "wall s", "dropped stale"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     if base is not None:
         lines.append("| base | initial model | - | " + f"{100 * base['greedy_accuracy']:.1f} | "
                      + " | ".join(f"{100 * base['pass_at_k'][k]:.1f}" for k in ks)
-                     + " | - | - | - | - | - | - | - |")
+                     + f" | {base.get('sample_entropy', float('nan')):.3f}" + " | - | - | - | - | - | - | - | - |")
     groups: dict[tuple[str, str], list[dict]] = {}
     for s in summaries:
         groups.setdefault((s["suite"], s["label"]), []).append(s)
@@ -404,11 +441,13 @@ def table(results: Path) -> str:
         cells = [suite, label, str(len(rs)), _fmt(col("greedy_accuracy"), pct=True)]
         cells += [_fmt([r["pass_at_k"].get(k) for r in rs], pct=True) for k in ks]
         cells += [
+            _fmt(col("sample_entropy")),
             f"{_fmt(col('acceptance_first'), pct=True)} → {_fmt(col('acceptance_last'), pct=True)}",
             _fmt(col("reward_last")),
             _fmt(col("kl_last"), digits=4),
             f"{_fmt(col('entropy_first'))} → {_fmt(col('entropy_last'))}",
             f"{statistics.fmean(col('tokens_trained')):.0f}",
+            f"{statistics.fmean(r.get('skipped_steps', 0) for r in rs):.1f}",
             f"{statistics.fmean(col('wall_s')):.0f}",
             f"{statistics.fmean(col('stale_dropped')):.1f}",
         ]
@@ -435,8 +474,9 @@ def write_report(results: Path) -> list[Path]:
         f"{hw['platform']}.\n"
         "greedy acc / pass@k: held-out, final weights decoded by the generator's engine (pass@k unbiased from "
         f"{b['eval_k']} samples per problem); train acc: fraction of correct samples (first / last quarter of "
-        "the steps); reward, KL (k3 vs the initial model), entropy: learner metrics of the last quarter (first "
-        "step for entropy first); wall s: one run start to learner exit, one process each for generator and "
+        "the steps); held-out entropy: mean -log-prob per token of those samples (a Monte Carlo estimate of "
+        "the policy's per-token entropy on held-out prompts, comparable across presets); reward, KL (k3 vs the initial model), entropy: learner metrics of the last quarter (first "
+        "step for entropy first), over the trained tokens only (steps that trained nothing are left out); wall s: one run start to learner exit, one process each for generator and "
         "learner; mean ± sd over seeds.\n\n"
     )
     files = [results / "table.md"]
@@ -475,7 +515,8 @@ def plot(results: Path) -> list[Path]:
                 steps = sorted({int(r["version"]) for rows in runs for r in rows})
                 series = []
                 for st in steps:
-                    vals = [float(r[key]) for rows in runs for r in rows if int(r["version"]) == st and key in r]
+                    vals = [float(r[key]) for rows in runs for r in rows if int(r["version"]) == st and key in r
+                            and (key not in TRAINED_ONLY or trained(r))]
                     if vals:
                         series.append((st, statistics.fmean(vals), min(vals), max(vals)))
                 if not series:
@@ -568,11 +609,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-problems", type=int, default=d.eval_problems)
     p.add_argument("--eval-k", type=int, default=d.eval_k, help="samples per held-out problem for pass@k")
     p.add_argument("--eval-seed", type=int, default=d.eval_seed, help="reasoning-gym seed of the held-out set")
+    p.add_argument("--eval-threads", type=int, default=1,
+                   help="torch threads of the evaluation (1: no OpenMP spinning on a shared machine; 0 = default)")
     p.add_argument("--staleness-preset", default="reinforce_rej")
     p.add_argument("--staleness-values", default="0,1,2,4")
     p.add_argument("--config", default=None, help="a winnow up config file merged over every run's config")
     p.add_argument("--run-timeout", type=float, default=1800.0, help="seconds allowed per run")
-    p.add_argument("--only", default=None, help="run only the labels in this comma-separated list (e.g. grpo,raft)")
+    p.add_argument("--only", default=None, help="run only these labels or presets (comma-separated), in this order within a seed")
     p.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
     p.add_argument("--report-only", action="store_true", help="only rebuild table.md and the plots")
     p.add_argument("--base-only", action="store_true",
@@ -597,9 +640,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     results = Path(args.results)
+    if threading.current_thread() is threading.main_thread():  # SIGTERM stops the services like Ctrl-C
+        signal.signal(signal.SIGTERM, _interrupt)
     if args.report_only:
         for f in write_report(results):
             print(f"wrote {f}")
@@ -612,9 +661,14 @@ def main(argv: list[str] | None = None) -> int:
                     task_config=args.task_config_dict, eval_problems=args.eval_problems, eval_k=args.eval_k,
                     eval_seed=args.eval_seed, extra=read_config_file(args.config) if args.config else {})
     specs = plan(args.suites, args.seed_list, args.staleness_preset, args.staleness_list)
-    if args.only:
-        wanted = {w.strip() for w in args.only.split(",")}
+    if args.only:  # these labels or presets only, in the order given (within each suite and seed)
+        wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+
+        def rank(s: RunSpec) -> int:
+            return next(i for i, w in enumerate(wanted) if w in (s.label, s.algo.get("preset")))
+
         specs = [s for s in specs if s.label in wanted or s.algo.get("preset") in wanted]
+        specs.sort(key=lambda s: (SUITES.index(s.suite), s.seed, rank(s)))
     todo = [s for s in specs if not (results / "runs" / s.run_id / "summary.json").exists()]
     if args.max_runs is not None:
         todo = todo[: args.max_runs]
@@ -639,10 +693,11 @@ def main(argv: list[str] | None = None) -> int:
 
         model_dir = resolve_model(budget.model)
     problems = eval_problems(budget)
-    chat = up_config(RunSpec("main", "base", {}, 0), budget, model_dir, "", "")["generator"].get("chat", {})
+    probe = up_config(RunSpec("main", "base", {}, 0), budget, model_dir, "", "")
+    chat, precision = probe["generator"].get("chat", {}), probe.get("numerics", {}).get("precision", "auto")
     if not (results / "base_eval.json").exists():
         print("evaluating the initial model ...", file=sys.stderr, flush=True)
-        base = evaluate(model_dir, None, problems, budget, chat)
+        base = evaluate(model_dir, None, problems, budget, chat, precision=precision, threads=args.eval_threads)
         (results / "base_eval.json").write_text(json.dumps(base, indent=1))
         print(f"  initial model: greedy {base['greedy_accuracy']:.3f}, pass@k {base.get('pass_at_k')}",
               file=sys.stderr, flush=True)
@@ -658,7 +713,8 @@ def main(argv: list[str] | None = None) -> int:
             bootstrap = broker.start()
         for i, spec in enumerate(todo, 1):
             print(f"[{i}/{len(todo)}] {spec.run_id} ({time.strftime('%H:%M:%S')}) ...", file=sys.stderr, flush=True)
-            s = run_one(spec, budget, model_dir, bootstrap, results, work, problems, args.run_timeout)
+            s = run_one(spec, budget, model_dir, bootstrap, results, work, problems, args.run_timeout,
+                        args.eval_threads)
             print(f"  done in {s['wall_s']:.0f}s: greedy {s['greedy_accuracy']:.3f}, pass@{budget.eval_k} "
                   f"{s['pass_at_k'].get(str(budget.eval_k), float('nan')):.3f}, train acc "
                   f"{s['acceptance_first']} -> {s['acceptance_last']}", file=sys.stderr, flush=True)

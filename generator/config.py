@@ -117,6 +117,10 @@ class GeneratorConfig(Settings):
     """Consumer group of all generators on the prompts topic."""
     generator_id: str = ""
     """This instance's id in ScoredGroup.generator_id ("" = hostname-pid)."""
+    max_prompt_tokens: int = Field(default=4096, ge=1, le=1_000_000)
+    """A prompt request whose formatted prompt is longer than this is quarantined (logged, counted in
+    ``winnow_generator_quarantined_requests_total``, committed), not generated: one huge prompt must not
+    exhaust memory and crash-loop the generators."""
     batch_prompts: int = Field(default=4, ge=1, le=4096)
     """Prompt requests sampled together in one engine call."""
     batch_wait_ms: int = Field(default=200, ge=0, le=60_000)

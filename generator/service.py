@@ -39,10 +39,11 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from winnow.generator.config import GeneratorConfig, VerifierRouting
-from winnow.generator.engine import Engine
+from pydantic import ValidationError
 
 from winnow.chat import PromptFormatter
+from winnow.generator.config import GeneratorConfig, VerifierRouting
+from winnow.generator.engine import Engine
 from winnow.sampling import Completion, GenerationCancelled, SamplingConfig
 from winnow.v1 import messages_pb2
 from winnow.verdict import Item, Status, Verdict
@@ -111,6 +112,15 @@ class GeneratorMetrics:
             "Records on the prompts or weights topic that did not decode (skipped).",
             registry=registry,
         )
+        self.quarantined = Counter(
+            "winnow_generator_quarantined_requests_total",
+            "Prompt requests refused before generation (sampling out of bounds, prompt too long); skipped and "
+            "committed, never retried by this generator.",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in ("sampling", "prompt"):
+            self.quarantined.labels(reason=reason)
 
 
 # ----------------------------------------------------------------------------------- pure parts
@@ -392,6 +402,24 @@ class GeneratorService:
     def _on_corrupt(self, reason: str, record: Any) -> None:
         self.metrics.corrupt_messages.inc()
 
+    def quarantine(self, req: messages_pb2.PromptRequest) -> bool:
+        """True (logged and counted) if ``req`` must not be generated: sampling parameters out of bounds or a
+        prompt longer than ``max_prompt_tokens``. A poison request is skipped and its offset committed, so it
+        cannot crash-loop every generator of the group in turn (the learner also bounds prompts at release)."""
+        reason, detail = None, ""
+        try:
+            merge_sampling(self.cfg.sampling, req.sampling if req.HasField("sampling") else None)
+            tokens = len(self.formatter(req.problem, [(m.role, m.content) for m in req.messages]))
+            if tokens > self.cfg.max_prompt_tokens:
+                reason, detail = "prompt", f"{tokens} prompt tokens > max_prompt_tokens {self.cfg.max_prompt_tokens}"
+        except (ValueError, UnicodeError) as e:  # pydantic's ValidationError is a ValueError
+            reason, detail = "sampling" if isinstance(e, ValidationError) else "prompt", str(e)[:500]
+        if reason is None:
+            return False
+        log.error("quarantined request %s (%s): %s", req.request_id, reason, detail)
+        self.metrics.quarantined.labels(reason=reason).inc()
+        return True
+
     async def _poll_weights(self, consumer, *, drain_s: float = 0.0) -> None:
         """Read new announcements (the last valid one wins) and load it if it is new."""
         from winnow.kafka import WeightAnnouncement, decode_record
@@ -665,7 +693,7 @@ class GeneratorService:
                 for record in records:
                     self._tracker.track(record)
                     req = decode_record(PromptRequest, record, self._on_corrupt)
-                    if req is None:
+                    if req is None or self.quarantine(req):
                         self._tracker.done(record)
                     else:
                         pending.append(_Pending(record, req))

@@ -30,13 +30,12 @@ implemented).
 from __future__ import annotations
 
 import math
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-AdvantageKind = Literal["raw", "mean_zero", "mean_std", "raft", "unit", "snis"]
-ADVANTAGE_KINDS: tuple[str, ...] = get_args(AdvantageKind)
+from winnow.learner.algo import ADVANTAGE_KINDS, AdvantageKind  # noqa: F401  (defined with the config)
 
 
 def group_mean_std(

@@ -77,6 +77,21 @@ def finished_run(run_dir: str | Path, max_steps: int | None, resume: bool) -> di
     return marker
 
 
+async def finish_run(run_dir: str | Path, *, version: int, max_steps: int | None, run_id: str, publisher: Any) -> Path:
+    """``max_steps`` reached (and checkpointed): write the marker, then announce the last weights once
+    more with ``final=true`` so generators stop asking for prompts. ``publisher``: the learner's
+    :class:`~winnow.learner.weights.WeightPublisher` (or None)."""
+    path = write_marker(run_dir, version=version, max_steps=max_steps, run_id=run_id)
+    last = publisher.last if publisher is not None else None
+    if last is not None:
+        final = type(last)()
+        final.CopyFrom(last)
+        final.final = True
+        await publisher.announce(final)
+    log.info("run finished at version %d: wrote %s%s", version, path, ", announced final weights" if last is not None else "")
+    return path
+
+
 class IdleLearner:
     """What a finished learner runs under ``on_finish: idle``: healthy, serving metrics, no work."""
 

@@ -143,7 +143,7 @@ def build_evaluator(cfg: Any, tokenizer: Any) -> Evaluator | None:
     if cfg.eval.source is not None:
         source = make_source(cfg.eval.source)
     else:
-        source = make_source(cfg.prompt_source_config(), split="eval")
+        source = make_source(cfg.prompts, split="eval")
     count = min(cfg.eval.prompts, len(source))
     problems = [source.get(i) for i in range(count)]
     return Evaluator(

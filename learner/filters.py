@@ -18,8 +18,7 @@ Implements the filters of Xiong et al. (2025), "A Minimalist Approach to LLM Rea
   section 6). Needs rewards and draws, so it goes through :func:`beta_keep_mask`, not :func:`sample_keep_mask`.
 
 "Correct" is decided by the verifier's status (``Status.CORRECT``), never by comparing reward values:
-the reward map is configurable ({0,1}, {-1,+1}, shaped), the status is not. ``correct_mask`` exists for
-callers that only have rewards; it treats ``rewards == reward_correct`` as correct.
+the reward map is configurable ({0,1}, {-1,+1}, shaped), the status is not.
 
 ``valid`` marks samples the verifier actually judged (a verifier ERROR is not "wrong"): invalid samples are
 never kept and do not count in a group's size, so a group of 3 correct + 1 error is "all correct".
@@ -37,25 +36,11 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
-CorrectnessFilter = Literal["none", "raft", "mixed", "remove_all_wrong", "remove_all_correct"]
-FILTER_MODES: tuple[str, ...] = get_args(CorrectnessFilter)
-"""The filters decided by correctness alone (:func:`sample_keep_mask`)."""
-FilterMode = Literal[CorrectnessFilter, "raft_beta"]
-"""Every filter: the correctness filters and ``raft_beta`` (:func:`beta_keep_mask`)."""
-
-
-def correct_mask(rewards: Tensor, reward_correct: float = 1.0) -> Tensor:
-    """``rewards (G, n)`` -> bool ``(G, n)``: ``rewards == reward_correct``.
-
-    Prefer ``statuses == Status.CORRECT`` (see :func:`winnow.learner.algo.reward_from_status`); this helper
-    is for reward-only data where the correct reward value is known.
-    """
-    return rewards == reward_correct
+from winnow.learner.algo import FILTER_MODES, CorrectnessFilter, FilterMode  # noqa: F401  (defined with the config)
 
 
 def group_stats(correct: Tensor, *, valid: Tensor | None = None) -> dict[str, Tensor]:

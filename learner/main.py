@@ -42,10 +42,12 @@ async def serve(cfg) -> int:
     from pathlib import Path
 
     from prometheus_client import CollectorRegistry
+
+    from winnow.chat import PromptFormatter
     from winnow.learner.completion import IdleLearner, finished_run
     from winnow.learner.evaluate import build_evaluator
-    from winnow.learner.service import LearnerService, build_trainer
-
+    from winnow.learner.model import build_trainer
+    from winnow.learner.service import LearnerService
     from winnow.metrics import run_service
     from winnow.prompts import make_source
 
@@ -55,7 +57,7 @@ async def serve(cfg) -> int:
                  marker["version"], cfg.max_steps, "; idle, serving metrics" if cfg.on_finish == "idle" else "")
         if cfg.on_finish == "exit":
             return 0
-        from winnow.learner.service import LearnerMetrics
+        from winnow.learner.metrics import LearnerMetrics
 
         registry = CollectorRegistry()
         metrics = LearnerMetrics(registry)
@@ -63,11 +65,13 @@ async def serve(cfg) -> int:
         return await _idle(cfg, registry, metrics, IdleLearner())
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.run_dir) / "learner-config.json").write_text(cfg.model_dump_json(indent=2))
-    source = await asyncio.to_thread(make_source, cfg.prompt_source_config())
+    source = await asyncio.to_thread(make_source, cfg.prompts)
     trainer, tokenizer = await asyncio.to_thread(build_trainer, cfg)
     evaluator = await asyncio.to_thread(build_evaluator, cfg, tokenizer)
     registry = CollectorRegistry()
-    service = LearnerService(cfg, trainer, source, registry, evaluate=evaluator)
+    fmt = PromptFormatter(tokenizer, cfg.eval.chat)  # the generators' prompt format: bound prompts at release
+    service = LearnerService(cfg, trainer, source, registry, evaluate=evaluator,
+                             prompt_tokens=lambda p: len(fmt(p.problem, p.messages)))
     try:
         steps = await run_service(service, registry, cfg.metrics_port, cfg.metrics_host)
     finally:

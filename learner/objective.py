@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
 from winnow.learner.advantages import compute_advantages
 from winnow.learner.algo import AlgoConfig, reward_from_status
 from winnow.learner.filters import (
@@ -34,7 +35,7 @@ from winnow.learner.filters import (
     uniform_draws,
 )
 from winnow.learner.losses import aggregate, clipped_policy_loss, kl_penalty, ratio_stats, sft_loss
-
+from winnow.samples import SampleJudgement
 from winnow.verdict import Status
 
 
@@ -104,6 +105,20 @@ def prepare_batch_signals(
         "sample_weight": sample_weight,
         "metrics": {**dict(zip(names, stacked, strict=True)), **beta_metrics},
     }
+
+
+def judge_samples(groups: Sequence[Any], cfg: AlgoConfig) -> SampleJudgement:
+    """Per sample of ``groups`` (:class:`~winnow.learner.batch.GroupData`): kept by the algorithm's filter, valid,
+    reward, from the same :func:`prepare_batch_signals` a training step uses (for the sample log of groups that
+    are not trained, e.g. stale ones; a step reports its own in ``StepResult.judged``)."""
+    statuses = torch.tensor([[s.status for s in g.samples] for g in groups], dtype=torch.long)
+    sig = prepare_batch_signals(statuses, cfg, request_ids=[g.request_id for g in groups])
+    return judgement(sig, cfg)
+
+
+def judgement(sig: dict[str, Any], cfg: AlgoConfig) -> SampleJudgement:
+    """The per-sample view of :func:`prepare_batch_signals`' output for the sample log."""
+    return SampleJudgement(sig["keep"].tolist(), sig["valid"].tolist(), sig["rewards"].tolist(), str(cfg.filter))
 
 
 def compute_loss(

@@ -43,8 +43,9 @@ class WeightPublisher:
         *,
         keep: int = 3,
         uri_root: str = "",
-        dtype: Any = None,
+        dtype: str | None = None,
     ) -> None:
+        """``dtype``: "bfloat16" / "float32" to cast published tensors to, None or "auto" = as trained."""
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
         self.store = Path(store_dir).expanduser().resolve()
@@ -53,7 +54,11 @@ class WeightPublisher:
         self.topic = topic
         self.keep = keep
         self.uri_root = uri_root.rstrip("/")
-        self.dtype = dtype
+        self.dtype = None
+        if dtype not in (None, "auto"):
+            from winnow.numerics import torch_dtype
+
+            self.dtype = torch_dtype(dtype)
         self.last: WeightAnnouncement | None = None
 
     def uri_for(self, path: Path) -> str:

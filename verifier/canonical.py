@@ -10,6 +10,19 @@ thousands separators (``1{,}000``, ``1,\\!000``, ``1\\,000``; ``1,000`` only whe
 answers -> ``,``; ``a\\pm b`` -> ``a+b,a-b``; a leading ``x \\in``; the trailing period; whitespace (a space is kept only after a
 LaTeX command followed by a letter).
 
+Also: percent words (``percent``, ``pct``, ``percentage``) -> ``%``; currency signs dropped; a unit
+glued to a number with a superscript (``m²``) dropped; relation operators normalised (``<=``, ``\\leq``,
+``\\leqslant`` -> ``\\le``; ``\\lt`` -> ``<``; ``!=`` -> ``\\ne``); conjunctions glued to values
+(``(1,2)or(2,1)``, ``1orW``) separate; a space as thousands separator (``1 000``); ``;`` separates values
+(``p=5,q=2;p=7,q=2`` -> ``(5,2),(7,2)``, ``(0;-2;6)`` -> ``(0,-2,6)``); braces used as a list
+(``{1,2,3}``) are a set.
+
+Labels and relations (``is_label``, ``reduce_relation``): a left side made of symbols only (a variable,
+a tuple of variables, ``f(x)``, ``|AB|``, ``A:B``, ``\\frac{NO}{BO}``, subscripts allowed) is a label and
+is dropped; a chain of equalities gives its last side when that side is constant; an approximation tail
+(``\\approx …``) is dropped; anything else with ``=`` is an equation (never drop a left side with
+numeric coefficients).
+
 ``parse_structure`` splits a canonical answer at its top level into a ``Struct``: scalar, bare list
 (unordered solution list), set ``\\{…\\}``, tuple/interval (the bracket characters are kept so the
 gold decides the semantics), a union of intervals, or a matrix.
@@ -70,7 +83,7 @@ def strip_outer_boxed(s: str) -> str:
 
 
 _R = re.compile
-_DTFRAC = _R(r"\\[dt]frac")
+_DTFRAC = _R(r"\\[dtc]frac")
 _BRACE_COMMA = _R(r"(\d)\{,\}(?=\d)")
 _COMMA_BANG = _R(r"(\d),\\!\s*(?=\d{3})")
 _THIN_SPACE = _R(r"(\d)\\,(?=\d{3}(?!\d))")
@@ -153,6 +166,8 @@ def canonicalize(s: str) -> str:
     s = s.rstrip(".").rstrip("\\").rstrip(",")
     if s in _EMPTY_SETS:
         return "\\emptyset"
+    if s.lower() in _NUMBER_WORDS:  # the whole answer is a number word ("four", "\\text{twelve}")
+        return _NUMBER_WORDS[s.lower()]
     if ";" in s and not s.startswith("\\begin"):
         s = _TUPLE_SEMICOLONS.sub(lambda m: m.group(0).replace(";", ","), s)  # "(0;-2;6)" is "(0,-2,6)"
         s = _semicolons(s)
@@ -164,6 +179,13 @@ def canonicalize(s: str) -> str:
 
 
 _TUPLE_SEMICOLONS = re.compile(r"\([^(),;]*(?:;[^(),;]*)+\)")
+
+
+_NUMBER_WORDS = {w: str(i) for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())}
+_NUMBER_WORDS.update({"thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70", "eighty": "80",
+                      "ninety": "90", "hundred": "100", "thousand": "1000"})
 
 
 def _semicolons(s: str) -> str:
@@ -260,7 +282,10 @@ _LABEL_RE = re.compile(
 _SUBSCRIPT_RE = re.compile(r"_(?:\{[^{}]*\}|[A-Za-z0-9])|\^\{?\\prime\}?|\\prime")
 _DECOR_RE = re.compile(r"\\(?:overline|vec|hat|bar|widehat|overrightarrow|mathbf|bm)\{([^{}]*)\}")
 _NOT_LABELS = {"sin", "cos", "tan", "log", "ln", "exp", "sqrt", "frac", "pi", "infty", "lim", "max", "min", "det"}
-_CONST_CMDS = re.compile(r"\\(?:frac|sqrt|pi|cdot|times|div|infty|circ|pm|mp|ldots|cdots)(?![a-zA-Z])")
+_CONST_CMDS = re.compile(
+    r"\\(?:frac|sqrt|pi|cdot|times|div|infty|circ|pm|mp|ldots|cdots|sin|cos|tan|cot|sec|csc|log|ln|exp|"
+    r"arcsin|arccos|arctan|binom)(?![a-zA-Z])"
+)
 _APPROX = re.compile(r"\\approx|\\simeq|≈")
 
 

@@ -33,10 +33,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
-from winnow.verifier.types import Item, Verdict
-from winnow.verifier.wire import item_to_proto, verdict_from_proto
 
 from winnow.v1 import verifier_pb2, verifier_pb2_grpc
+from winnow.verifier.types import Item, Verdict
+from winnow.verifier.wire import item_to_proto, verdict_from_proto
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 SERVICE = "winnow.v1.Verifier"

@@ -26,9 +26,21 @@ Statuses: CORRECT/WRONG; NO_ANSWER (nothing extracted); UNPARSABLE (answer fails
 grammar); TIMEOUT (worker killed, or the batch deadline passed); TOO_COMPLEX (refused by a guard);
 ERROR (gold unparsable, or an internal exception: never turned into WRONG).
 
-Options (``Item.options``, string values "1"/"true"): ``last_number`` (fall back to the last number in
-the response), ``percent`` (accept x vs x/100), ``mcq`` (lower-case letters count as choices). A task
-name containing ``mcq`` sets ``mcq``.
+Options (``Item.options``, string values "1"/"true" or "0"/"false"; ``MathVerifier(default_options=…)``
+supplies defaults from the config, a request's own options win):
+
+* ``fallback`` (default on; ``last_number`` is an alias): with no marker, take the last math span, then
+  the last number. Off = a strict format (only boxes and answer markers count).
+* ``rounded`` (default off): accept a decimal rounded or truncated to >= 2 places for an exact or
+  irrational gold. Risk: a low-precision guess earns full reward. Without it a decimal stands for an
+  exact value only when it matches to 6 places (Math-Verify's default float rounding).
+* ``percent``: accept x vs x/100. ``mcq``: lower-case letters count as choices (a task name containing
+  ``mcq`` sets it).
+
+Golds (``prepare_gold``): at most ``MAX_GOLD_CHARS`` characters (longer is ERROR, before any parsing);
+extracted in linear time; an MCQ gold with its option text (``(B) 42``) accepts the letter or the
+option's value; an undefined gold (``1/0``, ``nan``) is ERROR (unanswerable). Gold preparation runs under
+the same batch deadline as the answers.
 
 Left out: reward mapping (the learner's config), answers spread over several boxes for tuple golds.
 """
@@ -119,8 +131,8 @@ def prepare_gold(gold: str, task: str = "", options: dict[str, str] | None = Non
     refusal = check_text(raw)
     if refusal is not None:
         return Gold(raw, "", None, None, False, f"gold refused by guard: {refusal.detail}")
-    option = _OPTION_GOLD_RE.match(raw)
-    if option and (option.group(0).startswith("(") or raw[1:2] in ".:)"):  # MCQ gold with its option text
+    option = _OPTION_GOLD_RE.match(re.sub(r"^\\text(?:bf)?\{\s*(\(?[A-J]\)?[.:]?)\s*\}", r"\1", raw))
+    if option and (option.group(0).startswith("(") or option.group(0)[1:2] in ".:)"):  # MCQ gold with option text
         canon = canonicalize(option.group(2).rstrip("."))
         return Gold(raw, canon, parse_structure(canon), option.group(1), is_text_gold(option.group(2)))
     canon = canonicalize(raw)
@@ -310,6 +322,9 @@ class MathVerifier:
             t0 = time.perf_counter()
             if self.default_options:
                 item = Item(item.id, item.response, item.gold, item.task, {**self.default_options, **item.options})
+            if self._closed:  # shutting down: finish the batch at once instead of holding the process
+                out[i] = self._verdict(item, Result(Status.ERROR, "", "internal", "verifier shutting down"), t0)
+                continue
             if deadline is not None and time.monotonic() > deadline:  # gold and answer parsing share the budget
                 out[i] = self._verdict(item, Result(Status.TIMEOUT, "", "deadline", "batch deadline passed"), t0)
                 continue
@@ -336,6 +351,12 @@ class MathVerifier:
                 continue
             self._count("cache_misses")
             pending.setdefault(decision.key, []).append((i, t0, decision))
+        if pending and self._closed:
+            for jobs in pending.values():
+                for i, t0, job in jobs:
+                    out[i] = self._verdict(items[i], Result(Status.ERROR, job.extracted, "internal",
+                                                            "verifier shutting down"), t0)
+            pending = {}
         if pending:
             futures = {key: self._executor.submit(self._run_job, jobs[0][2], deadline)
                        for key, jobs in pending.items()}

@@ -1,22 +1,28 @@
-"""Answer extraction from full model outputs and from dataset golds (VERIFIER_NOTES §4.1-4.2).
+"""Answer extraction from full model outputs and from dataset golds (VERIFIER_NOTES §4.1-4.2). Linear time.
 
-Response, in order (the first that yields something wins):
+Response, in order:
 
 1. ``<think>…</think>`` is dropped (everything up to the last ``</think>``; an unclosed ``<think>``
    means the model never answered), then only the last ``MAX_RESPONSE_CHARS`` characters are kept.
-2. The last ``\\boxed{…}`` / ``\\fbox{…}`` (brace-matched, O(n)) or ``\\boxed 5``. All boxed
-   answers are collected so the caller can apply the hedging rule.
-3. ``final answer is …`` (Minerva / lm-eval "I hope it is correct" format), then ``#### …``
-   (GSM8K style), then ``Answer: …`` (DAPO style), then ``the answer is …`` (each: the last
-   occurrence, one line; a leading ``$…$`` span is taken, markdown ``**`` dropped).
-4. A bare short answer: the whole response is a short math-looking string (``42``, ``$\\frac12$``,
-   ``**42**``) with no prose words, or a single word (``Monday``).
-5. Only with ``last_number=True``: the last number in the text.
+   JSON-escape damage is repaired (``\\x0crac`` -> ``\\frac``, ``\\\\frac`` -> ``\\frac``) and chat-template
+   tokens are dropped (the text is cut where a next turn starts: ``<|im_start|>user``).
+2. Answer markers: ``final answer is``, ``Final Answer:``, ``Answer:``, ``the answer is``, ``Answer``
+   directly followed by math, ``#### x``. The last marker wins; if it comes after the last box it also
+   overrides the boxes (an explicit final statement is not a hedge). After the marker: display math
+   (which may span lines); else the line as a sentence: the line itself when it is math only, a list
+   of math spans joined by "and"/commas, or else the last math span or number, whichever ends later.
+3. The last ``\\boxed{…}`` / ``\\fbox{…}`` or ``\\boxed 5``. All boxed answers are collected so the caller
+   can apply the hedging rule.
+4. A response that is only math (up to 512 characters, no prose words; ``$…$`` or bare; matrices), or a
+   single word (``Monday``).
+5. The no-marker fallback (``last_number``, on by default, see the engine's ``fallback`` option): the
+   last math span, then the last number (decimal comma, thousands, a trailing ``%``/percent).
 
-Golds: ``#### 42`` (GSM8K), ``\\boxed{}`` (MATH solutions), ``$…$``, ``\\(…\\)``, ``\\[…\\]``, or bare.
+Golds: ``#### 42`` (GSM8K); several boxes -> their list (``\\boxed{1} and \\boxed{2}``); one box; a box
+never closed -> the rest; a solution-style gold (prose with a final-answer marker, or long prose) ->
+its final answer found as in a response; else the text without math delimiters.
 
-Left out: natural-language answers without a marker ("so she has 5 apples left"), answers split
-across several ``$…$`` spans, other languages' markers (``答案是``).
+Left out: other languages' markers (``答案是``), answers split over several sentences.
 """
 
 from __future__ import annotations
@@ -179,6 +185,7 @@ _MARKER_RE = re.compile(
     re.IGNORECASE | re.MULTILINE,
 )
 _MAX_BARE_CHARS = 512
+_BOLD_RE = re.compile(r"^\*+\s*|\s*\*+(?=\s*\.?\s*$)")
 _SPAN_LIST_RE = re.compile(r"\$[^$]+\$(?:\s*(?:,|;|and|or|,\s*and)\s*\$[^$]+\$)+")
 
 
@@ -205,7 +212,8 @@ def _marker_answer(rest: str) -> str | None:
     if m:
         return next(g for g in m.groups() if g is not None).strip() or None
     line = rest.split("\n", 1)[0]
-    line = _HOPE_RE.sub("", line).replace('\\"', '"').strip().strip("*").strip().strip('"').strip()
+    line = _HOPE_RE.sub("", line).replace('\\"', '"').strip().strip('"').strip()
+    line = _BOLD_RE.sub("", line).strip()  # "**42**." -> "42."
     if not line:
         return None
     spans = _SPAN_LIST_RE.fullmatch(line.rstrip(".").strip())
@@ -226,6 +234,15 @@ def _looks_bare(s: str, limit: int = _MAX_BARE) -> bool:
     t = re.sub(r"\\(?:text|mathrm|textbf|mbox)\{[^{}]*\}|\\begin\{[a-z]*\}|\\end\{[a-z]*\}", "", s)
     t = re.sub(r"\d\s*(?:percent|pct)\b|(?<=[\d)\]}])\s*(?:or|and)(?=[-+\d(\[{\\A-Za-z])", "", t)
     return "$" not in t and not _WORD_RE.findall(t) and not re.search(r"(?<![\\A-Za-z])[A-Za-z](?:\s+[A-Za-z]){2,}", t)
+
+
+def _final_statement(text: str, marker: re.Match) -> bool:
+    """A marker strong enough to override earlier boxes: "final answer", or "Answer"/"####" opening a
+    line (not "let me check my answer: ...")."""
+    if "final" in marker.group(0).lower():
+        return True
+    line_start = text.rfind("\n", 0, marker.start()) + 1
+    return not text[line_start : marker.start()].strip(" \t*#>_-")
 
 
 def _prepare(response: str) -> str | None:
@@ -249,7 +266,7 @@ def extract_answer(response: str, *, last_number: bool = True) -> Extraction:
     marker = _last(_MARKER_RE, text)
     spans = box_spans(text) if "box" in text else []
     n_boxed = len(_BOX_RE.findall(text)) if spans or "box" in text else 0
-    if marker is not None and (not spans or marker.start() >= spans[-1][1]):
+    if marker is not None and (not spans or (marker.start() >= spans[-1][1] and _final_statement(text, marker))):
         ans = _marker_answer(text[marker.end() :])
         if ans:
             return Extraction(ans, "marker", [], False, n_boxed)
@@ -274,7 +291,19 @@ def extract_answer(response: str, *, last_number: bool = True) -> Extraction:
 
 
 MAX_GOLD_CHARS = 16384
-_PROSE_RE = re.compile(r"[A-Za-z]{3,}\s+[A-Za-z]{3,}\s+[A-Za-z]{3,}")
+_LIST_GAP_RE = re.compile(r"^[\s$.,;:\\()\[\]+*-]*(?:(?:and|or|,|;|\\quad|\\text\{\s*(?:and|or)\s*\})[\s$.,;:\\()\[\]]*)?"
+                          r"(?:[A-Za-z]{1,12}\s+(?:and|or)\s*)?[\s$\\()]*$")
+
+
+def _boxes_listed(g: str) -> bool:
+    """Several boxes in a gold form a list when only separators lie between them (``\\boxed{1}, \\boxed{2}``,
+    ``\\boxed{1} and \\boxed{2}``, ``\\boxed{1} papers and \\boxed{2}``), not prose (``\\boxed{1} no no \\boxed{2}``)."""
+    spans = box_spans(g)
+    gaps = [g[a[1] : b[0]] for a, b in zip(spans, spans[1:], strict=False)]
+    return all(len(gap) <= 40 and _LIST_GAP_RE.match(gap) for gap in gaps)
+_PROSE_RE = re.compile(r"[A-Za-z]{3,}\s+[A-Za-z]{2,}\s+[A-Za-z]{2,}")
+_LEADING_SPAN_RE = re.compile(r"^\s*(?:\$\$(.+?)\$\$|\$([^$]+)\$|\\\((.+?)\\\))\s*[,.;:]?\s+(?=[A-Za-z])", re.S)
+_TRAILING_REMARK_RE = re.compile(r"(?<=\S)\s+\((?=[^()\\$]*(?<![A-Za-z\\])[A-Za-z]{3,})[^()\\$]*\)\s*\.?\s*$")
 
 
 def extract_gold(gold: str) -> str:
@@ -290,16 +319,21 @@ def extract_gold(gold: str) -> str:
     if _BOX_RE.search(g):
         boxed, unbalanced = find_boxed(g)
         distinct = list(dict.fromkeys(b.strip() for b in boxed if b.strip()))
-        if len(distinct) > 1:
+        if len(distinct) > 1 and _boxes_listed(g):
             return ", ".join(distinct)
+        if len(distinct) > 1:
+            return boxed[-1].strip()
         if distinct:
             return distinct[0]
         if unbalanced:
             m = _last(_BOX_RE, g)
             return g[m.end() :].lstrip(" {").strip()
     bare = strip_math_delimiters(g)
-    if _PROSE_RE.search(re.sub(r"\\text\{[^{}]*\}", "", bare)) and (len(g) > 200 or _MARKER_RE.search(g)):
-        ex = extract_answer(g)
+    if _MARKER_RE.search(g) or (len(g) > 200 and _PROSE_RE.search(re.sub(r"\\text\{[^{}]*\}", "", bare))):
+        ex = extract_answer(g)  # a solution-style gold: its final answer
         if ex.answer:
             return ex.answer
-    return bare
+    lead = _LEADING_SPAN_RE.match(g)
+    if lead and _PROSE_RE.search(g[lead.end() :] + " and so"):  # "$\\frac12$, since half are left"
+        return next(x for x in lead.groups() if x is not None).strip()
+    return _TRAILING_REMARK_RE.sub("", bare)  # "42 (rounded)"

@@ -2,9 +2,19 @@
 
 * Numbers as exact ``fractions.Fraction``: integers, decimals, ``a/b``, ``\\frac{a}{b}``, mixed numbers
   (``2\\frac{1}{2}``), scientific notation (``1.5e3``, ``1.5\\times10^{3}``, exponent |k| <= 10^4).
-* Integers compare exactly (``1000050 != 1000000``). A decimal matches an exact fraction, or a
-  decimal with more digits, only within the precision it printed, and only when it printed at least
-  2 decimals (``0.33 == 1/3``, ``0.3 != 1/3``); there is no blanket relative tolerance.
+* Integers compare exactly (``1000050 != 1000000``). By default a decimal stands for another value only
+  when both agree rounded to 6 places (``0.333333 == 1/3``, ``0.33 != 1/3``); with the ``rounded``
+  option a decimal with d >= 2 printed decimals matches the other value rounded or truncated to d
+  places. There is no blanket relative tolerance.
+* Undefined literals (``nan``, ``zoo``, ``1/0``) never equal anything. Clock times and ratios with a
+  colon (``12:00``, ``3:4``) compare literally, after labels are dropped.
+* Labels, chains and equations (``resolve_pair``): different labels never match (``x=2`` vs ``y=2``);
+  an equation against a value is wrong unless the value carried a label (then both are equations).
+* Simple inequalities (``x>5``, ``5\\le x``, ``-2\\le x<7``, ``-x>-1``) compare as intervals, and a gold
+  inequality against a predicted interval, without sympy (the reverse, an interval gold answered by an
+  inequality, is wrong: Math-Verify's rule, the gold's form decides).
+* A decimal comma (``1000,99``, ``0,111``) against the same decimal; labelled values in order
+  (``x=1, y=2``) against an ordered pair.
 * Percent only when the gold carries ``%`` (``50%`` matches ``50``, ``50%`` and ``0.5``) or the option
   ``percent`` is set; a bare ``0.5`` never matches a bare ``50``. A predicted ``50%`` matches a gold
   ``50`` (the sign is dropped), or ``0.5``.

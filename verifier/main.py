@@ -65,10 +65,9 @@ def register(subparsers) -> None:
 def _serve(args) -> int:
     import asyncio
 
+    from winnow.config import load_config, parse_overrides
     from winnow.verifier.config import VerifierConfig
     from winnow.verifier.server import serve
-
-    from winnow.config import load_config, parse_overrides
 
     overrides = parse_overrides(args.set)
     for name in ("host", "port", "workers", "metrics_port"):

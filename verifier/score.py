@@ -249,9 +249,8 @@ def _count_lines(path: str) -> int | None:
 
 def run(args) -> int:
     """Entry point of ``winnow score`` (args from :func:`winnow.verifier.main.register`)."""
-    from winnow.verifier.config import VerifierConfig
-
     from winnow.config import load_config, parse_overrides
+    from winnow.verifier.config import VerifierConfig
 
     if args.batch_size < 1:
         print("winnow score: --batch-size must be >= 1", file=sys.stderr)
@@ -330,8 +329,11 @@ class _Sink:
             return
         import tempfile
 
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, self.tmp = tempfile.mkstemp(prefix=".winnow-score-", suffix=".tmp", dir=directory)
+        self.path = path = os.path.realpath(path)  # through a symlink: replace its target, keep the link
+        fd, self.tmp = tempfile.mkstemp(prefix=".winnow-score-", suffix=".tmp", dir=os.path.dirname(path))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o666 & ~umask)
         self.file = os.fdopen(fd, "w", encoding="utf-8")
 
     def finish(self) -> None:

@@ -32,12 +32,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
+
+from winnow.v1 import verifier_pb2, verifier_pb2_grpc
 from winnow.verifier.config import VerifierConfig
 from winnow.verifier.service_metrics import VerifierMetrics
 from winnow.verifier.types import Item, Verdict
 from winnow.verifier.wire import item_from_proto, verdict_to_proto
-
-from winnow.v1 import verifier_pb2, verifier_pb2_grpc
 
 log = logging.getLogger("winnow.verifier.server")
 

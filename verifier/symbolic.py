@@ -36,6 +36,7 @@ from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
 import sympy
 from latex2sympy2_extended import NormalizationConfig, normalize_latex
 from latex2sympy2_extended.latex2sympy2 import ConversionConfig, _Latex2Sympy, comma_number_regex
+
 from winnow.verifier.canonical import Struct, parse_structure
 from winnow.verifier.fastpath import (
     HIGH_PRECISION,

@@ -13,9 +13,9 @@ topic                 producer    consumer    message             key
 Delivery is at-least-once: consumers commit offsets by hand (:func:`commit_offsets`, with
 :class:`OffsetTracker` telling which offsets are safe) only after the work they did with a
 message is durable, so a crash re-delivers, never loses. Exactly-once *into training* comes from
-idempotency: every message carries a ``request_id`` and consumers drop repeats with
-:class:`Deduper`. A payload that does not decode is logged, counted and skipped
-(:func:`decode_record`), never allowed to crash a consumer loop.
+idempotency: every message carries a ``request_id`` and the learner drops repeats with its
+request book's window of done ids (``learner/book.py``). A payload that does not decode is logged,
+counted and skipped (:func:`decode_record`), never allowed to crash a consumer loop.
 
 Everything here works on Apache Kafka and on the two local brokers of :mod:`winnow.brokers`;
 where a broker deviates (Tansu's ListOffsets "latest", idempotent producer) the functions avoid
@@ -31,7 +31,6 @@ import re
 import ssl
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -459,14 +458,15 @@ def make_consumer(
     return consumer
 
 
-async def commit_offsets(consumer: AIOKafkaConsumer, offsets: Mapping[TopicPartition, int]) -> None:
-    """Commit ``{partition: next offset to read}`` (i.e. last processed offset + 1).
+async def commit_offsets(consumer: AIOKafkaConsumer, offsets: Mapping[tuple[str, int], int]) -> None:
+    """Commit ``{partition: next offset to read}`` (i.e. last processed offset + 1); partitions as
+    ``TopicPartition`` or plain ``(topic, partition)`` tuples.
 
     Call only after the work done with the messages below those offsets is durable (a
     checkpoint written, a group published). An empty mapping is a no-op.
     """
     if offsets:
-        await consumer.commit({tp: int(off) for tp, off in offsets.items()})
+        await consumer.commit({TopicPartition(*tp): int(off) for tp, off in offsets.items()})
 
 
 class OffsetTracker:
@@ -522,48 +522,6 @@ class OffsetTracker:
             self._pending.pop(tp, None)
             self._next.pop(tp, None)
             self._committed.pop(tp, None)
-
-
-class Deduper:
-    """A bounded set of seen ids (least recently seen evicted first).
-
-    Turns at-least-once delivery into exactly-once processing for any repeat that arrives
-    within the last ``capacity`` distinct ids. Its contents go into checkpoints
-    (:meth:`ids` / :meth:`from_ids`) so a restarted consumer still recognises repeats.
-    """
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
-        self.capacity = capacity
-        self._seen: OrderedDict[str, None] = OrderedDict()
-
-    def add(self, key: str) -> bool:
-        """Record ``key``; True if it was new, False if it is a repeat."""
-        if key in self._seen:
-            self._seen.move_to_end(key)
-            return False
-        self._seen[key] = None
-        if len(self._seen) > self.capacity:
-            self._seen.popitem(last=False)
-        return True
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._seen
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-    def ids(self) -> list[str]:
-        """Seen ids, oldest first (for checkpoints)."""
-        return list(self._seen)
-
-    @classmethod
-    def from_ids(cls, ids: Iterable[str], capacity: int = 100_000) -> Deduper:
-        d = cls(capacity)
-        for key in ids:
-            d.add(key)
-        return d
 
 
 # ------------------------------------------------------------------------------ weights, lag
@@ -631,6 +589,24 @@ async def latest_weight_announcement(
                 return latest
     finally:
         await consumer.stop()
+
+
+async def assign_all_partitions(consumer: AIOKafkaConsumer, topic: str, offsets: Mapping[int, int],
+                                timeout_s: float = 30.0) -> None:
+    """Assign every partition of ``topic`` to ``consumer`` (no consumer group membership: a singleton
+    reader, such as the learner) and seek the partitions in ``offsets`` (partition -> next offset)."""
+    deadline, parts = time.monotonic() + timeout_s, None
+    while not parts:
+        await consumer.topics()  # refreshes metadata
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topic {topic} has no partitions (metadata timeout)")
+            await asyncio.sleep(0.2)
+    consumer.assign([TopicPartition(topic, p) for p in sorted(parts)])
+    for p, off in offsets.items():
+        consumer.seek(TopicPartition(topic, p), off)
+        log.info("resuming %s[%d] at offset %d", topic, p, off)
 
 
 async def consumer_lag(consumer: AIOKafkaConsumer) -> int:

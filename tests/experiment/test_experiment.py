@@ -111,7 +111,7 @@ def test_table_mean_and_spread_over_seeds(tmp_path):
     row = next(line for line in text.splitlines() if "| grpo |" in line)
     # mean 50.0, sample sd of (25, 75) = 35.36
     assert "| 2 | 50.0 ± 35.4 |" in row
-    assert "| 20 | 30 |" in row  # tokens trained (2 steps x 10) and wall seconds
+    assert "| 20 | 0.0 | 30 |" in row  # tokens trained (2 steps x 10), skipped steps, wall seconds
     files = exp.write_report(tmp_path)
     assert (tmp_path / "table.md").exists()
     assert all(f.exists() for f in files)

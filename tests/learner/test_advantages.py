@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from winnow.learner.advantages import ADVANTAGE_KINDS, compute_advantages
 
 R01 = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])

@@ -13,6 +13,8 @@ import math
 import pytest
 import torch
 from prometheus_client import CollectorRegistry
+
+from winnow.config import ConfigError
 from winnow.learner.advantages import compute_advantages, snis_ess, snis_weights
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.filters import (
@@ -25,8 +27,6 @@ from winnow.learner.objective import compute_loss, prepare_batch_signals
 from winnow.learner.sampler_metrics import BetaSamplerMetrics
 from winnow.learner.step import OptimConfig, Trainer
 from winnow.learner.tiny import build_tiny_model_and_tokenizer
-
-from winnow.config import ConfigError
 
 from .conftest import CORRECT, WRONG, make_groups
 
@@ -193,9 +193,8 @@ def test_beta_is_validated_and_named():
             AlgoConfig.from_preset("raft_beta", beta=bad)
     assert AlgoConfig.from_preset("raft_snis", beta=3.0).beta == 3.0
     # through the learner's config (file / env): the error names algo and beta
-    from winnow.learner.config import LearnerConfig
-
     from winnow.config import load_config
+    from winnow.learner.config import LearnerConfig
 
     with pytest.raises(ConfigError, match=r"algo.*beta: Input should be greater than 0"):
         load_config(LearnerConfig, data={"algo": {"preset": "raft_beta", "beta": -1}})
@@ -269,12 +268,13 @@ def test_beta_to_zero_is_raft_on_the_tiny_model():
 
 
 def test_group_outcomes_use_the_same_draws():
-    from winnow.learner.service import group_outcomes
+    from winnow.learner.step import group_outcomes
 
     cfg = AlgoConfig.from_preset("raft_beta", beta=1.0)
     groups = make_groups([[WRONG] * 4 for _ in range(12)])
     s = prepare_batch_signals(torch.full((12, 4), WRONG), cfg, request_ids=[g.request_id for g in groups])
-    outcomes = group_outcomes(groups, cfg)
+    replay = prepare_batch_signals(torch.full((12, 4), WRONG), cfg, request_ids=[g.request_id for g in groups])
+    outcomes = list(group_outcomes(replay["keep"], replay["correct"], replay["valid"]))
     # all-wrong groups: "trained" exactly where a draw kept a wrong sample (prob. 1 - (1 - e^-1)^4 = 0.84 each)
     assert outcomes == ["trained" if k else "all_wrong" for k in s["keep"].any(-1).tolist()]
     assert "trained" in outcomes and "all_wrong" in outcomes

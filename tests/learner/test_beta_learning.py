@@ -35,6 +35,7 @@ import sys
 
 import pytest
 import torch
+
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.step import OptimConfig, Trainer
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.losses import loss_denominator
 from winnow.learner.objective import compute_loss, prepare_batch_signals

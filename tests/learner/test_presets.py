@@ -3,9 +3,9 @@
 import pytest
 import torch
 from pydantic import Field, ValidationError
-from winnow.learner.algo import PRESETS, AlgoConfig, reward_from_status
 
 from winnow.config import ConfigError, Settings, load_config, settings_config
+from winnow.learner.algo import PRESETS, AlgoConfig, reward_from_status
 from winnow.verdict import Status
 
 EXPECTED = {

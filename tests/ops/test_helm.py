@@ -508,14 +508,14 @@ def test_learner_config_is_valid(variant, request, tmp_path) -> None:
     c = container(objs, "StatefulSet", f"{release}-winnow-learner")
     assert cfg.metrics_port == {p["name"]: p["containerPort"] for p in c["ports"]}["metrics"]
     # one default algorithm: the chart's is the CLI's
-    default_preset = LearnerConfig.model_fields["algo"].default_factory()["preset"]
+    default_preset = LearnerConfig.model_fields["algo"].default.preset
     assert default_preset == "reinforce_rej"
-    assert cfg.algo["preset"] == (default_preset if variant == "default" else yaml.safe_load(
+    assert cfg.algo.preset == (default_preset if variant == "default" else yaml.safe_load(
         GPU_VALUES.read_text())["learner"].get("algorithm", default_preset))
     assert cfg.on_finish == "idle"  # a finished run stays up under the StatefulSet
     if variant == "gpu":
         assert cfg.model == "Qwen/Qwen2.5-Math-1.5B" and cfg.device == "cuda"  # the same weights as generators
-    assert cfg.algo_config().max_staleness >= 0  # the preset resolves
+    assert cfg.algo.max_staleness >= 0  # the preset resolves
     # checkpoints and the run dir live on the StatefulSet's PVC; weights on the shared volume that the
     # generators mount at the same path (so announced URIs resolve there too)
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}

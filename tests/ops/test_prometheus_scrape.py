@@ -172,9 +172,8 @@ def test_prometheus_scrapes_the_verifier(prometheus_factory, processes, tmp_path
 def test_prometheus_scrapes_learner_and_generator(prometheus_factory, processes, tmp_path) -> None:
     """The whole loop on loopback (broker, learner, generator with the in-process verifier, tiny random
     model); Prometheus scrapes the learner and the generator until the learner has taken a step."""
-    from winnow.learner.tiny import save_tiny
-
     from winnow.brokers import LocalBroker
+    from winnow.learner.tiny import save_tiny
 
     model = save_tiny(tmp_path / "model")
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")

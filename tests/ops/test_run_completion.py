@@ -122,11 +122,11 @@ def _sample(body: str, name: str) -> float | None:
 
 @pytest.mark.slow
 async def test_finished_run_stays_finished(kafka_config_one, tmp_path: Path) -> None:
-    from winnow.learner.config import LearnerConfig
-    from winnow.learner.service import LearnerService, build_trainer
-    from winnow.learner.tiny import save_tiny
-
     from winnow.kafka import latest_weight_announcement
+    from winnow.learner.config import LearnerConfig
+    from winnow.learner.model import build_trainer
+    from winnow.learner.service import LearnerService
+    from winnow.learner.tiny import save_tiny
     from winnow.prompts import make_source
 
     kcfg = kafka_config_one
@@ -145,7 +145,7 @@ async def test_finished_run_stays_finished(kafka_config_one, tmp_path: Path) -> 
     cfg = load_config(LearnerConfig, data=data)
     trainer, tok = build_trainer(cfg)
     registry = CollectorRegistry()
-    service = LearnerService(cfg, trainer, make_source(cfg.prompt_source_config()), registry)
+    service = LearnerService(cfg, trainer, make_source(cfg.prompts), registry)
     fake = asyncio.create_task(_AnswerEverything(kcfg, tok, trainer.model.get_input_embeddings().weight.shape[0]).run())
     try:
         assert await asyncio.wait_for(service.run(), 120) == 2
@@ -203,9 +203,6 @@ async def test_finished_run_stays_finished(kafka_config_one, tmp_path: Path) -> 
 async def test_generator_stops_asking_after_the_final_announcement(kafka_config_one) -> None:
     from winnow.generator.config import GeneratorConfig
     from winnow.generator.service import GeneratorService
-    from winnow.learner.tiny import build_tiny_model_and_tokenizer
-    from winnow.verifier.engine import MathVerifier
-
     from winnow.hf_engine import HFEngine
     from winnow.kafka import (
         ScoredGroup,
@@ -216,6 +213,8 @@ async def test_generator_stops_asking_after_the_final_announcement(kafka_config_
         send,
         topics,
     )
+    from winnow.learner.tiny import build_tiny_model_and_tokenizer
+    from winnow.verifier.engine import MathVerifier
 
     cfg = GeneratorConfig(kafka=kafka_config_one.model_dump(), group_id="gen-final", generator_id="gen-final-0",
                           batch_prompts=2, batch_wait_ms=100, metrics_port=0, sampling={"max_new_tokens": 4},

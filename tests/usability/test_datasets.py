@@ -148,10 +148,9 @@ def test_numeric_golds_and_bad_rows(tmp_path):
 
 
 def test_chat_prompt_is_rendered_as_given_and_crosses_the_wire():
-    from winnow.learner.tiny import build_tiny_tokenizer
-
     from winnow.chat import ChatFormat, PromptFormatter
     from winnow.kafka import PromptRequest, decode, encode
+    from winnow.learner.tiny import build_tiny_tokenizer
     from winnow.v1 import messages_pb2
 
     tok = build_tiny_tokenizer()

@@ -7,15 +7,15 @@ import json
 
 import pytest
 import torch
+
+from winnow.cli import main
+from winnow.config import ConfigError
+from winnow.export import available_versions, export_run
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.checkpoint import LearnerState, save_checkpoint
 from winnow.learner.model import load_causal_lm
 from winnow.learner.step import OptimConfig, Trainer
 from winnow.learner.tiny import save_tiny
-
-from winnow.cli import main
-from winnow.config import ConfigError
-from winnow.export import available_versions, export_run
 
 
 def _perturb(model, seed):

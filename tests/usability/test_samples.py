@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from winnow.learner.algo import AlgoConfig
-from winnow.learner.service import group_data, judge_samples
 
 from winnow.cli import main
+from winnow.learner.algo import AlgoConfig
+from winnow.learner.batch import group_from_proto
+from winnow.learner.objective import judge_samples
 from winnow.samples import SampleLog, read_samples, select
 from winnow.tracking import SamplesConfig
 
@@ -18,7 +19,7 @@ def _rows(path):
 
 
 def _judge(groups, preset):
-    return judge_samples([group_data(g, len(g.samples)) for g in groups], AlgoConfig(preset=preset))
+    return judge_samples([group_from_proto(g, len(g.samples)) for g in groups], AlgoConfig(preset=preset))
 
 
 def test_raft_keeps_correct_samples_only(tmp_path, make_group):

@@ -201,7 +201,7 @@ def test_missing_package_is_a_config_error(tmp_path, monkeypatch):
 
 def test_tracker_next_to_the_learner_metrics(tmp_path, make_row):
     """The service's own registry: the tracker adds only the gauges the service does not export."""
-    from winnow.learner.service import LearnerMetrics
+    from winnow.learner.metrics import LearnerMetrics
 
     registry = CollectorRegistry()
     LearnerMetrics(registry)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import sympy.parsing.sympy_parser
-from winnow.verifier.engine import MathVerifier, grade
 
 from winnow.verdict import Item
+from winnow.verifier.engine import MathVerifier, grade
 
 TIMEOUT_S = 1.0
 SLACK_S = 4.0  # waiting for a replacement worker, scheduler noise

@@ -6,6 +6,7 @@ import runpy
 from pathlib import Path
 
 import pytest
+
 from winnow.verifier.engine import grade
 
 _TABLE = runpy.run_path(str(Path(__file__).with_name("cases.py")))
@@ -24,10 +25,17 @@ def test_case(category, gold, response, expected, reason):
 
 
 def test_table_is_large_and_covers_every_category():
-    assert len(_CASES) >= 300
+    assert len(_CASES) >= 500
     for name in ("integers", "fractions", "decimals", "percent", "units", "text", "mcq",
-                 "tuples_sets_intervals", "matrices", "relations", "symbolic", "extraction", "gsm8k", "traps"):
+                 "tuples_sets_intervals", "matrices", "relations", "symbolic", "extraction", "gsm8k", "traps",
+                 "false_positive_fixes", "markers", "fallback", "labels", "several_values", "relations_more",
+                 "number_formats"):
         assert len(CASES[name]) >= 10, name
+    for name in ("math_only", "matrices_more", "golds"):
+        assert len(CASES[name]) >= 5, name
+    # every new rule has negative checks next to it
+    for name in ("markers", "fallback", "labels", "several_values", "relations_more", "number_formats", "golds"):
+        assert any(expected != "correct" for _, _, expected, _ in CASES[name]), name
 
 
 _OPTION_CASES = _TABLE["CASES_OPTIONS"]

@@ -6,6 +6,7 @@ import time
 from fractions import Fraction
 
 import pytest
+
 from winnow.verifier.canonical import canonicalize, parse_structure, split_assignment
 from winnow.verifier.extract import extract_answer, extract_gold, find_boxed, strip_think
 from winnow.verifier.fastpath import Num, parse_number

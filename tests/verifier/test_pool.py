@@ -7,6 +7,7 @@ import signal
 import time
 
 import pytest
+
 from winnow.verifier.pool import WorkerPool, _alive
 
 HANG = {"gold": "5", "pred": "\\sum_{i=1}^{10^{40}} i^{i}", "percent": False}  # sympy grinds for minutes

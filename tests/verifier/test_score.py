@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from winnow.verifier.score import Summary, parse_line, score_lines
 
 REPO = Path(__file__).resolve().parents[2]
@@ -251,3 +252,22 @@ def test_score_cli_hostile_lines_dev_full_and_atomic_output(tmp_path):
         res = run_cli("score", str(src), "-o", "/dev/full", "--workers", "1")
         assert res.returncode == 4 and "aborted: cannot write /dev/full" in res.stderr, res.stderr
         assert "Traceback" not in res.stderr
+
+
+def test_output_sink_replaces_a_symlinks_target_and_keeps_the_mode(tmp_path):
+    from winnow.verifier.score import _Sink
+
+    target = tmp_path / "real.jsonl"
+    target.write_text("old\n")
+    target.chmod(0o640)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(target)
+    sink = _Sink(str(link))
+    sink.file.write("new\n")
+    sink.finish()
+    assert link.is_symlink() and target.read_text() == "new\n"
+    assert target.stat().st_mode & 0o777 == 0o640
+    aborted = _Sink(str(link))
+    aborted.file.write("partial\n")
+    aborted.abort()  # a failed run leaves the previous output and no temporary file
+    assert target.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["link.jsonl", "real.jsonl"]

@@ -17,14 +17,14 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from winnow.verifier.client import VerifierClient, VerifierError, VerifierUnavailableError
-from winnow.verifier.config import VerifierConfig
-from winnow.verifier.server import build_engine
 
 from winnow.config import ConfigError, load_config
 from winnow.metrics import serve_metrics
 from winnow.v1 import verifier_pb2, verifier_pb2_grpc
 from winnow.verdict import Item, Status
+from winnow.verifier.client import VerifierClient, VerifierError, VerifierUnavailableError
+from winnow.verifier.config import VerifierConfig
+from winnow.verifier.server import build_engine
 
 S = verifier_pb2
 
@@ -234,6 +234,7 @@ async def test_metrics_scrape_counts_calls(start_server):
 
 def test_cache_ratio_and_restart_callbacks():
     from prometheus_client import CollectorRegistry
+
     from winnow.verifier.service_metrics import VerifierMetrics
 
     metrics = VerifierMetrics(CollectorRegistry())
