@@ -71,7 +71,7 @@ async def serve(cfg) -> int:
     registry = CollectorRegistry()
     fmt = PromptFormatter(tokenizer, cfg.eval.chat)  # the generators' prompt format: bound prompts at release
     service = LearnerService(cfg, trainer, source, registry, evaluate=evaluator,
-                             prompt_tokens=lambda p: len(fmt(p.problem, p.messages)))
+                             prompt_tokens=lambda p: len(fmt(p.problem, p.messages)), tokenizer=tokenizer)
     try:
         steps = await run_service(service, registry, cfg.metrics_port, cfg.metrics_host)
     finally:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import time
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram
-from prometheus_client import Counter as PromCounter
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from winnow.learner.book import Outcome, RequestBook
 from winnow.learner.sampler_metrics import BetaSamplerMetrics
@@ -29,18 +28,18 @@ class LearnerMetrics:
         self.weight_version = Gauge(
             "winnow_learner_weight_version", "Policy version (optimizer steps taken).", registry=r
         )
-        self.steps = PromCounter("winnow_learner_steps", "Optimizer steps taken by this process.", registry=r)
+        self.steps = Counter("winnow_learner_steps", "Optimizer steps taken by this process.", registry=r)
         self.acceptance_ratio = Gauge(
             "winnow_learner_acceptance_ratio", "Correct / valid samples in the last batch.", registry=r
         )
         self.kept_group_ratio = Gauge(
             "winnow_learner_kept_group_ratio", "Groups of the last batch with a kept sample / groups.", registry=r
         )
-        self.groups = PromCounter("winnow_learner_groups", "Scored groups by outcome.", ["outcome"], registry=r)
+        self.groups = Counter("winnow_learner_groups", "Scored groups by outcome.", ["outcome"], registry=r)
         for o in Outcome:
             self.groups.labels(outcome=o.value)
-        self._exported: Counter[str] = Counter()
-        self.samples = PromCounter(
+        self._exported: collections.Counter[str] = collections.Counter()
+        self.samples = Counter(
             "winnow_learner_samples", "Samples of batched groups by verifier status.", ["status"], registry=r
         )
         self.entropy = Gauge(
@@ -86,7 +85,7 @@ class LearnerMetrics:
             buckets=(0, 1, 2, 3, 4, 6, 8, 16, 32),
             registry=r,
         )
-        self.tokens = PromCounter("winnow_learner_tokens", "Response tokens trained on.", registry=r)
+        self.tokens = Counter("winnow_learner_tokens", "Response tokens trained on.", registry=r)
         self.tokens_per_second = Gauge(
             "winnow_learner_tokens_per_second", "Trained tokens / compute seconds (last step).", registry=r
         )
@@ -100,10 +99,10 @@ class LearnerMetrics:
         self.last_step = Gauge(
             "winnow_learner_last_step_timestamp_seconds", "Unix time of the last optimizer step.", registry=r
         )
-        self.prompts_released = PromCounter(
+        self.prompts_released = Counter(
             "winnow_learner_prompts_released", "Prompt requests released (including re-releases).", registry=r
         )
-        self.requests_rereleased = PromCounter(
+        self.requests_rereleased = Counter(
             "winnow_learner_requests_rereleased",
             "Requests released again after request_timeout_s.",
             registry=r,
@@ -126,7 +125,7 @@ class LearnerMetrics:
         self.eval_accuracy = Gauge(
             "winnow_learner_eval_accuracy", "Accuracy on a held-out set.", ["set"], registry=r
         )
-        self.dead_letters = PromCounter(
+        self.dead_letters = Counter(
             "winnow_learner_dead_letters",
             "Scored-group records quarantined to <run_dir>/dead-letter.jsonl (undecodable, or invalid: "
             "wrong n, a status outside the enum, too many response tokens, ...).",
@@ -160,7 +159,7 @@ class LearnerMetrics:
         self.buffered.set(len(book.buffer))
         self.sync_outcomes(book.counts)
 
-    def sync_outcomes(self, counts: Counter[str]) -> None:
+    def sync_outcomes(self, counts: collections.Counter[str]) -> None:
         """Bring ``winnow_learner_groups_total`` up to the book's outcome counts."""
         for outcome, total in counts.items():
             delta = total - self._exported[outcome]

@@ -34,7 +34,7 @@ from winnow.learner.filters import (
     sampler_diagnostics,
     uniform_draws,
 )
-from winnow.learner.losses import aggregate, clipped_policy_loss, kl_penalty, ratio_stats, sft_loss
+from winnow.learner.losses import aggregate, clipped_policy_loss, kl_penalty, sft_loss
 from winnow.samples import SampleJudgement
 from winnow.verdict import Status
 
@@ -144,9 +144,9 @@ def compute_loss(
     micro-batch's own count, correct only without accumulation).
 
     Metrics: ``loss``, ``pg_loss``, ``kl``, ``entropy`` use the same denominator as the loss, so they *sum*
-    over micro-batches to the batch value; ``clip_frac``, ``dual_clip_frac``, ``ratio_mean``, ``ratio_max``,
-    ``ratio_min``, ``ess``, ``mismatch_kl``, ``is_weight_mean``, ``is_trunc_frac`` are over this
-    micro-batch's weighted tokens (``tokens``).
+    over micro-batches to the batch value; ``clip_frac``, ``dual_clip_frac``, ``is_weight_mean``,
+    ``is_trunc_frac`` are over this micro-batch's weighted tokens (``tokens``). Ratio statistics are the
+    step's, computed once over the batch (:func:`~winnow.learner.losses.ratio_stats`).
     """
     if cfg.kl_coef > 0 and ref_logprobs is None:
         raise ValueError(f"cfg.kl_coef={cfg.kl_coef} > 0 needs ref_logprobs (or set kl_coef=0)")
@@ -183,13 +183,12 @@ def compute_loss(
         ent = agg(entropy if cfg.entropy_coef > 0 else entropy.detach())
         loss = loss - cfg.entropy_coef * ent if cfg.entropy_coef > 0 else loss
 
-    rs = ratio_stats(logprobs.detach(), behaviour_logprobs, w_mask)
+    # ratio statistics are not computed here: the step computes them once over every trained token of the batch
     names = ["loss", "pg_loss", "kl", "entropy", "clip_frac", "dual_clip_frac", "is_weight_mean", "is_trunc_frac",
-             "ratio_mean", "ratio_max", "ratio_min", "ess", "mismatch_kl", "tokens"]
+             "tokens"]
     values = [loss.detach(), pg_loss.detach(), kl.detach(), ent.detach(),
               pg_stats.get("clip_frac", zero), pg_stats.get("dual_clip_frac", zero),
-              pg_stats.get("is_weight_mean", zero + 1), pg_stats.get("is_trunc_frac", zero),
-              rs["ratio_mean"], rs["ratio_max"], rs["ratio_min"], rs["ess"], rs["mismatch_kl"], w_mask.sum()]
+              pg_stats.get("is_weight_mean", zero + 1), pg_stats.get("is_trunc_frac", zero), w_mask.sum()]
     device = logprobs.device
     floats = torch.stack([v.detach().to(device=device, dtype=torch.float64).reshape(()) for v in values]).tolist()
     return loss, dict(zip(names, floats, strict=True))

@@ -47,9 +47,10 @@ class LearnerService:
     ``evaluate``: optional ``callable(trainer) -> float`` (accuracy), run every ``eval.every`` steps."""
 
     def __init__(self, cfg: LearnerConfig, trainer: Any, source: Any, registry: CollectorRegistry, *,
-                 evaluate: Any = None, prompt_tokens: Any = None) -> None:
+                 evaluate: Any = None, prompt_tokens: Any = None, tokenizer: Any = None) -> None:
         self.cfg, self.trainer, self.source, self.evaluate = cfg, trainer, source, evaluate
         self.prompt_tokens = prompt_tokens  # problem -> prompt tokens as the generators format it (None: no check)
+        self.tokenizer = tokenizer  # saved next to published weights (HF folders); optional
         self.metrics = LearnerMetrics(registry)
         self.names = kafka.topics(cfg.kafka)
         self.book = self._new_book(LearnerState(run_id=uuid.uuid4().hex[:10]))
@@ -58,7 +59,8 @@ class LearnerService:
         self.dead_letters = DeadLetters(Path(cfg.run_dir) / "dead-letter.jsonl", self.metrics.dead_letters)
         self._stop, self._running, self._checkpointed_version, self.steps_run = asyncio.Event(), False, -1, 0
         self._consumer = self._producer = self._publisher = None
-        self.tracking = Tracker(cfg.tracking, cfg.run_dir, config=cfg.model_dump(mode="json"), registry=registry)
+        self.tracking = Tracker(cfg.tracking, cfg.run_dir, config=cfg.model_dump(mode="json", exclude={"kafka"}),
+                                registry=registry)  # no Kafka addresses or credentials to the sinks
         self._vocab_size = vocab_size(trainer.model)
 
     def _new_book(self, state: LearnerState) -> RequestBook:
@@ -106,7 +108,8 @@ class LearnerService:
         # group, so a restarted learner reads at once (group_id is still used to commit offsets).
         self._consumer = kafka.make_consumer(cfg.kafka, None, cfg.group_id, client_id="winnow-learner")
         self._publisher = WeightPublisher(cfg.weights.dir, self._producer, self.names.weights, keep=cfg.weights.keep,
-                                          uri_root=cfg.weights.uri_root, dtype=cfg.weights.dtype)
+                                          uri_root=cfg.weights.uri_root, dtype=cfg.weights.dtype,
+                                          hf_model=self.trainer.model, hf_tokenizer=self.tokenizer)
         await self._producer.start()
         try:
             await self._consumer.start()

@@ -543,9 +543,17 @@ class Trainer:
         if params and type(params[0]).__name__ == "DTensor":
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-            return get_model_state_dict(
+            state = get_model_state_dict(
                 self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
             )
+            # the gather returns tied parameters (a tied lm_head) as separate copies: alias them again,
+            # so that save_state_dict writes each once, as in the unsharded case
+            first: dict[int, str] = {}
+            for name, p in self.model.named_parameters(remove_duplicate=False):
+                if id(p) in first and name in state and first[id(p)] in state:
+                    state[name] = state[first[id(p)]]
+                first.setdefault(id(p), name)
+            return state
         return self.model.state_dict()
 
 

@@ -88,6 +88,7 @@ _BRACE_COMMA = _R(r"(\d)\{,\}(?=\d)")
 _COMMA_BANG = _R(r"(\d),\\!\s*(?=\d{3})")
 _THIN_SPACE = _R(r"(\d)\\,(?=\d{3}(?!\d))")
 _DEGREES = _R(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree")
+_TRIG_DEGREES = _R(r"(\\(?:sin|cos|tan|cot|sec|csc))\s*\(?\s*(\d+(?:\.\d+)?)\s*\^\s*\{?\s*\\circ\s*\}?\s*\)?")
 _PERCENT_WORD = _R(r"(?<![A-Za-z])(?:percentage|percent|pct)(?![A-Za-z])")
 _CURRENCY = _R(r"[€£¥]|\\euro\b")
 _GLUED_UNIT = _R(r"(?<=\d)\s*[a-zA-Z]{1,3}[²³]")  # "1,000.99m²": a unit with a superscript is never a variable
@@ -135,6 +136,8 @@ def canonicalize(s: str) -> str:
     s = _COMMA_BANG.sub(r"\1", s)
     s = _THIN_SPACE.sub(r"\1", s)
     s = _SPACING_RE.sub(" ", s)
+    if "circ" in s and "\\" in s:  # degrees inside a trig function are pi/180: \\sin 30^\\circ = 1/2
+        s = _TRIG_DEGREES.sub(lambda m: f"{m.group(1)}(\\frac{{{m.group(2)}\\pi}}{{180}})", s)
     s = _DEGREES.sub("", s)
     s = s.replace("\\$", "").replace("$", "")
     s = s.replace("\\%", "%")

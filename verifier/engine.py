@@ -269,7 +269,7 @@ class MathVerifier:
                  max_tasks_per_worker: int = 500, cache_size: int = 65536,
                  on_worker_restart: Callable[[str], None] | None = None,
                  on_cache: Callable[[bool], None] | None = None,
-                 default_options: dict[str, str] | None = None):
+                 default_options: dict[str, str] | None = None, idle_warmup: bool = False):
         from winnow.verifier.pool import WorkerPool
 
         self.timeout_s = timeout_s
@@ -281,7 +281,7 @@ class MathVerifier:
                        "timeouts": 0, "errors": 0, "fast_path": 0}
         self._cache = _LRU(cache_size)
         self._pool = WorkerPool(workers=workers, timeout_s=timeout_s, memory_mb=memory_mb,
-                                max_tasks=max_tasks_per_worker, on_restart=self._on_restart)
+                                max_tasks=max_tasks_per_worker, on_restart=self._on_restart, idle_warmup=idle_warmup)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="winnow-verifier")
         self._closed = False
 

@@ -306,6 +306,7 @@ def build_engine(cfg: VerifierConfig, metrics: VerifierMetrics):
         max_tasks_per_worker=cfg.max_tasks_per_worker,
         cache_size=cfg.cache_size,
         default_options=cfg.default_options,
+        idle_warmup=True,  # a long-running service: warm the grammar and sympy caches while idle
         on_worker_restart=metrics.worker_restart,
         on_cache=metrics.cache,
     )

@@ -63,7 +63,8 @@ def config_fields_help(section: str) -> str:
 
     cls = _config_class(section)
     lines = [
-        f"config fields ({section}): set with --set KEY=VALUE, env {env_prefix(section)}KEY "
+        f"config fields ({section}): set with --set {'up.' if section == 'up' else ''}KEY=VALUE, "
+        f"env {env_prefix(section)}KEY "
         f"(nested: A__B), or in the --config file",
     ]
     for name, type_s, default, doc in field_rows(cls):

@@ -169,4 +169,50 @@ def write_hf_folder(base: str | Path, state_dict: dict[str, Any], out: str | Pat
         pass
     model.save_pretrained(str(out))
     AutoTokenizer.from_pretrained(str(base)).save_pretrained(str(out))
+    _readable(out)
     return out
+
+
+def _readable(folder: Path) -> None:
+    """Files as the umask allows (safetensors writes 0600 temp files): a server running as another user
+    (a vLLM container) must read the export."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in folder.iterdir():
+        if f.is_file():
+            f.chmod(0o666 & ~umask)
+
+
+def hf_template(folder: str | Path, model: Any, tokenizer: Any = None) -> Path:
+    """Write ``model``'s config and generation config (and ``tokenizer``'s files, if given) into ``folder``
+    (atomically): the side files that turn a bare ``model.safetensors`` folder into a Hugging Face model
+    folder. Taken from the trained model object itself, so they always match its weights."""
+    import os
+
+    folder = Path(folder)
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    config = model.config.__class__.from_dict(model.config.to_dict())
+    config.use_cache = True
+    config.save_pretrained(str(tmp))
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(str(tmp))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(tmp))
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # an older template is there
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    return folder
+
+
+def add_hf_files(template: str | Path, dest: str | Path) -> None:
+    """Copy the template's side files (config, generation config, tokenizer) next to a published
+    ``model.safetensors``, so the version folder loads with ``from_pretrained`` / vLLM as it is."""
+    for f in Path(template).iterdir():
+        if f.is_file():
+            shutil.copy2(f, Path(dest) / f.name)

@@ -8,10 +8,12 @@ first row (right column):
 - held-out accuracy: ``eval_accuracy`` (and ``eval_mean_at_k`` dashed, when logged),
 - entropy: ``entropy`` (mean token entropy of the policy, nats),
 - KL to the reference: ``kl``,
-- mismatch: ``mismatch_kl`` (sampler vs learner log-probs on the same tokens),
+- mismatch: ``mismatch_kl`` (sampler vs learner log-probs on the tokens sampled at the learner's own
+  version; steps without such tokens are not drawn),
 - staleness: ``staleness_mean`` (versions between the sampling policy and the trained one),
-- throughput: trained tokens per second of the step's wall time,
-  ``tokens / (wait_s + compute_s + publish_s + checkpoint_s)``.
+- throughput: response tokens of the batch per second of the step's wall time,
+  ``tokens_total / (wait_s + compute_s + publish_s + checkpoint_s)`` (``tokens``, the trained ones, if
+  the row has no ``tokens_total``).
 
 Needs matplotlib (installed with winnow's cpu extra).
 """
@@ -31,7 +33,7 @@ PANELS: list[tuple[str, str]] = [
     ("kl", "KL to reference"),
     ("mismatch_kl", "sampler/learner mismatch KL"),
     ("staleness", "staleness (versions)"),
-    ("throughput", "trained tokens/s (wall)"),
+    ("throughput", "response tokens/s (wall)"),
 ]
 
 
@@ -72,7 +74,10 @@ def series(rows: list[dict[str, Any]]) -> dict[str, tuple[list[float], list[floa
             key = "staleness_mean"
         if key == "throughput":
             wall = sum(float(r.get(k, 0.0)) for k in ("wait_s", "compute_s", "publish_s", "checkpoint_s"))
-            return float(r["tokens"]) / wall if "tokens" in r and wall > 0 else None
+            tokens = r.get("tokens_total", r.get("tokens"))
+            return float(tokens) / wall if tokens is not None and wall > 0 else None
+        if key == "mismatch_kl" and r.get("mismatch_tokens") == 0:
+            return None  # no token of the step was sampled at the learner's version: not measured
         v = r.get(key)
         return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 

@@ -356,6 +356,16 @@ class _RecordSource(PromptSource):
             raise PromptSourceError(str(e)) from None
         except KeyError as e:
             raise PromptSourceError(f"{self._where}: row {row} has no field {e.args[0]!r}") from None
+        texts = {"problem": rp.problem, "answer": rp.gold, "id": rid,
+                 **{f"messages[{i}]": c for i, (_, c) in enumerate(rp.messages or ())}}
+        for name, text in texts.items():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:  # a lone surrogate ("\ud800" in JSON): no tokenizer can encode it
+                raise PromptSourceError(
+                    f"{self._where}: row {row}, {name}: invalid Unicode {text[e.start:e.end]!r} at character {e.start} "
+                    "(a lone surrogate); fix or drop the row"
+                ) from None
         return Problem(prompt_id=f"{self.name}/{rid}", problem=rp.problem, gold=rp.gold,
                        task=rp.task or cfg.task, messages=rp.messages)
 

@@ -12,13 +12,13 @@ and the step-0 evaluation) and the groups of each step; the tracker fans them ou
   learner continues the same W&B run.
 - ``mlflow``: the tracking URI is ``mlflow_tracking_uri``, else ``MLFLOW_TRACKING_URI``, else a local
   file store ``<run_dir>/mlruns`` (``mlflow ui --backend-store-uri runs/learner/mlruns``). Sample
-  tables as ``mlflow.log_table`` artifacts.
+  tables as JSON artifacts ``samples/step_<K>.json`` (``{columns, data}``, the layout of ``log_table``).
 - ``trackio``: ``trackio.init(project, name, config)`` (local-first; ``TRACKIO_DIR`` picks the folder).
 
 Metric names in the sinks: ``train/<key>`` for step statistics, ``eval/<key>`` for ``eval_*``,
 ``time/<key>`` for timings, ``groups/<outcome>`` for the cumulative group outcomes. Prometheus gets the
 step statistics the learner service does not already export as ``winnow_learner_*`` gauges
-(:data:`TRAINING_GAUGES`, documented in docs/metrics.md).
+(:func:`training_gauges`, documented in docs/metrics.md).
 
 A sink that fails while logging (a network error, a full disk) is logged and counted in
 ``winnow_learner_tracking_errors_total{sink}``; training goes on. A sink whose package is missing is
@@ -93,42 +93,54 @@ class TrackingConfig(Model):
         return self
 
 
-# step statistic -> (Prometheus gauge, help); the ones LearnerMetrics does not export itself.
-TRAINING_GAUGES: dict[str, tuple[str, str]] = {
-    "grad_norm": ("winnow_learner_grad_norm", "Gradient L2 norm before clipping (last step)."),
-    "lr": ("winnow_learner_learning_rate", "Learning rate of the last step."),
-    "pg_loss": ("winnow_learner_pg_loss", "Policy-gradient term of the loss (last step)."),
-    "response_length_mean": (
-        "winnow_learner_response_length_mean",
-        "Mean response length in tokens over the batch's samples (last step).",
-    ),
-    "truncated_fraction": (
-        "winnow_learner_truncated_ratio",
-        "Samples of the batch that hit max_new_tokens (finish_reason length) (last step).",
-    ),
-    "ratio_min": ("winnow_learner_importance_ratio_min", "Min pi_theta/mu over trained tokens (last step)."),
-    "staleness_mean": (
-        "winnow_learner_staleness_mean",
-        "Mean version - policy_version of the batch's groups (last step).",
-    ),
-    "kept_sample_fraction": (
-        "winnow_learner_kept_sample_ratio",
-        "Samples of the batch kept by the filter (last step).",
-    ),
-    "advantage_abs_mean": (
-        "winnow_learner_advantage_abs_mean",
-        "Mean |advantage| over kept samples (last step).",
-    ),
-    "dual_clip_frac": (
-        "winnow_learner_dual_clip_ratio",
-        "Share of trained tokens where the dual clip is active (last step).",
-    ),
-    "is_trunc_frac": (
-        "winnow_learner_is_truncated_ratio",
-        "Share of trained tokens whose truncated IS weight was capped (decoupled loss; last step).",
-    ),
-    "skipped": ("winnow_learner_step_skipped", "1 if the last step took no optimizer step (no kept sample)."),
-}
+def training_gauges() -> dict[str, Any]:
+    """Step statistic -> its Prometheus gauge (not yet registered): the statistics the learner service
+    does not export itself (documented in docs/metrics.md; the dashboard's training panels use them)."""
+    from prometheus_client import Gauge
+
+    return {
+        "grad_norm": Gauge("winnow_learner_grad_norm", "Gradient L2 norm before clipping (last step).", registry=None),
+        "lr": Gauge("winnow_learner_learning_rate", "Learning rate of the last step.", registry=None),
+        "pg_loss": Gauge("winnow_learner_pg_loss", "Policy-gradient term of the loss (last step).", registry=None),
+        "response_length_mean": Gauge(
+            "winnow_learner_response_length_mean",
+            "Mean response length in tokens over the batch's samples (last step).",
+            registry=None,
+        ),
+        "truncated_fraction": Gauge(
+            "winnow_learner_truncated_ratio",
+            "Samples of the batch that hit max_new_tokens (finish_reason length) (last step).",
+            registry=None,
+        ),
+        "ratio_min": Gauge(
+            "winnow_learner_importance_ratio_min", "Min pi_theta/mu over trained tokens (last step).", registry=None
+        ),
+        "staleness_mean": Gauge(
+            "winnow_learner_staleness_mean", "Mean version - policy_version of the batch's groups (last step).",
+            registry=None,
+        ),
+        "kept_sample_fraction": Gauge(
+            "winnow_learner_kept_sample_ratio", "Samples of the batch kept by the filter (last step).",
+            registry=None,
+        ),
+        "advantage_abs_mean": Gauge(
+            "winnow_learner_advantage_abs_mean", "Mean |advantage| over kept samples (last step).", registry=None
+        ),
+        "dual_clip_frac": Gauge(
+            "winnow_learner_dual_clip_ratio",
+            "Share of trained tokens where the dual clip is active (last step).",
+            registry=None,
+        ),
+        "is_trunc_frac": Gauge(
+            "winnow_learner_is_truncated_ratio",
+            "Share of trained tokens whose truncated IS weight was capped (decoupled loss; last step).",
+            registry=None,
+        ),
+        "skipped": Gauge(
+            "winnow_learner_step_skipped", "1 if the last step took no optimizer step (no kept sample).",
+            registry=None,
+        ),
+    }
 
 
 def metric_tag(key: str) -> str:
@@ -290,8 +302,8 @@ class MlflowSink(Sink):
         )
 
     def table(self, step: int, columns: list[str], rows: list[list[Any]]) -> None:
-        data = {c: [r[i] for r in rows] for i, c in enumerate(columns)}
-        self.client.log_table(self.run_id, data=data, artifact_file=f"samples/step_{step:08d}.json")
+        # the layout of mlflow.log_table's files, written without pandas (mlflow-skinny does not have it)
+        self.client.log_dict(self.run_id, {"columns": columns, "data": rows}, f"samples/step_{step:08d}.json")
 
     def close(self) -> None:
         self.client.set_terminated(self.run_id)
@@ -352,14 +364,7 @@ class Tracker:
         self.sinks: list[Sink] = []
         try:
             for sink in cfg.sinks:
-                if sink == "tensorboard":
-                    self.sinks.append(TensorBoardSink(self.run_dir))
-                elif sink == "wandb":
-                    self.sinks.append(WandbSink(cfg, self.run_dir, name, config or {}))
-                elif sink == "mlflow":
-                    self.sinks.append(MlflowSink(cfg, self.run_dir, name, config or {}))
-                elif sink == "trackio":
-                    self.sinks.append(TrackioSink(cfg, self.run_dir, name, config or {}))
+                self.sinks.append(self._start(sink, name, config or {}))
         except BaseException:
             self.close()
             raise
@@ -368,14 +373,31 @@ class Tracker:
         if registry is not None:
             self._register(registry)
 
-    def _register(self, registry: Any) -> None:
-        from prometheus_client import Counter, Gauge
+    def _start(self, sink: str, name: str, config: dict[str, Any]) -> Sink:
+        """Start one sink; a failure (no W&B login, an unreachable MLflow server) is a ConfigError naming it."""
+        try:
+            if sink == "tensorboard":
+                return TensorBoardSink(self.run_dir)
+            if sink == "wandb":
+                return WandbSink(self.cfg, self.run_dir, name, config)
+            if sink == "mlflow":
+                return MlflowSink(self.cfg, self.run_dir, name, config)
+            return TrackioSink(self.cfg, self.run_dir, name, config)
+        except ConfigError:
+            raise
+        except Exception as e:  # start-up: the backend's own error, with the setting to look at
+            raise ConfigError(f"tracking.sinks: {sink!r} could not start: {type(e).__name__}: {e}") from e
 
-        for key, (name, doc) in TRAINING_GAUGES.items():
+    def _register(self, registry: Any) -> None:
+        from prometheus_client import Counter
+
+        for key, gauge in training_gauges().items():
             try:
-                self._gauges[key] = Gauge(name, doc, registry=registry)
+                registry.register(gauge)
             except ValueError:  # the service exports it already (duplicated timeseries)
-                log.debug("gauge %s is already registered; not adding it again", name)
+                log.debug("gauge %s is already registered; not adding it again", gauge._name)
+                continue
+            self._gauges[key] = gauge
         self._errors = Counter(
             "winnow_learner_tracking_errors",
             "Tracking sink calls that failed (the step's metrics did not reach that sink).",

@@ -257,9 +257,13 @@ class Pipeline:
     def _prepare_model(self) -> str | None:
         """Convert the embedded default model once here, not in every service at the same time."""
         models = {self.data.get(c, {}).get("model", "smollm2-135m") for c in ("generator", "learner")}
+        from winnow.models import SMOLLM2_ALIASES, resolve_model
+
+        for model in models:  # a missing local folder is a clear error here, before any service starts
+            if str(model).lower() not in SMOLLM2_ALIASES:
+                resolve_model(str(model))
         if len(models) != 1:
             return None
-        from winnow.models import SMOLLM2_ALIASES, resolve_model
 
         (model,) = models
         if str(model).lower() not in SMOLLM2_ALIASES:
@@ -402,4 +406,7 @@ def register(sub) -> None:
     p.add_argument("--preset", help="algorithm preset (raft, raft++, reinforce, grpo, reinforce_rej, ...)")
     p.add_argument("--model", help="any Hugging Face model directory or hub id (default: smollm2-135m)")
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS or a local broker)")
+    from winnow.cli import document_config
+
+    document_config(p, "up")  # --help ends with the up: section's fields
     p.set_defaults(func=run)

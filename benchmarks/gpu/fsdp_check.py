@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             checks["saved_weights_equal"] = saved["max_abs_diff"] == 0.0
             checks["saved_weights_complete"] = set(state) | {"lm_head.weight"} >= set(names)
+            checks["tied_head_written_once"] = not saved["tied_head_written_twice"]
         result.update(status="ok", forward_backward_and_step=step1, train_step=step2, save_weights=saved,
                       seconds=round(elapsed, 2), **{"pass": checks, "all_pass": all(checks.values())})
         if not result["all_pass"]:

@@ -79,6 +79,25 @@ def up_config(args, model_dir: str, engine: str, prompts: Path, cuda: bool) -> d
     }
 
 
+def run_up(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[int | None, str]:
+    """Run ``winnow up`` to its end; past ``timeout`` stop it with SIGTERM, which makes it stop its services
+    (they run in their own sessions: a SIGKILL to ``up`` would leave them running), then SIGKILL."""
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            code = None
+        log.seek(0)
+        return code, log.read()
+
+
 def summarize(rows: list[dict]) -> dict[str, Any]:
     steady = rows[1:]
     wall = rows[-1]["time"] - rows[0]["time"]
@@ -142,18 +161,18 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = work / "run"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "winnow", "up", "--config", str(cfg), "--run-dir", str(run_dir)],
-                              capture_output=True, text=True, timeout=args.timeout, env=env)
+        code, output = run_up([sys.executable, "-m", "winnow", "up", "--config", str(cfg), "--run-dir", str(run_dir)],
+                              env, args.timeout)
         result["wall_s"] = round(time.perf_counter() - t0, 1)
-        result["returncode"] = proc.returncode
-        result["up_output_tail"] = (proc.stdout + proc.stderr)[-3000:]
+        result["returncode"] = code
+        result["up_output_tail"] = output[-3000:]
         rows = []
         metrics = run_dir / "metrics.jsonl"
         if metrics.exists():
             rows = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
         rows = sorted((r for r in rows if "loss" in r), key=lambda r: r["version"])
-        if proc.returncode != 0 or len(rows) < 2:
-            raise RuntimeError(f"winnow up exited {proc.returncode} with {len(rows)} steps")
+        if code != 0 or len(rows) < 2:
+            raise RuntimeError(f"winnow up exited {code} with {len(rows)} steps")
         result["summary"] = summarize(rows)
         result["first_step_s_after_start"] = round(rows[0]["time"] - (time.time() - result["wall_s"]), 1)
         result["status"] = "ok"

@@ -140,3 +140,11 @@ def test_tiny_model_run_end_to_end(tmp_path, kafka_bootstrap_one, monkeypatch):
     mtime = (results / "runs" / "main-grpo-s0" / "summary.json").stat().st_mtime
     assert exp.main(argv) == 0  # resumed: nothing left to run
     assert (results / "runs" / "main-grpo-s0" / "summary.json").stat().st_mtime == mtime
+
+
+def test_only_filters_and_orders_within_a_seed(tmp_path, capsys):
+    argv = ["--dry-run", "--seeds", "0,1", "--only", "grpo,raft", "--results", str(tmp_path)]
+    assert exp.main(argv) == 0
+    ids = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert ids == ["main-grpo-s0", "main-raft-s0", "main-grpo-s1", "main-raft-s1"]
+    assert not (tmp_path / "config.json").exists()  # a dry run records nothing

@@ -52,6 +52,7 @@ winnow_learner_eval_accuracy winnow_learner_eval_mean_at_k winnow_learner_grad_n
 winnow_learner_response_length_mean winnow_learner_truncated_ratio winnow_learner_mismatch_kl
 winnow_learner_mismatch_max_abs_log_ratio winnow_learner_run_finished winnow_build_info
 winnow_learner_beta_acceptance_ratio winnow_learner_beta_identity winnow_learner_snis_ess_ratio
+winnow_learner_pg_loss winnow_learner_staleness_mean winnow_learner_kept_sample_ratio
 winnow_learner_beta_groups_accepted
 winnow_generator_tokens_total winnow_generator_groups_published_total winnow_generator_requests_in_flight
 winnow_generator_weight_version winnow_generator_weight_reload_seconds winnow_generator_weight_reload_failures_total
@@ -224,13 +225,12 @@ def test_metrics_used_are_documented() -> None:
 
 
 def metrics_in_code(*files: Path) -> set[str]:
-    """Exposed metric names defined in code (prometheus_client appends _total to Counter names; a Counter
-    may be imported as PromCounter where collections.Counter is also used)."""
+    """Exposed metric names defined in code (prometheus_client appends _total to Counter names)."""
     names = set()
     for f in files:
-        for kind, name in re.findall(r'\b(?:Prom)?(Counter|Gauge|Histogram|Summary)\(\s*"(winnow_[a-z0-9_]+)"', f.read_text()):
+        for kind, name in re.findall(r'\b(Counter|Gauge|Histogram|Summary)\(\s*"(winnow_[a-z0-9_]+)"', f.read_text()):
             names.add(name + "_total" if kind == "Counter" and not name.endswith("_total") else name)
-        # gauges declared as data, e.g. winnow/tracking.py TRAINING_GAUGES: {"key": ("winnow_...", "help")}
+        # gauges declared as data: {"key": ("winnow_...", "help")}
         names.update(re.findall(r':\s*\(\s*"(winnow_[a-z0-9_]+)"', f.read_text()))
     return names
 

@@ -4,6 +4,7 @@ that generates exactly what the learner's model generates."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -74,6 +75,9 @@ def test_export_generates_like_the_learner(run, tmp_path):
         assert tokens == want_tokens
         torch.testing.assert_close(logits, want_logits)
         assert not torch.allclose(logits, base_logits, atol=1e-3)  # the trained weights, not the base's
+        umask = os.umask(0)
+        os.umask(umask)
+        assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask  # not safetensors' 0600
         meta = json.loads((out / "winnow-export.json").read_text())
         assert meta["version"] == version and meta["chat"] == {"system_prompt": "sys"}
         assert model.config.tie_word_embeddings and model.lm_head.weight.data_ptr() == \
@@ -96,3 +100,27 @@ def test_export_cli_newest_dtype_and_errors(run, tmp_path, capsys):
     assert "available: [1, 2]" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="learner-config.json"):
         export_run(tmp_path, tmp_path / "y")
+
+
+def test_published_versions_are_hf_folders(tmp_path):
+    """With the trained model (and tokenizer) given, every published version folder loads as it is."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from winnow.learner.weights import WeightPublisher
+
+    base = save_tiny(tmp_path / "base")
+    model, tokenizer = load_causal_lm(base, dtype="float32", device="cpu")
+    trainer = Trainer(model, AlgoConfig(preset="grpo", kl_coef=0.0), OptimConfig(lr=1e-3), pad_token_id=0)
+    pub = WeightPublisher(tmp_path / "store", producer=None, topic="t", hf_model=model, hf_tokenizer=tokenizer)
+    _perturb(model, 3)
+    trainer.version = 1
+    ann = pub.write(trainer)
+    folder = tmp_path / "store" / "v00000001"
+    assert ann.uri.endswith("v00000001/model.safetensors")
+    want = _greedy(model, tokenizer)
+    got = _greedy(AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder))
+    assert got[0] == want[0]
+    torch.testing.assert_close(got[1], want[1])
+    # without a model object (tests, fakes) the store stays bare
+    bare = WeightPublisher(tmp_path / "bare", producer=None, topic="t")
+    assert bare.hf_template is None

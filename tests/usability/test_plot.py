@@ -36,6 +36,11 @@ def test_series_values():
     # throughput: 300 / (1 + 2 + 0.5 + 0.5) = 75; 600 / (2 + 2) = 150
     assert s["throughput"][2] == [75.0, 150.0]
     assert s["staleness"][2] == [0.0, 1.0] and s["eval_mean_at_k"][2] == [0.375]
+    # tokens_total (all response tokens) is preferred; mismatch without measured tokens is not drawn
+    rows = [{**ROWS[1], "tokens_total": 800.0, "mismatch_tokens": 0}, {**ROWS[2], "mismatch_tokens": 5}]
+    t = series(rows)
+    assert t["throughput"][2] == [200.0, 150.0]  # 800 / 4 = 200
+    assert t["mismatch_kl"] == ([2.0], [1.0], [0.02])
     # a resumed run repeats a version: the last row wins
     assert series([*ROWS, {**ROWS[2], "reward_mean": 1.0}])["reward"][2] == [0.5, 1.0]
 

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
 from winnow.config import ConfigError, load_config
-from winnow.tracking import TRAINING_GAUGES, Tracker, TrackingConfig, flatten_row, metric_tag
+from winnow.tracking import Tracker, TrackingConfig, flatten_row, metric_tag, training_gauges
 
 
 def _tb_events(logdir):
@@ -89,7 +89,7 @@ def test_tensorboard_and_prometheus(tmp_path, make_row, make_group):
     assert registry.get_sample_value("winnow_learner_response_length_mean") == 42.0
     assert registry.get_sample_value("winnow_learner_truncated_ratio") == 0.125
     assert registry.get_sample_value("winnow_learner_pg_loss") == -0.3
-    assert len({name for name, _ in TRAINING_GAUGES.values()}) == len(TRAINING_GAUGES)
+    assert len({g._name for g in training_gauges().values()}) == len(training_gauges())
 
 
 def test_gauge_the_service_already_exports_is_not_duplicated(tmp_path, make_row):
@@ -152,7 +152,8 @@ def test_mlflow_file_store(tmp_path, make_row, make_group, monkeypatch):
     run = client.get_run(run_id)
     assert run.data.params["algo.preset"] == "grpo" and run.data.params["n"] == "8"
     (table,) = (tmp_path / "mlruns").rglob("samples/step_00000002.json")
-    assert "What is 2+3?" in table.read_text()
+    t = json.loads(table.read_text())
+    assert t["columns"][:3] == ["step", "prompt_id", "problem"] and t["data"][0][2] == "What is 2+3?"
 
 
 def test_trackio_local(tmp_path, make_row, make_group, monkeypatch):
@@ -209,3 +210,11 @@ def test_tracker_next_to_the_learner_metrics(tmp_path, make_row):
     tracker.log_row(make_row(2))
     assert registry.get_sample_value("winnow_learner_grad_norm") == 0.5
     assert registry.get_sample_value("winnow_learner_truncated_ratio") == 0.125
+
+
+def test_a_sink_that_cannot_start_is_a_config_error(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = TrackingConfig(sinks=["tensorboard", "mlflow"], mlflow_tracking_uri="nosuchscheme://x")
+    with pytest.raises(ConfigError, match="tracking.sinks: 'mlflow' could not start"):
+        Tracker(cfg, tmp_path)
