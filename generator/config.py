@@ -127,8 +127,9 @@ class GeneratorConfig(Settings):
     """After the first request arrives, wait up to this long to fill a batch."""
     metrics_port: int = Field(default=9401, ge=0, le=65535)
     """Port of /metrics and /health (0 = pick a free port)."""
-    metrics_host: str = "0.0.0.0"
-    """Address /metrics and /health bind to."""
+    metrics_host: str = "127.0.0.1"
+    """Address /metrics and /health bind to: loopback unless configured (the Helm chart sets
+    0.0.0.0 so Prometheus can scrape the pod)."""
     lag_interval_s: float = Field(default=10.0, gt=0.0)
     """How often the consumer lag gauge is refreshed."""
     kafka_partitions: int = Field(default=4, ge=1, le=10_000)

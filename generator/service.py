@@ -442,6 +442,25 @@ class GeneratorService:
             return
         await self._load_announced(ann)
 
+    async def _wait_while_finished(self, consumer, weights, prompts_topic: str) -> None:
+        """The learner announced its final weights (the run reached max_steps): leave the prompts
+        consumer group and stop asking for work, staying healthy, until a newer non-final
+        announcement (the run was continued) or SIGTERM."""
+        from winnow.kafka import RebalanceHooks
+
+        log.info("run finished (final weights v%d announced): not consuming %s any more",
+                 self._latest_ann.version, prompts_topic)
+        consumer.unsubscribe()
+        while not self._stop.is_set() and self._latest_ann.final:
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.cfg.weights.poll_interval_s)
+            except TimeoutError:
+                await self._poll_weights(weights)
+        if not self._stop.is_set():
+            log.info("weights v%d announced after the final ones: consuming %s again",
+                     self._latest_ann.version, prompts_topic)
+            consumer.subscribe([prompts_topic], listener=RebalanceHooks(on_revoked=self._on_revoked))
+
     async def _catch_up(self, consumer, version: int) -> None:
         """Load (at least) ``version`` before generating, waiting up to ``weights.catch_up_s``: the
         learner announces new weights before it releases the prompts that expect them."""
@@ -664,6 +683,9 @@ class GeneratorService:
                     and time.monotonic() - self._last_weights_poll >= self.cfg.weights.poll_interval_s
                 ):
                     await self._poll_weights(weights)
+                if self._latest_ann is not None and self._latest_ann.final:
+                    await self._wait_while_finished(consumer, weights, names.prompts)
+                    continue
                 records = await self._fetch(consumer)
                 if not records:
                     continue

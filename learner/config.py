@@ -135,6 +135,10 @@ class LearnerConfig(Settings):
     divides its logits by, so that pi_theta matches the behaviour distribution."""
     max_steps: int | None = Field(default=None, ge=1)
     """Stop after this many optimizer steps in total (None = run until stopped)."""
+    on_finish: Literal["exit", "idle"] = "exit"
+    """After ``max_steps`` (or when restarted on a finished run, see ``<run_dir>/finished.json``):
+    ``exit`` (code 0), or ``idle``: stay up serving /metrics and /health without training (the Helm
+    chart's choice, so a StatefulSet does not restart a finished run)."""
     request_timeout_s: float = Field(default=900.0, gt=0)
     """A released prompt whose scored group has not arrived after this long is released again (new
     request id); the late group, if it ever comes, is dropped as a duplicate."""
@@ -173,8 +177,9 @@ class LearnerConfig(Settings):
     log; short form ``tracking: [tensorboard, wandb]``."""
     metrics_port: int = Field(default=9402, ge=0, le=65535)
     """Port of /metrics and /health (0 = pick a free one)."""
-    metrics_host: str = "0.0.0.0"
-    """Address to bind the metrics server to."""
+    metrics_host: str = "127.0.0.1"
+    """Address /metrics and /health bind to: loopback unless configured (the Helm chart sets
+    0.0.0.0 so Prometheus can scrape the pod)."""
     seed: int = 0
     """Torch seed."""
 

@@ -29,11 +29,11 @@ class LearnerMetrics:
             "winnow_learner_weight_version", "Policy version (optimizer steps taken).", registry=r
         )
         self.steps = Counter("winnow_learner_steps", "Optimizer steps taken by this process.", registry=r)
-        self.acceptance_rate = Gauge(
-            "winnow_learner_acceptance_rate", "Correct / valid samples in the last batch.", registry=r
+        self.acceptance_ratio = Gauge(
+            "winnow_learner_acceptance_ratio", "Correct / valid samples in the last batch.", registry=r
         )
-        self.kept_group_fraction = Gauge(
-            "winnow_learner_kept_group_fraction", "Groups of the last batch with a kept sample.", registry=r
+        self.kept_group_ratio = Gauge(
+            "winnow_learner_kept_group_ratio", "Groups of the last batch with a kept sample / groups.", registry=r
         )
         self.groups = Counter("winnow_learner_groups", "Scored groups by outcome.", ["outcome"], registry=r)
         for o in Outcome:
@@ -46,8 +46,8 @@ class LearnerMetrics:
             "winnow_learner_entropy", "Mean token entropy of the policy (last step).", registry=r
         )
         self.kl = Gauge("winnow_learner_kl", "KL(pi || pi_ref) term (last step).", registry=r)
-        self.clip_fraction = Gauge(
-            "winnow_learner_clip_fraction", "Fraction of clipped tokens (last step).", registry=r
+        self.clipped_token_ratio = Gauge(
+            "winnow_learner_clipped_token_ratio", "Clipped tokens / trained tokens (last step).", registry=r
         )
         self.ratio_mean = Gauge(
             "winnow_learner_importance_ratio_mean",
@@ -141,6 +141,9 @@ class LearnerMetrics:
             buckets=(0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
             registry=r,
         )
+        self.run_finished = Gauge(
+            "winnow_learner_run_finished", "1 once the run reached max_steps (completion marker written).", registry=r
+        )
 
     def observe_samples(self, labels) -> None:
         """One received group's sample statuses (labels: correct, wrong, ...)."""
@@ -167,11 +170,11 @@ class LearnerMetrics:
     def observe_step(self, r: StepResult, version: int, *, wait_s: float, compute_s: float, publish_s: float) -> None:
         self.steps.inc()
         self.weight_version.set(version)
-        self.acceptance_rate.set(r.acceptance_rate)
-        self.kept_group_fraction.set(r.kept_group_fraction)
+        self.acceptance_ratio.set(r.acceptance_rate)
+        self.kept_group_ratio.set(r.kept_group_fraction)
         self.entropy.set(r.entropy)
         self.kl.set(r.kl)
-        self.clip_fraction.set(r.clip_frac)
+        self.clipped_token_ratio.set(r.clip_frac)
         self.ratio_mean.set(r.ratio_mean)
         self.ratio_max.set(r.ratio_max)
         self.ess.set(r.ess)

@@ -26,7 +26,7 @@ class BetaSamplerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
         self.acceptance = Gauge(
-            "winnow_learner_beta_acceptance_rate",
+            "winnow_learner_beta_acceptance_ratio",
             "raft_beta: accepted / valid samples of the last batch (measured, and expected = mean alpha).",
             ["source"],
             registry=r,
@@ -38,7 +38,7 @@ class BetaSamplerMetrics:
             registry=r,
         )
         self.ess = Gauge(
-            "winnow_learner_snis_ess_fraction",
+            "winnow_learner_snis_ess_ratio",
             "SNIS weights exp(r/beta) per group: ESS / group size, mean and min over groups (last batch).",
             ["stat"],
             registry=r,

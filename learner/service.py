@@ -29,6 +29,7 @@ from winnow.learner import checkpoint
 from winnow.learner.batch import group_from_proto, vocab_size
 from winnow.learner.book import Buffered, Outcome, Position, Release, RequestBook
 from winnow.learner.checkpoint import DeadLetters, LearnerState, Ledger
+from winnow.learner.completion import finish_run
 from winnow.learner.config import LearnerConfig
 from winnow.learner.metrics import LearnerMetrics, append_jsonl
 from winnow.learner.objective import judge_samples
@@ -129,6 +130,10 @@ class LearnerService:
                 await self._step()
             if self.version != self._checkpointed_version and self.steps_run:
                 await self._checkpoint_and_commit()
+            if cfg.max_steps is not None and self.version >= cfg.max_steps:  # a finished run stays finished
+                await finish_run(cfg.run_dir, version=self.version, max_steps=cfg.max_steps,
+                                 run_id=self.book.state.run_id or "", publisher=self._publisher)
+                self.metrics.run_finished.set(1)
         finally:
             self._running = False
             self.tracking.close()

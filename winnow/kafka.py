@@ -28,14 +28,17 @@ import asyncio
 import inspect
 import logging
 import re
+import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.abc import AbstractTokenProvider, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.helpers import create_ssl_context
 from google.protobuf import message as pb_message
 
 from winnow.config import KafkaConfig
@@ -101,11 +104,7 @@ async def ensure_topics(
     """
     if partitions < 1:
         raise ValueError(f"partitions must be >= 1, got {partitions}")
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=cfg.bootstrap_servers,
-        request_timeout_ms=cfg.request_timeout_ms,
-        client_id="winnow-admin",
-    )
+    admin = make_admin(cfg)
     await admin.start()
     try:
         if replication_factor is None:
@@ -296,6 +295,59 @@ def decode_record(cls: type[M], record: ConsumerRecord, on_corrupt: OnCorrupt | 
         return None
 
 
+# ------------------------------------------------------------------------------------- security
+
+
+class FileTokenProvider(AbstractTokenProvider):
+    """OAUTHBEARER token read from a file at every (re)connection (a sidecar or a projected
+    service-account token keeps it fresh)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    async def token(self) -> str:
+        text = await asyncio.to_thread(self.path.read_text)
+        token = text.strip()
+        if not token:
+            raise KafkaSetupError(f"OAUTHBEARER token file {self.path} is empty")
+        return token
+
+
+def ssl_context(cfg: KafkaConfig) -> ssl.SSLContext:
+    """The TLS context of every client: verifies the broker's certificate (``ssl_cafile`` or the
+    system CAs) and host name; presents ``ssl_certfile``/``ssl_keyfile`` for mutual TLS.
+    A missing or unreadable file is a :class:`KafkaSetupError` naming the field."""
+    for field in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        path = getattr(cfg, field)
+        if path is not None and not Path(path).is_file():
+            raise KafkaSetupError(f"kafka.{field}: {path} is not a readable file")
+    password = cfg.ssl_key_password.get_secret_value() if cfg.ssl_key_password is not None else None
+    try:
+        return create_ssl_context(cafile=cfg.ssl_cafile, certfile=cfg.ssl_certfile, keyfile=cfg.ssl_keyfile,
+                                  password=password)
+    except (ssl.SSLError, OSError) as e:
+        raise KafkaSetupError(
+            f"kafka TLS files (ssl_cafile={cfg.ssl_cafile}, ssl_certfile={cfg.ssl_certfile}, "
+            f"ssl_keyfile={cfg.ssl_keyfile}) do not load: {e}"
+        ) from None
+
+
+def security_kwargs(cfg: KafkaConfig) -> dict[str, Any]:
+    """The aiokafka arguments for ``cfg``'s security settings, shared by every producer, consumer and
+    admin client (see docs/kafka.md "Security")."""
+    kwargs: dict[str, Any] = {"security_protocol": cfg.security_protocol}
+    if cfg.security_protocol in ("SSL", "SASL_SSL"):
+        kwargs["ssl_context"] = ssl_context(cfg)
+    if cfg.security_protocol.startswith("SASL_"):
+        kwargs["sasl_mechanism"] = cfg.sasl_mechanism
+        if cfg.sasl_mechanism == "OAUTHBEARER":
+            kwargs["sasl_oauth_token_provider"] = FileTokenProvider(cfg.sasl_oauth_token_file)
+        else:
+            kwargs["sasl_plain_username"] = cfg.sasl_username
+            kwargs["sasl_plain_password"] = cfg.sasl_password.get_secret_value() if cfg.sasl_password else None
+    return kwargs
+
+
 # -------------------------------------------------------------------------------------- clients
 
 
@@ -312,9 +364,16 @@ def make_producer(cfg: KafkaConfig, *, client_id: str = "winnow", **overrides: A
         max_request_size=cfg.max_message_bytes,
         request_timeout_ms=cfg.request_timeout_ms,
         linger_ms=5,
+        **security_kwargs(cfg),
     )
     kwargs.update(overrides)
     return AIOKafkaProducer(**kwargs)
+
+
+def make_admin(cfg: KafkaConfig, *, client_id: str = "winnow-admin") -> AIOKafkaAdminClient:
+    """An AIOKafkaAdminClient (not started) with ``cfg``'s security settings."""
+    return AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, request_timeout_ms=cfg.request_timeout_ms,
+                               client_id=client_id, **security_kwargs(cfg))
 
 
 Callback = Callable[[set[TopicPartition]], Awaitable[None] | None]
@@ -383,6 +442,7 @@ def make_consumer(
         max_partition_fetch_bytes=max(1024 * 1024, cfg.max_message_bytes),
         fetch_max_bytes=max(50 * 1024 * 1024, cfg.max_message_bytes),
         isolation_level=isolation_level,
+        **security_kwargs(cfg),
     )
     if max_poll_records is not None:
         kwargs["max_poll_records"] = max_poll_records

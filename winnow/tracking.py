@@ -108,7 +108,7 @@ def training_gauges() -> dict[str, Any]:
             registry=None,
         ),
         "truncated_fraction": Gauge(
-            "winnow_learner_truncated_fraction",
+            "winnow_learner_truncated_ratio",
             "Samples of the batch that hit max_new_tokens (finish_reason length) (last step).",
             registry=None,
         ),
@@ -120,19 +120,19 @@ def training_gauges() -> dict[str, Any]:
             registry=None,
         ),
         "kept_sample_fraction": Gauge(
-            "winnow_learner_kept_sample_fraction", "Samples of the batch kept by the filter (last step).",
+            "winnow_learner_kept_sample_ratio", "Samples of the batch kept by the filter (last step).",
             registry=None,
         ),
         "advantage_abs_mean": Gauge(
             "winnow_learner_advantage_abs_mean", "Mean |advantage| over kept samples (last step).", registry=None
         ),
         "dual_clip_frac": Gauge(
-            "winnow_learner_dual_clip_fraction",
+            "winnow_learner_dual_clip_ratio",
             "Share of trained tokens where the dual clip is active (last step).",
             registry=None,
         ),
         "is_trunc_frac": Gauge(
-            "winnow_learner_is_truncated_fraction",
+            "winnow_learner_is_truncated_ratio",
             "Share of trained tokens whose truncated IS weight was capped (decoupled loss; last step).",
             registry=None,
         ),

@@ -292,10 +292,10 @@ def test_prometheus_gauges_show_both_sides():
     assert get("winnow_learner_beta_identity", {"side": "is_weight_var"}) == d["beta_is_weight_var"]
     assert get("winnow_learner_beta_identity", {"side": "inverse_acceptance_minus_one"}) == pytest.approx(
         d["beta_inverse_acceptance_minus_one"])
-    assert get("winnow_learner_beta_acceptance_rate", {"source": "measured"}) == d["beta_acceptance_rate"]
+    assert get("winnow_learner_beta_acceptance_ratio", {"source": "measured"}) == d["beta_acceptance_rate"]
     assert get("winnow_learner_beta_groups_accepted", {"source": "independent"}) == pytest.approx(
         d["beta_groups_accepted_independent"])
-    assert get("winnow_learner_snis_ess_fraction", {"stat": "min"}) == d["snis_ess_min_fraction"]
+    assert get("winnow_learner_snis_ess_ratio", {"stat": "min"}) == d["snis_ess_min_fraction"]
 
 
 # ---------------------------------------------------------------- Monte Carlo: the accepted samples follow pi*

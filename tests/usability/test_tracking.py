@@ -87,7 +87,7 @@ def test_tensorboard_and_prometheus(tmp_path, make_row, make_group):
     assert registry.get_sample_value("winnow_learner_grad_norm") == 0.75
     assert registry.get_sample_value("winnow_learner_learning_rate") == 1e-6
     assert registry.get_sample_value("winnow_learner_response_length_mean") == 42.0
-    assert registry.get_sample_value("winnow_learner_truncated_fraction") == 0.125
+    assert registry.get_sample_value("winnow_learner_truncated_ratio") == 0.125
     assert registry.get_sample_value("winnow_learner_pg_loss") == -0.3
     assert len({g._name for g in training_gauges().values()}) == len(training_gauges())
 
@@ -209,7 +209,7 @@ def test_tracker_next_to_the_learner_metrics(tmp_path, make_row):
     tracker = Tracker(TrackingConfig(sinks=[]), tmp_path, registry=registry)
     tracker.log_row(make_row(2))
     assert registry.get_sample_value("winnow_learner_grad_norm") == 0.5
-    assert registry.get_sample_value("winnow_learner_truncated_fraction") == 0.125
+    assert registry.get_sample_value("winnow_learner_truncated_ratio") == 0.125
 
 
 def test_a_sink_that_cannot_start_is_a_config_error(tmp_path, monkeypatch):

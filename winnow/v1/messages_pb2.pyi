@@ -113,15 +113,17 @@ class ScoredGroup(_message.Message):
     def __init__(self, prompt_id: _Optional[str] = ..., request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., generator_id: _Optional[str] = ..., policy_version: _Optional[int] = ..., task: _Optional[str] = ..., created_at: _Optional[float] = ..., generation_seconds: _Optional[float] = ..., scoring_seconds: _Optional[float] = ..., problem: _Optional[str] = ..., gold: _Optional[str] = ...) -> None: ...
 
 class WeightAnnouncement(_message.Message):
-    __slots__ = ("version", "uri", "sha256", "format", "created_at")
+    __slots__ = ("version", "uri", "sha256", "format", "created_at", "final")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
     version: int
     uri: str
     sha256: str
     format: str
     created_at: float
-    def __init__(self, version: _Optional[int] = ..., uri: _Optional[str] = ..., sha256: _Optional[str] = ..., format: _Optional[str] = ..., created_at: _Optional[float] = ...) -> None: ...
+    final: bool
+    def __init__(self, version: _Optional[int] = ..., uri: _Optional[str] = ..., sha256: _Optional[str] = ..., format: _Optional[str] = ..., created_at: _Optional[float] = ..., final: _Optional[bool] = ...) -> None: ...
