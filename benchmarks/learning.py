@@ -114,7 +114,7 @@ def minimal_loop(args: argparse.Namespace, model_dir: str, train: list[dict], he
 
     clock = Stopwatch()
     torch.manual_seed(args.seed)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(getattr(args, "loop_threads", 0) or os.cpu_count() or 1)
     model, tok = load_causal_lm(model_dir)  # fp32 master weights, as winnow's learner
     fmt = PromptFormatter(tok, ChatFormat(**(chat or {})))
     eos = set(eos_token_ids(model, tok))
@@ -489,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--loop-threads", type=int, default=0,
+                   help="torch threads of the loop (0 = every core, what a user's loop gets; 1 is kinder to a "
+                   "machine that other jobs load)")
     p.add_argument("--target", type=float, default=None, help="target accuracy (default: the loop's final one)")
     p.add_argument("--order", default="loop,winnow", help="which systems to run, in this order")
     p.add_argument("--work-dir", default="runs/bench-learning", help="results (resumable) and the run directory")
@@ -521,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     train = [json.loads(line) for line in train_path.read_text().splitlines()]
     key = {k: getattr(args, k) for k in ("model", "steps", "eval_every", "eval_prompts", "batch_groups", "n", "lr",
                                          "max_new_tokens", "micro_batch", "seed")}
+    if args.loop_threads:
+        key["loop_threads"] = args.loop_threads
     results: dict[str, Any] = {"model": os.path.basename(str(args.model).rstrip("/")), "args": key}
     for name in order:
         path = work / f"{name}.json"

@@ -435,8 +435,9 @@ def print_report(results: dict) -> None:
                   f"trained tokens/s x{r['tokens_per_s'] / loop['tokens_per_s']:.2f}"
                   if loop["tokens_per_s"] else f"  staleness {r['max_staleness']}: step time "
                   f"x{r['step_s'] / loop['step_s']:.2f} of the loop's")
-        print("  (this is the speed-up a user gets over writing the loop; the staleness rows below compare winnow "
-              "with its own synchronous mode)")
+        print("  (winnow against the loop a user would write, in the same invocation; the 'staleness 1 vs 0' line "
+              "compares winnow with its own synchronous mode. On a loaded machine the loop's multi-threaded "
+              "phases suffer most: compare on an idle one)")
     base = runs[0]
     for r in runs[1:]:
         ratio = r["tokens_per_s"] / base["tokens_per_s"] if base["tokens_per_s"] else float("nan")
