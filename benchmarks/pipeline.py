@@ -34,6 +34,13 @@ with winnow's producer (acks=all, linger 5 ms) and consumer settings: the round 
 group. Transport per step = a batch of prompts + a batch of groups + one announcement; reported as a
 share of each run's mean step time. (The weight *file* is not Kafka traffic: it is ``publish_s``.)
 
+Part 3, the baseline a user has. The same steps run by the minimal synchronous loop of
+``benchmarks/learning.py`` (one process, every core: ``model.generate`` -> score -> one policy-gradient
+step on every sample, on the same prompts, chat format, batch, sampling and micro-batch), and every run's
+step time and trained tokens/s as a ratio of the loop's. This is the speed-up (or slow-down) a user
+gets from winnow over writing that loop; the overlap ratio of part 1 compares winnow with its own
+synchronous mode, which leaves a core idle by construction, and is not. ``--no-loop`` skips it.
+
 The default model is the tiny test Qwen2 of ``winnow.learner.tiny``, made bigger (``--hidden``,
 ``--layers``) so that generating and training take real time; it is random, so every answer is
 wrong and the algorithm is ``reinforce`` (no filter: rejection sampling would drop every group and
@@ -346,6 +353,36 @@ async def transport(bootstrap: str, prompts: list, groups: list, announcement, b
     }
 
 
+# -- part 3: the minimal synchronous loop ----------------------------------------------------------------
+
+
+def run_loop(args: argparse.Namespace, model: str) -> dict:
+    """The same work as a user's minimal loop (benchmarks/learning.py: one process, every core, generate with
+    ``model.generate`` -> score -> a policy-gradient step on every sample -> repeat), on the prompts the
+    pipeline runs released (the same source, in order); steady numbers as :func:`summarize` (first step skipped)."""
+    import importlib.util
+
+    from winnow.prompts import make_source, parse_source_config
+
+    spec = importlib.util.spec_from_file_location("winnow_bench_learning", Path(__file__).with_name("learning.py"))
+    learning = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = learning
+    spec.loader.exec_module(learning)
+    conf = run_config(args, model, "unused:0", 0, "unused")
+    source = make_source(parse_source_config(conf["learner"]["prompts"]))
+    train = [{"question": p.problem, "answer": p.gold}
+             for p in (source.get(i) for i in range(args.steps * args.batch_groups))]
+    ns = argparse.Namespace(seed=args.seed, lr=conf["learner"]["optim"]["lr"], batch_groups=args.batch_groups, n=args.n,
+                            max_new_tokens=args.max_new_tokens, micro_batch=args.micro_batch, steps=args.steps,
+                            eval_every=args.steps)
+    res = learning.minimal_loop(ns, model, train, None, train_on="all", chat=conf["generator"]["chat"])
+    rows = res["rows"]
+    wall = rows[-1]["wall_s"] - rows[0]["wall_s"]
+    tokens = sum(r["tokens"] for r in rows[1:])
+    return {"steps": len(rows), "first_step_s": rows[0]["wall_s"], "wall_s": wall, "step_s": wall / (len(rows) - 1),
+            "tokens": tokens, "tokens_per_s": tokens / wall if wall > 0 else 0.0, "phases": res["phases"]}
+
+
 # -- main ---------------------------------------------------------------------------------------------
 
 
@@ -388,11 +425,24 @@ def print_report(results: dict) -> None:
           "gen busy: generator's busy share of the steady window; batches: generated / wasted (every group "
           "dropped as stale);\ncores L+G: CPU seconds per second of the learner and the generator over the steady "
           "window (2 = both cores of a 2-core machine); first s: start to first step")
+    loop = results.get("loop")
+    if loop:
+        print(f"\nvs the minimal synchronous loop (benchmarks/learning.py: one process, all cores, generate -> score -> "
+              f"train on every sample): {loop['step_s']:.2f} s/step, {loop['tokens_per_s']:.0f} trained tok/s, first step "
+              f"{loop['first_step_s']:.1f}s")
+        for r in runs:
+            print(f"  staleness {r['max_staleness']}: step time x{r['step_s'] / loop['step_s']:.2f} of the loop's, "
+                  f"trained tokens/s x{r['tokens_per_s'] / loop['tokens_per_s']:.2f}"
+                  if loop["tokens_per_s"] else f"  staleness {r['max_staleness']}: step time "
+                  f"x{r['step_s'] / loop['step_s']:.2f} of the loop's")
+        print("  (winnow against the loop a user would write, in the same invocation; the 'staleness 1 vs 0' line "
+              "compares winnow with its own synchronous mode. On a loaded machine the loop's multi-threaded "
+              "phases suffer most: compare on an idle one)")
     base = runs[0]
     for r in runs[1:]:
         ratio = r["tokens_per_s"] / base["tokens_per_s"] if base["tokens_per_s"] else float("nan")
-        print(f"staleness {r['max_staleness']} vs {base['max_staleness']}: trained tokens/s x{ratio:.2f}, "
-              f"learner idle {base['idle_share']:.0%} -> {r['idle_share']:.0%}")
+        print(f"staleness {r['max_staleness']} vs {base['max_staleness']} (winnow vs its own synchronous mode, not vs a "
+              f"user's loop): trained tokens/s x{ratio:.2f}, learner idle {base['idle_share']:.0%} -> {r['idle_share']:.0%}")
     if base["max_staleness"] == 0 and base["wasted_batches"]:
         ideal = base["tokens"] / base["steady_steps"] / base["ideal_sync_step_s"]
         print(f"staleness 0 wasted {base['wasted_batches']} of {base['generation_batches']} generation batches "
@@ -426,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--micro-batch", type=int, default=16)
     p.add_argument("--checkpoint-every", type=int, default=1, help="learner checkpoint interval (steps)")
     p.add_argument("--staleness", default="0,1", help="comma-separated max_staleness values; the first is the base")
+    p.add_argument("--no-loop", action="store_true", help="skip the minimal synchronous loop baseline")
     p.add_argument("--verifier", action="store_true", help="score through a verifier gRPC process (default in-process)")
     p.add_argument("--threads", type=int, default=0,
                    help="OMP_NUM_THREADS for every service (0 = inherit: torch uses every core in each process)")
@@ -503,6 +554,9 @@ def main(argv: list[str] | None = None) -> int:
         results["transport"] = asyncio.run(
             transport(bootstrap, prompts, groups, anns[-1], args.batch_groups, args.trials)
         )
+        if not args.no_loop:
+            print(f"minimal synchronous loop: {args.steps} steps ...", file=sys.stderr, flush=True)
+            results["loop"] = run_loop(args, model)
         results["load_after"] = os.getloadavg()
         for r in results["runs"]:
             r["transport_share"] = results["transport"]["per_step_s"] / r["step_s"]

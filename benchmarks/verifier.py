@@ -1,13 +1,17 @@
 """Benchmark: winnow's math verifier engine vs math-verify 0.9.0, on the same inputs, in one run.
 
-    .venv/bin/python benchmarks/verifier.py [--out results.json] [--quick]
+    .venv/bin/python benchmarks/verifier.py [--out results.json] [--quick] [--n 300]
     winnow bench verifier [--out results.json]
 
-Three timed sets (every item distinct; winnow runs with its verdict cache off, since each item is
-scored twice, sequentially and then in one batch):
-  (a) ``int_frac``:  integers, fractions and decimals, right and wrong;
-  (b) ``symbolic``:  LaTeX expressions that need algebra (expand, radicals, pi, exponentials);
-  (c) ``adversarial``: the hostile inputs of docs/VERIFIER_NOTES §3 (huge powers and factorials,
+Six timed categories (every item distinct; winnow runs with its verdict cache off, since each item
+is scored twice, sequentially and then in one batch):
+  ``integers``:       integers, right and wrong;
+  ``dec_frac``:       fractions (unreduced, slash) and exact decimals, right and wrong;
+  ``symbolic``:       LaTeX expressions that need algebra (expand, radicals, pi, exponentials);
+  ``sets_intervals``: sets of numeric tuples, solution lists, intervals, unions of rays;
+  ``relations``:      flipped and double inequalities, labelled values, chained equalities, lines
+                      solved for y vs their implicit form (scale factor);
+  ``adversarial``:    the hostile inputs of docs/VERIFIER_NOTES §3 (huge powers and factorials,
       5,000 nested braces, a code-injection payload, rel-tol / percent / subset / bracket traps,
       hedged boxes, a 24k-character chain of thought).
 For each set: sequential per-item latency p50/p99 (one caller, one item at a time: ``verify``)
@@ -136,6 +140,71 @@ def symbolic_cases(n: int, rng: random.Random) -> list[Case]:
         if (c.response, c.gold) not in seen:
             seen.add((c.response, c.gold))
             out.append(c)
+    return out
+
+
+def sets_intervals_cases(n: int, rng: random.Random) -> list[Case]:
+    """Sets of numeric tuples, solution lists, intervals and unions (decided without sympy in winnow)."""
+    out: list[Case] = []
+    seen: set[tuple[str, str]] = set()
+    while len(out) < n:
+        k = rng.randrange(5)
+        a, b, c, d = (rng.randint(-30, 30) for _ in range(4))
+        right = rng.random() < 0.6
+        if k == 0:  # a set of ordered pairs, in another order; wrong: one pair swapped
+            g = f"({a},{b}),({c},{d})"
+            r = f"\\{{({c},{d}),({a},{b})\\}}" if right else f"({b},{a}),({c},{d})"
+            right = right or a == b
+        elif k == 1:  # a solution list, permuted; wrong: a subset
+            g = f"{a}, {b}, {c}"
+            r = f"{c}, {a}, {b}" if right else f"{a}, {b}"
+            right = right or c in (a, b)
+        elif k == 2:  # an interval; wrong: the other bracket
+            lo, hi = sorted((a, b + 31))
+            g = f"[{lo}, {hi})"
+            r = f"\\left[{lo},{hi}\\right)" if right else f"({lo}, {hi})"
+        elif k == 3:  # a union of rays
+            lo, hi = sorted((a, b + 31))
+            g = f"(-\\infty, {lo}) \\cup ({hi}, \\infty)"
+            r = f"(-\\infty,{lo})\\cup({hi},\\infty)" if right else f"(-\\infty,{lo}]\\cup({hi},\\infty)"
+        else:  # a set with a fraction, answered with a decimal
+            q = rng.choice([2, 4, 5, 8])
+            g = f"\\{{\\frac{{{abs(a) + 1}}}{{{q}}}, {c}\\}}"
+            dec = f"{(abs(a) + 1) / q:g}"
+            r = f"\\{{{c}, {dec}\\}}" if right else f"\\{{{c + 1}, {dec}\\}}"
+        case = Case(f"set{k}_{'right' if right else 'wrong'}", f"The solutions are $\\boxed{{{r}}}$.", g, g, right)
+        if (case.response, case.gold) not in seen:
+            seen.add((case.response, case.gold))
+            out.append(case)
+    return out
+
+
+def relations_cases(n: int, rng: random.Random) -> list[Case]:
+    """Flipped and double inequalities, labelled values, chains, equations up to a scale factor."""
+    out: list[Case] = []
+    seen: set[tuple[str, str]] = set()
+    while len(out) < n:
+        k = rng.randrange(5)
+        a, b = rng.randint(-20, 20), rng.randint(1, 20)
+        right = rng.random() < 0.6
+        if k == 0:  # a simple inequality, flipped; wrong: the other direction
+            g, r = f"x > {a}", (f"{a} < x" if right else f"{a} > x")
+        elif k == 1:  # a double inequality vs an interval (gold inequality, predicted interval)
+            g, r = f"{a} \\le x < {a + b}", (f"[{a}, {a + b})" if right else f"[{a}, {a + b}]")
+        elif k == 2:  # a line solved for y vs its implicit form (scale factor)
+            c = b if right else b + 1
+            g, r = f"y = {b}x + {a}", f"{2 * b}x - 2y + {2 * c if a == 0 else 2 * a + (0 if right else 2)} = 0"
+            if a == 0:
+                g = f"y = {b}x"
+                r = f"{2 * b}x - 2y = 0" if right else f"{2 * c}x - 2y = 0"
+        elif k == 3:  # a labelled value
+            g, r = f"{a}", (f"x = {a}" if right else f"x = {a + 1}")
+        else:  # a chain of equalities: the last side
+            g, r = f"{a + b}", (f"x = {a} + {b} = {a + b}" if right else f"x = {a} + {b} = {a + b + 1}")
+        case = Case(f"rel{k}_{'right' if right else 'wrong'}", f"Therefore $\\boxed{{{r}}}$.", g, g, right)
+        if (case.response, case.gold) not in seen:
+            seen.add((case.response, case.gold))
+            out.append(case)
     return out
 
 
@@ -308,12 +377,13 @@ _EXACT_MARKERS = ("\\frac", "\\pi", "\\sqrt", "e}", "/")
 # before the truth-based fallback. "policy" = a defensible semantic choice, not an error of either.
 RULES: list[tuple[str, str, str]] = [
     ("rounded_decimal", "policy",
-     "a decimal with >= 2 printed decimals rounding/truncating the gold's value: winnow accepts it (its "
-     "rule, with no allowance below 2 decimals: '0.3' vs 1/3 is wrong); math-verify compares to 6 places"),
+     "a decimal standing for an exact gold: both verifiers need 6 matching places by default; winnow "
+     "accepts fewer only with options.rounded / verifier.accept_rounded"),
     ("unfinished_think", "policy",
      "a box inside an unclosed <think>: winnow treats the thinking as unfinished (no answer)"),
     ("no_cue_number", "policy",
-     "a number in running text with no answer cue: winnow needs options.last_number; math-verify takes it"),
+     "a number in running text with no answer cue: both take the last one by default (winnow: options.fallback=0 "
+     "turns it off)"),
     ("tiny_values", "ours", "1/2^98 vs 1/2^99: math-verify's chop at 15 digits calls them equal (its issue #14)"),
     ("relation_vs_expr", "ours",
      "'7=11a+c' for gold '11a+c' (or '7=5' for 5): an equation with a false lhs is not the value; "
@@ -431,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="benchmarks/verifier.py", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, help="write JSON results here")
     ap.add_argument("--quick", action="store_true", help="small sets (a smoke run)")
-    ap.add_argument("--n", type=int, default=300, help="items in each of sets (a) and (b)")
+    ap.add_argument("--n", type=int, default=300, help="items in each timed category (adversarial has a fixed set)")
     ap.add_argument("--gsm8k", type=Path, default=DEFAULT_GSM8K, help="GSM8K test.jsonl (skipped if absent)")
     ap.add_argument("--gsm8k-golds", type=int, default=150, help="GSM8K golds to use (3 variants each)")
     ap.add_argument("--workers", type=int, default=2, help="winnow engine workers")
@@ -447,9 +517,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from winnow.verifier.engine import MathVerifier
 
+    int_frac = int_frac_cases(3 * n, rng)
     sets = {
-        "int_frac": int_frac_cases(n, rng),
+        "integers": [c for c in int_frac if c.kind.startswith("int_")][:n],
+        "dec_frac": [c for c in int_frac if not c.kind.startswith("int_")][:n],
         "symbolic": symbolic_cases(n, rng),
+        "sets_intervals": sets_intervals_cases(n, rng),
+        "relations": relations_cases(n, rng),
         "adversarial": adversarial_cases(),
     }
     # No verdict cache: every timed item is distinct and is scored twice (sequential, then batch).
@@ -527,14 +601,14 @@ def _versions() -> dict:
 def print_report(results: dict) -> None:
     w = results["workers"]
     print(f"\nwinnow engine ({w} workers) vs math-verify {results['versions'].get('math-verify')}, same inputs")
-    head = (f"{'set':<12} {'n':>4} | {'ours it/s':>9} {'batch it/s':>10} {'p50 ms':>8} {'p99 ms':>8} | "
+    head = (f"{'set':<14} {'n':>4} | {'ours it/s':>9} {'batch it/s':>10} {'p50 ms':>8} {'p99 ms':>8} | "
             f"{'mv it/s':>8} {'p50 ms':>8} {'p99 ms':>8} | {'thr x':>6} {'batch x':>7} {'p50 x':>6} {'p99 x':>6}")  # fmt: skip
     print(head)
     print("-" * len(head))
     for name, r in results["sets"].items():
         o, m, x = r["ours"], r["math_verify"], r["ratio"]
         print(
-            f"{name:<12} {r['n']:>4} | {o['throughput_seq']:>9.0f} {o['throughput_batch']:>10.0f} {o['p50_ms']:>8.3f} "
+            f"{name:<14} {r['n']:>4} | {o['throughput_seq']:>9.0f} {o['throughput_batch']:>10.0f} {o['p50_ms']:>8.3f} "
             f"{o['p99_ms']:>8.2f} | {m['throughput_seq']:>8.0f} {m['p50_ms']:>8.3f} {m['p99_ms']:>8.1f} | "
             f"{x['throughput_seq']:>6.2f} {x['throughput_batch_vs_seq']:>7.2f} {x['p50']:>6.3f} {x['p99']:>6.3f}"
         )

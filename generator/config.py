@@ -117,14 +117,19 @@ class GeneratorConfig(Settings):
     """Consumer group of all generators on the prompts topic."""
     generator_id: str = ""
     """This instance's id in ScoredGroup.generator_id ("" = hostname-pid)."""
+    max_prompt_tokens: int = Field(default=4096, ge=1, le=1_000_000)
+    """A prompt request whose formatted prompt is longer than this is quarantined (logged, counted in
+    ``winnow_generator_quarantined_requests_total``, committed), not generated: one huge prompt must not
+    exhaust memory and crash-loop the generators."""
     batch_prompts: int = Field(default=4, ge=1, le=4096)
     """Prompt requests sampled together in one engine call."""
     batch_wait_ms: int = Field(default=200, ge=0, le=60_000)
     """After the first request arrives, wait up to this long to fill a batch."""
     metrics_port: int = Field(default=9401, ge=0, le=65535)
     """Port of /metrics and /health (0 = pick a free port)."""
-    metrics_host: str = "0.0.0.0"
-    """Address /metrics and /health bind to."""
+    metrics_host: str = "127.0.0.1"
+    """Address /metrics and /health bind to: loopback unless configured (the Helm chart sets
+    0.0.0.0 so Prometheus can scrape the pod)."""
     lag_interval_s: float = Field(default=10.0, gt=0.0)
     """How often the consumer lag gauge is refreshed."""
     kafka_partitions: int = Field(default=4, ge=1, le=10_000)

@@ -42,9 +42,9 @@ async def serve(cfg) -> int:
     import asyncio
 
     from prometheus_client import CollectorRegistry
+
     from winnow.generator.engine import make_engine
     from winnow.generator.service import GeneratorService
-
     from winnow.metrics import run_service
 
     engine = await asyncio.to_thread(make_engine, cfg)

@@ -39,10 +39,11 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from winnow.generator.config import GeneratorConfig, VerifierRouting
-from winnow.generator.engine import Engine
+from pydantic import ValidationError
 
 from winnow.chat import PromptFormatter
+from winnow.generator.config import GeneratorConfig, VerifierRouting
+from winnow.generator.engine import Engine
 from winnow.sampling import Completion, GenerationCancelled, SamplingConfig
 from winnow.v1 import messages_pb2
 from winnow.verdict import Item, Status, Verdict
@@ -111,6 +112,15 @@ class GeneratorMetrics:
             "Records on the prompts or weights topic that did not decode (skipped).",
             registry=registry,
         )
+        self.quarantined = Counter(
+            "winnow_generator_quarantined_requests_total",
+            "Prompt requests refused before generation (sampling out of bounds, prompt too long); skipped and "
+            "committed, never retried by this generator.",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in ("sampling", "prompt"):
+            self.quarantined.labels(reason=reason)
 
 
 # ----------------------------------------------------------------------------------- pure parts
@@ -191,6 +201,8 @@ def build_group(
         created_at=time.time(),
         generation_seconds=generation_seconds,
         scoring_seconds=scoring_seconds,
+        problem=request.problem,
+        gold=request.gold,
     )
 
 
@@ -390,6 +402,24 @@ class GeneratorService:
     def _on_corrupt(self, reason: str, record: Any) -> None:
         self.metrics.corrupt_messages.inc()
 
+    def quarantine(self, req: messages_pb2.PromptRequest) -> bool:
+        """True (logged and counted) if ``req`` must not be generated: sampling parameters out of bounds or a
+        prompt longer than ``max_prompt_tokens``. A poison request is skipped and its offset committed, so it
+        cannot crash-loop every generator of the group in turn (the learner also bounds prompts at release)."""
+        reason, detail = None, ""
+        try:
+            merge_sampling(self.cfg.sampling, req.sampling if req.HasField("sampling") else None)
+            tokens = len(self.formatter(req.problem, [(m.role, m.content) for m in req.messages]))
+            if tokens > self.cfg.max_prompt_tokens:
+                reason, detail = "prompt", f"{tokens} prompt tokens > max_prompt_tokens {self.cfg.max_prompt_tokens}"
+        except (ValueError, UnicodeError) as e:  # pydantic's ValidationError is a ValueError
+            reason, detail = "sampling" if isinstance(e, ValidationError) else "prompt", str(e)[:500]
+        if reason is None:
+            return False
+        log.error("quarantined request %s (%s): %s", req.request_id, reason, detail)
+        self.metrics.quarantined.labels(reason=reason).inc()
+        return True
+
     async def _poll_weights(self, consumer, *, drain_s: float = 0.0) -> None:
         """Read new announcements (the last valid one wins) and load it if it is new."""
         from winnow.kafka import WeightAnnouncement, decode_record
@@ -411,6 +441,25 @@ class GeneratorService:
         if ann is None or ann.version == self.engine.version or (ann.version, ann.sha256) in self._rejected:
             return
         await self._load_announced(ann)
+
+    async def _wait_while_finished(self, consumer, weights, prompts_topic: str) -> None:
+        """The learner announced its final weights (the run reached max_steps): leave the prompts
+        consumer group and stop asking for work, staying healthy, until a newer non-final
+        announcement (the run was continued) or SIGTERM."""
+        from winnow.kafka import RebalanceHooks
+
+        log.info("run finished (final weights v%d announced): not consuming %s any more",
+                 self._latest_ann.version, prompts_topic)
+        consumer.unsubscribe()
+        while not self._stop.is_set() and self._latest_ann.final:
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.cfg.weights.poll_interval_s)
+            except TimeoutError:
+                await self._poll_weights(weights)
+        if not self._stop.is_set():
+            log.info("weights v%d announced after the final ones: consuming %s again",
+                     self._latest_ann.version, prompts_topic)
+            consumer.subscribe([prompts_topic], listener=RebalanceHooks(on_revoked=self._on_revoked))
 
     async def _catch_up(self, consumer, version: int) -> None:
         """Load (at least) ``version`` before generating, waiting up to ``weights.catch_up_s``: the
@@ -465,7 +514,7 @@ class GeneratorService:
         """Generate and score a batch of requests; one ScoredGroup per request, in order.
 
         Requests with equal ``(n, sampling)`` share one engine call."""
-        prompt_ids = [self.formatter(r.problem) for r in requests]
+        prompt_ids = [self.formatter(r.problem, [(m.role, m.content) for m in r.messages]) for r in requests]
         samplings = [
             merge_sampling(self.cfg.sampling, r.sampling if r.HasField("sampling") else None)
             for r in requests
@@ -634,6 +683,9 @@ class GeneratorService:
                     and time.monotonic() - self._last_weights_poll >= self.cfg.weights.poll_interval_s
                 ):
                     await self._poll_weights(weights)
+                if self._latest_ann is not None and self._latest_ann.final:
+                    await self._wait_while_finished(consumer, weights, names.prompts)
+                    continue
                 records = await self._fetch(consumer)
                 if not records:
                     continue
@@ -641,7 +693,7 @@ class GeneratorService:
                 for record in records:
                     self._tracker.track(record)
                     req = decode_record(PromptRequest, record, self._on_corrupt)
-                    if req is None:
+                    if req is None or self.quarantine(req):
                         self._tracker.done(record)
                     else:
                         pending.append(_Pending(record, req))

@@ -20,17 +20,27 @@ counted as wrong.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
-import torch
 from pydantic import Field, ValidationError, model_validator
-from torch import Tensor
-from winnow.learner.advantages import AdvantageKind
-from winnow.learner.filters import FilterMode
-from winnow.learner.losses import AggMode
 
 from winnow.config import ConfigError, Model, format_validation_error
 from winnow.verdict import Status
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+# The modes of the math modules (filters.py, advantages.py, losses.py), defined here so that this config
+# imports without torch (``--help`` stays fast); those modules import them from here.
+CorrectnessFilter = Literal["none", "raft", "mixed", "remove_all_wrong", "remove_all_correct"]
+FILTER_MODES: tuple[str, ...] = get_args(CorrectnessFilter)
+"""The filters decided by correctness alone (:func:`~winnow.learner.filters.sample_keep_mask`)."""
+FilterMode = Literal[CorrectnessFilter, "raft_beta"]
+"""Every filter: the correctness filters and ``raft_beta`` (:func:`~winnow.learner.filters.beta_keep_mask`)."""
+AdvantageKind = Literal["raw", "mean_zero", "mean_std", "raft", "unit", "snis"]
+ADVANTAGE_KINDS: tuple[str, ...] = get_args(AdvantageKind)
+AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
+AGG_MODES: tuple[str, ...] = get_args(AggMode)
 
 # name -> fields; everything not listed takes the AlgoConfig default.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -51,8 +61,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "reinforce+remove_all_wrong": {"filter": "remove_all_wrong", "advantage": "raw", "loss": "clipped"},
     "reinforce+remove_all_correct": {"filter": "remove_all_correct", "advantage": "raw", "loss": "clipped"},
     "reinforce_rej+std": {"filter": "mixed", "advantage": "mean_std", "loss": "clipped"},
+    # Rejection sampling at temperature beta (THEORY.md 1.2, 2.4; docs/algorithms.md "RAFT at a finite beta"):
+    # keep each sample with probability exp((r - r_max) / beta), SFT on the kept ones. beta -> 0 is raft.
+    "raft_beta": {"filter": "raft_beta", "advantage": "unit", "loss": "sft"},
+    "raft++_beta": {"filter": "raft_beta", "advantage": "unit", "loss": "clipped"},
+    # Its importance-sampling twin: every sample, weighted N * softmax_group(r / beta).
+    "raft_snis": {"filter": "none", "advantage": "snis", "loss": "sft"},
 }
 DEFAULT_PRESET = "reinforce_rej"
+PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]  # the names are written once: PRESETS' keys
+"""The preset names as a ``Literal`` (validation errors and the JSON schema list them)."""
 
 # The paper's Fig. 4 ablations compare under its +-1 reward; under {0, 1} (reward_wrong >= 0) they lose their
 # meaning, so using one there warns (AlgoConfig._warn_ablation_reward). Value: what goes wrong under {0, 1}.
@@ -74,15 +92,21 @@ def _valid_names() -> str:
 class AlgoConfig(Model):
     """The RL algorithm: filter, advantage, loss and their coefficients (a preset fills the first three)."""
 
-    preset: str = DEFAULT_PRESET
-    """Named algorithm (see docs/algorithms.md): raft, raft++, raft++clip_higher, reinforce, grpo, reinforce_rej,
-    reinforce+mean_zero, reinforce+remove_all_wrong, reinforce+remove_all_correct, reinforce_rej+std.
-    Fields set explicitly override the preset's."""
+    preset: PresetName = DEFAULT_PRESET
+    """Named algorithm (the keys of ``PRESETS``; docs/algorithms.md has the table). It fills filter, advantage,
+    loss (and the fields a preset sets); fields set explicitly override the preset's."""
     filter: FilterMode
     """Which samples contribute: none | raft (correct samples) | mixed (groups with 0 < #correct < n) |
-    remove_all_wrong | remove_all_correct."""
+    remove_all_wrong | remove_all_correct | raft_beta (each sample with probability exp((r - reward_correct) / beta))."""
     advantage: AdvantageKind
-    """raw (r) | mean_zero (r - group mean) | mean_std ((r - mean) / (std + eps), GRPO) | raft (max(r, 0))."""
+    """raw (r) | mean_zero (r - group mean) | mean_std ((r - mean) / (std + eps), GRPO) | raft (max(r, 0)) |
+    unit (1) | snis (N * softmax over the group of r / beta)."""
+    beta: float = Field(default=0.5, gt=0.0, allow_inf_nan=False)
+    """Temperature of raft_beta / raft_snis: the target is pi* ∝ pi * exp(r / beta). With rewards {0, 1} a wrong
+    sample is kept with probability exp(-1 / beta) (0.5: 0.135, 0.25: 0.018); beta -> 0 is raft (only the best
+    reward), a large beta keeps everything (plain SFT on all samples)."""
+    sampler_seed: int = 0
+    """Seed of raft_beta's acceptance draws; a draw is a pure function of (sampler_seed, request_id, sample index)."""
     loss: Literal["sft", "clipped"]
     """sft: -A log pi (RAFT, no ratio); clipped: PPO clipped surrogate with the per-token ratio."""
     eps_low: float = Field(default=0.2, ge=0.0, lt=1.0)
@@ -221,6 +245,8 @@ def reward_from_status(statuses: Tensor, cfg: AlgoConfig) -> tuple[Tensor, Tenso
     ``cfg.error_policy == "exclude_group"`` every sample of a group holding one is invalid.
     An int outside the ``Status`` range raises ValueError.
     """
+    import torch
+
     statuses = statuses.long()
     n_status = len(Status)
     if statuses.numel() and (int(statuses.min()) < 0 or int(statuses.max()) >= n_status):

@@ -22,8 +22,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+
+from winnow.verdict import Status
 
 
 @dataclass
@@ -171,18 +174,39 @@ class MicroBatch:
         return self.targets.shape[1]
 
 
-def _check_group(g: GroupData, n: int | None, where: str) -> None:
+_STATUSES = frozenset(int(x) for x in Status)
+
+
+def check_group(
+    g: GroupData,
+    n: int | None = None,
+    *,
+    where: str = "",
+    vocab_size: int | None = None,
+    max_response_tokens: int | None = None,
+) -> None:
+    """The one check of a group's shape and values; ``ValueError`` naming ``where`` and the problem.
+
+    ``n`` samples (when given), a non-empty prompt, per sample: as many behaviour log-probs as tokens,
+    finite and <= 0, one policy version per token (or one for all), a ``Status`` value, token ids in
+    ``[0, vocab_size)`` (prompt too), at most ``max_response_tokens`` response tokens.
+    """
+    where = where or f"group request_id={g.request_id!r} (prompt_id={g.prompt_id!r})"
     if not g.samples:
         raise ValueError(f"{where}: group has no samples")
     if n is not None and len(g.samples) != n:
-        raise ValueError(
-            f"{where}: group has {len(g.samples)} samples but the first group has {n}; "
-            "every group in a batch must have the same n"
-        )
+        raise ValueError(f"{where}: group has {len(g.samples)} samples, expected n={n}")
     if not g.prompt_token_ids:
         raise ValueError(f"{where}: prompt_token_ids is empty")
+    hi = vocab_size if vocab_size is not None else float("inf")
+    if any(t < 0 or t >= hi for t in g.prompt_token_ids):
+        raise ValueError(f"{where}: prompt token id outside the vocabulary [0, {vocab_size})")
     for i, s in enumerate(g.samples):
         r = len(s.response_token_ids)
+        if max_response_tokens is not None and r > max_response_tokens:
+            raise ValueError(f"{where} sample {i}: {r} response tokens, more than the {max_response_tokens} allowed")
+        if int(s.status) not in _STATUSES:
+            raise ValueError(f"{where} sample {i}: status {s.status} is not a verifier Status")
         if len(s.behaviour_logprobs) != r:
             raise ValueError(
                 f"{where} sample {i}: behaviour_logprobs has {len(s.behaviour_logprobs)} entries "
@@ -196,8 +220,32 @@ def _check_group(g: GroupData, n: int | None, where: str) -> None:
         if any(not math.isfinite(x) or x > 1e-4 for x in s.behaviour_logprobs):
             bad = next(x for x in s.behaviour_logprobs if not math.isfinite(x) or x > 1e-4)
             raise ValueError(f"{where} sample {i}: behaviour_logprobs must be finite and <= 0, got {bad}")
-        if any(t < 0 for t in s.response_token_ids):
-            raise ValueError(f"{where} sample {i}: negative token id in response_token_ids")
+        if any(t < 0 or t >= hi for t in s.response_token_ids):
+            raise ValueError(f"{where} sample {i}: token id outside the vocabulary [0, {vocab_size})")
+
+
+def group_from_proto(msg: Any, n: int, *, vocab_size: int | None = None, max_response_tokens: int | None = None
+                     ) -> GroupData:
+    """A ``ScoredGroup`` message -> a checked :class:`GroupData` (see :func:`check_group`); a sample without
+    per-token versions gets the group's ``policy_version``."""
+    group = GroupData(
+        prompt_id=msg.prompt_id,
+        request_id=msg.request_id,
+        prompt_token_ids=list(msg.prompt_token_ids),
+        samples=[
+            SampleData(
+                response_token_ids=list(s.response_token_ids),
+                behaviour_logprobs=list(s.behaviour_logprobs),
+                policy_versions=list(s.policy_versions) or [int(msg.policy_version)],
+                status=int(s.status),
+                finish_reason=s.finish_reason or "stop",
+            )
+            for s in msg.samples
+        ],
+    )
+    check_group(group, n, where=f"group {msg.request_id!r} from {msg.generator_id or '?'}", vocab_size=vocab_size,
+                max_response_tokens=max_response_tokens)
+    return group
 
 
 def collate(groups: list[GroupData], pad_id: int) -> TrainBatch:
@@ -211,7 +259,7 @@ def collate(groups: list[GroupData], pad_id: int) -> TrainBatch:
         raise ValueError("collate: no groups")
     n = len(groups[0].samples)
     for g in groups:
-        _check_group(g, n, f"group request_id={g.request_id!r} (prompt_id={g.prompt_id!r})")
+        check_group(g, n)
     G = len(groups)
     B = G * n
     P = max(len(g.prompt_token_ids) for g in groups)
@@ -270,3 +318,9 @@ def collate(groups: list[GroupData], pad_id: int) -> TrainBatch:
         finish_reasons=finish_reasons,
         pad_id=pad_id,
     )
+
+
+def vocab_size(model: Any) -> int | None:
+    """Rows of the model's input embedding (None for a model without ``get_input_embeddings``)."""
+    emb = getattr(model, "get_input_embeddings", lambda: None)()
+    return int(emb.weight.shape[0]) if emb is not None else None

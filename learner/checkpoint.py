@@ -144,3 +144,71 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> tuple[dict[s
     trainer_state = torch.load(p / "trainer.pt", map_location=map_location, weights_only=True)
     state = LearnerState.from_json((p / "state.json").read_text())
     return trainer_state, state
+
+
+class Ledger:
+    """``<run_dir>/ledger.jsonl``: one row per scored group the learner finished (trained or
+    dropped), ``{"version", "request_id", "prompt_id", "outcome"}``, where ``version`` is the
+    checkpoint that holds it.
+
+    Rows are appended just before the checkpoint that makes them durable; on restore the rows of
+    later versions (work that is redone) are cut, so the file is exactly the checkpointed history:
+    each request id appears once. It is the audit trail for "no group lost, none trained twice".
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, version: int, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            for row in rows:
+                f.write(json.dumps({"version": version, **row}, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def truncate(self, version: int) -> None:
+        """Keep only the rows of checkpoints up to ``version``."""
+        if not self.path.exists():
+            return
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a torn last line from a crash
+                continue
+            if int(row.get("version", 0)) <= version:
+                keep.append(line)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(k + "\n" for k in keep))
+        os.replace(tmp, self.path)
+
+    def rows(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+class DeadLetters:
+    """``<run_dir>/dead-letter.jsonl``: one row per quarantined record (a scored group that did not decode or
+    failed the group check), ``{"time", "topic", "partition", "offset", "request_id", "reason", "bytes"}``.
+    The record is skipped (its offset committed past it like any done record), never trained, and never
+    crashes the learner; the row says why, so an operator can find the producer (``generator_id`` is in the
+    reason when the record decoded)."""
+
+    def __init__(self, path: Path, counter: Any = None) -> None:
+        self.path, self.counter = path, counter
+
+    def write(self, where: Any, request_id: str, reason: str, size: int = 0) -> None:
+        """Log, count (``reason`` label: invalid when it decoded, else undecodable) and append one row."""
+        import time
+
+        log.warning("quarantined %s[%d]@%d: %s", where.topic, where.partition, where.offset, reason)
+        if self.counter is not None:
+            self.counter.labels(reason="invalid" if request_id else "undecodable").inc()
+        row = {"time": time.time(), "topic": where.topic, "partition": where.partition, "offset": where.offset,
+               "request_id": request_id, "reason": reason[:2000], "bytes": size}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")

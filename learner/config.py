@@ -1,23 +1,52 @@
-"""Configuration of the learner service (section ``learner``).
+"""Configuration of the learner service (section ``learner``), typed end to end.
 
 Pure pydantic: importing it does not import torch, so ``winnow learner run --help`` answers at
-once. The algorithm block is :class:`winnow.learner.algo.AlgoConfig` (``algo.preset`` plus field
-overrides; ``algo.max_staleness`` is the staleness bound used both to drop old groups and for
-admission control); the optimizer block is :class:`winnow.learner.step.OptimConfig` (imported
-lazily through :func:`optim_config_class` because that module imports torch).
+once. ``algo`` is :class:`winnow.learner.algo.AlgoConfig` (``preset``, a ``Literal`` of the preset
+names, fills filter/advantage/loss; explicit fields win; ``algo.max_staleness`` bounds both staleness
+drops and admission control), ``optim`` is :class:`OptimConfig`, ``prompts`` a
+:data:`winnow.prompts.PromptSourceConfig` discriminated on ``kind``. Validated once; ``--print-config``
+and ``<run_dir>/learner-config.json`` show every resolved field.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from winnow.chat import ChatFormat
 from winnow.config import KafkaConfig, Model, Settings, settings_config
+from winnow.learner.algo import AlgoConfig
 from winnow.numerics import NumericsConfig
 from winnow.prompts import PromptSourceConfig, ReasoningGymSourceConfig
 from winnow.sampling import SamplingConfig
+from winnow.tracking import TrackingConfig
+
+
+class OptimConfig(Model):
+    """AdamW and batching settings of the training step."""
+
+    lr: float = Field(default=1e-6, gt=0)
+    """Peak learning rate (constant after warm-up; the paper uses 1e-6)."""
+    weight_decay: float = Field(default=0.01, ge=0)
+    """AdamW decoupled weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW (beta1, beta2)."""
+    eps: float = Field(default=1e-8, gt=0)
+    """AdamW epsilon."""
+    max_grad_norm: float = Field(default=1.0, ge=0)
+    """Clip the global gradient L2 norm to this value; 0 disables clipping (the norm is still logged)."""
+    warmup_steps: int = Field(default=0, ge=0)
+    """Linear learning-rate warm-up over this many optimizer steps (0 = none)."""
+    micro_batch_size: int = Field(default=8, ge=1)
+    """Sequences per forward/backward pass (gradients are accumulated over the batch)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, ~30% more compute)."""
+    share_prompt: bool = False
+    """Run each group's prompt once per micro-batch and its samples' responses against the cached
+    prompt (micro-batches then hold rows of one group; same gradient, see winnow.learner.prefix).
+    Saves most of the compute when prompts are long next to responses (few-shot demonstrations).
+    Needs the hidden log-prob mode and no gradient checkpointing."""
 
 
 class WeightStoreConfig(Model):
@@ -66,23 +95,11 @@ class EvalConfig(Model):
     """Sampling temperature of the mean@k samples."""
     set_name: str = "heldout"
     """Label of the ``set`` in ``winnow_learner_eval_accuracy{set}``."""
-    source: dict[str, Any] | None = None
+    source: PromptSourceConfig | None = None
     """Prompt source of the eval set (same schema as ``prompts``); None = the training source with
     ``split: eval`` (needs ``prompts.holdout > 0``)."""
     chat: ChatFormat = ChatFormat()
-    """Prompt format for evaluation: use the same block as the generators' ``chat``."""
-
-    @field_validator("source")
-    @classmethod
-    def _check_source(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        if v is not None:
-            from winnow.prompts import parse_source_config
-
-            try:
-                parse_source_config(v)
-            except ValidationError as e:
-                raise ValueError(_short_errors(e)) from None
-        return v
+    """Prompt format for evaluation: use the same block as the generators' ``chat`` (``winnow up`` does)."""
 
 
 class LearnerConfig(Settings):
@@ -103,11 +120,11 @@ class LearnerConfig(Settings):
     backward and log-prob recompute run under autocast to it over the master weights, and the held-out
     evaluation decodes with the generators' engine in it."""
 
-    algo: dict[str, Any] = Field(default_factory=lambda: {"preset": "reinforce_rej"})
+    algo: AlgoConfig = AlgoConfig()
     """Algorithm: ``preset`` (raft, raft++, reinforce, grpo, reinforce_rej, ...) plus any AlgoConfig field
     to override (see docs/algorithms.md), e.g. ``{preset: grpo, kl_coef: 0}``."""
-    optim: dict[str, Any] = Field(default_factory=dict)
-    """Optimizer and micro-batching (OptimConfig fields: lr, weight_decay, warmup_steps, micro_batch_size, ...)."""
+    optim: OptimConfig = OptimConfig()
+    """Optimizer and micro-batching."""
 
     batch_groups: int = Field(default=8, ge=1, le=65536)
     """Prompts (scored groups) per optimizer step."""
@@ -118,15 +135,23 @@ class LearnerConfig(Settings):
     divides its logits by, so that pi_theta matches the behaviour distribution."""
     max_steps: int | None = Field(default=None, ge=1)
     """Stop after this many optimizer steps in total (None = run until stopped)."""
+    on_finish: Literal["exit", "idle"] = "exit"
+    """After ``max_steps`` (or when restarted on a finished run, see ``<run_dir>/finished.json``):
+    ``exit`` (code 0), or ``idle``: stay up serving /metrics and /health without training (the Helm
+    chart's choice, so a StatefulSet does not restart a finished run)."""
     request_timeout_s: float = Field(default=900.0, gt=0)
     """A released prompt whose scored group has not arrived after this long is released again (new
     request id); the late group, if it ever comes, is dropped as a duplicate."""
+    max_prompt_tokens: int = Field(default=4096, ge=1, le=1_000_000)
+    """A prompt longer than this many tokens (formatted as the generators do, ``eval.chat``) is not released:
+    it is counted as ``rejected`` and its position skipped, so one huge dataset row cannot take the
+    generators down."""
     rerelease_on_resume: bool = True
     """After resuming from a checkpoint, send the released-but-unconsumed requests again under the same
     request ids (in case the prompts were lost with the broker or by retention). Whichever group
     arrives first is trained; the other is dropped as a duplicate."""
 
-    prompts: dict[str, Any] = Field(default_factory=lambda: ReasoningGymSourceConfig().model_dump())
+    prompts: PromptSourceConfig = ReasoningGymSourceConfig()
     """Training prompt source (winnow.prompts: kind reasoning_gym | jsonl | parquet | hf)."""
     eval: EvalConfig = EvalConfig()
     """Held-out evaluation."""
@@ -145,11 +170,16 @@ class LearnerConfig(Settings):
     checkpoint: CheckpointConfig = CheckpointConfig()
     """Checkpoints."""
     run_dir: str = "runs/learner"
-    """Directory for ``metrics.jsonl`` (one line per step) and the resolved config."""
+    """Directory for ``metrics.jsonl`` (one line per step), ``samples.jsonl``, TensorBoard events and the
+    resolved config."""
+    tracking: TrackingConfig = TrackingConfig()
+    """Experiment tracking (winnow.tracking): sinks (tensorboard, wandb, mlflow, trackio) and the sample
+    log; short form ``tracking: [tensorboard, wandb]``."""
     metrics_port: int = Field(default=9402, ge=0, le=65535)
     """Port of /metrics and /health (0 = pick a free one)."""
-    metrics_host: str = "0.0.0.0"
-    """Address to bind the metrics server to."""
+    metrics_host: str = "127.0.0.1"
+    """Address /metrics and /health bind to: loopback unless configured (the Helm chart sets
+    0.0.0.0 so Prometheus can scrape the pod)."""
     seed: int = 0
     """Torch seed."""
 
@@ -163,62 +193,6 @@ class LearnerConfig(Settings):
             )
         return data
 
-    @field_validator("algo")
-    @classmethod
-    def _check_algo(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from winnow.learner.algo import AlgoConfig
-
-        _validate_block("algo", AlgoConfig, v)
-        return v
-
-    @field_validator("optim")
-    @classmethod
-    def _check_optim(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from winnow.learner.step import OptimConfig
-
-        _validate_block("optim", OptimConfig, v)
-        return v
-
-    @field_validator("prompts")
-    @classmethod
-    def _check_prompts(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from winnow.prompts import parse_source_config
-
-        try:
-            parse_source_config(v)
-        except ValidationError as e:
-            raise ValueError(_short_errors(e)) from None
-        return v
-
-    def algo_config(self):
-        """The validated :class:`~winnow.learner.algo.AlgoConfig`."""
-        from winnow.learner.algo import AlgoConfig
-
-        return AlgoConfig(**self.algo)
-
-    def optim_config(self):
-        """The validated :class:`~winnow.learner.step.OptimConfig` (imports torch)."""
-        from winnow.learner.step import OptimConfig
-
-        return OptimConfig(**self.optim)
-
-    def prompt_source_config(self) -> PromptSourceConfig:
-        from winnow.prompts import parse_source_config
-
-        return parse_source_config(self.prompts)
-
     @property
     def max_staleness(self) -> int:
-        return self.algo_config().max_staleness
-
-
-def _short_errors(err: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(x) for x in e['loc']) or '(root)'}: {e['msg']}" for e in err.errors())
-
-
-def _validate_block(name: str, cls, data: dict[str, Any]) -> None:
-    """Validate a nested block held as a dict (its class imports torch, so it is not a field type)."""
-    try:
-        cls(**data)
-    except ValidationError as e:
-        raise ValueError(_short_errors(e)) from None
+        return self.algo.max_staleness

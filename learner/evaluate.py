@@ -95,7 +95,7 @@ class Evaluator:
             sampling = SamplingConfig(temperature=self.temperature, max_new_tokens=self.max_new_tokens, seed=self.seed)
         else:
             sampling = SamplingConfig(temperature=0.0, max_new_tokens=self.max_new_tokens)
-        prompts = [self.format(p.problem) for p in self.problems]
+        prompts = [self.format(p.problem, p.messages) for p in self.problems]
         try:
             engine = HFEngine(policy, self.tokenizer, max_batch_sequences=self.batch_size * max(1, k))
             groups = engine.generate(prompts, max(1, k), sampling)
@@ -143,7 +143,7 @@ def build_evaluator(cfg: Any, tokenizer: Any) -> Evaluator | None:
     if cfg.eval.source is not None:
         source = make_source(cfg.eval.source)
     else:
-        source = make_source(cfg.prompt_source_config(), split="eval")
+        source = make_source(cfg.prompts, split="eval")
     count = min(cfg.eval.prompts, len(source))
     problems = [source.get(i) for i in range(count)]
     return Evaluator(

@@ -23,13 +23,13 @@ Left out: PPO's value loss (no critic), GSPO's sequence-level ratio, Dr.GRPO's c
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
-AGG_MODES: tuple[str, ...] = get_args(AggMode)
+from winnow.learner.algo import AGG_MODES, AggMode  # noqa: F401  (defined with the config)
+
 KLKind = Literal["k1", "k2", "k3"]
 
 _LOG_RATIO_CLAMP = 20.0  # exp(20) ~ 5e8: keeps ratios finite (verl clamps the same way)

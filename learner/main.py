@@ -42,23 +42,51 @@ async def serve(cfg) -> int:
     from pathlib import Path
 
     from prometheus_client import CollectorRegistry
-    from winnow.learner.evaluate import build_evaluator
-    from winnow.learner.service import LearnerService, build_trainer
 
+    from winnow.chat import PromptFormatter
+    from winnow.learner.completion import IdleLearner, finished_run
+    from winnow.learner.evaluate import build_evaluator
+    from winnow.learner.model import build_trainer
+    from winnow.learner.service import LearnerService
     from winnow.metrics import run_service
     from winnow.prompts import make_source
 
+    marker = finished_run(cfg.run_dir, cfg.max_steps, cfg.checkpoint.resume)
+    if marker is not None:  # a finished run stays finished (learner/completion.py)
+        log.info("run in %s finished at version %s (max_steps %s): not training%s", cfg.run_dir,
+                 marker["version"], cfg.max_steps, "; idle, serving metrics" if cfg.on_finish == "idle" else "")
+        if cfg.on_finish == "exit":
+            return 0
+        from winnow.learner.metrics import LearnerMetrics
+
+        registry = CollectorRegistry()
+        metrics = LearnerMetrics(registry)
+        metrics.weight_version.set(int(marker["version"]))
+        return await _idle(cfg, registry, metrics, IdleLearner())
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.run_dir) / "learner-config.json").write_text(cfg.model_dump_json(indent=2))
-    source = await asyncio.to_thread(make_source, cfg.prompt_source_config())
+    source = await asyncio.to_thread(make_source, cfg.prompts)
     trainer, tokenizer = await asyncio.to_thread(build_trainer, cfg)
     evaluator = await asyncio.to_thread(build_evaluator, cfg, tokenizer)
     registry = CollectorRegistry()
-    service = LearnerService(cfg, trainer, source, registry, evaluate=evaluator)
+    fmt = PromptFormatter(tokenizer, cfg.eval.chat)  # the generators' prompt format: bound prompts at release
+    service = LearnerService(cfg, trainer, source, registry, evaluate=evaluator,
+                             prompt_tokens=lambda p: len(fmt(p.problem, p.messages)), tokenizer=tokenizer)
     try:
         steps = await run_service(service, registry, cfg.metrics_port, cfg.metrics_host)
     finally:
         if evaluator is not None:
             evaluator.close()
     log.info("learner stopped after %d steps (version %d)", steps, service.version)
+    stopped = service._stop.is_set()  # SIGTERM/SIGINT, not max_steps
+    if cfg.on_finish == "idle" and not stopped and finished_run(cfg.run_dir, cfg.max_steps, True) is not None:
+        return await _idle(cfg, registry, service.metrics, IdleLearner())
     return 0
+
+
+async def _idle(cfg, registry, metrics, idle) -> int:
+    """Serve /metrics and /health (winnow_learner_run_finished 1) until SIGTERM, training nothing."""
+    from winnow.metrics import run_service
+
+    metrics.run_finished.set(1)
+    return await run_service(idle, registry, cfg.metrics_port, cfg.metrics_host)

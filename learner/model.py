@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from winnow.learner.config import LearnerConfig
 
 log = logging.getLogger(__name__)
 
@@ -171,3 +175,41 @@ def response_hidden(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
     )
     return out.last_hidden_state[:, prompt_width - 1 : prompt_width + response_width - 1]
+
+
+def build_trainer(cfg: LearnerConfig):
+    """Load the initial policy named by ``cfg.model`` and build the Trainer (imports torch).
+
+    The forward/backward runs at ``numerics.precision``: autocast to it when the master weights are
+    in another dtype (fp32 on CPU), none when they already are in it.
+    """
+    from winnow.learner.step import Trainer
+    from winnow.models import resolve_model
+    from winnow.numerics import resolve_precision, torch_dtype
+
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    compute = torch_dtype(resolve_precision(cfg.numerics.precision, device.type))
+    dtype = cfg.dtype
+    if dtype == "auto" and compute == torch.float32:
+        dtype = "float32"  # bf16 parameters cannot compute in fp32
+    model, tokenizer = load_causal_lm(resolve_model(cfg.model), dtype=dtype, device=device)
+    param_dtype = next(model.parameters()).dtype
+    if param_dtype != compute and param_dtype != torch.float32:
+        raise ValueError(
+            f"learner.dtype {cfg.dtype} ({param_dtype}) cannot compute at numerics.precision "
+            f"{cfg.numerics.precision} ({compute}); use learner.dtype: float32"
+        )
+    temperature = cfg.sampling.temperature
+    if temperature <= 0:
+        log.warning("sampling.temperature=0 (greedy) gives no policy gradient signal; the learner uses 1.0")
+        temperature = 1.0
+    trainer = Trainer(
+        model,
+        cfg.algo,
+        cfg.optim,
+        pad_token_id=tokenizer.pad_token_id,
+        temperature=temperature,
+        autocast_dtype=compute if compute != param_dtype else None,
+    )
+    return trainer, tokenizer

@@ -19,20 +19,35 @@ with advantage 0. Invalid samples (verifier errors) have weight 0 either way.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
+
 from winnow.learner.advantages import compute_advantages
 from winnow.learner.algo import AlgoConfig, reward_from_status
-from winnow.learner.filters import group_stats, sample_keep_mask
-from winnow.learner.losses import aggregate, clipped_policy_loss, kl_penalty, ratio_stats, sft_loss
-
+from winnow.learner.filters import (
+    beta_keep_mask,
+    group_stats,
+    sample_keep_mask,
+    sampler_diagnostics,
+    uniform_draws,
+)
+from winnow.learner.losses import aggregate, clipped_policy_loss, kl_penalty, sft_loss
+from winnow.samples import SampleJudgement
 from winnow.verdict import Status
 
 
-def prepare_batch_signals(statuses: Tensor, cfg: AlgoConfig) -> dict[str, Any]:
+def prepare_batch_signals(
+    statuses: Tensor, cfg: AlgoConfig, *, request_ids: Sequence[str] | None = None
+) -> dict[str, Any]:
     """``statuses (G, n)`` int verifier statuses -> per-sample signals and batch metrics.
+
+    ``request_ids`` (G,): the groups' request ids, needed by ``filter=raft_beta`` (and, optionally, for the
+    beta-sampler metrics of ``advantage=snis``): its acceptance draws are :func:`~winnow.learner.filters.uniform_draws` of
+    ``(cfg.sampler_seed, request_id, sample index)``, so a replayed group keeps the same samples. With
+    ``raft_beta`` or ``snis`` the metrics also hold :func:`~winnow.learner.filters.sampler_diagnostics`.
 
     Returns ``rewards`` (G, n) fp32, ``correct``, ``valid``, ``keep`` (G, n) bool, ``advantages`` (G, n) fp32
     (0 outside ``keep``), ``sample_weight`` (G, n) fp32 (``keep``, or ``valid`` under a soft filter) and
@@ -44,8 +59,22 @@ def prepare_batch_signals(statuses: Tensor, cfg: AlgoConfig) -> dict[str, Any]:
         raise ValueError(f"statuses must be (G, n), got shape {tuple(statuses.shape)}")
     rewards, valid = reward_from_status(statuses, cfg)
     correct = (statuses.long() == int(Status.CORRECT)) & valid
-    keep = sample_keep_mask(correct, cfg.filter, valid=valid)
-    advantages = compute_advantages(rewards, cfg.advantage, keep=valid, std=cfg.std, eps=cfg.eps)
+    beta_metrics: dict[str, float] = {}
+    if cfg.filter == "raft_beta" and request_ids is None:
+        raise ValueError("filter=raft_beta needs request_ids (its acceptance draws are keyed by them)")
+    if request_ids is not None and (cfg.filter == "raft_beta" or cfg.advantage == "snis"):
+        if len(request_ids) != statuses.shape[0]:
+            raise ValueError(f"request_ids has {len(request_ids)} entries for {statuses.shape[0]} groups")
+        draws = uniform_draws(cfg.sampler_seed, request_ids, statuses.shape[1])
+        accepted = beta_keep_mask(rewards, draws, beta=cfg.beta, r_max=cfg.reward_correct, valid=valid)
+        beta_metrics = sampler_diagnostics(rewards, accepted, beta=cfg.beta, r_max=cfg.reward_correct, valid=valid)
+    if cfg.filter == "raft_beta":
+        keep = accepted
+    else:
+        keep = sample_keep_mask(correct, cfg.filter, valid=valid)
+    advantages = compute_advantages(
+        rewards, cfg.advantage, keep=valid, std=cfg.std, eps=cfg.eps, beta=cfg.beta
+    )
     advantages = torch.where(keep, advantages, torch.zeros_like(advantages))
     sample_weight = (valid if cfg.soft_filter else keep).to(torch.float32)
 
@@ -74,8 +103,22 @@ def prepare_batch_signals(statuses: Tensor, cfg: AlgoConfig) -> dict[str, Any]:
         "keep": keep,
         "advantages": advantages,
         "sample_weight": sample_weight,
-        "metrics": dict(zip(names, stacked, strict=True)),
+        "metrics": {**dict(zip(names, stacked, strict=True)), **beta_metrics},
     }
+
+
+def judge_samples(groups: Sequence[Any], cfg: AlgoConfig) -> SampleJudgement:
+    """Per sample of ``groups`` (:class:`~winnow.learner.batch.GroupData`): kept by the algorithm's filter, valid,
+    reward, from the same :func:`prepare_batch_signals` a training step uses (for the sample log of groups that
+    are not trained, e.g. stale ones; a step reports its own in ``StepResult.judged``)."""
+    statuses = torch.tensor([[s.status for s in g.samples] for g in groups], dtype=torch.long)
+    sig = prepare_batch_signals(statuses, cfg, request_ids=[g.request_id for g in groups])
+    return judgement(sig, cfg)
+
+
+def judgement(sig: dict[str, Any], cfg: AlgoConfig) -> SampleJudgement:
+    """The per-sample view of :func:`prepare_batch_signals`' output for the sample log."""
+    return SampleJudgement(sig["keep"].tolist(), sig["valid"].tolist(), sig["rewards"].tolist(), str(cfg.filter))
 
 
 def compute_loss(
@@ -101,9 +144,9 @@ def compute_loss(
     micro-batch's own count, correct only without accumulation).
 
     Metrics: ``loss``, ``pg_loss``, ``kl``, ``entropy`` use the same denominator as the loss, so they *sum*
-    over micro-batches to the batch value; ``clip_frac``, ``dual_clip_frac``, ``ratio_mean``, ``ratio_max``,
-    ``ratio_min``, ``ess``, ``mismatch_kl``, ``is_weight_mean``, ``is_trunc_frac`` are over this
-    micro-batch's weighted tokens (``tokens``).
+    over micro-batches to the batch value; ``clip_frac``, ``dual_clip_frac``, ``is_weight_mean``,
+    ``is_trunc_frac`` are over this micro-batch's weighted tokens (``tokens``). Ratio statistics are the
+    step's, computed once over the batch (:func:`~winnow.learner.losses.ratio_stats`).
     """
     if cfg.kl_coef > 0 and ref_logprobs is None:
         raise ValueError(f"cfg.kl_coef={cfg.kl_coef} > 0 needs ref_logprobs (or set kl_coef=0)")
@@ -140,13 +183,12 @@ def compute_loss(
         ent = agg(entropy if cfg.entropy_coef > 0 else entropy.detach())
         loss = loss - cfg.entropy_coef * ent if cfg.entropy_coef > 0 else loss
 
-    rs = ratio_stats(logprobs.detach(), behaviour_logprobs, w_mask)
+    # ratio statistics are not computed here: the step computes them once over every trained token of the batch
     names = ["loss", "pg_loss", "kl", "entropy", "clip_frac", "dual_clip_frac", "is_weight_mean", "is_trunc_frac",
-             "ratio_mean", "ratio_max", "ratio_min", "ess", "mismatch_kl", "tokens"]
+             "tokens"]
     values = [loss.detach(), pg_loss.detach(), kl.detach(), ent.detach(),
               pg_stats.get("clip_frac", zero), pg_stats.get("dual_clip_frac", zero),
-              pg_stats.get("is_weight_mean", zero + 1), pg_stats.get("is_trunc_frac", zero),
-              rs["ratio_mean"], rs["ratio_max"], rs["ratio_min"], rs["ess"], rs["mismatch_kl"], w_mask.sum()]
+              pg_stats.get("is_weight_mean", zero + 1), pg_stats.get("is_trunc_frac", zero), w_mask.sum()]
     device = logprobs.device
     floats = torch.stack([v.detach().to(device=device, dtype=torch.float64).reshape(()) for v in values]).tolist()
     return loss, dict(zip(names, floats, strict=True))

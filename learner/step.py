@@ -43,40 +43,68 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from pydantic import Field
+
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.batch import GroupData, MicroBatch, TrainBatch, collate
+from winnow.learner.config import OptimConfig
+from winnow.learner.filters import group_stats
 from winnow.learner.logits import logprobs_from_hidden, token_logprobs_and_entropy
 from winnow.learner.losses import loss_denominator, mismatch_stats, ratio_stats
 from winnow.learner.model import disable_dropout, plain_lm_head, response_hidden, response_logits
-from winnow.learner.objective import compute_loss, prepare_batch_signals
+from winnow.learner.objective import compute_loss, judgement, prepare_batch_signals
+from winnow.learner.prefix import group_micro_batches, shared_prompt_hidden
+from winnow.samples import SampleJudgement
 
-from winnow.config import Model
+GroupOutcome = Literal["trained", "all_correct", "all_wrong"]
 
 
-class OptimConfig(Model):
-    """AdamW and batching settings of the training step."""
+def group_outcomes(keep: torch.Tensor, correct: torch.Tensor, valid: torch.Tensor) -> tuple[GroupOutcome, ...]:
+    """Per group of ``keep``/``correct``/``valid`` (G, n) bool: "trained" if the filter kept a sample, else
+    "all_correct" or "all_wrong" (a group with no valid sample counts as all wrong)."""
+    kept = keep.any(dim=-1).tolist()
+    all_correct = group_stats(correct, valid=valid)["all_correct"].tolist()
+    return tuple("trained" if k else ("all_correct" if c else "all_wrong") for k, c in zip(kept, all_correct, strict=True))
 
-    lr: float = Field(default=1e-6, gt=0)
-    """Peak learning rate (constant after warm-up; the paper uses 1e-6)."""
-    weight_decay: float = Field(default=0.01, ge=0)
-    """AdamW decoupled weight decay."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW (beta1, beta2)."""
-    eps: float = Field(default=1e-8, gt=0)
-    """AdamW epsilon."""
-    max_grad_norm: float = Field(default=1.0, ge=0)
-    """Clip the global gradient L2 norm to this value; 0 disables clipping (the norm is still logged)."""
-    warmup_steps: int = Field(default=0, ge=0)
-    """Linear learning-rate warm-up over this many optimizer steps (0 = none)."""
-    micro_batch_size: int = Field(default=8, ge=1)
-    """Sequences per forward/backward pass (gradients are accumulated over the batch)."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass (less memory, ~30% more compute)."""
+
+@dataclass(frozen=True)
+class StepResult:
+    """What a training step did: per group whether it was trained (or why not), the metrics the service
+    exports as typed fields, and every metric by name for ``metrics.jsonl`` (``result["clip_frac"]``)."""
+
+    group_outcomes: tuple[GroupOutcome, ...]
+    loss: float
+    entropy: float
+    kl: float
+    clip_frac: float
+    ratio_mean: float
+    ratio_max: float
+    ess: float
+    reward_mean: float
+    acceptance_rate: float
+    kept_group_fraction: float
+    tokens: float
+    skipped: bool
+    mismatch_kl: float
+    mismatch_max_abs_log_ratio: float
+    mismatch_tokens: float
+    metrics: dict[str, float]
+    judged: SampleJudgement | None = None
+    """Per sample: kept by the filter, valid, reward (the sample log)."""
+
+    @classmethod
+    def build(cls, outcomes: tuple[GroupOutcome, ...], metrics: dict[str, float],
+              judged: SampleJudgement | None = None) -> StepResult:
+        typed = {f: metrics[f] for f in cls.__dataclass_fields__ if f not in ("group_outcomes", "metrics", "judged")}
+        typed["skipped"] = bool(typed["skipped"])
+        return cls(group_outcomes=tuple(outcomes), metrics=dict(metrics), judged=judged, **typed)
+
+    def __getitem__(self, name: str) -> float:
+        return self.metrics[name]
 
 
 CHUNK_ELEMENTS = 1 << 24
@@ -168,6 +196,9 @@ class Trainer:
         self.logprob_mode = "hidden" if logprob_mode == "auto" and has_plain_head else logprob_mode
         if self.logprob_mode == "auto":
             self.logprob_mode = "logits"
+        if self.optim_cfg.share_prompt and (self.logprob_mode != "hidden" or self.optim_cfg.gradient_checkpointing):
+            raise ValueError("optim.share_prompt needs a plain linear LM head (hidden log-prob mode) and "
+                             "gradient_checkpointing off")
         self.dp_group = dp_group
         self.version = 0
 
@@ -243,7 +274,7 @@ class Trainer:
         args = (mb.input_ids, mb.attention_mask, mb.position_ids, mb.prompt_width, mb.response_width)
         if self.logprob_mode == "hidden":
             with self._autocast():
-                hidden = response_hidden(model, *args)
+                hidden = (shared_prompt_hidden if self.optim_cfg.share_prompt else response_hidden)(model, *args)
                 weight = plain_lm_head(model)
                 if (
                     self.autocast_dtype is not None
@@ -288,6 +319,8 @@ class Trainer:
         """Chunks of ``rows``, longest sequences first (similar lengths together: less padding)."""
         lengths = (batch.prompt_lengths + batch.response_lengths).index_select(0, rows)
         order = rows[torch.argsort(lengths, descending=True, stable=True)]
+        if self.optim_cfg.share_prompt:  # one group per micro-batch: its prompt is run once
+            return group_micro_batches(order, batch.group_index, self.optim_cfg.micro_batch_size)
         return list(torch.split(order, self.optim_cfg.micro_batch_size))
 
     def _all_reduce(self, values: torch.Tensor, op: str) -> torch.Tensor:
@@ -301,17 +334,18 @@ class Trainer:
         return values.cpu()
 
     # ------------------------------------------------------------------ the step
-    def train_step(self, groups: list[GroupData]) -> dict[str, float]:
-        """One optimizer step on ``groups`` (G groups of n samples); returns float metrics.
+    def train_step(self, groups: list[GroupData]) -> StepResult:
+        """One optimizer step on ``groups`` (G groups of n samples); returns a :class:`StepResult`.
 
         Metrics: the objective's ``loss``, ``pg_loss``, ``kl``, ``entropy`` (summed over micro-batches:
         the batch values), ``clip_frac`` etc. (token-weighted over micro-batches), ratio statistics over
-        all trained tokens, the filter metrics of ``prepare_batch_signals``, ``grad_norm`` (before
-        clipping), ``lr``, ``tokens`` (trained response tokens), ``staleness_mean/max``
+        all trained tokens, the mismatch at equal versions, the filter metrics of ``prepare_batch_signals``,
+        ``grad_norm`` (before clipping), ``lr``, ``tokens`` (trained response tokens), ``staleness_mean/max``
         (``version - group.policy_version`` before the step), timings and ``skipped``.
         """
         t_start = time.perf_counter()
-        metrics = self.forward_backward(groups)
+        result = self.forward_backward(groups)
+        metrics = dict(result.metrics)
         t_opt = time.perf_counter()
         grad_norm, stepped = self.optimizer_step(skip=bool(metrics["skipped"]))
         metrics["time_optimizer_s"] = time.perf_counter() - t_opt
@@ -322,10 +356,11 @@ class Trainer:
         metrics["tokens_per_s"] = metrics["tokens"] / total if total > 0 else 0.0
         if self.world_size > 1:
             metrics = self._reduce_metrics(metrics)
-        return metrics
+        return StepResult.build(result.group_outcomes, metrics, result.judged)
 
-    def forward_backward(self, groups: list[GroupData]) -> dict[str, float]:
-        """Accumulate the gradient of the whole batch's loss into ``.grad`` (zeroed first); metrics.
+    def forward_backward(self, groups: list[GroupData]) -> StepResult:
+        """Accumulate the gradient of the whole batch's loss into ``.grad`` (zeroed first); the per-group
+        outcomes and metrics (no optimizer fields yet).
 
         ``metrics["skipped"]`` is 1 when no sample carries weight (nothing was forwarded).
         """
@@ -336,7 +371,7 @@ class Trainer:
         batch = batch.to(self.device)
 
         # rewards, filter, advantages: once over the whole batch
-        sig = prepare_batch_signals(batch.statuses, algo)
+        sig = prepare_batch_signals(batch.statuses, algo, request_ids=batch.request_ids)
         advantages = sig["advantages"].reshape(-1).to(self.device, torch.float32)  # (B,)
         sample_weight = sig["sample_weight"].reshape(-1).to(self.device, torch.float32)  # (B,)
         mask = batch.response_mask.to(torch.float32)  # (B, T)
@@ -433,7 +468,7 @@ class Trainer:
             }
         )
         metrics.update({k: float(v) for k, v in sig["metrics"].items()})
-        return metrics
+        return StepResult.build(group_outcomes(sig["keep"], sig["correct"], sig["valid"]), metrics, judgement(sig, algo))
 
     def optimizer_step(self, skip: bool = False) -> tuple[float, bool]:
         """Clip the accumulated gradient, take the AdamW step (unless ``skip`` or a non-finite norm) and
@@ -514,9 +549,17 @@ class Trainer:
         if params and type(params[0]).__name__ == "DTensor":
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-            return get_model_state_dict(
+            state = get_model_state_dict(
                 self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
             )
+            # the gather returns tied parameters (a tied lm_head) as separate copies: alias them again,
+            # so that save_state_dict writes each once, as in the unsharded case
+            first: dict[int, str] = {}
+            for name, p in self.model.named_parameters(remove_duplicate=False):
+                if id(p) in first and name in state and first[id(p)] in state:
+                    state[name] = state[first[id(p)]]
+                first.setdefault(id(p), name)
+            return state
         return self.model.state_dict()
 
 

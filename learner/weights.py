@@ -7,7 +7,9 @@ complete. The store keeps the newest ``keep`` versions; older folders are delete
 announcement is acknowledged (a generator that is still loading an old version has ``keep - 1``
 publications of slack).
 
-Layout: ``<store>/v<version:08d>/model.safetensors``. The announced URI is a ``file://`` URI of
+Layout: ``<store>/v<version:08d>/model.safetensors``, next to the trained model's config, generation
+config and tokenizer (``hf_model``, ``hf_tokenizer``; copied from ``<store>/.hf-template``), so each
+version folder is a Hugging Face model folder that ``from_pretrained`` and vLLM load as it is. The announced URI is a ``file://`` URI of
 the absolute path, or ``<uri_root>/v<version:08d>/model.safetensors`` when generators mount the
 store somewhere else.
 """
@@ -43,8 +45,11 @@ class WeightPublisher:
         *,
         keep: int = 3,
         uri_root: str = "",
-        dtype: Any = None,
+        dtype: str | None = None,
+        hf_model: Any = None,
+        hf_tokenizer: Any = None,
     ) -> None:
+        """``dtype``: "bfloat16" / "float32" to cast published tensors to, None or "auto" = as trained."""
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
         self.store = Path(store_dir).expanduser().resolve()
@@ -53,8 +58,18 @@ class WeightPublisher:
         self.topic = topic
         self.keep = keep
         self.uri_root = uri_root.rstrip("/")
-        self.dtype = dtype
+        self.dtype = None
+        if dtype not in (None, "auto"):
+            from winnow.numerics import torch_dtype
+
+            self.dtype = torch_dtype(dtype)
         self.last: WeightAnnouncement | None = None
+        # with hf_model (the trained model; its config) every version folder is also a Hugging Face folder
+        self.hf_template = None
+        if hf_model is not None and hasattr(hf_model, "config"):
+            from winnow.export import hf_template
+
+            self.hf_template = hf_template(self.store / ".hf-template", hf_model, hf_tokenizer)
 
     def uri_for(self, path: Path) -> str:
         if self.uri_root:
@@ -66,6 +81,10 @@ class WeightPublisher:
         version = int(trainer.version)
         path = version_dir(self.store, version) / "model.safetensors"
         sha256 = trainer.save_weights(path, dtype=self.dtype)
+        if self.hf_template is not None and path.is_file():  # the rank that wrote the weights
+            from winnow.export import add_hf_files
+
+            add_hf_files(self.hf_template, path.parent)
         return WeightAnnouncement(
             version=version,
             uri=self.uri_for(path),

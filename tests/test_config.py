@@ -63,3 +63,53 @@ def test_parse_overrides():
     assert parse_overrides(["a.b=1", "a.c=x", "d=true"]) == {"a": {"b": 1, "c": "x"}, "d": True}
     with pytest.raises(ConfigError):
         parse_overrides(["nokey"])
+
+
+def test_unknown_env_var_names_nearest_field(monkeypatch):
+    # fault 6: WINNOW_LEARNER_BATCH_GROUP=4 (typo) was silently ignored
+    monkeypatch.setenv("WINNOW_DEMO_PROT", "4")
+    with pytest.raises(ConfigError, match=r"WINNOW_DEMO_PROT: demo has no field 'prot' \(did you mean port, i.e. WINNOW_DEMO_PORT\?\)"):
+        load_config(DemoConfig)
+
+
+def test_unknown_nested_env_var_names_nearest_field(monkeypatch):
+    monkeypatch.setenv("WINNOW_DEMO_KAFKA__TOPIC_PREFX", "r")
+    with pytest.raises(ConfigError, match=r"demo.kafka has no field 'topic_prefx' \(did you mean kafka.topic_prefix, "
+                                          r"i.e. WINNOW_DEMO_KAFKA__TOPIC_PREFIX\?\)"):
+        load_config(DemoConfig)
+    monkeypatch.setenv("WINNOW_DEMO_KAFKA__TOPIC_PREFIX", "r")  # the right names still work
+    monkeypatch.delenv("WINNOW_DEMO_KAFKA__TOPIC_PREFX")
+    monkeypatch.setenv("WINNOW_OTHER_THING", "1")  # another service's variables are not this one's business
+    assert load_config(DemoConfig).kafka.topic_prefix == "r"
+
+
+def test_env_check_on_real_service_config(monkeypatch):
+    from winnow.learner.config import LearnerConfig
+
+    monkeypatch.setenv("WINNOW_LEARNER_BATCH_GROUP", "4")
+    with pytest.raises(ConfigError, match=r"did you mean batch_groups, i.e. WINNOW_LEARNER_BATCH_GROUPS"):
+        load_config(LearnerConfig)
+
+
+def test_non_json_nested_env_value_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("WINNOW_DEMO_KAFKA", "{not json")
+    with pytest.raises(ConfigError, match=r'field "kafka".*must hold JSON.*WINNOW_DEMO_KAFKA__TOPIC_PREFIX'):
+        load_config(DemoConfig)
+
+
+def test_binary_config_file_is_a_clear_error(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_bytes(b"port: 1\n\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 0xff at offset 8\)"):
+        load_config(DemoConfig, f)
+    f.write_bytes(b"port: 1\n\x00\x01")
+    with pytest.raises(ConfigError, match="NUL bytes"):
+        load_config(DemoConfig, f)
+
+
+def test_cli_reports_env_typo_with_exit_2(monkeypatch, capsys):
+    from winnow.cli import main
+
+    monkeypatch.setenv("WINNOW_LEARNER_BATCH_GROUP", "4")
+    assert main(["learner", "run", "--print-config"]) == 2
+    assert "WINNOW_LEARNER_BATCH_GROUPS" in capsys.readouterr().err

@@ -10,6 +10,19 @@ thousands separators (``1{,}000``, ``1,\\!000``, ``1\\,000``; ``1,000`` only whe
 answers -> ``,``; ``a\\pm b`` -> ``a+b,a-b``; a leading ``x \\in``; the trailing period; whitespace (a space is kept only after a
 LaTeX command followed by a letter).
 
+Also: percent words (``percent``, ``pct``, ``percentage``) -> ``%``; currency signs dropped; a unit
+glued to a number with a superscript (``m²``) dropped; relation operators normalised (``<=``, ``\\leq``,
+``\\leqslant`` -> ``\\le``; ``\\lt`` -> ``<``; ``!=`` -> ``\\ne``); conjunctions glued to values
+(``(1,2)or(2,1)``, ``1orW``) separate; a space as thousands separator (``1 000``); ``;`` separates values
+(``p=5,q=2;p=7,q=2`` -> ``(5,2),(7,2)``, ``(0;-2;6)`` -> ``(0,-2,6)``); braces used as a list
+(``{1,2,3}``) are a set.
+
+Labels and relations (``is_label``, ``reduce_relation``): a left side made of symbols only (a variable,
+a tuple of variables, ``f(x)``, ``|AB|``, ``A:B``, ``\\frac{NO}{BO}``, subscripts allowed) is a label and
+is dropped; a chain of equalities gives its last side when that side is constant; an approximation tail
+(``\\approx …``) is dropped; anything else with ``=`` is an equation (never drop a left side with
+numeric coefficients).
+
 ``parse_structure`` splits a canonical answer at its top level into a ``Struct``: scalar, bare list
 (unordered solution list), set ``\\{…\\}``, tuple/interval (the bracket characters are kept so the
 gold decides the semantics), a union of intervals, or a matrix.
@@ -40,14 +53,14 @@ _TEXT_CMD_RE = re.compile(
     r"\\(?:text|textbf|textit|textrm|textsf|texttt|textnormal|mathrm|mathbf|mathit|mathsf|mbox|operatorname|emph)"
     r"\s*\{([^{}]*)\}"
 )
-_SPACING_RE = re.compile(r"\\[!,;:> ]|\\q?quad\b|~|\\(?:displaystyle|textstyle|scriptstyle|limits)\b")
+_SPACING_RE = re.compile(r"(?<!\\)\\[!,;:> ]|\\q?quad|~|\\(?:displaystyle|textstyle|scriptstyle|limits)\b")
 _SIZING_RE = re.compile(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|biggl|biggr|Biggl|Biggr|big|Big|bigg|Bigg|middle)(?![a-zA-Z])")
 _UNICODE = {
     "\u2212": "-", "\u2013": "-", "\u00d7": "\\times ", "\u00b7": "\\cdot ", "\u22c5": "\\cdot ", "\u221e": "\\infty ",
     "\u03c0": "\\pi ", "\u221a": "\\sqrt", "\u2264": "\\le ", "\u2265": "\\ge ", "\u2260": "\\ne ", "\u00b0": "^\\circ",
     "\u00a0": " ", "\u2009": " ", "\u202f": " ",
 }
-_THOUSANDS_RE = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?%?$")
+_THOUSANDS_RE = re.compile(r"^[+-]?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?%?$")
 
 
 def _unwrap_text(s: str) -> str:
@@ -70,12 +83,19 @@ def strip_outer_boxed(s: str) -> str:
 
 
 _R = re.compile
-_DTFRAC = _R(r"\\[dt]frac")
+_DTFRAC = _R(r"\\[dtc]frac")
 _BRACE_COMMA = _R(r"(\d)\{,\}(?=\d)")
 _COMMA_BANG = _R(r"(\d),\\!\s*(?=\d{3})")
 _THIN_SPACE = _R(r"(\d)\\,(?=\d{3}(?!\d))")
 _DEGREES = _R(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree")
-_PERCENT_WORD = _R(r"(?<![A-Za-z])percent(?![A-Za-z])")
+_TRIG_DEGREES = _R(r"(\\(?:sin|cos|tan|cot|sec|csc))\s*\(?\s*(\d+(?:\.\d+)?)\s*\^\s*\{?\s*\\circ\s*\}?\s*\)?")
+_PERCENT_WORD = _R(r"(?<![A-Za-z])(?:percentage|percent|pct)(?![A-Za-z])")
+_CURRENCY = _R(r"[€£¥]|\\euro\b")
+_GLUED_UNIT = _R(r"(?<=\d)\s*[a-zA-Z]{1,3}[²³]")  # "1,000.99m²": a unit with a superscript is never a variable
+_SPACE_THOUSANDS = _R(r"^[+-]?[1-9]\d{0,2}(?: \d{3})+(?:\.\d+)?$")
+_GLUED_CONJ = _R(r"(?<=[\d)\]}])\s*(?:or|and)\s*(?=[-+\d(\[{\\A-Za-z])")
+_REL_OPS = ((_R(r"\\leqslant|\\leq|<=|\\le(?![a-z])"), "\\le "), (_R(r"\\geqslant|\\geq|>=|\\ge(?![a-z])"), "\\ge "),
+            (_R(r"\\neq|!=|\\ne(?![a-z])"), "\\ne "), (_R(r"\\lt(?![a-z])"), "<"), (_R(r"\\gt(?![a-z])"), ">"))
 _DIGIT = _R(r"\d")
 _OR_AND = _R(r"\s+(?:or|and)\s+")
 _MIXED = _R(r"^([+-]?\d+)\s+(\d+)\s*/\s*(\d+)$")
@@ -116,14 +136,23 @@ def canonicalize(s: str) -> str:
     s = _COMMA_BANG.sub(r"\1", s)
     s = _THIN_SPACE.sub(r"\1", s)
     s = _SPACING_RE.sub(" ", s)
+    if "circ" in s and "\\" in s:  # degrees inside a trig function are pi/180: \\sin 30^\\circ = 1/2
+        s = _TRIG_DEGREES.sub(lambda m: f"{m.group(1)}(\\frac{{{m.group(2)}\\pi}}{{180}})", s)
     s = _DEGREES.sub("", s)
     s = s.replace("\\$", "").replace("$", "")
     s = s.replace("\\%", "%")
     s = _unwrap_text(s)
     s = _PERCENT_WORD.sub("%", s)
+    s = _CURRENCY.sub("", s)
+    s = _GLUED_UNIT.sub("", s)
+    for rx, rep in _REL_OPS:
+        s = rx.sub(lambda _m, r=rep: r, s)
     if _DIGIT.search(s):
         s = _UNIT_RE.sub(" ", s)
     s = _OR_AND.sub(",", s.strip())
+    s = _GLUED_CONJ.sub(",", s)
+    if _SPACE_THOUSANDS.match(s):
+        s = s.replace(" ", "")
     s = _MIXED.sub(r"\1\\frac{\2}{\3}", s.strip())
     s = _IN_PREFIX.sub("", s)
     if _THOUSANDS_RE.match(s.strip().rstrip(".")):  # before whitespace goes: "1, 000" stays a list
@@ -140,9 +169,43 @@ def canonicalize(s: str) -> str:
     s = s.rstrip(".").rstrip("\\").rstrip(",")
     if s in _EMPTY_SETS:
         return "\\emptyset"
+    if s.lower() in _NUMBER_WORDS:  # the whole answer is a number word ("four", "\\text{twelve}")
+        return _NUMBER_WORDS[s.lower()]
+    if ";" in s and not s.startswith("\\begin"):
+        s = _TUPLE_SEMICOLONS.sub(lambda m: m.group(0).replace(";", ","), s)  # "(0;-2;6)" is "(0,-2,6)"
+        s = _semicolons(s)
+    if len(s) > 2 and s[0] == "{" and s[-1] == "}" and _close_of_first(s) == len(s) - 1 and len(split_top(s[1:-1])) > 1:
+        s = "\\{" + s[1:-1] + "\\}"  # "{1,2,3}": braces used as a list
     if len(_PM.findall(s)) == 1 and "," not in s:
         s = _expand_pm(s)
     return s
+
+
+_TUPLE_SEMICOLONS = re.compile(r"\([^(),;]*(?:;[^(),;]*)+\)")
+
+
+_NUMBER_WORDS = {w: str(i) for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())}
+_NUMBER_WORDS.update({"thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70", "eighty": "80",
+                      "ninety": "90", "hundred": "100", "thousand": "1000"})
+
+
+def _semicolons(s: str) -> str:
+    """``a;b;c`` -> ``a,b,c``; a group of labelled values with distinct labels (``p=5,q=2;p=7,q=2``)
+    becomes a tuple ``(5,2)``."""
+    groups = split_top(s, ";")
+    if len(groups) < 2:
+        return s
+    out = []
+    for g in groups:
+        items = split_top(g)
+        labels = [split_label(it) for it in items]
+        if len(items) > 1 and all(lb is not None for lb in labels) and len({lb[0] for lb in labels}) == len(items):
+            out.append("(" + ",".join(lb[1] for lb in labels) + ")")
+        else:
+            out.append(g)
+    return ",".join(x for x in out if x)
 
 
 def _expand_pm(s: str) -> str:
@@ -212,14 +275,103 @@ def _close_of_first(s: str) -> int:
     return -1
 
 
+_GREEK = ("alpha|beta|gamma|delta|epsilon|varepsilon|theta|vartheta|lambda|mu|nu|rho|sigma|tau|phi|varphi|psi|omega|"
+          "xi|eta|zeta|kappa|chi|Delta|Gamma|Theta|Lambda|Sigma|Phi|Omega|Psi|Xi")
+_SYM = rf"(?:[A-Za-z]+|\\(?:{_GREEK}))'*"
+_LABEL_RE = re.compile(
+    rf"^(?:{_SYM}|\(({_SYM})(?:,{_SYM})+\)|{_SYM}\({_SYM}(?:,{_SYM})*\)|\|{_SYM}\||{_SYM}:{_SYM}"
+    rf"|\\frac\{{{_SYM}\}}\{{{_SYM}\}}|{_SYM}/{_SYM}|(?:m)?\\angle ?{_SYM})$"
+)
+_SUBSCRIPT_RE = re.compile(r"_(?:\{[^{}]*\}|[A-Za-z0-9])|\^\{?\\prime\}?|\\prime")
+_DECOR_RE = re.compile(r"\\(?:overline|vec|hat|bar|widehat|overrightarrow|mathbf|bm)\{([^{}]*)\}")
+_NOT_LABELS = {"sin", "cos", "tan", "log", "ln", "exp", "sqrt", "frac", "pi", "infty", "lim", "max", "min", "det"}
+_CONST_CMDS = re.compile(
+    r"\\(?:frac|sqrt|pi|cdot|times|div|infty|circ|pm|mp|ldots|cdots|sin|cos|tan|cot|sec|csc|log|ln|exp|"
+    r"arcsin|arccos|arctan|binom)(?![a-zA-Z])"
+)
+_APPROX = re.compile(r"\\approx|\\simeq|≈")
+
+
+def is_label(s: str) -> bool:
+    """A left side made of symbols only: ``x``, ``(x,y)``, ``f(x)``, ``|AB|``, ``A:B``, ``\\frac{NO}{BO}``,
+    ``x_1``, ``V_{1}:V_{2}``, ``\\overline{AB}``. Never one with a number or an operator (``2x``, ``x+y``)."""
+    t = _DECOR_RE.sub(r"\1", s)
+    t = _SUBSCRIPT_RE.sub("", t)
+    t = t.replace(" ", "")
+    if not t or t.lower() in _NOT_LABELS:
+        return False
+    return _LABEL_RE.match(t) is not None
+
+
+def is_constant(s: str) -> bool:
+    """A side with no variables: digits, operators and numeric commands only (``\\frac{10}{9}``, ``3\\sqrt2``)."""
+    t = _CONST_CMDS.sub("", s)
+    return bool(_DIGIT.search(t)) and not re.search(r"[A-Za-z\\]", t)
+
+
+def _sides(s: str) -> list[str]:
+    if "=" not in s or any(op in s for op in ("\\le", "\\ge", "<", ">", "\\ne")):
+        return [s]
+    return split_top(s, "=")
+
+
+def split_label(s: str) -> tuple[str, str] | None:
+    """``x=5`` -> ("x", "5") when the left side is a label (``is_label``); None otherwise."""
+    sides = _sides(s)
+    if len(sides) == 2 and sides[1] and is_label(sides[0]):
+        return sides[0], sides[1]
+    return None
+
+
 def split_assignment(s: str) -> tuple[str, str] | None:
-    """``x=5`` -> ("x", "5") for a single-symbol left-hand side; None otherwise."""
-    if s.count("=") != 1 or any(op in s for op in ("\\le", "\\ge", "<", ">", "\\ne")):
-        return None
-    m = _ASSIGN_RE.match(s)
-    if not m or m.group(1) in ("\\frac", "\\sqrt", "\\infty"):
-        return None
-    return m.group(1), m.group(2)
+    """Kept name: ``split_label``."""
+    return split_label(s)
+
+
+def reduce_relation(s: str) -> str:
+    """The value a relation states, or ``s`` itself when it is an equation to compare.
+
+    * An approximation tail is dropped (``\\frac13\\approx0.33`` -> ``\\frac13``); a lone ``x\\approx 3`` reads as ``x=3``.
+    * A label is dropped (``x=5`` -> ``5``, ``f(x)=x^2`` -> ``x^2``).
+    * A chain of equalities gives its last side when that side is constant (``x=5+5+1=11`` -> ``11``,
+      ``\\frac12\\cdot\\frac{20}{9}=\\frac{10}{9}`` -> ``\\frac{10}{9}``); so does ``constant = constant``.
+    * Anything else with ``=`` (``2x+4y-3=0``, ``7=11a+c``) is an equation and stays whole.
+    """
+    m = _APPROX.search(s)
+    if m:
+        head, tail = s[: m.start()], s[m.end() :]
+        s = head if "=" in top_level(head) else (head + "=" + tail if head else tail)
+    sides = _sides(s)
+    if len(sides) < 2 or not all(sides):
+        return s
+    last = sides[-1]
+    label = is_label(sides[0])
+    if label and len(sides) == 2:
+        return last
+    if is_constant(last) and (label or len(sides) > 2 or (is_constant(sides[0]) and not sides[0].isdigit())):
+        return last
+    if label:
+        return "=".join(sides[1:]) if len(sides) > 2 else last
+    return s
+
+
+def top_level(s: str) -> str:
+    """``s`` with every ``{…}`` group removed (so ``\\sum_{i=1}`` has no top-level ``=``). Linear."""
+    if "{" not in s:
+        return s
+    out, depth = [], 0
+    for ch in s:
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth = max(0, depth - 1)
+        elif depth == 0:
+            out.append(ch)
+    return "".join(out)
+
+
+def is_equation(s: str) -> bool:
+    return "=" in top_level(s) and len(_sides(s)) >= 2
 
 
 def _parse_bracket(s: str) -> Struct | None:
@@ -234,8 +386,20 @@ def _dedupe(items: list[str]) -> list[str]:
 
 
 def parse_structure(s: str) -> Struct:
-    """Top-level structure of a canonical answer (see ``Struct``). Set/list items are de-duplicated."""
-    m = _MATRIX_RE.match(s)
+    """Top-level structure of a canonical answer (see ``Struct``). Set/list items are de-duplicated.
+
+    A label in front of a tuple, set, interval or matrix is dropped (``(p,q)=(3,2)``, ``D=(0,1)``).
+    """
+    lab = split_label(s) if "=" in s else None
+    if lab is not None:
+        inner = parse_structure(lab[1])
+        if inner.kind != "scalar":
+            return inner
+    if len(s) > 2 and s[0] in "([" and s[-1] in ")]" and s[1:].startswith("\\begin{") and _close_of_first(s) == len(s) - 1:
+        inner = parse_structure(s[1:-1])  # "\\left[\\begin{array}…\\end{array}\\right]": a matrix in delimiters
+        if inner.kind == "matrix":
+            return inner
+    m = _MATRIX_RE.match(s) if s.count("\\begin{") == 1 else None
     if m:
         body = m.group(2)
         if m.group(1) == "array":

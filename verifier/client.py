@@ -9,27 +9,54 @@ committed stubs (no sympy, no engine)::
 - ``verify_batch`` splits the items into chunks of at most ``max_batch_items`` items and about
   ``max_message_bytes`` bytes, sends up to ``concurrency`` chunks at once and returns one
   :class:`Verdict` per item, in input order (ids need not be unique across chunks).
-- UNAVAILABLE (server down, restarting, connection refused) is retried with exponential backoff and
-  jitter for at most ``retry_total_s`` seconds; then :class:`VerifierUnavailableError` is raised.
-  Any other failure raises :class:`VerifierError` with the gRPC code. A client never turns a
-  failure into a verdict: the caller decides (skip the group, retry later, stop).
+- Load balancing: the channel uses gRPC's ``round_robin`` policy, so every address the target resolves
+  to gets calls. In Kubernetes point it at a *headless* Service with a ``dns:///`` target
+  (``dns:///winnow-verifier-headless:50051``): DNS returns one address per verifier pod. gRPC re-resolves
+  the name when a connection closes; the verifier closes each connection after
+  ``max_connection_age_s`` (60 s), so pods the HPA adds start getting calls within about a minute.
+  Several static addresses: ``ipv4:10.0.0.1:50051,10.0.0.2:50051``. (A ClusterIP Service is one virtual
+  IP: one HTTP/2 connection, so every call goes to one pod whatever the policy.)
+- Retries: gRPC's own retry policy (service config ``retryPolicy``: up to 5 attempts, backoff 0.1 s
+  doubling to 2 s, on UNAVAILABLE only) plus ``wait_for_ready``: a call waits for a ready verifier
+  instead of failing fast while one restarts. When no verifier becomes ready within ``retry_total_s``
+  (or the call still ends UNAVAILABLE) :class:`VerifierUnavailableError` is raised. Any other failure
+  raises :class:`VerifierError` with the gRPC code. A client never turns a failure into a verdict: the
+  caller decides (skip the group, retry later, stop).
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
+import json
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
+
+from winnow.v1 import verifier_pb2, verifier_pb2_grpc
 from winnow.verifier.types import Item, Verdict
 from winnow.verifier.wire import item_to_proto, verdict_from_proto
 
-from winnow.v1 import verifier_pb2, verifier_pb2_grpc
-
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+SERVICE = "winnow.v1.Verifier"
+
+
+def service_config(initial_backoff_s: float = 0.1, max_backoff_s: float = 2.0) -> str:
+    """The channel's service config (JSON): ``round_robin`` and a retry policy for UNAVAILABLE."""
+    return json.dumps({
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [{
+            "name": [{"service": SERVICE}],
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": f"{initial_backoff_s:g}s",
+                "maxBackoff": f"{max_backoff_s:g}s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }],
+    })
 
 
 class VerifierError(RuntimeError):
@@ -64,7 +91,8 @@ class VerifierClient:
     ) -> None:
         """
         Args:
-            target: ``host:port`` (any gRPC target string, e.g. ``dns:///verifier:50051``).
+            target: any gRPC target: ``host:port``, ``dns:///verifier-headless:50051`` (one address per
+                pod, balanced round-robin), ``ipv4:127.0.0.1:5001,127.0.0.1:5002``.
             token: bearer token sent as ``authorization: Bearer <token>`` (None: no header).
             tls: use TLS; ``root_certificates`` (PEM bytes or a file path) pins the CA, else the
                 system roots. Setting ``root_certificates`` implies ``tls``.
@@ -72,7 +100,8 @@ class VerifierClient:
             max_batch_items: most items per VerifyBatch call (match the server's max_batch_items).
             max_message_bytes: most bytes per request message (and per response received).
             concurrency: chunks in flight at once within one ``verify_batch``.
-            retry_total_s: how long to keep retrying UNAVAILABLE before giving up.
+            retry_total_s: how long a call waits for a ready verifier before giving up (at least 1 s).
+            retry_initial_s, retry_max_s: backoff of gRPC's retry policy between attempts.
         """
         if max_batch_items < 1 or concurrency < 1:
             raise ValueError("max_batch_items and concurrency must be >= 1")
@@ -88,6 +117,8 @@ class VerifierClient:
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.service_config", service_config(retry_initial_s, retry_max_s)),
+            ("grpc.enable_retries", 1),
         ]
         if isinstance(root_certificates, (str, Path)):
             root_certificates = Path(root_certificates).read_bytes()
@@ -134,29 +165,36 @@ class VerifierClient:
         results = await asyncio.gather(*(one(c) for c in chunks))
         return [v for chunk in results for v in chunk]
 
+    async def _wait_ready(self, name: str) -> None:
+        """Wait (at most ``retry_total_s``, at least 1 s to connect) for a READY connection."""
+        if self._channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY:
+            return
+        budget = max(self.retry_total_s, 1.0)
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), budget)
+        except TimeoutError:
+            raise VerifierUnavailableError(
+                f"verifier {self.target} unavailable for {budget:.1f}s ({name}): no ready connection",
+                grpc.StatusCode.UNAVAILABLE,
+            ) from None
+
     async def _call(self, method, request, name: str):
         start = time.monotonic()
-        delay = self.retry_initial_s
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await method(request, timeout=self.timeout_s, metadata=self._metadata)
-            except grpc.aio.AioRpcError as e:
-                code = e.code()
-                waited = time.monotonic() - start
-                if code != grpc.StatusCode.UNAVAILABLE:
-                    raise VerifierError(
-                        f"verifier {self.target} {name} failed: {code.name}: {e.details()}", code
-                    ) from None
-                if waited + delay > self.retry_total_s:
-                    raise VerifierUnavailableError(
-                        f"verifier {self.target} unavailable for {waited:.1f}s ({attempt} attempts): "
-                        f"{e.details()}",
-                        code,
-                    ) from None
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(self.retry_max_s, delay * 2)
+        await self._wait_ready(name)
+        try:
+            return await method(request, timeout=self.timeout_s, metadata=self._metadata, wait_for_ready=True)
+        except grpc.aio.AioRpcError as e:
+            code = e.code()
+            if code == grpc.StatusCode.UNAVAILABLE or (
+                code == grpc.StatusCode.DEADLINE_EXCEEDED
+                and self._channel.get_state() != grpc.ChannelConnectivity.READY
+            ):
+                raise VerifierUnavailableError(
+                    f"verifier {self.target} unavailable for {time.monotonic() - start:.1f}s ({name}, "
+                    f"after gRPC's retries): {code.name}: {e.details()}",
+                    code,
+                ) from None
+            raise VerifierError(f"verifier {self.target} {name} failed: {code.name}: {e.details()}", code) from None
 
 
 def _approx_bytes(item: Item) -> int:

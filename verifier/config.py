@@ -73,6 +73,18 @@ class VerifierConfig(Settings):
     """Optional bearer token: calls must send ``authorization: Bearer <token>``. Env: WINNOW_VERIFIER_TOKEN."""
     token_file: Path | None = None
     """File holding the bearer token (a mounted Kubernetes Secret); used when ``token`` is unset."""
+    max_connection_age_s: float = Field(default=60.0, ge=0, le=86400)
+    """Close each client connection after this long (gracefully: calls in flight finish). Clients then
+    reconnect and re-resolve the Service's DNS name, so verifier pods added by the HPA start to receive
+    calls (gRPC does not re-resolve DNS on its own while connections are healthy). 0 = never."""
+    accept_rounded: bool = False
+    """Accept a decimal rounded or truncated to >= 2 places for an exact or irrational gold (``0.33`` for
+    ``1/3``, ``3.14`` for ``\\pi``). Off by default: with it on, a policy can earn full reward with a
+    low-precision guess instead of the exact value (a reward hack). Per request: option ``rounded``."""
+    fallback_extraction: bool = True
+    """With no marker (no box, no ``Answer:``/``final answer is``), take the last math span, then the last
+    number. On by default for recall (as Math-Verify and Qwen-Math do); turn it off when the RL run must
+    reward the required format only. Per request: option ``fallback``."""
     grace_s: float = Field(default=10.0, ge=0, le=3600)
     """On SIGTERM/SIGINT: health goes NOT_SERVING, then in-flight calls get this long to finish."""
 
@@ -80,6 +92,11 @@ class VerifierConfig(Settings):
     def engine_workers(self) -> int:
         """``workers`` with 0 resolved to the number of CPU cores."""
         return self.workers or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+    @property
+    def default_options(self) -> dict[str, str]:
+        """Engine options set by this config; a request's own options override them."""
+        return {"rounded": "1" if self.accept_rounded else "0", "fallback": "1" if self.fallback_extraction else "0"}
 
     def resolve_token(self) -> str | None:
         """The bearer token: ``token`` (or WINNOW_VERIFIER_TOKEN), else the stripped ``token_file``."""

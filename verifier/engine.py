@@ -26,9 +26,21 @@ Statuses: CORRECT/WRONG; NO_ANSWER (nothing extracted); UNPARSABLE (answer fails
 grammar); TIMEOUT (worker killed, or the batch deadline passed); TOO_COMPLEX (refused by a guard);
 ERROR (gold unparsable, or an internal exception: never turned into WRONG).
 
-Options (``Item.options``, string values "1"/"true"): ``last_number`` (fall back to the last number in
-the response), ``percent`` (accept x vs x/100), ``mcq`` (lower-case letters count as choices). A task
-name containing ``mcq`` sets ``mcq``.
+Options (``Item.options``, string values "1"/"true" or "0"/"false"; ``MathVerifier(default_options=…)``
+supplies defaults from the config, a request's own options win):
+
+* ``fallback`` (default on; ``last_number`` is an alias): with no marker, take the last math span, then
+  the last number. Off = a strict format (only boxes and answer markers count).
+* ``rounded`` (default off): accept a decimal rounded or truncated to >= 2 places for an exact or
+  irrational gold. Risk: a low-precision guess earns full reward. Without it a decimal stands for an
+  exact value only when it matches to 6 places (Math-Verify's default float rounding).
+* ``percent``: accept x vs x/100. ``mcq``: lower-case letters count as choices (a task name containing
+  ``mcq`` sets it).
+
+Golds (``prepare_gold``): at most ``MAX_GOLD_CHARS`` characters (longer is ERROR, before any parsing);
+extracted in linear time; an MCQ gold with its option text (``(B) 42``) accepts the letter or the
+option's value; an undefined gold (``1/0``, ``nan``) is ERROR (unanswerable). Gold preparation runs under
+the same batch deadline as the answers.
 
 Left out: reward mapping (the learner's config), answers spread over several boxes for tuple golds.
 """
@@ -45,11 +57,12 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from winnow.verifier.canonical import Struct, canonicalize, parse_structure
-from winnow.verifier.extract import extract_answer, extract_gold
+from winnow.verifier.extract import MAX_GOLD_CHARS, extract_answer, extract_gold
 from winnow.verifier.fastpath import (
     compare_struct,
     fast_scalar_eq,
     is_text_gold,
+    is_undefined,
     mcq_letter,
     pred_letter,
     text_norm,
@@ -89,30 +102,44 @@ class Job:
     pred: str
     percent: bool
     extracted: str
+    rounded: bool = False
 
     @property
-    def key(self) -> tuple[str, str, bool]:
-        return (self.gold, self.pred, self.percent)
+    def key(self) -> tuple[str, str, bool, bool]:
+        return (self.gold, self.pred, self.percent, self.rounded)
 
     def as_dict(self) -> dict:
-        return {"gold": self.gold, "pred": self.pred, "percent": self.percent}
+        return {"gold": self.gold, "pred": self.pred, "percent": self.percent, "rounded": self.rounded}
 
 
-def _flag(options: dict[str, str] | None, name: str) -> bool:
-    v = (options or {}).get(name, "")
-    return str(v).strip().lower() in ("1", "true", "yes", "on")
+def _flag(options: dict[str, str] | None, name: str, default: bool = False) -> bool:
+    v = str((options or {}).get(name, "")).strip().lower()
+    if not v:
+        return default
+    return v in ("1", "true", "yes", "on")
+
+
+_OPTION_GOLD_RE = re.compile(r"^\(?([A-J])\)?\s*[.:)]?\s+(\S.*)$", re.S)
 
 
 def prepare_gold(gold: str, task: str = "", options: dict[str, str] | None = None) -> Gold:
+    if len(gold) > MAX_GOLD_CHARS:
+        return Gold(gold[:64], "", None, None, False, f"gold has {len(gold)} chars > {MAX_GOLD_CHARS}")
     raw = extract_gold(gold)
     if not raw:
         return Gold(raw, "", None, None, False, "empty gold")
     refusal = check_text(raw)
     if refusal is not None:
         return Gold(raw, "", None, None, False, f"gold refused by guard: {refusal.detail}")
+    option = _OPTION_GOLD_RE.match(re.sub(r"^\\text(?:bf)?\{\s*(\(?[A-J]\)?[.:]?)\s*\}", r"\1", raw))
+    if option and (option.group(0).startswith("(") or option.group(0)[1:2] in ".:)"):  # MCQ gold with option text
+        canon = canonicalize(option.group(2).rstrip("."))
+        return Gold(raw, canon, parse_structure(canon), option.group(1), is_text_gold(option.group(2)))
     canon = canonicalize(raw)
     if not canon:
         return Gold(raw, "", None, None, False, "gold is empty after canonicalisation")
+    if is_undefined(canon):
+        return Gold(raw, canon, None, None, False, "gold is undefined (division by zero or nan): unanswerable")
     mcq = _flag(options, "mcq") or "mcq" in task.lower()
     return Gold(raw, canon, parse_structure(canon), mcq_letter(canon, mcq_task=mcq), is_text_gold(raw))
 
@@ -125,7 +152,7 @@ def decide_fast(gold: Gold, response: str, options: dict[str, str] | None = None
     """Steps 2-5 of the module doc: a final ``Result``, or a ``Job`` for the symbolic path."""
     if gold.error:
         return Result(Status.ERROR, "", "gold", gold.error)
-    ex = extract_answer(response, last_number=_flag(options, "last_number"))
+    ex = extract_answer(response, last_number=_flag(options, "last_number", _flag(options, "fallback", True)))
     if ex.n_boxed > MAX_BOXED:
         return Result(Status.TOO_COMPLEX, "", "guard", f"{ex.n_boxed} boxed answers > {MAX_BOXED}")
     if ex.answer is None:
@@ -138,6 +165,7 @@ def decide_fast(gold: Gold, response: str, options: dict[str, str] | None = None
         if refusal is not None:
             return Result(_status(refusal.kind), text[:512], "guard", refusal.detail)
     percent = _flag(options, "percent")
+    rounded = _flag(options, "rounded")
     pred = canonicalize(answer)
 
     distinct = _distinct_boxed(ex.boxed, percent)
@@ -152,8 +180,10 @@ def decide_fast(gold: Gold, response: str, options: dict[str, str] | None = None
         letter = pred_letter(answer) or pred_letter(pred)
         if len(set(_CHOICE_RE.findall(answer.upper()))) > 1:
             return Result(Status.WRONG, answer, "hedge", "several choice letters")
-        ok = letter == gold.letter
-        return Result(Status.CORRECT if ok else Status.WRONG, answer, "mcq", "" if letter else "no choice letter")
+        if letter is not None or gold.raw == gold.canon or not gold.canon or mcq_letter(gold.canon):
+            ok = letter == gold.letter
+            return Result(Status.CORRECT if ok else Status.WRONG, answer, "mcq", "" if letter else "no choice letter")
+        # an MCQ gold with its option text ("(B) 42") answered by the option's value: compare the values
     if gold.text:
         ok = text_norm(gold.raw) == text_norm(answer) or gold.canon.lower() == pred.lower()
         return Result(Status.CORRECT if ok else Status.WRONG, answer, "text")
@@ -163,12 +193,12 @@ def decide_fast(gold: Gold, response: str, options: dict[str, str] | None = None
     pstruct = parse_structure(pred)
 
     def elem_eq(a: str, b: str) -> tuple[bool | None, str]:
-        return fast_scalar_eq(a, b, percent_option=percent)
+        return fast_scalar_eq(a, b, percent_option=percent, rounded=rounded)
 
     verdict, path = compare_struct(gold.struct, pstruct, elem_eq)
     if verdict is not None:
         return Result(Status.CORRECT if verdict else Status.WRONG, answer, path)
-    return Job(gold.canon, pred, percent, answer)
+    return Job(gold.canon, pred, percent, answer, rounded)
 
 
 def _distinct_boxed(boxed: list[str], percent: bool) -> list[str]:
@@ -238,10 +268,12 @@ class MathVerifier:
     def __init__(self, *, workers: int = 2, timeout_s: float = 2.0, memory_mb: int = 1024,
                  max_tasks_per_worker: int = 500, cache_size: int = 65536,
                  on_worker_restart: Callable[[str], None] | None = None,
-                 on_cache: Callable[[bool], None] | None = None):
+                 on_cache: Callable[[bool], None] | None = None,
+                 default_options: dict[str, str] | None = None, idle_warmup: bool = False):
         from winnow.verifier.pool import WorkerPool
 
         self.timeout_s = timeout_s
+        self.default_options = dict(default_options or {})
         self._on_cache = on_cache
         self._on_restart_cb = on_worker_restart
         self._stats_lock = threading.Lock()
@@ -249,7 +281,7 @@ class MathVerifier:
                        "timeouts": 0, "errors": 0, "fast_path": 0}
         self._cache = _LRU(cache_size)
         self._pool = WorkerPool(workers=workers, timeout_s=timeout_s, memory_mb=memory_mb,
-                                max_tasks=max_tasks_per_worker, on_restart=self._on_restart)
+                                max_tasks=max_tasks_per_worker, on_restart=self._on_restart, idle_warmup=idle_warmup)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="winnow-verifier")
         self._closed = False
 
@@ -288,6 +320,14 @@ class MathVerifier:
         pending: dict[tuple, list[tuple[int, float, Job]]] = {}
         for i, item in enumerate(items):
             t0 = time.perf_counter()
+            if self.default_options:
+                item = Item(item.id, item.response, item.gold, item.task, {**self.default_options, **item.options})
+            if self._closed:  # shutting down: finish the batch at once instead of holding the process
+                out[i] = self._verdict(item, Result(Status.ERROR, "", "internal", "verifier shutting down"), t0)
+                continue
+            if deadline is not None and time.monotonic() > deadline:  # gold and answer parsing share the budget
+                out[i] = self._verdict(item, Result(Status.TIMEOUT, "", "deadline", "batch deadline passed"), t0)
+                continue
             try:
                 gkey = (item.gold, item.task, _flag(item.options, "mcq"))
                 gold = golds.get(gkey)
@@ -311,6 +351,12 @@ class MathVerifier:
                 continue
             self._count("cache_misses")
             pending.setdefault(decision.key, []).append((i, t0, decision))
+        if pending and self._closed:
+            for jobs in pending.values():
+                for i, t0, job in jobs:
+                    out[i] = self._verdict(items[i], Result(Status.ERROR, job.extracted, "internal",
+                                                            "verifier shutting down"), t0)
+            pending = {}
         if pending:
             futures = {key: self._executor.submit(self._run_job, jobs[0][2], deadline)
                        for key, jobs in pending.items()}

@@ -26,6 +26,10 @@ def register(subparsers) -> None:
     serve.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override any field, e.g. tls.cert_file=/x"
     )
+    serve.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    from winnow.cli import document_config
+
+    document_config(serve, "verifier")  # --help lists the config fields
     serve.set_defaults(func=_serve)
     verifier.set_defaults(func=lambda args: (verifier.print_help(), 2)[1])
 
@@ -61,10 +65,9 @@ def register(subparsers) -> None:
 def _serve(args) -> int:
     import asyncio
 
+    from winnow.config import load_config, parse_overrides
     from winnow.verifier.config import VerifierConfig
     from winnow.verifier.server import serve
-
-    from winnow.config import load_config, parse_overrides
 
     overrides = parse_overrides(args.set)
     for name in ("host", "port", "workers", "metrics_port"):
@@ -72,6 +75,9 @@ def _serve(args) -> int:
         if value is not None:
             overrides[name] = value
     cfg = load_config(VerifierConfig, args.config, overrides)
+    if args.print_config:
+        print(cfg.model_dump_json(indent=2))
+        return 0
     return asyncio.run(serve(cfg))
 
 

@@ -50,8 +50,37 @@ READY = b"ready"
 _MAX_FRAME = 1 << 20
 _PR_SET_PDEATHSIG = 1
 _FD_LOCK = threading.Lock()
+# Warm-up pairs. ``_WARMUP`` runs once in the zygote before it forks the first worker (the first ANTLR
+# parse and sympy evaluation are slow). ``_WARMUP_IDLE`` runs one pair at a time whenever the zygote or
+# a worker has nothing to do: ANTLR's adaptive prediction builds its DFA cache (class-level, inherited
+# by every worker forked later, also after recycling) and sympy's caches fill, so a worker does not pay
+# ~100 ms the first time it meets each form. Generic forms, not taken from any test suite.
 _WARMUP = [("x^2+2x+1", "(x+1)^2"), ("\\frac{\\sqrt{2}}{2}", "\\sin(\\pi/4)"), ("3x+4y=1", "y=1-x"),
            ("x>3", "(3,\\infty)"), ("\\begin{pmatrix}1\\\\2\\end{pmatrix}", "(1,2)"), ("\\{1,2\\}", "\\ln 2")]
+_WARMUP_IDLE = [
+    ("\\frac{n(n+1)}{2}", "\\sum_{i=1}^{n} i"), ("1+\\tan^2 x", "\\sec^2 x"), ("2", "\\sqrt[3]{8}"),
+    ("\\sqrt{1+\\sqrt{5}}", "\\sqrt{\\sqrt{5}+1}"), ("\\frac{x+1}{3}", "\\frac{x}{3}+\\frac{1}{3}"),
+    ("\\begin{pmatrix}\\frac{1}{2}&\\cos x\\\\0&1\\end{pmatrix}", "\\begin{pmatrix}0.5&\\cos(x)\\\\0&1\\end{pmatrix}"),
+    ("\\begin{pmatrix}2&0\\\\0&2\\end{pmatrix}", "\\begin{pmatrix}1&0\\\\0&1\\end{pmatrix}+\\begin{pmatrix}1&0\\\\0&1\\end{pmatrix}"),
+    ("2<|x|\\le5", "[-5,-2)\\cup(2,5]"), ("\\sqrt[3]{x}", "x^{\\frac{1}{3}}"), ("a_{n+1}=2a_n", "a_{n+1}-2a_n=0"),
+    ("5x-2y+7=0", "y=\\frac{5}{2}x+\\frac{7}{2}"), ("\\sqrt{10}", "10^{\\frac{1}{2}}"), ("2", "\\log_{3} 9"),
+    ("2", "\\ln(e^2)"), ("5", "(2-i)(2+i)"), ("3", "\\lceil 2.1\\rceil"), ("20", "\\binom{6}{3}"), ("24", "4!"),
+("\\frac{ad+bc}{bd}", "\\frac{a}{b}+\\frac{c}{d}"),
+    ("\\{\\frac{1}{2},3\\}", "\\{3,\\frac{2}{4}\\}"), ("\\cos 2\\theta", "\\cos^2\\theta-\\sin^2\\theta"),
+    ("\\sin 15^\\circ", "\\frac{\\sqrt{6}-\\sqrt{2}}{4}"), ("\\frac{1}{\\sqrt{3}}", "\\frac{\\sqrt{3}}{3}"),
+    ("e^{x+y}", "e^{x}e^{y}"), ("x_{1}+x_{2}", "x_{2}+x_{1}"), ("|x-1|", "|1-x|"), ("\\pi r^2", "r^2\\pi"),
+    ("\\frac{3\\sqrt{3}}{2}", "\\frac{\\sqrt{27}}{2}"), ("-1\\le x<2", "[-1,2)"),
+]
+
+
+def _idle_warmup(fd: int, pending: list[tuple[str, str]]) -> None:
+    """Run warm-up pairs while nothing is waiting on ``fd`` (returns as soon as something is)."""
+    import winnow.verifier.symbolic
+
+    while pending and not select.select([fd], [], [], 0)[0]:
+        gold, pred = pending.pop(0)
+        handle_job({"gold": gold, "pred": pred})
+        winnow.verifier.symbolic.clear_caches()  # keep the ANTLR DFA and sympy caches, not our parse cache
 
 
 def _die_with_parent() -> None:
@@ -79,7 +108,8 @@ def handle_job(job: dict) -> dict:
     from winnow.verifier.symbolic import compare_canonical
 
     try:
-        ok, path = compare_canonical(job["gold"], job["pred"], percent_option=bool(job.get("percent")))
+        ok, path = compare_canonical(job["gold"], job["pred"], percent_option=bool(job.get("percent")),
+                                     rounded=bool(job.get("rounded")))
         return {"status": "correct" if ok else "wrong", "path": path, "detail": ""}
     except VerifyError as exc:
         path = "guard" if exc.status == "too_complex" else "symbolic"
@@ -152,7 +182,7 @@ def worker_loop(fd: int) -> None:
             return
 
 
-def zygote_main(ctrl_fd: int, memory_mb: int, cpu_s: int) -> None:
+def zygote_main(ctrl_fd: int, memory_mb: int, cpu_s: int, idle_warmup: bool = False) -> None:
     """Preload sympy, then fork one worker per b"s" read on the control socket (single-threaded).
 
     The zygote exits when the control socket closes (the parent exited or closed the pool); it does
@@ -168,7 +198,13 @@ def zygote_main(ctrl_fd: int, memory_mb: int, cpu_s: int) -> None:
     gc.freeze()  # keep the preloaded heap shared copy-on-write with the workers
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps exited workers
     ctrl = socket.socket(fileno=ctrl_fd)
+    pending = list(_WARMUP_IDLE) if idle_warmup else []
     while True:
+        if pending:
+            _idle_warmup(ctrl_fd, pending)
+            if not pending:
+                gc.collect()
+                gc.freeze()
         try:
             cmd = ctrl.recv(1)
         except OSError:
@@ -206,10 +242,10 @@ def _alive(pid: int) -> bool:
 class _Zygote:
     """The parent's handle on the zygote process (thread-safe ``fork``)."""
 
-    def __init__(self, memory_mb: int, cpu_s: int):
+    def __init__(self, memory_mb: int, cpu_s: int, idle_warmup: bool = False):
         ours, theirs = socket.socketpair()
         cmd = [sys.executable, "-m", "winnow.verifier.pool", "--zygote", "--fd", str(theirs.fileno()),
-               "--memory-mb", str(memory_mb), "--cpu-s", str(cpu_s)]
+               "--memory-mb", str(memory_mb), "--cpu-s", str(cpu_s)] + (["--idle-warmup"] if idle_warmup else [])
         self.proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True)
         theirs.close()
         self.sock = ours
@@ -271,7 +307,10 @@ class WorkerPool:
 
     def __init__(self, *, workers: int = 2, timeout_s: float = 2.0, memory_mb: int = 1024,
                  max_tasks: int = 500, on_restart: Callable[[str], None] | None = None,
-                 start_timeout_s: float = 60.0):
+                 start_timeout_s: float = 60.0, idle_warmup: bool = False):
+        """``idle_warmup``: the zygote runs ``_WARMUP_IDLE`` between fork requests, so workers forked
+        later (recycled, replaced) start warm (a long-running service; costs a few CPU seconds after
+        start, so tests and one-shot scoring leave it off)."""
         if workers < 1:
             raise ValueError("workers must be >= 1")
         self.timeout_s = timeout_s
@@ -280,11 +319,12 @@ class WorkerPool:
         self.start_timeout_s = start_timeout_s
         self._on_restart = on_restart
         self._cpu_s = int(60 + max_tasks * min(timeout_s, 1.0))
+        self._idle_warmup = idle_warmup
         self._lock = threading.Lock()
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._all: set[_Worker] = set()
         self._closed = False
-        self._zygote = _Zygote(memory_mb, self._cpu_s)
+        self._zygote = _Zygote(memory_mb, self._cpu_s, self._idle_warmup)
         self.pids_seen: list[int] = []
         self.restarts = 0
         for _ in range(workers):
@@ -306,7 +346,7 @@ class WorkerPool:
                     raise
                 with self._lock:  # the zygote died: start a new one (slow path, about a second)
                     self._zygote.close()
-                    self._zygote = _Zygote(self.memory_mb, self._cpu_s)
+                    self._zygote = _Zygote(self.memory_mb, self._cpu_s, self._idle_warmup)
         w = _Worker(pid, fd)
         with self._lock:
             self._all.add(w)
@@ -431,8 +471,9 @@ def _main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--memory-mb", type=int, default=1024)
     parser.add_argument("--cpu-s", type=int, default=600)
+    parser.add_argument("--idle-warmup", action="store_true")
     args = parser.parse_args(argv)
-    zygote_main(args.fd, args.memory_mb, args.cpu_s)
+    zygote_main(args.fd, args.memory_mb, args.cpu_s, args.idle_warmup)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,19 @@ A malformed line (bad JSON, not an object, missing or mistyped field) becomes an
 its position, e.g. ``{"line": 7, "status": "error", "correct": false, "error": "line 7: missing
 field 'gold'"}``; the other lines are still scored.
 
+A line that is not valid UTF-8, holds a lone surrogate, an integer of more than 4,300 digits or JSON
+nested too deep is malformed in the same way. ``NaN``/``Infinity`` are read as the strings ``nan`` and
+``\\infty`` (a ``nan`` gold scores ``error``: unanswerable), so the output is always valid JSON.
+
 Exit status: 0 when every line was scored without error; 1 when some lines were malformed or got
-status ``error``; 2 for usage/config errors; 3 when the remote verifier stayed unavailable or
-refused a call (wrong token, limits); the lines scored before that point are already written.
+status ``error`` (all other lines scored); 2 for usage/config errors; 3 when the remote verifier stayed
+unavailable or refused a call (wrong token, limits); 4 when scoring was aborted because the output
+could not be written (disk full, ``/dev/full``, permissions). For 3 the lines scored before that
+point are written.
+
+The output never clobbers the input: ``-o`` naming the input file itself (also through a symlink or a
+hard link) is refused, and a regular output file is written to a temporary file next to it and
+renamed into place at the end (a run aborted by a write error leaves any previous output untouched).
 A summary (counts by status, malformed lines, throughput) goes to stderr.
 
 Memory stays bounded: lines are read, scored and written in chunks of ``--batch-size`` with at most
@@ -88,12 +98,30 @@ def _scalar(name: str, value: Any, line: int) -> str:
     raise LineError(f"line {line}: field {name!r} must be a string or number, got {type(value).__name__}")
 
 
-def parse_line(line: int, text: str) -> Parsed:
+_CONSTANTS = {"NaN": "nan", "Infinity": "\\infty", "-Infinity": "-\\infty"}
+
+
+def parse_line(line: int, text: str | bytes) -> Parsed:
     """One JSONL line -> the record and its Item, or an error naming the line."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return Parsed(line, error=f"line {line}: invalid UTF-8 at byte {e.start}")
     try:
-        record = json.loads(text)
+        record = json.loads(text, parse_constant=_CONSTANTS.__getitem__)
     except json.JSONDecodeError as e:
         return Parsed(line, error=f"line {line}: invalid JSON: {e.msg} (column {e.colno})")
+    except RecursionError:
+        return Parsed(line, error=f"line {line}: invalid JSON: nested too deep")
+    except ValueError as e:  # e.g. an integer of more than 4,300 digits
+        return Parsed(line, error=f"line {line}: invalid JSON: {str(e)[:120]}")
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return Parsed(line, error=f"line {line}: lone surrogate in a string (not valid Unicode)")
+    except (RecursionError, ValueError) as e:
+        return Parsed(line, error=f"line {line}: unsupported JSON value: {type(e).__name__}")
     try:
         if not isinstance(record, dict):
             raise LineError(f"line {line}: expected a JSON object, got {type(record).__name__}")
@@ -141,9 +169,9 @@ def result_record(record: dict[str, Any], v: Verdict) -> dict[str, Any]:
     return out
 
 
-def read_chunks(lines: Iterable[str], size: int) -> Iterator[list[tuple[int, str]]]:
+def read_chunks(lines: Iterable[str | bytes], size: int) -> Iterator[list[tuple[int, str | bytes]]]:
     """(line number, text) in chunks of ``size`` non-blank lines; line numbers start at 1."""
-    chunk: list[tuple[int, str]] = []
+    chunk: list[tuple[int, str | bytes]] = []
     for n, text in enumerate(lines, start=1):
         if not text.strip():
             continue
@@ -156,7 +184,7 @@ def read_chunks(lines: Iterable[str], size: int) -> Iterator[list[tuple[int, str
 
 
 async def score_lines(
-    lines: Iterable[str],
+    lines: Iterable[str | bytes],
     out: IO[str],
     scorer: Scorer,
     *,
@@ -186,7 +214,7 @@ async def score_lines(
                     raise RuntimeError(f"verifier answered id {v.id!r} for line {p.line}")
                 summary.counts[v.status.label] += 1
                 rec = result_record(p.record, v)
-            out.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            out.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
         summary.lines += len(parsed)
         if progress is not None:
             progress.update(len(parsed))
@@ -221,27 +249,26 @@ def _count_lines(path: str) -> int | None:
 
 def run(args) -> int:
     """Entry point of ``winnow score`` (args from :func:`winnow.verifier.main.register`)."""
-    from winnow.verifier.config import VerifierConfig
-
     from winnow.config import load_config, parse_overrides
+    from winnow.verifier.config import VerifierConfig
 
     if args.batch_size < 1:
         print("winnow score: --batch-size must be >= 1", file=sys.stderr)
         return 2
-    if args.output and args.input != "-" and os.path.abspath(args.output) == os.path.abspath(args.input):
-        print("winnow score: -o must differ from the input file", file=sys.stderr)
+    if args.output and args.output != "-" and args.input != "-" and _same_file(args.input, args.output):
+        print(f"winnow score: -o {args.output} is the input file itself (same file, link or symlink)", file=sys.stderr)
         return 2
     overrides = parse_overrides(getattr(args, "set", None))
     if args.workers is not None:
         overrides["workers"] = args.workers
     cfg = load_config(VerifierConfig, args.config, overrides)
     try:
-        src = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115
+        src = sys.stdin.buffer if args.input == "-" else open(args.input, "rb")  # noqa: SIM115
     except OSError as e:
         print(f"winnow score: cannot read {args.input}: {e.strerror}", file=sys.stderr)
         return 2
     try:
-        dst = sys.stdout if not args.output or args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
+        sink = _Sink(args.output)
     except OSError as e:
         print(f"winnow score: cannot write {args.output}: {e.strerror}", file=sys.stderr)
         return 2
@@ -252,20 +279,86 @@ def run(args) -> int:
 
         total = _count_lines(args.input) if args.input != "-" else None
         bar = tqdm(total=total, unit="line", file=sys.stderr, dynamic_ncols=True, desc="score")
+    ok = False
     try:
-        summary = asyncio.run(_run_async(args, cfg, src, dst, bar))
+        summary = asyncio.run(_run_async(args, cfg, src, sink.file, bar))
+        sink.finish()
+        ok = True
     except _Unavailable as e:
         print(f"winnow score: {e}", file=sys.stderr)
+        try:
+            sink.finish()  # keep the lines scored before the verifier failed
+            ok = True
+        except OSError:
+            pass
         return 3
+    except OSError as e:
+        print(f"winnow score: aborted: cannot write {args.output or 'stdout'}: {e.strerror or e}", file=sys.stderr)
+        return 4
     finally:
         if bar is not None:
             bar.close()
-        if src is not sys.stdin:
+        if src is not sys.stdin.buffer:
             src.close()
-        if dst is not sys.stdout:
-            dst.close()
+        if not ok:
+            sink.abort()
     print(summary.format(), file=sys.stderr)
     return 1 if summary.failed else 0
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name one file (by device and inode: symlinks and hard links included)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+class _Sink:
+    """The output: stdout, a device/FIFO written in place, or a regular file written to a temporary
+    file in the same directory and renamed over the target by ``finish``."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.tmp: str | None = None
+        if not path or path == "-":
+            self.file = sys.stdout
+            return
+        if os.path.exists(path) and not os.path.isfile(path):  # /dev/full, /dev/null, a FIFO
+            self.file = open(path, "w", encoding="utf-8")  # noqa: SIM115
+            return
+        import tempfile
+
+        self.path = path = os.path.realpath(path)  # through a symlink: replace its target, keep the link
+        fd, self.tmp = tempfile.mkstemp(prefix=".winnow-score-", suffix=".tmp", dir=os.path.dirname(path))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o666 & ~umask)
+        self.file = os.fdopen(fd, "w", encoding="utf-8")
+
+    def finish(self) -> None:
+        if self.file is sys.stdout:
+            self.file.flush()
+            return
+        self.file.flush()
+        if self.tmp is not None:
+            os.fsync(self.file.fileno())
+        self.file.close()
+        if self.tmp is not None:
+            os.replace(self.tmp, self.path)  # type: ignore[arg-type]
+            self.tmp = None
+
+    def abort(self) -> None:
+        if self.file is not sys.stdout:
+            try:
+                self.file.close()
+            except OSError:
+                pass
+        if self.tmp is not None:
+            try:
+                os.unlink(self.tmp)
+            except OSError:
+                pass
 
 
 class _Unavailable(RuntimeError):
@@ -300,6 +393,7 @@ async def _run_async(args, cfg, src, dst, bar) -> Summary:
         memory_mb=cfg.memory_mb,
         max_tasks_per_worker=cfg.max_tasks_per_worker,
         cache_size=cfg.cache_size,
+        default_options=cfg.default_options,
     )
     try:
 

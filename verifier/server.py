@@ -32,16 +32,25 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
+
+from winnow.v1 import verifier_pb2, verifier_pb2_grpc
 from winnow.verifier.config import VerifierConfig
 from winnow.verifier.service_metrics import VerifierMetrics
 from winnow.verifier.types import Item, Verdict
 from winnow.verifier.wire import item_from_proto, verdict_to_proto
 
-from winnow.v1 import verifier_pb2, verifier_pb2_grpc
-
 log = logging.getLogger("winnow.verifier.server")
 
 SERVICE_NAME = verifier_pb2.DESCRIPTOR.services_by_name["Verifier"].full_name  # "winnow.v1.Verifier"
+SERVICE_METHODS = frozenset(m.name for m in verifier_pb2.DESCRIPTOR.services_by_name["Verifier"].methods)
+
+
+def method_label(method: str) -> str:
+    """The ``method`` metric label: one of the service's own RPC names, else ``other`` (a caller cannot
+    create new series by calling made-up method names)."""
+    prefix = f"/{SERVICE_NAME}/"
+    name = method[len(prefix) :] if method.startswith(prefix) else ""
+    return name if name in SERVICE_METHODS else "other"
 # Open without a token: health (Kubernetes probes cannot send headers) and reflection (the schema is
 # public: it is protos/winnow/v1/verifier.proto). Both reveal nothing about the data.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
@@ -168,9 +177,7 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         if method.startswith(OPEN_PREFIXES) or self._authorized(handler_call_details.invocation_metadata):
             return await continuation(handler_call_details)
         handler = await continuation(handler_call_details)
-        rpc = method.rsplit("/", 1)[-1]
-        if method.startswith(f"/{SERVICE_NAME}/"):
-            self._metrics.requests.labels(rpc, grpc.StatusCode.UNAUTHENTICATED.name).inc()
+        self._metrics.requests.labels(method_label(method), grpc.StatusCode.UNAUTHENTICATED.name).inc()
         return _deny(handler)
 
     def _authorized(self, metadata) -> bool:
@@ -259,6 +266,9 @@ def create_server(
         ("grpc.max_send_message_length", cfg.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    if cfg.max_connection_age_s > 0:  # clients reconnect and re-resolve DNS: pods the HPA adds get traffic
+        options += [("grpc.max_connection_age_ms", int(cfg.max_connection_age_s * 1000)),
+                    ("grpc.max_connection_age_grace_ms", int(max(cfg.batch_deadline_s, 30.0) * 1000))]
     executor = ThreadPoolExecutor(max_workers=max(4, 2 * cfg.engine_workers), thread_name_prefix="verify")
     server = grpc.aio.server(
         interceptors=[TokenAuthInterceptor(token, metrics)] if token else None,
@@ -295,6 +305,8 @@ def build_engine(cfg: VerifierConfig, metrics: VerifierMetrics):
         memory_mb=cfg.memory_mb,
         max_tasks_per_worker=cfg.max_tasks_per_worker,
         cache_size=cfg.cache_size,
+        default_options=cfg.default_options,
+        idle_warmup=True,  # a long-running service: warm the grammar and sympy caches while idle
         on_worker_restart=metrics.worker_restart,
         on_cache=metrics.cache,
     )

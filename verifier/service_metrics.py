@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
 from winnow.verifier.types import Status, Verdict
 
 RPCS = ("Verify", "VerifyBatch")

@@ -36,8 +36,16 @@ from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
 import sympy
 from latex2sympy2_extended import NormalizationConfig, normalize_latex
 from latex2sympy2_extended.latex2sympy2 import ConversionConfig, _Latex2Sympy, comma_number_regex
-from winnow.verifier.canonical import Struct, parse_structure, split_assignment
-from winnow.verifier.fastpath import compare_struct, fast_scalar_eq, is_inequality, is_relation, parse_number
+
+from winnow.verifier.canonical import Struct, parse_structure
+from winnow.verifier.fastpath import (
+    HIGH_PRECISION,
+    compare_struct,
+    fast_scalar_eq,
+    is_inequality,
+    parse_number,
+    resolve_pair,
+)
 from winnow.verifier.guard import VerifyError, check_tree
 
 _NORM = NormalizationConfig(basic_latex=True, units=False, malformed_operators=True, nits=False, boxed="none")
@@ -171,7 +179,7 @@ def _decimal_matches(exact, dec, d: int) -> bool:
     return x.quantize(q, rounding=ROUND_HALF_UP) == y or x.quantize(q, rounding=ROUND_DOWN) == y
 
 
-def _numeric_probe(g, p, g_text: str, p_text: str) -> bool | None:
+def _numeric_probe(g, p, g_text: str, p_text: str, *, rounded: bool = False) -> bool | None:
     exact = _exact_rational_diff(g, p)
     if exact is not None:
         return exact
@@ -189,8 +197,13 @@ def _numeric_probe(g, p, g_text: str, p_text: str) -> bool | None:
     gd, pd = _decimals_of(g_text), _decimals_of(p_text)
     if (gd is None) != (pd is None):
         d = gd if gd is not None else pd
-        if d >= 2:
-            return _decimal_matches(pv if gd is not None else gv, gv if gd is not None else pv, d)
+        exact, dec = (pv, gv) if gd is not None else (gv, pv)
+        if rounded and d >= 2:
+            return _decimal_matches(exact, dec, d)
+        if d >= HIGH_PRECISION:  # strict: a decimal stands for an exact value only to 6 places
+            return _decimal_matches(exact, dec, HIGH_PRECISION)
+        if not rounded:
+            return _close(gv, pv, _REL_TOL)
     return _close(gv, pv, _REL_TOL)
 
 
@@ -244,14 +257,14 @@ def _imaginary_unit(g, p):
     return g, p
 
 
-def expr_equal(g, p, g_text: str = "", p_text: str = "") -> tuple[bool, str]:
+def expr_equal(g, p, g_text: str = "", p_text: str = "", *, rounded: bool = False) -> tuple[bool, str]:
     """Compare two parsed sympy expressions. Returns (equal, path)."""
     if g == p:
         return True, "symbolic"
     if isinstance(g, sympy.Expr) and isinstance(p, sympy.Expr):
         g, p = _imaginary_unit(g, p)
         if not g.free_symbols and not p.free_symbols:
-            r = _numeric_probe(g, p, g_text, p_text)
+            r = _numeric_probe(g, p, g_text, p_text, rounded=rounded)
             if r is not None:
                 return r, "numeric_probe"
         else:
@@ -345,19 +358,20 @@ def relation_equal(g, p) -> tuple[bool, str]:
     return bool(g == p), "relation"
 
 
-def scalar_eq(g: str, p: str, *, percent_option: bool = False) -> tuple[bool, str]:
+def scalar_eq(g: str, p: str, *, percent_option: bool = False, rounded: bool = False) -> tuple[bool, str]:
     """Compare two canonical scalar strings: fast path first, then sympy."""
-    fast, path = fast_scalar_eq(g, p, percent_option=percent_option)
+    fast, path = fast_scalar_eq(g, p, percent_option=percent_option, rounded=rounded)
     if fast is not None:
         return fast, path
-    ga, pa = split_assignment(g), split_assignment(p)
-    if pa is not None and (ga is None or ga[0] == pa[0]):
-        p = pa[1]
-        g = ga[1] if ga is not None else g
-    elif ga is not None and pa is None and not is_relation(p):
-        g = ga[1]
+    g, p, verdict = resolve_pair(g, p)
+    if verdict is not None:
+        return verdict, "relation"
     gx = parse_latex(g, side="gold")
     px = parse_latex(p, side="pred")
+    if _undefined(gx):
+        raise VerifyError("error", "gold is undefined (division by zero or nan)")
+    if _undefined(px):
+        return False, "symbolic"  # undefined is never equal to anything
     g_rel = _is_relation(gx)
     p_rel = _is_relation(px)
     if g_rel or p_rel:
@@ -365,24 +379,54 @@ def scalar_eq(g: str, p: str, *, percent_option: bool = False) -> tuple[bool, st
             return relation_equal(gx, px)
         return False, "relation"
     if isinstance(gx, sympy.Expr | sympy.MatrixBase | sympy.Set) and isinstance(px, sympy.Expr | sympy.MatrixBase | sympy.Set):
-        return expr_equal(gx, px, g, p)
+        return expr_equal(gx, px, g, p, rounded=rounded)
     return bool(gx == px), "relation"  # logic (And/Or/...) compares structurally
 
 
-def compare_canonical(gold: str, pred: str, *, percent_option: bool = False) -> tuple[bool, str]:
+def _undefined(e) -> bool:
+    """nan / complex infinity, literal or after evaluation (``\\frac{1}{0}``, ``0/0``)."""
+    if not isinstance(e, sympy.Expr):
+        return False
+    if e.has(sympy.nan, sympy.zoo):
+        return True
+    if e.free_symbols or not e.is_number:
+        return False
+    try:
+        v = e.doit()
+    except Exception:
+        return False
+    return v is sympy.nan or v is sympy.zoo or (isinstance(v, sympy.Basic) and v.has(sympy.nan, sympy.zoo))
+
+
+def compare_canonical(gold: str, pred: str, *, percent_option: bool = False, rounded: bool = False) -> tuple[bool, str]:
     """Full comparison of canonical gold and prediction (structures, then scalars), fast then symbolic."""
     gs = parse_structure(gold)
     ps = parse_structure(pred)
 
     def elem_eq(a: str, b: str) -> tuple[bool | None, str]:
-        return scalar_eq(a, b, percent_option=percent_option)
+        return scalar_eq(a, b, percent_option=percent_option, rounded=rounded)
 
     result, path = compare_struct(gs, ps, elem_eq)
     if result is None and path == "relation":
         return _inequality_vs_set(gs, ps)
+    if result is None and path == "matrix":
+        return _matrix_expression(gs.text, ps.text)
     if result is None:
         raise VerifyError("error", f"undecided comparison ({gs.kind} vs {ps.kind})")
     return result, path or "symbolic"
+
+
+def _matrix_expression(gold: str, pred: str) -> tuple[bool, str]:
+    """A gold matrix against sums/products of literal matrices (evaluated elementwise)."""
+    gx = parse_latex(gold, side="gold")
+    px = parse_latex(pred, side="pred")
+    try:
+        gm = sympy.Matrix(gx.doit()) if not isinstance(gx, sympy.MatrixBase) else gx
+        pm = px.doit() if hasattr(px, "doit") else px
+        pm = sympy.Matrix(pm)
+    except Exception:
+        return False, "matrix"
+    return expr_equal(gm, pm)[0], "matrix"
 
 
 def _inequality_vs_set(gs: Struct, ps: Struct) -> tuple[bool, str]:

@@ -3,9 +3,8 @@ messages of ``winnow.v1.Verifier``. Shared by the gRPC server and :mod:`winnow.v
 
 from __future__ import annotations
 
-from winnow.verifier.types import Item, Status, Verdict
-
 from winnow.v1 import verifier_pb2
+from winnow.verifier.types import Item, Status, Verdict
 
 
 def item_to_proto(item: Item) -> verifier_pb2.VerifyRequest:

@@ -40,7 +40,7 @@ def run_experiment(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="run a benchmark (verifier, learner_step, pipeline)",
+    p = sub.add_parser("bench", help=f"run a benchmark ({', '.join(available()) or 'benchmarks/'})",
                        description=__doc__)
     p.add_argument("name", help=f"benchmark name: {', '.join(available()) or 'see benchmarks/'}")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the benchmark")

@@ -15,6 +15,7 @@ and then encoded without adding special tokens again. Tokenizers without a chat 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import Field
@@ -66,8 +67,16 @@ def _user_text(question: str, fmt: ChatFormat) -> str:
     return f"{question.rstrip()}\n\n{fmt.user_suffix}" if fmt.user_suffix else question
 
 
-def build_messages(problem: str, fmt: ChatFormat) -> list[dict[str, str]]:
-    """The chat: optional system turn, one user/assistant pair per demonstration, the problem."""
+Turns = Sequence[tuple[str, str]] | None
+"""A dataset's own chat prompt as ``(role, content)`` turns (winnow.datasets), or None."""
+
+
+def build_messages(problem: str, fmt: ChatFormat, turns: Turns = None) -> list[dict[str, str]]:
+    """The chat: optional system turn, one user/assistant pair per demonstration, the problem. A dataset's
+    own chat prompt (``turns``) is used as it is: the format's system prompt, suffix and demonstrations
+    apply to plain-text problems only."""
+    if turns:
+        return [{"role": r, "content": c} for r, c in turns]
     messages: list[dict[str, str]] = []
     if fmt.system_prompt:
         messages.append({"role": "system", "content": fmt.system_prompt})
@@ -89,9 +98,9 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def render_prompt(tokenizer: Any, problem: str, fmt: ChatFormat) -> str:
+def render_prompt(tokenizer: Any, problem: str, fmt: ChatFormat, turns: Turns = None) -> str:
     """The prompt text the model is conditioned on (template applied, generation prompt opened)."""
-    messages = build_messages(problem, fmt)
+    messages = build_messages(problem, fmt, turns)
     if fmt.use_chat_template and has_chat_template(tokenizer):
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         if not isinstance(text, str):  # some tokenizers return a list for batched input
@@ -100,10 +109,10 @@ def render_prompt(tokenizer: Any, problem: str, fmt: ChatFormat) -> str:
     return render_plain(messages)
 
 
-def prompt_token_ids(tokenizer: Any, problem: str, fmt: ChatFormat) -> list[int]:
+def prompt_token_ids(tokenizer: Any, problem: str, fmt: ChatFormat, turns: Turns = None) -> list[int]:
     """Prompt token ids for ``problem``: the rendered prompt encoded without extra special tokens
     (unless ``fmt.add_special_tokens``)."""
-    text = render_prompt(tokenizer, problem, fmt)
+    text = render_prompt(tokenizer, problem, fmt, turns)
     ids = tokenizer(text, add_special_tokens=fmt.add_special_tokens)["input_ids"]
     return [int(t) for t in ids]
 
@@ -115,8 +124,8 @@ class PromptFormatter:
         self.tokenizer = tokenizer
         self.fmt = fmt or ChatFormat()
 
-    def text(self, problem: str) -> str:
-        return render_prompt(self.tokenizer, problem, self.fmt)
+    def text(self, problem: str, turns: Turns = None) -> str:
+        return render_prompt(self.tokenizer, problem, self.fmt, turns)
 
-    def __call__(self, problem: str) -> list[int]:
-        return prompt_token_ids(self.tokenizer, problem, self.fmt)
+    def __call__(self, problem: str, turns: Turns = None) -> list[int]:
+        return prompt_token_ids(self.tokenizer, problem, self.fmt, turns)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from winnow.config import ConfigError
@@ -20,11 +21,128 @@ COMMAND_MODULES = [
     "winnow.generator.main",  # winnow generator run
     "winnow.up",  # winnow up
     "winnow.bench",  # winnow bench ...
+    "winnow.commands",  # winnow samples, plot, export, config
 ]
+
+# section -> its config class, imported only to print --help (pydantic only: no torch)
+CONFIG_CLASSES = {
+    "learner": "winnow.learner.config:LearnerConfig",
+    "generator": "winnow.generator.config:GeneratorConfig",
+    "verifier": "winnow.verifier.config:VerifierConfig",
+    "up": "winnow.up:UpConfig",
+}
+
+
+class WinnowParser(argparse.ArgumentParser):
+    """An ArgumentParser whose ``--help`` ends with the config fields of its service (see
+    :func:`document_config`), listed from the pydantic model only when help is asked for."""
+
+    winnow_config: str = ""
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        if self.winnow_config:
+            text += "\n" + config_fields_help(self.winnow_config)
+        return text
+
+
+def document_config(parser: argparse.ArgumentParser, section: str) -> None:
+    """Make ``parser``'s ``--help`` list every field of ``section``'s config (name, type, default, doc)."""
+    parser.winnow_config = section
+    if parser.formatter_class is argparse.HelpFormatter:
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def _config_class(section: str):
+    module, _, name = CONFIG_CLASSES[section].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def config_fields_help(section: str) -> str:
+    from winnow.config import env_prefix
+
+    cls = _config_class(section)
+    lines = [
+        f"config fields ({section}): set with --set {'up.' if section == 'up' else ''}KEY=VALUE, "
+        f"env {env_prefix(section)}KEY "
+        f"(nested: A__B), or in the --config file",
+    ]
+    for name, type_s, default, doc in field_rows(cls):
+        lines.append(f"  {name}: {type_s} = {default}")
+        for doc_line in doc.splitlines():
+            lines.append(f"      {doc_line.strip()}")
+    return "\n".join(lines) + "\n"
+
+
+def _type_name(annotation) -> str:
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in typing.get_args(annotation))
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return " | ".join(_type_name(a) for a in typing.get_args(annotation))
+    if origin is not None:
+        args = ", ".join(_type_name(a) for a in typing.get_args(annotation))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", str(annotation).replace("typing.", ""))
+
+
+def field_rows(cls, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """``(dotted name, type, default as JSON, docstring)`` for every field of a pydantic model, nested
+    models flattened (``checkpoint.dir``)."""
+    import json
+
+    from pydantic import BaseModel
+    from pydantic_core import PydanticUndefined
+
+    rows = []
+    for name, field in cls.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            if field.description:
+                rows.append((f"{prefix}{name}", ann.__name__, "{...}", field.description))
+            rows.extend(field_rows(ann, f"{prefix}{name}."))
+            continue
+        if field.default is not PydanticUndefined:
+            default = field.default
+        elif field.default_factory is not None:
+            default = field.default_factory()
+        else:
+            rows.append((f"{prefix}{name}", _type_name(ann), "(required)", field.description or ""))
+            continue
+        try:
+            default_s = json.dumps(default.get_secret_value() if hasattr(default, "get_secret_value") else default,
+                                   default=str)
+        except (TypeError, ValueError):
+            default_s = str(default)
+        rows.append((f"{prefix}{name}", _type_name(ann), default_s, field.description or ""))
+    return rows
+
+
+def print_config_fields(section: str) -> None:
+    """``winnow config SECTION``: the --help field list, plus the learner's algo and optim blocks (held
+    as dicts in the config because their classes import torch)."""
+    print(config_fields_help(section), end="")
+    if section == "learner":
+        from winnow.learner.algo import AlgoConfig
+        from winnow.learner.step import OptimConfig
+
+        for block, cls in (("algo", AlgoConfig), ("optim", OptimConfig)):
+            print(f"\n{block} fields (--set {block}.KEY=VALUE):")
+            for name, type_s, default, doc in field_rows(cls, f"{block}."):
+                print(f"  {name}: {type_s} = {default}")
+                for line in doc.splitlines():
+                    print(f"      {line.strip()}")
 
 
 def add_config_args(parser: argparse.ArgumentParser, section: str, example: str) -> None:
-    """The config flags every service's ``run`` command takes: ``--config``, ``--set``, ``--print-config``."""
+    """The config flags every service's ``run`` command takes: ``--config``, ``--set``, ``--print-config``;
+    its ``--help`` lists the config fields."""
+    if section in CONFIG_CLASSES:
+        document_config(parser, section)
     parser.add_argument(
         "--config", "-c", default=None, help=f"YAML/JSON config file (a {section}: section or flat)"
     )
@@ -52,7 +170,10 @@ def load_service_config(cls, args: argparse.Namespace):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="winnow", description=__import__("winnow").__doc__.splitlines()[0])
+    import winnow
+
+    parser = WinnowParser(prog="winnow", description=winnow.__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"winnow {winnow.__version__}")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod in COMMAND_MODULES:
@@ -67,6 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # the reader went away (``winnow ... | head``): not an error of ours. Point stdout at devnull so
+        # that the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -77,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()
+        return code
     except ConfigError as e:
         print(f"winnow: {e}", file=sys.stderr)
         return 2

@@ -10,24 +10,32 @@ variants. A config is resolved, lowest priority first, from:
    file can hold the whole pipeline; the shared top-level ``kafka`` and ``numerics`` sections are
    merged under it,
 3. environment variables ``WINNOW_<SECTION>_<FIELD>``, nested fields joined with ``__``
-   (``WINNOW_LEARNER_ALGO__PRESET=grpo``), and for Kafka the standard ``KAFKA_BOOTSTRAP_SERVERS``,
+   (``WINNOW_LEARNER_ALGO__PRESET=grpo``; a nested block as JSON, ``WINNOW_LEARNER_ALGO='{...}'``),
+   and for Kafka the standard ``KAFKA_*`` variables of :data:`KAFKA_ENV` (bootstrap servers,
+   security protocol, SASL credentials, TLS files),
 4. explicit overrides (command-line flags, ``--set a.b=value``).
 
 It is validated once at start-up. A bad value raises :class:`ConfigError` whose message names
-the field, the bad value and the rule, never a traceback from deep inside.
+the field, the bad value and the rule, never a traceback from deep inside. So do a
+``WINNOW_<SECTION>_*`` variable that names no field (a typo would otherwise be ignored; the
+message names the nearest field), a nested variable that is not JSON, and a config file that is
+not UTF-8 text.
 """
 
 from __future__ import annotations
 
 import contextvars
+import difflib
 import json
 import os
+import types
+import typing
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 
 class ConfigError(ValueError):
@@ -91,15 +99,82 @@ class KafkaConfig(Model):
     """Client request timeout."""
     max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     """Largest message the producer may send (a scored group with n long samples can be large)."""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How clients talk to the brokers: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (SASL over TLS,
+    what MSK, Confluent Cloud and Strimzi's TLS+SCRAM listeners use). Applies to every producer,
+    consumer and admin client. Env: KAFKA_SECURITY_PROTOCOL."""
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    """SASL mechanism (required with SASL_*). OAUTHBEARER reads its token from ``sasl_oauth_token_file``.
+    Env: KAFKA_SASL_MECHANISM."""
+    sasl_username: str | None = None
+    """SASL user (PLAIN, SCRAM). Env: KAFKA_SASL_USERNAME."""
+    sasl_password: SecretStr | None = None
+    """SASL password (PLAIN, SCRAM); never printed. Set it from a Secret through env KAFKA_SASL_PASSWORD."""
+    sasl_oauth_token_file: Path | None = None
+    """OAUTHBEARER: a file holding the access token, re-read at every (re)connection, so a sidecar or
+    a projected service-account token can refresh it."""
+    ssl_cafile: Path | None = None
+    """PEM file of the CA(s) that signed the brokers' certificates; None = the system's CAs."""
+    ssl_certfile: Path | None = None
+    """PEM client certificate (mutual TLS, e.g. Strimzi's tls authentication); needs ``ssl_keyfile``."""
+    ssl_keyfile: Path | None = None
+    """PEM private key of ``ssl_certfile``."""
+    ssl_key_password: SecretStr | None = None
+    """Password of an encrypted ``ssl_keyfile``. Env: KAFKA_SSL_KEY_PASSWORD."""
+
+    @model_validator(mode="after")
+    def _security_consistent(self) -> KafkaConfig:
+        sasl = self.security_protocol.startswith("SASL_")
+        if sasl and self.sasl_mechanism is None:
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_mechanism "
+                             "(PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER)")
+        if not sasl and self.sasl_mechanism is not None:
+            raise ValueError(f"sasl_mechanism {self.sasl_mechanism} needs security_protocol SASL_SSL or SASL_PLAINTEXT")
+        if sasl and self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            if not self.sasl_username or self.sasl_password is None:
+                raise ValueError(f"sasl_mechanism {self.sasl_mechanism} needs sasl_username and sasl_password "
+                                 "(env KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD)")
+        if sasl and self.sasl_mechanism == "OAUTHBEARER" and self.sasl_oauth_token_file is None:
+            raise ValueError("sasl_mechanism OAUTHBEARER needs sasl_oauth_token_file")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile must be set together")
+        tls_files = [f for f in (self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile) if f is not None]
+        if tls_files and self.security_protocol not in ("SSL", "SASL_SSL"):
+            raise ValueError(f"ssl_* files are set but security_protocol is {self.security_protocol}: "
+                             "use SSL or SASL_SSL")
+        return self
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}.{name}"
 
 
+#: Standard environment variables read into every KafkaConfig (the chart sets them from Secrets).
+KAFKA_ENV = {
+    "KAFKA_BOOTSTRAP_SERVERS": "bootstrap_servers",
+    "KAFKA_SECURITY_PROTOCOL": "security_protocol",
+    "KAFKA_SASL_MECHANISM": "sasl_mechanism",
+    "KAFKA_SASL_USERNAME": "sasl_username",
+    "KAFKA_SASL_PASSWORD": "sasl_password",
+    "KAFKA_SSL_KEY_PASSWORD": "ssl_key_password",
+    "KAFKA_SSL_CAFILE": "ssl_cafile",
+    "KAFKA_SSL_CERTFILE": "ssl_certfile",
+    "KAFKA_SSL_KEYFILE": "ssl_keyfile",
+    "KAFKA_SASL_OAUTH_TOKEN_FILE": "sasl_oauth_token_file",
+}
+
+
 def kafka_from_env(cfg: KafkaConfig) -> KafkaConfig:
-    """Apply the standard ``KAFKA_BOOTSTRAP_SERVERS`` variable, if set."""
-    env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    return cfg.model_copy(update={"bootstrap_servers": env}) if env else cfg
+    """Apply the standard ``KAFKA_*`` variables of :data:`KAFKA_ENV` that are set (non-empty), and
+    validate the result; a bad combination is a :class:`ConfigError` naming the field."""
+    updates = {field: os.environ[var] for var, field in KAFKA_ENV.items() if os.environ.get(var)}
+    if not updates:
+        return cfg
+    data = {k: getattr(cfg, k) for k in type(cfg).model_fields}
+    data.update(updates)
+    try:
+        return type(cfg).model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error("kafka (with KAFKA_* environment variables)", e)) from None
 
 
 S = TypeVar("S", bound=Settings)
@@ -113,7 +188,19 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
-    text = p.read_text()
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"config file {p} cannot be read: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"config file {p} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}): "
+            "expected a YAML or JSON file"
+        ) from None
+    if "\x00" in text:
+        raise ConfigError(f"config file {p} holds NUL bytes (offset {text.index(chr(0))}): expected a YAML or JSON file")
     try:
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as e:
@@ -174,11 +261,20 @@ def load_config(
     if cls.section and isinstance(file_data.get(cls.section), dict):
         shared = {k: v for k, v in file_data.items() if k in SHARED_SECTIONS and k in cls.model_fields}
         file_data = deep_merge(shared, file_data[cls.section])
+    if cls.section:
+        check_env(cls, os.environ)
     token = _FILE_DATA.set(file_data)
     try:
         cfg = cls(**(overrides or {}))
     except ValidationError as e:
         raise ConfigError(format_validation_error(cls.section or cls.__name__, e)) from None
+    except SettingsError as e:  # a nested field's env value that is not JSON
+        cause = f": {e.__cause__}" if e.__cause__ else ""
+        raise ConfigError(
+            f"{e}{cause}. A nested field's environment variable must hold JSON (e.g. "
+            f"{env_prefix(cls.section)}KAFKA='{{\"topic_prefix\": \"run7\"}}'), or set one field with "
+            f"{env_prefix(cls.section)}KAFKA__TOPIC_PREFIX=run7"
+        ) from None
     finally:
         _FILE_DATA.reset(token)
     if "kafka" in cls.model_fields:
@@ -193,3 +289,65 @@ def env_prefix(section: str) -> str:
 def settings_config(section: str) -> SettingsConfigDict:
     """``model_config`` for a service config class: ``model_config = settings_config("learner")``."""
     return SettingsConfigDict(**{**Settings.model_config, "env_prefix": env_prefix(section)})
+
+
+def _model_classes(annotation: Any) -> list[type[BaseModel]] | None:
+    """The pydantic models a field holds (a union's members), [] for a leaf, None for free-form
+    (a dict / Any: any nested key is accepted)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _model_classes(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        found: list[type[BaseModel]] = []
+        for arg in typing.get_args(annotation):
+            sub = _model_classes(arg)
+            if sub is None:
+                return None
+            found += sub
+        return found
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    if annotation is Any or origin in (dict, typing.Mapping) or annotation is dict:
+        return None
+    return []
+
+
+def _field_names(models: list[type[BaseModel]]) -> dict[str, Any]:
+    names: dict[str, Any] = {}
+    for m in models:
+        for name, info in m.model_fields.items():
+            names.setdefault(name, info.annotation)
+    return names
+
+
+def check_env(cls: type[Settings], environ: typing.Mapping[str, str]) -> None:
+    """Reject ``WINNOW_<SECTION>_*`` variables that name no field of ``cls`` (a typo would be
+    silently ignored), naming the nearest field. Nested fields are checked level by level."""
+    prefix = env_prefix(cls.section)
+    problems = []
+    for var in sorted(environ):
+        if not var.upper().startswith(prefix) or environ[var] == "":
+            continue
+        models: list[type[BaseModel]] = [cls]
+        path: list[str] = []
+        for part in var[len(prefix):].lower().split("__"):
+            fields = _field_names(models)
+            if part not in fields:
+                near = difflib.get_close_matches(part, list(fields), n=1, cutoff=0.6)
+                where = ".".join([cls.section, *path])
+                hint = ""
+                if near:
+                    suggestion = prefix + "__".join([*path, near[0]]).upper()
+                    hint = f" (did you mean {'.'.join([*path, near[0]])}, i.e. {suggestion}?)"
+                problems.append(f"  - {var}: {where} has no field {part!r}{hint}")
+                break
+            path.append(part)
+            sub = _model_classes(fields[part])
+            if not sub:  # a leaf (the rest would be a parse error) or free-form (anything goes)
+                break
+            models = sub
+    if problems:
+        raise ConfigError(
+            f"unknown {cls.section} environment variable{'s' if len(problems) > 1 else ''} "
+            f"(every {prefix}* variable must name a config field):\n" + "\n".join(problems)
+        )

@@ -13,9 +13,9 @@ topic                 producer    consumer    message             key
 Delivery is at-least-once: consumers commit offsets by hand (:func:`commit_offsets`, with
 :class:`OffsetTracker` telling which offsets are safe) only after the work they did with a
 message is durable, so a crash re-delivers, never loses. Exactly-once *into training* comes from
-idempotency: every message carries a ``request_id`` and consumers drop repeats with
-:class:`Deduper`. A payload that does not decode is logged, counted and skipped
-(:func:`decode_record`), never allowed to crash a consumer loop.
+idempotency: every message carries a ``request_id`` and the learner drops repeats with its
+request book's window of done ids (``learner/book.py``). A payload that does not decode is logged,
+counted and skipped (:func:`decode_record`), never allowed to crash a consumer loop.
 
 Everything here works on Apache Kafka and on the two local brokers of :mod:`winnow.brokers`;
 where a broker deviates (Tansu's ListOffsets "latest", idempotent producer) the functions avoid
@@ -28,15 +28,17 @@ import asyncio
 import inspect
 import logging
 import re
+import ssl
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.abc import AbstractTokenProvider, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.helpers import create_ssl_context
 from google.protobuf import message as pb_message
 
 from winnow.config import KafkaConfig
@@ -102,11 +104,7 @@ async def ensure_topics(
     """
     if partitions < 1:
         raise ValueError(f"partitions must be >= 1, got {partitions}")
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=cfg.bootstrap_servers,
-        request_timeout_ms=cfg.request_timeout_ms,
-        client_id="winnow-admin",
-    )
+    admin = make_admin(cfg)
     await admin.start()
     try:
         if replication_factor is None:
@@ -297,6 +295,59 @@ def decode_record(cls: type[M], record: ConsumerRecord, on_corrupt: OnCorrupt | 
         return None
 
 
+# ------------------------------------------------------------------------------------- security
+
+
+class FileTokenProvider(AbstractTokenProvider):
+    """OAUTHBEARER token read from a file at every (re)connection (a sidecar or a projected
+    service-account token keeps it fresh)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    async def token(self) -> str:
+        text = await asyncio.to_thread(self.path.read_text)
+        token = text.strip()
+        if not token:
+            raise KafkaSetupError(f"OAUTHBEARER token file {self.path} is empty")
+        return token
+
+
+def ssl_context(cfg: KafkaConfig) -> ssl.SSLContext:
+    """The TLS context of every client: verifies the broker's certificate (``ssl_cafile`` or the
+    system CAs) and host name; presents ``ssl_certfile``/``ssl_keyfile`` for mutual TLS.
+    A missing or unreadable file is a :class:`KafkaSetupError` naming the field."""
+    for field in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        path = getattr(cfg, field)
+        if path is not None and not Path(path).is_file():
+            raise KafkaSetupError(f"kafka.{field}: {path} is not a readable file")
+    password = cfg.ssl_key_password.get_secret_value() if cfg.ssl_key_password is not None else None
+    try:
+        return create_ssl_context(cafile=cfg.ssl_cafile, certfile=cfg.ssl_certfile, keyfile=cfg.ssl_keyfile,
+                                  password=password)
+    except (ssl.SSLError, OSError) as e:
+        raise KafkaSetupError(
+            f"kafka TLS files (ssl_cafile={cfg.ssl_cafile}, ssl_certfile={cfg.ssl_certfile}, "
+            f"ssl_keyfile={cfg.ssl_keyfile}) do not load: {e}"
+        ) from None
+
+
+def security_kwargs(cfg: KafkaConfig) -> dict[str, Any]:
+    """The aiokafka arguments for ``cfg``'s security settings, shared by every producer, consumer and
+    admin client (see docs/kafka.md "Security")."""
+    kwargs: dict[str, Any] = {"security_protocol": cfg.security_protocol}
+    if cfg.security_protocol in ("SSL", "SASL_SSL"):
+        kwargs["ssl_context"] = ssl_context(cfg)
+    if cfg.security_protocol.startswith("SASL_"):
+        kwargs["sasl_mechanism"] = cfg.sasl_mechanism
+        if cfg.sasl_mechanism == "OAUTHBEARER":
+            kwargs["sasl_oauth_token_provider"] = FileTokenProvider(cfg.sasl_oauth_token_file)
+        else:
+            kwargs["sasl_plain_username"] = cfg.sasl_username
+            kwargs["sasl_plain_password"] = cfg.sasl_password.get_secret_value() if cfg.sasl_password else None
+    return kwargs
+
+
 # -------------------------------------------------------------------------------------- clients
 
 
@@ -313,9 +364,16 @@ def make_producer(cfg: KafkaConfig, *, client_id: str = "winnow", **overrides: A
         max_request_size=cfg.max_message_bytes,
         request_timeout_ms=cfg.request_timeout_ms,
         linger_ms=5,
+        **security_kwargs(cfg),
     )
     kwargs.update(overrides)
     return AIOKafkaProducer(**kwargs)
+
+
+def make_admin(cfg: KafkaConfig, *, client_id: str = "winnow-admin") -> AIOKafkaAdminClient:
+    """An AIOKafkaAdminClient (not started) with ``cfg``'s security settings."""
+    return AIOKafkaAdminClient(bootstrap_servers=cfg.bootstrap_servers, request_timeout_ms=cfg.request_timeout_ms,
+                               client_id=client_id, **security_kwargs(cfg))
 
 
 Callback = Callable[[set[TopicPartition]], Awaitable[None] | None]
@@ -384,6 +442,7 @@ def make_consumer(
         max_partition_fetch_bytes=max(1024 * 1024, cfg.max_message_bytes),
         fetch_max_bytes=max(50 * 1024 * 1024, cfg.max_message_bytes),
         isolation_level=isolation_level,
+        **security_kwargs(cfg),
     )
     if max_poll_records is not None:
         kwargs["max_poll_records"] = max_poll_records
@@ -399,14 +458,15 @@ def make_consumer(
     return consumer
 
 
-async def commit_offsets(consumer: AIOKafkaConsumer, offsets: Mapping[TopicPartition, int]) -> None:
-    """Commit ``{partition: next offset to read}`` (i.e. last processed offset + 1).
+async def commit_offsets(consumer: AIOKafkaConsumer, offsets: Mapping[tuple[str, int], int]) -> None:
+    """Commit ``{partition: next offset to read}`` (i.e. last processed offset + 1); partitions as
+    ``TopicPartition`` or plain ``(topic, partition)`` tuples.
 
     Call only after the work done with the messages below those offsets is durable (a
     checkpoint written, a group published). An empty mapping is a no-op.
     """
     if offsets:
-        await consumer.commit({tp: int(off) for tp, off in offsets.items()})
+        await consumer.commit({TopicPartition(*tp): int(off) for tp, off in offsets.items()})
 
 
 class OffsetTracker:
@@ -462,48 +522,6 @@ class OffsetTracker:
             self._pending.pop(tp, None)
             self._next.pop(tp, None)
             self._committed.pop(tp, None)
-
-
-class Deduper:
-    """A bounded set of seen ids (least recently seen evicted first).
-
-    Turns at-least-once delivery into exactly-once processing for any repeat that arrives
-    within the last ``capacity`` distinct ids. Its contents go into checkpoints
-    (:meth:`ids` / :meth:`from_ids`) so a restarted consumer still recognises repeats.
-    """
-
-    def __init__(self, capacity: int = 100_000) -> None:
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
-        self.capacity = capacity
-        self._seen: OrderedDict[str, None] = OrderedDict()
-
-    def add(self, key: str) -> bool:
-        """Record ``key``; True if it was new, False if it is a repeat."""
-        if key in self._seen:
-            self._seen.move_to_end(key)
-            return False
-        self._seen[key] = None
-        if len(self._seen) > self.capacity:
-            self._seen.popitem(last=False)
-        return True
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._seen
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-    def ids(self) -> list[str]:
-        """Seen ids, oldest first (for checkpoints)."""
-        return list(self._seen)
-
-    @classmethod
-    def from_ids(cls, ids: Iterable[str], capacity: int = 100_000) -> Deduper:
-        d = cls(capacity)
-        for key in ids:
-            d.add(key)
-        return d
 
 
 # ------------------------------------------------------------------------------ weights, lag
@@ -571,6 +589,24 @@ async def latest_weight_announcement(
                 return latest
     finally:
         await consumer.stop()
+
+
+async def assign_all_partitions(consumer: AIOKafkaConsumer, topic: str, offsets: Mapping[int, int],
+                                timeout_s: float = 30.0) -> None:
+    """Assign every partition of ``topic`` to ``consumer`` (no consumer group membership: a singleton
+    reader, such as the learner) and seek the partitions in ``offsets`` (partition -> next offset)."""
+    deadline, parts = time.monotonic() + timeout_s, None
+    while not parts:
+        await consumer.topics()  # refreshes metadata
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topic {topic} has no partitions (metadata timeout)")
+            await asyncio.sleep(0.2)
+    consumer.assign([TopicPartition(topic, p) for p in sorted(parts)])
+    for p, off in offsets.items():
+        consumer.seek(TopicPartition(topic, p), off)
+        log.info("resuming %s[%d] at offset %d", topic, p, off)
 
 
 async def consumer_lag(consumer: AIOKafkaConsumer) -> int:

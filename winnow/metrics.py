@@ -3,15 +3,38 @@
 Each service builds its metrics on its own :class:`prometheus_client.CollectorRegistry` (passed
 into constructors, never a module global) and serves it with :func:`serve_metrics`.
 ``/health`` answers 200 ``ok`` while the ``health`` callback returns True, else 503.
+Serving a registry also registers on it, once, the standard process collector (``process_*``:
+CPU seconds, resident memory, open fds, start time) and ``winnow_build_info`` (value 1, labels
+``version`` and ``python_version``), so every service exports them.
 """
 
 from __future__ import annotations
 
+import platform
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, ProcessCollector, generate_latest
+
+_STANDARD_REGISTERED = "_winnow_standard_collectors"
+
+
+def register_standard_collectors(registry: CollectorRegistry) -> None:
+    """Register the process collector and ``winnow_build_info`` on ``registry`` (idempotent)."""
+    if getattr(registry, _STANDARD_REGISTERED, False):
+        return
+    from winnow import __version__
+
+    ProcessCollector(registry=registry)
+    info = Gauge(
+        "winnow_build_info",
+        "Always 1; the labels say which winnow and Python this process runs.",
+        ["version", "python_version"],
+        registry=registry,
+    )
+    info.labels(version=__version__, python_version=platform.python_version()).set(1)
+    setattr(registry, _STANDARD_REGISTERED, True)
 
 
 class MetricsServer:
@@ -24,6 +47,7 @@ class MetricsServer:
         port: int = 0,
         health: Callable[[], bool] | None = None,
     ) -> None:
+        register_standard_collectors(registry)
         self.registry = registry
         self.health = health or (lambda: True)
         outer = self

@@ -98,7 +98,16 @@ def default_model_dir(cache_dir: str | Path | None = None) -> Path:
 
 def resolve_model(name_or_path: str, cache_dir: str | Path | None = None) -> str:
     """ "smollm2-135m" (and aliases) -> the converted default folder; anything else (a local HF
-    directory or a hub id) is returned unchanged."""
+    directory or a hub id) is returned unchanged. A name that is a path (absolute, ``./``, ``../``, ``~``
+    or two or more ``/``) must be an existing directory: ConfigError naming it, before any service starts."""
     if name_or_path.lower() in SMOLLM2_ALIASES:
         return str(default_model_dir(cache_dir))
+    path = Path(name_or_path).expanduser()
+    is_path = name_or_path.startswith(("/", "./", "../", "~")) or name_or_path.count("/") >= 2
+    if is_path and not path.is_dir():
+        from winnow.config import ConfigError
+
+        what = "is not a directory" if path.exists() else "does not exist"
+        raise ConfigError(f"model: {name_or_path!r} {what} (a local model folder with config.json; a hub id "
+                          "looks like org/name; smollm2-135m is the embedded default)")
     return name_or_path

@@ -52,6 +52,9 @@ class Problem:
     problem: str
     gold: str
     task: str
+    messages: tuple[tuple[str, str], ...] | None = None
+    """The row's chat prompt as ``(role, content)`` turns when the dataset gives one (``problem`` is then
+    its last user turn); None for a plain-text problem. See winnow.datasets."""
 
 
 class PromptSourceError(ConfigError):
@@ -110,16 +113,26 @@ class ReasoningGymSourceConfig(_SourceBase):
         return self
 
 
-class _FileSourceConfig(_SourceBase):
+class _RowFields(_SourceBase):
+    """How a row becomes a problem (winnow.datasets; docs/datasets.md)."""
+
+    problem_field: str = ""
+    """Field holding the prompt: a string or a chat message list; dotted paths reach nested fields
+    ("" = the first of problem, question, prompt, query, input)."""
+    answer_field: str = ""
+    """Field holding the gold (a string or a number; dotted paths, e.g. reward_model.ground_truth;
+    "" = the first of answer, ground_truth, reward_model.ground_truth, solution, final_answer, target)."""
+    answer_format: Literal["auto", "gsm8k", "boxed", "plain"] = "auto"
+    """"gsm8k": the gold is what follows the last "####"; "boxed": the last \\boxed{} (MATH solutions);
+    "plain": the field as is; "auto": gsm8k if the gold has "####", else boxed if it has \\boxed, else plain."""
+    task_field: str = ""
+    """Field holding a per-row task name for verifier routing (e.g. verl's data_source); rows without it
+    use ``task``. "" = every row uses ``task``."""
+
+
+class _FileSourceConfig(_RowFields):
     path: str = Field(min_length=1)
     """Path of the file."""
-    problem_field: str = ""
-    """Field holding the problem text ("" = "problem", else "question")."""
-    answer_field: str = "answer"
-    """Field holding the gold answer."""
-    answer_format: Literal["auto", "gsm8k", "plain"] = "auto"
-    """"gsm8k": the gold is what follows the last "####"; "plain": the field as is; "auto": gsm8k
-    when the field contains "####", else plain."""
     id_field: str = ""
     """Field holding a stable id ("" = the row index)."""
     name: str = ""
@@ -140,22 +153,17 @@ class ParquetSourceConfig(_FileSourceConfig):
     kind: Literal["parquet"] = "parquet"
 
 
-class HFSourceConfig(_SourceBase):
+class HFSourceConfig(_RowFields):
     """A Hugging Face ``datasets`` dataset (needs the datasets package and hub or cache access)."""
 
     kind: Literal["hf"] = "hf"
     dataset: str = Field(min_length=1)
-    """Dataset id, e.g. "openai/gsm8k"."""
+    """Dataset id (e.g. "openai/gsm8k"), a folder written by ``Dataset.save_to_disk``, or a local
+    .parquet / .jsonl / .json file."""
     subset: str | None = None
     """Configuration name, e.g. "main"."""
     hf_split: str = "train"
     """The dataset's own split."""
-    problem_field: str = ""
-    """Field holding the problem ("" = "problem", else "question")."""
-    answer_field: str = "answer"
-    """Field holding the gold answer."""
-    answer_format: Literal["auto", "gsm8k", "plain"] = "auto"
-    """As for file sources."""
     name: str = ""
     """Prefix of prompt ids ("" = the dataset id's last part)."""
     task: str = "math"
@@ -324,32 +332,42 @@ class _RecordSource(PromptSource):
             records = records[: cfg.limit]
         if not records:
             raise PromptSourceError(f"{where}: no rows")
-        first = records[0]
-        self._pfield = cfg.problem_field or ("problem" if "problem" in first else "question")
-        for field in (self._pfield, cfg.answer_field):
-            if field not in first:
-                raise PromptSourceError(
-                    f"{where}: row 0 has no field {field!r} (fields: {sorted(first)}); "
-                    "set problem_field / answer_field"
-                )
+        from winnow.datasets import ANSWER_FIELDS, PROBLEM_FIELDS, DatasetError, pick_field
+
+        try:
+            self._pfield = pick_field(records[0], cfg.problem_field, PROBLEM_FIELDS, "problem_field", where)
+            self._afield = pick_field(records[0], cfg.answer_field, ANSWER_FIELDS, "answer_field", where)
+        except DatasetError as e:
+            raise PromptSourceError(str(e)) from None
         self._records = records
         super().__init__(len(records), cfg)
 
     def _row(self, row: int) -> Problem:
+        from winnow.datasets import DatasetError, get_path, row_problem
+
         rec = self._records[row]
+        cfg = self._cfg
         try:
-            problem = rec[self._pfield]
-            answer = rec[self._cfg.answer_field]
+            rp = row_problem(rec, problem_field=self._pfield, answer_field=self._afield,
+                             answer_format=cfg.answer_format, task_field=cfg.task_field, where=self._where,
+                             index=row)
+            rid = str(get_path(rec, cfg.id_field)) if getattr(cfg, "id_field", "") else str(row)
+        except DatasetError as e:
+            raise PromptSourceError(str(e)) from None
         except KeyError as e:
             raise PromptSourceError(f"{self._where}: row {row} has no field {e.args[0]!r}") from None
-        if problem is None or answer is None:
-            raise PromptSourceError(f"{self._where}: row {row} has an empty problem or answer")
-        try:
-            gold = extract_gold(answer, self._cfg.answer_format)
-        except PromptSourceError as e:
-            raise PromptSourceError(f"{self._where}: row {row}: {e}") from None
-        rid = str(rec[self._cfg.id_field]) if self._cfg.id_field else str(row)
-        return Problem(prompt_id=f"{self.name}/{rid}", problem=str(problem), gold=gold, task=self._cfg.task)
+        texts = {"problem": rp.problem, "answer": rp.gold, "id": rid,
+                 **{f"messages[{i}]": c for i, (_, c) in enumerate(rp.messages or ())}}
+        for name, text in texts.items():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:  # a lone surrogate ("\ud800" in JSON): no tokenizer can encode it
+                raise PromptSourceError(
+                    f"{self._where}: row {row}, {name}: invalid Unicode {text[e.start:e.end]!r} at character {e.start} "
+                    "(a lone surrogate); fix or drop the row"
+                ) from None
+        return Problem(prompt_id=f"{self.name}/{rid}", problem=rp.problem, gold=rp.gold,
+                       task=rp.task or cfg.task, messages=rp.messages)
 
 
 class JsonlSource(_RecordSource):
@@ -406,9 +424,20 @@ class HFDatasetSource(_RecordSource):
                 "hf prompt sources need the 'datasets' package (pip install datasets) and access to the "
                 "Hugging Face hub or a local datasets cache; offline, use kind: jsonl or reasoning_gym"
             ) from None
-        self.name = cfg.name or cfg.dataset.rstrip("/").split("/")[-1]
+        self.name = cfg.name or Path(cfg.dataset.rstrip("/")).stem
+        local = Path(cfg.dataset).expanduser()
         try:
-            ds = datasets.load_dataset(cfg.dataset, cfg.subset, split=cfg.hf_split)
+            if local.is_dir() and ((local / "dataset_info.json").is_file() or (local / "dataset_dict.json").is_file()):
+                ds = datasets.load_from_disk(str(local))  # written by save_to_disk
+                if isinstance(ds, datasets.DatasetDict):
+                    ds = ds[cfg.hf_split]
+            elif local.is_file():  # a local data file: the builder named by its suffix
+                builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(
+                    local.suffix, local.suffix.lstrip(".")
+                )
+                ds = datasets.load_dataset(builder, data_files=str(local), split="train")
+            else:
+                ds = datasets.load_dataset(cfg.dataset, cfg.subset, split=cfg.hf_split)
         except Exception as e:  # network/hub errors come in many types; report them as config errors
             raise PromptSourceError(
                 f"could not load HF dataset {cfg.dataset!r} ({cfg.subset}, {cfg.hf_split}): {e}"

@@ -8,7 +8,7 @@ and :func:`sample_tokens`. Torch is imported only inside the functions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
@@ -119,3 +119,17 @@ def sample_tokens(logprobs: torch.Tensor, generator: torch.Generator | None = No
 
     probs = logprobs.exp()
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def prompt_request(problem: Any, request_id: str, *, n: int, sampling: SamplingConfig, version: int, now: float):
+    """The ``PromptRequest`` asking generators for ``n`` samples of ``problem`` (a :class:`winnow.prompts.Problem`)
+    with ``sampling``, released at policy ``version`` at unix time ``now``."""
+    from winnow.v1 import messages_pb2
+
+    s = sampling
+    return messages_pb2.PromptRequest(
+        prompt_id=problem.prompt_id, request_id=request_id, problem=problem.problem, gold=problem.gold,
+        task=problem.task, n=n, release_version=version, released_at=now,
+        messages=[messages_pb2.ChatMessage(role=r, content=c) for r, c in getattr(problem, "messages", None) or ()],
+        sampling=messages_pb2.SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                                             max_new_tokens=s.max_new_tokens, seed=s.seed or 0))

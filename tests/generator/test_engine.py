@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 from safetensors.torch import save_file
-from winnow.generator.engine import Engine
 
+from winnow.generator.engine import Engine
 from winnow.hf_engine import HFEngine
 from winnow.sampling import GenerationCancelled, SamplingConfig, WeightLoadError, process_logprobs
 

@@ -49,3 +49,24 @@ def test_smollm2_conversion_loads_and_generates(tmp_path):
     assert len(out[0]) == 2
     # with the two default demonstrations the instruct model answers in the boxed format
     assert any("\\boxed{" in c.text for c in out[0]), [c.text for c in out[0]]
+
+
+def test_a_missing_local_model_is_a_clear_error_before_services_start(tmp_path, capsys):
+    """Issue 13 fault 6: a model path that does not exist is a ConfigError naming it (exit 2 from `winnow up`,
+    before a broker or a service starts), not a traceback from transformers after the services started."""
+    from winnow.cli import main
+    from winnow.config import ConfigError
+    from winnow.models import resolve_model
+
+    missing = str(tmp_path / "no-such-model")
+    with pytest.raises(ConfigError, match="no-such-model' does not exist"):
+        resolve_model(missing)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is not a directory"):
+        resolve_model(str(tmp_path / "file"))
+    assert resolve_model("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"  # a hub id passes through
+    assert resolve_model(str(tmp_path)) == str(tmp_path)
+    run_dir = tmp_path / "run"
+    assert main(["up", "--set", f"learner.model={missing}", "--run-dir", str(run_dir)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (run_dir / "kafka").exists()  # no broker was started

@@ -122,9 +122,11 @@ def test_file_errors_name_the_problem(tmp_path):
     with pytest.raises(PromptSourceError, match=r"bad.jsonl:2: invalid JSON"):
         make_source({"kind": "jsonl", "path": str(bad)})
     nofield = tmp_path / "nofield.jsonl"
-    nofield.write_text('{"prompt": "q", "answer": "1"}\n')
-    with pytest.raises(PromptSourceError, match="no field 'question'"):
+    nofield.write_text('{"text": "q", "answer": "1"}\n')
+    with pytest.raises(PromptSourceError, match="none of the fields .*'question'"):
         make_source({"kind": "jsonl", "path": str(nofield)})
+    with pytest.raises(PromptSourceError, match="no field 'question'"):
+        make_source({"kind": "jsonl", "path": str(nofield), "problem_field": "question"})
     nohash = tmp_path / "nohash.jsonl"
     nohash.write_text('{"question": "q", "answer": "1"}\n')
     with pytest.raises(PromptSourceError, match="row 0.*####"):
@@ -149,3 +151,15 @@ def test_optional_backends_fail_clearly(tmp_path):
     except ImportError:
         with pytest.raises(PromptSourceError, match="datasets"):
             make_source({"kind": "hf", "dataset": "openai/gsm8k", "subset": "main"})
+
+
+def test_a_lone_surrogate_in_a_row_is_an_error_naming_file_and_row(tmp_path):
+    """Issue 13 fault 6: "\\ud800" is valid JSON but no tokenizer can encode it."""
+    from winnow.prompts import PromptSourceError, make_source, parse_source_config
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"question": "What is 1 + 1?", "answer": "2"}\n{"question": "What is \\ud800 + 1?", "answer": "2"}\n')
+    source = make_source(parse_source_config({"kind": "jsonl", "path": str(path)}))
+    assert source.get(0).problem == "What is 1 + 1?"
+    with pytest.raises(PromptSourceError, match=r"rows.jsonl: row 1, problem: invalid Unicode '\\ud800'"):
+        source.get(1)

@@ -10,6 +10,9 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 from safetensors.torch import save_file
+
+from winnow.brokers import free_port
+from winnow.chat import PromptFormatter
 from winnow.generator.config import GeneratorConfig, VerifierRouting
 from winnow.generator.service import (
     GeneratorMetrics,
@@ -19,9 +22,6 @@ from winnow.generator.service import (
     merge_sampling,
     resolve_weight_uri,
 )
-
-from winnow.brokers import free_port
-from winnow.chat import PromptFormatter
 from winnow.sampling import Completion, SamplingConfig
 from winnow.v1 import messages_pb2
 from winnow.verdict import Item, Status, Verdict
@@ -309,10 +309,9 @@ async def test_service_publishes_scored_groups_and_commits(kafka_config, tiny, m
 async def test_service_loads_announced_weights_and_rejects_bad_sha(
     kafka_config_one, tiny, math_verifier, tmp_path
 ):
-    from winnow.learner.tiny import build_tiny_model_and_tokenizer
-
     from winnow.hf_engine import HFEngine
     from winnow.kafka import ensure_topics
+    from winnow.learner.tiny import build_tiny_model_and_tokenizer
 
     model, tok = build_tiny_model_and_tokenizer(seed=0)  # its own copy: this test changes the weights
     cfg = _cfg(kafka_config_one, weights={"poll_interval_s": 0.1, "root": str(tmp_path)})
@@ -359,10 +358,9 @@ async def test_service_loads_announced_weights_and_rejects_bad_sha(
 
 
 async def test_stop_mid_batch_abandons_it_and_the_next_generator_gets_it(kafka_config_one, math_verifier):
-    from winnow.learner.tiny import build_tiny_model_and_tokenizer
-
     from winnow.hf_engine import HFEngine
     from winnow.kafka import ensure_topics
+    from winnow.learner.tiny import build_tiny_model_and_tokenizer
 
     model, tok = build_tiny_model_and_tokenizer(seed=0)
     cfg = _cfg(kafka_config_one, sampling={"max_new_tokens": 300, "seed": 1}, batch_wait_ms=500)
@@ -394,3 +392,22 @@ async def test_stop_mid_batch_abandons_it_and_the_next_generator_gets_it(kafka_c
         assert all(len(g.samples) == 16 for g in groups)
     finally:
         await _stop(second, task)
+
+
+def test_poison_requests_are_quarantined_not_generated(tiny):
+    """Issue 13 fault 2: a request with max_new_tokens above the bound, or a 200k-character prompt, is refused
+    before generation (counted, its offset committed by the caller) instead of crashing the generator."""
+    from winnow.hf_engine import HFEngine
+
+    model, tok = tiny
+    registry = CollectorRegistry()
+    service = GeneratorService(GeneratorConfig(max_prompt_tokens=512, metrics_port=0), HFEngine(model, tok), registry)
+    assert service.quarantine(_request(1)) is False
+    too_many = _request(2)
+    too_many.sampling.max_new_tokens = 10_000_000
+    assert service.quarantine(too_many) is True
+    huge = _request(3)
+    huge.problem = "1 + " * 50_000
+    assert service.quarantine(huge) is True
+    assert registry.get_sample_value("winnow_generator_quarantined_requests_total", {"reason": "sampling"}) == 1
+    assert registry.get_sample_value("winnow_generator_quarantined_requests_total", {"reason": "prompt"}) == 1

@@ -1,4 +1,4 @@
-"""Codec, Deduper and OffsetTracker: pure logic, no broker."""
+"""Codec and OffsetTracker: pure logic, no broker."""
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
@@ -8,7 +8,6 @@ from winnow.kafka import (
     TYPE_HEADER,
     WEIGHTS_KEY,
     DecodeError,
-    Deduper,
     OffsetTracker,
     decode,
     decode_record,
@@ -85,20 +84,6 @@ def test_decode_record_counts_and_skips(build):
         decode_record(messages_pb2.ScoredGroup, _record(b"\xff\xff"), lambda r, rec: seen.append(r)) is None
     )
     assert len(seen) == 2 and "declares type" in seen[0]
-
-
-def test_deduper_lru():
-    d = Deduper(capacity=3)
-    assert d.add("a") and d.add("b") and d.add("c")
-    assert not d.add("a")  # repeat; "a" becomes most recent: order b, c, a
-    assert d.add("d")  # evicts "b"
-    assert "b" not in d and "a" in d and len(d) == 3
-    assert d.add("b")  # forgotten, so new again (capacity bounds memory, not correctness window)
-    assert d.ids() == ["a", "d", "b"]
-    d2 = Deduper.from_ids(d.ids(), capacity=3)
-    assert not d2.add("d") and d2.ids() == ["a", "b", "d"]
-    with pytest.raises(ValueError):
-        Deduper(0)
 
 
 def test_offset_tracker_out_of_order():

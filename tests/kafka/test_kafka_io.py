@@ -15,7 +15,6 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from winnow.kafka import (
     TYPE_HEADER,
     WEIGHTS_KEY,
-    Deduper,
     OffsetTracker,
     commit_offsets,
     consumer_lag,
@@ -270,11 +269,11 @@ async def test_dedupe_redelivered(kafka_config, build):
         records = await build.consume(consumer, 6)
     finally:
         await consumer.stop()
-    dedupe = Deduper(capacity=100)
+    seen: set[str] = set()  # the learner's RequestBook keeps such a window (tests/learner/test_book.py)
     kept = [
         g.request_id
         for g in (decode_record(messages_pb2.ScoredGroup, r) for r in records)
-        if dedupe.add(g.request_id)
+        if g.request_id not in seen and not seen.add(g.request_id)
     ]
     assert sorted(kept) == ["req-0", "req-1", "req-2", "req-3"]
     # same key -> same partition, so a retry arrives after the original

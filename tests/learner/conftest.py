@@ -6,6 +6,7 @@ import random
 
 import pytest
 import torch
+
 from winnow.learner.batch import GroupData, SampleData
 from winnow.learner.tiny import build_tiny_model_and_tokenizer
 

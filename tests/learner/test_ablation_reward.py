@@ -3,6 +3,7 @@
 import warnings
 
 import pytest
+
 from winnow.learner.algo import PLUS_MINUS_ONE_ABLATIONS, PRESETS, AlgoConfig
 
 

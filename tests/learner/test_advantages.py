@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from winnow.learner.advantages import ADVANTAGE_KINDS, compute_advantages
 
 R01 = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
@@ -60,15 +61,17 @@ def test_keep_restricts_statistics_and_zeroes_the_rest():
     assert compute_advantages(r, "mean_std", keep=one).tolist() == [[0.0] * 4]
 
 
-def _loop(rewards, kind, std, eps):
+def _loop(rewards, kind, std, eps, beta=0.7):
     out = []
     for row in rewards.tolist():
         n = len(row)
+        z = sum(math.exp(x / beta) for x in row)
         mean = sum(row) / n
         var = sum((x - mean) ** 2 for x in row) / ((n - 1) if std == "unbiased" else n)
         sd = math.sqrt(var)
         out.append([
-            {"raw": x, "raft": max(x, 0.0), "mean_zero": x - mean, "mean_std": (x - mean) / (sd + eps)}[kind]
+            {"raw": x, "raft": max(x, 0.0), "mean_zero": x - mean, "mean_std": (x - mean) / (sd + eps),
+             "unit": 1.0, "snis": n * math.exp(x / beta) / z}[kind]
             for x in row
         ])
     return out
@@ -79,8 +82,8 @@ def _loop(rewards, kind, std, eps):
 def test_vectorised_matches_loop(kind, std):
     g = torch.Generator().manual_seed(0)
     r = torch.randn(16, 5, generator=g, dtype=torch.float64)
-    a = compute_advantages(r, kind, std=std, eps=1e-6)
-    for got, want in zip(a.tolist(), _loop(r, kind, std, 1e-6), strict=True):
+    a = compute_advantages(r, kind, std=std, eps=1e-6, beta=0.7)
+    for got, want in zip(a.tolist(), _loop(r, kind, std, 1e-6, beta=0.7), strict=True):
         assert got == pytest.approx(want, rel=1e-9, abs=1e-12)
 
 

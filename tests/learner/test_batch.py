@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from winnow.learner.batch import GroupData, SampleData, collate
 from winnow.learner.model import response_logits
 
@@ -85,7 +86,7 @@ def test_single_policy_version_broadcasts_and_group_version_is_min():
     [
         (lambda g: g.samples[1].behaviour_logprobs.append(-1.0), "behaviour_logprobs has 2 entries"),
         (lambda g: g.samples[0].policy_versions.append(1), "policy_versions has 3 entries"),
-        (lambda g: g.samples.pop(), "has 1 samples but the first group has 2"),
+        (lambda g: g.samples.pop(), "has 1 samples, expected n=2"),
         (lambda g: g.prompt_token_ids.clear(), "prompt_token_ids is empty"),
         (lambda g: g.samples[0].behaviour_logprobs.__setitem__(0, float("nan")), "finite and <= 0"),
         (lambda g: g.samples[0].behaviour_logprobs.__setitem__(0, 0.5), "finite and <= 0"),

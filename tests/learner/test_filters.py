@@ -4,7 +4,8 @@ import itertools
 
 import pytest
 import torch
-from winnow.learner.filters import FILTER_MODES, correct_mask, group_stats, sample_keep_mask
+
+from winnow.learner.filters import FILTER_MODES, group_stats, sample_keep_mask
 
 # 4 groups of n=4: mixed (2/4), all correct, all wrong, mixed (1/4)
 CORRECT = torch.tensor(
@@ -16,13 +17,6 @@ CORRECT = torch.tensor(
     ],
     dtype=torch.bool,
 )
-
-
-def test_correct_mask_from_rewards_both_maps():
-    # {0,1}: correct iff r == 1; {-1,+1}: correct iff r == +1 (so -1 and 0 are both "not correct")
-    assert correct_mask(torch.tensor([[1.0, 0.0]])).tolist() == [[True, False]]
-    assert correct_mask(torch.tensor([[1.0, -1.0, 0.0]]), reward_correct=1.0).tolist() == [[True, False, False]]
-    assert correct_mask(torch.tensor([[2.0, 1.0]]), reward_correct=2.0).tolist() == [[True, False]]
 
 
 def test_group_stats_counts():

@@ -22,6 +22,7 @@ import time
 
 import pytest
 import torch
+
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.batch import GroupData, SampleData
 from winnow.learner.step import OptimConfig, Trainer

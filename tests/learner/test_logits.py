@@ -3,6 +3,7 @@ size, and they never save a (B*T, V) fp32 tensor for the backward pass."""
 
 import pytest
 import torch
+
 from winnow.learner.logits import logprobs_from_hidden, token_logprobs_and_entropy
 
 

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from winnow.learner.losses import (
     aggregate,
     clipped_policy_loss,

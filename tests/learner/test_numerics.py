@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from winnow.hf_engine import HFEngine
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.evaluate import Evaluator
 from winnow.learner.step import OptimConfig, Trainer
 from winnow.learner.tiny import build_tiny_model_and_tokenizer
-
-from winnow.hf_engine import HFEngine
 from winnow.numerics import NumericsConfig, resolve_precision, torch_dtype
 from winnow.prompts import Problem
 from winnow.sampling import SamplingConfig
@@ -104,10 +104,9 @@ def test_resolve_precision():
 
 def test_one_precision_setting_for_learner_and_generator(tmp_path):
     """The top-level numerics section reaches both services; the old per-service knobs are clear errors."""
+    from winnow.config import ConfigError, load_config
     from winnow.generator.config import GeneratorConfig
     from winnow.learner.config import LearnerConfig
-
-    from winnow.config import ConfigError, load_config
 
     data = {"numerics": {"precision": "float32"}, "learner": {}, "generator": {}}
     assert load_config(LearnerConfig, data=data).numerics.precision == "float32"

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.losses import loss_denominator
 from winnow.learner.objective import compute_loss, prepare_batch_signals
@@ -144,10 +145,10 @@ def test_loss_terms_and_metrics():
     lp, blp, mask, ref, ent = _batch(off_policy=0.2)
     loss, m = _loss("grpo", lp, blp, mask, ref=ref, ent=ent, kl_coef=0.1, entropy_coef=0.01)
     assert loss.item() == pytest.approx(m["pg_loss"] + 0.1 * m["kl"] - 0.01 * m["entropy"], rel=1e-5)
-    assert m["kl"] > 0 and m["entropy"] > 0 and 0 < m["ess"] <= 1 and m["ratio_max"] >= m["ratio_mean"]
+    assert m["kl"] > 0 and m["entropy"] > 0
     assert all(isinstance(v, float) for v in m.values())
-    assert set(m) >= {"loss", "pg_loss", "kl", "entropy", "clip_frac", "ratio_mean", "ratio_max", "ess",
-                      "mismatch_kl", "tokens"}
+    assert set(m) == {"loss", "pg_loss", "kl", "entropy", "clip_frac", "dual_clip_frac", "is_weight_mean",
+                      "is_trunc_frac", "tokens"}  # ratio statistics: once per batch, in the step
 
 
 def test_missing_inputs_are_errors():

@@ -3,9 +3,9 @@
 import pytest
 import torch
 from pydantic import Field, ValidationError
-from winnow.learner.algo import PRESETS, AlgoConfig, reward_from_status
 
 from winnow.config import ConfigError, Settings, load_config, settings_config
+from winnow.learner.algo import PRESETS, AlgoConfig, reward_from_status
 from winnow.verdict import Status
 
 EXPECTED = {
@@ -20,6 +20,9 @@ EXPECTED = {
     "reinforce+remove_all_wrong": ("remove_all_wrong", "raw", "clipped"),
     "reinforce+remove_all_correct": ("remove_all_correct", "raw", "clipped"),
     "reinforce_rej+std": ("mixed", "mean_std", "clipped"),
+    "raft_beta": ("raft_beta", "unit", "sft"),
+    "raft++_beta": ("raft_beta", "unit", "clipped"),
+    "raft_snis": ("none", "snis", "sft"),
 }
 
 

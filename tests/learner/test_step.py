@@ -11,12 +11,12 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+
+from winnow.brokers import free_port
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.batch import GroupData
 from winnow.learner.step import OptimConfig, Trainer
 from winnow.learner.tiny import build_tiny_model_and_tokenizer
-
-from winnow.brokers import free_port
 
 from .conftest import CORRECT, WRONG, current_logprobs, make_groups
 
@@ -142,7 +142,7 @@ def test_nothing_to_train_on_advances_version_without_touching_weights(tiny):
     before = params(model)
     m = t.train_step(make_groups([[WRONG] * 4, [WRONG] * 4]))
     assert t.version == 1 and m["skipped"] == 1.0 and m["tokens"] == 0 and m["grad_norm"] == 0
-    assert all(v == v and abs(v) != float("inf") for v in m.values()), m  # no NaN/inf anywhere
+    assert all(v == v and abs(v) != float("inf") for v in m.metrics.values()), m  # no NaN/inf anywhere
     assert all(torch.equal(before[k], v) for k, v in params(model).items())
     # and the next step with signal trains normally (optimizer state was not corrupted)
     m = t.train_step(make_groups([[CORRECT, WRONG, WRONG, WRONG]]))
@@ -315,3 +315,17 @@ def test_dropout_is_disabled_so_on_policy_ratio_is_exactly_one():
     model.eval()
     groups = on_policy(model, make_groups(STATUSES, seed=16))
     assert t.forward_backward(groups)["ratio_max"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_step_result_is_typed_and_names_each_group(tiny):
+    """raft on [all wrong, 1 of 4 correct, all correct]: the first is not trained (all_wrong), the others are
+    (raft keeps correct samples even in an all-correct group); typed fields equal the metrics by name."""
+    model, tok = tiny
+    r = trainer(model, tok, "raft").train_step(
+        make_groups([[WRONG] * 4, [CORRECT, WRONG, WRONG, WRONG], [CORRECT] * 4])
+    )
+    assert r.group_outcomes == ("all_wrong", "trained", "trained")
+    assert r.acceptance_rate == pytest.approx(5 / 12) and r.kept_group_fraction == pytest.approx(2 / 3)
+    assert r.loss == r["loss"] and r.skipped is False and r.tokens > 0
+    r = trainer(model, tok, "reinforce_rej").train_step(make_groups([[WRONG] * 4, [CORRECT] * 4]))
+    assert r.group_outcomes == ("all_wrong", "all_correct") and r.skipped is True

@@ -12,6 +12,7 @@ import importlib
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -107,11 +108,25 @@ def full(helm_bin) -> list[dict]:
 # lint, schema, rejection of bad values
 
 
-def test_lint_strict_default_and_gpu_example(helm_bin) -> None:
-    out = helm(helm_bin, "lint", "--strict", str(CHART), "--set", f"kafka.bootstrapServers={esc(BOOTSTRAP)}").stdout
+def test_lint_strict_on_the_charts_own_defaults(helm_bin) -> None:
+    # no values at all: what `helm lint --strict helm/winnow` and chart-testing run first
+    out = helm(helm_bin, "lint", "--strict", str(CHART)).stdout
     assert "0 chart(s) failed" in out
-    out = helm(helm_bin, "lint", "--strict", str(CHART), "-f", str(GPU_VALUES)).stdout
+
+
+@pytest.mark.parametrize("values", sorted((CHART / "ci").glob("*-values.yaml")) + [GPU_VALUES],
+                         ids=lambda p: p.name)
+def test_lint_strict_and_validate_ci_values(helm_bin, values) -> None:
+    out = helm(helm_bin, "lint", "--strict", str(CHART), "-f", str(values)).stdout
     assert "0 chart(s) failed" in out
+    for obj in render(helm_bin, values):
+        if obj["kind"] not in CRDS:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_ci_values_exist() -> None:
+    names = {p.name for p in (CHART / "ci").glob("*-values.yaml")}
+    assert {"minimal-values.yaml", "secure-values.yaml", "oauth-values.yaml"} <= names
 
 
 def test_install_dry_run_client(helm_bin) -> None:
@@ -123,7 +138,9 @@ def test_install_dry_run_client(helm_bin) -> None:
 def test_missing_bootstrap_servers_is_rejected_with_a_clear_message(helm_bin) -> None:
     proc = helm(helm_bin, "template", "x", str(CHART), check=False)
     assert proc.returncode != 0
-    assert "/kafka/bootstrapServers" in proc.stderr, proc.stderr
+    assert "kafka.bootstrapServers is required: the host:port list of your Kafka cluster" in proc.stderr, proc.stderr
+    proc = helm(helm_bin, "install", "x", str(CHART), "--dry-run=client", check=False)
+    assert proc.returncode != 0 and "kafka.bootstrapServers is required" in proc.stderr
 
 
 def test_bad_values_file_is_rejected_naming_each_field(helm_bin, tmp_path) -> None:
@@ -179,7 +196,12 @@ CRD_SCHEMAS = {
                         "type": "object", "additionalProperties": False, "required": ["port"],
                         "properties": {"port": {"type": "string"}, "path": {"type": "string"},
                                        "interval": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
-                                       "scrapeTimeout": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"}}}},
+                                       "scrapeTimeout": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
+                                       "relabelings": {"type": "array", "items": {
+                                           "type": "object", "additionalProperties": False,
+                                           "properties": {"sourceLabels": {"type": "array"},
+                                                          "targetLabel": {"type": "string"},
+                                                          "action": {"type": "string"}}}}}}},
                 },
             },
         },
@@ -265,6 +287,9 @@ def test_service_monitors_select_metrics_services(full) -> None:
         assert "metrics" in {p["name"] for p in matched[0]["spec"]["ports"]}
         assert sm["spec"]["endpoints"][0]["path"] == "/metrics"
         assert sm["spec"]["namespaceSelector"]["matchNames"] == ["train"]
+        # every series gets run=<release>, the dashboard's $run variable
+        assert sm["spec"]["endpoints"][0]["relabelings"] == [
+            {"sourceLabels": ["__meta_kubernetes_service_label_app_kubernetes_io_instance"], "targetLabel": "run"}]
 
 
 def test_learner_statefulset_has_governing_headless_service(default) -> None:
@@ -460,11 +485,12 @@ def test_generator_config_is_valid(variant, request, tmp_path, monkeypatch) -> N
     assert cfg.kafka.bootstrap_servers == "from-env:9092"  # the pod's KAFKA_BOOTSTRAP_SERVERS wins
     assert cfg.kafka.topic_prefix == "winnow"
     assert cfg.weights.root == "/weights"
-    main = f"{release}-winnow-verifier.{ns}.svc:50051"
+    # dns:/// over the headless Service: the gRPC client resolves every verifier pod (round_robin)
+    main = f"dns:///{release}-winnow-verifier.{ns}.svc.cluster.local:50051"
     assert cfg.verifier.default_endpoint == main
     if variant == "gpu":
         assert cfg.model == "Qwen/Qwen2.5-Math-1.5B" and cfg.engine == "vllm"
-        countdown = f"prod-winnow-verifier-countdown.{ns}.svc:50061"
+        countdown = f"dns:///prod-winnow-verifier-countdown.{ns}.svc.cluster.local:50061"
         assert cfg.verifier.endpoint_for("countdown") == countdown
         assert cfg.verifier.endpoint_for("rg/countdown") == countdown  # reasoning-gym's task name
         assert cfg.verifier.endpoint_for("countdown_hard") == countdown
@@ -481,10 +507,15 @@ def test_learner_config_is_valid(variant, request, tmp_path) -> None:
     cfg = load_config(LearnerConfig, config_of(objs, f"{release}-winnow-learner", tmp_path))
     c = container(objs, "StatefulSet", f"{release}-winnow-learner")
     assert cfg.metrics_port == {p["name"]: p["containerPort"] for p in c["ports"]}["metrics"]
-    assert cfg.algo["preset"] == "raft++"
+    # one default algorithm: the chart's is the CLI's
+    default_preset = LearnerConfig.model_fields["algo"].default.preset
+    assert default_preset == "reinforce_rej"
+    assert cfg.algo.preset == (default_preset if variant == "default" else yaml.safe_load(
+        GPU_VALUES.read_text())["learner"].get("algorithm", default_preset))
+    assert cfg.on_finish == "idle"  # a finished run stays up under the StatefulSet
     if variant == "gpu":
         assert cfg.model == "Qwen/Qwen2.5-Math-1.5B" and cfg.device == "cuda"  # the same weights as generators
-    assert cfg.algo_config().max_staleness >= 0  # the preset resolves
+    assert cfg.algo.max_staleness >= 0  # the preset resolves
     # checkpoints and the run dir live on the StatefulSet's PVC; weights on the shared volume that the
     # generators mount at the same path (so announced URIs resolve there too)
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
@@ -501,7 +532,8 @@ def test_user_config_is_merged_over_chart_keys(helm_bin, tmp_path) -> None:
                                   "generator.config.verifier.timeout_s": "12"})
     data = yaml.safe_load(one(objs, "ConfigMap", "rl-winnow-generator")["data"]["config.yaml"])
     assert data["engine"] == "vllm" and data["sampling"]["max_new_tokens"] == 1024
-    assert data["verifier"]["timeout_s"] == 12 and data["verifier"]["default_endpoint"].startswith("rl-winnow-verifier.")
+    assert data["verifier"]["timeout_s"] == 12
+    assert data["verifier"]["default_endpoint"].startswith("dns:///rl-winnow-verifier.")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -615,7 +647,170 @@ def test_tls_secret_through_extra_volumes(helm_bin, tmp_path, monkeypatch) -> No
 
 
 def test_bare_n_key_is_caught(helm_bin, tmp_path) -> None:
+    # Helm's YAML reads a bare `n` key as false: the LearnerConfig schema has no such field
     values = tmp_path / "n.yaml"
     values.write_text("kafka: {bootstrapServers: 'k:9092'}\nlearner:\n  config:\n    n: 8\n")
     proc = helm(helm_bin, "template", "x", str(CHART), "-f", str(values), check=False)
-    assert proc.returncode != 0 and '"n": 8' in proc.stderr, proc.stderr
+    assert proc.returncode != 0 and "/learner/config" in proc.stderr and "'false'" in proc.stderr, proc.stderr
+
+
+def test_set_floats_in_config_blocks_still_render(helm_bin, tmp_path, monkeypatch) -> None:
+    # `helm --set x=2.5` passes floats as strings; the services parse numeric strings, so does the schema
+    objs = render(helm_bin, sets={"kafka.bootstrapServers": BOOTSTRAP, "verifier.config.timeout_s": "2.5",
+                                  "learner.config.optim.lr": "1e-6",
+                                  "monitoring.prometheusRule.alerts.entropyCollapseFraction": "0.3"})
+    VerifierConfig = config_class("winnow.verifier.config", "VerifierConfig")  # noqa: N806
+    monkeypatch.delenv("WINNOW_VERIFIER_TOKEN", raising=False)
+    assert load_config(VerifierConfig, config_of(objs, "rl-winnow-verifier", tmp_path)).timeout_s == 2.5
+
+
+def test_config_blocks_are_validated_at_render_time(helm_bin, tmp_path) -> None:
+    """A typo or a bad value in verifier/generator/learner.config fails `helm template` naming the key
+    (the schema of each block is the service's own pydantic config model), not the pod at start-up."""
+    values = tmp_path / "typos.yaml"
+    values.write_text(yaml.safe_dump({
+        "kafka": {"bootstrapServers": BOOTSTRAP},
+        "verifier": {"config": {"workrs": 4, "timeout_s": -1}},
+        "generator": {"config": {"sampling": {"temprature": 0.7}, "engine": "tensorrt"}},
+        "learner": {"config": {"batch_groups": 0, "kafka": {"topic_prefx": "x"}, "on_finish": "stop"}},
+    }))
+    proc = helm(helm_bin, "template", "x", str(CHART), "-f", str(values), check=False)
+    assert proc.returncode != 0
+    for where in ("'workrs'", "/verifier/config/timeout_s", "'temprature'", "/generator/config/engine",
+                  "/learner/config/batch_groups", "'topic_prefx'", "/learner/config/on_finish"):
+        assert where in proc.stderr, f"{where} not named in:\n{proc.stderr}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# verifier Service, PodDisruptionBudget, NOTES, README, schema, Kafka security
+
+
+def test_verifier_services_are_headless_with_a_pdb(default, gpu) -> None:
+    for objs, name in ((default, "rl-winnow-verifier"), (gpu, "prod-winnow-verifier"),
+                       (gpu, "prod-winnow-verifier-countdown")):
+        svc = one(objs, "Service", name)
+        assert svc["spec"]["clusterIP"] == "None", f"{name}: gRPC round_robin needs every pod in DNS"
+    pdb = one(default, "PodDisruptionBudget", "rl-winnow-verifier")
+    deploy = one(default, "Deployment", "rl-winnow-verifier")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
+
+
+def test_notes_point_only_to_packaged_docs(helm_bin, tmp_path) -> None:
+    out = helm(helm_bin, "install", "dry", str(CHART), "--dry-run=client", "-f", str(GPU_VALUES)).stdout
+    notes = out.split("NOTES:", 1)[1]
+    assert "helm show readme" in notes
+    assert "docs/" not in notes and "examples/" not in notes, notes
+    # and the README is in the packaged chart (examples/ is not: .helmignore)
+    helm(helm_bin, "package", str(CHART), "-d", str(tmp_path))
+    import tarfile
+
+    names = tarfile.open(next(tmp_path.glob("winnow-*.tgz"))).getnames()
+    assert "winnow/README.md" in names and "winnow/values.schema.json" in names
+    assert not any(n.startswith("winnow/examples/") for n in names)
+
+
+def test_helm_show_readme_prints_the_generated_readme(helm_bin) -> None:
+    out = helm(helm_bin, "show", "readme", str(CHART)).stdout
+    assert out.startswith("# winnow Helm chart")
+    assert "| kafka.security.sasl.mechanism | string |" in out
+    assert "| learner.algorithm | string | `\"reinforce_rej\"` |" in out
+
+
+def test_kafka_security_from_secrets(helm_bin) -> None:
+    objs = render(helm_bin, CHART / "ci" / "secure-values.yaml")
+    for kind, name in (("Deployment", "rl-winnow-generator"), ("StatefulSet", "rl-winnow-learner")):
+        c = container(objs, kind, name)
+        env = env_of(c)
+        assert env["KAFKA_SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
+        assert env["KAFKA_SASL_MECHANISM"]["value"] == "SCRAM-SHA-512"
+        assert env["KAFKA_SASL_USERNAME"]["value"] == "winnow-user"
+        assert env["KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "winnow-user", "key": "password"}
+        assert env["KAFKA_SSL_CAFILE"]["value"] == "/etc/winnow/kafka/ca/ca.crt"
+        assert env["KAFKA_SSL_CERTFILE"]["value"] == "/etc/winnow/kafka/client/user.crt"
+        mounts = {m["name"]: m for m in c["volumeMounts"]}
+        assert mounts["kafka-ca"]["mountPath"] == "/etc/winnow/kafka/ca" and mounts["kafka-ca"]["readOnly"]
+        volumes = {v["name"]: v for v in one(objs, kind, name)["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["kafka-ca"]["secret"]["secretName"] == "winnow-kafka-cluster-ca-cert"
+        assert volumes["kafka-client"]["secret"]["secretName"] == "winnow-user-tls"
+    # the password is never in a ConfigMap
+    for cm in by_kind(objs, "ConfigMap"):
+        assert "password" not in json.dumps(cm["data"]).lower() or cm["metadata"]["name"].endswith("dashboard")
+
+
+def test_kafka_env_reaches_the_services_config(helm_bin, monkeypatch, tmp_path) -> None:
+    """The env the chart sets is what KafkaConfig reads (the same names), with the files it mounts."""
+    from winnow.config import KAFKA_ENV, KafkaConfig, kafka_from_env
+
+    objs = render(helm_bin, CHART / "ci" / "secure-values.yaml")
+    env = env_of(container(objs, "StatefulSet", "rl-winnow-learner"))
+    kafka_vars = {k for k in env if k.startswith("KAFKA_")}
+    assert kafka_vars <= set(KAFKA_ENV), kafka_vars - set(KAFKA_ENV)
+    for var in kafka_vars:
+        monkeypatch.setenv(var, env[var].get("value", "from-a-secret"))
+    cfg = kafka_from_env(KafkaConfig())
+    assert cfg.security_protocol == "SASL_SSL" and cfg.sasl_mechanism == "SCRAM-SHA-512"
+    assert cfg.sasl_password.get_secret_value() == "from-a-secret"
+    assert str(cfg.ssl_keyfile) == "/etc/winnow/kafka/client/user.key"
+
+
+@pytest.mark.parametrize("sets, message", [
+    ({"kafka.security.protocol": "SASL_SSL"}, "set kafka.security.sasl.mechanism"),
+    ({"kafka.security.protocol": "SASL_SSL", "kafka.security.sasl.mechanism": "PLAIN"},
+     "needs kafka.security.sasl.existingSecret"),
+    ({"kafka.security.tls.caSecret": "ca"}, "use SSL or SASL_SSL"),
+    ({"kafka.security.sasl.mechanism": "PLAIN"}, "must be SASL_SSL or SASL_PLAINTEXT"),
+    ({"kafka.security.protocol": "TLS"}, "/kafka/security/protocol"),
+])
+def test_inconsistent_kafka_security_fails_clearly(helm_bin, sets, message) -> None:
+    args = ["template", "x", str(CHART), "--set", f"kafka.bootstrapServers={esc(BOOTSTRAP)}"]
+    for k, v in sets.items():
+        args += ["--set", f"{k}={v}"]
+    proc = helm(helm_bin, *args, check=False)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
+def test_generated_schema_and_readme_are_current() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "chart_gen.py"), "--check"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_schema_describes_every_value() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    seen = 0
+
+    def walk(value, node, path):
+        nonlocal seen
+        assert node, f"{path} is not in values.schema.json"
+        assert node.get("description"), f"{path} has no description"
+        seen += 1
+        if isinstance(value, dict) and "properties" in node and not path.endswith(".config"):
+            assert node.get("additionalProperties") is False, f"{path} accepts unknown keys"
+            for k, v in value.items():
+                walk(v, node["properties"].get(k), f"{path}.{k}")
+
+    for k, v in values.items():
+        walk(v, schema["properties"].get(k), k)
+    assert seen >= 140
+    for block, model in (("verifier", "VerifierConfig"), ("generator", "GeneratorConfig"), ("learner", "LearnerConfig")):
+        config = schema["properties"][block]["properties"]["config"]
+        assert config["additionalProperties"] is False and model in config["description"]
+
+
+def test_schema_goes_stale_when_a_config_model_changes(monkeypatch) -> None:
+    """The --check really compares against the models: a new config field makes it fail."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("chart_gen", ROOT / "scripts" / "chart_gen.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    schema, readme = gen.generate()
+    assert schema == (CHART / "values.schema.json").read_text()
+    from pydantic import create_model
+
+    VerifierConfig = config_class("winnow.verifier.config", "VerifierConfig")  # noqa: N806
+    changed = create_model("VerifierConfig", __base__=VerifierConfig, brand_new_field=(int, 1))
+    monkeypatch.setattr(importlib.import_module("winnow.verifier.config"), "VerifierConfig", changed)
+    assert "brand_new_field" in gen.generate()[0]

@@ -172,9 +172,8 @@ def test_prometheus_scrapes_the_verifier(prometheus_factory, processes, tmp_path
 def test_prometheus_scrapes_learner_and_generator(prometheus_factory, processes, tmp_path) -> None:
     """The whole loop on loopback (broker, learner, generator with the in-process verifier, tiny random
     model); Prometheus scrapes the learner and the generator until the learner has taken a step."""
-    from winnow.learner.tiny import save_tiny
-
     from winnow.brokers import LocalBroker
+    from winnow.learner.tiny import save_tiny
 
     model = save_tiny(tmp_path / "model")
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
@@ -216,9 +215,9 @@ def test_prometheus_scrapes_learner_and_generator(prometheus_factory, processes,
             return (prom.value('winnow_learner_steps_total{job="learner"}') or 0) >= 1
         wait_for(stepped, 240, "Prometheus to scrape a learner step", interval=1.0)
 
-        acceptance = prom.value('winnow_learner_acceptance_rate{job="learner"}')
+        acceptance = prom.value('winnow_learner_acceptance_ratio{job="learner"}')
         entropy = prom.value('winnow_learner_entropy{job="learner"}')
-        kept = prom.value("winnow_learner_kept_group_fraction")
+        kept = prom.value("winnow_learner_kept_group_ratio")
         assert acceptance is not None and 0.0 <= acceptance <= 1.0, acceptance
         assert entropy is not None and 0.0 < entropy < 20.0, entropy  # nats; <= log(vocab) for a random model
         assert kept is not None and 0.0 <= kept <= 1.0

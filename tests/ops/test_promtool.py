@@ -42,13 +42,18 @@ winnow_verifier_requests_total winnow_verifier_items_total winnow_verifier_item_
 winnow_verifier_request_latency_seconds winnow_verifier_worker_restarts_total winnow_verifier_cache_hits_total
 winnow_verifier_cache_misses_total winnow_verifier_cache_hit_ratio winnow_verifier_inflight_items
 winnow_verifier_paths_total
-winnow_learner_weight_version winnow_learner_steps_total winnow_learner_acceptance_rate
-winnow_learner_kept_group_fraction winnow_learner_groups_total winnow_learner_samples_total winnow_learner_entropy
-winnow_learner_kl winnow_learner_clip_fraction winnow_learner_importance_ratio_mean
+winnow_learner_weight_version winnow_learner_steps_total winnow_learner_acceptance_ratio
+winnow_learner_kept_group_ratio winnow_learner_groups_total winnow_learner_samples_total winnow_learner_entropy
+winnow_learner_kl winnow_learner_clipped_token_ratio winnow_learner_importance_ratio_mean
 winnow_learner_importance_ratio_max winnow_learner_effective_sample_size winnow_learner_reward_mean
 winnow_learner_loss winnow_learner_staleness_versions winnow_learner_tokens_total winnow_learner_tokens_per_second
 winnow_learner_step_phase_seconds winnow_learner_last_step_timestamp_seconds winnow_learner_prompts_released_total
-winnow_learner_eval_accuracy winnow_learner_mismatch_kl winnow_learner_mismatch_max_abs_log_ratio
+winnow_learner_eval_accuracy winnow_learner_eval_mean_at_k winnow_learner_grad_norm winnow_learner_learning_rate
+winnow_learner_response_length_mean winnow_learner_truncated_ratio winnow_learner_mismatch_kl
+winnow_learner_mismatch_max_abs_log_ratio winnow_learner_run_finished winnow_build_info
+winnow_learner_beta_acceptance_ratio winnow_learner_beta_identity winnow_learner_snis_ess_ratio
+winnow_learner_pg_loss winnow_learner_staleness_mean winnow_learner_kept_sample_ratio
+winnow_learner_beta_groups_accepted
 winnow_generator_tokens_total winnow_generator_groups_published_total winnow_generator_requests_in_flight
 winnow_generator_weight_version winnow_generator_weight_reload_seconds winnow_generator_weight_reload_failures_total
 winnow_generator_verifier_latency_seconds winnow_generator_verifier_errors_total winnow_generator_consumer_lag
@@ -174,7 +179,9 @@ def test_promtool_rejects_a_broken_query(promtool_bin, tmp_path) -> None:
 def test_dashboard_panels_cover_the_signals() -> None:
     dash = json.loads(DASHBOARD.read_text())
     titles = {p["title"] for p in dash["panels"]}
-    for needed in ("Acceptance rate", "Kept-group fraction", "Entropy (mean token)", "KL to reference (k3)",
+    for needed in ("Loss", "Gradient norm (before clipping)", "Learning rate", "Response length and truncation",
+                   "Train/inference mismatch", "Eval", "CPU (cores)", "Resident memory",
+                   "Acceptance ratio", "Kept-group ratio", "Entropy (mean token)", "KL to reference (k3)",
                    "Staleness (versions) quantiles", "Tokens per second", "Verifier items by status",
                    "Verifier item latency", "Consumer lag (prompts)", "Weight version: learner vs generators",
                    "Learner step phases (mean)"):
@@ -187,7 +194,18 @@ def test_dashboard_panels_cover_the_signals() -> None:
     for p in dash["panels"]:
         g = p["gridPos"]
         assert g["x"] + g["w"] <= 24, p["title"]
-    assert {v["name"] for v in dash["templating"]["list"]} == {"datasource", "namespace"}
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert set(variables) == {"datasource", "namespace", "run", "job", "instance"}
+    # one run at a time: two releases in a namespace never merge into one curve
+    assert variables["run"]["multi"] is False and variables["run"]["includeAll"] is False
+    for _, expr in dashboard_exprs():
+        for selector in re.findall(r"\{([^}]*)\}", expr):
+            if "namespace" in selector:  # every series selector narrows by all four variables
+                for var in ("namespace", "run", "job", "instance"):
+                    assert f'{var}=~"${var}"' in selector, (var, expr)
+    # the training panels sit above the operator panels, on the first screen
+    first = [p["title"] for p in dash["panels"] if p["gridPos"]["y"] < 17]
+    assert {"Loss", "Gradient norm (before clipping)", "Eval"} <= set(first)
 
 
 def test_metrics_used_are_documented() -> None:
@@ -212,13 +230,15 @@ def metrics_in_code(*files: Path) -> set[str]:
     for f in files:
         for kind, name in re.findall(r'\b(Counter|Gauge|Histogram|Summary)\(\s*"(winnow_[a-z0-9_]+)"', f.read_text()):
             names.add(name + "_total" if kind == "Counter" and not name.endswith("_total") else name)
+        # gauges declared as data: {"key": ("winnow_...", "help")}
+        names.update(re.findall(r':\s*\(\s*"(winnow_[a-z0-9_]+)"', f.read_text()))
     return names
 
 
 @pytest.mark.parametrize("service, files", [
     ("verifier", ["verifier/service_metrics.py"]),
     ("generator", ["generator/service.py"]),
-    ("learner", ["learner/service.py"]),
+    ("learner", ["learner/metrics.py", "learner/sampler_metrics.py", "winnow/tracking.py"]),
 ])
 def test_metric_docs_match_the_code(service, files) -> None:
     """Every metric a service defines is documented, and every documented one exists (no drift)."""

@@ -19,12 +19,6 @@ from pathlib import Path
 import pytest
 import torch
 from prometheus_client import CollectorRegistry
-from winnow.learner.algo import AlgoConfig
-from winnow.learner.checkpoint import latest_checkpoint, load_checkpoint
-from winnow.learner.config import LearnerConfig
-from winnow.learner.service import LearnerService
-from winnow.learner.step import OptimConfig, Trainer
-from winnow.learner.tiny import build_tiny_model_and_tokenizer
 
 from winnow.config import load_config
 from winnow.kafka import (
@@ -37,6 +31,12 @@ from winnow.kafka import (
     send,
     topics,
 )
+from winnow.learner.algo import AlgoConfig
+from winnow.learner.checkpoint import latest_checkpoint, load_checkpoint
+from winnow.learner.config import LearnerConfig
+from winnow.learner.service import LearnerService
+from winnow.learner.step import OptimConfig, Trainer
+from winnow.learner.tiny import build_tiny_model_and_tokenizer
 from winnow.metrics import serve_metrics
 from winnow.prompts import make_source
 from winnow.v1 import messages_pb2
@@ -222,8 +222,8 @@ async def test_learner_trains_dedupes_drops_and_resumes(kafka_config, tmp_path: 
     finally:
         await producer.stop()
 
-    source = make_source(cfg.prompt_source_config())
-    algo = cfg.algo_config()
+    source = make_source(cfg.prompts)
+    algo = cfg.algo
     trained: list = []
 
     trainer1, tok = _trainer(algo)
@@ -247,9 +247,9 @@ async def test_learner_trains_dedupes_drops_and_resumes(kafka_config, tmp_path: 
         assert _metric(scrape, "winnow_learner_weight_version") == 3
         assert _metric(scrape, "winnow_learner_prompts_released_total") >= 3 * BATCH
         assert _metric(scrape, "winnow_learner_step_phase_seconds_count", phase="compute") == 3
-        assert service1.outcomes["all_correct"] >= 1  # position 0 is all-correct: filtered by reinforce_rej
+        assert service1.book.counts["all_correct"] >= 1  # position 0 is all-correct: filtered by reinforce_rej
         # admission control: never more than (max_staleness + 1) batches released and unconsumed
-        assert len(service1.state.unconsumed) <= 2 * BATCH
+        assert len(service1.book.state.unconsumed) <= 2 * BATCH
         assert fake.max_release_version <= 3
         ckpt = latest_checkpoint(cfg.checkpoint.dir)
         assert ckpt is not None and ckpt.name == "step-00000002"
@@ -269,7 +269,7 @@ async def test_learner_trains_dedupes_drops_and_resumes(kafka_config, tmp_path: 
         # resumed from the version-2 checkpoint: run 2 started from run 1's weights after step 2
         assert torch.equal(rec2.params_before[2], rec1.params_at[2])
         _, state = load_checkpoint(latest_checkpoint(cfg.checkpoint.dir))
-        assert state.version == 6 and state.run_id == service1.state.run_id
+        assert state.version == 6 and state.run_id == service1.book.state.run_id
     finally:
         fake_task.cancel()
         await asyncio.gather(fake_task, return_exceptions=True)
@@ -286,7 +286,7 @@ async def test_learner_trains_dedupes_drops_and_resumes(kafka_config, tmp_path: 
     assert fake.duplicated in ids and fake.stale not in ids
     # on resume, the checkpoint's unconsumed requests were sent again under the same ids
     assert all(fake.seen.count(rid) >= 2 for rid in state_v2.unconsumed)
-    assert service1.outcomes["stale"] + service2.outcomes["stale"] >= 1
+    assert service1.book.counts["stale"] + service2.book.counts["stale"] >= 1
     # data positions never repeat in the lineage (requests are <run>-<position>-<attempt>)
     positions = [i.split("-")[1] for i in ids]
     assert len(positions) == len(set(positions))
@@ -330,10 +330,10 @@ async def test_lost_request_is_released_again(kafka_config_one, tmp_path: Path):
             "run_dir": str(tmp_path / "run"),
         },
     )
-    trainer, tok = _trainer(cfg.algo_config())
+    trainer, tok = _trainer(cfg.algo)
     trained: list = []
     Recorder(trainer, 1, trained)
-    service = LearnerService(cfg, trainer, make_source(cfg.prompt_source_config()), CollectorRegistry())
+    service = LearnerService(cfg, trainer, make_source(cfg.prompts), CollectorRegistry())
     fake = FakeGenerator(
         kcfg, tok, trainer.model.get_input_embeddings().weight.shape[0], inject=False, lose_first=True
     )
@@ -349,4 +349,4 @@ async def test_lost_request_is_released_again(kafka_config_one, tmp_path: Path):
     ids = [i for _, _, batch in trained for i in batch]
     assert again in trained[0][2] and lost not in ids
     assert service.metrics.requests_rereleased._value.get() == 1
-    assert service.outcomes["duplicate"] == 1
+    assert service.book.counts["duplicate"] == 1

@@ -8,7 +8,10 @@ import json
 
 import pytest
 import torch
+
+from winnow.config import ConfigError, load_config, parse_overrides
 from winnow.learner.algo import AlgoConfig
+from winnow.learner.batch import group_from_proto
 from winnow.learner.checkpoint import (
     LATEST,
     LearnerState,
@@ -18,12 +21,10 @@ from winnow.learner.checkpoint import (
 )
 from winnow.learner.config import LearnerConfig
 from winnow.learner.evaluate import Evaluator
-from winnow.learner.service import group_data, group_outcomes
-from winnow.learner.step import OptimConfig, Trainer
+from winnow.learner.objective import prepare_batch_signals
+from winnow.learner.step import OptimConfig, Trainer, group_outcomes
 from winnow.learner.tiny import build_tiny_model_and_tokenizer
 from winnow.learner.weights import WeightPublisher
-
-from winnow.config import ConfigError, load_config, parse_overrides
 from winnow.prompts import Problem
 from winnow.v1 import messages_pb2
 
@@ -52,20 +53,20 @@ def test_config_overrides_and_errors(tmp_path):
     cfg = load_config(
         LearnerConfig, overrides=parse_overrides(["algo.preset=grpo", "algo.kl_coef=0", "batch_groups=3"])
     )
-    algo = cfg.algo_config()
+    algo = cfg.algo
     assert (algo.preset, algo.kl_coef, algo.advantage, cfg.batch_groups) == ("grpo", 0.0, "mean_std", 3)
     assert cfg.max_staleness == algo.max_staleness == 1
     f = tmp_path / "c.yaml"
     f.write_text("learner:\n  algo: {preset: raft}\n  optim: {lr: 0.5}\nkafka:\n  topic_prefix: exp1\n")
     cfg = load_config(LearnerConfig, f)
     assert (
-        cfg.algo_config().loss == "sft" and cfg.optim_config().lr == 0.5 and cfg.kafka.topic_prefix == "exp1"
+        cfg.algo.loss == "sft" and cfg.optim.lr == 0.5 and cfg.kafka.topic_prefix == "exp1"
     )
     with pytest.raises(ConfigError, match=r"algo: .*unknown algorithm 'ppo'"):
         load_config(LearnerConfig, overrides={"algo": {"preset": "ppo"}})
-    with pytest.raises(ConfigError, match=r"optim: .*micro_batch_size"):
+    with pytest.raises(ConfigError, match=r"optim\.micro_batch_size"):
         load_config(LearnerConfig, overrides={"optim": {"micro_batch_size": 0}})
-    with pytest.raises(ConfigError, match=r"prompts: .*path"):
+    with pytest.raises(ConfigError, match=r"prompts\.jsonl\.path"):
         load_config(LearnerConfig, overrides={"prompts": {"kind": "jsonl"}})
 
 
@@ -128,19 +129,23 @@ def test_weight_store_uri_and_pruning(tmp_path):
     assert shared.write(_FakeTrainer(4)).uri == "/mnt/weights/v00000004/model.safetensors"
 
 
-def test_group_data_checks():
-    g = group_data(_group([CORRECT, WRONG]), n=2, vocab_size=10)
+def test_group_from_proto_checks():
+    g = group_from_proto(_group([CORRECT, WRONG]), n=2, vocab_size=10)
     assert (
         g.request_id == "r1" and g.policy_version == 4 and [s.status for s in g.samples] == [CORRECT, WRONG]
     )
     with pytest.raises(ValueError, match="expected n=3"):
-        group_data(_group([CORRECT, WRONG]), n=3)
+        group_from_proto(_group([CORRECT, WRONG]), n=3)
     with pytest.raises(ValueError, match="outside the vocabulary"):
-        group_data(_group([CORRECT], tokens=(5, 60)), n=1, vocab_size=10)
+        group_from_proto(_group([CORRECT], tokens=(5, 60)), n=1, vocab_size=10)
     with pytest.raises(ValueError, match="finite and <= 0"):
-        group_data(_group([CORRECT], logprob=0.5), n=1)
+        group_from_proto(_group([CORRECT], logprob=0.5), n=1)
+    with pytest.raises(ValueError, match="status 8 is not a verifier Status"):  # a poison record (issue 13)
+        group_from_proto(_group([CORRECT, 8]), n=2)
+    with pytest.raises(ValueError, match="3 response tokens, more than the 2 allowed"):
+        group_from_proto(_group([CORRECT], tokens=(5, 6, 7)), n=1, max_response_tokens=2)
     # no per-token versions: the group's version stands for every token
-    g = group_data(_group([CORRECT], n_versions=0), n=1)
+    g = group_from_proto(_group([CORRECT], n_versions=0), n=1)
     assert g.samples[0].policy_versions == [4] and g.policy_version == 4
 
 
@@ -154,8 +159,8 @@ def test_group_data_checks():
 )
 def test_group_outcomes(preset, expected):
     statuses = [[CORRECT, CORRECT], [WRONG, WRONG], [CORRECT, WRONG], [ERROR, ERROR]]
-    groups = [group_data(_group(s, request_id=f"r{i}"), n=2) for i, s in enumerate(statuses)]
-    assert group_outcomes(groups, AlgoConfig(preset=preset)) == expected
+    sig = prepare_batch_signals(torch.tensor(statuses), AlgoConfig(preset=preset))
+    assert list(group_outcomes(sig["keep"], sig["correct"], sig["valid"])) == expected
 
 
 class _Verifier:

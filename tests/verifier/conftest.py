@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import pytest
 from prometheus_client import CollectorRegistry
+
+from winnow.config import load_config
 from winnow.verifier.config import VerifierConfig
 from winnow.verifier.server import VerifierServer, create_server
 from winnow.verifier.service_metrics import VerifierMetrics
-
-from winnow.config import load_config
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import signal
 import time
 
 import pytest
+
 from winnow.verifier.pool import WorkerPool, _alive
 
 HANG = {"gold": "5", "pred": "\\sum_{i=1}^{10^{40}} i^{i}", "percent": False}  # sympy grinds for minutes
@@ -162,3 +163,24 @@ def test_close_leaves_no_process_behind(reasons):
     assert zygote not in _children_of(os.getpid())
     with pytest.raises(RuntimeError):
         p.run(EASY)
+
+
+def test_idle_warmup_pool_answers_while_warming_up():
+    """With idle_warmup (the service's setting) the zygote warms the grammar between fork requests;
+    workers answer at once and keep their verdicts, also a worker forked while the zygote warms."""
+    from winnow.verifier.pool import _WARMUP_IDLE, WorkerPool
+
+    assert len(_WARMUP_IDLE) >= 20
+    pool = WorkerPool(workers=1, timeout_s=30.0, idle_warmup=True)
+    try:
+        for gold, pred, status in [("x^2+2x+1", "(x+1)^2", "correct"), ("\\frac{1}{3}", "0.33", "wrong"),
+                                   ("2<|x|\\le5", "[-5,-2)\\cup(2,5]", "correct")]:
+            assert pool.run({"gold": gold, "pred": pred}, timeout_s=30.0)["status"] == status
+        pid = pool.pids()[0]
+        os.kill(pid, signal.SIGKILL)  # our own worker: its replacement is forked by a warming zygote
+        assert _wait_for(lambda: not _alive(pid))
+        assert pool.run({"gold": "1", "pred": "1"}, timeout_s=30.0)["status"] == "error"  # the crash, reported
+        assert pool.run({"gold": "\\frac{1}{2}", "pred": "0.5"}, timeout_s=30.0)["status"] == "correct"
+        assert pool.pids() and pool.pids()[0] != pid
+    finally:
+        pool.close()

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from winnow.verifier.score import Summary, parse_line, score_lines
 
 REPO = Path(__file__).resolve().parents[2]
@@ -197,3 +198,76 @@ def test_help_is_fast_and_imports_no_heavy_modules():
         assert time.perf_counter() - t < 20
     assert "--verifier HOST:PORT" in run_cli("score", "--help").stdout
     assert "--metrics-port" in run_cli("verifier", "serve", "--help").stdout
+
+
+def test_parse_line_hostile_lines_are_error_records():
+    """Issue 13 fault 5: each of these used to raise out of `winnow score` and lose the scored lines."""
+    cases = {
+        b'{"response": "\xff\xfe", "gold": "1"}': "line 2: invalid UTF-8 at byte 14",
+        '{"response": "x", "gold": ' + "9" * 5000 + "}": "line 2: invalid JSON: Exceeds the limit",
+        "[" * 200_000 + "]" * 200_000: "line 2: invalid JSON: nested too deep",
+        '{"response": "\\ud800", "gold": "1"}': "line 2: lone surrogate",
+    }
+    for text, message in cases.items():
+        p = parse_line(2, text)
+        assert p.item is None and p.error.startswith(message), (str(text)[:60], p.error)
+    # NaN / Infinity are read as strings, so the record (copied to the output) stays valid JSON
+    nan = parse_line(5, '{"response": "\\\\boxed{1}", "gold": NaN, "extra": Infinity}')
+    assert nan.item.gold == "nan" and nan.record["extra"] == "\\infty"
+    json.dumps(nan.record, allow_nan=False)
+
+
+def _scored(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("link", ["symlink", "hardlink"])
+def test_score_cli_refuses_an_output_that_is_the_input(tmp_path, link):
+    """Issue 13 fault 4: `-o` a symlink or hard link to the input used to truncate the input to 0 bytes."""
+    src = tmp_path / "in.jsonl"
+    mixed_file(src)
+    before = src.read_bytes()
+    out = tmp_path / "out.jsonl"
+    (os.symlink if link == "symlink" else os.link)(src, out)
+    res = run_cli("score", str(src), "-o", str(out))
+    assert res.returncode == 2 and "is the input file itself" in res.stderr, res.stderr
+    assert src.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_score_cli_hostile_lines_dev_full_and_atomic_output(tmp_path):
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    good = json.dumps({"id": "g", "response": r"\boxed{4}", "gold": "4"}).encode()
+    lines = [good, b'{"response": "\xff", "gold": "1"}', b'{"response": "x", "gold": ' + b"9" * 5000 + b"}",
+             b"[" * 200_000 + b"]" * 200_000, b'{"response": "\\ud800", "gold": "1"}',
+             b'{"response": "\\\\boxed{1}", "gold": NaN}', b'{"response": "\\\\boxed{1}", "gold": "1/0"}', good]
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    res = run_cli("score", str(src), "-o", str(dst), "--workers", "1")
+    assert res.returncode == 1, res.stderr  # some lines malformed, the others scored
+    out = _scored(dst)
+    assert [r["status"] for r in out] == ["correct", "error", "error", "error", "error", "error", "error", "correct"]
+    assert "unanswerable" in out[5]["detail"] and "unanswerable" in out[6]["detail"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".winnow-score-")]  # temp file renamed
+    if os.path.exists("/dev/full"):
+        res = run_cli("score", str(src), "-o", "/dev/full", "--workers", "1")
+        assert res.returncode == 4 and "aborted: cannot write /dev/full" in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr
+
+
+def test_output_sink_replaces_a_symlinks_target_and_keeps_the_mode(tmp_path):
+    from winnow.verifier.score import _Sink
+
+    target = tmp_path / "real.jsonl"
+    target.write_text("old\n")
+    target.chmod(0o640)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(target)
+    sink = _Sink(str(link))
+    sink.file.write("new\n")
+    sink.finish()
+    assert link.is_symlink() and target.read_text() == "new\n"
+    assert target.stat().st_mode & 0o777 == 0o640
+    aborted = _Sink(str(link))
+    aborted.file.write("partial\n")
+    aborted.abort()  # a failed run leaves the previous output and no temporary file
+    assert target.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["link.jsonl", "real.jsonl"]

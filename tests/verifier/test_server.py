@@ -17,14 +17,14 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
-from winnow.verifier.client import VerifierClient, VerifierError, VerifierUnavailableError
-from winnow.verifier.config import VerifierConfig
-from winnow.verifier.server import build_engine
 
 from winnow.config import ConfigError, load_config
 from winnow.metrics import serve_metrics
 from winnow.v1 import verifier_pb2, verifier_pb2_grpc
 from winnow.verdict import Item, Status
+from winnow.verifier.client import VerifierClient, VerifierError, VerifierUnavailableError
+from winnow.verifier.config import VerifierConfig
+from winnow.verifier.server import build_engine
 
 S = verifier_pb2
 
@@ -234,6 +234,7 @@ async def test_metrics_scrape_counts_calls(start_server):
 
 def test_cache_ratio_and_restart_callbacks():
     from prometheus_client import CollectorRegistry
+
     from winnow.verifier.service_metrics import VerifierMetrics
 
     metrics = VerifierMetrics(CollectorRegistry())
@@ -402,3 +403,61 @@ async def test_client_deadline_counts_cancelled_and_inflight_drains(start_server
         await asyncio.sleep(0.05)
     assert srv.metrics.inflight_items._value.get() == 0
     assert srv.metrics.requests.labels("Verify", "CANCELLED")._value.get() == 1
+
+
+async def test_made_up_method_names_do_not_create_metric_series(start_server):
+    """Issue 13 fault 7: each unauthenticated call to an invented method used to add a series."""
+    from winnow.verifier.server import method_label
+
+    assert method_label("/winnow.v1.Verifier/Verify") == "Verify"
+    assert method_label("/winnow.v1.Verifier/Xyz123") == "other"
+    assert method_label("/other.Service/Verify") == "other"
+    srv = await start_server(token="s3cret")
+    async with grpc.aio.insecure_channel(srv.target) as ch:
+        for i in range(20):
+            call = ch.unary_unary(f"/winnow.v1.Verifier/Made{i}", request_serializer=bytes, response_deserializer=bytes)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await call(b"")
+    series = {s.labels["rpc"] for m in srv.registry.collect() if m.name == "winnow_verifier_requests"
+              for s in m.samples}
+    assert series <= {"Verify", "VerifyBatch", "other"}, series
+
+
+async def test_client_round_robin_spreads_calls_over_several_verifiers(start_server):
+    """Issue 13: with pick-first one verifier got every call; round_robin over an ipv4: target listing
+    three real servers on 127.0.0.1 gives each of them calls (a headless Service's dns:/// name
+    resolves to the pod addresses the same way)."""
+    servers = [await start_server() for _ in range(3)]
+    target = "ipv4:" + ",".join(f"127.0.0.1:{s.port}" for s in servers)
+    async with VerifierClient(target, retry_total_s=10) as client:
+        for i in range(30):
+            assert (await client.verify(Item(f"i{i}", r"\boxed{2}", "2"))).status == Status.CORRECT
+    counts = [s.metrics.requests.labels("Verify", "OK")._value.get() for s in servers]
+    assert sum(counts) == 30 and all(c >= 5 for c in counts), counts  # round-robin: about 10 each
+
+
+async def test_client_waits_for_a_verifier_that_starts_late(start_server, engine):
+    """wait_for_ready: a call made while nothing listens completes once the server comes up."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with VerifierClient(f"127.0.0.1:{port}", retry_total_s=20) as client:
+        call = asyncio.ensure_future(client.verify(Item("late", r"\boxed{3}", "3")))
+        await asyncio.sleep(0.5)
+        assert not call.done()
+        srv = await start_server(port=port)
+        assert (await asyncio.wait_for(call, 30)).status == Status.CORRECT
+    assert srv.metrics.requests.labels("Verify", "OK")._value.get() == 1
+
+
+def test_service_config_asks_for_round_robin_and_retries():
+    import json
+
+    from winnow.verifier.client import service_config
+
+    cfg = json.loads(service_config())
+    assert cfg["loadBalancingConfig"] == [{"round_robin": {}}]
+    policy = cfg["methodConfig"][0]["retryPolicy"]
+    assert policy["retryableStatusCodes"] == ["UNAVAILABLE"] and policy["maxAttempts"] == 5

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from winnow.v1 import verifier_pb2 as winnow_dot_v1_dot_verifier__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18winnow/v1/messages.proto\x12\twinnow.v1\x1a\x18winnow/v1/verifier.proto\"\xca\x02\n\rPromptRequest\x12\x11\n\tprompt_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0f\n\x07problem\x18\x03 \x01(\t\x12\x0c\n\x04gold\x18\x04 \x01(\t\x12\x0c\n\x04task\x18\x05 \x01(\t\x12\t\n\x01n\x18\x06 \x01(\r\x12\x17\n\x0frelease_version\x18\x07 \x01(\x03\x12+\n\x08sampling\x18\x08 \x01(\x0b\x32\x19.winnow.v1.SamplingParams\x12G\n\x10verifier_options\x18\t \x03(\x0b\x32-.winnow.v1.PromptRequest.VerifierOptionsEntry\x12\x13\n\x0breleased_at\x18\n \x01(\x01\x1a\x36\n\x14VerifierOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"i\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x16\n\x0emax_new_tokens\x18\x04 \x01(\r\x12\x0c\n\x04seed\x18\x05 \x01(\x03\"\xc4\x01\n\x06Sample\x12\x1a\n\x12response_token_ids\x18\x01 \x03(\x05\x12\x1a\n\x12\x62\x65haviour_logprobs\x18\x02 \x03(\x02\x12\x17\n\x0fpolicy_versions\x18\x03 \x03(\x03\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x0c\n\x04text\x18\x05 \x01(\t\x12!\n\x06status\x18\x06 \x01(\x0e\x32\x11.winnow.v1.Status\x12\x0e\n\x06reward\x18\x07 \x01(\x02\x12\x11\n\textracted\x18\x08 \x01(\t\"\xa4\x02\n\x0bScoredGroup\x12\x11\n\tprompt_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\x05\x12\"\n\x07samples\x18\x04 \x03(\x0b\x32\x11.winnow.v1.Sample\x12+\n\x08sampling\x18\x05 \x01(\x0b\x32\x19.winnow.v1.SamplingParams\x12\x14\n\x0cgenerator_id\x18\x06 \x01(\t\x12\x16\n\x0epolicy_version\x18\x07 \x01(\x03\x12\x0c\n\x04task\x18\x08 \x01(\t\x12\x12\n\ncreated_at\x18\t \x01(\x01\x12\x1a\n\x12generation_seconds\x18\n \x01(\x01\x12\x17\n\x0fscoring_seconds\x18\x0b \x01(\x01\"f\n\x12WeightAnnouncement\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12\x12\n\ncreated_at\x18\x05 \x01(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18winnow/v1/messages.proto\x12\twinnow.v1\x1a\x18winnow/v1/verifier.proto\"\xf4\x02\n\rPromptRequest\x12\x11\n\tprompt_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0f\n\x07problem\x18\x03 \x01(\t\x12\x0c\n\x04gold\x18\x04 \x01(\t\x12\x0c\n\x04task\x18\x05 \x01(\t\x12\t\n\x01n\x18\x06 \x01(\r\x12\x17\n\x0frelease_version\x18\x07 \x01(\x03\x12+\n\x08sampling\x18\x08 \x01(\x0b\x32\x19.winnow.v1.SamplingParams\x12G\n\x10verifier_options\x18\t \x03(\x0b\x32-.winnow.v1.PromptRequest.VerifierOptionsEntry\x12\x13\n\x0breleased_at\x18\n \x01(\x01\x12(\n\x08messages\x18\x14 \x03(\x0b\x32\x16.winnow.v1.ChatMessage\x1a\x36\n\x14VerifierOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"i\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x16\n\x0emax_new_tokens\x18\x04 \x01(\r\x12\x0c\n\x04seed\x18\x05 \x01(\x03\"\xc4\x01\n\x06Sample\x12\x1a\n\x12response_token_ids\x18\x01 \x03(\x05\x12\x1a\n\x12\x62\x65haviour_logprobs\x18\x02 \x03(\x02\x12\x17\n\x0fpolicy_versions\x18\x03 \x03(\x03\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x0c\n\x04text\x18\x05 \x01(\t\x12!\n\x06status\x18\x06 \x01(\x0e\x32\x11.winnow.v1.Status\x12\x0e\n\x06reward\x18\x07 \x01(\x02\x12\x11\n\textracted\x18\x08 \x01(\t\"\xc3\x02\n\x0bScoredGroup\x12\x11\n\tprompt_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\x05\x12\"\n\x07samples\x18\x04 \x03(\x0b\x32\x11.winnow.v1.Sample\x12+\n\x08sampling\x18\x05 \x01(\x0b\x32\x19.winnow.v1.SamplingParams\x12\x14\n\x0cgenerator_id\x18\x06 \x01(\t\x12\x16\n\x0epolicy_version\x18\x07 \x01(\x03\x12\x0c\n\x04task\x18\x08 \x01(\t\x12\x12\n\ncreated_at\x18\t \x01(\x01\x12\x1a\n\x12generation_seconds\x18\n \x01(\x01\x12\x17\n\x0fscoring_seconds\x18\x0b \x01(\x01\x12\x0f\n\x07problem\x18\x14 \x01(\t\x12\x0c\n\x04gold\x18\x15 \x01(\t\"u\n\x12WeightAnnouncement\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x04 \x01(\t\x12\x12\n\ncreated_at\x18\x05 \x01(\x01\x12\r\n\x05\x66inal\x18\x06 \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,15 +35,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROMPTREQUEST_VERIFIEROPTIONSENTRY']._loaded_options = None
   _globals['_PROMPTREQUEST_VERIFIEROPTIONSENTRY']._serialized_options = b'8\001'
   _globals['_PROMPTREQUEST']._serialized_start=66
-  _globals['_PROMPTREQUEST']._serialized_end=396
-  _globals['_PROMPTREQUEST_VERIFIEROPTIONSENTRY']._serialized_start=342
-  _globals['_PROMPTREQUEST_VERIFIEROPTIONSENTRY']._serialized_end=396
-  _globals['_SAMPLINGPARAMS']._serialized_start=398
-  _globals['_SAMPLINGPARAMS']._serialized_end=503
-  _globals['_SAMPLE']._serialized_start=506
-  _globals['_SAMPLE']._serialized_end=702
-  _globals['_SCOREDGROUP']._serialized_start=705
-  _globals['_SCOREDGROUP']._serialized_end=997
-  _globals['_WEIGHTANNOUNCEMENT']._serialized_start=999
-  _globals['_WEIGHTANNOUNCEMENT']._serialized_end=1101
+  _globals['_PROMPTREQUEST']._serialized_end=438
+  _globals['_PROMPTREQUEST_VERIFIEROPTIONSENTRY']._serialized_start=384
+  _globals['_PROMPTREQUEST_VERIFIEROPTIONSENTRY']._serialized_end=438
+  _globals['_CHATMESSAGE']._serialized_start=440
+  _globals['_CHATMESSAGE']._serialized_end=484
+  _globals['_SAMPLINGPARAMS']._serialized_start=486
+  _globals['_SAMPLINGPARAMS']._serialized_end=591
+  _globals['_SAMPLE']._serialized_start=594
+  _globals['_SAMPLE']._serialized_end=790
+  _globals['_SCOREDGROUP']._serialized_start=793
+  _globals['_SCOREDGROUP']._serialized_end=1116
+  _globals['_WEIGHTANNOUNCEMENT']._serialized_start=1118
+  _globals['_WEIGHTANNOUNCEMENT']._serialized_end=1235
 # @@protoc_insertion_point(module_scope)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PromptRequest(_message.Message):
-    __slots__ = ("prompt_id", "request_id", "problem", "gold", "task", "n", "release_version", "sampling", "verifier_options", "released_at")
+    __slots__ = ("prompt_id", "request_id", "problem", "gold", "task", "n", "release_version", "sampling", "verifier_options", "released_at", "messages")
     class VerifierOptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class PromptRequest(_message.Message):
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     VERIFIER_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     RELEASED_AT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
     prompt_id: str
     request_id: str
     problem: str
@@ -36,7 +37,16 @@ class PromptRequest(_message.Message):
     sampling: SamplingParams
     verifier_options: _containers.ScalarMap[str, str]
     released_at: float
-    def __init__(self, prompt_id: _Optional[str] = ..., request_id: _Optional[str] = ..., problem: _Optional[str] = ..., gold: _Optional[str] = ..., task: _Optional[str] = ..., n: _Optional[int] = ..., release_version: _Optional[int] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., verifier_options: _Optional[_Mapping[str, str]] = ..., released_at: _Optional[float] = ...) -> None: ...
+    messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
+    def __init__(self, prompt_id: _Optional[str] = ..., request_id: _Optional[str] = ..., problem: _Optional[str] = ..., gold: _Optional[str] = ..., task: _Optional[str] = ..., n: _Optional[int] = ..., release_version: _Optional[int] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., verifier_options: _Optional[_Mapping[str, str]] = ..., released_at: _Optional[float] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ...) -> None: ...
+
+class ChatMessage(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: str
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
     __slots__ = ("temperature", "top_p", "top_k", "max_new_tokens", "seed")
@@ -73,7 +83,7 @@ class Sample(_message.Message):
     def __init__(self, response_token_ids: _Optional[_Iterable[int]] = ..., behaviour_logprobs: _Optional[_Iterable[float]] = ..., policy_versions: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., text: _Optional[str] = ..., status: _Optional[_Union[_verifier_pb2.Status, str]] = ..., reward: _Optional[float] = ..., extracted: _Optional[str] = ...) -> None: ...
 
 class ScoredGroup(_message.Message):
-    __slots__ = ("prompt_id", "request_id", "prompt_token_ids", "samples", "sampling", "generator_id", "policy_version", "task", "created_at", "generation_seconds", "scoring_seconds")
+    __slots__ = ("prompt_id", "request_id", "prompt_token_ids", "samples", "sampling", "generator_id", "policy_version", "task", "created_at", "generation_seconds", "scoring_seconds", "problem", "gold")
     PROMPT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +95,8 @@ class ScoredGroup(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     GENERATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SCORING_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    GOLD_FIELD_NUMBER: _ClassVar[int]
     prompt_id: str
     request_id: str
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
@@ -96,18 +108,22 @@ class ScoredGroup(_message.Message):
     created_at: float
     generation_seconds: float
     scoring_seconds: float
-    def __init__(self, prompt_id: _Optional[str] = ..., request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., generator_id: _Optional[str] = ..., policy_version: _Optional[int] = ..., task: _Optional[str] = ..., created_at: _Optional[float] = ..., generation_seconds: _Optional[float] = ..., scoring_seconds: _Optional[float] = ...) -> None: ...
+    problem: str
+    gold: str
+    def __init__(self, prompt_id: _Optional[str] = ..., request_id: _Optional[str] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., generator_id: _Optional[str] = ..., policy_version: _Optional[int] = ..., task: _Optional[str] = ..., created_at: _Optional[float] = ..., generation_seconds: _Optional[float] = ..., scoring_seconds: _Optional[float] = ..., problem: _Optional[str] = ..., gold: _Optional[str] = ...) -> None: ...
 
 class WeightAnnouncement(_message.Message):
-    __slots__ = ("version", "uri", "sha256", "format", "created_at")
+    __slots__ = ("version", "uri", "sha256", "format", "created_at", "final")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
     version: int
     uri: str
     sha256: str
     format: str
     created_at: float
-    def __init__(self, version: _Optional[int] = ..., uri: _Optional[str] = ..., sha256: _Optional[str] = ..., format: _Optional[str] = ..., created_at: _Optional[float] = ...) -> None: ...
+    final: bool
+    def __init__(self, version: _Optional[int] = ..., uri: _Optional[str] = ..., sha256: _Optional[str] = ..., format: _Optional[str] = ..., created_at: _Optional[float] = ..., final: _Optional[bool] = ...) -> None: ...

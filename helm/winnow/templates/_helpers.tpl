@@ -59,12 +59,18 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 
 {{/* Kafka ------------------------------------------------------------------------------------- */}}
 {{- define "winnow.kafkaBootstrap" -}}
-{{- required "kafka.bootstrapServers is required: the host:port list of your Kafka cluster (winnow does not run Kafka; see helm/winnow/examples/strimzi-kafka.yaml)" .Values.kafka.bootstrapServers }}
+{{- required "kafka.bootstrapServers is required: the host:port list of your Kafka cluster, e.g. --set kafka.bootstrapServers=my-kafka-kafka-bootstrap.kafka.svc:9092 (the chart runs no Kafka: see helm show readme)" .Values.kafka.bootstrapServers }}
 {{- end }}
 
 {{/* Verifier addresses and auth ------------------------------------------------------------- */}}
+{{/* gRPC target of a verifier Service: dns:/// over the headless Service, so the client resolves every
+     ready pod and round_robin spreads the calls. Call with (dict "root" $ "service" "<name>" "port" N). */}}
+{{- define "winnow.grpcTarget" -}}
+{{- printf "dns:///%s.%s.svc.%s:%d" .service .root.Release.Namespace .root.Values.clusterDomain (int .port) }}
+{{- end }}
+
 {{- define "winnow.verifierAddress" -}}
-{{- printf "%s-verifier.%s.svc:%d" (include "winnow.fullname" .) .Release.Namespace (int .Values.verifier.grpcPort) }}
+{{- include "winnow.grpcTarget" (dict "root" . "service" (printf "%s-verifier" (include "winnow.fullname" .)) "port" .Values.verifier.grpcPort) }}
 {{- end }}
 
 {{- define "winnow.verifierSecretName" -}}
@@ -92,10 +98,101 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 
 {{/* Env common to learner and generators ----------------------------------------------------- */}}
 {{- define "winnow.kafkaEnv" -}}
+{{- $sec := .Values.kafka.security }}
+{{- $sasl := hasPrefix "SASL_" $sec.protocol }}
+{{- $tls := or (eq $sec.protocol "SSL") (eq $sec.protocol "SASL_SSL") }}
+{{- if and $sasl (not $sec.sasl.mechanism) }}
+{{- fail (printf "kafka.security.protocol is %s: set kafka.security.sasl.mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER)" $sec.protocol) }}
+{{- end }}
+{{- if and $sec.sasl.mechanism (not $sasl) }}
+{{- fail "kafka.security.sasl.mechanism is set: kafka.security.protocol must be SASL_SSL or SASL_PLAINTEXT" }}
+{{- end }}
+{{- $oauth := eq $sec.sasl.mechanism "OAUTHBEARER" }}
+{{- if and $sasl (not $oauth) (not $sec.sasl.existingSecret) }}
+{{- fail (printf "kafka.security.sasl.mechanism %s needs kafka.security.sasl.existingSecret (a Secret with the user's password)" $sec.sasl.mechanism) }}
+{{- end }}
+{{- if and $sasl $oauth (not $sec.sasl.oauthTokenSecret) }}
+{{- fail "kafka.security.sasl.mechanism OAUTHBEARER needs kafka.security.sasl.oauthTokenSecret" }}
+{{- end }}
+{{- if and (not $tls) (or $sec.tls.caSecret $sec.tls.clientSecret) }}
+{{- fail (printf "kafka.security.tls secrets are set but kafka.security.protocol is %s: use SSL or SASL_SSL" $sec.protocol) }}
+{{- end }}
 - name: KAFKA_BOOTSTRAP_SERVERS
   value: {{ include "winnow.kafkaBootstrap" . | quote }}
-{{- with .Values.kafka.extraEnv }}
-{{ toYaml . }}
+- name: KAFKA_SECURITY_PROTOCOL
+  value: {{ $sec.protocol | quote }}
+{{- if $sasl }}
+- name: KAFKA_SASL_MECHANISM
+  value: {{ $sec.sasl.mechanism | quote }}
+{{- if $oauth }}
+- name: KAFKA_SASL_OAUTH_TOKEN_FILE
+  value: /etc/winnow/kafka/oauth/{{ $sec.sasl.oauthTokenKey }}
+{{- else }}
+{{- if $sec.sasl.username }}
+- name: KAFKA_SASL_USERNAME
+  value: {{ $sec.sasl.username | quote }}
+{{- else }}
+- name: KAFKA_SASL_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ $sec.sasl.existingSecret }}
+      key: {{ $sec.sasl.usernameKey }}
+{{- end }}
+- name: KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $sec.sasl.existingSecret }}
+      key: {{ $sec.sasl.passwordKey }}
+{{- end }}
+{{- end }}
+{{- if $sec.tls.caSecret }}
+- name: KAFKA_SSL_CAFILE
+  value: /etc/winnow/kafka/ca/{{ $sec.tls.caKey }}
+{{- end }}
+{{- if $sec.tls.clientSecret }}
+- name: KAFKA_SSL_CERTFILE
+  value: /etc/winnow/kafka/client/{{ $sec.tls.certKey }}
+- name: KAFKA_SSL_KEYFILE
+  value: /etc/winnow/kafka/client/{{ $sec.tls.keyKey }}
+{{- end }}
+{{- end }}
+
+{{/* Volumes and mounts of the Kafka TLS / OAUTHBEARER Secrets (empty when none is configured) */}}
+{{- define "winnow.kafkaVolumes" -}}
+{{- $sec := .Values.kafka.security }}
+{{- if $sec.tls.caSecret }}
+- name: kafka-ca
+  secret:
+    secretName: {{ $sec.tls.caSecret }}
+{{- end }}
+{{- if $sec.tls.clientSecret }}
+- name: kafka-client
+  secret:
+    secretName: {{ $sec.tls.clientSecret }}
+{{- end }}
+{{- if and (hasPrefix "SASL_" $sec.protocol) (eq $sec.sasl.mechanism "OAUTHBEARER") }}
+- name: kafka-oauth
+  secret:
+    secretName: {{ $sec.sasl.oauthTokenSecret }}
+{{- end }}
+{{- end }}
+
+{{- define "winnow.kafkaMounts" -}}
+{{- $sec := .Values.kafka.security }}
+{{- if $sec.tls.caSecret }}
+- name: kafka-ca
+  mountPath: /etc/winnow/kafka/ca
+  readOnly: true
+{{- end }}
+{{- if $sec.tls.clientSecret }}
+- name: kafka-client
+  mountPath: /etc/winnow/kafka/client
+  readOnly: true
+{{- end }}
+{{- if and (hasPrefix "SASL_" $sec.protocol) (eq $sec.sasl.mechanism "OAUTHBEARER") }}
+- name: kafka-oauth
+  mountPath: /etc/winnow/kafka/oauth
+  readOnly: true
 {{- end }}
 {{- end }}
 
@@ -171,7 +268,7 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- $root := . }}
 {{- $eps := dict }}
 {{- range .Values.verifier.extra }}
-{{- $addr := printf "%s-verifier-%s.%s.svc:%d" (include "winnow.fullname" $root) .name $root.Release.Namespace (int (default 50051 .port)) }}
+{{- $addr := include "winnow.grpcTarget" (dict "root" $root "service" (printf "%s-verifier-%s" (include "winnow.fullname" $root) .name) "port" (default 50051 .port)) }}
 {{- range .tasks }}
 {{- if hasKey $eps . }}
 {{- fail (printf "verifier.extra: task pattern %q is routed to two custom verifiers" .) }}
@@ -197,7 +294,7 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- fail "learner.config has a key that YAML read as a boolean: write the group size as \"n\": 8 (a bare n or y is false/true in Helm's YAML)" }}
 {{- end }}
 {{- $wm := .Values.weights.mountPath }}
-{{- $base := dict "metrics_port" (int .Values.learner.metricsPort) "metrics_host" "0.0.0.0" "algo" (dict "preset" .Values.learner.algorithm) "kafka" (dict "topic_prefix" .Values.kafka.topicPrefix) }}
+{{- $base := dict "metrics_port" (int .Values.learner.metricsPort) "metrics_host" "0.0.0.0" "algo" (dict "preset" .Values.learner.algorithm) "kafka" (dict "topic_prefix" .Values.kafka.topicPrefix) "on_finish" .Values.learner.onFinish }}
 {{- $_ := set $base "weights" (dict "dir" $wm "uri_root" $wm) }}
 {{- $_ := set $base "checkpoint" (dict "dir" "/checkpoints/checkpoints") }}
 {{- $_ := set $base "run_dir" "/checkpoints/run" }}

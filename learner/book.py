@@ -1,0 +1,318 @@
+"""The learner's delivery bookkeeping as one pure object: no Kafka, no clock of its own, no I/O.
+
+A prompt request's life, from release to "done" (trained or dropped), and the exactly-once
+invariants the learner relies on (docs/kafka.md):
+
+- **release**: at most ``(max_staleness + 1) * batch_groups`` requests are outstanding (admission
+  control); request ids are deterministic, ``<run>-<position>-<attempt>``, so a restarted learner
+  gives a position released after its last checkpoint the same id again;
+- **timeout**: a request outstanding for ``request_timeout_s`` is released again under the next
+  attempt's id; the old id goes into the dedupe window, so its late group is a duplicate;
+- **receive**: a group whose id is done is a duplicate (and frees a re-released slot), one already
+  buffered is a duplicate, one this run never released is foreign, one from a policy version above
+  the learner's is from the future; all of these are dropped and counted, never trained (foreign and
+  future ones are not "done": their id stays outstanding, to time out and be released again);
+- **stale**: a buffered group more than ``max_staleness`` versions old is dropped;
+- **finish**: a done id enters the dedupe window and the ledger, leaves the outstanding set, and its
+  record's offset may be committed: :meth:`RequestBook.committable` gives, per partition, the lowest
+  offset not yet done (everything below is done);
+- **checkpoint**: :meth:`RequestBook.state` is everything above that must survive a crash. Buffered
+  groups are not done: they stay outstanding and above the committed offsets, so a crash between
+  training and checkpointing re-reads them and the restored dedupe window tells new from done.
+
+The service moves bytes around it (:mod:`winnow.learner.service`); the tests drive it directly
+(tests/learner/test_book.py).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from winnow.learner.checkpoint import LearnerState
+
+
+class Outcome(StrEnum):
+    """What happened to a scored group (the ``outcome`` label of ``winnow_learner_groups_total``)."""
+
+    TRAINED = "trained"
+    ALL_CORRECT = "all_correct"
+    ALL_WRONG = "all_wrong"
+    STALE = "stale"
+    DUPLICATE = "duplicate"
+    CORRUPT = "corrupt"
+    FOREIGN = "foreign"
+    FUTURE = "future"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a record was read: topic, partition, offset (a plain tuple key, no Kafka types)."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def tp(self) -> tuple[str, int]:
+        return (self.topic, self.partition)
+
+
+@dataclass(frozen=True)
+class Release:
+    """A prompt request to send: data ``position`` under ``request_id`` (attempt ``attempt``)."""
+
+    position: int
+    request_id: str
+    attempt: int
+
+
+@dataclass
+class Buffered:
+    """A received group waiting for a batch."""
+
+    request_id: str
+    prompt_id: str
+    policy_version: int
+    where: Position
+    group: Any
+    """The payload the trainer consumes (:class:`~winnow.learner.batch.GroupData`)."""
+    message: Any = None
+    """The record as received (for the sample log), if the caller keeps it."""
+
+
+@dataclass
+class _Offsets:
+    pending: dict[tuple[str, int], set[int]] = field(default_factory=dict)
+    next: dict[tuple[str, int], int] = field(default_factory=dict)
+    committed: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+class RequestBook:
+    """Release, attempts, timeouts, dedupe, buffering, staleness drops and finishing (see the module docstring).
+
+    Time is passed in (``now``, monotonic seconds) so every invariant is testable without sleeping.
+    """
+
+    def __init__(
+        self,
+        *,
+        batch_groups: int,
+        max_staleness: int,
+        request_timeout_s: float,
+        dedupe_capacity: int,
+        state: LearnerState,
+        now: float = 0.0,
+    ) -> None:
+        if not state.run_id:
+            raise ValueError("state.run_id is empty: request ids need the run's id")
+        self.batch_groups = batch_groups
+        self.max_staleness = max_staleness
+        self.request_timeout_s = request_timeout_s
+        self.dedupe_capacity = dedupe_capacity
+        self.state = state
+        self._seen: OrderedDict[str, None] = OrderedDict.fromkeys(state.seen[-dedupe_capacity:])
+        self._released_at = dict.fromkeys(state.unconsumed, now)
+        self.buffer: OrderedDict[str, Buffered] = OrderedDict()
+        self._offsets = _Offsets()
+        for topic, parts in state.offsets.items():
+            for p, off in parts.items():
+                self._offsets.next[(topic, int(p))] = int(off)
+                self._offsets.committed[(topic, int(p))] = int(off)
+        self.counts: Counter[str] = Counter()
+        self.ledger_rows: list[dict[str, str]] = []
+        """Finished groups since the last :meth:`take_ledger_rows` (written just before a checkpoint)."""
+
+    # -- release ------------------------------------------------------------------------------
+
+    @property
+    def admission_limit(self) -> int:
+        return (self.max_staleness + 1) * self.batch_groups
+
+    @property
+    def outstanding(self) -> int:
+        return len(self.state.unconsumed)
+
+    def request_id(self, position: int, attempt: int) -> str:
+        return f"{self.state.run_id}-{position}-{attempt}"
+
+    def releases(self, now: float, *, more: bool = True) -> tuple[list[Release], int]:
+        """The requests to send now: new positions up to the admission limit (when ``more``), then
+        re-releases of timed-out ones. Returns ``(releases, timed_out)``; every returned release is
+        already outstanding."""
+        out = []
+        while more and self.outstanding < self.admission_limit:
+            position = self.state.next_position
+            self.state.next_position += 1
+            out += self._release(position, 0, now)
+        timed_out = 0
+        for rid, position in list(self.state.unconsumed.items()):
+            if rid in self.buffer or now - self._released_at.get(rid, now) < self.request_timeout_s:
+                continue
+            del self.state.unconsumed[rid]
+            self._released_at.pop(rid, None)
+            self._remember(rid)  # the late group, if it comes, is a duplicate of the re-release
+            attempt = self.state.attempts.get(str(position), 0) + 1
+            timed_out += 1
+            out += self._release(position, attempt, now)
+        return out, timed_out
+
+    def resume_releases(self) -> list[Release]:
+        """After a restore: every outstanding request of the checkpoint again, under its own id."""
+        out = []
+        for rid, position in self.state.unconsumed.items():
+            attempt = self.state.attempts.get(str(position), 0)
+            if rid == self.request_id(position, attempt) and rid not in self.buffer:
+                out.append(Release(position, rid, attempt))
+        return out
+
+    def _release(self, position: int, attempt: int, now: float) -> list[Release]:
+        rid = self.request_id(position, attempt)
+        if attempt:
+            self.state.attempts[str(position)] = attempt
+        if rid in self._seen:  # done before a crash (same deterministic id): nothing to send
+            return []
+        self.state.unconsumed[rid] = position
+        self._released_at[rid] = now
+        if rid in self.buffer:  # its group is already here
+            return []
+        self.state.prompts_released += 1
+        return [Release(position, rid, attempt)]
+
+    # -- receive ------------------------------------------------------------------------------
+
+    def track(self, where: Position) -> None:
+        """A record was read at ``where`` (its offset is pending until finished)."""
+        tp = where.tp
+        self._offsets.pending.setdefault(tp, set()).add(where.offset)
+        self._offsets.next[tp] = max(self._offsets.next.get(tp, 0), where.offset + 1)
+
+    def duplicate(self, where: Position, request_id: str) -> bool:
+        """True (and the record is finished as a duplicate) if ``request_id`` is done or already buffered.
+        A done id also frees the slot of its re-release, which is then never needed."""
+        if request_id not in self._seen and request_id not in self.buffer:
+            return False
+        if request_id not in self.buffer:
+            position = self.state.unconsumed.pop(request_id, None)
+            self._released_at.pop(request_id, None)
+            if position is not None:
+                self.state.attempts.pop(str(position), None)
+        self.done(where, Outcome.DUPLICATE)
+        return True
+
+    def receive(self, where: Position, group: Any, prompt_id: str, oldest_version: int, newest_version: int,
+                version: int, message: Any = None) -> Outcome | None:
+        """Admit a checked, non-duplicate group (``group.request_id``) read at ``where`` whose tokens come from
+        policy versions ``oldest_version..newest_version`` while the learner holds ``version``: None if it
+        was buffered, else the outcome of dropping it. Foreign and future groups are not "done" (a request of
+        ours stays outstanding, to time out and be released again; a foreign id stays out of the ledger)."""
+        request_id = group.request_id
+        if not self.released_by_this_run(request_id):
+            self.done(where, Outcome.FOREIGN)
+            return Outcome.FOREIGN
+        if newest_version > version:
+            self.done(where, Outcome.FUTURE)
+            return Outcome.FUTURE
+        self.buffer[request_id] = Buffered(request_id, prompt_id, oldest_version, where, group, message)
+        return None
+
+    def released_by_this_run(self, request_id: str) -> bool:
+        """Outstanding now, or carrying this run's id with a position it has reached (a request released
+        after the last checkpoint, before a crash)."""
+        if request_id in self.state.unconsumed:
+            return True
+        prefix = f"{self.state.run_id}-"
+        if not request_id.startswith(prefix):
+            return False
+        position, _, attempt = request_id[len(prefix):].partition("-")
+        return position.isdigit() and attempt.isdigit()
+
+    def drop(self, where: Position, request_id: str, prompt_id: str, outcome: Outcome) -> Outcome:
+        """A group of ours that will never be trained (corrupt, stale): finish it."""
+        self.finish(request_id, prompt_id, where, outcome)
+        return outcome
+
+    def done(self, where: Position, outcome: Outcome) -> None:
+        """A record that carries no trainable group for a known id (undecodable, a duplicate)."""
+        self._offsets.pending.get(where.tp, set()).discard(where.offset)
+        self.counts[outcome] += 1
+
+    # -- batches ------------------------------------------------------------------------------
+
+    def drop_stale(self, version: int) -> list[Buffered]:
+        """Drop (and finish) buffered groups more than ``max_staleness`` versions behind ``version``."""
+        stale = [b for b in self.buffer.values() if version - b.policy_version > self.max_staleness]
+        for b in stale:
+            del self.buffer[b.request_id]
+            self.finish(b.request_id, b.prompt_id, b.where, Outcome.STALE)
+        return stale
+
+    def take_batch(self) -> list[Buffered] | None:
+        """The ``batch_groups`` oldest buffered groups, or None if fewer are buffered."""
+        if len(self.buffer) < self.batch_groups:
+            return None
+        return [self.buffer.popitem(last=False)[1] for _ in range(self.batch_groups)]
+
+    def finish(self, request_id: str, prompt_id: str, where: Position, outcome: Outcome | str) -> None:
+        """``request_id`` is done (trained or dropped): remember it, free its slot, release its offset."""
+        self._close(request_id, prompt_id, Outcome(outcome))
+        self.done(where, Outcome(outcome))
+
+    def reject(self, release: Release, prompt_id: str) -> None:
+        """A released request that is not sent (its prompt failed the learner's check): done, never trained;
+        the next position takes its slot."""
+        self._close(release.request_id, prompt_id, Outcome.REJECTED)
+        self.counts[Outcome.REJECTED] += 1
+
+    def _close(self, request_id: str, prompt_id: str, outcome: Outcome) -> None:
+        self._remember(request_id)
+        self.ledger_rows.append({"request_id": request_id, "prompt_id": prompt_id, "outcome": str(outcome)})
+        position = self.state.unconsumed.pop(request_id, None)
+        if position is not None:
+            self.state.attempts.pop(str(position), None)
+        self._released_at.pop(request_id, None)
+
+    def _remember(self, request_id: str) -> None:
+        self._seen[request_id] = None
+        self._seen.move_to_end(request_id)
+        while len(self._seen) > self.dedupe_capacity:
+            self._seen.popitem(last=False)
+
+    def is_done(self, request_id: str) -> bool:
+        return request_id in self._seen
+
+    # -- checkpoint and commit ----------------------------------------------------------------
+
+    def committable(self) -> dict[tuple[str, int], int]:
+        """Per partition, the next offset to resume from: the lowest not yet done, else one past the highest read."""
+        return {tp: min(p) if (p := self._offsets.pending.get(tp)) else nxt for tp, nxt in self._offsets.next.items()}
+
+    def to_commit(self, owned: set[tuple[str, int]] | None = None) -> dict[tuple[str, int], int]:
+        """The committable offsets that moved since the last :meth:`mark_committed` (of ``owned`` partitions)."""
+        return {
+            tp: off
+            for tp, off in self.committable().items()
+            if off > self._offsets.committed.get(tp, -1) and (owned is None or tp in owned)
+        }
+
+    def mark_committed(self, offsets: dict[tuple[str, int], int]) -> None:
+        for tp, off in offsets.items():
+            self._offsets.committed[tuple(tp)] = max(self._offsets.committed.get(tuple(tp), -1), off)
+
+    def state_for_checkpoint(self, version: int) -> LearnerState:
+        """The resumable state at ``version``: outstanding requests (buffered ones included), the dedupe
+        window, and the offsets below which every group is done."""
+        s = self.state
+        s.version = version
+        s.seen = list(self._seen)
+        s.offsets = {}
+        for (topic, partition), off in self.committable().items():
+            s.offsets.setdefault(topic, {})[str(partition)] = off
+        return s
+
+    def take_ledger_rows(self) -> list[dict[str, str]]:
+        rows, self.ledger_rows = self.ledger_rows, []
+        return rows

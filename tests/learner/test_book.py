@@ -1,0 +1,198 @@
+"""The request book's exactly-once invariants, one by one, without a broker (learner/book.py)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from winnow.learner.book import Outcome, Position, RequestBook
+from winnow.learner.checkpoint import LearnerState
+
+T = "w.groups"
+
+
+def book(state: LearnerState | None = None, *, batch=2, staleness=1, timeout=10.0, capacity=100, now=0.0):
+    return RequestBook(batch_groups=batch, max_staleness=staleness, request_timeout_s=timeout,
+                       dedupe_capacity=capacity, state=state or LearnerState(run_id="run"), now=now)
+
+
+def checkpointed(b: RequestBook, version: int) -> LearnerState:
+    """What a checkpoint holds (a copy through JSON, as on disk)."""
+    return LearnerState.from_json(b.state_for_checkpoint(version).to_json())
+
+
+class Stream:
+    """A partition of the groups topic: every record gets the next offset."""
+
+    def __init__(self, partition: int = 0) -> None:
+        self.partition, self.offset = partition, 0
+
+    def deliver(self, b: RequestBook, rid: str, *, version: int = 0, policy_version: int = 0, newest=None):
+        where = Position(T, self.partition, self.offset)
+        self.offset += 1
+        b.track(where)
+        if b.duplicate(where, rid):
+            return Outcome.DUPLICATE
+        group = SimpleNamespace(request_id=rid)
+        newest = policy_version if newest is None else newest
+        return b.receive(where, group, f"p-{rid}", policy_version, newest, version)
+
+
+def train(b: RequestBook, outcome: str = "trained") -> list[str]:
+    batch = b.take_batch()
+    assert batch is not None
+    for g in batch:
+        b.finish(g.request_id, g.prompt_id, g.where, outcome)
+    return [g.request_id for g in batch]
+
+
+def test_admission_control_and_deterministic_ids():
+    b = book(batch=2, staleness=1)  # at most (1 + 1) * 2 = 4 outstanding
+    releases, timed_out = b.releases(now=0.0)
+    assert [r.request_id for r in releases] == ["run-0-0", "run-1-0", "run-2-0", "run-3-0"] and timed_out == 0
+    assert b.releases(now=1.0) == ([], 0)  # full
+    s = Stream()
+    assert s.deliver(b, "run-0-0") is None and s.deliver(b, "run-1-0") is None
+    assert train(b) == ["run-0-0", "run-1-0"]
+    assert [r.request_id for r in b.releases(now=2.0)[0]] == ["run-4-0", "run-5-0"]  # two slots freed
+    assert b.releases(now=3.0, more=False) == ([], 0)
+    assert b.state.prompts_released == 6
+
+
+def test_rerelease_after_timeout_and_late_original_is_a_duplicate():
+    b = book(batch=1, staleness=0, timeout=10.0)
+    assert [r.request_id for r in b.releases(now=0.0)[0]] == ["run-0-0"]
+    assert b.releases(now=9.9) == ([], 0)
+    releases, timed_out = b.releases(now=10.0)
+    assert [(r.request_id, r.attempt, r.position) for r in releases] == [("run-0-1", 1, 0)] and timed_out == 1
+    assert b.state.unconsumed == {"run-0-1": 0} and b.state.attempts == {"0": 1}
+    s = Stream()
+    assert s.deliver(b, "run-0-1") is None  # the re-release answers first
+    assert s.deliver(b, "run-0-0") == Outcome.DUPLICATE  # the late original: never trained
+    assert train(b) == ["run-0-1"]
+    assert b.state.unconsumed == {} and b.state.attempts == {}
+    assert b.counts[Outcome.DUPLICATE] == 1 and b.counts[Outcome.TRAINED] == 1
+
+
+def test_done_group_frees_the_slot_of_its_rerelease():
+    """The original arrives after its re-release was sent but first: trained; the re-release's own group is then
+    a duplicate, and so is the original id if it comes again."""
+    b = book(batch=1, staleness=0, timeout=10.0)
+    b.releases(now=0.0)
+    b.releases(now=10.0)  # run-0-0 timed out -> run-0-1
+    s = Stream()
+    assert s.deliver(b, "run-0-0") == Outcome.DUPLICATE  # the timed-out id is in the window
+    assert s.deliver(b, "run-0-1") is None
+    train(b)
+    assert s.deliver(b, "run-0-1") == Outcome.DUPLICATE  # a generator retry published it twice
+    assert b.outstanding == 0
+
+
+def test_buffered_duplicate_is_not_buffered_twice():
+    b = book(batch=2)
+    b.releases(now=0.0)
+    s = Stream()
+    assert s.deliver(b, "run-0-0") is None
+    assert s.deliver(b, "run-0-0") == Outcome.DUPLICATE
+    assert len(b.buffer) == 1
+
+
+def test_stale_groups_are_dropped_and_done():
+    b = book(batch=2, staleness=1)
+    b.releases(now=0.0)
+    s = Stream()
+    s.deliver(b, "run-0-0", version=3, policy_version=1)  # 3 - 1 = 2 > 1: stale
+    s.deliver(b, "run-1-0", version=3, policy_version=2)  # 1 behind: fine
+    assert [g.request_id for g in b.drop_stale(version=3)] == ["run-0-0"]
+    assert list(b.buffer) == ["run-1-0"] and b.is_done("run-0-0") and "run-0-0" not in b.state.unconsumed
+    assert b.take_ledger_rows() == [{"request_id": "run-0-0", "prompt_id": "p-run-0-0", "outcome": "stale"}]
+
+
+def test_foreign_and_future_groups_are_dropped_but_not_done():
+    b = book(batch=1)
+    b.releases(now=0.0)
+    s = Stream()
+    assert s.deliver(b, "other-run-0-0") == Outcome.FOREIGN
+    assert s.deliver(b, "run-0-0", version=2, policy_version=1, newest=9) == Outcome.FUTURE
+    assert not b.is_done("other-run-0-0") and not b.is_done("run-0-0")
+    assert "run-0-0" in b.state.unconsumed  # still outstanding: it times out and is released again
+    assert b.take_ledger_rows() == [] and b.buffer == {}
+    assert b.committable() == {(T, 0): 2}  # both records are passed (nothing pending)
+
+
+def test_offsets_commit_only_below_groups_that_are_done():
+    b = book(batch=1, staleness=2)
+    b.releases(now=0.0)
+    s = Stream()
+    for rid in ("run-0-0", "run-1-0", "run-2-0"):
+        s.deliver(b, rid)
+    assert b.committable() == {(T, 0): 0}  # nothing done yet
+    first = b.take_batch()[0]
+    b.finish(first.request_id, first.prompt_id, first.where, "all_wrong")
+    assert b.to_commit() == {(T, 0): 1}
+    b.mark_committed({(T, 0): 1})
+    assert b.to_commit() == {}
+    assert b.to_commit(owned=set()) == {}
+
+
+def test_resume_with_outstanding_requests():
+    """A checkpoint with outstanding requests: the restored book re-releases them under the same ids,
+    releases new positions after them, and recognises the groups done before the checkpoint."""
+    b = book(batch=2, staleness=0)
+    b.releases(now=0.0)  # run-0-0, run-1-0
+    s = Stream()
+    s.deliver(b, "run-0-0")
+    s.deliver(b, "run-1-0")
+    train(b)
+    b.releases(now=1.0)  # run-2-0, run-3-0 outstanding
+    state = checkpointed(b, version=1)
+    assert state.unconsumed == {"run-2-0": 2, "run-3-0": 3} and state.seen == ["run-0-0", "run-1-0"]
+    assert state.offsets == {T: {"0": 2}}
+
+    r = book(state, batch=2, staleness=0, now=100.0)
+    assert [x.request_id for x in r.resume_releases()] == ["run-2-0", "run-3-0"]
+    assert r.releases(now=100.0) == ([], 0)  # the admission limit still holds
+    assert Stream().deliver(r, "run-0-0") == Outcome.DUPLICATE  # re-read below the commit: done before
+    assert r.committable() == {(T, 0): 2}
+
+
+def test_crash_between_train_and_checkpoint():
+    """Trained after the last checkpoint, then a crash: the restored book has those requests outstanding again,
+    their groups (re-read from the committed offset) are new to it and trained once more in the lineage that
+    survives; what the checkpoint already holds as done stays a duplicate."""
+    b = book(batch=1, staleness=1)
+    b.releases(now=0.0)  # run-0-0, run-1-0
+    s = Stream()
+    s.deliver(b, "run-0-0")
+    train(b)
+    state = checkpointed(b, version=1)  # run-0-0 done and checkpointed
+    s.deliver(b, "run-1-0")
+    train(b)  # version 2, never checkpointed: lost in the crash
+    r = book(state, batch=1, staleness=1)
+    replay = Stream()
+    replay.offset = state.offsets[T]["0"]  # the consumer seeks to the checkpointed offset
+    assert replay.offset == 1
+    assert replay.deliver(r, "run-1-0", version=1) is None  # new to the restored state
+    assert train(r) == ["run-1-0"]
+    assert Stream().deliver(r, "run-0-0") == Outcome.DUPLICATE
+
+
+def test_dedupe_window_is_bounded_and_checkpointed():
+    b = book(batch=1, staleness=3, capacity=2)
+    b.releases(now=0.0)
+    s = Stream()
+    for rid in ("run-0-0", "run-1-0", "run-2-0"):
+        s.deliver(b, rid)
+        train(b)
+    assert checkpointed(b, 3).seen == ["run-1-0", "run-2-0"]  # the oldest id fell out of the window
+
+
+def test_a_position_released_before_a_crash_but_after_the_checkpoint_is_ours():
+    """Deterministic ids: the group of a request released after the checkpoint comes back under the same id."""
+    b = book(batch=1, staleness=0)
+    state = checkpointed(b, 0)
+    b.releases(now=0.0)  # run-0-0, then a crash before any checkpoint
+    r = book(state, batch=1, staleness=0)
+    assert r.released_by_this_run("run-0-0") and not r.released_by_this_run("run-x-0")
+    assert Stream().deliver(r, "run-0-0") is None
+    assert [x.request_id for x in r.releases(now=0.0)[0]] == []  # buffered: its slot is taken, nothing resent
+    assert r.state.unconsumed == {"run-0-0": 0}

@@ -1,0 +1,112 @@
+"""`winnow up` without processes: the default config, progress lines, the entropy notice, and the
+pure comparison functions of benchmarks/learning.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from winnow.up import Pipeline, entropy_collapse_notice, format_progress, resolve, summary
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _configs(data: dict, tmp_path: Path) -> dict:
+    p = Pipeline(data, tmp_path, resume=False)
+    p.ports = {k: 1 for k in ("verifier", "verifier_metrics", "learner_metrics")}
+    configs = p.component_configs("127.0.0.1:9092", None)
+    p.validate(configs)  # raises ConfigError naming the field
+    return configs
+
+
+def test_default_config_evaluates_held_out_and_uses_the_fast_layout(tmp_path):
+    learner = _configs(resolve(None, [], tmp_path), tmp_path)["learner"]
+    assert learner["eval"]["every"] > 0 and learner["prompts"]["holdout"] >= learner["eval"]["prompts"]
+    assert learner["optim"]["share_prompt"] is True
+    assert learner["checkpoint"]["every"] > 1
+    assert learner["weights"]["dtype"] == "bfloat16"  # numerics.precision is bf16: publish what generators hold
+
+
+def test_weights_dtype_follows_precision_unless_set(tmp_path):
+    learner = _configs(resolve(None, ["numerics.precision=float32"], tmp_path), tmp_path)["learner"]
+    assert "dtype" not in learner["weights"]  # as trained
+    learner = _configs(resolve(None, ["learner.weights.dtype=float32"], tmp_path), tmp_path)["learner"]
+    assert learner["weights"]["dtype"] == "float32"
+
+
+def test_another_prompt_source_turns_the_default_eval_off_unless_asked(tmp_path):
+    other = ["learner.prompts.kind=reasoning_gym", "learner.prompts.name=chain_sum"]
+    learner = _configs(resolve(None, other, tmp_path), tmp_path)["learner"]
+    assert learner["eval"]["every"] == 0 and "holdout" not in learner["prompts"]
+    learner = _configs(resolve(None, [*other, "learner.prompts.holdout=8", "learner.eval.every=2"], tmp_path),
+                       tmp_path)["learner"]
+    assert learner["eval"]["every"] == 2
+
+
+def test_progress_line_shows_held_out_accuracy_and_empty_steps():
+    row = {"version": 5, "loss": 0.1, "reward_mean": 0.5, "eval_accuracy": 0.625, "entropy": 0.2, "skipped": 0.0}
+    line = format_progress(row)
+    assert line.startswith("step    5 | reward 0.500 | held-out acc 0.625 |")
+    assert "trained nothing" not in line
+    assert "trained nothing" in format_progress({**row, "skipped": 1.0})
+    assert format_progress({"version": 0, "eval_accuracy": 0.25}) == "step    0 | initial model | held-out acc 0.250"
+
+
+def test_entropy_collapse_notice_below_a_tenth_of_the_first_step():
+    first = {"entropy": 1.0}
+    assert entropy_collapse_notice(first, {"entropy": 0.11}) is None  # 0.11 >= 0.1 * 1.0
+    notice = entropy_collapse_notice(first, {"entropy": 0.05})
+    assert notice and "1.000 to 0.050" in notice and "--preset" in notice and "reward_wrong" in notice
+    assert entropy_collapse_notice({"entropy": 0.0}, {"entropy": 0.0}) is None
+
+
+def test_summary_names_the_held_out_accuracy(tmp_path):
+    evals = [{"version": 0, "eval_accuracy": 0.25}, {"version": 20, "eval_accuracy": 0.75}]
+    text = summary({"reward_mean": 0.3, "entropy": 1.0}, {"version": 20, "reward_mean": 0.6, "entropy": 0.5},
+                   tmp_path, evals)
+    assert "held-out accuracy 0.250 (v0) -> 0.750 (v20)" in text
+
+
+@pytest.fixture(scope="module")
+def learning():
+    spec = importlib.util.spec_from_file_location("bench_learning", ROOT / "benchmarks" / "learning.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_learning_benchmark_ratios(learning):
+    loop = {"evals": [{"version": 0, "wall_s": 0, "accuracy": 0.4}, {"version": 2, "wall_s": 100, "accuracy": 0.5},
+                      {"version": 4, "wall_s": 200, "accuracy": 0.7}],
+            "rows": [{"version": v, "wall_s": 50.0 * v} for v in (1, 2, 3, 4)]}
+    win = {"evals": [{"version": 0, "wall_s": 0, "accuracy": 0.4}, {"version": 2, "wall_s": 70, "accuracy": 0.6},
+                     {"version": 4, "wall_s": 120, "accuracy": 0.7}],
+           "rows": [{"version": 1, "wall_s": 45.0}, {"version": 2, "wall_s": 70.0}, {"version": 3, "wall_s": 95.0},
+                    {"version": 4, "wall_s": 120.0}]}
+    cmp = learning.compare({"loop": loop, "winnow": win}, None)
+    assert cmp["target"] == 0.7  # the loop's final accuracy
+    assert cmp["time_to_target_s"] == {"loop": 200, "winnow": 120}
+    assert cmp["time_to_target_ratio"] == pytest.approx(0.6)  # 120 / 200
+    assert cmp["equal_wall_s"] == 120  # the shorter run's end
+    assert cmp["accuracy_at_equal_wall"] == {"loop": 0.5, "winnow": 0.7}  # loop's last eval by 120 s: v2
+    assert cmp["accuracy_at_equal_wall_ratio"] == pytest.approx(1.4)
+    # from the first step: loop (200 - 50) = 150 s, winnow (120 - 45) = 75 s
+    assert cmp["time_to_target_from_first_step_ratio"] == pytest.approx(0.5)
+    assert cmp["step_s"] == {"loop": pytest.approx(50.0), "winnow": pytest.approx(25.0)}  # (200-50)/3, (120-45)/3
+    assert learning.time_to(win["evals"], 0.9) is None
+
+
+def test_learning_benchmark_data_is_disjoint_and_reproducible(learning, tmp_path):
+    path, held = learning.make_data(tmp_path, size=50, eval_prompts=8, seed=3)
+    train = path.read_text().splitlines()
+    assert len(train) == 50 and len(held) == 8
+    held_q = {h["question"] for h in held}
+    assert not held_q & {json.loads(t)["question"] for t in train}
+    (tmp_path / "again").mkdir()
+    again, held_again = learning.make_data(tmp_path / "again", size=50, eval_prompts=8, seed=3)
+    assert held_again == held and again.read_text() == path.read_text()

@@ -1,0 +1,102 @@
+"""The winnow command: --version, --print-config on every service surviving a closed pipe, config fields
+in --help (without importing torch), winnow config, winnow samples."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import winnow
+from winnow.cli import build_parser, field_rows, main
+
+WINNOW = [sys.executable, "-m", "winnow"]
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"winnow {winnow.__version__}"
+
+
+@pytest.mark.parametrize(
+    "argv, section",
+    [
+        (["learner", "run"], "learner"),
+        (["generator", "run"], "generator"),
+        (["verifier", "serve"], "verifier"),
+    ],
+)
+def test_print_config_every_service(argv, section, capsys):
+    assert main([*argv, "--print-config", "--set", "metrics_port=1234"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["metrics_port"] == 1234
+    from winnow.cli import _config_class
+
+    assert set(cfg) == set(_config_class(section).model_fields)  # every resolved field is shown
+
+
+@pytest.mark.parametrize("argv", [["learner", "run", "--print-config"], ["verifier", "serve", "--print-config"],
+                                  ["learner", "run", "--help"]])
+def test_closed_pipe_is_not_a_traceback(argv):
+    """The reader closes the pipe before winnow writes (``| head`` that already exited)."""
+    proc = subprocess.Popen([*WINNOW, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
+    assert proc.returncode == 0
+
+
+def test_help_lists_config_fields_without_torch():
+    code = (
+        "import sys\n"
+        "from winnow.cli import main\n"
+        "try:\n    main(['learner', 'run', '--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'help imported torch'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "config fields (learner)" in out.stdout
+    assert "  batch_groups: int = 8" in out.stdout
+    assert "Prompts (scored groups) per optimizer step." in out.stdout  # the attribute docstring
+    assert "  checkpoint.every: int = 1" in out.stdout  # nested blocks, dotted
+    assert "  tracking.sinks: list['tensorboard' | 'wandb' | 'mlflow' | 'trackio'] = [\"tensorboard\"]" in out.stdout
+
+
+def test_verifier_serve_help_lists_fields(capsys):
+    with pytest.raises(SystemExit):
+        main(["verifier", "serve", "--help"])
+    out = capsys.readouterr().out
+    assert "config fields (verifier)" in out and "  grace_s: float = 10.0" in out
+
+
+def test_field_rows_secret_and_required():
+    from pydantic import BaseModel, SecretStr
+
+    class Inner(BaseModel):
+        x: int = 3
+        """an x"""
+
+    class C(BaseModel):
+        token: SecretStr | None = None
+        path: str
+        inner: Inner = Inner()
+
+    rows = {r[0]: r for r in field_rows(C)}
+    assert rows["path"][2] == "(required)"
+    assert rows["inner.x"][1:] == ("int", "3", "")  # docstrings only with use_attribute_docstrings
+
+
+def test_config_command(capsys):
+    assert main(["config", "learner"]) == 0
+    out = capsys.readouterr().out
+    assert "algo.kl_coef" in out and "optim.lr" in out
+
+
+def test_commands_registered():
+    text = build_parser().format_help()
+    for cmd in ("samples", "plot", "export", "config"):
+        assert cmd in text
