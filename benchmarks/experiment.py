@@ -168,6 +168,7 @@ def up_config(spec: RunSpec, budget: Budget, model_dir: str, bootstrap: str, pre
             "sampling": sampling,
             "checkpoint": {"every": budget.steps},
             "eval": {"every": 0},
+            "tracking": {"sinks": []},  # the runner keeps its own records (results/runs/<id>/)
             "prompts": {"kind": "reasoning_gym", "name": budget.task, "size": budget.task_size,
                         "seed": 1000 + spec.seed, "config": budget.task_config},
         },
