@@ -537,15 +537,18 @@ class GeneratorService:
                 completions[i] = out
                 gen_seconds[i] = dt
                 self.metrics.tokens.inc(sum(len(c.token_ids) for c in out))
+        # Ids are unique by batch position: a request can sit in one batch twice (a re-release
+        # after a learner restart redelivered next to the original record); the verifier API
+        # refuses duplicate ids, and the learner drops the second group by its request id.
         items = [
             Item(
-                id=f"{r.request_id}/{j}",
+                id=f"{i}:{r.request_id}/{j}",
                 response=c.text,
                 gold=r.gold,
                 task=r.task,
                 options=dict(r.verifier_options),
             )
-            for r, comps in zip(requests, completions, strict=True)
+            for i, (r, comps) in enumerate(zip(requests, completions, strict=True))
             for j, c in enumerate(comps or [])
         ]
         t0 = time.perf_counter()

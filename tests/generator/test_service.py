@@ -411,3 +411,27 @@ def test_poison_requests_are_quarantined_not_generated(tiny):
     assert service.quarantine(huge) is True
     assert registry.get_sample_value("winnow_generator_quarantined_requests_total", {"reason": "sampling"}) == 1
     assert registry.get_sample_value("winnow_generator_quarantined_requests_total", {"reason": "prompt"}) == 1
+
+
+@pytest.mark.timeout(60)  # the old code retried the refused batch forever
+async def test_a_request_twice_in_one_batch_is_scored_not_refused(tiny, math_verifier):
+    """Found by the fault e2e test: after a learner restart a re-released request can sit in one
+    batch next to its original record. The verifier API refuses duplicate item ids
+    (verifier.server.check_unique_ids), which left the generator retrying that batch forever;
+    item ids are unique by batch position, both groups are published and the learner drops the
+    second by its request id."""
+    from winnow.hf_engine import HFEngine
+    from winnow.verifier.server import check_unique_ids
+
+    class StrictVerifier:  # the gRPC server's id rule in front of the real engine
+        def verify_batch(self, items, deadline_s=None):
+            check_unique_ids([it.id for it in items])
+            return math_verifier.verify_batch(items)
+
+    model, tok = tiny
+    service = GeneratorService(
+        GeneratorConfig(metrics_port=0), HFEngine(model, tok), CollectorRegistry(), in_process_verifier=StrictVerifier()
+    )
+    groups = await service.process([_request(1, n=2), _request(1, n=2)])
+    assert [g.request_id for g in groups] == ["req-1", "req-1"]
+    assert all(len(g.samples) == 2 for g in groups)
