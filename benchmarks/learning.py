@@ -11,8 +11,11 @@ broker, generator and learner processes, with the layout ``winnow up`` picks for
 Both get the same model (SmolLM2-135M-Instruct), data (2-digit sums "What is a + b?", a, b in
 10..49, in the same order), prompt format (the default chat format: system prompt, two few-shot
 turns), hyper-parameters (RAFT = SFT on correct samples, token-mean, no KL or entropy term, AdamW
-lr 1e-5 wd 0.01, grad clip 1.0, micro-batch 8), sampling (temperature 1, 24 new tokens), batch
-(8 prompts x 8 samples), number of steps and seed. This is issue 9's configuration.
+lr 1e-5 wd 0.01, grad clip 1.0), sampling (temperature 1, 24 new tokens), batch (8 prompts x 8
+samples), number of steps and seed. This is issue 9's configuration. Layout choices that do not change
+the gradient are each system's own: the loop's micro-batch (``--micro-batch`` full sequences) and
+attention kernel (``--loop-attention``, default: the library's, what a user's loop gets), winnow's
+micro-batches by tokens and ``numerics.attention`` (eager on CPU) from ``winnow up``'s defaults.
 
 Evaluation is the same function for both, outside both clocks: greedy decoding of ``--eval-prompts``
 fixed held-out sums (none of them in the training stream) under bf16 autocast, as the samples are
@@ -115,7 +118,8 @@ def minimal_loop(args: argparse.Namespace, model_dir: str, train: list[dict], he
     clock = Stopwatch()
     torch.manual_seed(args.seed)
     torch.set_num_threads(getattr(args, "loop_threads", 0) or os.cpu_count() or 1)
-    model, tok = load_causal_lm(model_dir)  # fp32 master weights, as winnow's learner
+    # fp32 master weights, as winnow's learner; the library's default attention kernel unless --loop-attention
+    model, tok = load_causal_lm(model_dir, attn_implementation=getattr(args, "loop_attention", None) or None)
     fmt = PromptFormatter(tok, ChatFormat(**(chat or {})))
     eos = set(eos_token_ids(model, tok))
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "norm" not in n.lower()]
@@ -233,7 +237,7 @@ def winnow_config(args: argparse.Namespace, model_dir: str, train_path: Path, bo
             "model": model_dir,
             "seed": args.seed,
             "algo": {"preset": "raft", "kl_coef": 0.0, "entropy_coef": 0.0},
-            "optim": {"lr": args.lr, "micro_batch_size": args.micro_batch},
+            "optim": {"lr": args.lr},  # micro-batches: winnow's own sizing (by tokens, up_default.yaml)
             "batch_groups": args.batch_groups,
             "n": args.n,
             "max_steps": args.steps,
@@ -296,8 +300,11 @@ def run_winnow(args: argparse.Namespace, model_dir: str, train_path: Path, heldo
     import torch
     from safetensors.torch import load_file
 
+    from winnow.numerics import resolve_attention
+
     torch.set_num_threads(os.cpu_count() or 1)
-    model, tok = load_causal_lm(model_dir)
+    # the attention kernel winnow's generators sampled with (numerics.attention, "auto" in this config)
+    model, tok = load_causal_lm(model_dir, attn_implementation=resolve_attention("auto", "cpu"))
     heldout = HeldOut(tok, heldout_rows, args.max_new_tokens)
     wall = {0: 0.0, **{r["version"]: r["wall_s"] for r in out["rows"]}}
     try:
@@ -487,11 +494,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--micro-batch", type=int, default=8)
+    p.add_argument("--micro-batch", type=int, default=8, help="the loop's sequences per forward/backward")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--loop-threads", type=int, default=0,
                    help="torch threads of the loop (0 = every core, what a user's loop gets; 1 is kinder to a "
                    "machine that other jobs load)")
+    p.add_argument("--loop-attention", default=None,
+                   help="the loop's transformers attention kernel (default: the library's, what a user's loop "
+                   "gets; 'eager' is what winnow picks on CPU: a sensitivity check)")
     p.add_argument("--target", type=float, default=None, help="target accuracy (default: the loop's final one)")
     p.add_argument("--order", default="loop,winnow", help="which systems to run, in this order")
     p.add_argument("--work-dir", default="runs/bench-learning", help="results (resumable) and the run directory")
@@ -526,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
                                          "max_new_tokens", "micro_batch", "seed")}
     if args.loop_threads:
         key["loop_threads"] = args.loop_threads
+    if args.loop_attention:
+        key["loop_attention"] = args.loop_attention
     results: dict[str, Any] = {"model": os.path.basename(str(args.model).rstrip("/")), "args": key}
     for name in order:
         path = work / f"{name}.json"

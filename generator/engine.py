@@ -67,6 +67,7 @@ def make_engine(cfg: GeneratorConfig) -> Engine:
         model_dir,
         device=cfg.device,
         dtype=cfg.numerics.precision,
+        attention=cfg.numerics.attention,
         max_batch_sequences=cfg.max_batch_sequences,
         version=cfg.weights.initial_version,
     )

@@ -39,12 +39,19 @@ class OptimConfig(Model):
     warmup_steps: int = Field(default=0, ge=0)
     """Linear learning-rate warm-up over this many optimizer steps (0 = none)."""
     micro_batch_size: int = Field(default=8, ge=1)
-    """Sequences per forward/backward pass (gradients are accumulated over the batch)."""
+    """At most this many sequences per forward/backward pass (gradients are accumulated over the batch)."""
+    micro_batch_tokens: int | None = Field(default=None, ge=1)
+    """And at most this many tokens per forward/backward pass, padding included (None = no token
+    limit): rows x the padded sequence width, or with ``share_prompt`` rows x the padded response width
+    plus each distinct prompt once. Bounds activation memory by work rather than by rows, so a batch of
+    short answers runs in few passes (fewer passes = less per-pass overhead on CPU) and long ones
+    still fit; a single sequence longer than the budget gets a pass of its own."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% more compute)."""
     share_prompt: bool = False
-    """Run each group's prompt once per micro-batch and its samples' responses against the cached
-    prompt (micro-batches then hold rows of one group; same gradient, see winnow.learner.prefix).
+    """Run each distinct prompt once per micro-batch (and a prefix common to them once) and the samples'
+    responses against the cached prompt (micro-batches keep a group's rows together; same gradient, see
+    winnow.learner.prefix).
     Saves most of the compute when prompts are long next to responses (few-shot demonstrations).
     Needs the hidden log-prob mode and no gradient checkpointing."""
 

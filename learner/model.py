@@ -181,11 +181,12 @@ def build_trainer(cfg: LearnerConfig):
     """Load the initial policy named by ``cfg.model`` and build the Trainer (imports torch).
 
     The forward/backward runs at ``numerics.precision``: autocast to it when the master weights are
-    in another dtype (fp32 on CPU), none when they already are in it.
+    in another dtype (fp32 on CPU), none when they already are in it; with the attention kernel of
+    ``numerics.attention``, as the generators' transformers engine.
     """
     from winnow.learner.step import Trainer
     from winnow.models import resolve_model
-    from winnow.numerics import resolve_precision, torch_dtype
+    from winnow.numerics import resolve_attention, resolve_precision, torch_dtype
 
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
@@ -193,7 +194,8 @@ def build_trainer(cfg: LearnerConfig):
     dtype = cfg.dtype
     if dtype == "auto" and compute == torch.float32:
         dtype = "float32"  # bf16 parameters cannot compute in fp32
-    model, tokenizer = load_causal_lm(resolve_model(cfg.model), dtype=dtype, device=device)
+    model, tokenizer = load_causal_lm(resolve_model(cfg.model), dtype=dtype, device=device,
+                                      attn_implementation=resolve_attention(cfg.numerics.attention, device.type))
     param_dtype = next(model.parameters()).dtype
     if param_dtype != compute and param_dtype != torch.float32:
         raise ValueError(

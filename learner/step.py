@@ -57,7 +57,7 @@ from winnow.learner.logits import logprobs_from_hidden, token_logprobs_and_entro
 from winnow.learner.losses import loss_denominator, mismatch_stats, ratio_stats
 from winnow.learner.model import disable_dropout, plain_lm_head, response_hidden, response_logits
 from winnow.learner.objective import compute_loss, judgement, prepare_batch_signals
-from winnow.learner.prefix import group_micro_batches, shared_prompt_hidden
+from winnow.learner.prefix import pack_micro_batches, shared_prompt_hidden
 from winnow.samples import SampleJudgement
 
 GroupOutcome = Literal["trained", "all_correct", "all_wrong"]
@@ -269,6 +269,11 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
+    def _no_autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, enabled=False)
+
     def _logprobs(self, model: torch.nn.Module, mb: MicroBatch, with_entropy: bool):
         """log pi(a_t) (b, t) fp32 and entropy (b, t) fp32 or None for the micro-batch's response tokens."""
         args = (mb.input_ids, mb.attention_mask, mb.position_ids, mb.prompt_width, mb.response_width)
@@ -316,12 +321,14 @@ class Trainer:
             )
 
     def _micro_batches(self, batch: TrainBatch, rows: torch.Tensor) -> list[torch.Tensor]:
-        """Chunks of ``rows``, longest sequences first (similar lengths together: less padding)."""
+        """Chunks of ``rows``, longest sequences first (similar lengths together: less padding), of at most
+        ``micro_batch_size`` rows and ``micro_batch_tokens`` padded tokens (see :func:`pack_micro_batches`)."""
         lengths = (batch.prompt_lengths + batch.response_lengths).index_select(0, rows)
         order = rows[torch.argsort(lengths, descending=True, stable=True)]
-        if self.optim_cfg.share_prompt:  # one group per micro-batch: its prompt is run once
-            return group_micro_batches(order, batch.group_index, self.optim_cfg.micro_batch_size)
-        return list(torch.split(order, self.optim_cfg.micro_batch_size))
+        cfg = self.optim_cfg
+        return pack_micro_batches(order, batch.group_index, batch.prompt_lengths, batch.response_lengths,
+                                  max_rows=cfg.micro_batch_size, max_tokens=cfg.micro_batch_tokens,
+                                  share_prompt=cfg.share_prompt)
 
     def _all_reduce(self, values: torch.Tensor, op: str) -> torch.Tensor:
         """``values`` reduced over the data-parallel group (``op``: "sum" or "max"); identity on one rank."""
@@ -396,38 +403,13 @@ class Trainer:
             # A rank with fewer kept rows runs zero-weighted copies of its first row.
             most = int(self._all_reduce(torch.tensor([real], dtype=torch.float64), "max")[0])
             micro += [torch.zeros(1, dtype=torch.long, device=self.device)] * (most - real)
-        for i, idx in enumerate(micro):
-            dummy = i >= real
-            mb = batch.rows(idx)
-            t0 = time.perf_counter()
-            logprobs, entropy = self._logprobs(self.model, mb, with_entropy=True)
-            _sync(self.device)
-            t1 = time.perf_counter()
-            ref_logprobs = None
-            if self.ref_model is not None:
-                with torch.no_grad():
-                    ref_logprobs, _ = self._logprobs(self.ref_model, mb, with_entropy=False)
-                _sync(self.device)
-            t2 = time.perf_counter()
-            loss, m = compute_loss(
-                logprobs=logprobs,
-                behaviour_logprobs=mb.behaviour_logprobs,
-                mask=mb.response_mask.to(torch.float32),
-                advantages=advantages[idx],
-                sample_weight=sample_weight[idx] * (0.0 if dummy else 1.0),
-                cfg=algo,
-                entropy=entropy,
-                ref_logprobs=ref_logprobs,
-                proximal_logprobs=logprobs.detach() if algo.decoupled else None,
-                loss_scale_tokens=denom,
-            )
-            (loss * scale).backward()
-            _sync(self.device)
-            t3 = time.perf_counter()
-            t_fwd, t_ref, t_bwd = t_fwd + t1 - t0, t_ref + t2 - t1, t_bwd + t3 - t2
-            if not dummy:
-                logprobs_all[idx, : mb.response_width] = logprobs.detach()
-                _accumulate_loss_metrics(acc, m)
+        # One autocast region for every micro-batch: autocast caches its casts of the fp32 weights while a
+        # region is open, so the weights are cast once per step instead of once per micro-batch (and per
+        # decoder call). The backward runs with autocast off, as outside the region; the cache is dropped
+        # when the region closes, before the optimizer changes the weights.
+        with self._autocast():
+            acc = self._micro_loop(batch, micro, real, advantages, sample_weight, denom, scale, logprobs_all, acc)
+        t_fwd, t_ref, t_bwd = acc.pop("_t_fwd"), acc.pop("_t_ref"), acc.pop("_t_bwd")
 
         # metrics: ratio statistics over every trained token of the batch
         trained = torch.zeros_like(mask)
@@ -469,6 +451,47 @@ class Trainer:
         )
         metrics.update({k: float(v) for k, v in sig["metrics"].items()})
         return StepResult.build(group_outcomes(sig["keep"], sig["correct"], sig["valid"]), metrics, judgement(sig, algo))
+
+    def _micro_loop(self, batch, micro, real, advantages, sample_weight, denom, scale, logprobs_all, acc):
+        """Forward and backward of every micro-batch (gradients accumulate in ``.grad``); fills
+        ``logprobs_all`` and returns the accumulated loss metrics with the phase times."""
+        algo = self.algo
+        t_fwd = t_ref = t_bwd = 0.0
+        for i, idx in enumerate(micro):
+            dummy = i >= real
+            mb = batch.rows(idx)
+            t0 = time.perf_counter()
+            logprobs, entropy = self._logprobs(self.model, mb, with_entropy=True)
+            _sync(self.device)
+            t1 = time.perf_counter()
+            ref_logprobs = None
+            if self.ref_model is not None:
+                with torch.no_grad():
+                    ref_logprobs, _ = self._logprobs(self.ref_model, mb, with_entropy=False)
+                _sync(self.device)
+            t2 = time.perf_counter()
+            loss, m = compute_loss(
+                logprobs=logprobs,
+                behaviour_logprobs=mb.behaviour_logprobs,
+                mask=mb.response_mask.to(torch.float32),
+                advantages=advantages[idx],
+                sample_weight=sample_weight[idx] * (0.0 if dummy else 1.0),
+                cfg=algo,
+                entropy=entropy,
+                ref_logprobs=ref_logprobs,
+                proximal_logprobs=logprobs.detach() if algo.decoupled else None,
+                loss_scale_tokens=denom,
+            )
+            with self._no_autocast():
+                (loss * scale).backward()
+            _sync(self.device)
+            t3 = time.perf_counter()
+            t_fwd, t_ref, t_bwd = t_fwd + t1 - t0, t_ref + t2 - t1, t_bwd + t3 - t2
+            if not dummy:
+                logprobs_all[idx, : mb.response_width] = logprobs.detach()
+                _accumulate_loss_metrics(acc, m)
+        acc.update({"_t_fwd": t_fwd, "_t_ref": t_ref, "_t_bwd": t_bwd})
+        return acc
 
     def optimizer_step(self, skip: bool = False) -> tuple[float, bool]:
         """Clip the accumulated gradient, take the AdamW step (unless ``skip`` or a non-finite norm) and

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from winnow.numerics import resolve_precision, torch_dtype
+from winnow.numerics import resolve_attention, resolve_precision, torch_dtype
 from winnow.sampling import (
     Completion,
     GenerationCancelled,
@@ -58,6 +58,21 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     if not ids:
         raise ValueError("the tokenizer and model define no eos_token_id; cannot tell where completions end")
     return sorted(ids)
+
+
+MIN_COMMON_PREFIX = 8
+"""A prefix common to a batch's prompts is run once when it has at least this many tokens (the learner's
+training forward does the same, :mod:`winnow.learner.prefix`)."""
+
+
+def common_prefix_length(rows: list[list[int]]) -> int:
+    """Length of the longest prefix common to every token list of ``rows``."""
+    shortest = min(len(r) for r in rows)
+    for i in range(shortest):
+        tok = rows[0][i]
+        if any(r[i] != tok for r in rows):
+            return i
+    return shortest
 
 
 def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -115,6 +130,7 @@ class HFEngine:
         *,
         device: str = "auto",
         dtype: str = "auto",
+        attention: str = "auto",
         max_batch_sequences: int = 64,
         version: int = 0,
     ) -> HFEngine:
@@ -123,8 +139,13 @@ class HFEngine:
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype).to(dev)
-        log.info("loaded %s on %s as %s", model_dir, dev, torch_dtype)
+        kwargs: dict[str, Any] = {"dtype": torch_dtype}
+        impl = resolve_attention(attention, dev.type)
+        if impl:
+            kwargs["attn_implementation"] = impl
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs).to(dev)
+        log.info("loaded %s on %s as %s, attention %s", model_dir, dev, torch_dtype,
+                 model.config._attn_implementation)
         return cls(model, tokenizer, max_batch_sequences=max_batch_sequences, version=version)
 
     # -- sampling ---------------------------------------------------------------------------
@@ -165,17 +186,8 @@ class HFEngine:
         for i, p in enumerate(prompts):  # left padding: every prompt ends at the last column
             input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long, device=dev)
             mask[i, width - len(p) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         past = self._new_cache()  # updated in place by every forward
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-            **{self._cache_kwarg: past},
-        )
-        logits = out.logits[:, -1, :]
+        logits, mask = self._prefill(prompts, input_ids, mask, past)
         if n > 1:  # the n samples of a prompt share its prefill
             past.batch_repeat_interleave(n)
             logits = logits.repeat_interleave(n, dim=0)
@@ -226,6 +238,41 @@ class HFEngine:
             for r in range(rows)
         ]
         return [completions[i * n : (i + 1) * n] for i in range(num_prompts)]
+
+    def _prefill(
+        self, prompts: list[list[int]], input_ids: torch.Tensor, mask: torch.Tensor, past: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the prompts into ``past``; returns the last prompt token's logits ``(u, V)`` and the attention
+        mask of the cached columns ``(u, w)``. ``input_ids``/``mask``: ``(u, width)`` left-padded.
+
+        A prefix common to the prompts (a system prompt, few-shot turns; at least ``MIN_COMMON_PREFIX``
+        tokens) is run once (batch 1) and the prompts' own suffixes, right-padded, over its cache: the same
+        keys and values as the left-padded prefill, without computing the shared part u times."""
+        dev = self.device
+        u = len(prompts)
+        c = min(common_prefix_length(prompts), min(len(p) for p in prompts) - 1) if u > 1 else 0
+        if c < MIN_COMMON_PREFIX:
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                             logits_to_keep=1, **{self._cache_kwarg: past})
+            return out.logits[:, -1, :], mask
+        self.model(input_ids=torch.tensor([prompts[0][:c]], dtype=torch.long, device=dev),
+                   attention_mask=torch.ones((1, c), dtype=torch.long, device=dev),
+                   position_ids=torch.arange(c, device=dev)[None], use_cache=True, logits_to_keep=1,
+                   **{self._cache_kwarg: past})
+        past.batch_repeat_interleave(u)
+        sizes = [len(p) - c for p in prompts]
+        width = max(sizes)
+        ids = torch.full((u, width), self.pad_id, dtype=torch.long, device=dev)
+        own = torch.zeros((u, width), dtype=torch.long, device=dev)
+        for i, p in enumerate(prompts):
+            ids[i, : sizes[i]] = torch.tensor(p[c:], dtype=torch.long, device=dev)
+            own[i, : sizes[i]] = 1
+        mask = torch.cat([torch.ones((u, c), dtype=torch.long, device=dev), own], dim=1)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=torch.arange(c, c + width, device=dev)
+                         .repeat(u, 1), use_cache=True, logits_to_keep=width, **{self._cache_kwarg: past})
+        last = torch.tensor(sizes, device=dev) - 1
+        return out.logits[torch.arange(u, device=dev), last], mask  # logits (u, width, V): the suffix columns
 
     # -- weights ----------------------------------------------------------------------------
 

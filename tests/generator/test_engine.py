@@ -86,6 +86,38 @@ def test_behaviour_logprobs_match_a_plain_recompute(tiny):
     assert len({tuple(c.token_ids) for c in out[0]}) > 1
 
 
+def test_a_prefix_common_to_the_prompts_is_prefilled_once_and_changes_nothing(tiny):
+    """Prompts sharing a 12-token prefix (a system prompt, few-shot turns): the prefill runs the prefix once
+    (batch 1), then the suffixes (batch 3); the behaviour log-probs still equal a plain recompute of each
+    prompt + response, and greedy decoding is the same as with the left-padded prefill."""
+    import winnow.hf_engine as hf
+
+    model, tok = tiny
+    common = list(range(40, 52))
+    prompts = [common + [5, 17], common + [7, 7, 200, 31, 2], common + [9]]
+    calls = []
+    hook = model.register_forward_pre_hook(lambda _m, _a, kw: calls.append(tuple(kw["input_ids"].shape)),
+                                           with_kwargs=True)
+    try:
+        out = HFEngine(model, tok).generate(prompts, 2, SamplingConfig(max_new_tokens=8, seed=0))
+    finally:
+        hook.remove()
+    assert calls[:3] == [(1, 12), (3, 5), (6, 1)]
+    for prompt, group in zip(prompts, out, strict=True):
+        for c in group:
+            ref = recompute_logprobs(model, prompt, c.token_ids)
+            torch.testing.assert_close(torch.tensor(c.logprobs), ref, atol=1e-4, rtol=1e-4)
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=8)
+    shared = HFEngine(model, tok).generate(prompts, 1, greedy)
+    old = hf.MIN_COMMON_PREFIX
+    hf.MIN_COMMON_PREFIX = 10**9  # the left-padded prefill of every prompt
+    try:
+        plain = HFEngine(model, tok).generate(prompts, 1, greedy)
+    finally:
+        hf.MIN_COMMON_PREFIX = old
+    assert [g[0].token_ids for g in shared] == [g[0].token_ids for g in plain]
+
+
 def test_truncated_sampling_records_processed_logprobs(tiny):
     model, tok = tiny
     engine = HFEngine(model, tok)

@@ -118,6 +118,35 @@ def test_one_precision_setting_for_learner_and_generator(tmp_path):
 
 
 
+def test_one_attention_setting_for_the_generator_engine_and_the_learner(tmp_path):
+    """``numerics.attention`` picks one transformers attention kernel for the generators' engine, the learner
+    (and so its evaluation, which decodes a copy of the learner's model): eager on CPU by default."""
+    from winnow.config import ConfigError, load_config
+    from winnow.generator.config import GeneratorConfig
+    from winnow.learner.config import LearnerConfig
+    from winnow.learner.model import build_trainer
+    from winnow.numerics import resolve_attention
+
+    assert resolve_attention("auto", "cpu") == "eager" and resolve_attention("auto", "cuda") is None
+    assert resolve_attention("sdpa", "cpu") == "sdpa"
+    with pytest.raises(ValueError, match="attention must be"):
+        resolve_attention("paged", "cpu")
+    with pytest.raises(ConfigError, match="attention"):
+        load_config(LearnerConfig, data={"numerics": {"attention": "paged"}, "learner": {}})
+    model, tok = build_tiny_model_and_tokenizer(seed=0)
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    for attention in ("auto", "sdpa"):
+        data = {"numerics": {"attention": attention}, "learner": {"model": str(tmp_path / "m")},
+                "generator": {"model": str(tmp_path / "m")}}
+        gen_cfg = load_config(GeneratorConfig, data=data)
+        engine = HFEngine.from_pretrained(tmp_path / "m", attention=gen_cfg.numerics.attention)
+        trainer, _ = build_trainer(load_config(LearnerConfig, data=data))
+        want = "eager" if attention == "auto" else "sdpa"
+        assert engine.model.config._attn_implementation == want
+        assert trainer.model.config._attn_implementation == want
+
+
 def test_mismatch_stats_hand_computed():
     from winnow.learner.losses import mismatch_stats
 

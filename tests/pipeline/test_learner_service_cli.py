@@ -29,7 +29,7 @@ def test_print_config(tmp_path, capsys):
     assert (algo["preset"], algo["filter"], algo["advantage"], algo["loss"], algo["kl_coef"]) == (
         "raft", "raft", "raft", "sft", 0.001)
     assert cfg["optim"]["lr"] == 1e-6 and cfg["prompts"]["kind"] == "reasoning_gym"
-    assert cfg["numerics"] == {"precision": "auto"}
+    assert cfg["numerics"] == {"precision": "auto", "attention": "auto"}
 
 
 
