@@ -269,6 +269,10 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
+    autocast_region = True
+    """Open one autocast region for all micro-batches of a step (see :meth:`forward_backward`); False: one
+    per forward, as under FSDP/DDP. The same gradient either way (tests/learner/test_prefix.py)."""
+
     def _no_autocast(self):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
@@ -406,8 +410,9 @@ class Trainer:
         # One autocast region for every micro-batch: autocast caches its casts of the fp32 weights while a
         # region is open, so the weights are cast once per step instead of once per micro-batch (and per
         # decoder call). The backward runs with autocast off, as outside the region; the cache is dropped
-        # when the region closes, before the optimizer changes the weights.
-        with self._autocast():
+        # when the region closes, before the optimizer changes the weights. Not under FSDP/DDP, whose
+        # parameters are re-gathered around every forward (a cached cast would bypass their hooks).
+        with self._autocast() if self.world_size == 1 and self.autocast_region else contextlib.nullcontext():
             acc = self._micro_loop(batch, micro, real, advantages, sample_weight, denom, scale, logprobs_all, acc)
         t_fwd, t_ref, t_bwd = acc.pop("_t_fwd"), acc.pop("_t_ref"), acc.pop("_t_bwd")
 

@@ -211,3 +211,23 @@ def test_share_prompt_needs_the_hidden_mode():
     with pytest.raises(ValueError, match="share_prompt"):
         Trainer(model, AlgoConfig.from_preset("raft", kl_coef=0.0), OptimConfig(share_prompt=True),
                 pad_token_id=tok.pad_token_id, logprob_mode="logits")
+
+
+def test_one_autocast_region_per_step_gives_the_gradient_of_one_region_per_forward():
+    """bf16 autocast over fp32 weights, 6 micro-batches: casting the weights once per step (autocast's cache,
+    reused by every micro-batch's forward and backward) accumulates the same gradient as casting them in
+    every forward."""
+    model, tok = build_tiny_model_and_tokenizer(seed=5)
+    groups = _with_common_prefix(make_groups(STATUSES, seed=4, prompt_lens=[5, 8, 3]))
+    grads = []
+    for region in (True, False):
+        t = Trainer(model, AlgoConfig.from_preset("grpo", kl_coef=0.0, entropy_coef=0.0),
+                    OptimConfig(lr=1e-3, micro_batch_size=2, share_prompt=True), pad_token_id=tok.pad_token_id,
+                    autocast_dtype=torch.bfloat16)
+        t.autocast_region = region
+        t.forward_backward(groups)
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for k in grads[0]:
+        torch.testing.assert_close(grads[0][k], grads[1][k], atol=1e-6, rtol=1e-5, msg=k)
+        assert grads[0][k].abs().sum() > 0 or "norm" in k, k
