@@ -214,10 +214,10 @@ def eval_problems(budget: Budget) -> list[Any]:
 
 
 def evaluate(model_dir: str, weights: str | None, problems: list[Any], budget: Budget, chat: dict[str, Any],
-             precision: str = "auto", seed: int = 0, threads: int = 1) -> dict[str, Any]:
+             precision: str = "auto", seed: int = 0, threads: int = 1, attention: str = "auto") -> dict[str, Any]:
     """Greedy accuracy and pass@k of the model at ``model_dir`` (with the safetensors ``weights`` loaded
-    over it, if given), decoded by the generators' transformers engine at the run's ``numerics.precision``:
-    exactly as the generators sample during training. ``threads``: torch threads of this process (1 by
+    over it, if given), decoded by the generators' transformers engine at the run's ``numerics.precision``
+    and ``numerics.attention``: exactly as the generators sample during training. ``threads``: torch threads of this process (1 by
     default: on a shared machine OpenMP threads that spin for a busy core slow decoding by an order of
     magnitude; 0 = torch's default)."""
     import torch
@@ -231,7 +231,7 @@ def evaluate(model_dir: str, weights: str | None, problems: list[Any], budget: B
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    engine = HFEngine.from_pretrained(model_dir, dtype=precision, max_batch_sequences=64)
+    engine = HFEngine.from_pretrained(model_dir, dtype=precision, attention=attention, max_batch_sequences=64)
     if weights:
         engine.load_weights(weights, version=1)
     fmt = PromptFormatter(engine.tokenizer, ChatFormat(**chat))
@@ -376,13 +376,17 @@ def run_one(spec: RunSpec, budget: Budget, model_dir: str, bootstrap: str, resul
     wall_s = run_pipeline(data, run_dir, timeout_s)
     shutil.copy(run_dir / "metrics.jsonl", out / "metrics.jsonl")
     weights, version = final_weights(run_dir)
+    numerics = data.get("numerics", {})
     ev = evaluate(model_dir, weights, problems, budget, data["generator"].get("chat", {}),
-                  precision=data.get("numerics", {}).get("precision", "auto"), seed=spec.seed, threads=eval_threads)
+                  precision=numerics.get("precision", "auto"), attention=numerics.get("attention", "auto"),
+                  seed=spec.seed, threads=eval_threads)
     ev["weights_version"] = version
     (out / "eval.json").write_text(json.dumps(ev, indent=1))
     summary = summarize(spec, _rows(out / "metrics.jsonl"), ev, wall_s)
     summary["git_commit"] = _git_commit()
     (out / "summary.json").write_text(json.dumps(summary, indent=1))  # last: marks the run finished
+    for big in ("weights", "checkpoints"):  # GBs per run (a full state per version); logs and metrics stay
+        shutil.rmtree(run_dir / big, ignore_errors=True)
     return summary
 
 

@@ -533,17 +533,19 @@ def main(argv: list[str] | None = None) -> int:
                                          seed=args.seed)
     train = [json.loads(line) for line in train_path.read_text().splitlines()]
     key = {k: getattr(args, k) for k in ("model", "steps", "eval_every", "eval_prompts", "batch_groups", "n", "lr",
-                                         "max_new_tokens", "micro_batch", "seed")}
+                                         "max_new_tokens", "seed")}
+    loop_key = {**key, "micro_batch": args.micro_batch}  # the loop's own layout; winnow picks its own
     if args.loop_threads:
-        key["loop_threads"] = args.loop_threads
+        loop_key["loop_threads"] = args.loop_threads
     if args.loop_attention:
-        key["loop_attention"] = args.loop_attention
-    results: dict[str, Any] = {"model": os.path.basename(str(args.model).rstrip("/")), "args": key}
+        loop_key["loop_attention"] = args.loop_attention
+    keys = {"loop": loop_key, "winnow": key}
+    results: dict[str, Any] = {"model": os.path.basename(str(args.model).rstrip("/")), "args": loop_key}
     for name in order:
         path = work / f"{name}.json"
         if path.exists() and not args.fresh:
             saved = json.loads(path.read_text())
-            if saved.get("args") == key:
+            if saved.get("args") == keys[name]:
                 log(f"{name}: reusing {path}")
                 results[name] = saved
                 continue
@@ -555,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             v0 = results["loop"]["evals"][0]["accuracy"] if "loop" in results else None
             res = run_winnow(args, model_dir, train_path, heldout_rows, work, v0)
-        res.update(args=key, started=started, load={"before": load_before, "after": os.getloadavg()})
+        res.update(args=keys[name], started=started, load={"before": load_before, "after": os.getloadavg()})
         path.write_text(json.dumps(res, indent=1))
         results[name] = res
     if not all(s in results for s in SYSTEMS):

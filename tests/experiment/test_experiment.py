@@ -133,6 +133,9 @@ def test_tiny_model_run_end_to_end(tmp_path, kafka_bootstrap_one, monkeypatch):
         assert ev["weights_version"] == 2 and ev["problems"] == 3
         assert len(ev["sample_correct_counts"]) == 3 and set(ev["pass_at_k"]) == {"1", "2"}
         assert math.isfinite(summary["greedy_accuracy"])
+        # the run's weights and checkpoints (GBs per run at real sizes) are removed once it is evaluated
+        assert (work / run_id / "metrics.jsonl").exists() and not (work / run_id / "weights").exists()
+        assert not (work / run_id / "checkpoints").exists()
     base = json.loads((results / "base_eval.json").read_text())
     assert base["problems"] == 3
     table = (results / "table.md").read_text()
