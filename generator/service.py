@@ -229,6 +229,11 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 # ------------------------------------------------------------------------------------- scoring
 
 
+REFUSALS = frozenset({"INVALID_ARGUMENT", "OUT_OF_RANGE", "UNIMPLEMENTED"})
+"""gRPC codes that refuse a request for what it is, not for the verifier's state: a batch refused with one
+is scored ERROR (and trained as the reward map says) instead of being retried forever like an outage."""
+
+
 class Scorer:
     """Scores items through the verifier configured for their task.
 
@@ -296,6 +301,10 @@ class Scorer:
             except Exception as e:  # process boundary: any verifier failure is counted and handled
                 self.metrics.verifier_errors.inc()
                 where = endpoint or "in-process verifier"
+                refused = getattr(getattr(e, "code", None), "name", None)
+                if refused in REFUSALS:  # the verifier refuses this batch: asking again gets the same answer
+                    log.error("verifier %s refused a batch (%s); marking its %d samples ERROR", where, e, len(items))
+                    return [Verdict(id=it.id, status=Status.ERROR, detail=f"verifier refused: {e}") for it in items]
                 if self.routing.on_verifier_down == "error":
                     log.error("verifier %s failed (%s); marking %d samples ERROR", where, e, len(items))
                     return [

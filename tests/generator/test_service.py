@@ -158,6 +158,25 @@ async def test_scorer_routes_and_handles_verifier_down():
         await server.stop(0)
 
 
+async def test_a_batch_the_verifier_refuses_is_scored_error_not_retried_forever():
+    """INVALID_ARGUMENT (here: two items with one id) refuses the batch for what it is; under the "wait"
+    policy an outage is retried, but a refusal would be refused forever: its samples are scored ERROR."""
+    server, port = await _start_verifier(free_port())
+    registry = CollectorRegistry()
+    scorer = Scorer(VerifierRouting(endpoints={"arith": f"127.0.0.1:{port}"}, retry_interval_s=0.2, timeout_s=2.0),
+                    GeneratorMetrics(registry))
+    items = [Item(id="a", response="x = 4", gold="4", task="arith"), Item(id="a", response="x = 5", gold="4",
+                                                                         task="arith")]
+    try:
+        verdicts = await asyncio.wait_for(scorer.score(items), 10)
+        assert [v.status for v in verdicts] == [Status.ERROR, Status.ERROR]
+        assert "INVALID_ARGUMENT" in verdicts[0].detail
+        assert registry.get_sample_value("winnow_generator_verifier_errors_total") == 1
+    finally:
+        await scorer.close()
+        await server.stop(0)
+
+
 # ------------------------------------------------------------------------------ the service
 
 
