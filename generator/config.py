@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from winnow.chat import ChatFormat
 from winnow.config import KafkaConfig, Model, Settings, settings_config
@@ -31,8 +31,9 @@ class VerifierRouting(Model):
     """Task pattern -> "host:port" of a Verifier gRPC server."""
     default_endpoint: str = ""
     """Endpoint for tasks no pattern matches ("" = score in-process)."""
-    token: str | None = None
-    """Bearer token sent to the verifier servers (None = none)."""
+    token: SecretStr | None = None
+    """Bearer token sent to the verifier servers (None = none); shown as ``**********`` by
+    ``--print-config`` and in the logged config."""
     timeout_s: float = Field(default=30.0, gt=0.0, le=3600.0)
     """Deadline of one VerifyBatch call."""
     on_verifier_down: Literal["wait", "error"] = "wait"

@@ -266,7 +266,7 @@ class Scorer:
 
             client = verifier_client(
                 endpoint,
-                token=self.routing.token,
+                token=self.routing.token.get_secret_value() if self.routing.token else None,
                 timeout_s=self.routing.timeout_s,
                 retry_total_s=min(10.0, self.routing.timeout_s),
             )

@@ -109,12 +109,13 @@ class ExactMatchEngine:
 
 
 
-async def _start_verifier(port: int):
+async def _start_verifier(port: int, token: str | None = None):
     from winnow.verifier.config import VerifierConfig
     from winnow.verifier.server import create_server
 
     server, bound = create_server(
-        VerifierConfig(host="127.0.0.1", port=port, metrics_port=-1), ExactMatchEngine(), CollectorRegistry()
+        VerifierConfig(host="127.0.0.1", port=port, metrics_port=-1, token=token), ExactMatchEngine(),
+        CollectorRegistry()
     )
     await server.start()
     return server, bound
@@ -172,6 +173,23 @@ async def test_a_batch_the_verifier_refuses_is_scored_error_not_retried_forever(
         assert [v.status for v in verdicts] == [Status.ERROR, Status.ERROR]
         assert "INVALID_ARGUMENT" in verdicts[0].detail
         assert registry.get_sample_value("winnow_generator_verifier_errors_total") == 1
+    finally:
+        await scorer.close()
+        await server.stop(0)
+
+
+async def test_the_verifier_token_is_a_secret_sent_to_the_server(capsys):
+    """``verifier.token`` is a SecretStr: hidden by --print-config, sent as the bearer token."""
+    from winnow.cli import main
+
+    assert main(["generator", "run", "--set", "verifier.token=s3cret-tok", "--print-config"]) == 0
+    assert "s3cret-tok" not in capsys.readouterr().out
+    server, port = await _start_verifier(free_port(), token="s3cret-tok")
+    routing = VerifierRouting(endpoints={"arith": f"127.0.0.1:{port}"}, token="s3cret-tok", on_verifier_down="error")
+    scorer = Scorer(routing, GeneratorMetrics(CollectorRegistry()))
+    try:
+        verdicts = await scorer.score([Item(id="a", response="x = 4", gold="4", task="arith")])
+        assert [v.status for v in verdicts] == [Status.CORRECT]  # a wrong or missing token scores ERROR
     finally:
         await scorer.close()
         await server.stop(0)
