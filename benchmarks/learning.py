@@ -236,7 +236,9 @@ def winnow_config(args: argparse.Namespace, model_dir: str, train_path: Path, bo
         "learner": {
             "model": model_dir,
             "seed": args.seed,
-            "algo": {"preset": "raft", "kl_coef": 0.0, "entropy_coef": 0.0},
+            "algo": {"preset": "raft", "kl_coef": 0.0, "entropy_coef": 0.0,
+                     **({"max_staleness": args.max_staleness} if getattr(args, "max_staleness", None) is not None
+                        else {})},
             "optim": {"lr": args.lr},  # micro-batches: winnow's own sizing (by tokens, up_default.yaml)
             "batch_groups": args.batch_groups,
             "n": args.n,
@@ -291,7 +293,8 @@ def run_winnow(args: argparse.Namespace, model_dir: str, train_path: Path, heldo
         "rows": [{"version": r["version"], "wall_s": r["time"] - t_start, "reward": r.get("reward_mean"),
                   "tokens": r.get("tokens")} for r in steps],
         "phases": [{k: r.get(k) for k in ("wait_s", "compute_s", "publish_s", "checkpoint_s", "time_forward_s",
-                                          "time_backward_s", "time_optimizer_s")} for r in steps],
+                                          "time_backward_s", "time_optimizer_s", "staleness_mean", "staleness_max",
+                                          "mismatch_kl")} for r in steps],
         "evals": [],
         "layout": data.get("up", {}),
     }
@@ -406,6 +409,11 @@ def report(results: dict, cmp: dict) -> str:
     lines.append(f"accuracy at equal wall time ({cmp['equal_wall_s']:.0f}s): loop {ae['loop']:.3f}, winnow "
                  f"{ae['winnow']:.3f}" + (f" -> winnow/loop x{cmp['accuracy_at_equal_wall_ratio']:.2f}"
                                          if cmp["accuracy_at_equal_wall_ratio"] is not None else ""))
+    stal = [p.get("staleness_mean") for p in win.get("phases", []) if p.get("staleness_mean") is not None]
+    if stal:
+        hist = {k: sum(round(x) == k for x in stal) for k in sorted({round(x) for x in stal})}
+        lines.append(f"winnow staleness (mean per step, versions): {sum(stal) / len(stal):.2f}; steps by rounded mean: "
+                     + ", ".join(f"{k}: {v}" for k, v in hist.items()))
     ss, fs = cmp["step_s"], cmp["first_step_s"]
     lines.append(f"seconds per step after the first: loop {ss['loop']:.1f}, winnow {ss['winnow']:.1f} -> "
                  f"x{cmp['step_s_ratio']:.2f}; start to first step: loop {fs['loop']:.0f}s, winnow {fs['winnow']:.0f}s")
@@ -502,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loop-attention", default=None,
                    help="the loop's transformers attention kernel (default: the library's, what a user's loop "
                    "gets; 'eager' is what winnow picks on CPU: a sensitivity check)")
+    p.add_argument("--max-staleness", type=int, default=None,
+                   help="winnow's algo.max_staleness (default: winnow up's, 1); the loop is synchronous")
     p.add_argument("--target", type=float, default=None, help="target accuracy (default: the loop's final one)")
     p.add_argument("--order", default="loop,winnow", help="which systems to run, in this order")
     p.add_argument("--work-dir", default="runs/bench-learning", help="results (resumable) and the run directory")
@@ -535,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     key = {k: getattr(args, k) for k in ("model", "steps", "eval_every", "eval_prompts", "batch_groups", "n", "lr",
                                          "max_new_tokens", "seed")}
     loop_key = {**key, "micro_batch": args.micro_batch}  # the loop's own layout; winnow picks its own
+    if args.max_staleness is not None:
+        key = {**key, "max_staleness": args.max_staleness}
     if args.loop_threads:
         loop_key["loop_threads"] = args.loop_threads
     if args.loop_attention:
