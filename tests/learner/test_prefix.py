@@ -89,15 +89,12 @@ def test_shared_prompt_hidden_equals_the_plain_forward_values_and_gradients():
             torch.testing.assert_close(g_shared[k], g_plain[k], atol=1e-5, rtol=1e-4, msg=k)
 
 
-def test_shared_prompt_hidden_runs_each_distinct_prompt_once_for_rows_of_several_groups():
-    """A micro-batch of rows from three groups (prompts of different lengths, interleaved): one prompt pass
-    over the three distinct prompts, the same hidden states and gradients as the plain forward."""
-    model, tok = build_tiny_model_and_tokenizer(seed=3)
-    model.config.use_cache = False
-    batch = collate(make_groups(STATUSES, seed=7, prompt_lens=[4, 9, 6]), tok.pad_token_id)
-    mb = batch.rows(torch.tensor([0, 4, 9, 2, 5, 8]))
+def _compare_with_plain(model, mb):
+    """Run ``shared_prompt_hidden`` and the plain forward on ``mb`` (loss on the real response columns, as
+    training); assert the same hidden states and gradients. Returns the input shapes of the decoder calls
+    the shared forward made."""
     args = (mb.input_ids, mb.attention_mask, mb.position_ids, mb.prompt_width, mb.response_width)
-    mask = mb.response_mask[..., None]  # the loss sees only real response columns, as training
+    mask = mb.response_mask[..., None]
     calls = []
     hook = model.get_decoder().register_forward_pre_hook(
         lambda _m, _a, kw: calls.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
@@ -105,18 +102,28 @@ def test_shared_prompt_hidden_runs_each_distinct_prompt_once_for_rows_of_several
         shared = shared_prompt_hidden(model, *args)
     finally:
         hook.remove()
-    assert calls[0] == (3, mb.prompt_width)  # one row per distinct prompt
-    model.zero_grad()
-    (shared * mask * torch.randn_like(shared, generator=torch.Generator().manual_seed(0))).sum().backward()
-    g_shared = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    grads = []
+    for out in (shared, response_hidden(model, *args)):
+        model.zero_grad()
+        (out * mask * torch.randn_like(out, generator=torch.Generator().manual_seed(0))).sum().backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
     plain = response_hidden(model, *args)
-    model.zero_grad()
-    (plain * mask * torch.randn_like(plain, generator=torch.Generator().manual_seed(0))).sum().backward()
-    g_plain = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
     torch.testing.assert_close(shared * mask, plain * mask, atol=1e-5, rtol=1e-4)
-    assert g_plain.keys() == g_shared.keys() and g_plain
-    for k in g_plain:
-        torch.testing.assert_close(g_shared[k], g_plain[k], atol=1e-5, rtol=1e-4, msg=k)
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for k in grads[1]:  # fp32 sums in another order: absolute tolerance on the gradient's scale
+        scale = float(grads[1][k].abs().max())
+        torch.testing.assert_close(grads[0][k], grads[1][k], atol=1e-5 * max(1.0, scale), rtol=1e-4, msg=k)
+    return calls
+
+
+def test_shared_prompt_hidden_runs_each_distinct_prompt_once_for_rows_of_several_groups():
+    """A micro-batch of rows from three groups (prompts of different lengths, interleaved): one prompt pass
+    over the three distinct prompts, the same hidden states and gradients as the plain forward."""
+    model, tok = build_tiny_model_and_tokenizer(seed=3)
+    model.config.use_cache = False
+    batch = collate(make_groups(STATUSES, seed=7, prompt_lens=[4, 9, 6]), tok.pad_token_id)
+    mb = batch.rows(torch.tensor([0, 4, 9, 2, 5, 8]))
+    assert _compare_with_plain(model, mb)[0] == (3, mb.prompt_width)  # one row per distinct prompt
 
 
 def _with_common_prefix(groups, prefix_len=10, suffix_lens=(1, 4, 2)):
@@ -135,27 +142,7 @@ def test_a_prefix_common_to_the_prompts_runs_once(suffix_lens):
     groups = _with_common_prefix(make_groups(STATUSES, seed=7), suffix_lens=suffix_lens)
     batch = collate(groups, tok.pad_token_id)
     mb = batch.rows(torch.tensor([0, 4, 9, 2, 5, 8, 11]))
-    args = (mb.input_ids, mb.attention_mask, mb.position_ids, mb.prompt_width, mb.response_width)
-    mask = mb.response_mask[..., None]
-    calls = []
-    hook = model.get_decoder().register_forward_pre_hook(
-        lambda _m, _a, kw: calls.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
-    try:
-        shared = shared_prompt_hidden(model, *args)
-    finally:
-        hook.remove()
-    assert calls[:2] == [(1, 10), (3, max(suffix_lens))]
-    model.zero_grad()
-    (shared * mask * torch.randn_like(shared, generator=torch.Generator().manual_seed(0))).sum().backward()
-    g_shared = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
-    plain = response_hidden(model, *args)
-    model.zero_grad()
-    (plain * mask * torch.randn_like(plain, generator=torch.Generator().manual_seed(0))).sum().backward()
-    g_plain = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
-    torch.testing.assert_close(shared * mask, plain * mask, atol=1e-5, rtol=1e-4)
-    for k in g_plain:  # fp32 sums in another order: absolute tolerance on the gradient's scale
-        scale = float(g_plain[k].abs().max())
-        torch.testing.assert_close(g_shared[k], g_plain[k], atol=1e-5 * max(1.0, scale), rtol=1e-4, msg=k)
+    assert _compare_with_plain(model, mb)[:2] == [(1, 10), (3, max(suffix_lens))]
 
 
 def test_a_prompt_that_is_the_common_prefix_of_the_others_keeps_a_suffix_token():
