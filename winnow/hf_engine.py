@@ -180,14 +180,9 @@ class HFEngine:
         self, prompts: list[list[int]], n: int, sampling: SamplingConfig, generator: torch.Generator | None
     ) -> list[list[Completion]]:
         dev = self.device
-        num_prompts, width = len(prompts), max(len(p) for p in prompts)
-        input_ids = torch.full((num_prompts, width), self.pad_id, dtype=torch.long, device=dev)
-        mask = torch.zeros((num_prompts, width), dtype=torch.long, device=dev)
-        for i, p in enumerate(prompts):  # left padding: every prompt ends at the last column
-            input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long, device=dev)
-            mask[i, width - len(p) :] = 1
+        num_prompts = len(prompts)
         past = self._new_cache()  # updated in place by every forward
-        logits, mask = self._prefill(prompts, input_ids, mask, past)
+        logits, mask = self._prefill(prompts, past)
         if n > 1:  # the n samples of a prompt share its prefill
             past.batch_repeat_interleave(n)
             logits = logits.repeat_interleave(n, dim=0)
@@ -239,11 +234,9 @@ class HFEngine:
         ]
         return [completions[i * n : (i + 1) * n] for i in range(num_prompts)]
 
-    def _prefill(
-        self, prompts: list[list[int]], input_ids: torch.Tensor, mask: torch.Tensor, past: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _prefill(self, prompts: list[list[int]], past: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the prompts into ``past``; returns the last prompt token's logits ``(u, V)`` and the attention
-        mask of the cached columns ``(u, w)``. ``input_ids``/``mask``: ``(u, width)`` left-padded.
+        mask of the cached columns ``(u, w)``.
 
         A prefix common to the prompts (a system prompt, few-shot turns; at least ``MIN_COMMON_PREFIX``
         tokens) is run once (batch 1) and the prompts' own suffixes, right-padded, over its cache: the same
@@ -251,7 +244,13 @@ class HFEngine:
         dev = self.device
         u = len(prompts)
         c = min(common_prefix_length(prompts), min(len(p) for p in prompts) - 1) if u > 1 else 0
-        if c < MIN_COMMON_PREFIX:
+        if c < MIN_COMMON_PREFIX:  # one left-padded batch: every prompt ends at the last column
+            width = max(len(p) for p in prompts)
+            input_ids = torch.full((u, width), self.pad_id, dtype=torch.long, device=dev)
+            mask = torch.zeros((u, width), dtype=torch.long, device=dev)
+            for i, p in enumerate(prompts):
+                input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long, device=dev)
+                mask[i, width - len(p) :] = 1
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
                              logits_to_keep=1, **{self._cache_kwarg: past})

@@ -102,12 +102,12 @@ def _compare_with_plain(model, mb):
         shared = shared_prompt_hidden(model, *args)
     finally:
         hook.remove()
+    plain = response_hidden(model, *args)
     grads = []
-    for out in (shared, response_hidden(model, *args)):
+    for out in (shared, plain):
         model.zero_grad()
         (out * mask * torch.randn_like(out, generator=torch.Generator().manual_seed(0))).sum().backward()
         grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
-    plain = response_hidden(model, *args)
     torch.testing.assert_close(shared * mask, plain * mask, atol=1e-5, rtol=1e-4)
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for k in grads[1]:  # fp32 sums in another order: absolute tolerance on the gradient's scale
