@@ -24,6 +24,9 @@ Evaluation, after each run, by this script: the final published weights are load
 transformers engine (``HFEngine``, the precision and decoding the generators sample with, so the evaluation
 decodes exactly as training samples) and answer ``--eval-problems`` held-out problems: the same
 reasoning-gym task generated with another seed (``--eval-seed``; training uses seed ``1000 + run seed``).
+With ``--data FILE`` the runs train on a JSONL/Parquet file instead (GSM8K-style rows, docs/datasets.md) and
+evaluate on the first ``--eval-problems`` rows of ``--eval-data FILE`` (e.g. GSM8K train and test), or, without
+it, on as many rows of ``FILE`` held out of training.
 Greedy accuracy (temperature 0) and ``--eval-k`` samples per problem at the training temperature give
 pass@k for k = 1, 2, 4, ..., eval-k (unbiased estimator, Chen et al. 2021: 1 - C(n-c, k) / C(n, k) averaged
 over problems). The initial model is evaluated the same way once per results directory (``base``): that is
@@ -141,6 +144,11 @@ class Budget:
     eval_seed: int = 424242
     temperature: float = 1.0
     max_staleness: int = 1
+    data: str = ""
+    """Train on this JSONL/Parquet file (GSM8K-style rows, docs/datasets.md) instead of the reasoning-gym ``task``."""
+    eval_data: str = ""
+    """Evaluate on the first ``eval_problems`` rows of this file ("" = held out: the task with ``eval_seed``, or
+    ``eval_problems`` rows of ``data`` set aside by a permutation seeded with ``eval_seed``)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Further ``winnow up`` config merged over each run's (``--config`` file)."""
 
@@ -169,8 +177,7 @@ def up_config(spec: RunSpec, budget: Budget, model_dir: str, bootstrap: str, pre
             "checkpoint": {"every": budget.steps},
             "eval": {"every": 0},
             "tracking": {"sinks": []},  # the runner keeps its own records (results/runs/<id>/)
-            "prompts": {"kind": "reasoning_gym", "name": budget.task, "size": budget.task_size,
-                        "seed": 1000 + spec.seed, "config": budget.task_config},
+            "prompts": train_source(budget, spec.seed),
         },
     }
     data = resolve(None, [], Path("."))
@@ -204,12 +211,48 @@ def ks_up_to(k_max: int) -> list[int]:
     return ks if k_max >= 1 else []
 
 
+def file_kind(path: str) -> str:
+    """The prompt-source kind of a data file, from its suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        return "jsonl"
+    if suffix == ".parquet":
+        return "parquet"
+    raise ValueError(f"--data/--eval-data: {path} is neither .jsonl nor .parquet")
+
+
+def train_source(budget: Budget, seed: int) -> dict[str, Any]:
+    """The training prompt source of a run with ``seed``: the reasoning-gym task generated with ``1000 + seed``,
+    or the rows of ``budget.data`` in an order seeded with ``1000 + seed`` (with ``eval_seed`` when the held-out
+    rows come from the same file: the held-out selection and the order share one seed, and every run must hold
+    out the same rows)."""
+    if not budget.data:
+        return {"kind": "reasoning_gym", "name": budget.task, "size": budget.task_size, "seed": 1000 + seed,
+                "config": budget.task_config}
+    own = {"holdout": 0, "shuffle_seed": 1000 + seed} if budget.eval_data else {
+        "holdout": budget.eval_problems, "shuffle_seed": budget.eval_seed}
+    return {"kind": file_kind(budget.data), "path": budget.data, "shuffle": True, "split": "train", **own}
+
+
+def eval_source(budget: Budget) -> dict[str, Any]:
+    """The held-out problems' source (see ``Budget.eval_data``); never overlaps the training rows."""
+    if budget.eval_data:
+        return {"kind": file_kind(budget.eval_data), "path": budget.eval_data, "limit": budget.eval_problems}
+    if budget.data:
+        return {"kind": file_kind(budget.data), "path": budget.data, "holdout": budget.eval_problems,
+                "split": "eval", "shuffle_seed": budget.eval_seed}
+    return {"kind": "reasoning_gym", "name": budget.task, "size": budget.eval_problems, "seed": budget.eval_seed,
+            "config": budget.task_config}
+
+
 def eval_problems(budget: Budget) -> list[Any]:
-    """The held-out problems: the training task generated with ``budget.eval_seed``."""
+    """The held-out problems (``eval_source``)."""
     from winnow.prompts import make_source
 
-    source = make_source({"kind": "reasoning_gym", "name": budget.task, "size": budget.eval_problems,
-                          "seed": budget.eval_seed, "config": budget.task_config})
+    source = make_source(eval_source(budget))
+    if len(source) < budget.eval_problems:
+        raise SystemExit(f"winnow experiment: --eval-problems {budget.eval_problems}, but the held-out source "
+                         f"has {len(source)} rows")
     return [source.get(i) for i in range(budget.eval_problems)]
 
 
@@ -235,7 +278,7 @@ def evaluate(model_dir: str, weights: str | None, problems: list[Any], budget: B
     if weights:
         engine.load_weights(weights, version=1)
     fmt = PromptFormatter(engine.tokenizer, ChatFormat(**chat))
-    prompts = [fmt(p.problem) for p in problems]
+    prompts = [fmt(p.problem, p.messages) for p in problems]  # as the generator formats a request
     greedy = engine.generate(prompts, 1, SamplingConfig(temperature=0.0, max_new_tokens=budget.max_new_tokens))
     sampled: list[list[Any]] = []
     if budget.eval_k:
@@ -594,7 +637,8 @@ def check_config(results: Path, budget: Budget) -> None:
     path = results / "config.json"
     mine = json.loads(json.dumps(asdict(budget)))
     if path.exists():
-        theirs = json.loads(path.read_text())["budget"]
+        # a field added since the directory was filled has its default there
+        theirs = {**json.loads(json.dumps(asdict(Budget()))), **json.loads(path.read_text())["budget"]}
         if theirs != mine:
             diff = sorted(k for k in set(theirs) | set(mine) if theirs.get(k) != mine.get(k))
             raise SystemExit(f"winnow experiment: {results} holds runs with another budget (differs in "
@@ -612,7 +656,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds")
     p.add_argument("--results", default=str(REPO / "docs" / "results"), help="results directory (resumable)")
     p.add_argument("--work-dir", default="runs/experiment", help="pipeline run directories (weights, logs)")
-    p.add_argument("--model", default=d.model, help="'smollm2-135m', a HF model directory, or 'tiny' (test model)")
+    p.add_argument("--model", default=d.model, help="'smollm2-135m', a HF model directory or hub id, a .gguf file, or 'tiny' (test model)")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-groups", type=int, default=d.batch_groups, help="prompts per optimizer step")
     p.add_argument("--n", type=int, default=d.n, help="samples per prompt")
@@ -621,6 +665,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--micro-batch", type=int, default=d.micro_batch)
     p.add_argument("--task", default=d.task, help="reasoning-gym dataset")
     p.add_argument("--task-config", default=json.dumps(d.task_config), help="the dataset's options, JSON")
+    p.add_argument("--data", default="", help="train on this JSONL/Parquet file (e.g. GSM8K train) instead of --task")
+    p.add_argument("--eval-data", default="",
+                   help="evaluate on the first --eval-problems rows of this file (e.g. GSM8K test); default: "
+                        "held out of --data, or --task generated with --eval-seed")
     p.add_argument("--eval-problems", type=int, default=d.eval_problems)
     p.add_argument("--eval-k", type=int, default=d.eval_k, help="samples per held-out problem for pass@k")
     p.add_argument("--eval-seed", type=int, default=d.eval_seed, help="reasoning-gym seed of the held-out set")
@@ -652,6 +700,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--suite: unknown {bad}; valid: {', '.join(SUITES)}, all")
     if args.steps < 1 or args.eval_problems < 1 or args.eval_k < 0:
         p.error("--steps and --eval-problems must be >= 1, --eval-k >= 0")
+    for name in ("data", "eval_data"):
+        path = getattr(args, name)
+        if path:
+            flag = "--" + name.replace("_", "-")
+            if not Path(path).is_file():
+                p.error(f"{flag}: {path} is not a file")
+            if Path(path).suffix.lower() not in (".jsonl", ".json", ".parquet"):
+                p.error(f"{flag}: {path} is neither .jsonl nor .parquet")
+            setattr(args, name, str(Path(path).resolve()))
     return args
 
 
@@ -674,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
     budget = Budget(model=args.model, steps=args.steps, batch_groups=args.batch_groups, n=args.n,
                     max_new_tokens=args.max_new_tokens, lr=args.lr, micro_batch=args.micro_batch, task=args.task,
                     task_config=args.task_config_dict, eval_problems=args.eval_problems, eval_k=args.eval_k,
-                    eval_seed=args.eval_seed, extra=read_config_file(args.config) if args.config else {})
+                    eval_seed=args.eval_seed, data=args.data, eval_data=args.eval_data, extra=read_config_file(args.config) if args.config else {})
     specs = plan(args.suites, args.seed_list, args.staleness_preset, args.staleness_list)
     if args.only:  # these labels or presets only, in the order given (within each suite and seed)
         wanted = [w.strip() for w in args.only.split(",") if w.strip()]
@@ -709,10 +766,11 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = resolve_model(budget.model)
     problems = eval_problems(budget)
     probe = up_config(RunSpec("main", "base", {}, 0), budget, model_dir, "", "")
-    chat, precision = probe["generator"].get("chat", {}), probe.get("numerics", {}).get("precision", "auto")
+    chat, numerics = probe["generator"].get("chat", {}), probe.get("numerics", {})
     if not (results / "base_eval.json").exists():
         print("evaluating the initial model ...", file=sys.stderr, flush=True)
-        base = evaluate(model_dir, None, problems, budget, chat, precision=precision, threads=args.eval_threads)
+        base = evaluate(model_dir, None, problems, budget, chat, precision=numerics.get("precision", "auto"),
+                        attention=numerics.get("attention", "auto"), threads=args.eval_threads)
         (results / "base_eval.json").write_text(json.dumps(base, indent=1))
         print(f"  initial model: greedy {base['greedy_accuracy']:.3f}, pass@k {base.get('pass_at_k')}",
               file=sys.stderr, flush=True)

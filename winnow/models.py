@@ -6,16 +6,19 @@ bf16 safetensors Hugging Face folder (config, weights, tokenizer, generation con
 cache directory, so that every engine (transformers, vLLM) and the learner load it like any
 other model. The conversion dequantises the GGUF (transformers ``gguf_file=``, needs the
 ``gguf`` package), takes ~15 s, is idempotent and atomic (written to a temporary folder and
-renamed into place), and is skipped when the folder exists.
+renamed into place), and is skipped when the folder exists. Any other single-file GGUF model given as
+``model: path/to/file.gguf`` is converted the same way (:func:`gguf_model_dir`).
 
 Cache directory: ``$WINNOW_CACHE/models`` if set, else ``~/.cache/winnow/models``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -72,19 +75,18 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def default_model_dir(cache_dir: str | Path | None = None) -> Path:
-    """The bf16 HF folder of SmolLM2-135M-Instruct, converting it from the GGUF on first use."""
-    root = cache_root(cache_dir)
-    target = root / SMOLLM2_DIRNAME
+def _converted(gguf: Path, root: Path, dirname: str) -> Path:
+    """``root/dirname``: the bf16 HF folder of ``gguf``, converted on first use (atomically: a temporary folder
+    renamed into place, so concurrent services convert at most twice and never read a half-written folder)."""
+    target = root / dirname
     if (target / _COMPLETE_MARKER).is_file():
         return target
-    gguf = smollm2_gguf_path()
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_DIRNAME}-", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dirname}-", dir=root))
     try:
         log.info("converting %s to a bf16 safetensors folder at %s (once)", gguf, target)
         convert_gguf(gguf, tmp / "m")
-        (tmp / "m" / _COMPLETE_MARKER).write_text(f"converted from {gguf.name}\n")
+        (tmp / "m" / _COMPLETE_MARKER).write_text(f"converted from {gguf}\n")
         try:
             os.rename(tmp / "m", target)
         except OSError:
@@ -96,12 +98,37 @@ def default_model_dir(cache_dir: str | Path | None = None) -> Path:
     return target
 
 
+def default_model_dir(cache_dir: str | Path | None = None) -> Path:
+    """The bf16 HF folder of SmolLM2-135M-Instruct, converting it from the GGUF on first use."""
+    root = cache_root(cache_dir)
+    if (root / SMOLLM2_DIRNAME / _COMPLETE_MARKER).is_file():
+        return root / SMOLLM2_DIRNAME
+    return _converted(smollm2_gguf_path(), root, SMOLLM2_DIRNAME)
+
+
+def gguf_model_dir(gguf: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """The bf16 HF folder of any single-file GGUF model (llama.cpp's format; e.g. a Qwen2.5 or Llama GGUF),
+    converted once into the cache. The folder is named after the file and keyed by its path, size and mtime,
+    so a replaced file converts again. Needs the ``gguf`` package."""
+    path = Path(gguf).expanduser().resolve()
+    if not path.is_file():
+        from winnow.config import ConfigError
+
+        raise ConfigError(f"model: {str(gguf)!r} does not exist (a .gguf model file)")
+    st = path.stat()
+    key = hashlib.sha256(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem)[:80]
+    return _converted(path, cache_root(cache_dir), f"gguf-{stem}-{key}")
+
+
 def resolve_model(name_or_path: str, cache_dir: str | Path | None = None) -> str:
-    """ "smollm2-135m" (and aliases) -> the converted default folder; anything else (a local HF
-    directory or a hub id) is returned unchanged. A name that is a path (absolute, ``./``, ``../``, ``~``
+    """ "smollm2-135m" (and aliases) -> the converted default folder; a ``.gguf`` file -> its converted folder
+    (:func:`gguf_model_dir`); anything else (a local HF directory or a hub id) is returned unchanged. A name that is a path (absolute, ``./``, ``../``, ``~``
     or two or more ``/``) must be an existing directory: ConfigError naming it, before any service starts."""
     if name_or_path.lower() in SMOLLM2_ALIASES:
         return str(default_model_dir(cache_dir))
+    if name_or_path.lower().endswith(".gguf"):
+        return str(gguf_model_dir(name_or_path, cache_dir))
     path = Path(name_or_path).expanduser()
     is_path = name_or_path.startswith(("/", "./", "../", "~")) or name_or_path.count("/") >= 2
     if is_path and not path.is_dir():

@@ -161,3 +161,68 @@ def test_entropy_and_kl_skip_steps_that_trained_nothing():
     s = exp.summarize(spec, rows, {"greedy_accuracy": 0.5}, 2.0)
     # the last step trained nothing: its logged 0 entropy/KL is not a measurement
     assert s["entropy_last"] == 0.8 and s["kl_last"] == 0.01 and s["skipped_steps"] == 1
+
+
+def _gsm8k_file(path: Path, n: int, start: int = 0) -> Path:
+    rows = [{"question": f"Tom has {i} apples and buys 2 more. How many now?",
+             "answer": f"{i} + 2 = {i + 2}\n#### {i + 2}"} for i in range(start, start + n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_data_file_trains_and_eval_data_file_evaluates(tmp_path):
+    train, test = _gsm8k_file(tmp_path / "train.jsonl", 12), _gsm8k_file(tmp_path / "test.jsonl", 9, start=100)
+    budget = exp.Budget(data=str(train), eval_data=str(test), eval_problems=4)
+    problems = exp.eval_problems(budget)
+    assert [p.gold for p in problems] == ["102", "103", "104", "105"]  # the first rows, GSM8K golds after ####
+    src = exp.up_config(exp.RunSpec("main", "grpo", {"preset": "grpo"}, 3), budget, "/m", "b", "p")["learner"]["prompts"]
+    assert src == {"kind": "jsonl", "path": str(train), "shuffle": True, "split": "train", "holdout": 0,
+                   "shuffle_seed": 1003}
+    with pytest.raises(SystemExit, match="has 9 rows"):
+        exp.eval_problems(exp.Budget(data=str(train), eval_data=str(test), eval_problems=10))
+
+
+def test_data_file_without_eval_data_holds_out_the_same_rows_for_every_seed(tmp_path):
+    from winnow.prompts import make_source
+
+    train = _gsm8k_file(tmp_path / "train.jsonl", 20)
+    budget = exp.Budget(data=str(train), eval_problems=5)
+    held = {p.prompt_id for p in exp.eval_problems(budget)}
+    assert len(held) == 5
+    for seed in (0, 1):
+        cfg = exp.up_config(exp.RunSpec("main", "raft", {"preset": "raft"}, seed), budget, "/m", "b", "p")
+        source = make_source(cfg["learner"]["prompts"])
+        trained_ids = {source.get(i).prompt_id for i in range(len(source))}
+        assert len(trained_ids) == 15 and not trained_ids & held
+
+
+def test_data_flags_are_checked(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        exp.parse_args(["--data", str(tmp_path / "missing.jsonl")])
+    assert "--data" in capsys.readouterr().err
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(SystemExit):
+        exp.parse_args(["--eval-data", str(tmp_path / "x.csv")])
+    assert "--eval-data" in capsys.readouterr().err
+
+
+def test_results_dir_from_before_a_new_budget_field_is_resumed(tmp_path):
+    exp.check_config(tmp_path, exp.Budget(steps=3))
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    for new in ("data", "eval_data"):
+        del cfg["budget"][new]
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    exp.check_config(tmp_path, exp.Budget(steps=3))  # the missing fields had their defaults
+    with pytest.raises(SystemExit, match="data"):
+        exp.check_config(tmp_path, exp.Budget(steps=3, data=str(tmp_path / "t.jsonl")))
+
+
+def test_base_evaluation_on_a_data_file(tmp_path):
+    test = _gsm8k_file(tmp_path / "test.jsonl", 5)
+    argv = ["--model", "tiny", "--data", str(test), "--eval-data", str(test), "--eval-problems", "2",
+            "--eval-k", "2", "--max-new-tokens", "4", "--base-only", "--results", str(tmp_path / "r"),
+            "--work-dir", str(tmp_path / "w")]
+    assert exp.main(argv) == 0
+    base = json.loads((tmp_path / "r" / "base_eval.json").read_text())
+    assert base["problems"] == 2 and len(base["sample_correct_counts"]) == 2
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["budget"]["eval_data"] == str(test)

@@ -70,3 +70,28 @@ def test_a_missing_local_model_is_a_clear_error_before_services_start(tmp_path, 
     assert main(["up", "--set", f"learner.model={missing}", "--run-dir", str(run_dir)]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (run_dir / "kafka").exists()  # no broker was started
+
+
+def test_a_missing_gguf_file_is_a_clear_error(tmp_path):
+    from winnow.config import ConfigError
+
+    with pytest.raises(ConfigError, match="missing.gguf' does not exist"):
+        resolve_model(str(tmp_path / "missing.gguf"), tmp_path)
+
+
+@pytest.mark.slow
+def test_any_gguf_file_converts_once_into_the_cache(tmp_path):
+    pytest.importorskip("gguf")
+    import shutil
+
+    from winnow.models import smollm2_gguf_path
+
+    gguf = tmp_path / "my model.gguf"
+    shutil.copy(smollm2_gguf_path(), gguf)
+    cache = tmp_path / "cache"
+    d = resolve_model(str(gguf), cache)
+    assert d.startswith(str(cache / "gguf-my-model-"))
+    cfg = json.loads((cache / d / "config.json").read_text())
+    assert cfg["model_type"] == "llama" and "quantization_config" not in cfg
+    assert resolve_model(str(gguf), cache) == d  # converted once
+    assert [p.name for p in cache.iterdir()] == [d.rsplit("/", 1)[1]]  # no temp folder left
