@@ -226,3 +226,20 @@ def test_base_evaluation_on_a_data_file(tmp_path):
     base = json.loads((tmp_path / "r" / "base_eval.json").read_text())
     assert base["problems"] == 2 and len(base["sample_correct_counts"]) == 2
     assert json.loads((tmp_path / "r" / "config.json").read_text())["budget"]["eval_data"] == str(test)
+
+
+def test_the_gsm8k_example_config_is_valid_for_every_service(tmp_path):
+    from winnow.config import read_config_file
+    from winnow.up import Pipeline
+
+    train = _gsm8k_file(tmp_path / "train.jsonl", 4)
+    budget = exp.Budget(data=str(train), eval_problems=2, max_new_tokens=320,
+                        extra=read_config_file(REPO / "examples" / "gsm8k_experiment.yaml"))
+    data = exp.up_config(exp.RunSpec("main", "raft++", {"preset": "raft++"}, 0), budget, "/m", "127.0.0.1:1", "p")
+    assert data["generator"]["chat"]["few_shot"] == [] and data["learner"]["optim"]["micro_batch_tokens"] == 2048
+    pipeline = Pipeline(data, Path("/nonexistent"), resume=False)
+    pipeline.ports = {"verifier": 1, "verifier_metrics": 2, "learner_metrics": 3}
+    configs = pipeline.component_configs("127.0.0.1:1", "/m")
+    pipeline.validate(configs)
+    assert configs["learner"]["eval"]["chat"]["few_shot"] == []  # the learner formats prompts as the generator
+    assert configs["learner"]["request_timeout_s"] == 3600
