@@ -236,7 +236,7 @@ def test_the_gsm8k_example_config_is_valid_for_every_service(tmp_path):
     budget = exp.Budget(data=str(train), eval_problems=2, max_new_tokens=320,
                         extra=read_config_file(REPO / "examples" / "gsm8k_experiment.yaml"))
     data = exp.up_config(exp.RunSpec("main", "raft++", {"preset": "raft++"}, 0), budget, "/m", "127.0.0.1:1", "p")
-    assert data["generator"]["chat"]["few_shot"] == [] and data["learner"]["optim"]["micro_batch_tokens"] == 2048
+    assert data["generator"]["chat"]["few_shot"] == [] and data["learner"]["optim"]["micro_batch_tokens"] == 512
     pipeline = Pipeline(data, Path("/nonexistent"), resume=False)
     pipeline.ports = {"verifier": 1, "verifier_metrics": 2, "learner_metrics": 3}
     configs = pipeline.component_configs("127.0.0.1:1", "/m")
