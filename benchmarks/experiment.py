@@ -518,16 +518,26 @@ def _label_order(label: str) -> tuple[int, str]:
     return (99, label)
 
 
+def describe_data(b: dict[str, Any]) -> str:
+    """The training and held-out problems of a recorded budget, in words (table.md's header)."""
+    if b.get("data"):
+        train = f"training data {Path(b['data']).name} (rows shuffled with seed 1000 + run seed)"
+        if b.get("eval_data"):
+            return f"{train}, held-out: the first {b['eval_problems']} problems of {Path(b['eval_data']).name}"
+        return f"{train}, held-out: {b['eval_problems']} of its rows set aside with seed {b['eval_seed']}"
+    return (f"task reasoning-gym {b['task']} {json.dumps(b['task_config'])} (training seed 1000 + run seed, "
+            f"held-out: {b['eval_problems']} problems of seed {b['eval_seed']})")
+
+
 def write_report(results: Path) -> list[Path]:
     """``table.md`` and the plots in ``results``; returns the files written."""
     cfg = json.loads((results / "config.json").read_text())
     b, hw = cfg["budget"], cfg["hardware"]
     header = (
-        f"Model {b['model']}; task reasoning-gym {b['task']} {json.dumps(b['task_config'])} (training seed "
-        f"1000 + run seed, held-out: {b['eval_problems']} problems of seed {b['eval_seed']}); {b['steps']} steps "
+        f"Model {b['model']}; {describe_data(b)}; {b['steps']} steps "
         f"x {b['batch_groups']} prompts x n={b['n']}, {b['max_new_tokens']} new tokens, lr {b['lr']}, "
-        f"temperature {b['temperature']}; hardware: {hw['cpus']} CPUs ({hw['processor']}), no GPU, "
-        f"{hw['platform']}.\n"
+        f"temperature {b['temperature']}; hardware: {hw['cpus']} CPUs ({hw['processor']}), "
+        f"{'GPU ' + hw['gpu'] if hw.get('gpu') else 'no GPU'}, {hw['platform']}.\n"
         "greedy acc / pass@k: held-out, final weights decoded by the generator's engine (pass@k unbiased from "
         f"{b['eval_k']} samples per problem); train acc: fraction of correct samples (first / last quarter of "
         "the steps); held-out entropy: mean -log-prob per token of those samples (a Monte Carlo estimate of "

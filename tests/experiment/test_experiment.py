@@ -178,6 +178,9 @@ def test_data_file_trains_and_eval_data_file_evaluates(tmp_path):
     src = exp.up_config(exp.RunSpec("main", "grpo", {"preset": "grpo"}, 3), budget, "/m", "b", "p")["learner"]["prompts"]
     assert src == {"kind": "jsonl", "path": str(train), "shuffle": True, "split": "train", "holdout": 0,
                    "shuffle_seed": 1003}
+    described = exp.describe_data(json.loads(json.dumps(exp.asdict(budget))))
+    assert described.startswith("training data train.jsonl") and "first 4 problems of test.jsonl" in described
+    assert "chain_sum" in exp.describe_data(exp.asdict(exp.Budget()))
     with pytest.raises(SystemExit, match="has 9 rows"):
         exp.eval_problems(exp.Budget(data=str(train), eval_data=str(test), eval_problems=10))
 
