@@ -716,7 +716,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             flag = "--" + name.replace("_", "-")
             if not Path(path).is_file():
                 p.error(f"{flag}: {path} is not a file")
-            if Path(path).suffix.lower() not in (".jsonl", ".json", ".parquet"):
+            try:
+                file_kind(path)
+            except ValueError:
                 p.error(f"{flag}: {path} is neither .jsonl nor .parquet")
             setattr(args, name, str(Path(path).resolve()))
     return args
