@@ -121,7 +121,10 @@ class LearnerConfig(Settings):
     device: str = "auto"
     """Torch device ("auto" = cuda if available, else cpu)."""
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    """Parameter dtype ("auto" = fp32 master weights on CPU, bf16 on GPU)."""
+    """Parameter (master-weight) dtype. "auto" = fp32 on every device: AdamW updates fp32 weights and keeps fp32
+    moments, and the forward/backward computes at ``numerics.precision`` (bf16 on GPU) by autocast or, sharded,
+    by FSDP2's MixedPrecisionPolicy. "bfloat16"/"float16" store the parameters themselves in 16 bits, an
+    explicit opt-in that logs a warning: updates of ~lr (1e-6..1e-5) round to nothing for most weights."""
     numerics: NumericsConfig = NumericsConfig()
     """Compute precision shared with the generators (the top-level ``numerics`` section): the forward/
     backward and log-prob recompute run under autocast to it over the master weights, and the held-out

@@ -35,16 +35,37 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """``"auto"`` -> bf16 on CUDA (fp16 when the GPU lacks bf16), fp32 on CPU."""
+    """The dtype the learner keeps its parameters (the *master weights*) in: ``"auto"`` -> fp32 on every
+    device. The forward/backward then computes in bf16 by autocast (one process) or by FSDP2's
+    ``MixedPrecisionPolicy`` (sharded), while AdamW updates fp32 weights and keeps fp32 moments.
+
+    Low-precision parameters (``"bfloat16"``/``"float16"``) are an explicit opt-in: AdamW then keeps the
+    weights in that dtype, and an update smaller than half the spacing of representable values rounds to
+    nothing (see :func:`low_precision_warning`)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     from winnow.numerics import torch_dtype
 
     return torch_dtype(dtype)
+
+
+def low_precision_warning(dtype: torch.dtype, lr: float) -> str | None:
+    """The warning for training parameters stored in ``dtype`` at learning rate ``lr`` (None for fp32/fp64).
+
+    bf16 keeps 8 significant bits: near |w| = 0.03 neighbouring values are 2^-13 ~ 1.2e-4 apart, so an
+    AdamW update of about ``lr`` (1e-6..1e-5 in RL) rounds to nothing for almost every weight, and the
+    weight-decay factor ``1 - lr * wd`` rounds to 1."""
+    if dtype not in (torch.bfloat16, torch.float16):
+        return None
+    import math
+
+    spacing = 2.0 ** math.floor(math.log2(0.03)) * torch.finfo(dtype).eps  # the gap between values near 0.03
+    return (f"learner.dtype {str(dtype).removeprefix('torch.')}: AdamW updates {str(dtype).removeprefix('torch.')} "
+            f"parameters in place; near |w| = 0.03 representable values are {spacing:.1e} apart, so an update of "
+            f"~lr = {lr:g} rounds to nothing for most weights. Use learner.dtype: auto (fp32 master weights, "
+            f"{str(dtype).removeprefix('torch.')} compute by autocast) unless you know this is what you want.")
 
 
 def load_causal_lm(
@@ -57,7 +78,7 @@ def load_causal_lm(
 ):
     """Load ``(model, tokenizer)`` from a HF model directory or hub id, on ``device`` in ``dtype``.
 
-    ``dtype="auto"`` is bf16 on GPU and fp32 on CPU (the master weights for training). The
+    ``dtype="auto"`` is fp32 on every device (the master weights for training, see :func:`resolve_dtype`). The
     tokenizer gets a pad token if it has none (its EOS). The model is returned in train mode
     with ``use_cache`` off (no KV cache during training).
     """
@@ -191,17 +212,16 @@ def build_trainer(cfg: LearnerConfig):
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     compute = torch_dtype(resolve_precision(cfg.numerics.precision, device.type))
-    dtype = cfg.dtype
-    if dtype == "auto" and compute == torch.float32:
-        dtype = "float32"  # bf16 parameters cannot compute in fp32
-    model, tokenizer = load_causal_lm(resolve_model(cfg.model), dtype=dtype, device=device,
+    model, tokenizer = load_causal_lm(resolve_model(cfg.model), dtype=cfg.dtype, device=device,
                                       attn_implementation=resolve_attention(cfg.numerics.attention, device.type))
     param_dtype = next(model.parameters()).dtype
     if param_dtype != compute and param_dtype != torch.float32:
         raise ValueError(
             f"learner.dtype {cfg.dtype} ({param_dtype}) cannot compute at numerics.precision "
-            f"{cfg.numerics.precision} ({compute}); use learner.dtype: float32"
+            f"{cfg.numerics.precision} ({compute}); use learner.dtype: auto (fp32 master weights)"
         )
+    if (warning := low_precision_warning(param_dtype, cfg.optim.lr)) is not None:
+        log.warning(warning)
     temperature = cfg.sampling.temperature
     if temperature <= 0:
         log.warning("sampling.temperature=0 (greedy) gives no policy gradient signal; the learner uses 1.0")

@@ -3,8 +3,8 @@
     python benchmarks/gpu/learner_speed.py --out DIR [--dry-run] [--model DIR] [--variants hidden,logits,naive]
 
 The model is a random Qwen2 with Qwen2.5-0.5B's shapes (494M parameters, vocabulary 151,936), or
-``--model DIR``, loaded the way the learner loads it on a GPU: bf16 parameters (``learner.dtype: auto``),
-AdamW in bf16 (``--master fp32`` instead: fp32 parameters with bf16 autocast). A batch is ``--groups``
+``--model DIR``, loaded the way the learner loads it on a GPU: fp32 master weights and AdamW state with
+bf16 autocast (``learner.dtype: auto``; ``--master bf16``: bf16 parameters, the explicit opt-in). A batch is ``--groups``
 groups of ``--n`` samples of ``--prompt-len + --response-len`` tokens (random ids, half the groups
 rewarded), trained with the GRPO preset without KL (no reference forward; prime-rl's number has none
 either), ``--micro-batch`` sequences per micro-batch: by default 4 x 1,024 = **4,096-token
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="tiny model on CPU, 1 timed step")
     p.add_argument("--model", default=None, help="a real model directory (default: a random 0.5B-class Qwen2)")
     p.add_argument("--variants", default="hidden,logits,naive")
-    p.add_argument("--master", choices=("bf16", "fp32"), default="bf16",
+    p.add_argument("--master", choices=("bf16", "fp32"), default="fp32",
                    help="bf16 parameters (the learner's GPU default) or fp32 + bf16 autocast")
     p.add_argument("--groups", type=int, default=8)
     p.add_argument("--n", type=int, default=4)
