@@ -184,27 +184,23 @@ def check_group(
     where: str = "",
     vocab_size: int | None = None,
     max_response_tokens: int | None = None,
+    max_prompt_tokens: int | None = None,
 ) -> None:
     """The one check of a group's shape and values; ``ValueError`` naming ``where`` and the problem.
 
-    ``n`` samples (when given), a non-empty prompt, per sample: as many behaviour log-probs as tokens,
-    finite and <= 0, one policy version per token (or one for all), a ``Status`` value, token ids in
-    ``[0, vocab_size)`` (prompt too), at most ``max_response_tokens`` response tokens.
+    ``n`` samples (when given), a non-empty prompt of at most ``max_prompt_tokens`` tokens, per sample: as
+    many behaviour log-probs as tokens, finite and <= 0, one policy version per token (or one for all), a
+    ``Status`` value, token ids in ``[0, vocab_size)`` (prompt too), at most ``max_response_tokens`` response
+    tokens.
     """
     where = where or f"group request_id={g.request_id!r} (prompt_id={g.prompt_id!r})"
-    if not g.samples:
-        raise ValueError(f"{where}: group has no samples")
-    if n is not None and len(g.samples) != n:
-        raise ValueError(f"{where}: group has {len(g.samples)} samples, expected n={n}")
-    if not g.prompt_token_ids:
-        raise ValueError(f"{where}: prompt_token_ids is empty")
+    _check_sizes(where, len(g.samples), len(g.prompt_token_ids), [len(s.response_token_ids) for s in g.samples],
+                 n=n, max_prompt_tokens=max_prompt_tokens, max_response_tokens=max_response_tokens)
     hi = vocab_size if vocab_size is not None else float("inf")
     if any(t < 0 or t >= hi for t in g.prompt_token_ids):
         raise ValueError(f"{where}: prompt token id outside the vocabulary [0, {vocab_size})")
     for i, s in enumerate(g.samples):
         r = len(s.response_token_ids)
-        if max_response_tokens is not None and r > max_response_tokens:
-            raise ValueError(f"{where} sample {i}: {r} response tokens, more than the {max_response_tokens} allowed")
         if int(s.status) not in _STATUSES:
             raise ValueError(f"{where} sample {i}: status {s.status} is not a verifier Status")
         if len(s.behaviour_logprobs) != r:
@@ -224,10 +220,37 @@ def check_group(
             raise ValueError(f"{where} sample {i}: token id outside the vocabulary [0, {vocab_size})")
 
 
-def group_from_proto(msg: Any, n: int, *, vocab_size: int | None = None, max_response_tokens: int | None = None
-                     ) -> GroupData:
+def _check_sizes(where: str, samples: int, prompt_tokens: int, response_tokens: Sequence[int], *, n: int | None,
+                 max_prompt_tokens: int | None, max_response_tokens: int | None) -> None:
+    """The counts of a group against their bounds (no values read): what must hold before anything is
+    allocated for it."""
+    if not samples:
+        raise ValueError(f"{where}: group has no samples")
+    if n is not None and samples != n:
+        raise ValueError(f"{where}: group has {samples} samples, expected n={n}")
+    if not prompt_tokens:
+        raise ValueError(f"{where}: prompt_token_ids is empty")
+    if max_prompt_tokens is not None and prompt_tokens > max_prompt_tokens:
+        raise ValueError(f"{where}: {prompt_tokens} prompt tokens, more than the {max_prompt_tokens} allowed "
+                         "(max_prompt_tokens)")
+    if max_response_tokens is not None:
+        for i, r in enumerate(response_tokens):
+            if r > max_response_tokens:
+                raise ValueError(f"{where} sample {i}: {r} response tokens, more than the {max_response_tokens} "
+                                 "allowed")
+
+
+def group_from_proto(msg: Any, n: int, *, vocab_size: int | None = None, max_response_tokens: int | None = None,
+                     max_prompt_tokens: int | None = None) -> GroupData:
     """A ``ScoredGroup`` message -> a checked :class:`GroupData` (see :func:`check_group`); a sample without
-    per-token versions gets the group's ``policy_version``."""
+    per-token versions gets the group's ``policy_version``.
+
+    The counts (samples, prompt and response tokens) are checked on the message before anything is copied
+    out of it, so a hostile group costs no more than its record's bytes; ``ValueError`` (the caller
+    dead-letters the record) names the request id and the bound."""
+    where = f"group {msg.request_id!r} from {msg.generator_id or '?'}"
+    _check_sizes(where, len(msg.samples), len(msg.prompt_token_ids), [len(s.response_token_ids) for s in msg.samples],
+                 n=n, max_prompt_tokens=max_prompt_tokens, max_response_tokens=max_response_tokens)
     group = GroupData(
         prompt_id=msg.prompt_id,
         request_id=msg.request_id,
@@ -243,8 +266,8 @@ def group_from_proto(msg: Any, n: int, *, vocab_size: int | None = None, max_res
             for s in msg.samples
         ],
     )
-    check_group(group, n, where=f"group {msg.request_id!r} from {msg.generator_id or '?'}", vocab_size=vocab_size,
-                max_response_tokens=max_response_tokens)
+    check_group(group, n, where=where, vocab_size=vocab_size, max_response_tokens=max_response_tokens,
+                max_prompt_tokens=max_prompt_tokens)
     return group
 
 

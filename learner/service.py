@@ -228,7 +228,8 @@ class LearnerService:
             return
         try:
             group = group_from_proto(msg, self.cfg.n, vocab_size=self._vocab_size,
-                                     max_response_tokens=self.cfg.sampling.max_new_tokens)
+                                     max_response_tokens=self.cfg.sampling.max_new_tokens,
+                                     max_prompt_tokens=self.cfg.max_prompt_tokens)
         except ValueError as e:
             self.dead_letters.write(where, msg.request_id, str(e), len(record.value or b""))
             return self.book.drop(where, msg.request_id, msg.prompt_id, Outcome.CORRUPT)

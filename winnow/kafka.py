@@ -15,7 +15,15 @@ Delivery is at-least-once: consumers commit offsets by hand (:func:`commit_offse
 message is durable, so a crash re-delivers, never loses. Exactly-once *into training* comes from
 idempotency: every message carries a ``request_id`` and the learner drops repeats with its
 request book's window of done ids (``learner/book.py``). A payload that does not decode is logged,
-counted and skipped (:func:`decode_record`), never allowed to crash a consumer loop.
+counted and skipped (:func:`decode_record`), never allowed to crash a consumer loop; a record larger
+than the bound it is given is refused before protobuf parses it.
+
+Optional authentication of scored groups: with a shared secret (:func:`group_hmac_key`: env
+``WINNOW_GROUP_HMAC_KEY`` or the file named by ``WINNOW_GROUP_HMAC_KEY_FILE``, e.g. a mounted
+Kubernetes Secret) generators sign every ``ScoredGroup`` with an HMAC-SHA256 over its type name and
+serialized bytes, sent as the record header ``winnow-hmac``; the learner refuses a group whose header
+is missing or wrong (:func:`verify_group_record`), so a foreign writer with access to the topic cannot
+get a group trained. A copied signed record is still only a duplicate of its request id.
 
 Everything here works on Apache Kafka and on the two local brokers of :mod:`winnow.brokers`;
 where a broker deviates (Tansu's ListOffsets "latest", idempotent producer) the functions avoid
@@ -25,8 +33,11 @@ depending on the deviating behaviour and say so.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import inspect
 import logging
+import os
 import re
 import ssl
 import time
@@ -56,6 +67,15 @@ WeightAnnouncement = messages_pb2.WeightAnnouncement
 WEIGHTS_KEY = b"weights"
 #: Record header naming the protobuf type of the value (lets a consumer reject a wrong topic).
 TYPE_HEADER = "winnow-type"
+#: Record header carrying the hex HMAC-SHA256 of a signed record (see :func:`record_hmac`).
+HMAC_HEADER = "winnow-hmac"
+#: Env var holding the shared group-signing secret itself.
+HMAC_KEY_ENV = "WINNOW_GROUP_HMAC_KEY"
+#: Env var naming a file that holds the shared group-signing secret (a mounted Kubernetes Secret).
+HMAC_KEY_FILE_ENV = "WINNOW_GROUP_HMAC_KEY_FILE"
+#: Largest record value :func:`decode_record` parses when its caller gives no bound (64 MiB: far above
+#: ``kafka.max_message_bytes``' 8 MiB default, far below what exhausts a consumer's memory).
+MAX_RECORD_BYTES = 64 * 1024 * 1024
 
 # Kafka error codes handled by ensure_topics
 _TOPIC_ALREADY_EXISTS = 36
@@ -256,14 +276,18 @@ def type_name(msg_or_cls: pb_message.Message | type[pb_message.Message]) -> str:
     return msg_or_cls.DESCRIPTOR.full_name
 
 
-async def send(producer: AIOKafkaProducer, topic: str, msg: pb_message.Message, *, wait: bool = True):
-    """Encode and produce ``msg`` with its key and type header.
+async def send(producer: AIOKafkaProducer, topic: str, msg: pb_message.Message, *, wait: bool = True,
+               hmac_key: bytes | None = None):
+    """Encode and produce ``msg`` with its key and type header (and, with ``hmac_key``, its
+    :data:`HMAC_HEADER` signature).
 
     ``wait=True`` returns the RecordMetadata once the broker acknowledged (acks=all);
     ``wait=False`` returns a future (use ``await producer.flush()`` before relying on it).
     """
     value = encode(msg)
     headers = [(TYPE_HEADER, type_name(msg).encode())]
+    if hmac_key is not None:
+        headers.append((HMAC_HEADER, record_hmac(hmac_key, type_name(msg), value).encode()))
     if wait:
         return await producer.send_and_wait(topic, value, key=message_key(msg), headers=headers)
     return await producer.send(topic, value, key=message_key(msg), headers=headers)
@@ -273,13 +297,18 @@ async def send(producer: AIOKafkaProducer, topic: str, msg: pb_message.Message, 
 OnCorrupt = Callable[[str, ConsumerRecord], Any]
 
 
-def decode_record(cls: type[M], record: ConsumerRecord, on_corrupt: OnCorrupt | None = None) -> M | None:
+def decode_record(cls: type[M], record: ConsumerRecord, on_corrupt: OnCorrupt | None = None, *,
+                  max_bytes: int = MAX_RECORD_BYTES) -> M | None:
     """Decode one consumed record, or log + count it and return None (the caller skips it).
 
+    A value longer than ``max_bytes`` (pass ``kafka.max_message_bytes``) is corrupt before it is parsed:
+    a hostile record must not make the consumer allocate what its size allows.
     The caller still treats the record as processed (its offset may be committed): a corrupt
     payload will never become valid by being re-read.
     """
     try:
+        if record.value is not None and len(record.value) > max_bytes:
+            raise DecodeError(f"record of {len(record.value)} bytes is larger than the {max_bytes} allowed")
         headers = dict(record.headers or ())
         declared = headers.get(TYPE_HEADER)
         if declared is not None and declared.decode("utf-8", "replace") != type_name(cls):
@@ -293,6 +322,58 @@ def decode_record(cls: type[M], record: ConsumerRecord, on_corrupt: OnCorrupt | 
         if on_corrupt is not None:
             on_corrupt(reason, record)
         return None
+
+
+# ------------------------------------------------------------------------------ authentication
+
+
+def record_hmac(key: bytes, type_full_name: str, value: bytes) -> str:
+    """Hex HMAC-SHA256 of a record: over the protobuf type name, a NUL and the serialized message (the
+    type name keeps a signature from being valid for a message of another type)."""
+    return hmac.new(key, type_full_name.encode() + b"\0" + value, hashlib.sha256).hexdigest()
+
+
+def verify_record(record: ConsumerRecord, key: bytes | None, cls: type[pb_message.Message]) -> bool:
+    """True if ``key`` is None (authentication off) or ``record`` carries exactly one
+    :data:`HMAC_HEADER` equal to the HMAC of its value as a ``cls`` under ``key`` (constant-time compare).
+    An unsigned record, one signed with another key, or one whose bytes changed after signing is False."""
+    if key is None:
+        return True
+    sigs = [v for k, v in (record.headers or ()) if k == HMAC_HEADER]
+    if len(sigs) != 1 or record.value is None or not isinstance(sigs[0], bytes):
+        return False
+    expected = record_hmac(key, type_name(cls), record.value).encode()
+    return hmac.compare_digest(sigs[0], expected)
+
+
+def verify_group_record(record: ConsumerRecord, key: bytes | None) -> bool:
+    """The learner's check of a groups-topic record before it decodes it: :func:`verify_record` for a
+    ``ScoredGroup``. Refuse (count, dead-letter, mark done) a record for which it is False."""
+    return verify_record(record, key, ScoredGroup)
+
+
+def group_hmac_key(cfg: KafkaConfig | None = None, environ: Mapping[str, str] = os.environ) -> bytes | None:
+    """The shared group-signing secret, or None (authentication off).
+
+    In order: the file named by ``cfg.group_hmac_key_file`` (when the config has that field), the file
+    named by env :data:`HMAC_KEY_FILE_ENV`, env :data:`HMAC_KEY_ENV`. A file's content is stripped of
+    surrounding whitespace (a Secret's trailing newline). A key source that is set but unreadable or
+    shorter than 16 bytes raises :class:`KafkaSetupError`: a configured secret must never silently turn
+    authentication off."""
+    path = getattr(cfg, "group_hmac_key_file", None) or environ.get(HMAC_KEY_FILE_ENV) or None
+    if path is not None:
+        try:
+            key = Path(path).read_bytes().strip()
+        except OSError as e:
+            raise KafkaSetupError(f"group HMAC key file {path}: {e.strerror or e}") from None
+        where = f"group HMAC key file {path}"
+    elif environ.get(HMAC_KEY_ENV):
+        key, where = environ[HMAC_KEY_ENV].strip().encode(), f"env {HMAC_KEY_ENV}"
+    else:
+        return None
+    if len(key) < 16:
+        raise KafkaSetupError(f"{where}: the key has {len(key)} bytes; use at least 16 (e.g. openssl rand -hex 32)")
+    return key
 
 
 # ------------------------------------------------------------------------------------- security

@@ -150,3 +150,35 @@ def test_tiny_model_directory_round_trip(tmp_path):
     assert len(tok("12345")["input_ids"]) == 5
     with pytest.raises(ValueError, match="dtype"):
         load_causal_lm(path, dtype="float8")
+
+
+def _scored_group(prompt_tokens: int, response_tokens: int = 2, samples: int = 2):
+    from winnow.v1 import messages_pb2
+
+    return messages_pb2.ScoredGroup(
+        prompt_id="p/1", request_id="run-1-0", generator_id="gen-x", policy_version=3,
+        prompt_token_ids=[7] * prompt_tokens,
+        samples=[messages_pb2.Sample(response_token_ids=[8] * response_tokens, behaviour_logprobs=[-1.0] * response_tokens,
+                                     status=CORRECT) for _ in range(samples)],
+    )
+
+
+def test_a_received_group_with_a_too_long_prompt_is_refused_before_anything_is_allocated(monkeypatch):
+    """Issue 22 item 6: one group with a 30,000-token prompt made the learner allocate 16.2 GB at collate time,
+    again on every resume (max_prompt_tokens was checked only at release). group_from_proto refuses it with a
+    ValueError the learner dead-letters, and checks the counts before copying a single token out of the message."""
+    from winnow.learner import batch
+
+    ok = batch.group_from_proto(_scored_group(4096), 2, max_prompt_tokens=4096)
+    assert len(ok.prompt_token_ids) == 4096
+    with pytest.raises(ValueError, match=r"'run-1-0' from gen-x: 30000 prompt tokens, more than the 4096 allowed"):
+        batch.group_from_proto(_scored_group(30_000), 2, max_prompt_tokens=4096)
+    # every count is checked on the message first: no GroupData is built for an oversized group
+    built = []
+    monkeypatch.setattr(batch, "GroupData", lambda **kw: built.append(kw))
+    for bad, kw in [(_scored_group(30_000), {"max_prompt_tokens": 4096}),
+                    (_scored_group(4, response_tokens=5000), {"max_response_tokens": 256}),
+                    (_scored_group(4, samples=1_000), {})]:
+        with pytest.raises(ValueError, match="run-1-0"):
+            batch.group_from_proto(bad, 2, **kw)
+    assert built == []
