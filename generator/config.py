@@ -67,7 +67,14 @@ class WeightsConfig(Model):
     load_latest_on_start: bool = True
     """At start-up, load the latest announced version (a restarted generator catches up at once)."""
     root: str = ""
-    """Directory that relative weight URIs are resolved against (a shared volume); "" = cwd."""
+    """The weight store (a shared volume): relative weight URIs are resolved against it, and only files inside
+    it are loaded (symlinks and ``..`` resolved first); an announcement naming anything else is refused, logged
+    and counted in ``winnow_generator_weight_refusals_total{reason="location"}``. "" = the current directory."""
+    max_version_jump: int = Field(default=100_000, ge=1)
+    """An announced version more than this above the loaded one is refused (logged, counted in
+    ``winnow_generator_weight_refusals_total{reason="version"}``): a forged version of 2^62 must not be
+    loaded and stamped on every group. Lower versions are followed (a learner resumed from an older
+    checkpoint announces one)."""
     catch_up_s: float = Field(default=10.0, ge=0.0, le=3600.0)
     """Before generating a batch whose requests were released at a newer version than the loaded
     weights (``release_version``), read the weights topic for up to this long to load them first, so
@@ -122,6 +129,11 @@ class GeneratorConfig(Settings):
     """A prompt request whose formatted prompt is longer than this is quarantined (logged, counted in
     ``winnow_generator_quarantined_requests_total``, committed), not generated: one huge prompt must not
     exhaust memory and crash-loop the generators."""
+    max_group_size: int = Field(default=1024, ge=1, le=65_536)
+    """A prompt request asking for more samples (``n``) than this is quarantined (logged, counted, committed),
+    as is one whose group could not be published: ``n x max_new_tokens`` tokens at 6 bytes each (the least a
+    token costs on the wire) above ``kafka.max_message_bytes``. One small record must not make every generator
+    allocate without bound in turn."""
     batch_prompts: int = Field(default=4, ge=1, le=4096)
     """Prompt requests sampled together in one engine call."""
     batch_wait_ms: int = Field(default=200, ge=0, le=60_000)

@@ -12,12 +12,18 @@ Loop (one asyncio task; the engine and the in-process verifier block, so they ru
 Delivery: a request is committed only after its group is acknowledged, so a crash or SIGTERM
 mid-batch re-delivers the batch to another generator (at-least-once; the learner dedupes by
 ``request_id``). Corrupt PromptRequests are logged, counted and committed past (they would never
-decode on re-delivery).
+decode on re-delivery), and so are poison ones (:meth:`GeneratorService.quarantine`: every count and
+size a request carries is bounded before anything is allocated for it; a group that still came out
+larger than a Kafka message is dropped, not retried). With a shared secret (``winnow.kafka.group_hmac_key``)
+every group is signed (header ``winnow-hmac``) so the learner can refuse groups from foreign writers.
 
 Weights: the compacted weights topic is read by a second consumer without a group (assigned,
 from the beginning; compaction keeps it short). Between batches the newest announcement is
 compared with the loaded version; a new one is located (local path, ``file://`` URI, relative
-to ``weights.root``), its sha256 checked, and loaded with ``engine.load_weights``. A mismatch
+to ``weights.root``), its sha256 checked, and loaded with ``engine.load_weights``. An announcement
+naming a file outside the weight store ``weights.root`` (after resolving symlinks and ``..``), or a
+version more than ``weights.max_version_jump`` above the loaded one, is refused without opening
+anything (logged, counted in ``winnow_generator_weight_refusals_total{reason}``). A mismatch
 (or a file that does not fit the model) is logged, counted in
 ``winnow_generator_weight_reload_failures_total`` and that announcement is skipped; a missing
 file is retried at the next poll (shared volumes can lag). Every sample records, per token, the
@@ -49,6 +55,20 @@ from winnow.v1 import messages_pb2
 from winnow.verdict import Item, Status, Verdict
 
 log = logging.getLogger(__name__)
+
+QUARANTINE_REASONS = ("sampling", "prompt", "n", "size")
+"""Labels of ``winnow_generator_quarantined_requests_total``."""
+MIN_WIRE_BYTES_PER_TOKEN = 6
+"""The least one response token costs in a ScoredGroup: a token id (>= 1 byte), a float log-prob (4 bytes) and a
+version (>= 1 byte). A request whose ``n x max_new_tokens`` such tokens exceed a Kafka message cannot be published."""
+MAX_CHARS_PER_TOKEN = 64
+"""A prompt of more than ``max_prompt_tokens x`` this many characters is too long without tokenizing it."""
+MAX_SIDE_BYTES = 64 * 1024
+"""Most bytes of a request's ids, task, gold and verifier options together (they go to the verifier and back)."""
+MAX_VERIFIER_OPTIONS = 64
+"""Most verifier options one request may carry."""
+RECORD_OVERHEAD_BYTES = 4096
+"""Room left in a Kafka message for the record's key, headers and batch framing."""
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _LONG_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
@@ -85,6 +105,15 @@ class GeneratorMetrics:
             "Weight announcements that could not be loaded (sha256 mismatch, missing file, wrong architecture).",
             registry=registry,
         )
+        self.weight_refusals = Counter(
+            "winnow_generator_weight_refusals_total",
+            "Weight announcements refused before any file was opened: location (not a file inside the weight "
+            "store, or not a local path) or version (too far above the loaded one).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in ("location", "version"):
+            self.weight_refusals.labels(reason=reason)
         self.verifier_latency = Histogram(
             "winnow_generator_verifier_latency_seconds",
             "Seconds per verifier batch call (gRPC or in-process).",
@@ -114,12 +143,12 @@ class GeneratorMetrics:
         )
         self.quarantined = Counter(
             "winnow_generator_quarantined_requests_total",
-            "Prompt requests refused before generation (sampling out of bounds, prompt too long); skipped and "
-            "committed, never retried by this generator.",
+            "Prompt requests refused (sampling out of bounds, prompt too long, n above max_group_size, a group "
+            "too large to publish or fields too large); skipped and committed, never retried by this generator.",
             ["reason"],
             registry=registry,
         )
-        for reason in ("sampling", "prompt"):
+        for reason in QUARANTINE_REASONS:
             self.quarantined.labels(reason=reason)
 
 
@@ -207,15 +236,30 @@ def build_group(
 
 
 def resolve_weight_uri(uri: str, root: str = "") -> Path:
-    """A local path for a weight URI: plain paths (relative ones against ``root``) and ``file://``.
-    Other schemes raise ValueError (object stores are not supported yet)."""
+    """The local path a weight URI names inside the weight store ``root`` ("" = the current directory): a
+    plain path (a relative one against ``root``) or a ``file://`` URI, with symlinks and ``..`` resolved.
+    ValueError for a path outside the store (``/etc/passwd``, ``../x``, a symlink leading out) and for other
+    schemes (object stores are not supported yet)."""
     parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        path = Path(unquote(parsed.path) if parsed.scheme == "file" else uri)
-        if not path.is_absolute() and root:
-            path = Path(root) / path
-        return path
-    raise ValueError(f"unsupported weight URI scheme {parsed.scheme!r} in {uri!r} (use a path or file://)")
+    if parsed.scheme not in ("", "file"):
+        raise ValueError(f"unsupported weight URI scheme {parsed.scheme!r} in {uri!r} (use a path or file://)")
+    if "\0" in uri:
+        raise ValueError(f"weight URI {uri!r} contains a NUL byte")
+    store = Path(root or ".").resolve()
+    path = (store / Path(unquote(parsed.path) if parsed.scheme == "file" else uri)).resolve()
+    if not path.is_relative_to(store):
+        raise ValueError(f"weight URI {uri!r} names {path}, outside the weight store {store} (weights.root)")
+    return path
+
+
+def version_refusal(version: int, current: int, max_jump: int) -> str | None:
+    """Why an announced weight ``version`` must not be loaded over ``current``, or None: negative, beyond
+    int63, or more than ``max_jump`` above ``current``."""
+    if not 0 <= version < 2**63:
+        return f"version {version} is outside [0, 2^63)"
+    if version - current > max_jump:
+        return f"version {version} is more than weights.max_version_jump={max_jump} above the loaded v{current}"
+    return None
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -411,20 +455,49 @@ class GeneratorService:
     def _on_corrupt(self, reason: str, record: Any) -> None:
         self.metrics.corrupt_messages.inc()
 
-    def quarantine(self, req: messages_pb2.PromptRequest) -> bool:
-        """True (logged and counted) if ``req`` must not be generated: sampling parameters out of bounds or a
-        prompt longer than ``max_prompt_tokens``. A poison request is skipped and its offset committed, so it
-        cannot crash-loop every generator of the group in turn (the learner also bounds prompts at release)."""
-        reason, detail = None, ""
+    def _poison(self, req: messages_pb2.PromptRequest) -> tuple[str, str] | None:
+        """``(reason, detail)`` if ``req`` must not be generated, else None; the cheap bounds first, the
+        tokenizer last, nothing allocated in proportion to what the request asks for."""
+        cfg = self.cfg
+        n = int(req.n) or 1
+        if n > cfg.max_group_size:
+            return "n", f"n={n} > max_group_size {cfg.max_group_size}"
+        if len(req.verifier_options) > MAX_VERIFIER_OPTIONS:
+            return "size", f"{len(req.verifier_options)} verifier options > {MAX_VERIFIER_OPTIONS}"
+        side = sum(len(x.encode("utf-8", "replace")) for x in (req.request_id, req.prompt_id, req.task, req.gold))
+        side += sum(len(k) + len(v) for k, v in req.verifier_options.items())
+        if side > MAX_SIDE_BYTES:
+            return "size", f"{side} bytes of ids, task, gold and verifier options > {MAX_SIDE_BYTES}"
         try:
-            merge_sampling(self.cfg.sampling, req.sampling if req.HasField("sampling") else None)
+            sampling = merge_sampling(cfg.sampling, req.sampling if req.HasField("sampling") else None)
+        except ValidationError as e:
+            return "sampling", str(e)[:500]
+        least = n * sampling.max_new_tokens * MIN_WIRE_BYTES_PER_TOKEN
+        if least > cfg.kafka.max_message_bytes:
+            return "size", (f"n={n} x max_new_tokens={sampling.max_new_tokens} tokens need up to {least} bytes, more "
+                            f"than kafka.max_message_bytes {cfg.kafka.max_message_bytes}")
+        chars = len(req.problem) + sum(len(m.role) + len(m.content) for m in req.messages)
+        if chars > cfg.max_prompt_tokens * MAX_CHARS_PER_TOKEN or len(req.messages) > cfg.max_prompt_tokens:
+            return "prompt", (f"{chars} characters in {len(req.messages)} messages cannot fit max_prompt_tokens "
+                              f"{cfg.max_prompt_tokens}")
+        try:
             tokens = len(self.formatter(req.problem, [(m.role, m.content) for m in req.messages]))
-            if tokens > self.cfg.max_prompt_tokens:
-                reason, detail = "prompt", f"{tokens} prompt tokens > max_prompt_tokens {self.cfg.max_prompt_tokens}"
-        except (ValueError, UnicodeError) as e:  # pydantic's ValidationError is a ValueError
-            reason, detail = "sampling" if isinstance(e, ValidationError) else "prompt", str(e)[:500]
-        if reason is None:
+        except (ValueError, UnicodeError) as e:
+            return "prompt", str(e)[:500]
+        if tokens > cfg.max_prompt_tokens:
+            return "prompt", f"{tokens} prompt tokens > max_prompt_tokens {cfg.max_prompt_tokens}"
+        return None
+
+    def quarantine(self, req: messages_pb2.PromptRequest) -> bool:
+        """True (logged and counted) if ``req`` must not be generated: ``n`` above ``max_group_size``, sampling
+        parameters out of bounds, a group that could not be published (``n x max_new_tokens`` against
+        ``kafka.max_message_bytes``), ids/gold/verifier options too large, or a prompt longer than
+        ``max_prompt_tokens``. A poison request is skipped and its offset committed, so it cannot crash-loop every
+        generator of the group in turn (the learner also bounds prompts at release)."""
+        poison = self._poison(req)
+        if poison is None:
             return False
+        reason, detail = poison
         log.error("quarantined request %s (%s): %s", req.request_id, reason, detail)
         self.metrics.quarantined.labels(reason=reason).inc()
         return True
@@ -440,7 +513,8 @@ class GeneratorService:
             for records in batches.values():
                 for record in records:
                     got += 1
-                    ann = decode_record(WeightAnnouncement, record, self._on_corrupt)
+                    ann = decode_record(WeightAnnouncement, record, self._on_corrupt,
+                                        max_bytes=self.cfg.kafka.max_message_bytes)
                     if ann is not None:
                         self._latest_ann = ann
             if not got and (not drain_s or time.monotonic() >= deadline):
@@ -479,15 +553,21 @@ class GeneratorService:
         if self.engine.version < version:
             log.warning("generating with weights v%d for requests released at v%d", self.engine.version, version)
 
+    def _refuse(self, ann: messages_pb2.WeightAnnouncement, reason: str, detail: str) -> bool:
+        log.error("weights v%d refused (%s): %s", ann.version, reason, detail)
+        self._rejected.add((ann.version, ann.sha256))
+        self.metrics.weight_refusals.labels(reason=reason).inc()
+        return False
+
     async def _load_announced(self, ann: messages_pb2.WeightAnnouncement) -> bool:
         t0 = time.perf_counter()
+        why = version_refusal(int(ann.version), self.engine.version, self.cfg.weights.max_version_jump)
+        if why is not None:
+            return self._refuse(ann, "version", why)
         try:
             path = resolve_weight_uri(ann.uri, self.cfg.weights.root)
         except ValueError as e:
-            log.error("weights v%d: %s; skipping this version", ann.version, e)
-            self._rejected.add((ann.version, ann.sha256))
-            self.metrics.weight_reload_failures.inc()
-            return False
+            return self._refuse(ann, "location", str(e))
         if not path.is_file():
             log.warning("weights v%d: file %s not found (yet); will retry", ann.version, path)
             self.metrics.weight_reload_failures.inc()
@@ -582,6 +662,21 @@ class GeneratorService:
             k += len(comps)
         return groups
 
+    def publishable(self, groups: list[messages_pb2.ScoredGroup]) -> list[messages_pb2.ScoredGroup]:
+        """The groups that fit in one Kafka message; each other one is logged and counted as quarantined
+        (``size``) and dropped: sending it would fail and crash-loop the batch (its request, committed as done,
+        times out at the learner and is released again)."""
+        limit = self.cfg.kafka.max_message_bytes - RECORD_OVERHEAD_BYTES
+        out = []
+        for g in groups:
+            if (size := g.ByteSize()) > limit:
+                log.error("quarantined request %s (size): its group of %d bytes does not fit kafka.max_message_bytes "
+                          "%d", g.request_id, size, self.cfg.kafka.max_message_bytes)
+                self.metrics.quarantined.labels(reason="size").inc()
+            else:
+                out.append(g)
+        return out
+
     # -- the loop -----------------------------------------------------------------------------
 
     async def _on_revoked(self, partitions) -> None:
@@ -644,6 +739,7 @@ class GeneratorService:
             PromptRequest,
             decode_record,
             ensure_topics,
+            group_hmac_key,
             make_consumer,
             make_producer,
             send,
@@ -652,6 +748,9 @@ class GeneratorService:
 
         kcfg = self.cfg.kafka
         names = topics(kcfg)
+        hmac_key = group_hmac_key(kcfg)  # a configured but unreadable key fails here, before any client starts
+        if hmac_key is not None:
+            log.info("signing scored groups with HMAC-SHA256 (header winnow-hmac)")
         clear = getattr(self.engine, "clear_cancel", None)
         if clear is not None:
             clear()
@@ -704,7 +803,7 @@ class GeneratorService:
                 pending: list[_Pending] = []
                 for record in records:
                     self._tracker.track(record)
-                    req = decode_record(PromptRequest, record, self._on_corrupt)
+                    req = decode_record(PromptRequest, record, self._on_corrupt, max_bytes=kcfg.max_message_bytes)
                     if req is None or self.quarantine(req):
                         self._tracker.done(record)
                     else:
@@ -717,8 +816,8 @@ class GeneratorService:
                 self._batch_idle.clear()
                 self.metrics.requests_in_flight.set(len(pending))
                 try:
-                    groups = await self.process([p.request for p in pending])
-                    futures = [await send(producer, names.groups, g, wait=False) for g in groups]
+                    groups = self.publishable(await self.process([p.request for p in pending]))
+                    futures = [await send(producer, names.groups, g, wait=False, hmac_key=hmac_key) for g in groups]
                     # every group must be acknowledged before its prompt offset is committed: a
                     # delivery error raises here and the prompts are redelivered, never lost
                     await asyncio.gather(*futures)

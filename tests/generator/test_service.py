@@ -78,12 +78,66 @@ def test_build_group_fields():
 
 
 def test_resolve_weight_uri(tmp_path):
-    assert resolve_weight_uri("file:///w/v1/model.safetensors") == tmp_path.__class__(
-        "/w/v1/model.safetensors"
-    )
-    assert resolve_weight_uri("v1/m.safetensors", str(tmp_path)) == tmp_path / "v1/m.safetensors"
+    store = tmp_path.resolve()
+    assert resolve_weight_uri(f"file://{store}/v1/model.safetensors", str(store)) == store / "v1/model.safetensors"
+    assert resolve_weight_uri("v1/m.safetensors", str(store)) == store / "v1/m.safetensors"
     with pytest.raises(ValueError, match="s3"):
-        resolve_weight_uri("s3://bucket/m.safetensors")
+        resolve_weight_uri("s3://bucket/m.safetensors", str(store))
+
+
+def test_weights_load_only_from_inside_the_weight_store(tmp_path):
+    """Issue 22 item 10: an announcement naming /etc/passwd was opened and hashed. Only paths inside
+    weights.root are accepted, after resolving `..` and symlinks; "" means the current directory."""
+    store = tmp_path / "store"
+    (store / "v1").mkdir(parents=True)
+    (store / "v1" / "model.safetensors").write_bytes(b"w")
+    (tmp_path / "secret").write_bytes(b"s")
+    (store / "v1" / "link.safetensors").symlink_to(tmp_path / "secret")
+    (store / "inner").symlink_to(store / "v1")  # a symlink that stays inside is fine
+    assert resolve_weight_uri("inner/model.safetensors", str(store)) == (store / "v1/model.safetensors").resolve()
+    for uri in ("/etc/passwd", "file:///etc/passwd", "../secret", "v1/../../secret", f"file://{tmp_path}/secret",
+                "v1/link.safetensors", "file://localhost/etc/passwd"):
+        with pytest.raises(ValueError, match="outside the weight store"):
+            resolve_weight_uri(uri, str(store))
+    with pytest.raises(ValueError, match="outside the weight store"):
+        resolve_weight_uri("/etc/passwd")  # no root: the current directory is the store
+
+
+def test_version_bounds():
+    from winnow.generator.service import version_refusal
+
+    assert version_refusal(7, 6, 100) is None
+    assert version_refusal(3, 6, 100) is None  # a learner resumed from an older checkpoint: followed
+    assert version_refusal(106, 6, 100) is None
+    assert "max_version_jump=100" in version_refusal(107, 6, 100)
+    assert "max_version_jump" in version_refusal(2**62, 0, 100_000)
+    assert "outside [0, 2^63)" in version_refusal(-1, 0, 100)
+    assert "outside [0, 2^63)" in version_refusal(2**63, 0, 2**64)
+
+
+async def test_refused_announcements_are_counted_and_nothing_is_opened(tiny, tmp_path, monkeypatch):
+    """Issue 22 item 10, in the service: /etc/passwd and a version of 2^62 are refused without hashing or
+    loading anything, counted by reason, and not retried at the next poll."""
+    from winnow.generator import service as svc
+    from winnow.hf_engine import HFEngine
+
+    model, tok = tiny
+    registry = CollectorRegistry()
+    service = GeneratorService(GeneratorConfig(metrics_port=0, weights={"root": str(tmp_path)}), HFEngine(model, tok),
+                               registry)
+    opened = []
+    monkeypatch.setattr(svc, "sha256_file", lambda path: opened.append(path) or "0" * 64)
+    passwd = messages_pb2.WeightAnnouncement(version=1, uri="/etc/passwd", sha256="a" * 64, format="safetensors")
+    huge = messages_pb2.WeightAnnouncement(version=2**62, uri="v1/model.safetensors", sha256="b" * 64,
+                                           format="safetensors")
+    assert await service._load_announced(passwd) is False
+    assert await service._load_announced(huge) is False
+    assert opened == [] and service.engine.version == 0
+    value = registry.get_sample_value
+    assert value("winnow_generator_weight_refusals_total", {"reason": "location"}) == 1
+    assert value("winnow_generator_weight_refusals_total", {"reason": "version"}) == 1
+    assert value("winnow_generator_weight_reload_failures_total") == 0
+    assert {(1, "a" * 64), (2**62, "b" * 64)} <= service._rejected  # skipped, not retried, at later polls
 
 
 def test_routing_patterns_first_match_wins():
@@ -394,6 +448,41 @@ async def test_service_loads_announced_weights_and_rejects_bad_sha(
         await _stop(service, task)
 
 
+class _WrongVerifier:
+    """An in-process verifier stand-in: every answer is wrong."""
+
+    def verify_batch(self, items):
+        return [Verdict(id=it.id, status=Status.WRONG) for it in items]
+
+
+async def test_groups_are_signed_when_a_group_key_is_set(kafka_config_one, tiny, monkeypatch):
+    """Issue 22: with WINNOW_GROUP_HMAC_KEY set the generator signs every group; the learner's check
+    (verify_group_record) accepts it under that key and refuses it under another."""
+    from winnow.hf_engine import HFEngine
+    from winnow.kafka import HMAC_KEY_ENV, ensure_topics, make_consumer, topics, verify_group_record
+
+    monkeypatch.setenv(HMAC_KEY_ENV, "k" * 32)
+    model, tok = tiny
+    cfg = _cfg(kafka_config_one, sampling={"max_new_tokens": 2, "seed": 1})
+    await ensure_topics(cfg.kafka, partitions=cfg.kafka_partitions)
+    await _produce(cfg, [_request(i, n=2) for i in range(2)])
+    service = GeneratorService(cfg, HFEngine(model, tok), CollectorRegistry(), in_process_verifier=_WrongVerifier())
+    task = asyncio.create_task(service.run())
+    consumer = make_consumer(cfg.kafka, [topics(cfg.kafka).groups], "test-raw-reader")
+    await consumer.start()
+    records: list = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(records) < 2 and time.monotonic() < deadline:
+            records += [r for rs in (await consumer.getmany(timeout_ms=200)).values() for r in rs]
+    finally:
+        await consumer.stop()
+        await _stop(service, task)
+    assert len(records) == 2
+    assert all(verify_group_record(r, b"k" * 32) for r in records)
+    assert not any(verify_group_record(r, b"o" * 32) for r in records)
+
+
 async def test_stop_mid_batch_abandons_it_and_the_next_generator_gets_it(kafka_config_one, math_verifier):
     from winnow.hf_engine import HFEngine
     from winnow.kafka import ensure_topics
@@ -448,6 +537,65 @@ def test_poison_requests_are_quarantined_not_generated(tiny):
     assert service.quarantine(huge) is True
     assert registry.get_sample_value("winnow_generator_quarantined_requests_total", {"reason": "sampling"}) == 1
     assert registry.get_sample_value("winnow_generator_quarantined_requests_total", {"reason": "prompt"}) == 1
+
+
+def test_a_request_for_a_million_samples_is_quarantined_not_generated(tiny):
+    """Issue 22 item 7: a 53-byte request with n = 1,000,000 crashed the generator on every restart. Every count
+    and size a request carries is bounded before anything is allocated: n, n x max_new_tokens against a Kafka
+    message, ids/gold/verifier options, and the prompt's characters before it is tokenized."""
+    from winnow.hf_engine import HFEngine
+
+    model, tok = tiny
+
+    class _NoGeneration(HFEngine):
+        def generate(self, *a, **kw):
+            raise AssertionError("a quarantined request reached the engine")
+
+    registry = CollectorRegistry()
+    service = GeneratorService(GeneratorConfig(metrics_port=0, max_prompt_tokens=512), _NoGeneration(model, tok),
+                               registry)
+    value = registry.get_sample_value
+    million = _request(1, n=1_000_000)
+    assert len(million.SerializeToString()) < 64
+    assert service.quarantine(million) is True
+    assert value("winnow_generator_quarantined_requests_total", {"reason": "n"}) == 1
+    # n within max_group_size, but n x max_new_tokens cannot fit one 8 MiB message: 1024 x 65536 x 6 bytes
+    wide = _request(2, n=1024)
+    wide.sampling.max_new_tokens = 65_536
+    assert service.quarantine(wide) is True
+    # big ids, gold or verifier options
+    gold = _request(3)
+    gold.gold = "9" * 100_000
+    options = _request(4)
+    options.verifier_options.update({f"k{i}": "v" for i in range(100)})
+    assert service.quarantine(gold) is True and service.quarantine(options) is True
+    assert value("winnow_generator_quarantined_requests_total", {"reason": "size"}) == 3
+    # a prompt too long to fit max_prompt_tokens is refused before the tokenizer sees it
+    service.formatter = lambda *a: (_ for _ in ()).throw(AssertionError("tokenized"))
+    long = _request(5)
+    long.problem = "x" * (512 * 64 + 1)
+    many = _request(6)
+    many.messages.extend(messages_pb2.ChatMessage(role="user", content="") for _ in range(513))
+    assert service.quarantine(long) is True and service.quarantine(many) is True
+    assert value("winnow_generator_quarantined_requests_total", {"reason": "prompt"}) == 2
+    assert GeneratorConfig(max_group_size=64).max_group_size == 64
+    with pytest.raises(ValueError, match="max_group_size"):
+        GeneratorConfig(max_group_size=0)
+
+
+def test_a_group_too_large_for_a_kafka_message_is_dropped_and_counted(tiny):
+    """A group that came out larger than kafka.max_message_bytes would make send() raise and the batch crash-loop;
+    it is dropped and counted instead (its request times out at the learner and is released again)."""
+    from winnow.hf_engine import HFEngine
+
+    model, tok = tiny
+    registry = CollectorRegistry()
+    service = GeneratorService(GeneratorConfig(metrics_port=0, kafka={"max_message_bytes": 64 * 1024}),
+                               HFEngine(model, tok), registry)
+    small = messages_pb2.ScoredGroup(request_id="a", prompt_id="p", prompt_token_ids=[1])
+    big = messages_pb2.ScoredGroup(request_id="b", prompt_id="p", prompt_token_ids=[1], problem="x" * 64 * 1024)
+    assert service.publishable([small, big]) == [small]
+    assert registry.get_sample_value("winnow_generator_quarantined_requests_total", {"reason": "size"}) == 1
 
 
 @pytest.mark.timeout(60)  # the old code retried the refused batch forever
