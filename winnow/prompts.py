@@ -16,19 +16,26 @@ Kinds (``make_source(cfg)`` builds one from a typed config, discriminated on ``k
 - ``reasoning_gym``: procedural problems from ``reasoning_gym.create_dataset`` (offline,
   deterministic per seed, difficulty set by the generator's config, mixtures through
   ``mixture``). Task name ``rg/<dataset>``; golds are reasoning-gym's answer strings.
+  reasoning-gym builds item ``i`` from ``Random(seed + i)``, so seeds ``s`` and ``s + 1`` would give
+  the same stream shifted by one: the configured seed is mixed first (:func:`mixed_seed`, sha256 of
+  the seed and the dataset name), so every seed gets an independent stream.
 - ``jsonl`` / ``parquet``: a file with one problem per row (``problem``/``question`` field,
-  ``answer`` field). GSM8K-style answers ending in ``#### 42`` become gold ``42``.
+  ``answer`` field). GSM8K-style answers ending in ``#### 42`` become gold ``42``. File and ``hf``
+  sources shuffle by default (each epoch its own order, seeded by ``shuffle_seed``), so two seeds
+  train on different streams; ``shuffle: false`` keeps the file's order.
 - ``hf``: a Hugging Face ``datasets`` dataset (needs the ``datasets`` package and hub access,
   imported only when used).
 
-Held-out evaluation: ``holdout = k`` sets aside ``k`` rows chosen by a seeded permutation of the
-whole file/dataset; ``split: eval`` selects them, ``split: train`` (the default) the others, so
-the two never overlap. ``prompt_id`` is ``<name>/<row>`` with the row index in the full dataset,
+Held-out evaluation: ``holdout = k`` sets aside ``k`` rows chosen by a permutation of the whole
+file/dataset seeded by ``holdout_seed`` (default: ``shuffle_seed``); ``split: eval`` selects them,
+``split: train`` (the default) the others, so the two never overlap, for every seed. Give runs that
+must evaluate on the same rows one ``holdout_seed`` and each its own ``shuffle_seed``. ``prompt_id`` is ``<name>/<row>`` with the row index in the full dataset,
 stable across splits and epochs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -69,9 +76,12 @@ class _SourceBase(Model):
     shuffle: bool = False
     """Visit the rows of each epoch in a seeded random order (a different order every epoch)."""
     shuffle_seed: int = 0
-    """Seed of the per-epoch order (and of the held-out selection)."""
+    """Seed of the per-epoch order (and of the held-out selection unless ``holdout_seed`` is set)."""
     holdout: int = Field(default=0, ge=0)
     """Rows set aside for evaluation (chosen by a seeded permutation; never in the train split)."""
+    holdout_seed: int | None = None
+    """Seed of the held-out selection (None = ``shuffle_seed``): runs that set one ``holdout_seed`` and
+    different ``shuffle_seed`` s hold out the same rows and train on them in different orders."""
     split: Literal["train", "eval"] = "train"
     """Which part to serve: "train" (all rows but the held-out ones) or "eval" (the held-out rows)."""
     limit: int | None = Field(default=None, ge=1)
@@ -98,7 +108,11 @@ class ReasoningGymSourceConfig(_SourceBase):
     size: int = Field(default=1000, ge=1, le=10_000_000)
     """Number of problems generated (rows)."""
     seed: int = 42
-    """Generator seed: the same seed gives the same problems."""
+    """Generator seed: the same seed gives the same problems, and different seeds independent streams (the
+    seed is mixed with the dataset name by sha256 before reasoning-gym sees it; see ``raw_seed``)."""
+    raw_seed: bool = False
+    """Pass ``seed`` to reasoning-gym unmixed. reasoning-gym builds item i from Random(seed + i), so seeds s and
+    s + 1 then share all but one problem: only to reproduce runs made before seeds were mixed."""
     config: dict[str, Any] = Field(default_factory=dict)
     """Options passed to the dataset (difficulty knobs, e.g. {"min_terms": 2, "max_terms": 2})."""
     mixture: list[ReasoningGymSpec] = Field(default_factory=list)
@@ -115,6 +129,10 @@ class ReasoningGymSourceConfig(_SourceBase):
 
 class _RowFields(_SourceBase):
     """How a row becomes a problem (winnow.datasets; docs/datasets.md)."""
+
+    shuffle: bool = True
+    """Visit the rows of each epoch in an order seeded by ``shuffle_seed`` (a different order every epoch), so
+    two seeds train on different streams; false = the file's own order, every epoch."""
 
     problem_field: str = ""
     """Field holding the prompt: a string or a chat message list; dotted paths reach nested fields
@@ -233,7 +251,7 @@ class PromptSource(ABC):
         self._rows: range | list[int] = range(rows)
         if base.holdout:
             perm = list(range(rows))
-            random.Random(f"holdout:{self._seed}").shuffle(perm)
+            random.Random(f"holdout:{self._seed if base.holdout_seed is None else base.holdout_seed}").shuffle(perm)
             held = set(perm[: base.holdout])
             self._rows = [r for r in range(rows) if (r in held) == (base.split == "eval")]
         self._epoch_cache: tuple[int, list[int]] | None = None
@@ -282,6 +300,19 @@ class PromptSource(ABC):
             yield self.get(i)
 
 
+def mixed_seed(seed: int, name: str, size: int, spare: int = 0) -> int:
+    """The reasoning-gym seed for the configured ``seed`` of dataset ``name``: the first 8 bytes of
+    sha256("winnow/reasoning_gym:<name>:<seed>") reduced to ``[0, 2^32 - size - spare)``.
+
+    reasoning-gym builds item i from ``Random(seed + i)`` (some datasets from ``np.random.seed(seed + i)``,
+    which needs ``seed + i < 2^32``; a composite gives its k-th part ``seed + k + 1``: ``spare`` >= k + 1), so
+    unmixed seeds s and s + 1 share all but one item. Mixed, two seeds' streams overlap only when their
+    mixed values fall within ``size`` of each other: probability about ``2 * size / 2^32`` (2e-6 for 5,000
+    problems)."""
+    digest = hashlib.sha256(f"winnow/reasoning_gym:{name}:{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % (2**32 - size - spare)
+
+
 class ReasoningGymSource(PromptSource):
     """reasoning-gym problems; task ``rg/<dataset>`` (or the configured task)."""
 
@@ -292,6 +323,7 @@ class ReasoningGymSource(PromptSource):
             raise PromptSourceError("reasoning_gym source needs the reasoning-gym package") from e
         self.name = f"rg/{cfg.name}"
         self._task = cfg.task
+        seed = cfg.seed if cfg.raw_seed else mixed_seed(cfg.seed, cfg.name, cfg.size, spare=len(cfg.mixture) + 2)
         try:
             if cfg.mixture:
                 from reasoning_gym.composite import DatasetSpec
@@ -300,10 +332,10 @@ class ReasoningGymSource(PromptSource):
                     DatasetSpec(name=m.name, weight=m.weight, config=dict(m.config)) for m in cfg.mixture
                 ]
                 self._ds = reasoning_gym.create_dataset(
-                    "composite", size=cfg.size, seed=cfg.seed, datasets=specs
+                    "composite", size=cfg.size, seed=seed, datasets=specs
                 )
             else:
-                self._ds = reasoning_gym.create_dataset(cfg.name, size=cfg.size, seed=cfg.seed, **cfg.config)
+                self._ds = reasoning_gym.create_dataset(cfg.name, size=cfg.size, seed=seed, **cfg.config)
         except (ValueError, TypeError, KeyError, AssertionError) as e:
             raise PromptSourceError(
                 f"reasoning_gym dataset {cfg.name!r} with config {cfg.config}: {e}"

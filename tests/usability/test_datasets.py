@@ -113,7 +113,7 @@ def test_verl_parquet(tmp_path):
     other = {**VERL, "data_source": "countdown", "reward_model": {"style": "rule", "ground_truth": "7"}}
     path = tmp_path / "train.parquet"
     pq.write_table(pa.Table.from_pylist([VERL, other]), path)
-    src = make_source({"kind": "parquet", "path": str(path), "task_field": "data_source"})
+    src = make_source({"kind": "parquet", "path": str(path), "task_field": "data_source", "shuffle": False})
     a, b = src[0], src[1]
     assert (a.gold, a.task, a.prompt_id) == ("42", "openai/gsm8k", "train/0")
     assert a.messages[-1][0] == "user" and a.problem.startswith("What is 40 + 2?")
@@ -127,7 +127,7 @@ def test_trl_conversational_hf_dataset_on_disk(tmp_path):
     datasets = pytest.importorskip("datasets")
     folder = tmp_path / "trl_ds"
     datasets.Dataset.from_list([TRL, {**TRL, "solution": "12"}]).save_to_disk(str(folder))
-    src = make_source({"kind": "hf", "dataset": str(folder)})
+    src = make_source({"kind": "hf", "dataset": str(folder), "shuffle": False})
     assert (src[0].problem, src[0].gold, src[0].messages) == ("What is 6 * 7?", "42", (("user", "What is 6 * 7?"),))
     assert src[1].gold == "12" and src[0].prompt_id == "trl_ds/0"
     # and a local parquet file through datasets' parquet builder
@@ -141,7 +141,7 @@ def test_trl_conversational_hf_dataset_on_disk(tmp_path):
 
 def test_numeric_golds_and_bad_rows(tmp_path):
     rows = [{"prompt": "2+3?", "answer": 5}, {"prompt": "1/2?", "answer": 0.5}, {"prompt": "x", "answer": [1]}]
-    src = make_source({"kind": "jsonl", "path": _jsonl(tmp_path / "n.jsonl", rows)})
+    src = make_source({"kind": "jsonl", "path": _jsonl(tmp_path / "n.jsonl", rows), "shuffle": False})
     assert [src[0].gold, src[1].gold] == ["5", "0.5"]
     with pytest.raises(PromptSourceError, match="n.jsonl: row 2, field 'answer': .*a list of 1 items"):
         src[2]
