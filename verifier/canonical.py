@@ -87,8 +87,15 @@ _DTFRAC = _R(r"\\[dtc]frac")
 _BRACE_COMMA = _R(r"(\d)\{,\}(?=\d)")
 _COMMA_BANG = _R(r"(\d),\\!\s*(?=\d{3})")
 _THIN_SPACE = _R(r"(\d)\\,(?=\d{3}(?!\d))")
-_DEGREES = _R(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree")
-_TRIG_DEGREES = _R(r"(\\(?:sin|cos|tan|cot|sec|csc))\s*\(?\s*(\d+(?:\.\d+)?)\s*\^\s*\{?\s*\\circ\s*\}?\s*\)?")
+_DEGREE_SIGN = r"(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree)"
+_DEGREES = _R(_DEGREE_SIGN)
+_TRIG = _R(r"\\(?:sin|cos|tan|cot|sec|csc|arcsin|arccos|arctan)(?![a-zA-Z])")
+_ANGLE = _R(r"(\d+(?:\.\d+)?)\s*" + _DEGREE_SIGN)
+# TeX: an unbraced ^ or _ takes one token. A digit run glued to ^/_ is read whole (``2^10``, ``10^12``: the
+# plain-text habit; nobody writes 2^1 0 for 20); a space, ``\,`` or another token after it starts a new factor.
+_SCRIPT = _R(r"([\^_])[ \t]*(\d+|[A-Za-z]|\\[A-Za-z]+(?![A-Za-z{\[]))")
+_BMOD = _R(r"\\bmod(?![a-zA-Z])")
+_PMOD = _R(r"\(\s*\\(?:bmod|mod)\s*\{?\s*(\d+)\s*\}?\s*\)|\\pmod\s*\{\s*(\d+)\s*\}|\\pmod\s*(\d+)")
 _PERCENT_WORD = _R(r"(?<![A-Za-z])(?:percentage|percent|pct)(?![A-Za-z])")
 _CURRENCY = _R(r"[€£¥]|\\euro\b")
 _GLUED_UNIT = _R(r"(?<=\d)\s*[a-zA-Z]{1,3}[²³]")  # "1,000.99m²": a unit with a superscript is never a variable
@@ -136,9 +143,12 @@ def canonicalize(s: str) -> str:
     s = _COMMA_BANG.sub(r"\1", s)
     s = _THIN_SPACE.sub(r"\1", s)
     s = _SPACING_RE.sub(" ", s)
-    if "circ" in s and "\\" in s:  # degrees inside a trig function are pi/180: \\sin 30^\\circ = 1/2
-        s = _TRIG_DEGREES.sub(lambda m: f"{m.group(1)}(\\frac{{{m.group(2)}\\pi}}{{180}})", s)
-    s = _DEGREES.sub("", s)
+    if ("circ" in s or "degree" in s) and _TRIG.search(s):  # an angle inside an expression with a trig function
+        s = _ANGLE.sub(lambda m: f"(\\frac{{{m.group(1)}\\pi}}{{180}})", s)  # is pi/180 per degree: \\sin 30^\\circ = 1/2
+    s = _DEGREES.sub("", s)  # a bare angle ("30^\\circ") is its number of degrees
+    if "mod" in s:
+        s = _PMOD.sub(lambda m: f"\\pmod{{{m.group(1) or m.group(2) or m.group(3)}}}", s)
+        s = _BMOD.sub(r"\\mod ", s)
     s = s.replace("\\$", "").replace("$", "")
     s = s.replace("\\%", "%")
     s = _unwrap_text(s)
@@ -157,6 +167,8 @@ def canonicalize(s: str) -> str:
     s = _IN_PREFIX.sub("", s)
     if _THOUSANDS_RE.match(s.strip().rstrip(".")):  # before whitespace goes: "1, 000" stays a list
         s = s.replace(",", "")
+    if "^" in s or "_" in s:
+        s = _SCRIPT.sub(lambda m: f"{m.group(1)}{{{m.group(2)}}}", s)
     # whitespace: keep one space only between a command and a following letter
     s = _CMD_SPACE.sub("\\1\x00", s)
     s = _WS.sub("", s).replace("\x00", " ")
@@ -222,6 +234,8 @@ def _expand_pm(s: str) -> str:
 _OPENERS = "([{"
 _CLOSERS = ")]}"
 _ASSIGN_RE = re.compile(r"^([a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?|\\[a-zA-Z]+)=(?!=)(.+)$")
+_CASES_RE = re.compile(r"^\\begin\{cases\}(.*)\\end\{cases\}$", re.S)
+_CONDITION_WORDS = re.compile(r"^,?(?:if|for|when|where)(?![a-z]{2})")
 _MATRIX_RE = re.compile(r"^\\begin\{(pmatrix|bmatrix|Bmatrix|matrix|smallmatrix|array)\}(.*)\\end\{\1\}$", re.S)
 
 
@@ -230,7 +244,8 @@ class Struct:
     """Top-level shape of a canonical answer.
 
     kind: ``scalar``, ``list`` (bare commas), ``set`` (braces), ``bracket`` (``(…)``/``[…]``/mixed, with
-    ``open``/``close`` kept), ``union`` (of ``bracket`` items), ``matrix`` (``rows``).
+    ``open``/``close`` kept), ``union`` (of ``bracket`` items), ``matrix`` (``rows``), ``cases`` (``rows`` of
+    [value, condition], from ``\\begin{cases}``).
     """
 
     kind: str
@@ -337,6 +352,8 @@ def reduce_relation(s: str) -> str:
       ``\\frac12\\cdot\\frac{20}{9}=\\frac{10}{9}`` -> ``\\frac{10}{9}``); so does ``constant = constant``.
     * Anything else with ``=`` (``2x+4y-3=0``, ``7=11a+c``) is an equation and stays whole.
     """
+    if "\\pmod" in s:
+        s = reduce_congruence(s)
     m = _APPROX.search(s)
     if m:
         head, tail = s[: m.start()], s[m.end() :]
@@ -352,6 +369,39 @@ def reduce_relation(s: str) -> str:
         return last
     if label:
         return "=".join(sides[1:]) if len(sides) > 2 else last
+    return s
+
+
+def equation_sides(s: str) -> list[str] | None:
+    """The sides of an equation that ``reduce_relation`` keeps whole (no label on the left, not a chain ending
+    in a constant): ``e^{i\\pi}=-1`` -> [``e^{i\\pi}``, ``-1``]. None for anything else."""
+    if "=" not in s:
+        return None
+    r = reduce_relation(s)
+    if r != s or not is_equation(r):
+        return None
+    sides = _sides(r)
+    return sides if len(sides) >= 2 and all(sides) else None
+
+
+_PMOD_TAIL = re.compile(r"\\pmod\{(\d+)\}$")
+_INTEGER = re.compile(r"-?\d+")
+
+
+def reduce_congruence(s: str) -> str:
+    """``a\\equiv b\\pmod{n}`` states the residue ``b`` when every side is congruent mod n (a false congruence
+    stays whole, so it equals no value); ``x\\equiv 3\\pmod{7}`` is 3; a bare ``a\\pmod{n}`` is ``a``."""
+    m = _PMOD_TAIL.search(s)
+    if m is None:
+        return s
+    body, n = s[: m.start()], int(m.group(1))
+    if "\\equiv" not in body:
+        return body
+    sides = split_top(body, "\\equiv")
+    if n > 0 and all(_INTEGER.fullmatch(x) for x in sides):
+        return sides[-1] if all((int(x) - int(sides[-1])) % n == 0 for x in sides) else s
+    if len(sides) == 2 and sides[1] and is_label(sides[0]):
+        return sides[1]
     return s
 
 
@@ -399,6 +449,11 @@ def parse_structure(s: str) -> Struct:
         inner = parse_structure(s[1:-1])  # "\\left[\\begin{array}…\\end{array}\\right]": a matrix in delimiters
         if inner.kind == "matrix":
             return inner
+    c = _CASES_RE.match(s) if s.count("\\begin{") == 1 else None
+    if c:  # a piecewise answer: rows of (value, condition)
+        rows = [r.split("&", 1) for r in c.group(1).split("\\\\") if r.strip()]
+        return Struct("cases", s, rows=[[r[0].rstrip(","), _CONDITION_WORDS.sub("", r[1]) if len(r) > 1 else ""]
+                                       for r in rows])
     m = _MATRIX_RE.match(s) if s.count("\\begin{") == 1 else None
     if m:
         body = m.group(2)

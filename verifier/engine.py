@@ -8,8 +8,11 @@ Pipeline for one (response, gold), VERIFIER_NOTES §4:
 2. Response: ``extract.extract_answer`` (think stripped, tail kept, last box...). Nothing found ->
    NO_ANSWER (path ``extract``). Guards (``guard.check_text``): control characters or unbalanced
    braces -> UNPARSABLE, too long / too deep / more than 8 boxes -> TOO_COMPLEX (path ``guard``).
-3. Hedging: several distinct boxed answers are WRONG (path ``hedge``) unless the gold is a set/list,
-   in which case they are joined into one list answer.
+3. Hedging, one rule for boxes and answer statements: the values of every ``\\boxed{}`` and every final-answer
+   statement (``Final Answer: …``, a line opening with ``Answer:``/``####``; ``extract.final_statements``) are
+   collected; two different values among them (compared by the fast paths, so ``\\boxed{0.5}`` and
+   ``Answer: \\frac12`` agree) are WRONG (path ``hedge``) unless the gold is a set/list, in which case they
+   are joined into one list answer. An intermediate box followed by a different final statement is a hedge too.
 4. MCQ golds (path ``mcq``) and text golds (path ``text``) are decided here.
 5. Fast paths (``fastpath.compare_struct`` with ``fast_scalar_eq``): decided -> done (paths ``string``,
    ``number``, ``tuple``, ``interval``, ``set``, ``matrix``, ``relation``).
@@ -34,6 +37,8 @@ supplies defaults from the config, a request's own options win):
 * ``rounded`` (default off): accept a decimal rounded or truncated to >= 2 places for an exact or
   irrational gold. Risk: a low-precision guess earns full reward. Without it a decimal stands for an
   exact value only when it matches to 6 places (Math-Verify's default float rounding).
+* ``imaginary`` (default ``i``): the letter read as the imaginary unit, ``i`` or ``j``; ``none`` when the
+  problem declares ``i`` a variable. ``(1+i)^2`` equals ``2i``; with ``none`` it equals ``1+2i+i^2`` only.
 * ``percent``: accept x vs x/100. ``mcq``: lower-case letters count as choices (a task name containing
   ``mcq`` sets it).
 
@@ -103,13 +108,15 @@ class Job:
     percent: bool
     extracted: str
     rounded: bool = False
+    unit: str = "i"
 
     @property
-    def key(self) -> tuple[str, str, bool, bool]:
-        return (self.gold, self.pred, self.percent, self.rounded)
+    def key(self) -> tuple[str, str, bool, bool, str]:
+        return (self.gold, self.pred, self.percent, self.rounded, self.unit)
 
     def as_dict(self) -> dict:
-        return {"gold": self.gold, "pred": self.pred, "percent": self.percent, "rounded": self.rounded}
+        return {"gold": self.gold, "pred": self.pred, "percent": self.percent, "rounded": self.rounded,
+                "unit": self.unit}
 
 
 def _flag(options: dict[str, str] | None, name: str, default: bool = False) -> bool:
@@ -144,6 +151,18 @@ def prepare_gold(gold: str, task: str = "", options: dict[str, str] | None = Non
     return Gold(raw, canon, parse_structure(canon), mcq_letter(canon, mcq_task=mcq), is_text_gold(raw))
 
 
+_UNITS = ("i", "j", "none")
+
+
+def imaginary_unit(options: dict[str, str] | None) -> str:
+    """The ``imaginary`` option: the letter read as the imaginary unit (``i``, default; ``j``), or ``none``
+    when the problem declares ``i`` a variable. Anything else is a caller's bug (ValueError -> ERROR)."""
+    unit = str((options or {}).get("imaginary", "i")).strip().lower() or "i"
+    if unit not in _UNITS:
+        raise ValueError(f"option imaginary={unit!r}: expected one of {', '.join(_UNITS)}")
+    return unit
+
+
 def _status(label: str) -> Status:
     return Status.from_label(label)
 
@@ -168,11 +187,12 @@ def decide_fast(gold: Gold, response: str, options: dict[str, str] | None = None
     rounded = _flag(options, "rounded")
     pred = canonicalize(answer)
 
-    distinct = _distinct_boxed(ex.boxed, percent)
+    stated = ex.boxed + [f for f in ex.finals if check_text(f) is None]
+    distinct = _distinct_boxed(stated, percent)
     if len(distinct) > 1:
         assert gold.struct is not None
         if gold.struct.kind not in ("set", "list"):
-            return Result(Status.WRONG, answer, "hedge", f"{len(distinct)} distinct boxed answers")
+            return Result(Status.WRONG, answer, "hedge", f"{len(distinct)} distinct final answers (boxes and statements)")
         pred = ",".join(distinct)
         answer = ", ".join(distinct)
 
@@ -198,7 +218,7 @@ def decide_fast(gold: Gold, response: str, options: dict[str, str] | None = None
     verdict, path = compare_struct(gold.struct, pstruct, elem_eq)
     if verdict is not None:
         return Result(Status.CORRECT if verdict else Status.WRONG, answer, path)
-    return Job(gold.canon, pred, percent, answer, rounded)
+    return Job(gold.canon, pred, percent, answer, rounded, imaginary_unit(options))
 
 
 def _distinct_boxed(boxed: list[str], percent: bool) -> list[str]:

@@ -7,8 +7,10 @@ Response, in order:
    JSON-escape damage is repaired (``\\x0crac`` -> ``\\frac``, ``\\\\frac`` -> ``\\frac``) and chat-template
    tokens are dropped (the text is cut where a next turn starts: ``<|im_start|>user``).
 2. Answer markers: ``final answer is``, ``Final Answer:``, ``Answer:``, ``the answer is``, ``Answer``
-   directly followed by math, ``#### x``. The last marker wins; if it comes after the last box it also
-   overrides the boxes (an explicit final statement is not a hedge). After the marker: display math
+   directly followed by math, ``#### x``. The last marker wins; if it comes after the last box and is a
+   final statement (``final answer``, or ``Answer:``/``####`` opening a line) the answer is taken from it.
+   Every box and every final statement is also collected (``boxed``, ``finals``): the engine's hedging
+   rule treats them alike (two different values among them are a hedge). After the marker: display math
    (which may span lines); else the line as a sentence: the line itself when it is math only, a list
    of math spans joined by "and"/commas, or else the last math span or number, whichever ends later.
 3. The last ``\\boxed{…}`` / ``\\fbox{…}`` or ``\\boxed 5``. All boxed answers are collected so the caller
@@ -42,6 +44,7 @@ class Extraction:
     boxed: list[str] = field(default_factory=list)  # every boxed answer, in order (hedging rule)
     unbalanced: bool = False  # a \boxed{ whose brace never closes
     n_boxed: int = 0
+    finals: list[str] = field(default_factory=list)  # every final-answer statement's value, in order (hedging rule)
 
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
@@ -204,9 +207,9 @@ def _last_span_or_number(s: str) -> str | None:
     return None
 
 
-def _marker_answer(rest: str) -> str | None:
+def _marker_answer(rest: str, *, prose: bool = True) -> str | None:
     """The answer after a marker: display math (may span lines), else the rest of the line as a
-    sentence: itself when it is math only, else its last math span or number."""
+    sentence: itself when it is math only, else its last math span or number, else (``prose``) the line."""
     rest = rest.lstrip()
     m = re.match(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]", rest, re.DOTALL)
     if m:
@@ -222,7 +225,7 @@ def _marker_answer(rest: str) -> str | None:
     bare = strip_math_delimiters(line.rstrip(".").strip())
     if _looks_bare(bare):
         return bare
-    return _last_span_or_number(line) or line
+    return _last_span_or_number(line) or (line if prose else None)
 
 
 def _looks_bare(s: str, limit: int = _MAX_BARE) -> bool:
@@ -243,6 +246,25 @@ def _final_statement(text: str, marker: re.Match) -> bool:
         return True
     line_start = text.rfind("\n", 0, marker.start()) + 1
     return not text[line_start : marker.start()].strip(" \t*#>_-")
+
+
+_MAX_STATEMENT_CHARS = 2048  # an answer statement is read from at most this many characters after its marker
+
+
+def final_statements(text: str) -> list[str]:
+    """The value of every final-answer statement (``Final Answer: …``, ``The final answer is …``, a line
+    opening with ``Answer:``/``####``), one per line (its last marker), in order; lines without math or a
+    number (``Answer: let us compute``) state nothing. Linear: each marker reads a bounded slice."""
+    last_on_line: dict[int, re.Match] = {}
+    for m in _MARKER_RE.finditer(text):
+        if _final_statement(text, m):
+            last_on_line[text.rfind("\n", 0, m.start())] = m
+    out = []
+    for m in last_on_line.values():
+        ans = _marker_answer(text[m.end() : m.end() + _MAX_STATEMENT_CHARS], prose=False)
+        if ans:
+            out.append(ans)
+    return out
 
 
 def _prepare(response: str) -> str | None:
@@ -266,13 +288,14 @@ def extract_answer(response: str, *, last_number: bool = True) -> Extraction:
     marker = _last(_MARKER_RE, text)
     spans = box_spans(text) if "box" in text else []
     n_boxed = len(_BOX_RE.findall(text)) if spans or "box" in text else 0
+    finals = final_statements(text) if marker is not None else []
+    boxed, unbalanced = find_boxed(text) if n_boxed else ([], False)
     if marker is not None and (not spans or (marker.start() >= spans[-1][1] and _final_statement(text, marker))):
         ans = _marker_answer(text[marker.end() :])
         if ans:
-            return Extraction(ans, "marker", [], False, n_boxed)
-    boxed, unbalanced = find_boxed(text) if n_boxed else ([], False)
+            return Extraction(ans, "marker", boxed, unbalanced, n_boxed, finals)
     if boxed:
-        return Extraction(boxed[-1].strip(), "boxed", boxed, unbalanced, n_boxed)
+        return Extraction(boxed[-1].strip(), "boxed", boxed, unbalanced, n_boxed, finals)
     if unbalanced:
         return Extraction(None, "boxed", [], True, n_boxed)
     if marker is not None:

@@ -1,15 +1,18 @@
 """Fast exact comparison paths, pure Python, no sympy (VERIFIER_NOTES §4.4).
 
 * Numbers as exact ``fractions.Fraction``: integers, decimals, ``a/b``, ``\\frac{a}{b}``, mixed numbers
-  (``2\\frac{1}{2}``), scientific notation (``1.5e3``, ``1.5\\times10^{3}``, exponent |k| <= 10^4).
+  (``2\\frac{1}{2}``), scientific notation (``1.5e3``, ``1.5\\times10^{3}``, exponent |k| <= 10^4), which
+  counts as the decimal it abbreviates (``2.3148\\times10^{-3}`` has 7 printed decimals, ``1.5e3`` is an integer).
 * Integers compare exactly (``1000050 != 1000000``). By default a decimal stands for another value only
   when both agree rounded to 6 places (``0.333333 == 1/3``, ``0.33 != 1/3``); with the ``rounded``
   option a decimal with d >= 2 printed decimals matches the other value rounded or truncated to d
   places. There is no blanket relative tolerance.
 * Undefined literals (``nan``, ``zoo``, ``1/0``) never equal anything. Clock times and ratios with a
   colon (``12:00``, ``3:4``) compare literally, after labels are dropped.
-* Labels, chains and equations (``resolve_pair``): different labels never match (``x=2`` vs ``y=2``);
-  an equation against a value is wrong unless the value carried a label (then both are equations).
+* Labels, chains and equations (``resolve_pair``): different labels never match (``x=2`` vs ``y=2``), except a
+  function label and a dependent variable (``f(x)=2x+3`` is ``y=2x+3``, never ``x=…``); an equation whose left
+  side is not a label against a value (``e^{i\\pi}=-1`` for ``-1``) holds only when every side equals the value
+  (``statement_pairs``), so ``2x=10`` is not 10; an equation against a labelled value compares both as equations.
 * Simple inequalities (``x>5``, ``5\\le x``, ``-2\\le x<7``, ``-x>-1``) compare as intervals, and a gold
   inequality against a predicted interval, without sympy (the reverse, an interval gold answered by an
   inequality, is wrong: Math-Verify's rule, the gold's form decides).
@@ -19,7 +22,8 @@
   ``percent`` is set; a bare ``0.5`` never matches a bare ``50``. A predicted ``50%`` matches a gold
   ``50`` (the sign is dropped), or ``0.5``.
 * MCQ letters (``B``, ``(B)``, ``\\text{(B)}``, ``B) 42``) and case-folded text answers.
-* ``compare_struct``: tuples, intervals, sets, solution lists, unions of intervals and matrices with
+* ``compare_struct``: tuples, intervals, sets, solution lists, unions of intervals, matrices and ``cases``
+  blocks (rows matched as unordered (value, condition) pairs; a ``cases`` gold needs a ``cases`` answer) with
   the gold deciding the semantics; elements are compared with a pluggable ``elem_eq`` (the fast
   scalar comparison here, or fast-then-symbolic inside a worker).
 
@@ -37,6 +41,7 @@ from fractions import Fraction
 
 from winnow.verifier.canonical import (
     Struct,
+    equation_sides,
     is_equation,
     parse_structure,
     reduce_relation,
@@ -102,7 +107,7 @@ def parse_number(s: str) -> Num | None:
         k = int(m.group(2) if m.group(2) is not None else m.group(3))
         if abs(k) > MAX_SCI_EXPONENT:
             return None
-        return Num(sign * Fraction(m.group(1)) * Fraction(10) ** k, "exact", 0, percent)
+        return _scientific(m.group(1), k, sign, percent)
     m = _RE_POW10.match(s)
     if m:
         k = int(m.group(1) if m.group(1) is not None else m.group(2))
@@ -110,6 +115,16 @@ def parse_number(s: str) -> Num | None:
             return None
         return Num(sign * Fraction(10) ** k, "exact", 0, percent)
     return None
+
+
+def _scientific(mantissa: str, k: int, sign: int, percent: bool) -> Num:
+    """``m \\times 10^k`` read as the decimal it abbreviates, so the decimal rules apply to it alike:
+    ``2.3148\\times10^{-3}`` is ``0.0023148`` (7 printed decimals), ``1.5\\times10^{3}`` is the integer 1500."""
+    value = sign * Fraction(mantissa) * Fraction(10) ** k
+    decimals = (len(mantissa) - mantissa.index(".") - 1 if "." in mantissa else 0) - k
+    if decimals > 0:
+        return Num(value, "dec", decimals, percent)
+    return Num(value, "int" if value.denominator == 1 else "exact", 0, percent)
 
 
 def _round_half_up(x: Fraction, decimals: int) -> Fraction:
@@ -256,6 +271,35 @@ def _label_head(label: str) -> str:
     return label.split("(", 1)[0] if not label.startswith("(") and "(" in label else label
 
 
+_FUNC_LABEL = re.compile(r"^([A-Za-z])\(([^()]*)\)$")
+
+
+def _labels_agree(a: str, b: str) -> bool:
+    """Two labels name the same quantity: the same head (``f(x)``, ``f(n)``), or a function label and a
+    single-letter dependent variable that is not one of its arguments (``f(x)`` and ``y``; never ``x``)."""
+    if _label_head(a) == _label_head(b):
+        return True
+    for func, var in ((a, b), (b, a)):
+        m = _FUNC_LABEL.match(func)
+        if m and len(var) == 1 and var.isalpha() and var not in m.group(2).split(","):
+            return True
+    return False
+
+
+def statement_pairs(g: str, p: str) -> list[tuple[str, str]] | None:
+    """An equation whose left side is not a label (``e^{i\\pi}=-1``, ``17\\mod5=2``, ``\\lim_{x\\to0}\\frac{\\sin
+    x}{x}=1``) against a value: the (gold, pred) pairs to compare, one per side of the equation. The
+    statement holds only when every side equals the value (``2x=10`` is not 10, ``e^{i\\pi}=1`` is not 1)."""
+    for value, stmt, value_is_gold in ((g, p, True), (p, g, False)):
+        if is_equation(value) or is_inequality(value) or split_label(stmt) is not None:
+            continue
+        sides = equation_sides(stmt)
+        if sides is None:
+            continue
+        return [(value, x) if value_is_gold else (x, value) for x in sides]
+    return None
+
+
 def resolve_pair(g: str, p: str) -> tuple[str, str, bool | None]:
     """Labels, chains and approximations resolved on both sides (``canonical.reduce_relation``).
 
@@ -265,7 +309,7 @@ def resolve_pair(g: str, p: str) -> tuple[str, str, bool | None]:
     Returns (gold, pred, verdict or None).
     """
     gl, pl = split_label(g), split_label(p)
-    if gl is not None and pl is not None and _label_head(gl[0]) != _label_head(pl[0]):
+    if gl is not None and pl is not None and not _labels_agree(gl[0], pl[0]):
         return g, p, False  # "x=2" is not "y=2" (f(x) and f(n) are the same function)
     gv, pv = reduce_relation(g), reduce_relation(p)
     g_eq, p_eq = is_equation(gv), is_equation(pv)
@@ -379,11 +423,19 @@ def fast_scalar_eq(g: str, p: str, *, percent_option: bool = False, rounded: boo
         return False, "number"  # undefined is never equal to anything
     if g == p and not is_equation(g):
         return True, "string"
+    pairs = statement_pairs(g, p)
+    if pairs is not None:  # every side of the statement must equal the value
+        results = [fast_scalar_eq(a, b, percent_option=percent_option, rounded=rounded)[0] for a, b in pairs]
+        if False in results:
+            return False, "relation"
+        return (True, "relation") if None not in results else (None, "")
     g, p, verdict = resolve_pair(g, p)
     if verdict is not None:
         return verdict, "relation"
     if g == p:
         return True, "string"
+    if "\\pmod" in g or "\\pmod" in p:
+        return False, "relation"  # a congruence left whole (false, or not in integers) equals nothing else
     if ":" in top_level(g) or ":" in top_level(p):
         return False, "string"  # clock times and ratios compare literally
     if is_inequality(g) or is_inequality(p):
@@ -555,7 +607,33 @@ def compare_struct(gs: Struct, ps: Struct, elem_eq: ElemEq) -> tuple[bool | None
         if ps.kind == "scalar" and "\\begin{" in ps.text:
             return None, "matrix"  # sums and products of literal matrices: the symbolic path evaluates them
         return False, "matrix"
+    if gs.kind == "cases":
+        if ps.kind != "cases" or len(ps.rows) != len(gs.rows):
+            return False, "cases"
+        return _match_rows(gs.rows, ps.rows, item_eq), "cases"
     return None, ""
+
+
+def _match_rows(golds: list[list[str]], preds: list[list[str]], item_eq: ElemEq) -> bool | None:
+    """Rows of two ``cases`` blocks as unordered sets of (value, condition): each gold row must equal a
+    distinct predicted row in both its value and its condition (the row counts are equal)."""
+
+    def row_eq(i: int, j: int) -> bool | None:
+        results = [item_eq(a, b)[0] if a != b else True for a, b in zip(golds[i], preds[j], strict=True)]
+        return False if False in results else (None if None in results else True)
+
+    used: set[int] = set()
+    undecided = False
+    for i in range(len(golds)):
+        outcomes = {j: row_eq(i, j) for j in range(len(preds)) if j not in used}
+        match = next((j for j, r in outcomes.items() if r), None)
+        if match is not None:
+            used.add(match)
+        elif None in outcomes.values():
+            undecided = True
+        else:
+            return False
+    return None if undecided else True
 
 
 def _part_by_text(s: Struct, text: str) -> Struct:

@@ -109,7 +109,7 @@ def handle_job(job: dict) -> dict:
 
     try:
         ok, path = compare_canonical(job["gold"], job["pred"], percent_option=bool(job.get("percent")),
-                                     rounded=bool(job.get("rounded")))
+                                     rounded=bool(job.get("rounded")), unit=job.get("unit", "i"))
         return {"status": "correct" if ok else "wrong", "path": path, "detail": ""}
     except VerifyError as exc:
         path = "guard" if exc.status == "too_complex" else "symbolic"

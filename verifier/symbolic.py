@@ -45,6 +45,7 @@ from winnow.verifier.fastpath import (
     is_inequality,
     parse_number,
     resolve_pair,
+    statement_pairs,
 )
 from winnow.verifier.guard import VerifyError, check_tree
 
@@ -246,23 +247,23 @@ def _simplify_equal(g, p) -> bool:
         return False
 
 
-_I_SYMBOL = sympy.Symbol("i")
+UNITS = ("i", "j", "none")
 
 
-def _imaginary_unit(g, p):
-    """The grammar reads ``i`` as a symbol; read it as the imaginary unit when the other side is a constant."""
-    g_i, p_i = _I_SYMBOL in g.free_symbols, _I_SYMBOL in p.free_symbols
-    if (g_i and not p.free_symbols) or (p_i and not g.free_symbols):
-        return g.xreplace({_I_SYMBOL: sympy.I}), p.xreplace({_I_SYMBOL: sympy.I})
-    return g, p
+def imaginary_unit(e, unit: str = "i"):
+    """The grammar reads ``i`` as a symbol: make every free ``i`` (or ``j``) the imaginary unit, on both sides
+    alike, unless the problem declared it a variable (``unit="none"``). Bound ``i`` (``\\sum_{i=1}``) stays."""
+    if unit == "none" or not isinstance(e, sympy.Basic):
+        return e
+    sym = sympy.Symbol(unit)
+    return e.subs(sym, sympy.I) if sym in e.free_symbols else e
 
 
 def expr_equal(g, p, g_text: str = "", p_text: str = "", *, rounded: bool = False) -> tuple[bool, str]:
-    """Compare two parsed sympy expressions. Returns (equal, path)."""
+    """Compare two parsed sympy expressions (the imaginary unit already resolved). Returns (equal, path)."""
     if g == p:
         return True, "symbolic"
     if isinstance(g, sympy.Expr) and isinstance(p, sympy.Expr):
-        g, p = _imaginary_unit(g, p)
         if not g.free_symbols and not p.free_symbols:
             r = _numeric_probe(g, p, g_text, p_text, rounded=rounded)
             if r is not None:
@@ -358,16 +359,23 @@ def relation_equal(g, p) -> tuple[bool, str]:
     return bool(g == p), "relation"
 
 
-def scalar_eq(g: str, p: str, *, percent_option: bool = False, rounded: bool = False) -> tuple[bool, str]:
+def scalar_eq(g: str, p: str, *, percent_option: bool = False, rounded: bool = False,
+              unit: str = "i") -> tuple[bool, str]:
     """Compare two canonical scalar strings: fast path first, then sympy."""
     fast, path = fast_scalar_eq(g, p, percent_option=percent_option, rounded=rounded)
     if fast is not None:
         return fast, path
+    pairs = statement_pairs(g, p)
+    if pairs is not None:  # "e^{i\\pi}=-1" for -1: every side must equal the value
+        for a, b in pairs:
+            if not scalar_eq(a, b, percent_option=percent_option, rounded=rounded, unit=unit)[0]:
+                return False, "relation"
+        return True, "relation"
     g, p, verdict = resolve_pair(g, p)
     if verdict is not None:
         return verdict, "relation"
-    gx = parse_latex(g, side="gold")
-    px = parse_latex(p, side="pred")
+    gx = imaginary_unit(parse_latex(g, side="gold"), unit)
+    px = imaginary_unit(parse_latex(p, side="pred"), unit)
     if _undefined(gx):
         raise VerifyError("error", "gold is undefined (division by zero or nan)")
     if _undefined(px):
@@ -398,28 +406,32 @@ def _undefined(e) -> bool:
     return v is sympy.nan or v is sympy.zoo or (isinstance(v, sympy.Basic) and v.has(sympy.nan, sympy.zoo))
 
 
-def compare_canonical(gold: str, pred: str, *, percent_option: bool = False, rounded: bool = False) -> tuple[bool, str]:
-    """Full comparison of canonical gold and prediction (structures, then scalars), fast then symbolic."""
+def compare_canonical(gold: str, pred: str, *, percent_option: bool = False, rounded: bool = False,
+                      unit: str = "i") -> tuple[bool, str]:
+    """Full comparison of canonical gold and prediction (structures, then scalars), fast then symbolic.
+
+    ``unit``: the symbol read as the imaginary unit (``i``, ``j``, or ``none`` when the problem declares
+    ``i`` a variable)."""
     gs = parse_structure(gold)
     ps = parse_structure(pred)
 
     def elem_eq(a: str, b: str) -> tuple[bool | None, str]:
-        return scalar_eq(a, b, percent_option=percent_option, rounded=rounded)
+        return scalar_eq(a, b, percent_option=percent_option, rounded=rounded, unit=unit)
 
     result, path = compare_struct(gs, ps, elem_eq)
     if result is None and path == "relation":
         return _inequality_vs_set(gs, ps)
     if result is None and path == "matrix":
-        return _matrix_expression(gs.text, ps.text)
+        return _matrix_expression(gs.text, ps.text, unit)
     if result is None:
         raise VerifyError("error", f"undecided comparison ({gs.kind} vs {ps.kind})")
     return result, path or "symbolic"
 
 
-def _matrix_expression(gold: str, pred: str) -> tuple[bool, str]:
+def _matrix_expression(gold: str, pred: str, unit: str = "i") -> tuple[bool, str]:
     """A gold matrix against sums/products of literal matrices (evaluated elementwise)."""
-    gx = parse_latex(gold, side="gold")
-    px = parse_latex(pred, side="pred")
+    gx = imaginary_unit(parse_latex(gold, side="gold"), unit)
+    px = imaginary_unit(parse_latex(pred, side="pred"), unit)
     try:
         gm = sympy.Matrix(gx.doit()) if not isinstance(gx, sympy.MatrixBase) else gx
         pm = px.doit() if hasattr(px, "doit") else px

@@ -508,14 +508,15 @@ CASES["markers"] = [
      "answer sentence: its last number; the next chat turn is cut"),
     ("34", "Final Answer: The largest $n$ is 34.", C, "the number after the last math span"),
     ("120", "Final Answer: The volume of $ABCDEFGH$ is 120. I hope it is correct.", C, "sentence with a math name"),
-    ("10455", "so $\\boxed{255}$ interest.\nFinal Answer: The final answer is $10,455$. I hope it is correct.", C,
-     "an explicit final answer after an intermediate box overrides it (not a hedge)"),
+    ("10455", "so $\\boxed{255}$ interest.\nFinal Answer: The final answer is $10,455$. I hope it is correct.", W,
+     "one hedge rule for boxes and statements: a box and a different final answer are two answers"),
     ("255", "so $\\boxed{255}$ interest.\nFinal Answer: The final answer is $10,455$. I hope it is correct.", W,
      "negative: the intermediate box is not the answer"),
     ("5", "The final answer is $\\boxed{5}$.", C, "marker wrapping the box"),
     ("7", "So $\\boxed{7}$. Let me verify my answer: 7 + 7 = 14 and 14 = 14.", C,
      "a weak 'answer:' mention after the box does not override it"),
-    ("8", "So $\\boxed{7}$.\n\n**Answer:** 8", C, "a line-opening 'Answer:' after the box overrides it"),
+    ("8", "So $\\boxed{7}$.\n\n**Answer:** 8", W, "a box and a different line-opening 'Answer:' are a hedge"),
+    ("8", "So $\\boxed{8}$.\n\n**Answer:** 8", C, "a box and an 'Answer:' line with the same value"),
     ("12, 13", "Final Answer: The final answer is $12$ and $13$. I hope it is correct.", C, "two spans in one statement"),
     ("5", "Final answer: 5 or 6", W, "negative: two values stated for a scalar gold"),
     ("42", "<|im_start|>assistant\nThe answer is 42.<|im_end|>", C, "leading and trailing chat tokens"),
@@ -673,6 +674,90 @@ CASES["golds"] = [
 ]
 
 
+# Issue 29: TeX read as TeX. Every rule has positives and negatives next to it.
+CASES["tex_reading"] = [
+    # an unbraced ^ or _ takes one token; a space starts a new factor
+    ("12", B("2^2 3"), C, "2^2 3 is 2^2 * 3 (TeX: ^ takes one token)"),
+    ("8388608", B("2^2 3"), W, "negative: 2^2 3 is not 2^23 (the old false positive)"),
+    ("72", B("2^3 3^2"), C, "a prime factorisation written with spaces"),
+    ("72", B("2^3\\,3^2"), C, "a prime factorisation with a thin space"),
+    ("72", B("2^3 \\cdot 3^2"), C, "with an explicit product"),
+    ("6^5", B("2^3 3^2"), W, "negative: 72 is not 6^5"),
+    ("2^{10}", B("2^10"), C, "a digit run glued to ^ is one exponent (plain-text habit)"),
+    ("20", B("2^10"), W, "negative: 2^10 is not 2^1 0"),
+    ("x^2y", B("x^2 y"), C, "a letter after a space is another factor"),
+    ("x^{2y}", B("x^2 y"), W, "negative: the space ends the exponent"),
+    ("2", B("\\log_2 4"), C, "an unbraced subscript base"),
+    ("4", B("\\log_2 4"), W, "negative: log_2 4 is 2, not log_24"),
+    # the imaginary unit
+    ("2i", B("(1+i)^2"), C, "(1+i)^2 = 2i: i is the imaginary unit"),
+    ("3+4i", B("(2+i)^2"), C, "(2+i)^2 = 3+4i"),
+    ("1+2i", B("i(2-i)"), C, "i(2-i) = 1+2i"),
+    ("-1", B("i^2"), C, "i^2 = -1"),
+    ("2", B("(1+i)^2"), W, "negative: (1+i)^2 is 2i, not 2"),
+    ("-2i", B("(1+i)^2"), W, "negative: sign of the imaginary part"),
+    ("3-4i", B("(2+i)^2"), W, "negative: conjugate"),
+    ("1+2i", B("i(2+i)"), W, "negative: i(2+i) = -1+2i"),
+    # expr = value: every side must hold
+    ("-1", B("e^{i\\pi} = -1"), C, "Euler's identity stated for -1: both sides equal -1"),
+    ("1", B("e^{i\\pi} = 1"), W, "negative: e^{i pi} is -1, a false statement"),
+    ("3", B("\\begin{vmatrix} 1 & 2 \\\\ 3 & 9 \\end{vmatrix} = 3"), C, "a determinant stated with its value"),
+    ("3", B("\\begin{vmatrix} 1 & 2 \\\\ 3 & 8 \\end{vmatrix} = 3"), W, "negative: that determinant is 2"),
+    ("1", B("\\lim_{x \\to 0} \\frac{\\sin x}{x} = 1"), C, "a limit stated with its value"),
+    ("2", B("\\lim_{x \\to 0} \\frac{\\sin x}{x} = 2"), W, "negative: a false limit statement"),
+    ("0", B("\\lim_{x \\to 0} \\frac{\\sin x}{x} = 1"), W, "negative: another value"),
+    ("2", B("17 \\bmod 5 = 2"), C, "\\bmod stated with its value"),
+    ("2", B("17 \\bmod 5"), C, "\\bmod alone"),
+    ("3", B("17 \\bmod 5 = 3"), W, "negative: 17 mod 5 is 2"),
+    ("3", B("17 \\bmod 5"), W, "negative: 17 mod 5 is 2"),
+    ("10", B("2x = 10"), W, "negative (anti-hedge): an equation in x is not its right side"),
+    ("2", B("17 \\equiv 2 \\pmod{5}"), C, "a congruence states its residue"),
+    ("2", B("x \\equiv 2 \\pmod 5"), C, "x is congruent to 2 mod 5"),
+    ("2", B("17 \\equiv 3 \\pmod{5}"), W, "negative: a false congruence"),
+    ("7", B("17 \\equiv 2 \\pmod{5}"), W, "negative: the residue is 2"),
+    ("3", B("10 \\pmod{7}"), W, "negative: a bare value with a modulus is that value"),
+    # degrees anywhere in an expression
+    ("\\sin(90^{\\circ}-x)", B("\\cos x"), C, "degrees inside a trig argument: sin(90 deg - x) = cos x"),
+    ("\\sin(90^{\\circ}-x)", B("\\sin x"), W, "negative: not sin x"),
+    ("\\cos(180^\\circ)", B("-1"), C, "cos 180 deg"),
+    ("\\cos(180^\\circ)", B("1"), W, "negative: cos 180 deg is -1"),
+    ("30^\\circ", B("30"), C, "a bare angle is its number of degrees"),
+    ("30^\\circ", B("\\frac{\\pi}{6}"), W, "negative: a bare degree gold stays in degrees"),
+    # scientific notation golds: the decimal they abbreviate
+    ("2.3148 \\times 10^{-3}", B("0.0023148"), C, "written out"),
+    ("2.3148 \\times 10^{-3}", B("2.3148 \\times 10^{-3}"), C, "same notation"),
+    ("2.3148 \\times 10^{-3}", B("0.0023148"), C, "written out"),
+    ("2.3148 \\times 10^{-3}", B("2.31 \\times 10^{-3}"), W, "negative: 0.00231 vs 0.0023148 (default precision)"),
+    ("2.3148 \\times 10^{-3}", B("2.3148 \\times 10^{-2}"), W, "negative: exponent"),
+    ("1.5 \\times 10^{3}", B("1500"), C, "an integer in scientific notation"),
+    ("1.5 \\times 10^{3}", B("1501"), W, "negative: integers are exact"),
+    # \begin{cases} golds
+    ("\\begin{cases} x^2 & x \\ge 0 \\\\ -x & x < 0 \\end{cases}",
+     B("\\begin{cases} -x & \\text{if } x < 0 \\\\ x^2 & \\text{if } 0 \\le x \\end{cases}"), C,
+     "rows in another order, conditions rewritten"),
+    ("\\begin{cases} x^2 & x \\ge 0 \\\\ -x & x < 0 \\end{cases}",
+     B("\\begin{cases} x^2 & x > 0 \\\\ -x & x \\le 0 \\end{cases}"), W, "negative: the boundary moved"),
+    ("\\begin{cases} x^2 & x \\ge 0 \\\\ -x & x < 0 \\end{cases}",
+     B("\\begin{cases} x^2 & x \\ge 0 \\\\ x & x < 0 \\end{cases}"), W, "negative: a value differs"),
+    ("\\begin{cases} x^2 & x \\ge 0 \\\\ -x & x < 0 \\end{cases}", B("x^2"), W, "negative: one branch only"),
+    ("\\begin{cases} 1 & n \\text{ even} \\\\ 0 & \\text{otherwise} \\end{cases}",
+     B("\\begin{cases} 1 & n \\text{ even} \\\\ 0 & \\text{otherwise} \\end{cases}"), C, "word conditions"),
+    # function-label equations
+    ("y = 2x + 3", B("f(x) = 2x + 3"), C, "a function label is the dependent variable y"),
+    ("f(x) = 2x + 3", B("y = 2x + 3"), C, "both ways"),
+    ("f(x) = 2x + 3", B("y = 2x + 4"), W, "negative: another line"),
+    ("f(x) = 2x + 3", B("x = 2x + 3"), W, "negative: x is the argument, not the value"),
+    ("y = 2x + 3", B("g(x) = 3x + 2"), W, "negative: another function"),
+    # one hedge rule for boxes and Answer: lines
+    ("5", "Answer: 4\nAnswer: 5", W, "two different Answer: lines are a hedge, as two boxes are"),
+    ("5", "Answer: 5\nAnswer: 5", C, "the same answer stated twice"),
+    ("\\frac{1}{2}", "Answer: 0.5\nFinal Answer: $\\frac12$", C, "one value in two forms is not a hedge"),
+    ("4, 5", "Answer: 4\nAnswer: 5", C, "a list gold: the stated values form the list, as boxes do"),
+    ("5", "\\boxed{4}\nAnswer: 5", W, "a box and a different statement are a hedge"),
+    ("5", "Answer: let us compute.\n2+3 = \\boxed{5}", C, "an Answer: line without math states nothing"),
+]
+
+
 # Cases graded with options: (gold, response, expected, reason, options).
 CASES_OPTIONS: list[tuple[str, str, str, str, dict[str, str]]] = [
     *[(g, r, e, why, {"rounded": "1"}) for g, r, e, why in [
@@ -695,6 +780,13 @@ CASES_OPTIONS: list[tuple[str, str, str, str, dict[str, str]]] = [
     ]],
     ("42", "She has 40 apples and then 2 more, so 42 in total.", NA, "fallback=0: a strict format needs a marker", {"fallback": "0"}),
     ("42", "so \\boxed{42}", C, "fallback=0 still reads boxes", {"fallback": "0"}),
+    ("1+2i+i^2", B("(1+i)^2"), C, "imaginary=none: i is a variable (polynomial identity)", {"imaginary": "none"}),
+    ("2i", B("(1+i)^2"), W, "imaginary=none: (1+i)^2 is not 2i as polynomials", {"imaginary": "none"}),
+    ("2j", B("(1+j)^2"), C, "imaginary=j: electrical engineering's unit", {"imaginary": "j"}),
+    ("2j", B("(1+i)^2"), W, "imaginary=j: i is then a variable", {"imaginary": "j"}),
+    ("2.3148 \\times 10^{-3}", B("2.31 \\times 10^{-3}"), C, "rounded: as the decimal 0.00231 would", {"rounded": "1"}),
+    ("2.3148 \\times 10^{-3}", B("0.00231"), C, "rounded: written out, the same rule", {"rounded": "1"}),
+    ("2.3148 \\times 10^{-3}", B("2.3 \\times 10^{-2}"), W, "rounded: the exponent still counts", {"rounded": "1"}),
 ]
 
 

@@ -114,7 +114,7 @@ def test_extract_gold(gold, answer):
         ("2 1/2", "2\\frac{1}{2}"),
         ("x=1 \\text{ or } x=2", "x=1,x=2"),
         ("x \\in [0, 1)", "[0,1)"),
-        ("\\pi r^2", "\\pi r^2"),  # the space after a command before a letter is kept
+        ("\\pi r^2", "\\pi r^{2}"),  # the space after a command before a letter is kept; ^ takes one token
         ("5.", "5"),
         ("\u221216", "-16"),
         ("\\boxed{7}", "7"),
@@ -158,14 +158,15 @@ def test_split_assignment():
         ("1/4", Num(Fraction(1, 4), "exact")),
         ("\\frac{-3}{4}", Num(Fraction(-3, 4), "exact")),
         ("2\\frac{1}{2}", Num(Fraction(5, 2), "exact")),
-        ("1.5e3", Num(Fraction(1500), "exact")),
+        ("1.5e3", Num(Fraction(1500), "int")),  # the decimal it abbreviates: 1500
+        ("2.3148\\times10^{-3}", Num(Fraction(23148, 10**7), "dec", 7)),  # 0.0023148
         ("10^{-2}", Num(Fraction(1, 100), "exact")),
         ("25%", Num(25, "int", 0, True)),
     ],
 )
 def test_parse_number(text, num):
     got = parse_number(text)
-    assert got is not None and got.value == num.value and got.kind == num.kind
+    assert got is not None and got.value == num.value and got.kind == num.kind and got.decimals == num.decimals
     assert got.decimals == num.decimals and got.percent == num.percent
 
 
