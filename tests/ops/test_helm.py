@@ -22,12 +22,13 @@ import yaml
 
 from winnow.config import load_config
 
-from .conftest import CHART, ROOT, find_tool, in_ci
+from .conftest import CHART, ROOT, find_tool, free_port, in_ci
 
 pytestmark = pytest.mark.helm
 
 K8S_VERSION = "1.33.0"
 GPU_VALUES = CHART / "examples" / "values-gpu-production.yaml"
+MULTINODE_VALUES = CHART / "examples" / "values-multinode-learner.yaml"  # layered over GPU_VALUES
 BOOTSTRAP = "kafka-0.kafka.svc:9092,kafka-1.kafka.svc:9092"
 CRDS = {"ServiceMonitor", "PrometheusRule"}
 
@@ -201,6 +202,7 @@ CRD_SCHEMAS = {
                                            "type": "object", "additionalProperties": False,
                                            "properties": {"sourceLabels": {"type": "array"},
                                                           "targetLabel": {"type": "string"},
+                                                          "regex": {"type": "string"},
                                                           "action": {"type": "string"}}}}}}},
                 },
             },
@@ -814,3 +816,227 @@ def test_schema_goes_stale_when_a_config_model_changes(monkeypatch) -> None:
     changed = create_model("VerifierConfig", __base__=VerifierConfig, brand_new_field=(int, 1))
     monkeypatch.setattr(importlib.import_module("winnow.verifier.config"), "VerifierConfig", changed)
     assert "brand_new_field" in gen.generate()[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# the sharded learner: torchrun, one pod per node (issue 21); authenticated groups (issue 22)
+
+CONFIG_ARGS = ["learner", "run", "--config", "/etc/winnow/config.yaml"]
+
+
+def validate_all(objs: list[dict]) -> None:
+    for obj in objs:
+        if obj["kind"] in CRDS:
+            jsonschema.validate(obj, CRD_SCHEMAS[obj["kind"]])
+        else:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def torchrun_args(nodes: int, gpus: int, endpoint: str, release: str = "rl") -> list[str]:
+    return [f"--nnodes={nodes}", f"--nproc-per-node={gpus}", "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={endpoint}", f"--rdzv-id={release}", "--max-restarts=3",
+            "-m", "winnow", *CONFIG_ARGS]
+
+
+def pod0_endpoint(objs: list[dict], namespace: str = "train") -> str:
+    """torchrun's rendezvous as Kubernetes names it: pod 0 of the learner StatefulSet through its
+    governing (headless) Service, port 29400."""
+    sts = one(objs, "StatefulSet", "rl-winnow-learner")
+    return f"{sts['metadata']['name']}-0.{sts['spec']['serviceName']}.{namespace}.svc.cluster.local:29400"
+
+
+def test_single_gpu_learner_keeps_the_plain_command(helm_bin) -> None:
+    """nodes 1 with one GPU (or none) renders today's learner: `winnow learner run`, no torchrun."""
+    base = {"kafka.bootstrapServers": BOOTSTRAP, "learner.nodes": "1"}
+    for extra in ({}, {"learner.gpu.enabled": "true", "learner.gpu.count": "1"}):
+        objs = render(helm_bin, sets={**base, **extra})
+        validate_all(objs)
+        c = container(objs, "StatefulSet", "rl-winnow-learner")
+        assert "command" not in c and c["args"] == CONFIG_ARGS, extra  # the image's entrypoint is winnow
+        assert {p["name"] for p in c["ports"]} == {"metrics"}
+        assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": "metrics"}
+        sts = one(objs, "StatefulSet", "rl-winnow-learner")["spec"]
+        assert sts["replicas"] == 1 and sts["podManagementPolicy"] == "OrderedReady"
+        assert "affinity" not in sts["template"]["spec"]
+        assert [v["metadata"]["name"] for v in sts["volumeClaimTemplates"]] == ["checkpoints"]
+        svc = one(objs, "Service", "rl-winnow-learner")["spec"]
+        assert "publishNotReadyAddresses" not in svc and [p["name"] for p in svc["ports"]] == ["metrics"]
+        assert not by_kind(objs, "PersistentVolumeClaim") or all(
+            o["metadata"]["name"] == "rl-winnow-weights" for o in by_kind(objs, "PersistentVolumeClaim"))
+
+
+def test_four_gpu_learner_runs_torchrun_on_one_node(helm_bin) -> None:
+    objs = render(helm_bin, sets={"kafka.bootstrapServers": BOOTSTRAP, "learner.gpu.enabled": "true",
+                                  "learner.gpu.count": "4"})
+    validate_all(objs)
+    c = container(objs, "StatefulSet", "rl-winnow-learner")
+    assert c["command"] == ["torchrun"]
+    assert c["args"] == torchrun_args(1, 4, pod0_endpoint(objs))
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 4 and c["resources"]["requests"]["nvidia.com/gpu"] == 4
+    assert {"name": "rendezvous", "containerPort": 29400, "protocol": "TCP"} in c["ports"]
+    # one pod: it serves /health itself, keeps its own checkpoint volume and needs no anti-affinity
+    assert c["livenessProbe"]["httpGet"] == {"path": "/health", "port": "metrics"}
+    spec = one(objs, "StatefulSet", "rl-winnow-learner")["spec"]
+    assert spec["replicas"] == 1 and "volumeClaimTemplates" in spec and "affinity" not in spec["template"]["spec"]
+    shm = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}["dshm"]
+    assert shm["emptyDir"]["medium"] == "Memory"
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+    # the rendezvous name resolves before the pod is ready: the headless Service publishes it anyway
+    svc = one(objs, "Service", "rl-winnow-learner")["spec"]
+    assert svc["clusterIP"] == "None" and svc["publishNotReadyAddresses"] is True
+    assert {"name": "rendezvous", "port": 29400, "targetPort": "rendezvous", "protocol": "TCP"} in svc["ports"]
+
+
+@pytest.fixture(scope="module")
+def multinode(helm_bin, tmp_path_factory) -> list[dict]:
+    """2 nodes x 8 GPUs over the production example, with a user's own node affinity to keep."""
+    mine = tmp_path_factory.mktemp("mn") / "affinity.yaml"
+    mine.write_text(yaml.safe_dump({"learner": {"affinity": {"nodeAffinity": NODE_AFFINITY}}}))
+    return render(helm_bin, GPU_VALUES, MULTINODE_VALUES, mine)
+
+
+NODE_AFFINITY = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+    {"matchExpressions": [{"key": "gpu.type", "operator": "In", "values": ["h100"]}]}]}}
+
+
+def test_two_nodes_of_eight_gpus(helm_bin, multinode) -> None:
+    out = helm(helm_bin, "lint", "--strict", str(CHART), "-f", str(GPU_VALUES), "-f", str(MULTINODE_VALUES)).stdout
+    assert "0 chart(s) failed" in out
+    validate_all(multinode)
+    sts = one(multinode, "StatefulSet", "rl-winnow-learner")
+    spec, pod = sts["spec"], sts["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    endpoint = "rl-winnow-learner-0.rl-winnow-learner.train.svc.cluster.local:29400"
+    assert pod0_endpoint(multinode) == endpoint
+    assert [*c["command"], *c["args"]] == ["torchrun", *torchrun_args(2, 8, endpoint)]
+    # one pod per node, started together, never two on one node
+    assert spec["replicas"] == 2 and spec["podManagementPolicy"] == "Parallel"
+    anti = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert anti == [{"labelSelector": {"matchLabels": spec["selector"]["matchLabels"]},
+                     "topologyKey": "kubernetes.io/hostname"}]
+    assert pod["affinity"]["nodeAffinity"] == NODE_AFFINITY  # the user's affinity is kept
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 8 and c["resources"]["requests"]["nvidia.com/gpu"] == 8
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "64Gi"}
+    # the headless Service: rendezvous port, pods published before they are ready
+    svc = one(multinode, "Service", spec["serviceName"])["spec"]
+    assert svc["clusterIP"] == "None" and svc["publishNotReadyAddresses"] is True
+    assert {"name": "rendezvous", "port": 29400, "targetPort": "rendezvous", "protocol": "TCP"} in svc["ports"]
+    # one checkpoint volume for both pods (every rank writes its shard under /checkpoints)
+    assert "volumeClaimTemplates" not in spec
+    assert volumes["checkpoints"]["persistentVolumeClaim"]["claimName"] == "rl-winnow-learner-checkpoints"
+    assert {"name": "checkpoints", "mountPath": "/checkpoints"} in c["volumeMounts"]
+    pvc = one(multinode, "PersistentVolumeClaim", "rl-winnow-learner-checkpoints")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"] and pvc["spec"]["storageClassName"] == "nfs-rwx"
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert volumes["weights"]["persistentVolumeClaim"]["claimName"] == "rl-winnow-weights"
+    # only pod 0 (global rank 0) serves /metrics and /health
+    assert "exec" in c["livenessProbe"] and "httpGet" not in c["livenessProbe"]
+    assert env_of(c)["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    sm = one(multinode, "ServiceMonitor", "rl-winnow-learner")
+    assert {"sourceLabels": ["__meta_kubernetes_pod_name"], "regex": "rl-winnow-learner-0",
+            "action": "keep"} in sm["spec"]["endpoints"][0]["relabelings"]
+    # with network policies on, the ranks reach each other on any port (rendezvous, store, NCCL)
+    np = one(multinode, "NetworkPolicy", "rl-winnow-learner-ranks")["spec"]
+    assert np["podSelector"] == {"matchLabels": spec["selector"]["matchLabels"]}
+    assert np["ingress"] == [{"from": [{"podSelector": {"matchLabels": spec["selector"]["matchLabels"]}}]}]
+
+
+def test_multinode_probe_checks_health_only_on_pod_0(helm_bin, tmp_path) -> None:
+    """Run the rendered exec probe: it passes on pod 1 and on a healthy pod 0, fails on pod 0 without
+    /health or with a failing /health."""
+    import http.server
+    import threading
+
+    port = free_port()
+    objs = render(helm_bin, sets={"kafka.bootstrapServers": BOOTSTRAP, "learner.nodes": "2",
+                                  "learner.checkpoints.accessModes[0]": "ReadWriteMany",
+                                  "learner.metricsPort": str(port)})
+    c = container(objs, "StatefulSet", "rl-winnow-learner")
+    commands = {json.dumps(c[p]["exec"]["command"]) for p in ("startupProbe", "readinessProbe", "livenessProbe")}
+    assert len(commands) == 1
+    argv = json.loads(commands.pop())
+    assert argv[0] == "python"
+
+    def probe(pod: str) -> int:
+        return subprocess.run([sys.executable, *argv[1:]], env={"POD_NAME": pod}, capture_output=True,
+                              timeout=30).returncode
+
+    assert probe("rl-winnow-learner-1") == 0  # not rank 0's pod: nothing to check
+    assert probe("rl-winnow-learner-0") != 0  # rank 0's pod, nothing listening
+
+    status = {"code": 200}
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(status["code"] if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", port), Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert probe("rl-winnow-learner-0") == 0
+        status["code"] = 503
+        assert probe("rl-winnow-learner-0") != 0
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_multinode_learner_needs_shared_checkpoints(helm_bin) -> None:
+    sets = {"kafka.bootstrapServers": BOOTSTRAP, "learner.nodes": "2"}
+    args = ["template", "rl", str(CHART)]
+    for k, v in sets.items():
+        args += ["--set", f"{k}={esc(v)}"]
+    proc = helm(helm_bin, *args, check=False)  # default checkpoints: one ReadWriteOnce PVC per pod
+    assert proc.returncode != 0
+    assert "learner.nodes is 2" in proc.stderr and "learner.checkpoints.accessModes" in proc.stderr, proc.stderr
+    assert "learner.checkpoints.existingClaim" in proc.stderr  # and the other fix
+    # an existing (ReadWriteMany) claim is mounted by every pod, and the chart creates none
+    objs = render(helm_bin, sets={**sets, "learner.checkpoints.existingClaim": "ckpt-rwx"})
+    validate_all(objs)
+    spec = one(objs, "StatefulSet", "rl-winnow-learner")["spec"]
+    assert "volumeClaimTemplates" not in spec
+    claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in spec["template"]["spec"]["volumes"]}
+    assert claims["checkpoints"] == "ckpt-rwx"
+    assert [o["metadata"]["name"] for o in by_kind(objs, "PersistentVolumeClaim")] == ["rl-winnow-weights"]
+
+
+def test_learner_shape_values_are_schema_checked(helm_bin, tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"kafka": {"bootstrapServers": BOOTSTRAP, "groupHmacSecret": {"key": ""}},
+                                   "learner": {"nodes": 0, "maxRestarts": -1,
+                                               "gpu": {"enabled": True, "count": 2.5, "resourceName": "nvidia.com/gpu"}}}))
+    proc = helm(helm_bin, "template", "x", str(CHART), "-f", str(bad), check=False)
+    assert proc.returncode != 0
+    for where in ("/learner/nodes", "/learner/maxRestarts", "/learner/gpu/count", "/kafka/groupHmacSecret/key"):
+        assert where in proc.stderr, f"{where} not named in:\n{proc.stderr}"
+    proc = helm(helm_bin, "template", "x", str(CHART), "--set", f"kafka.bootstrapServers={esc(BOOTSTRAP)}",
+                "--set", "learner.gpu.enabled=true", "--set", "learner.gpu.count=2", "--set", "learner.shmSize=0",
+                check=False)
+    assert proc.returncode != 0 and "learner.shmSize is 0" in proc.stderr, proc.stderr
+
+
+def test_group_hmac_secret_reaches_the_learner_and_every_generator(helm_bin, default, multinode) -> None:
+    from winnow.kafka import HMAC_KEY_ENV  # the variable the services read
+
+    objs = render(helm_bin, sets={"kafka.bootstrapServers": BOOTSTRAP,
+                                  "kafka.groupHmacSecret.name": "winnow-group-hmac",
+                                  "kafka.groupHmacSecret.key": "hmac"})
+    validate_all(objs)
+    for kind, name in (("StatefulSet", "rl-winnow-learner"), ("Deployment", "rl-winnow-generator")):
+        env = env_of(container(objs, kind, name))
+        assert env[HMAC_KEY_ENV] == {"name": HMAC_KEY_ENV, "valueFrom": {"secretKeyRef": {
+            "name": "winnow-group-hmac", "key": "hmac"}}}, name
+    assert HMAC_KEY_ENV not in env_of(container(objs, "Deployment", "rl-winnow-verifier"))
+    assert not by_kind(objs, "Secret"), "the chart references the user's Secret, it makes none"
+    # off by default; the multi-node example turns it on for both pods' template and the generators
+    for kind, name in (("StatefulSet", "rl-winnow-learner"), ("Deployment", "rl-winnow-generator")):
+        assert HMAC_KEY_ENV not in env_of(container(default, kind, name))
+    for kind, name in (("StatefulSet", "rl-winnow-learner"), ("Deployment", "rl-winnow-generator")):
+        ref = env_of(container(multinode, kind, name))[HMAC_KEY_ENV]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "winnow-group-hmac", "key": "key"}

@@ -305,3 +305,45 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- define "winnow.weightsClaim" -}}
 {{- default (printf "%s-weights" (include "winnow.fullname" .)) .Values.weights.persistence.existingClaim }}
 {{- end }}
+
+{{/* The sharded learner ---------------------------------------------------------------------- */}}
+{{/* "true" when the learner runs under torchrun: several nodes, or several GPUs in its pod. */}}
+{{- define "winnow.learnerTorchrun" -}}
+{{- $l := .Values.learner }}
+{{- if or (gt (int $l.nodes) 1) (and $l.gpu.enabled (gt (int $l.gpu.count) 1)) }}true{{ end }}
+{{- end }}
+
+{{- define "winnow.learnerRendezvousPort" -}}29400{{- end }}
+
+{{/* torchrun's rendezvous: pod 0's stable DNS name through the learner's headless Service. Pod 0 also
+     holds global rank 0 (c10d ranks nodes in the sorted order of their host names). */}}
+{{- define "winnow.learnerRendezvousEndpoint" -}}
+{{- $svc := printf "%s-learner" (include "winnow.fullname" .) }}
+{{- printf "%s-0.%s.%s.svc.%s:%s" $svc $svc .Release.Namespace .Values.clusterDomain (include "winnow.learnerRendezvousPort" .) }}
+{{- end }}
+
+{{/* The checkpoint claim shared by every learner pod; "" = one per pod (volumeClaimTemplates). */}}
+{{- define "winnow.learnerCheckpointsClaim" -}}
+{{- $c := .Values.learner.checkpoints }}
+{{- if $c.existingClaim }}
+{{- $c.existingClaim }}
+{{- else if gt (int .Values.learner.nodes) 1 }}
+{{- if not (has "ReadWriteMany" $c.accessModes) }}
+{{- fail (printf "learner.nodes is %d: every learner rank writes its shard of each checkpoint under one path, so the checkpoint volume must be shared; learner.checkpoints.accessModes is %s (one volume per pod): set learner.checkpoints.accessModes to [ReadWriteMany] (with a learner.checkpoints.storageClassName that provides it: NFS, CephFS, EFS, Filestore, Azure Files...) or learner.checkpoints.existingClaim to a ReadWriteMany claim" (int .Values.learner.nodes) (toJson $c.accessModes)) }}
+{{- end }}
+{{- printf "%s-learner-checkpoints" (include "winnow.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* Env WINNOW_GROUP_HMAC_KEY of the learner and the generators, from kafka.groupHmacSecret. */}}
+{{- define "winnow.groupHmacEnv" -}}
+{{- with .Values.kafka.groupHmacSecret }}
+{{- if .name }}
+- name: WINNOW_GROUP_HMAC_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .name }}
+      key: {{ .key }}
+{{- end }}
+{{- end }}
+{{- end }}
