@@ -9,9 +9,14 @@ invariants the learner relies on (docs/kafka.md):
 - **timeout**: a request outstanding for ``request_timeout_s`` is released again under the next
   attempt's id; the old id goes into the dedupe window, so its late group is a duplicate;
 - **receive**: a group whose id is done is a duplicate (and frees a re-released slot), one already
-  buffered is a duplicate, one this run never released is foreign, one from a policy version above
-  the learner's is from the future; all of these are dropped and counted, never trained (foreign and
-  future ones are not "done": their id stays outstanding, to time out and be released again);
+  buffered (or another attempt of a buffered position) is a duplicate; a group is trained only if its
+  id is *outstanding*: released by this lineage under the position's current attempt and not done.
+  Any other id is foreign, however well-formed (a forged ``<run>-<pos>-<attempt>``, an attempt that
+  was superseded, a position never released). One from a policy version above the learner's is from
+  the future (weights of a dead lineage): its request is released again at once. All of these are
+  dropped and counted, never trained; foreign and future records are not "done" (no ledger row);
+  after a restore the learner releases before it reads, so the groups of requests released after
+  the checkpoint, which come back under the same deterministic ids, are outstanding again;
 - **stale**: a buffered group more than ``max_staleness`` versions old is dropped;
 - **finish**: a done id enters the dedupe window and the ledger, leaves the outstanding set, and its
   record's offset may be committed: :meth:`RequestBook.committable` gives, per partition, the lowest
@@ -213,22 +218,22 @@ class RequestBook:
         if not self.released_by_this_run(request_id):
             self.done(where, Outcome.FOREIGN)
             return Outcome.FOREIGN
-        if newest_version > version:
+        if newest_version > version:  # sampled by weights this lineage never had: ask again now
+            self._released_at[request_id] = float("-inf")
             self.done(where, Outcome.FUTURE)
             return Outcome.FUTURE
+        position = self.state.unconsumed[request_id]
+        if any(self.state.unconsumed.get(b) == position for b in self.buffer):  # never two attempts of one position
+            self.done(where, Outcome.DUPLICATE)
+            return Outcome.DUPLICATE
         self.buffer[request_id] = Buffered(request_id, prompt_id, oldest_version, where, group, message)
         return None
 
     def released_by_this_run(self, request_id: str) -> bool:
-        """Outstanding now, or carrying this run's id with a position it has reached (a request released
-        after the last checkpoint, before a crash)."""
-        if request_id in self.state.unconsumed:
-            return True
-        prefix = f"{self.state.run_id}-"
-        if not request_id.startswith(prefix):
-            return False
-        position, _, attempt = request_id[len(prefix):].partition("-")
-        return position.isdigit() and attempt.isdigit()
+        """Outstanding: released by this lineage under its position's current attempt, and not done. The
+        released ids are the book's state (checkpointed); an id's shape proves nothing (anyone who reads the
+        prompts topic can write one)."""
+        return request_id in self.state.unconsumed
 
     def drop(self, where: Position, request_id: str, prompt_id: str, outcome: Outcome) -> Outcome:
         """A group of ours that will never be trained (corrupt, stale): finish it."""
@@ -297,6 +302,13 @@ class RequestBook:
             for tp, off in self.committable().items()
             if off > self._offsets.committed.get(tp, -1) and (owned is None or tp in owned)
         }
+
+    def rewind(self, tp: tuple[str, int], offset: int) -> None:
+        """The partition ``tp`` is read again from ``offset`` (below what was checkpointed: the broker lost
+        records): forget its pending offsets and resume committing from there."""
+        self._offsets.pending.pop(tp, None)
+        self._offsets.next[tp] = offset
+        self._offsets.committed[tp] = offset
 
     def mark_committed(self, offsets: dict[tuple[str, int], int]) -> None:
         for tp, off in offsets.items():

@@ -80,25 +80,25 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def save_checkpoint(
-    directory: str | Path, trainer_state: dict[str, Any], state: LearnerState, keep: int = 2
-) -> Path:
-    """Atomically write a checkpoint for ``state.version`` and point ``LATEST`` at it; returns its folder."""
-    import torch
-
+def begin_checkpoint(directory: str | Path, version: int) -> Path:
+    """Create the empty temporary folder of the checkpoint for ``version`` (removing folders that killed
+    writers left behind) and return it. The trainer's part is written into it (``trainer.pt``, or under
+    data parallelism ``trainer.dcp/`` by every rank), then :func:`finish_checkpoint` makes it the latest."""
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
+    for leftover in root.glob(".tmp-step-*"):  # a checkpoint whose writer was killed (the run dir is locked)
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp = root / f".tmp-step-{version:08d}"
+    tmp.mkdir()
+    return tmp
+
+
+def finish_checkpoint(directory: str | Path, tmp: Path, state: LearnerState, keep: int = 2) -> Path:
+    """Write ``state.json`` into ``tmp``, fsync, rename it to ``step-<version>`` and point ``LATEST`` at it."""
+    root = Path(directory)
     name = f"step-{state.version:08d}"
     final = root / name
-    tmp = root / f".tmp-{name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     try:
-        with open(tmp / "trainer.pt", "wb") as f:
-            torch.save(trainer_state, f)
-            f.flush()
-            os.fsync(f.fileno())
         _write_file(tmp / "state.json", state.to_json().encode())
         _fsync_dir(tmp)
         if final.exists():  # re-checkpointing the same version (e.g. at shutdown)
@@ -108,12 +108,49 @@ def save_checkpoint(
         _write_file(latest_tmp, name.encode())
         os.replace(latest_tmp, root / LATEST)
         _fsync_dir(root)
+    except OSError as e:
+        raise CheckpointError(_why_write_failed(root, e)) from e
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     _prune(root, keep, protect=name)
     log.info("checkpoint %s written", final)
     return final
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written; the message says why (a full disk, permissions)."""
+
+
+def _why_write_failed(root: Path, e: BaseException) -> str:
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        free = -1
+    hint = f"; {free / 2**20:.0f} MiB free on its filesystem" if free >= 0 else ""
+    if free >= 0 and free < 64 * 2**20:
+        hint += " (the disk is full: free space or point learner.checkpoint.dir elsewhere)"
+    return f"writing a checkpoint in {root} failed: {e}{hint}. The previous checkpoint is intact."
+
+
+def save_checkpoint(
+    directory: str | Path, trainer_state: dict[str, Any], state: LearnerState, keep: int = 2
+) -> Path:
+    """Atomically write a checkpoint for ``state.version`` and point ``LATEST`` at it; returns its folder.
+    A failed write (a full disk) raises :class:`CheckpointError` naming the folder and the free space, and
+    leaves no temporary folder behind."""
+    import torch
+
+    tmp = begin_checkpoint(directory, state.version)
+    try:
+        with open(tmp / "trainer.pt", "wb") as f:
+            torch.save(trainer_state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports ENOSPC as "unexpected pos ..."
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(_why_write_failed(Path(directory), e)) from e
+    return finish_checkpoint(directory, tmp, state, keep)
 
 
 def _prune(root: Path, keep: int, protect: str) -> None:
@@ -123,17 +160,25 @@ def _prune(root: Path, keep: int, protect: str) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def _complete(path: Path) -> bool:
+    return (path / "state.json").is_file() and ((path / "trainer.pt").is_file() or (path / "trainer.dcp").is_dir())
+
+
 def latest_checkpoint(directory: str | Path) -> Path | None:
-    """The folder ``LATEST`` names, or None if there is no complete checkpoint."""
+    """The folder ``LATEST`` names; if it is missing or incomplete (a deleted folder, a torn copy), the newest
+    complete ``step-*`` folder, with a warning; None if there is no complete checkpoint at all."""
     root = Path(directory)
     marker = root / LATEST
-    if not marker.is_file():
-        return None
-    path = root / marker.read_text().strip()
-    if not (path / "state.json").is_file() or not (path / "trainer.pt").is_file():
-        log.warning("%s names %s, which is incomplete; ignoring it", marker, path)
-        return None
-    return path
+    named = root / marker.read_text().strip() if marker.is_file() else None
+    if named is not None and _complete(named):
+        return named
+    steps = sorted((p for p in root.iterdir() if _STEP_DIR.match(p.name) and _complete(p)), reverse=True) \
+        if root.is_dir() else []
+    if named is not None or steps:
+        log.warning("%s names %s, which is %s; resuming from %s instead", marker,
+                    named if named is not None else "nothing", "incomplete" if named is not None else "missing",
+                    steps[0] if steps else "nothing (no complete checkpoint)")
+    return steps[0] if steps else None
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> tuple[dict[str, Any], LearnerState]:
@@ -169,26 +214,48 @@ class Ledger:
             f.flush()
             os.fsync(f.fileno())
 
-    def truncate(self, version: int) -> None:
-        """Keep only the rows of checkpoints up to ``version``."""
-        if not self.path.exists():
-            return
-        keep = []
-        for line in self.path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a torn last line from a crash
-                continue
-            if int(row.get("version", 0)) <= version:
-                keep.append(line)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(k + "\n" for k in keep))
-        os.replace(tmp, self.path)
+    def truncate(self, version: int) -> int:
+        """Keep only the rows of checkpoints up to ``version``; the others move to ``ledger.discarded.jsonl``
+        (work of a lineage that did not survive, kept for the audit, never deleted). Returns how many moved."""
+        return discard_rows_after(self.path, version)
 
     def rows(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def discarded_path(path: Path) -> Path:
+    """``x.jsonl`` -> ``x.discarded.jsonl``: where rows of discarded lineages go."""
+    return path.with_name(f"{path.stem}.discarded{path.suffix}")
+
+
+def discard_rows_after(path: Path, version: int) -> int:
+    """Move the JSON rows of ``path`` whose ``version`` is above ``version`` (and torn lines) to
+    :func:`discarded_path`, appending; the rest stay, in order. Returns how many rows moved."""
+    if not path.exists():
+        return 0
+    keep, cut = [], []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            keep_it = int(row.get("version", 0)) <= version
+        except (json.JSONDecodeError, TypeError, ValueError, AttributeError):  # a torn line from a crash
+            keep_it = False
+        (keep if keep_it else cut).append(line)
+    if not cut:
+        return 0
+    with discarded_path(path).open("a") as f:
+        f.write("".join(c + "\n" for c in cut))
+        f.flush()
+        os.fsync(f.fileno())
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(k + "\n" for k in keep))
+    os.replace(tmp, path)
+    log.warning("moved %d rows of %s above version %d to %s", len(cut), path.name, version, discarded_path(path).name)
+    return len(cut)
 
 
 class DeadLetters:

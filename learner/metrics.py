@@ -141,6 +141,12 @@ class LearnerMetrics:
             buckets=(0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
             registry=r,
         )
+        self.offset_rewinds = Counter(
+            "winnow_learner_offset_rewinds_total",
+            "Groups-topic partitions read again from below the checkpointed offset because the broker's log ended "
+            "below it (records lost: a memory-only broker restarted, a topic re-created).",
+            registry=r,
+        )
         self.run_finished = Gauge(
             "winnow_learner_run_finished", "1 once the run reached max_steps (completion marker written).", registry=r
         )
@@ -205,7 +211,13 @@ class LearnerMetrics:
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> dict[str, Any]:
-    """One line of ``metrics.jsonl``; returns ``row``."""
-    with path.open("a") as f:
-        f.write(json.dumps(row, sort_keys=True) + "\n")
+    """One line of ``metrics.jsonl``; returns ``row``. A last line torn by a crash (no newline) is ended
+    first, so it stays one bad line (readers skip it) instead of swallowing this row."""
+    line = (json.dumps(row, sort_keys=True) + "\n").encode()
+    with path.open("a+b") as f:
+        if f.seek(0, 2) > 0:
+            f.seek(-1, 2)
+            if f.read(1) != b"\n":
+                line = b"\n" + line
+        f.write(line)
     return row

@@ -82,10 +82,36 @@ class LearnerService:
         return self._stop.is_set() or (self.cfg.max_steps is not None and self.version >= self.cfg.max_steps)
 
     def restore(self) -> bool:
-        """Load the latest checkpoint (if resuming and one exists) into the trainer and the book."""
-        path = checkpoint.latest_checkpoint(self.cfg.checkpoint.dir) if self.cfg.checkpoint.resume else None
+        """Continue the lineage of the run directory, or say exactly why not.
+
+        With ``checkpoint.resume`` and a complete checkpoint (``LATEST``'s, else the newest complete one), load
+        it into the trainer and the book, and move the ledger and metrics rows of later versions (redone now)
+        to ``*.discarded.jsonl``. With no checkpoint yet (a crash before the first), continue at version 0
+        under the same run id (``<checkpoint.dir>/RUN_ID``). A ledger with rows but no checkpoint to match
+        is an error: those groups were trained and their state is gone. ``resume: false`` starts a new
+        lineage; the old rows move to the discarded files, nothing is deleted."""
+        cfg = self.cfg
+        path = checkpoint.latest_checkpoint(cfg.checkpoint.dir) if cfg.checkpoint.resume else None
+        run_id_file = Path(cfg.checkpoint.dir) / "RUN_ID"
         if path is None:
-            self.ledger.truncate(0)
+            if cfg.checkpoint.resume and (rows := len(self.ledger.rows())):
+                raise RuntimeError(
+                    f"{self.ledger.path} holds {rows} trained or dropped groups but {cfg.checkpoint.dir} has no complete "
+                    "checkpoint: the run cannot continue without training them twice. Restore the checkpoint "
+                    "folder, or start a new run with learner.checkpoint.resume=false (the old rows are kept in "
+                    "ledger.discarded.jsonl).")
+            run_id = run_id_file.read_text().strip() if cfg.checkpoint.resume and run_id_file.is_file() else ""
+            if run_id:
+                log.info("no checkpoint yet in %s: continuing run %s at version 0", cfg.checkpoint.dir, run_id)
+            else:
+                run_id = self.book.state.run_id
+                Path(cfg.checkpoint.dir).mkdir(parents=True, exist_ok=True)
+                tmp = run_id_file.with_name(".RUN_ID.tmp")
+                tmp.write_text(run_id + "\n")
+                tmp.replace(run_id_file)
+            self.book = self._new_book(LearnerState(run_id=run_id))
+            self.ledger.truncate(-1)
+            checkpoint.discard_rows_after(self._jsonl, -1)
             return False
         trainer_state, state = checkpoint.load_checkpoint(path)
         self.trainer.load_state_dict(trainer_state)
@@ -94,9 +120,34 @@ class LearnerService:
         state.run_id = state.run_id or uuid.uuid4().hex[:10]
         self.book = self._new_book(state)
         self.ledger.truncate(self.version)  # rows of steps after the checkpoint will be redone
+        checkpoint.discard_rows_after(self._jsonl, self.version)
         self._checkpointed_version = self.version
         log.info("resumed from %s at version %d: %d outstanding requests", path, self.version, len(state.unconsumed))
         return True
+
+    def _store_has_versions(self) -> bool:
+        """Weights were published into the store before (by a lineage that may be dead)."""
+        store = Path(self.cfg.weights.dir)
+        return store.is_dir() and any(p.name.startswith("v") and p.is_dir() for p in store.iterdir())
+
+    async def _reconcile_offsets(self) -> None:
+        """A checkpointed groups-topic offset beyond the partition's end means the broker lost records (a
+        memory-only broker restarted, a topic re-created): read from the end instead of waiting forever above
+        it, and say so. Re-reading is safe (dedupe, outstanding ids); skipping is not, so only ever go back."""
+        saved = self.book.state.offsets.get(self.names.groups, {})
+        if not saved:
+            return
+        tps = [kafka.TopicPartition(self.names.groups, int(p)) for p in saved]
+        ends = await self._consumer.end_offsets(tps)
+        for tp, end in ends.items():
+            want = int(saved[str(tp.partition)])
+            if end < want:
+                log.warning("%s[%d] ends at offset %d, below the checkpoint's %d: the broker lost records (a memory-"
+                            "only broker restarted?); reading from %d. Groups of outstanding requests come again "
+                            "after their re-release.", tp.topic, tp.partition, end, want, end)
+                self._consumer.seek(tp, end)
+                self.book.rewind((tp.topic, tp.partition), end)
+                self.metrics.offset_rewinds.inc()
 
     async def run(self) -> int:
         """Run until stopped or ``max_steps``; returns the number of steps taken in this run."""
@@ -116,7 +167,8 @@ class LearnerService:
             offsets = self.book.state.offsets.get(self.names.groups, {})
             await kafka.assign_all_partitions(self._consumer, self.names.groups,
                                               {int(p): int(o) for p, o in offsets.items()})
-            if self.version > 0:  # generators must follow the restored weights
+            await self._reconcile_offsets()
+            if self.version > 0 or self._store_has_versions():  # generators must follow this lineage's weights
                 self.metrics.weight_version.set(self.version)
                 await self._publish()
             if resumed and cfg.rerelease_on_resume:

@@ -114,9 +114,49 @@ def test_foreign_and_future_groups_are_dropped_but_not_done():
     assert s.deliver(b, "other-run-0-0") == Outcome.FOREIGN
     assert s.deliver(b, "run-0-0", version=2, policy_version=1, newest=9) == Outcome.FUTURE
     assert not b.is_done("other-run-0-0") and not b.is_done("run-0-0")
-    assert "run-0-0" in b.state.unconsumed  # still outstanding: it times out and is released again
     assert b.take_ledger_rows() == [] and b.buffer == {}
     assert b.committable() == {(T, 0): 2}  # both records are passed (nothing pending)
+    # a future group was sampled by weights of a dead lineage: its request is released again at once,
+    # not after request_timeout_s (issue 22, item 3: the livelock after a crash before the first checkpoint)
+    releases, timed_out = b.releases(now=0.5)
+    assert [r.request_id for r in releases] == ["run-0-1"] and timed_out == 1
+    assert s.deliver(b, "run-0-0") == Outcome.DUPLICATE  # the superseded attempt, if it still comes
+
+
+def test_forged_well_formed_ids_are_foreign():
+    """Issue 22, item 1: the run id is readable on the prompts topic, so ``<run>-<digits>-<digits>`` proves
+    nothing. Only outstanding ids (released by this lineage, current attempt) are trained."""
+    b = book(batch=2, staleness=0)  # admission limit 2: run-0-0, run-1-0
+    b.releases(now=0.0)
+    s = Stream()
+    assert s.deliver(b, "run-7-0") == Outcome.FOREIGN  # a position never released
+    assert s.deliver(b, "run-0-3") == Outcome.FOREIGN  # a position released, under another attempt
+    assert s.deliver(b, "run-00-0") == Outcome.FOREIGN  # the same position spelled differently
+    assert s.deliver(b, "run-0-0") is None and s.deliver(b, "run-1-0") is None
+    assert [g.request_id for g in b.take_batch()] == ["run-0-0", "run-1-0"]
+    assert b.counts[Outcome.FOREIGN] == 3
+
+
+def test_a_rereleased_position_is_trained_once_after_a_restore():
+    """Issue 22, item 2: attempt 0 times out and attempt 1 is released, then the learner restores a checkpoint
+    taken before the timeout; both attempts' groups arrive. One position, one trained group."""
+    b = book(batch=1, staleness=0, timeout=10.0)
+    b.releases(now=0.0)  # run-0-0
+    state = checkpointed(b, 0)
+    assert [r.request_id for r in b.releases(now=11.0)[0]] == ["run-0-1"]  # then a crash
+    r = book(state, batch=1, staleness=0, now=20.0)
+    r.releases(now=20.0)  # the restored learner releases before it reads: run-0-0 again (outstanding)
+    s = Stream()
+    assert s.deliver(r, "run-0-1") == Outcome.FOREIGN  # the dead lineage's attempt
+    assert s.deliver(r, "run-0-0") is None
+    assert [g.request_id for g in r.take_batch()] == ["run-0-0"] and r.take_batch() is None
+    # and in one book: a late attempt-0 group never joins its attempt-1 group in a batch
+    b2 = book(batch=2, staleness=1, timeout=10.0)
+    b2.releases(now=0.0)
+    b2.releases(now=11.0)  # every request re-released under attempt 1
+    s2 = Stream()
+    assert s2.deliver(b2, "run-0-0") == Outcome.DUPLICATE and s2.deliver(b2, "run-0-1") is None
+    assert b2.take_batch() is None  # one group of position 0 buffered, not two
 
 
 def test_offsets_commit_only_below_groups_that_are_done():
@@ -187,12 +227,16 @@ def test_dedupe_window_is_bounded_and_checkpointed():
 
 
 def test_a_position_released_before_a_crash_but_after_the_checkpoint_is_ours():
-    """Deterministic ids: the group of a request released after the checkpoint comes back under the same id."""
+    """Deterministic ids: the group of a request released after the checkpoint comes back under the same id,
+    which the restored learner releases again before it reads (the re-sent request's group is a duplicate)."""
     b = book(batch=1, staleness=0)
     state = checkpointed(b, 0)
     b.releases(now=0.0)  # run-0-0, then a crash before any checkpoint
     r = book(state, batch=1, staleness=0)
+    assert not r.released_by_this_run("run-0-0")  # not before the restored book releases it
+    assert [x.request_id for x in r.releases(now=0.0)[0]] == ["run-0-0"]
     assert r.released_by_this_run("run-0-0") and not r.released_by_this_run("run-x-0")
-    assert Stream().deliver(r, "run-0-0") is None
-    assert [x.request_id for x in r.releases(now=0.0)[0]] == []  # buffered: its slot is taken, nothing resent
+    s = Stream()
+    assert s.deliver(r, "run-0-0") is None  # the pre-crash group
+    assert s.deliver(r, "run-0-0") == Outcome.DUPLICATE  # the re-sent request's group
     assert r.state.unconsumed == {"run-0-0": 0}

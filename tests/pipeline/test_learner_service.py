@@ -23,6 +23,8 @@ from prometheus_client import CollectorRegistry
 from winnow.config import load_config
 from winnow.kafka import (
     PromptRequest,
+    WeightAnnouncement,
+    assign_all_partitions,
     decode_record,
     ensure_topics,
     latest_weight_announcement,
@@ -56,8 +58,11 @@ def _statuses(position: int) -> list[int]:
 class FakeGenerator:
     """Answers each prompt request with a scored group; injects a duplicate and a stale group."""
 
-    def __init__(self, cfg, tokenizer, vocab: int, *, inject: bool = True, lose_first: bool = False) -> None:
+    def __init__(self, cfg, tokenizer, vocab: int, *, inject: bool = True, lose_first: bool = False,
+                 follow_weights: bool = False) -> None:
         self.cfg = cfg
+        self.follow_weights = follow_weights  # stamp groups with the last announced version, as a real generator
+        self.loaded = 0
         self.inject = inject
         self.lose_first = lose_first  # hold back the first request's group until it is released again
         self.held: PromptRequest | None = None
@@ -98,10 +103,18 @@ class FakeGenerator:
         t = topics(self.cfg)
         consumer = make_consumer(self.cfg, [t.prompts], "fake-generators")
         producer = make_producer(self.cfg)
+        weights = make_consumer(self.cfg, None, None) if self.follow_weights else None
         await producer.start()
         await consumer.start()
+        if weights is not None:
+            await weights.start()
+            await assign_all_partitions(weights, t.weights, {})
         try:
             while True:
+                if weights is not None:  # the newest announcement wins, as in a real generator
+                    for records in (await weights.getmany(timeout_ms=50)).values():
+                        for record in records:
+                            self.loaded = decode_record(WeightAnnouncement, record).version
                 batches = await consumer.getmany(timeout_ms=100)
                 for records in batches.values():
                     for record in records:
@@ -109,7 +122,7 @@ class FakeGenerator:
                         assert req.n == N and req.sampling.temperature == 1.0
                         self.seen.append(req.request_id)
                         self.max_release_version = max(self.max_release_version, req.release_version)
-                        version = req.release_version
+                        version = self.loaded if self.follow_weights else req.release_version
                         if self.lose_first and self.held is None:
                             self.held = req
                             continue
@@ -130,6 +143,8 @@ class FakeGenerator:
         finally:
             await consumer.stop()
             await producer.stop()
+            if weights is not None:
+                await weights.stop()
 
 
 class Recorder:
@@ -350,3 +365,82 @@ async def test_lost_request_is_released_again(kafka_config_one, tmp_path: Path):
     assert again in trained[0][2] and lost not in ids
     assert service.metrics.requests_rereleased._value.get() == 1
     assert service.book.counts["duplicate"] == 1
+
+
+async def test_crash_before_the_first_checkpoint_resumes_the_same_lineage(kafka_config_one, tmp_path: Path):
+    """Issue 22, item 3: checkpoints every 10 steps, the learner dies after publishing v1 and before any
+    checkpoint. The generator keeps the dead lineage's v1 weights, so every group it sends is "from the future"
+    for a learner restarted at v0. The restarted learner continues the run id, announces v0 (the generator
+    follows) and trains; before, it announced nothing and 0 steps happened until request_timeout_s."""
+    kcfg = kafka_config_one
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"question": f"{i} + 2?", "answer": str(i + 2)}) + "\n" for i in range(80)))
+    cfg = load_config(LearnerConfig, data={
+        "kafka": kcfg.model_dump(), "algo": {"preset": "grpo", "kl_coef": 0.0, "max_staleness": 1},
+        "batch_groups": BATCH, "n": N, "kafka_partitions": 1, "request_timeout_s": 900,
+        "prompts": {"kind": "jsonl", "path": str(prompts)}, "weights": {"dir": str(tmp_path / "weights")},
+        "checkpoint": {"dir": str(tmp_path / "ckpt"), "every": 10}, "run_dir": str(tmp_path / "run")})
+    await ensure_topics(kcfg, partitions=1)
+    trained: list = []
+    trainer1, tok = _trainer(cfg.algo)
+    vocab = trainer1.model.get_input_embeddings().weight.shape[0]
+    Recorder(trainer1, 1, trained, crash_on_call=3)
+    service1 = LearnerService(cfg, trainer1, make_source(cfg.prompts), CollectorRegistry())
+    fake = FakeGenerator(kcfg, tok, vocab, inject=False, follow_weights=True)
+    fake_task = asyncio.create_task(fake.run())
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            await asyncio.wait_for(service1.run(), 60)
+        assert trainer1.version == 2 and latest_checkpoint(cfg.checkpoint.dir) is None
+        for _ in range(50):  # the generator follows the dead lineage to v2
+            if fake.loaded == 2:
+                break
+            await asyncio.sleep(0.1)
+        assert fake.loaded == 2
+        trainer2, _ = _trainer(cfg.algo)
+        Recorder(trainer2, 2, trained)
+        service2 = LearnerService(cfg.model_copy(update={"max_steps": 3}), trainer2, make_source(cfg.prompts),
+                                  CollectorRegistry())
+        assert await asyncio.wait_for(service2.run(), 45) == 3
+    finally:
+        fake_task.cancel()
+        await asyncio.gather(fake_task, return_exceptions=True)
+    assert service2.book.state.run_id == service1.book.state.run_id  # one lineage, continued
+    ids = [i for run, _, batch in trained if run == 2 for i in batch]
+    assert len(ids) == len(set(ids)) == 3 * BATCH
+    assert [json.loads(x)["version"] for x in (Path(cfg.run_dir) / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert (Path(cfg.run_dir) / "metrics.discarded.jsonl").is_file()  # the dead lineage's rows, kept apart
+
+
+async def test_resume_onto_a_broker_that_lost_its_log(tmp_path: Path):
+    """Issue 22, item 5: the memory-only tansu broker restarted holds none of the records below the checkpointed
+    groups offset. The learner used to wait above the log's end (0 of 8 groups for 5+ minutes, silently); it now
+    reads from the end, says so, counts it, and the run goes on."""
+    from winnow.brokers import LocalBroker, free_port
+    from winnow.config import KafkaConfig
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"question": f"{i} + 3?", "answer": str(i + 3)}) + "\n" for i in range(80)))
+    port = free_port()
+    kcfg = KafkaConfig(bootstrap_servers=f"127.0.0.1:{port}", topic_prefix="lost", session_timeout_ms=6000,
+                       request_timeout_ms=10_000)
+    for attempt, max_steps in ((1, 3), (2, 5)):
+        cfg = load_config(LearnerConfig, data={
+            "kafka": kcfg.model_dump(), "algo": {"preset": "grpo", "kl_coef": 0.0, "max_staleness": 1},
+            "batch_groups": BATCH, "n": N, "kafka_partitions": 1, "max_steps": max_steps,
+            "prompts": {"kind": "jsonl", "path": str(prompts)}, "weights": {"dir": str(tmp_path / "weights")},
+            "checkpoint": {"dir": str(tmp_path / "ckpt"), "every": 1}, "run_dir": str(tmp_path / "run")})
+        with LocalBroker("tansu", tmp_path / f"broker{attempt}", port=port):  # a fresh, empty broker each time
+            await ensure_topics(kcfg, partitions=1)
+            trainer, tok = _trainer(cfg.algo)
+            registry = CollectorRegistry()
+            service = LearnerService(cfg, trainer, make_source(cfg.prompts), registry)
+            fake = FakeGenerator(kcfg, tok, trainer.model.get_input_embeddings().weight.shape[0], inject=False)
+            fake_task = asyncio.create_task(fake.run())
+            try:
+                await asyncio.wait_for(service.run(), 90)
+            finally:
+                fake_task.cancel()
+                await asyncio.gather(fake_task, return_exceptions=True)
+        assert trainer.version == max_steps
+    assert _metric(_scrape(registry), "winnow_learner_offset_rewinds_total") == 1

@@ -101,10 +101,55 @@ def test_checkpoint_round_trip_atomic_and_pruned(tmp_path):
     # an interrupted write leaves only a temporary folder: LATEST still names a complete checkpoint
     (tmp_path / ".tmp-step-00000004-1").mkdir()
     assert latest_checkpoint(tmp_path).name == "step-00000003"
-    # LATEST naming an incomplete folder is ignored, not half-loaded
+    # LATEST naming an incomplete folder is not half-loaded: the newest complete checkpoint is (issue 22,
+    # item 4: it used to start over, a warning only, and cut the ledger to nothing)
     (tmp_path / "step-00000009").mkdir()
     (tmp_path / LATEST).write_text("step-00000009")
-    assert latest_checkpoint(tmp_path) is None
+    assert latest_checkpoint(tmp_path).name == "step-00000003"
+    (tmp_path / LATEST).write_text("step-00000042")  # a folder that does not exist
+    assert latest_checkpoint(tmp_path).name == "step-00000003"
+    (tmp_path / LATEST).unlink()
+    assert latest_checkpoint(tmp_path).name == "step-00000003"
+    # the next save removes what a killed writer left behind
+    save_checkpoint(tmp_path, trainer.state_dict(), LearnerState(version=4, run_id="abc"), keep=2)
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_checkpoint_on_a_full_disk_names_the_folder_and_the_fix(tmp_path, monkeypatch):
+    """Issue 22: a full disk was reported as torch's "unexpected pos 313775872 vs 313775760"."""
+    import shutil
+    from collections import namedtuple
+
+    from winnow.learner import checkpoint
+
+    model, _ = build_tiny_model_and_tokenizer(seed=0)
+    trainer = Trainer(model, AlgoConfig(preset="grpo", kl_coef=0.0), OptimConfig(lr=1e-3), pad_token_id=0)
+
+    def full(*a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 313775872 vs 313775760")
+
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: namedtuple("U", "total used free")(100, 100, 0))
+    with pytest.raises(checkpoint.CheckpointError, match="disk is full.*learner.checkpoint.dir"):
+        save_checkpoint(tmp_path, trainer.state_dict(), LearnerState(version=1, run_id="abc"))
+    assert not list(tmp_path.glob(".tmp-*")) and latest_checkpoint(tmp_path) is None
+
+
+def test_ledger_and_metrics_rows_of_a_discarded_lineage_are_moved_not_deleted(tmp_path):
+    """Issue 22, item 4: restoring used to truncate ledger.jsonl (16 rows -> 0 when LATEST was bad)."""
+    from winnow.learner.checkpoint import Ledger, discard_rows_after
+
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    ledger.append(1, [{"request_id": "r-0-0", "prompt_id": "a", "outcome": "trained"}])
+    ledger.append(2, [{"request_id": "r-1-0", "prompt_id": "b", "outcome": "trained"}])
+    with ledger.path.open("a") as f:
+        f.write('{"version": 3, "request_id": "r-2')  # torn by a crash
+    assert ledger.truncate(1) == 2
+    assert [r["request_id"] for r in ledger.rows()] == ["r-0-0"]
+    assert len((tmp_path / "ledger.discarded.jsonl").read_text().splitlines()) == 2
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"version": 1}\n{"version": 2}\n')
+    assert discard_rows_after(metrics, 1) == 1 and metrics.read_text() == '{"version": 1}\n'
 
 
 class _FakeTrainer:
