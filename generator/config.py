@@ -70,7 +70,7 @@ class WeightsConfig(Model):
     """The weight store (a shared volume): relative weight URIs are resolved against it, and only files inside
     it are loaded (symlinks and ``..`` resolved first); an announcement naming anything else is refused, logged
     and counted in ``winnow_generator_weight_refusals_total{reason="location"}``. "" = the current directory."""
-    max_version_jump: int = Field(default=100_000, ge=1)
+    max_version_jump: int = Field(default=1_000_000, ge=1)
     """An announced version more than this above the loaded one is refused (logged, counted in
     ``winnow_generator_weight_refusals_total{reason="version"}``): a forged version of 2^62 must not be
     loaded and stamped on every group. Lower versions are followed (a learner resumed from an older
