@@ -51,6 +51,7 @@ class Outcome(StrEnum):
     FOREIGN = "foreign"
     FUTURE = "future"
     REJECTED = "rejected"
+    UNAUTHENTICATED = "unauthenticated"
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ class LearnerService:
         self.tracking = Tracker(cfg.tracking, cfg.run_dir, config=cfg.model_dump(mode="json", exclude={"kafka"}),
                                 registry=registry)  # no Kafka addresses or credentials to the sinks
         self._vocab_size = vocab_size(trainer.model)
+        self._group_key = kafka.group_hmac_key(cfg.kafka)  # None: groups are not authenticated
 
     def _new_book(self, state: LearnerState) -> RequestBook:
         return RequestBook(batch_groups=self.cfg.batch_groups, max_staleness=int(self.trainer.algo.max_staleness),
@@ -274,7 +275,13 @@ class LearnerService:
     def _on_record(self, record: Any) -> None:
         where = Position(record.topic, record.partition, record.offset)
         self.book.track(where)
-        if (msg := kafka.decode_record(kafka.ScoredGroup, record, lambda why, _: self.dead_letters.write(where, "", why))) is None:
+        if not kafka.verify_group_record(record, self._group_key):  # a foreign writer without the shared key
+            self.dead_letters.write(where, "", "unauthenticated: missing or wrong winnow-hmac header",
+                                    len(record.value or b""))
+            return self.book.done(where, Outcome.UNAUTHENTICATED)
+        on_corrupt = lambda why, _: self.dead_letters.write(where, "", why)  # noqa: E731
+        if (msg := kafka.decode_record(kafka.ScoredGroup, record, on_corrupt,
+                                       max_bytes=self.cfg.kafka.max_message_bytes)) is None:
             return self.book.done(where, Outcome.CORRUPT)
         if self.book.duplicate(where, msg.request_id):
             return
