@@ -38,7 +38,7 @@ from winnow.v1 import verifier_pb2, verifier_pb2_grpc
 from winnow.verifier.types import Item, Verdict
 from winnow.verifier.wire import item_to_proto, verdict_from_proto
 
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # the server's default max_message_bytes
 SERVICE = "winnow.v1.Verifier"
 
 

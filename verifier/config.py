@@ -57,8 +57,12 @@ class VerifierConfig(Settings):
     """Entries of the verdict LRU cache keyed by canonical (gold, answer); 0 disables it."""
     max_batch_items: int = Field(default=4096, ge=1, le=1_000_000)
     """Most items one VerifyBatch call may carry; more is INVALID_ARGUMENT (clients chunk)."""
-    max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=4096, le=2**31 - 1)
-    """Largest gRPC message received or sent, in bytes; a larger request is RESOURCE_EXHAUSTED."""
+    max_item_bytes: int = Field(default=256 * 1024, ge=1024, le=2**30)
+    """Largest item a client sends (response + gold + task + options, in bytes). With ``max_batch_items`` it
+    bounds a request: one larger than ``receive_limit_bytes`` is refused (RESOURCE_EXHAUSTED) before it is parsed."""
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=4096, le=2**31 - 1)
+    """Largest gRPC message received or sent, in bytes (a cap on ``receive_limit_bytes``). Every byte received
+    is parsed into Python objects (~50x its size in memory at worst): keep it small; clients chunk."""
     batch_deadline_s: float = Field(default=120.0, ge=0)
     """Total budget of one call (Verify or VerifyBatch); items still undecided then get status timeout. 0 = none."""
     max_concurrent_rpcs: int = Field(default=0, ge=0)
@@ -87,6 +91,12 @@ class VerifierConfig(Settings):
     reward the required format only. Per request: option ``fallback``."""
     grace_s: float = Field(default=10.0, ge=0, le=3600)
     """On SIGTERM/SIGINT: health goes NOT_SERVING, then in-flight calls get this long to finish."""
+
+    @property
+    def receive_limit_bytes(self) -> int:
+        """The server's ``grpc.max_receive_message_length``: room for ``max_batch_items`` items of
+        ``max_item_bytes`` (plus 256 bytes of framing and id each), capped by ``max_message_bytes``."""
+        return min(self.max_message_bytes, self.max_batch_items * (self.max_item_bytes + 256) + 4096)
 
     @property
     def engine_workers(self) -> int:
@@ -123,4 +133,24 @@ class VerifierConfig(Settings):
                 out.append(Path(path).read_bytes())
             except OSError as e:
                 raise ConfigError(f"verifier.tls.{name}: cannot read {path}: {e.strerror}") from None
+        check_tls_pair(self.tls.cert_file, self.tls.key_file)
         return out[0], out[1]
+
+
+def check_tls_pair(cert_file: Path, key_file: Path) -> None:
+    """Raise a ``ConfigError`` naming the field when the certificate or the key is not usable PEM, or the key
+    does not belong to the certificate (gRPC itself only says "Failed to bind to address")."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_verify_locations(cadata=Path(cert_file).read_text(errors="replace"))
+    except (ssl.SSLError, ValueError) as e:
+        raise ConfigError(f"verifier.tls.cert_file: {cert_file} is not a PEM certificate ({e})") from None
+    try:
+        ctx.load_cert_chain(cert_file, key_file, password=lambda: b"")
+    except ssl.SSLError as e:
+        if "KEY_VALUES_MISMATCH" in str(e) or "key values mismatch" in str(e):
+            raise ConfigError(f"verifier.tls.key_file: {key_file} does not belong to the certificate "
+                              f"verifier.tls.cert_file={cert_file}") from None
+        raise ConfigError(f"verifier.tls.key_file: {key_file} is not an unencrypted PEM private key ({e})") from None

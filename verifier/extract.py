@@ -175,33 +175,82 @@ def strip_math_delimiters(s: str) -> str:
     return s
 
 
-_HOPE_RE = re.compile(r"\.?\s*I hope it is correct.*$", re.IGNORECASE | re.DOTALL)
+_HOPE = "i hope it is correct"
 _MATH_SPAN_RE = re.compile(
     r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|(?<![\\$])\$((?:\\\$|[^$\n])+?)\$", re.DOTALL
 )
+_DELIMITED = ((re.compile(r"\$\$(.+?)\$\$", re.DOTALL), "$$", "$$"), (re.compile(r"\\\[(.+?)\\\]", re.DOTALL), "\\[", "\\]"),
+              (re.compile(r"\\\((.+?)\\\)", re.DOTALL), "\\(", "\\)"))
+_INLINE_SPAN_RE = re.compile(r"(?<![\\$])\$((?:\\\$|[^$\n])+?)\$")
+_OPENER_RE = re.compile(r"\$|\\\[|\\\(")
+
+
+def strip_hope(s: str) -> str:
+    """Cut lm-eval's "I hope it is correct." tail (and a period and spaces before it). Linear: the regex
+    ``\\.?\\s*I hope…`` it replaces retried ``\\s*`` at every blank and took seconds on a page of newlines."""
+    i = s.lower().find(_HOPE)
+    if i < 0:
+        return s
+    head = s[:i].rstrip()
+    return head[:-1] if head.endswith(".") else head
+
+
+def math_spans(s: str) -> list[tuple[int, int, str]]:
+    """(start, end, inner) of every math span, left to right, as ``_MATH_SPAN_RE.finditer`` finds them, in
+    linear time: an opener with no closer after it is skipped at once (the regex scanned to the end of the
+    text for each one, quadratic on ``\\[`` repeated 4,000 times)."""
+    last_close = {close: s.rfind(close) for _, _, close in _DELIMITED}
+    out = []
+    pos = 0
+    while True:
+        m = _OPENER_RE.search(s, pos)
+        if m is None:
+            return out
+        i = m.start()
+        found = None
+        for rx, opener, close in _DELIMITED:
+            if s.startswith(opener, i) and last_close[close] >= i + len(opener) + 1:
+                found = rx.match(s, i)  # the nearest closer exists: the lazy scan stops there
+                if found is not None:
+                    break
+        if found is None and s[i] == "$":
+            found = _INLINE_SPAN_RE.match(s, i)  # bounded by the end of the line
+        if found is None:
+            pos = i + 1
+            continue
+        out.append((i, found.end(), found.group(1)))
+        pos = found.end()
 _SENTENCE_NUMBER_RE = re.compile(
     r"(?<![\w.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:[.,]\d+)?(?:\s*/\s*\d+)?(?:\s*(?:%|percent\b|pct\b))?"
 )
 _MARKER_RE = re.compile(
     r"final answer is[:\s]*|final answer\s*[:：]\s*|(?<![a-z])answer\s*(?:is\s*)?[:：]\s*|(?<![a-z])answer\s+is\s+"
-    r"|(?<![a-z])answer\s*(?=\$|\\\[|\\\()|^\s*####\s*",
+    r"|(?<![a-z])answer\s*(?=\$|\\\[|\\\()|^[ \t]*####\s*",
     re.IGNORECASE | re.MULTILINE,
 )
 _MAX_BARE_CHARS = 512
-_BOLD_RE = re.compile(r"^\*+\s*|\s*\*+(?=\s*\.?\s*$)")
+
+
+def _strip_bold(line: str) -> str:
+    """Markdown bold around a statement: ``**42**.`` -> ``42.`` (string operations: linear)."""
+    line = line.lstrip("*").lstrip().rstrip()
+    dot = line.endswith(".")
+    core = line[:-1].rstrip() if dot else line
+    if core.endswith("*"):
+        line = core.rstrip("*").rstrip() + ("." if dot else "")
+    return line.strip()
 _SPAN_LIST_RE = re.compile(r"\$[^$]+\$(?:\s*(?:,|;|and|or|,\s*and)\s*\$[^$]+\$)+")
 
 
 def _last_span_or_number(s: str) -> str | None:
     """The last math span (``$…$``, ``$$…$$``, ``\\[…\\]``, ``\\(…\\)``) or the last number, whichever ends later."""
-    span = number = None
-    for m in _MATH_SPAN_RE.finditer(s):
-        span = m
+    spans = math_spans(s) if ("$" in s or "\\" in s) else []
+    span = spans[-1] if spans else None
+    number = None
     for m in _SENTENCE_NUMBER_RE.finditer(s):
         number = m
-    if span is not None and (number is None or span.end() >= number.end()):
-        inner = next(g for g in span.groups() if g is not None).strip()
-        return inner or None
+    if span is not None and (number is None or span[1] >= number.end()):
+        return span[2].strip() or None
     if number is not None:
         return number.group(0).strip()
     return None
@@ -215,8 +264,8 @@ def _marker_answer(rest: str, *, prose: bool = True) -> str | None:
     if m:
         return next(g for g in m.groups() if g is not None).strip() or None
     line = rest.split("\n", 1)[0]
-    line = _HOPE_RE.sub("", line).replace('\\"', '"').strip().strip('"').strip()
-    line = _BOLD_RE.sub("", line).strip()  # "**42**." -> "42."
+    line = strip_hope(line).replace('\\"', '"').strip().strip('"').strip()
+    line = _strip_bold(line)  # "**42**." -> "42."
     if not line:
         return None
     spans = _SPAN_LIST_RE.fullmatch(line.rstrip(".").strip())
@@ -302,7 +351,7 @@ def extract_answer(response: str, *, last_number: bool = True) -> Extraction:
         ans = _marker_answer(text[marker.end() :])
         if ans:
             return Extraction(ans, "marker")
-    stripped = _HOPE_RE.sub("", text).strip().strip("*").strip()
+    stripped = strip_hope(text).strip().strip("*").strip()
     bare = strip_math_delimiters(stripped).rstrip(".").strip()
     if _looks_bare(bare, _MAX_BARE_CHARS) and (len(bare) <= _MAX_BARE or "$" not in stripped[1:-1]):
         return Extraction(bare, "bare")

@@ -6,8 +6,11 @@ process: engine + server + metrics HTTP + signal handling.
 
 - The engine is blocking and CPU-bound (its own worker processes): every call runs in a thread pool,
   never on the event loop, so health checks and new calls keep flowing while a batch is scored.
-- Limits: ``max_receive_message_length`` (gRPC itself answers RESOURCE_EXHAUSTED), items per batch
-  and duplicate ids (INVALID_ARGUMENT). An engine failure for one item is that item's STATUS_ERROR
+- Limits: ``max_receive_message_length`` (gRPC itself answers RESOURCE_EXHAUSTED before the message is
+  parsed), derived from the config (``VerifierConfig.receive_limit_bytes``: ``max_batch_items`` items of
+  ``max_item_bytes``, capped by ``max_message_bytes``); items per batch and duplicate ids (INVALID_ARGUMENT).
+- Budgets: every call's engine work is bounded by ``batch_deadline_s`` and by the client's own deadline
+  (``call_budget``), whichever ends first; items left then are TIMEOUT. An engine failure for one item is that item's STATUS_ERROR
   (the engine's job); a failure of the whole call is INTERNAL. Every outcome is counted.
 - The standard health service (``""`` and ``winnow.v1.Verifier``) and server reflection are
   registered. With a token configured, every Verifier call must carry ``authorization: Bearer
@@ -83,7 +86,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
 
     async def Verify(self, request: verifier_pb2.VerifyRequest, context: grpc.aio.ServicerContext):  # noqa: N802
         async def handle() -> verifier_pb2.VerifyResult:
-            (verdict,) = await self._score([item_from_proto(request)])
+            (verdict,) = await self._score([item_from_proto(request)], context)
             return verdict_to_proto(verdict)
 
         return await self._call("Verify", handle, context)
@@ -102,7 +105,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
             check_unique_ids([it.id for it in request.items])
             if n == 0:
                 return verifier_pb2.VerifyBatchResponse()
-            verdicts = await self._score([item_from_proto(it) for it in request.items])
+            verdicts = await self._score([item_from_proto(it) for it in request.items], context)
             return verifier_pb2.VerifyBatchResponse(results=[verdict_to_proto(v) for v in verdicts])
 
         return await self._call("VerifyBatch", handle, context)
@@ -128,8 +131,8 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
             self.metrics.request_latency.labels(rpc).observe(time.perf_counter() - start)
         await context.abort(code, message)
 
-    async def _score(self, items: list[Item]) -> list[Verdict]:
-        deadline = self.cfg.batch_deadline_s or None
+    async def _score(self, items: list[Item], context: grpc.aio.ServicerContext | None = None) -> list[Verdict]:
+        deadline = call_budget(self.cfg.batch_deadline_s, context.time_remaining() if context is not None else None)
         n = len(items)
         self.metrics.inflight_items.inc(n)
         # The gauge drops when the engine is done, even if the caller cancelled meanwhile (the engine
@@ -144,6 +147,13 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
                 raise RuntimeError(f"engine returned verdict id {verdict.id!r} for item id {item.id!r}")
         self.metrics.observe_verdicts(verdicts)
         return verdicts
+
+
+def call_budget(batch_deadline_s: float, client_remaining_s: float | None) -> float | None:
+    """The engine's budget for one call: ``batch_deadline_s`` (0 = none), cut to the time the client still
+    waits. Work for a caller whose deadline has passed would only hold a thread that other clients need."""
+    budgets = [b for b in (batch_deadline_s or None, client_remaining_s) if b is not None]
+    return max(0.0, min(budgets)) if budgets else None
 
 
 def _verify_batch(engine: Engine, items: list[Item], deadline_s: float | None) -> list[Verdict]:
@@ -262,7 +272,7 @@ def create_server(
     token = cfg.resolve_token()
     tls = cfg.read_tls()
     options = [
-        ("grpc.max_receive_message_length", cfg.max_message_bytes),
+        ("grpc.max_receive_message_length", cfg.receive_limit_bytes),
         ("grpc.max_send_message_length", cfg.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
