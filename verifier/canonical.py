@@ -10,6 +10,11 @@ thousands separators (``1{,}000``, ``1,\\!000``, ``1\\,000``; ``1,000`` only whe
 answers -> ``,``; ``a\\pm b`` -> ``a+b,a-b``; a leading ``x \\in``; the trailing period; whitespace (a space is kept only after a
 LaTeX command followed by a letter).
 
+TeX reading: an unbraced ``^``/``_`` takes one token (``2^2 3`` -> ``2^{2}3``, i.e. 12; ``\\log_2 4`` -> ``\\log_{2}4``),
+except a digit run glued to it (``2^10`` -> ``2^{10}``); in an expression with a trig function every ``N^\\circ``
+is ``\\frac{N\\pi}{180}`` (``\\sin(90^\\circ-x)``), a bare angle loses its degree sign; ``\\bmod`` -> ``\\mod``,
+``\\pmod n``/``(\\mod n)`` -> ``\\pmod{n}`` (``reduce_congruence`` reads ``a\\equiv b\\pmod{n}``).
+
 Also: percent words (``percent``, ``pct``, ``percentage``) -> ``%``; currency signs dropped; a unit
 glued to a number with a superscript (``m²``) dropped; relation operators normalised (``<=``, ``\\leq``,
 ``\\leqslant`` -> ``\\le``; ``\\lt`` -> ``<``; ``!=`` -> ``\\ne``); conjunctions glued to values

@@ -16,6 +16,10 @@ Runs inside a worker process of ``winnow.verifier.pool`` (or in-process in ``gra
   integers stay exact); for expressions with free symbols, evaluation at up to 6 random positive
   rational points (3 must agree to relative 1e-12; one clear mismatch decides "wrong"); only then
   ``simplify(a - b) == 0`` / ``a.equals(b)``.
+* The imaginary unit: every free ``i`` (option ``imaginary``: ``i``, ``j``, or ``none`` when the problem
+  declares ``i`` a variable) is ``sympy.I`` on both sides alike (``imaginary_unit``), so ``(1+i)^2`` is ``2i``.
+* Statements: ``expr = value`` with no label on the left against a value holds only when every side equals
+  the value (``fastpath.statement_pairs``): ``e^{i\\pi}=-1`` for -1, never ``e^{i\\pi}=1`` for 1.
 * Relations: equations compare ``lhs - rhs`` up to a nonzero constant factor (checked at random
   points); univariate inequalities compare as solution sets; a gold inequality may match a
   predicted interval or union (never the reverse: an interval gold needs an interval).
