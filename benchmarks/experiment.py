@@ -223,24 +223,25 @@ def file_kind(path: str) -> str:
 
 def train_source(budget: Budget, seed: int) -> dict[str, Any]:
     """The training prompt source of a run with ``seed``: the reasoning-gym task generated with ``1000 + seed``,
-    or the rows of ``budget.data`` in an order seeded with ``1000 + seed`` (with ``eval_seed`` when the held-out
-    rows come from the same file: the held-out selection and the order share one seed, and every run must hold
-    out the same rows)."""
+    or the rows of ``budget.data`` in an order seeded with ``1000 + seed``. When the held-out rows come from the
+    same file they are chosen with ``holdout_seed = eval_seed``, independently of the order, so every run holds
+    out the same rows and trains on them in its own order."""
     if not budget.data:
         return {"kind": "reasoning_gym", "name": budget.task, "size": budget.task_size, "seed": 1000 + seed,
                 "config": budget.task_config}
     own = {"holdout": 0, "shuffle_seed": 1000 + seed} if budget.eval_data else {
-        "holdout": budget.eval_problems, "shuffle_seed": budget.eval_seed}
+        "holdout": budget.eval_problems, "holdout_seed": budget.eval_seed, "shuffle_seed": 1000 + seed}
     return {"kind": file_kind(budget.data), "path": budget.data, "shuffle": True, "split": "train", **own}
 
 
 def eval_source(budget: Budget) -> dict[str, Any]:
     """The held-out problems' source (see ``Budget.eval_data``); never overlaps the training rows."""
     if budget.eval_data:
-        return {"kind": file_kind(budget.eval_data), "path": budget.eval_data, "limit": budget.eval_problems}
+        return {"kind": file_kind(budget.eval_data), "path": budget.eval_data, "limit": budget.eval_problems,
+                "shuffle": False}  # the first rows, as documented
     if budget.data:
         return {"kind": file_kind(budget.data), "path": budget.data, "holdout": budget.eval_problems,
-                "split": "eval", "shuffle_seed": budget.eval_seed}
+                "split": "eval", "holdout_seed": budget.eval_seed, "shuffle_seed": budget.eval_seed}
     return {"kind": "reasoning_gym", "name": budget.task, "size": budget.eval_problems, "seed": budget.eval_seed,
             "config": budget.task_config}
 

@@ -197,6 +197,10 @@ def test_data_file_without_eval_data_holds_out_the_same_rows_for_every_seed(tmp_
         source = make_source(cfg["learner"]["prompts"])
         trained_ids = {source.get(i).prompt_id for i in range(len(source))}
         assert len(trained_ids) == 15 and not trained_ids & held
+    orders = [[make_source(exp.up_config(exp.RunSpec("main", "raft", {"preset": "raft"}, seed), budget, "/m", "b",
+                                         "p")["learner"]["prompts"]).get(i).prompt_id for i in range(15)]
+              for seed in (0, 1)]
+    assert orders[0] != orders[1]  # issue 24: each seed trains on its own order of the same rows
 
 
 def test_data_flags_are_checked(tmp_path, capsys):
