@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from winnow.cli import add_config_args, load_service_config
 
@@ -63,10 +64,32 @@ async def serve(cfg) -> int:
         metrics = LearnerMetrics(registry)
         metrics.weight_version.set(int(marker["version"]))
         return await _idle(cfg, registry, metrics, IdleLearner())
+    from winnow.learner import distributed
+
+    sharded = distributed.launched_by_torchrun()
+    if sharded:  # torchrun: every rank builds its shard; rank 0 goes on as the service, the others follow it
+        world = int(os.environ["WORLD_SIZE"])
+        if cfg.batch_groups < world:
+            from winnow.config import ConfigError
+
+            raise ConfigError(f"learner.batch_groups: {cfg.batch_groups} groups cannot feed {world} learner processes "
+                              f"(each rank trains whole groups): set it to at least {world}")
+        trainer, tokenizer = await asyncio.to_thread(distributed.build_sharded_trainer, cfg)
+        channel = distributed.Channel()
+        if int(os.environ.get("RANK", "0")) != 0:
+            import signal
+
+            for sig in (signal.SIGTERM, signal.SIGINT):  # rank 0 stops the run (it checkpoints: a collective)
+                signal.signal(sig, signal.SIG_IGN)
+            steps = await asyncio.to_thread(distributed.worker_loop, trainer, channel)
+            log.info("learner rank %s stopped after %d steps", os.environ.get("RANK"), steps)
+            return 0
+        trainer = distributed.ShardedTrainer(trainer, channel)
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.run_dir) / "learner-config.json").write_text(cfg.model_dump_json(indent=2))
     source = await asyncio.to_thread(make_source, cfg.prompts)
-    trainer, tokenizer = await asyncio.to_thread(build_trainer, cfg)
+    if not sharded:
+        trainer, tokenizer = await asyncio.to_thread(build_trainer, cfg)
     evaluator = await asyncio.to_thread(build_evaluator, cfg, tokenizer)
     registry = CollectorRegistry()
     fmt = PromptFormatter(tokenizer, cfg.eval.chat)  # the generators' prompt format: bound prompts at release
@@ -77,6 +100,8 @@ async def serve(cfg) -> int:
     finally:
         if evaluator is not None:
             evaluator.close()
+    if sharded:  # the other ranks leave their loop (after an error above, torchrun stops them instead)
+        trainer.stop()
     log.info("learner stopped after %d steps (version %d)", steps, service.version)
     stopped = service._stop.is_set()  # SIGTERM/SIGINT, not max_steps
     if cfg.on_finish == "idle" and not stopped and finished_run(cfg.run_dir, cfg.max_steps, True) is not None:

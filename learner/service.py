@@ -114,8 +114,7 @@ class LearnerService:
             self.ledger.truncate(-1)
             checkpoint.discard_rows_after(self._jsonl, -1)
             return False
-        trainer_state, state = checkpoint.load_checkpoint(path)
-        self.trainer.load_state_dict(trainer_state)
+        state = self.trainer.read_checkpoint(path)
         if int(state.version) != self.version:
             raise RuntimeError(f"checkpoint {path}: state.json version {state.version} != trainer version {self.version}")
         state.run_id = state.run_id or uuid.uuid4().hex[:10]
@@ -232,7 +231,7 @@ class LearnerService:
 
     async def _evaluate(self) -> dict[str, float]:
         """Run the evaluator; export and return {"eval_accuracy"[, "eval_mean_at_k"]}."""
-        accuracy = await asyncio.to_thread(self.evaluate, self.trainer)
+        accuracy = await asyncio.to_thread(lambda: self.evaluate(self.trainer.eval_view()))
         return self.metrics.observe_eval(self.cfg.eval.set_name, accuracy, getattr(self.evaluate, "last_mean_at_k", None))
 
     # -- prompts and groups -----------------------------------------------------------------------
@@ -308,8 +307,7 @@ class LearnerService:
         t0 = time.perf_counter()
         state = self.book.state_for_checkpoint(self.version)
         await asyncio.to_thread(self.ledger.append, self.version, self.book.take_ledger_rows())
-        await asyncio.to_thread(checkpoint.save_checkpoint, self.cfg.checkpoint.dir, self.trainer.state_dict(), state,
-                                self.cfg.checkpoint.keep)
+        await asyncio.to_thread(self.trainer.write_checkpoint, self.cfg.checkpoint.dir, state, self.cfg.checkpoint.keep)
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
         self._checkpointed_version = self.version
         to_commit = self.book.to_commit(owned=set(self._consumer.assignment()))  # TopicPartition == (topic, p)

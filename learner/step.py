@@ -334,6 +334,15 @@ class Trainer:
                                   max_rows=cfg.micro_batch_size, max_tokens=cfg.micro_batch_tokens,
                                   share_prompt=cfg.share_prompt)
 
+    sync_timings = False
+    """Synchronise the device after every forward and backward so that ``time_forward_s``/``time_backward_s`` are
+    exact on a GPU (a profiling aid: it stalls the launch queue once per micro-batch). Off: the phase times on a
+    GPU are launch times, and only the step's total is exact (one synchronisation, after the optimizer step)."""
+
+    def _timing_sync(self) -> None:
+        if self.sync_timings:
+            _sync(self.device)
+
     def _all_reduce(self, values: torch.Tensor, op: str) -> torch.Tensor:
         """``values`` reduced over the data-parallel group (``op``: "sum" or "max"); identity on one rank."""
         if self.world_size > 1:
@@ -462,18 +471,23 @@ class Trainer:
         ``logprobs_all`` and returns the accumulated loss metrics with the phase times."""
         algo = self.algo
         t_fwd = t_ref = t_bwd = 0.0
+        # Under FSDP2, reduce-scatter the gradients once per step (after the last micro-batch), not after every one;
+        # every rank runs the same number of micro-batches, so they agree on which is last.
+        sync_control = self.world_size > 1 and hasattr(self.model, "set_requires_gradient_sync")
         for i, idx in enumerate(micro):
             dummy = i >= real
+            if sync_control:
+                self.model.set_requires_gradient_sync(i == len(micro) - 1)
             mb = batch.rows(idx)
             t0 = time.perf_counter()
             logprobs, entropy = self._logprobs(self.model, mb, with_entropy=True)
-            _sync(self.device)
+            self._timing_sync()
             t1 = time.perf_counter()
             ref_logprobs = None
             if self.ref_model is not None:
                 with torch.no_grad():
                     ref_logprobs, _ = self._logprobs(self.ref_model, mb, with_entropy=False)
-                _sync(self.device)
+                self._timing_sync()
             t2 = time.perf_counter()
             loss, m = compute_loss(
                 logprobs=logprobs,
@@ -489,7 +503,7 @@ class Trainer:
             )
             with self._no_autocast():
                 (loss * scale).backward()
-            _sync(self.device)
+            self._timing_sync()
             t3 = time.perf_counter()
             t_fwd, t_ref, t_bwd = t_fwd + t1 - t0, t_ref + t2 - t1, t_bwd + t3 - t2
             if not dummy:
@@ -553,6 +567,33 @@ class Trainer:
         self.model.load_state_dict(sd["model"])
         self.optimizer.load_state_dict(sd["optimizer"])
         self.version = int(sd["version"])
+
+    def write_checkpoint(self, directory: str | Path, state: Any, keep: int) -> Path:
+        """Checkpoint this trainer and the service ``state`` (:func:`winnow.learner.checkpoint.save_checkpoint`).
+        The sharded learner's rank 0 does the same through :class:`winnow.learner.distributed.ShardedTrainer`."""
+        from winnow.learner.checkpoint import save_checkpoint
+
+        return save_checkpoint(directory, self.state_dict(), state, keep)
+
+    def read_checkpoint(self, path: str | Path) -> Any:
+        """Load a checkpoint folder into this trainer and return its service state: ``trainer.pt``, or the
+        ``trainer.dcp/`` shards a sharded learner wrote at any world size (read whole here)."""
+        from winnow.learner.checkpoint import LearnerState, load_checkpoint
+
+        if (Path(path) / "trainer.dcp").is_dir():
+            from winnow.learner.distributed import load_into
+
+            load_into(self, Path(path))
+            state = LearnerState.from_json((Path(path) / "state.json").read_text())
+            self.version = int(state.version)
+            return state
+        trainer_state, state = load_checkpoint(path)
+        self.load_state_dict(trainer_state)
+        return state
+
+    def eval_view(self) -> Trainer:
+        """What the held-out evaluation reads (model, compute dtype, version): the trainer itself."""
+        return self
 
     def save_weights(self, path: str | Path, dtype: torch.dtype | None = None) -> str:
         """Write the model's full state dict as one ``model.safetensors`` and return its hex sha256.
