@@ -10,7 +10,7 @@ and ``<run_dir>/learner-config.json`` show every resolved field.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -30,8 +30,8 @@ class OptimConfig(Model):
     """Peak learning rate (constant after warm-up; the paper uses 1e-6)."""
     weight_decay: float = Field(default=0.01, ge=0)
     """AdamW decoupled weight decay."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW (beta1, beta2)."""
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    """AdamW (beta1, beta2), each in [0, 1)."""
     eps: float = Field(default=1e-8, gt=0)
     """AdamW epsilon."""
     max_grad_norm: float = Field(default=1.0, ge=0)
@@ -190,7 +190,7 @@ class LearnerConfig(Settings):
     metrics_host: str = "127.0.0.1"
     """Address /metrics and /health bind to: loopback unless configured (the Helm chart sets
     0.0.0.0 so Prometheus can scrape the pod)."""
-    seed: int = 0
+    seed: int = Field(default=0, ge=-(2**63), le=2**63 - 1)
     """Torch seed."""
 
     @model_validator(mode="before")

@@ -1,10 +1,11 @@
-"""`winnow up` without processes: the default config, progress lines, the entropy notice, and the
-pure comparison functions of benchmarks/learning.py."""
+"""`winnow up` without its services: the default config, progress lines, the entropy notice, the run
+directory's lock and error messages, and the pure comparison functions of benchmarks/learning.py."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -110,3 +111,137 @@ def test_learning_benchmark_data_is_disjoint_and_reproducible(learning, tmp_path
     (tmp_path / "again").mkdir()
     again, held_again = learning.make_data(tmp_path / "again", size=50, eval_prompts=8, seed=3)
     assert held_again == held and again.read_text() == path.read_text()
+
+
+# ---- issue 22: the run directory is locked; bad run dirs and saved configs are one-line errors
+
+@pytest.fixture
+def no_services(monkeypatch):
+    """Fail, instead of starting a broker and the services, if `winnow up` gets past its checks."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("winnow up got past its checks and would start the pipeline")
+
+    monkeypatch.setattr(Pipeline, "_prepare_model", refuse)
+    monkeypatch.setattr(Pipeline, "spawn", refuse)
+
+
+HOLD_LOCK = "import sys, time; from pathlib import Path; from winnow.up import lock_run_dir; " \
+            "lock = lock_run_dir(Path(sys.argv[1])); print('locked', flush=True); time.sleep(600)"
+
+
+def test_a_second_up_on_a_locked_run_dir_exits_at_once_naming_dir_and_holder(tmp_path, capsys, no_services):
+    import subprocess
+    import time
+
+    from winnow.cli import main
+    from winnow.up import lock_run_dir
+
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        start = time.monotonic()
+        assert main(["up", "--run-dir", str(run_dir), "--steps", "1"]) == 2  # before: a second learner started
+        assert time.monotonic() - start < 30
+        err = capsys.readouterr().err
+        assert f"run directory {run_dir} is in use by another winnow up (pid {holder.pid}" in err
+        assert err.count("\n") == 1 and "--run-dir" in err
+        assert not (run_dir / "logs").exists() and not (run_dir / "config").exists()  # nothing was started
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = lock_run_dir(run_dir)  # the holder's death released it
+    assert (run_dir / ".lock").read_text() == f"{os.getpid()}\n"
+    lock.close()
+
+
+def test_run_dir_that_is_a_file_is_a_one_line_error(tmp_path, capsys, no_services):
+    from winnow.cli import main
+
+    f = tmp_path / "run"
+    f.write_text("not a directory")
+    assert main(["up", "--run-dir", str(f), "--steps", "1"]) == 2  # was a FileExistsError traceback
+    err = capsys.readouterr().err
+    assert err == f"winnow: run directory {f} is a file, not a directory: move it away or pass another --run-dir\n"
+
+
+def test_unwritable_run_dir_is_a_one_line_error(tmp_path, capsys, no_services):
+    from winnow.cli import main
+
+    if os.geteuid() == 0:  # root writes through file modes; sysfs refuses even root
+        run_dir = Path("/sys/winnow-test-run")
+        if not Path("/sys").is_dir():
+            pytest.skip("no /sys to stand for a read-only directory")
+    else:
+        (tmp_path / "ro").mkdir(mode=0o555)
+        run_dir = tmp_path / "ro" / "run"
+    assert main(["up", "--run-dir", str(run_dir), "--steps", "1"]) == 2  # was a PermissionError traceback
+    err = capsys.readouterr().err
+    assert err.startswith(f"winnow: run directory {run_dir} cannot be written (")
+    assert err.endswith("make it writable, or pass another --run-dir\n") and err.count("\n") == 1
+
+
+def test_resume_with_a_malformed_up_yaml_is_a_one_line_error(tmp_path, capsys, no_services):
+    from winnow.cli import main
+
+    saved = tmp_path / "config" / "up.yaml"
+    saved.parent.mkdir(parents=True)
+    saved.write_text("learner:\n  max_steps: 3\n garbage: [\n")
+    assert main(["up", "--resume", "--run-dir", str(tmp_path)]) == 2  # was a yaml.ParserError traceback
+    err = capsys.readouterr().err
+    assert err.startswith(f"winnow: --resume: config file {saved} is not valid YAML: ") and err.count("\n") == 1
+    assert f"Restore {saved}" in err and "without --resume" in err
+
+
+def test_resume_checks_sections_and_environment(tmp_path, monkeypatch, capsys, no_services):
+    import yaml
+
+    from winnow.cli import main
+
+    saved = tmp_path / "config" / "up.yaml"
+    saved.parent.mkdir(parents=True)
+    saved.write_text(yaml.safe_dump(resolve(None, [], tmp_path)))
+    # before: a misspelled section was ignored on --resume (the run went on without max_steps)
+    assert main(["up", "--resume", "--run-dir", str(tmp_path), "--set", "lerner.max_steps=3"]) == 2
+    assert "unknown top-level section(s) ['lerner']" in capsys.readouterr().err
+    monkeypatch.setenv("WINNOW_LERNER_MAX_STEPS", "3")
+    assert main(["up", "--resume", "--run-dir", str(tmp_path)]) == 2
+    assert "WINNOW_LERNER_MAX_STEPS: no config section 'lerner' (did you mean learner" in capsys.readouterr().err
+
+
+def test_torn_metrics_line_does_not_swallow_the_next_row(tmp_path):
+    from winnow.learner.metrics import append_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    append_jsonl(path, {"version": 1, "loss": 0.5})
+    with path.open("a") as f:
+        f.write('{"version": 2, "lo')  # the learner was killed mid-write
+    append_jsonl(path, {"version": 2, "loss": 0.25})
+    append_jsonl(path, {"version": 3, "loss": 0.125})
+    lines = path.read_text().splitlines()
+    assert lines[1] == '{"version": 2, "lo'  # the torn row stays one bad line
+    assert [json.loads(x)["version"] for x in lines[:1] + lines[2:]] == [1, 2, 3]  # before: row 2 was lost in it
+
+
+def test_progress_skips_a_torn_metrics_line(tmp_path, capsys):
+    from winnow.learner.metrics import append_jsonl
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("")
+
+    class Learner:  # stands for the learner process: writes a torn row and a good one, then exits 0
+        returncode = None
+
+        def poll(self):
+            if self.returncode is None:
+                metrics.write_text('{"version": 1, "lo')
+                append_jsonl(metrics, {"version": 1, "loss": 0.5, "reward_mean": 0.25, "entropy": 1.0})
+                self.returncode = 0
+                return None
+            return 0
+
+    pipeline = Pipeline({}, tmp_path, resume=False)
+    pipeline.procs = {"learner": Learner()}
+    assert pipeline.watch() == 0  # before: a JSONDecodeError traceback from the torn line
+    assert "step    1 | reward 0.250" in capsys.readouterr().out

@@ -65,12 +65,11 @@ def register(sub) -> None:
 
 
 def _samples(args: argparse.Namespace) -> int:
-    import json
     from collections import deque
     from pathlib import Path
 
     from winnow.config import ConfigError
-    from winnow.samples import format_row, read_samples, select
+    from winnow.samples import format_row, json_line, read_samples, select
 
     path = Path(args.run_dir)
     if path.is_dir():
@@ -83,7 +82,7 @@ def _samples(args: argparse.Namespace) -> int:
     count = 0
     for r in rows:
         count += 1
-        print(json.dumps(r, ensure_ascii=False) if args.json else format_row(r, max_chars=args.max_chars) + "\n")
+        print(json_line(r) if args.json else format_row(r, max_chars=args.max_chars) + "\n")
     if not count:
         print("no matching samples", file=sys.stderr)
         return 1

@@ -18,8 +18,15 @@ variants. A config is resolved, lowest priority first, from:
 It is validated once at start-up. A bad value raises :class:`ConfigError` whose message names
 the field, the bad value and the rule, never a traceback from deep inside. So do a
 ``WINNOW_<SECTION>_*`` variable that names no field (a typo would otherwise be ignored; the
-message names the nearest field), a nested variable that is not JSON, and a config file that is
-not UTF-8 text.
+message names the nearest field), a ``WINNOW_<SECTION>_*`` variable whose section is a misspelling
+of a service's (``WINNOW_LERNER_MAX_STEPS``), a nested variable that is not JSON, and a config file
+that is not UTF-8 text.
+
+Config files and ``--set`` values are untrusted text, so the YAML reader (:func:`load_yaml`) refuses
+duplicate keys (naming the key and its lines), aliases that expand past :data:`MAX_ALIAS_EXPANSION`
+values (a "billion laughs" bomb), recursive aliases and integers too long to convert; values quoted
+in an error are cut to a few hundred characters. Every model refuses ``inf``/``nan`` floats and a
+boolean (YAML's ``yes``/``no``/``on``/``off``) where a number is expected.
 """
 
 from __future__ import annotations
@@ -28,19 +35,31 @@ import contextvars
 import difflib
 import json
 import os
+import reprlib
 import types
 import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 
 class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names the field."""
 
+
+SECTIONS: set[str] = {"learner", "generator", "verifier", "up"}
+"""Sections of the services' configs (``WINNOW_<SECTION>_*``); every :class:`Settings` subclass adds its own."""
 
 _FILE_DATA: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("winnow_config_file", default=None)
 
@@ -55,8 +74,40 @@ class _FileSource(PydanticBaseSettingsSource):
         return dict(_FILE_DATA.get() or {})
 
 
+def _numeric(annotation: Any) -> bool:
+    """Whether a field holds a number, an optional number, or a tuple/list of numbers."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _numeric(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return bool(args) and all(_numeric(a) for a in args)
+    if origin in (tuple, list):
+        args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        return bool(args) and all(_numeric(a) for a in args)
+    return annotation in (int, float)
+
+
+def _no_bool_for_number(cls: type[BaseModel], data: Any) -> Any:
+    """Refuse a boolean where a number is expected: YAML reads ``n: yes`` as True, which pydantic
+    would otherwise take as 1."""
+    if not isinstance(data, dict):
+        return data
+    bad = []
+    for name, value in data.items():
+        field = cls.model_fields.get(name) if isinstance(name, str) else None
+        items = value if isinstance(value, list | tuple) else [value]
+        if field is not None and any(isinstance(v, bool) for v in items) and _numeric(field.annotation):
+            bad.append(f"{name} (got {value!r})")
+    if bad:
+        raise ValueError(f"expected a number, got a boolean for {', '.join(bad)}: YAML reads yes/no/on/off/true/"
+                         "false as booleans")
+    return data
+
+
 class Settings(BaseSettings):
-    """Base of every service config: file < env < overrides, unknown keys rejected."""
+    """Base of every service config: file < env < overrides, unknown keys rejected, floats finite,
+    no booleans for numbers."""
 
     section: ClassVar[str] = ""
 
@@ -66,7 +117,15 @@ class Settings(BaseSettings):
         validate_default=True,
         use_attribute_docstrings=True,
         env_ignore_empty=True,
+        allow_inf_nan=False,
     )
+
+    _no_bool_for_number = model_validator(mode="before")(_no_bool_for_number)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.section:
+            SECTIONS.add(cls.section)
 
     @classmethod
     def settings_customise_sources(
@@ -76,9 +135,13 @@ class Settings(BaseSettings):
 
 
 class Model(BaseModel):
-    """Base of nested config blocks: unknown keys rejected, attribute docstrings kept."""
+    """Base of nested config blocks: unknown keys rejected, attribute docstrings kept, floats finite
+    (``inf``/``nan`` refused), no booleans for numbers."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True,
+                              allow_inf_nan=False)
+
+    _no_bool_for_number = model_validator(mode="before")(_no_bool_for_number)
 
 
 class KafkaConfig(Model):
@@ -184,6 +247,105 @@ SHARED_SECTIONS = ("kafka", "numerics")
 broker and topics; ``numerics``: the compute precision, see :mod:`winnow.numerics`)."""
 
 
+MAX_ALIAS_EXPANSION = 100_000
+"""Most values YAML aliases (``*name``) may add to a config by repeating anchored blocks: a config
+that uses an anchor a few times stays far below, a 28-line "billion laughs" bomb is far above."""
+
+
+class _Refused(ValueError):
+    """A YAML document that is well formed but refused (a duplicate key, an alias bomb)."""
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping with the same key twice (YAML would keep the last one
+    silently); merge keys (``<<: *base``) may still be overridden."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: the base constructor reports it
+                    continue
+                if first is not key_node:
+                    raise _Refused(f"duplicate key {_show(key, 80)} at line {key_node.start_mark.line + 1} "
+                                   f"(first at line {first.start_mark.line + 1})")
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(root: yaml.Node) -> tuple[int, int]:
+    """``(values once aliases are expanded, distinct values written)`` of a composed YAML document;
+    linear in the document, whatever the expansion. A recursive alias is refused."""
+    size: dict[int, int] = {}
+    active: set[int] = set()
+
+    def visit(node: yaml.Node) -> int:
+        key = id(node)
+        if key in size:
+            return size[key]
+        if key in active:
+            raise _Refused(f"recursive alias at line {node.start_mark.line + 1}")
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(visit(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(visit(k) + visit(v) for k, v in node.value)
+        active.discard(key)
+        size[key] = total
+        return total
+
+    return visit(root), len(size)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A PyYAML error on one line: what is wrong and where."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e)
+    context = getattr(e, "context", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{f'{context}: ' if context else ''}{problem}{where}"
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse untrusted YAML (a config file, a ``--set`` value) safely: no duplicate keys, no alias
+    bomb, no recursive alias, no integer too long to convert; any problem is a one-line
+    :class:`ConfigError` naming ``source``."""
+    loader = _ConfigLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        expanded, written = _expanded_size(node)
+        if expanded - written > MAX_ALIAS_EXPANSION:
+            raise _Refused(f"its aliases (*name) expand it to {expanded:,} values from {written:,} written; at most "
+                           f"{MAX_ALIAS_EXPANSION:,} may come from aliases: write the values out")
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source} is not valid YAML: {_cut(_yaml_problem(e))}") from None
+    except _Refused as e:
+        raise ConfigError(f"{source} is refused: {e}") from None
+    except ValueError as e:  # int("1" * 5000): Python refuses to convert over 4300 digits
+        raise ConfigError(f"{source} holds a value that cannot be read: {_cut(str(e).split(';')[0])}") from None
+    except RecursionError:
+        raise ConfigError(f"{source} is nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _Refused(f"duplicate key {_show(k, 80)}")
+        out[k] = v
+    return out
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
@@ -201,10 +363,17 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         ) from None
     if "\x00" in text:
         raise ConfigError(f"config file {p} holds NUL bytes (offset {text.index(chr(0))}): expected a YAML or JSON file")
-    try:
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as e:
-        raise ConfigError(f"config file {p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {e}") from None
+    if p.suffix == ".json":
+        try:
+            data = json.loads(text, object_pairs_hook=_json_pairs)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"config file {p} is not valid JSON: {e}") from None
+        except _Refused as e:
+            raise ConfigError(f"config file {p} is refused: {e}") from None
+        except (ValueError, RecursionError) as e:
+            raise ConfigError(f"config file {p} holds a value that cannot be read: {_cut(str(e).split(';')[0])}") from None
+    else:
+        data = load_yaml(text, f"config file {p}")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -213,19 +382,19 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """``["algo.preset=grpo", "port=0"]`` -> nested dict; values parsed as YAML scalars."""
+    """``["algo.preset=grpo", "port=0"]`` -> nested dict; values parsed as YAML (:func:`load_yaml`)."""
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key.path=value")
+            raise ConfigError(f"override {_show(item)} must look like key.path=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = load_yaml(raw, f"--set {_cut(key.strip(), 100)}") if raw != "" else ""
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r} conflicts with another override")
+                raise ConfigError(f"override {_show(item)} conflicts with another override")
         node[parts[-1]] = value
     return out
 
@@ -237,13 +406,36 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+QUOTE_CHARS = 200
+"""Longest value an error message quotes (a bad value can be megabytes: only its start is shown)."""
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, QUOTE_CHARS, QUOTE_CHARS, 60
+
+
+def _cut(text: str, limit: int = QUOTE_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} chars)"
+
+
+def _show(value: Any, limit: int = QUOTE_CHARS) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, cheap however large or deep the value."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * QUOTE_CHARS:
+        return f"<an integer of about {int(value.bit_length() * 0.30103):,} digits>"
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value):,} chars)"
+    try:
+        return _cut(_REPR.repr(value), limit)
+    except ValueError:  # a nested integer too long to print
+        return f"<a {type(value).__name__}>"
+
+
 def format_validation_error(name: str, err: ValidationError) -> str:
     lines = [f"invalid {name} config ({err.error_count()} problem{'s' if err.error_count() > 1 else ''}):"]
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "(root)"
+    for e in err.errors(include_url=False):
+        loc = _cut(".".join(str(x) for x in e["loc"]) or "(root)", 100)
         got = e.get("input")
-        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  - {loc}: {e['msg']}{got_s}")
+        got_s = "" if isinstance(got, dict) else f" (got {_show(got)})"
+        lines.append(f"  - {loc}: {_cut(e['msg'], 2 * QUOTE_CHARS)}{got_s}")
     return "\n".join(lines)
 
 
@@ -262,6 +454,7 @@ def load_config(
         shared = {k: v for k, v in file_data.items() if k in SHARED_SECTIONS and k in cls.model_fields}
         file_data = deep_merge(shared, file_data[cls.section])
     if cls.section:
+        check_env_sections(os.environ)
         check_env(cls, os.environ)
     token = _FILE_DATA.set(file_data)
     try:
@@ -318,6 +511,27 @@ def _field_names(models: list[type[BaseModel]]) -> dict[str, Any]:
         for name, info in m.model_fields.items():
             names.setdefault(name, info.annotation)
     return names
+
+
+def check_env_sections(environ: typing.Mapping[str, str]) -> None:
+    """Reject ``WINNOW_<X>_*`` variables whose ``X`` is no service's section but close to one
+    (``WINNOW_LERNER_MAX_STEPS``): no service would read them, so the setting would be lost. Other
+    ``WINNOW_*`` names (``WINNOW_CACHE``) are not config and pass."""
+    problems = []
+    for var in sorted(environ):
+        head, _, rest = var.upper().partition("_")
+        section, sep, field = rest.partition("_")
+        if head != "WINNOW" or not sep or not field or environ[var] == "" or section.lower() in SECTIONS:
+            continue
+        near = difflib.get_close_matches(section.lower(), sorted(SECTIONS), n=1, cutoff=0.75)
+        if near:
+            problems.append(f"  - {var}: no config section {section.lower()!r} (did you mean {near[0]}, "
+                            f"i.e. {env_prefix(near[0])}{field}?)")
+    if problems:
+        raise ConfigError(
+            f"misspelled section in environment variable{'s' if len(problems) > 1 else ''} (no service reads "
+            f"them; the sections are {', '.join(sorted(SECTIONS))}):\n" + "\n".join(problems)
+        )
 
 
 def check_env(cls: type[Settings], environ: typing.Mapping[str, str]) -> None:

@@ -15,7 +15,9 @@ before the step); ``kept`` says whether the sample contributed to the update and
 
 Bounded by :class:`winnow.tracking.SamplesConfig`: every k-th step, at most ``max_groups`` groups
 per step, texts cut to ``max_chars``, and no more appends past ``max_mb``.
-``winnow samples RUN_DIR [--step K] [--status wrong]`` prints it.
+``winnow samples RUN_DIR [--step K] [--status wrong]`` prints it. The texts are the model's (or a
+foreign writer's): printed, every control character but newline and tab (ESC, CSI, OSC, BEL, CR, DEL,
+C1) and every bidirectional override is shown as an escape (``\\x1b``), never sent to the terminal.
 """
 
 from __future__ import annotations
@@ -185,6 +187,24 @@ def table_rows(rows: list[dict[str, Any]], max_chars: int = 0) -> tuple[list[str
 # reading and printing (winnow samples)
 
 
+_UNSAFE = [*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F, *range(0x80, 0xA0),  # C0 but \t \n, DEL, C1
+           0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]  # bidi marks and overrides
+_VISIBLE = {c: ("\\r" if c == 0x0D else f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}") for c in _UNSAFE}
+_JSON_ESCAPED = {c: f"\\u{c:04x}" for c in _UNSAFE}
+
+
+def visible(text: Any) -> str:
+    """``text`` safe to print on a terminal: each control character (except newline and tab) and each
+    bidirectional override replaced by its escape, e.g. ESC by the four characters ``\\x1b``."""
+    return str(text).translate(_VISIBLE)
+
+
+def json_line(row: dict[str, Any]) -> str:
+    """``row`` as one JSON line that is safe to print: the characters :func:`visible` escapes are written
+    as ``\\uXXXX`` (JSON escapes C0 itself; DEL, C1 and bidi marks it leaves raw)."""
+    return json.dumps(row, ensure_ascii=False).translate(_JSON_ESCAPED)
+
+
 def read_samples(path: str | Path) -> Iterator[dict[str, Any]]:
     """Rows of a samples.jsonl (a torn last line is skipped)."""
     p = Path(path)
@@ -219,18 +239,18 @@ def select(
 
 
 def format_row(r: dict[str, Any], *, max_chars: int = 0) -> str:
-    """A readable block for one group."""
+    """A readable block for one group, safe to print (every field goes through :func:`visible`)."""
     head = (f"── step {r.get('step')}  {r.get('prompt_id')}  outcome: {r.get('outcome')}  "
             f"gold: {r.get('gold', '')!s}  (policy v{r.get('policy_version')}, task {r.get('task', '')})")
-    lines = [head]
+    lines = [visible(head)]
     if r.get("problem"):
-        lines.append("problem: " + _cut(r["problem"], max_chars).replace("\n", "\n         "))
+        lines.append("problem: " + visible(_cut(str(r["problem"]), max_chars)).replace("\n", "\n         "))
     for i, s in enumerate(r.get("samples", [])):
         mark = "kept" if s.get("kept") else f"dropped: {s.get('why', '')}"
-        lines.append(
+        lines.append(visible(
             f"  [{i}] {s.get('status')}  reward {s.get('reward')}  extracted {s.get('extracted', '')!r}  "
             f"{s.get('tokens')} tok ({s.get('finish_reason')})  {mark}"
-        )
-        text = _cut(s.get("text", ""), max_chars).rstrip()
+        ).replace("\n", "\\n"))
+        text = visible(_cut(str(s.get("text", "")), max_chars).rstrip())
         lines.append("      " + text.replace("\n", "\n      "))
     return "\n".join(lines)

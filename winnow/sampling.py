@@ -31,12 +31,12 @@ class SamplingConfig(Model):
     """Softmax temperature. 0 means greedy decoding (the recorded log-prob is then 0: a point mass)."""
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p (1 = off)."""
-    top_k: int = Field(default=0, ge=0)
+    top_k: int = Field(default=0, ge=0, le=2**31 - 1)
     """Keep only the k most likely tokens (0 = off)."""
     max_new_tokens: int = Field(default=256, ge=1, le=65536)
     """Maximum generated tokens per sample; a sample that reaches it ends with finish_reason "length"."""
-    seed: int | None = None
-    """Seed for the sampler (None = nondeterministic). On the wire, seed 0 means "no seed"."""
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    """Seed for the sampler (None = nondeterministic). On the wire (an int64), seed 0 means "no seed"."""
 
 
 @dataclass(slots=True)

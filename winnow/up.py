@@ -23,6 +23,7 @@ sample in bf16 (see docs/benchmarks.md, "learning").
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import os
@@ -98,12 +99,45 @@ def resolve(config_path: str | None, overrides: list[str], run_dir: Path) -> dic
     if replaced and not eval_set and not learner.get("prompts", {}).get("holdout"):
         # the default's held-out evaluation belongs to the default's data (its set-aside rows)
         learner.setdefault("eval", {})["every"] = 0
+    check_sections(data)
+    return data
+
+
+def check_sections(data: dict[str, Any]) -> None:
+    """Refuse a top-level section no service reads (a misspelled ``lerner:`` would be ignored)."""
     unknown = set(data) - {"up", "kafka", "numerics", *COMPONENTS}
     if unknown:
         raise ConfigError(
             f"unknown top-level section(s) {sorted(unknown)}; expected up, kafka, numerics, {', '.join(COMPONENTS)}"
         )
-    return data
+
+
+def lock_run_dir(run_dir: Path) -> Any:
+    """Create ``run_dir`` and hold an exclusive advisory lock on ``<run_dir>/.lock`` (it names the holder's
+    PID) so that two ``winnow up`` never run two learners on one directory. The lock lasts while the
+    returned file, or a copy of it handed to a service, is open; a second caller gets a ConfigError at once."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run directory {run_dir} is a file, not a directory: move it away or pass another --run-dir")
+    path = run_dir / ".lock"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(path, "a+")  # noqa: SIM115 - held for the life of `winnow up`
+    except OSError as e:
+        raise ConfigError(f"run directory {run_dir} cannot be written ({e.strerror or e}: {e.filename or path}): "
+                          "make it writable, or pass another --run-dir") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise ConfigError(f"run directory {run_dir} is in use by another winnow up (pid {holder}, or the services it "
+                          "started): stop it first, or pass another --run-dir") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
 
 
 class Pipeline:
@@ -117,6 +151,7 @@ class Pipeline:
         self.procs: dict[str, subprocess.Popen] = {}
         self.broker = None
         self.ports: dict[str, int] = {}
+        self.lock: Any = None  # <run_dir>/.lock, held from start() until stop_all()
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -130,7 +165,8 @@ class Pipeline:
         verifier.setdefault("metrics_host", host)
         out["verifier"] = verifier
         numerics = self.data.get("numerics", {})  # one precision for sampling, training and evaluation
-        gen = deep_merge(self.data.get("generator", {}), {"kafka": kafka, "numerics": numerics, "metrics_host": host})
+        gen = deep_merge(self.data.get("generator", {}), {"kafka": kafka, "numerics": numerics, "metrics_host": host,
+                                                          "weights": {"root": str(rd / "weights")}})
         if model_dir:
             gen["model"] = model_dir
         if self.up.start_verifier:
@@ -191,6 +227,7 @@ class Pipeline:
             stdin=subprocess.DEVNULL,
             env=env,
             start_new_session=True,  # Ctrl-C reaches `up` only; it stops the services in order
+            pass_fds=(self.lock.fileno(),) if self.lock else (),  # a service outliving `up` keeps the run dir locked
         )
         out.close()
         self.procs[name] = proc
@@ -226,6 +263,9 @@ class Pipeline:
             if self.broker is not None:
                 self.broker.stop()
                 self.broker = None
+            if self.lock is not None:
+                self.lock.close()
+                self.lock = None
 
     def _tail_hint(self, name: str, lines: int = 15) -> str:
         path = self.run_dir / "logs" / f"{name}.log"
@@ -244,7 +284,7 @@ class Pipeline:
         self.ports = {k: free_port(host) for k in ("verifier", "verifier_metrics", "learner_metrics")}
         # Validate every service's config before starting anything (a bad field fails in a second).
         self.validate(self.component_configs("127.0.0.1:9092", None))
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = lock_run_dir(self.run_dir)
         model_dir = self._prepare_model()
         configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or self.data.get("kafka", {}).get("bootstrap_servers")
         bootstrap, self.broker = ensure_broker(configured or None, self.up.broker, self.run_dir / "kafka")
@@ -307,7 +347,10 @@ class Pipeline:
                         if not line.endswith("\n"):
                             break
                         offset += len(line.encode())
-                        row = json.loads(line)
+                        try:
+                            row = json.loads(line)
+                        except json.JSONDecodeError:  # a row torn by a crash (the next one starts a new line)
+                            continue
                         print(format_progress(row), flush=True)
                         if "eval_accuracy" in row:
                             evals.append(row)
@@ -414,9 +457,15 @@ def run(args: argparse.Namespace) -> int:
         saved = run_dir / "config" / "up.yaml"
         if not saved.is_file():
             raise ConfigError(f"--resume: {saved} not found (is {run_dir} a winnow up run directory?)")
-        data = deep_merge(yaml.safe_load(saved.read_text()), parse_overrides(overrides))
+        try:
+            saved_data = read_config_file(saved)
+        except ConfigError as e:
+            raise ConfigError(f"--resume: {e}. Restore {saved} (the run's resolved config; config/*.yaml hold "
+                              "each service's part), or start a new run without --resume") from None
+        data = deep_merge(saved_data, parse_overrides(overrides))
         if args.config:
             data = deep_merge(data, read_config_file(args.config))
+        check_sections(data)
     else:
         data = resolve(args.config, overrides, Path("."))
         root = Path(args.runs_root or data.get("up", {}).get("runs_root", "runs"))

@@ -106,3 +106,28 @@ def test_read_skips_torn_last_line(tmp_path, torn):
     p = tmp_path / "s.jsonl"
     p.write_text('{"step": 0, "samples": []}\n' + torn)
     assert [r["step"] for r in read_samples(p)] == [0]
+
+
+HOSTILE = ("ok\x1b[2J\x1b]0;pwned\x07 \x1b]8;;http://evil\x1b\\link\x1b]8;;\x1b\\ \x9b31m c1 \x7f del \r over "
+           "\u202e bidi \x00 nul\tkeeps tab\nand newline")
+
+
+def test_winnow_samples_escapes_terminal_control_sequences(tmp_path, make_group, capsys):
+    # issue 22 item 12: a group's text reached the operator's terminal raw (clear screen, set the title,
+    # hyperlinks, C1 CSI, carriage-return overwrite, bidi override)
+    log = SampleLog(tmp_path / "samples.jsonl", SamplesConfig())
+    group = make_group([1, 2], problem="What is \x1b[31m2+3?", gold="5\x1b[0m", texts=[HOSTILE, "fine"])
+    group.samples[0].extracted = "5\x1b[1A"
+    log.record([group], ["trained"], step=1)
+    log.flush(1)
+    assert main(["samples", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    unsafe = [c for c in out if (ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) < 0xA0 or c == "\u202e"]
+    assert unsafe == []
+    assert r"ok\x1b[2J\x1b]0;pwned\x07" in out and r"\x9b31m" in out and r"\r over" in out and r"\u202e" in out
+    assert r"What is \x1b[31m2+3?" in out and r"gold: 5\x1b[0m" in out
+    assert "keeps tab\n" in out.replace("      and newline", "and newline")  # tab and newline stay readable
+    assert main(["samples", str(tmp_path), "--json"]) == 0
+    line = capsys.readouterr().out
+    assert not [c for c in line if (ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) < 0xA0 or c == "\u202e"]
+    assert json.loads(line)["samples"][0]["text"] == HOSTILE  # the JSON still holds the exact text
