@@ -276,3 +276,20 @@ def test_values_quoted_in_errors_are_cut(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(DemoConfig, f)
     assert len(str(err.value)) < 600 and "1,000,000 chars" in str(err.value)
+
+
+def test_config_path_that_is_a_directory_or_too_big(tmp_path):
+    with pytest.raises(ConfigError, match=r"config file .* is a directory: pass the YAML or JSON file"):
+        load_config(DemoConfig, tmp_path)  # was "not found"
+    big = tmp_path / "c.yaml"
+    with big.open("wb") as f:
+        f.truncate(17 * 1024 * 1024)  # sparse: read whole before, then refused as NUL bytes
+    with pytest.raises(ConfigError, match=r"c\.yaml has 17,825,792 bytes, more than a config file may \(16,777,216\)"):
+        load_config(DemoConfig, big)
+
+
+def test_deeply_nested_config_is_a_short_error(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("demo: " + "[" * 20_000 + "]" * 20_000 + "\n")  # was a RecursionError traceback
+    with pytest.raises(ConfigError, match=r"c\.yaml is nested too deeply"):
+        load_config(DemoConfig, f)

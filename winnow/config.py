@@ -346,11 +346,21 @@ def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+"""Largest config file read (a config is kilobytes; a bigger file is the wrong one)."""
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {p} is a directory: pass the YAML or JSON file")
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
+        size = p.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {p} has {size:,} bytes, more than a config file may "
+                              f"({MAX_CONFIG_BYTES:,}): is it the right file?")
         raw = p.read_bytes()
     except OSError as e:
         raise ConfigError(f"config file {p} cannot be read: {e.strerror or e}") from None
