@@ -442,10 +442,11 @@ def _show(value: Any, limit: int = QUOTE_CHARS) -> str:
 def format_validation_error(name: str, err: ValidationError) -> str:
     lines = [f"invalid {name} config ({err.error_count()} problem{'s' if err.error_count() > 1 else ''}):"]
     for e in err.errors(include_url=False):
-        loc = _cut(".".join(str(x) for x in e["loc"]) or "(root)", 100)
+        loc = _cut(".".join(str(x) for x in e["loc"]) or name.split()[0], 100)
         got = e.get("input")
         got_s = "" if isinstance(got, dict) else f" (got {_show(got)})"
-        lines.append(f"  - {loc}: {_cut(e['msg'], 2 * QUOTE_CHARS)}{got_s}")
+        msg = e["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
+        lines.append(f"  - {loc}: {_cut(msg, 2 * QUOTE_CHARS)}{got_s}")
     return "\n".join(lines)
 
 
