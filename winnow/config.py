@@ -42,15 +42,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
-from pydantic import (
-    AliasChoices,
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    model_validator,
-)
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 
@@ -98,7 +90,7 @@ def _no_bool_for_number(cls: type[BaseModel], data: Any) -> Any:
         field = cls.model_fields.get(name) if isinstance(name, str) else None
         items = value if isinstance(value, list | tuple) else [value]
         if field is not None and any(isinstance(v, bool) for v in items) and _numeric(field.annotation):
-            bad.append(f"{name} (got {value!r})")
+            bad.append(f"{name} (got {_show(value)})")
     if bad:
         raise ValueError(f"expected a number, got a boolean for {', '.join(bad)}: YAML reads yes/no/on/off/true/"
                          "false as booleans")
