@@ -121,6 +121,8 @@ def lock_run_dir(run_dir: Path) -> Any:
     path = run_dir / ".lock"
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(run_dir, os.W_OK | os.X_OK):  # a .lock left writable in a read-only directory
+            raise PermissionError(13, "Permission denied", str(run_dir))
         lock = open(path, "a+")  # noqa: SIM115 - held for the life of `winnow up`
     except OSError as e:
         raise ConfigError(f"run directory {run_dir} cannot be written ({e.strerror or e}: {e.filename or path}): "
