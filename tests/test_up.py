@@ -255,3 +255,11 @@ def test_progress_skips_a_torn_metrics_line(tmp_path, capsys):
     pipeline.procs = {"learner": Learner()}
     assert pipeline.watch() == 0  # before: a JSONDecodeError traceback from the torn line
     assert "step    1 | reward 0.250" in capsys.readouterr().out
+
+
+def test_log_tail_shown_on_a_crash_escapes_terminal_sequences(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "learner.log").write_text("ERROR quarantined prompt '\x1b]0;pwned\x07\x1b[2J'\nTraceback\n")
+    tail = Pipeline({}, tmp_path, resume=False)._tail_hint("learner")
+    assert tail == "    ERROR quarantined prompt '\\x1b]0;pwned\\x07\\x1b[2J'\n    Traceback"

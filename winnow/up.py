@@ -75,6 +75,11 @@ class UpConfig(Settings):
     """How long to wait for the first training step before warning (model conversion, first batch)."""
     stop_timeout_s: float = Field(default=120.0, gt=0)
     """Grace period for each service to stop on Ctrl-C before it is killed."""
+    learner_procs: int = Field(default=1, ge=1, le=1024)
+    """Learner processes on this machine. 1: the plain learner; N > 1: ``torchrun --nproc-per-node N`` (FSDP2,
+    rank 0 owns Kafka; one GPU per process, or gloo on CPU with the learner's share of the cores split between
+    them). ``learner.batch_groups`` must be at least N (each rank trains whole groups). Several machines:
+    docs/distributed.md."""
     torch_threads: int = Field(default=0, ge=0, le=1024)
     """Threads per torch process (OMP_NUM_THREADS). 0 = the machine's cores shared out between the
     learner and the generators, so they run side by side instead of oversubscribing the CPU
@@ -222,8 +227,15 @@ class Pipeline:
         if name != "verifier":
             threads = self.up.torch_threads or max(1, (os.cpu_count() or 1) // (self.up.generators + 1))
             env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        launcher = [sys.executable, "-m", "winnow"]
+        if name == "learner" and self.up.learner_procs > 1:  # the sharded learner (learner/distributed.py)
+            per_rank = max(1, int(env.get("OMP_NUM_THREADS", "1")) // self.up.learner_procs)
+            env.update(OMP_NUM_THREADS=str(per_rank), MKL_NUM_THREADS=str(per_rank))
+            launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(self.up.learner_procs),
+                        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{self.up.host}:{free_port(self.up.host)}",
+                        "--max-restarts", "0", "-m", "winnow"]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "winnow", *argv],
+            [*launcher, *argv],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -275,7 +287,9 @@ class Pipeline:
             text = path.read_text(errors="replace").splitlines()[-lines:]
         except OSError:
             return ""
-        return "\n".join("    " + t for t in text)
+        from winnow.samples import visible
+
+        return "\n".join("    " + visible(t) for t in text)  # logs quote model text: no escapes reach the terminal
 
     # -- main -------------------------------------------------------------------------------
 
@@ -445,6 +459,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"learner.max_steps={args.steps}")
     if args.preset:
         overrides.append(f"learner.algo.preset={args.preset}")
+    if args.learner_procs:
+        overrides.append(f"up.learner_procs={args.learner_procs}")
     if args.model:
         overrides += [f"learner.model={args.model}", f"generator.model={args.model}"]
     if args.bootstrap:
@@ -505,6 +521,8 @@ def register(sub) -> None:
     p.add_argument("--runs-root", help="parent of run directories (default: runs)")
     p.add_argument("--resume", action="store_true", help="continue the latest run (or --run-dir) from its checkpoint")
     p.add_argument("--steps", type=int, help="stop after this many optimizer steps (learner.max_steps)")
+    p.add_argument("--learner-procs", type=int, metavar="N",
+                   help="learner processes (torchrun, FSDP2; one per GPU, or gloo on CPU) (up.learner_procs)")
     p.add_argument("--preset", help="algorithm preset (raft, raft++, reinforce, grpo, reinforce_rej, ...)")
     p.add_argument("--model", help="any Hugging Face model directory or hub id (default: smollm2-135m)")
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS or a local broker)")
