@@ -15,12 +15,17 @@ Statuses: ``CORRECT`` -> ``reward_correct``; ``WRONG`` -> ``reward_wrong``; ``NO
 ``TIMEOUT``, ``TOO_COMPLEX`` -> their own reward (None = ``reward_wrong``); ``ERROR`` and ``UNSPECIFIED`` are
 *invalid*: the verifier failed, so the sample is excluded from training (and from group statistics), never
 counted as wrong.
+
+Two settings apply to every preset: ``mismatch`` (a training-inference mismatch correction, a ``kind``-discriminated
+sub-config; the functions are in :mod:`winnow.learner.corrections`) and ``overlong`` (drop truncated samples from the
+loss, and/or DAPO's soft overlong penalty, :func:`overlong_penalty`, added to the reward). docs/algorithms.md
+sections 7 and 8.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -41,6 +46,9 @@ AdvantageKind = Literal["raw", "mean_zero", "mean_std", "raft", "unit", "snis"]
 ADVANTAGE_KINDS: tuple[str, ...] = get_args(AdvantageKind)
 AggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum"]
 AGG_MODES: tuple[str, ...] = get_args(AggMode)
+MismatchKind = Literal["none", "token_tis", "token_mis", "seq_tis", "seq_mis", "icepop"]
+MISMATCH_KINDS: tuple[str, ...] = get_args(MismatchKind)
+"""The training-inference mismatch corrections (:mod:`winnow.learner.corrections`)."""
 
 # name -> fields; everything not listed takes the AlgoConfig default.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -87,6 +95,112 @@ PLUS_MINUS_ONE_ABLATIONS: dict[str, str] = {
 
 def _valid_names() -> str:
     return ", ".join(PRESETS)
+
+
+# ---------------------------------------------------------------- mismatch corrections (docs/algorithms.md section 7)
+# Each multiplies a token's policy loss by a weight c_t computed from w_t = pi_old(a_t) / mu(a_t), the learner's
+# recomputed probability over the generator's (learner/corrections.py has the formulas and sources).
+
+
+class NoCorrection(Model):
+    """No mismatch correction (today's objective): c_t = w_t under decoupled (then truncated at is_cap), nothing
+    else."""
+
+    kind: Literal["none"] = "none"
+
+
+class TokenTIS(Model):
+    """Token-level truncated importance sampling: c_t = min(w_t, cap)."""
+
+    kind: Literal["token_tis"] = "token_tis"
+    cap: float = Field(default=2.0, ge=1.0)
+    """C. 2 is the default of TRL, SkyRL, slime and verl's examples."""
+
+
+class _MaskBounds(Model):
+    lo: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Lower bound of the accepted weights (0 = one-sided)."""
+    hi: float = Field(default=2.0, ge=1.0)
+    """Upper bound of the accepted weights."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> _MaskBounds:
+        if not self.lo < self.hi:
+            raise ValueError(f"need lo < hi, got lo={self.lo}, hi={self.hi}")
+        return self
+
+
+class TokenMIS(_MaskBounds):
+    """Token-level masked importance sampling: c_t = w_t if lo <= w_t <= hi, else 0 (the token leaves the
+    update). Defaults: TRL's token_mask (one-sided, 2)."""
+
+    kind: Literal["token_mis"] = "token_mis"
+
+
+class IcePop(_MaskBounds):
+    """IcePop (Ring-1T, arXiv 2510.18855): the two-sided token mask c_t = w_t if alpha <= w_t <= beta, else 0;
+    token_mis with the paper's bounds alpha = lo = 0.5, beta = hi = 5."""
+
+    kind: Literal["icepop"] = "icepop"
+    lo: float = Field(default=0.5, ge=0.0, le=1.0)
+    """alpha."""
+    hi: float = Field(default=5.0, ge=1.0)
+    """beta."""
+
+
+class SeqTIS(Model):
+    """Sequence-level truncated importance sampling on the geometric-mean ratio rho = exp(mean_t log w_t):
+    c_t = min(rho, cap) on every token of the sequence."""
+
+    kind: Literal["seq_tis"] = "seq_tis"
+    cap: float = Field(default=1.01, ge=1.0)
+    """C. rho is a per-token average, so it stays near 1: the default is SkyRL's geometric bound (1.01)."""
+
+
+class SeqMIS(_MaskBounds):
+    """Sequence-level masked importance sampling on the geometric-mean ratio: c_t = rho if lo <= rho <= hi, else
+    0 for the whole sequence. Defaults: SkyRL's geometric sequence mask [0.99, 1.01]."""
+
+    kind: Literal["seq_mis"] = "seq_mis"
+    lo: float = Field(default=0.99, ge=0.0, le=1.0)
+    """Lower bound of the accepted rho."""
+    hi: float = Field(default=1.01, ge=1.0)
+    """Upper bound of the accepted rho."""
+
+
+MismatchCorrection = Annotated[
+    NoCorrection | TokenTIS | TokenMIS | SeqTIS | SeqMIS | IcePop, Field(discriminator="kind")
+]
+"""Typed config of a mismatch correction, discriminated on ``kind``."""
+
+
+# ---------------------------------------------------------------- overlong responses (docs/algorithms.md section 8)
+class SoftOverlongPenalty(Model):
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), added to the reward: 0 up to max_tokens - buffer
+    tokens, then falling linearly to -factor at max_tokens."""
+
+    max_tokens: int = Field(ge=1)
+    """L_max: the generators' sampling.max_new_tokens."""
+    buffer: int = Field(ge=1)
+    """L_cache: the length of the penalty ramp (DAPO: 4096 of 20480)."""
+    factor: float = Field(default=1.0, ge=0.0)
+    """The penalty at max_tokens (verl's overlong_buffer.penalty_factor; DAPO: 1)."""
+
+    @model_validator(mode="after")
+    def _fits(self) -> SoftOverlongPenalty:
+        if self.buffer > self.max_tokens:
+            raise ValueError(f"buffer={self.buffer} must be at most max_tokens={self.max_tokens}")
+        return self
+
+
+class OverlongConfig(Model):
+    """What happens to responses that hit the length limit."""
+
+    drop_truncated: bool = False
+    """Truncated samples (finish_reason "length") leave the loss (DAPO's overlong filtering; SkyRL's
+    apply_overlong_filtering). Their rewards still enter their group's statistics."""
+    soft_penalty: SoftOverlongPenalty | None = None
+    """DAPO's soft overlong penalty on the reward (None = off)."""
 
 
 class AlgoConfig(Model):
@@ -157,6 +271,13 @@ class AlgoConfig(Model):
     max_staleness: int = Field(default=1, ge=0)
     """Groups generated by a policy more than this many versions behind the one being trained are dropped
     (and counted); 0 = strictly on-policy."""
+    mismatch: MismatchCorrection = NoCorrection()
+    """Training-inference mismatch correction, by kind: none | token_tis {cap} | token_mis {lo, hi} | seq_tis {cap}
+    | seq_mis {lo, hi} | icepop {lo, hi}, on w = pi_old / mu (learner recompute over generator). With loss=sft it
+    weights -A log pi; with decoupled it replaces the weight pi_prox / mu (then truncated at is_cap); with a ratio
+    against mu (clipped, not decoupled) only its mask applies, so the truncations need decoupled=true."""
+    overlong: OverlongConfig = OverlongConfig()
+    """Truncated responses: drop_truncated and/or DAPO's soft_penalty {max_tokens, buffer, factor}."""
 
     @model_validator(mode="before")
     @classmethod
@@ -189,13 +310,21 @@ class AlgoConfig(Model):
             if self.advantage == "raw":
                 kept = [self.reward_correct] if self.filter == "raft" else [
                     self.reward_correct, *(v for v in others.values() if v is not None)]
-                if min(kept) < 0:
+                penalty = self.overlong.soft_penalty.factor if self.overlong.soft_penalty is not None else 0.0
+                if min(kept) - penalty < 0:
                     raise ValueError(
                         f"loss=sft with advantage=raw and filter={self.filter} trains on a negative reward "
-                        f"(reward map min {min(kept)}); use advantage=raft, filter=raft, or rewards >= 0"
+                        f"(reward map min {min(kept)}, overlong penalty down to -{penalty}); use advantage=raft, "
+                        "filter=raft, or rewards >= 0"
                     )
             if self.decoupled:
                 raise ValueError("decoupled=True needs a ratio: it applies to loss=clipped, not loss=sft")
+        elif not self.decoupled and self.mismatch.kind in ("token_tis", "seq_tis"):
+            raise ValueError(
+                f"mismatch.kind={self.mismatch.kind} truncates the weight pi_old / mu, but with decoupled=false the "
+                "PPO ratio is taken against mu and already contains it: set decoupled=true (ratio against pi_old, "
+                "times the truncated weight), or use a mask (token_mis, seq_mis, icepop)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -259,3 +388,21 @@ def reward_from_status(statuses: Tensor, cfg: AlgoConfig) -> tuple[Tensor, Tenso
     if cfg.error_policy == "exclude_group":
         valid = valid & valid.all(dim=-1, keepdim=True)
     return rewards, valid
+
+
+def overlong_penalty(lengths: Tensor, *, max_tokens: int, buffer: int, factor: float = 1.0) -> Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, arXiv 2503.14476, eq. 13) times ``factor``:
+    ``lengths`` (any shape, response tokens) -> the reward term, same shape, fp32:
+
+        0                                 if |y| <= L_max - L_cache
+        factor ((L_max - L_cache) - |y|) / L_cache   if L_max - L_cache < |y| <= L_max
+        -factor                           if |y| > L_max
+
+    with ``L_max = max_tokens``, ``L_cache = buffer`` (verl's ``overlong_buffer``: ``len``, ``penalty_factor``).
+    """
+    import torch
+
+    if not 1 <= buffer <= max_tokens:
+        raise ValueError(f"need 1 <= buffer <= max_tokens, got buffer={buffer}, max_tokens={max_tokens}")
+    over = (lengths.to(torch.float32) - (max_tokens - buffer)).clamp(min=0.0)
+    return -factor * (over / buffer).clamp(max=1.0)

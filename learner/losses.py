@@ -8,7 +8,8 @@ Xiong et al. (2025, arXiv 2504.11343), eq. 1 (RAFT), eq. 5-6 (Reinforce, RAFT++)
   ``s_t = pi_theta(a_t) / pi_old(a_t)``: ``max(-A s, -A clip(s, 1-eps_low, 1+eps_high))``, plus dual-clip
   (Ye et al. 2020) for ``A < 0``: ``min(that, -A c)``. Optional decoupled off-policy correction (AReaL,
   Fu et al. 2025): ratio against a *proximal* policy and a detached, truncated importance weight
-  ``w = min(pi_prox / mu, is_cap)`` for the behaviour policy ``mu`` that generated the data.
+  ``w = min(pi_prox / mu, is_cap)`` for the behaviour policy ``mu`` that generated the data; or any
+  per-token weight from :mod:`winnow.learner.corrections` (TIS, MIS, IcePop) in its place.
 - :func:`kl_penalty`: k1, k2, k3 (Schulman's "low variance" estimator, verl's ``low_var_kl``).
 - :func:`ratio_stats`: ratio mean/max/min, normalised effective sample size, training-inference mismatch KL.
 - :func:`mismatch_stats`: training-inference mismatch on tokens sampled at the learner's own version.
@@ -29,10 +30,11 @@ import torch
 from torch import Tensor
 
 from winnow.learner.algo import AGG_MODES, AggMode  # noqa: F401  (defined with the config)
+from winnow.learner.corrections import LOG_RATIO_CLAMP, Correction, behaviour_correction, behaviour_log_ratio
 
 KLKind = Literal["k1", "k2", "k3"]
 
-_LOG_RATIO_CLAMP = 20.0  # exp(20) ~ 5e8: keeps ratios finite (verl clamps the same way)
+_LOG_RATIO_CLAMP = LOG_RATIO_CLAMP  # exp(20) ~ 5e8: keeps ratios finite (verl clamps the same way)
 
 
 def _masked(values: Tensor, mask: Tensor) -> Tensor:
@@ -108,6 +110,7 @@ def clipped_policy_loss(
     dual_clip_c: float | None = 3.0,
     proximal_logprobs: Tensor | None = None,
     is_cap: float | None = None,
+    correction: Correction | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO clipped surrogate per token (to minimise) and detached statistics.
 
@@ -121,9 +124,13 @@ def clipped_policy_loss(
     With ``proximal_logprobs`` (decoupled PPO): ``s = exp(logprobs - proximal_logprobs)`` and the token loss
     is multiplied by ``w = exp(proximal - behaviour)``, detached and truncated at ``is_cap`` (None = no cap).
 
+    ``correction`` (from :func:`~winnow.learner.corrections.behaviour_correction`): its ``weight`` (B, T)
+    multiplies the token loss *instead of* the default weight above (with a ratio against ``mu`` it is a 0/1
+    mask; with ``proximal_logprobs`` the TIS/MIS weight of ``pi_prox / mu``, already truncated at ``is_cap``).
+
     Stats (all detached): ``ratio`` (B, T), ``clipped`` (B, T) bool (the clipped branch is active, so the
     token has zero gradient), ``dual_clipped`` (B, T) bool, ``is_weight`` (B, T), and masked-mean scalars
-    ``clip_frac``, ``dual_clip_frac``, ``is_weight_mean``, ``is_trunc_frac``.
+    ``clip_frac``, ``dual_clip_frac``, ``is_weight_mean``, ``is_trunc_frac`` (tokens whose weight was truncated).
     """
     if not 0.0 <= eps_low < 1.0 or eps_high < 0.0:
         raise ValueError(f"need 0 <= eps_low < 1 and eps_high >= 0, got eps_low={eps_low}, eps_high={eps_high}")
@@ -142,12 +149,11 @@ def clipped_policy_loss(
         cap = -adv * dual_clip_c
         dual_clipped = (adv < 0) & (loss > cap)
         loss = torch.where(adv < 0, torch.minimum(loss, cap), loss)
-    if proximal_logprobs is not None:
-        log_w = (proximal_logprobs - behaviour_logprobs).detach().clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)
-        is_weight = torch.exp(log_w)
-        truncated = torch.zeros_like(clipped) if is_cap is None else is_weight > is_cap
-        if is_cap is not None:
-            is_weight = is_weight.clamp(max=is_cap)
+    if correction is None and proximal_logprobs is not None:
+        log_w = behaviour_log_ratio(proximal_logprobs, behaviour_logprobs)
+        correction = behaviour_correction(log_w, mask, "none", is_cap=is_cap)
+    if correction is not None:
+        is_weight, truncated = correction.weight.to(loss.dtype), correction.truncated
         loss = loss * is_weight
     else:
         is_weight = torch.ones_like(ratio)

@@ -56,7 +56,7 @@ from winnow.learner.filters import group_stats
 from winnow.learner.logits import logprobs_from_hidden, token_logprobs_and_entropy
 from winnow.learner.losses import loss_denominator, mismatch_stats, ratio_stats
 from winnow.learner.model import disable_dropout, plain_lm_head, response_hidden, response_logits
-from winnow.learner.objective import compute_loss, judgement, prepare_batch_signals
+from winnow.learner.objective import compute_loss, correction_metrics, judgement, prepare_batch_signals
 from winnow.learner.prefix import pack_micro_batches, shared_prompt_hidden
 from winnow.samples import SampleJudgement
 
@@ -391,7 +391,8 @@ class Trainer:
         batch = batch.to(self.device)
 
         # rewards, filter, advantages: once over the whole batch
-        sig = prepare_batch_signals(batch.statuses, algo, request_ids=batch.request_ids)
+        sig = prepare_batch_signals(batch.statuses, algo, request_ids=batch.request_ids,
+                                    finish_reasons=batch.finish_reasons, response_lengths=batch.response_lengths)
         advantages = sig["advantages"].reshape(-1).to(self.device, torch.float32)  # (B,)
         sample_weight = sig["sample_weight"].reshape(-1).to(self.device, torch.float32)  # (B,)
         mask = batch.response_mask.to(torch.float32)  # (B, T)
@@ -445,6 +446,7 @@ class Trainer:
             {k: float(rs[k]) for k in ("ratio_mean", "ratio_max", "ratio_min", "ess")}
         )
         metrics.update({k: float(v) for k, v in mm.items()})
+        metrics.update(correction_metrics(logprobs_all, batch.behaviour_logprobs, trained, algo))
         metrics.update(
             {
                 "skipped": float(skipped),
