@@ -245,3 +245,23 @@ def test_ratio_stats_hand_values():
     assert s["tokens"].item() == 3
     empty = ratio_stats(lp, blp, torch.zeros(1, 4))
     assert empty["ess"].item() == 1.0 and empty["tokens"].item() == 0 and empty["mismatch_kl"].item() == 0
+
+
+def test_a_correction_replaces_the_default_weight():
+    from winnow.learner.corrections import Correction
+
+    # two tokens at ratio 1 (lp = mu), A = +1: plain loss -1, -1. A correction (weight 0.5, 0; the second masked)
+    # multiplies them: -0.5, 0; with proximal logprobs it replaces min(pi_prox / mu, is_cap) (here 2 -> capped 1.5)
+    blp = torch.tensor([[LN(0.25), LN(0.25)]])
+    lp = blp.clone()
+    corr = Correction(torch.tensor([[0.5, 0.0]]), torch.tensor([[True, False]]), torch.tensor([[False, True]]))
+    loss, stats = clipped_policy_loss(lp, blp, torch.tensor([1.0]), torch.ones(1, 2), correction=corr)
+    assert loss.tolist() == [[-0.5, 0.0]]
+    assert stats["is_weight_mean"].item() == pytest.approx(0.25) and stats["is_trunc_frac"].item() == 0.5
+    prox = torch.tensor([[LN(0.5), LN(0.5)]])
+    loss, _ = clipped_policy_loss(prox, blp, torch.tensor([1.0]), torch.ones(1, 2), proximal_logprobs=prox,
+                                  is_cap=1.5, correction=corr)
+    assert loss.tolist() == [[-0.5, 0.0]]
+    default, _ = clipped_policy_loss(prox, blp, torch.tensor([1.0]), torch.ones(1, 2), proximal_logprobs=prox,
+                                     is_cap=1.5)
+    assert default.tolist()[0] == pytest.approx([-1.5, -1.5])
