@@ -52,6 +52,7 @@ Left out: reward mapping (the learner's config), answers spread over several box
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -59,7 +60,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from winnow.verifier.canonical import Struct, canonicalize, parse_structure
 from winnow.verifier.extract import MAX_GOLD_CHARS, extract_answer, extract_gold
@@ -74,6 +75,9 @@ from winnow.verifier.fastpath import (
 )
 from winnow.verifier.guard import MAX_BOXED, VerifyError, check_text
 from winnow.verifier.types import Item, Status, Verdict
+
+if TYPE_CHECKING:
+    from winnow.verifier.pool import WorkerPool
 
 _CHOICE_RE = re.compile(r"\(([A-J])\)")
 
@@ -120,7 +124,10 @@ class Job:
 
 
 def _flag(options: dict[str, str] | None, name: str, default: bool = False) -> bool:
-    v = str((options or {}).get(name, "")).strip().lower()
+    v = options.get(name) if options else None
+    if v is None:
+        return default
+    v = str(v).strip().lower()
     if not v:
         return default
     return v in ("1", "true", "yes", "on")
@@ -129,7 +136,12 @@ def _flag(options: dict[str, str] | None, name: str, default: bool = False) -> b
 _OPTION_GOLD_RE = re.compile(r"^\(?([A-J])\)?\s*[.:)]?\s+(\S.*)$", re.S)
 
 
+_PLAIN_INT_GOLD = re.compile(r"-?\d{1,64}")
+
+
 def prepare_gold(gold: str, task: str = "", options: dict[str, str] | None = None) -> Gold:
+    if _PLAIN_INT_GOLD.fullmatch(gold):  # a bare integer (most GSM8K-style golds): every step below keeps it as is
+        return Gold(gold, gold, Struct("scalar", gold), None, False)
     if len(gold) > MAX_GOLD_CHARS:
         return Gold(gold[:64], "", None, None, False, f"gold has {len(gold)} chars > {MAX_GOLD_CHARS}")
     raw = extract_gold(gold)
@@ -289,9 +301,12 @@ class MathVerifier:
                  max_tasks_per_worker: int = 500, cache_size: int = 65536,
                  on_worker_restart: Callable[[str], None] | None = None,
                  on_cache: Callable[[bool], None] | None = None,
-                 default_options: dict[str, str] | None = None, idle_warmup: bool = False):
-        from winnow.verifier.pool import WorkerPool
-
+                 default_options: dict[str, str] | None = None, idle_warmup: bool = False,
+                 lazy_pool: bool = False):
+        """``lazy_pool``: start the worker processes (a zygote that imports sympy) only when the first item
+        needs the symbolic path, in the background while the rest of that batch takes the fast paths
+        (``winnow score``: a file of integers never starts them). Off for the service, whose first
+        symbolic call should not wait for sympy to load."""
         self.timeout_s = timeout_s
         self.default_options = dict(default_options or {})
         self._on_cache = on_cache
@@ -300,10 +315,39 @@ class MathVerifier:
         self._stats = {"cache_hits": 0, "cache_misses": 0, "worker_restarts": 0, "symbolic_calls": 0,
                        "timeouts": 0, "errors": 0, "fast_path": 0}
         self._cache = _LRU(cache_size)
-        self._pool = WorkerPool(workers=workers, timeout_s=timeout_s, memory_mb=memory_mb,
-                                max_tasks=max_tasks_per_worker, on_restart=self._on_restart, idle_warmup=idle_warmup)
+        self._pool_args = dict(workers=workers, timeout_s=timeout_s, memory_mb=memory_mb,
+                               max_tasks=max_tasks_per_worker, on_restart=self._on_restart, idle_warmup=idle_warmup)
+        self._pool: WorkerPool | None = None
+        self._pool_lock = threading.Lock()
+        self._pool_starting = False
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="winnow-verifier")
         self._closed = False
+        if not lazy_pool:
+            self._get_pool()
+
+    def _get_pool(self) -> WorkerPool:
+        """The worker pool, started on first use (blocks while it starts: about a second, sympy's import)."""
+        with self._pool_lock:
+            if self._pool is None:
+                if self._closed:
+                    raise RuntimeError("MathVerifier is closed")
+                from winnow.verifier.pool import WorkerPool
+
+                self._pool = WorkerPool(**self._pool_args)
+            return self._pool
+
+    def _start_pool_soon(self) -> None:
+        """Start the pool in a background thread (the first symbolic job of a lazy engine), once."""
+        with self._pool_lock:
+            if self._pool is not None or self._pool_starting:
+                return
+            self._pool_starting = True
+
+        def start() -> None:
+            with contextlib.suppress(Exception):  # a failure is reported by the job that needs the pool
+                self._get_pool()
+
+        threading.Thread(target=start, name="winnow-verifier-pool-start", daemon=True).start()
 
     # -- bookkeeping
     def _count(self, key: str, n: int = 1) -> None:
@@ -322,8 +366,8 @@ class MathVerifier:
 
     @property
     def worker_pids(self) -> list[int]:
-        """PIDs of the live worker processes (for tests and debugging)."""
-        return self._pool.pids()
+        """PIDs of the live worker processes (for tests and debugging); none before a lazy pool starts."""
+        return self._pool.pids() if self._pool is not None else []
 
     # -- API
     def verify(self, item: Item) -> Verdict:
@@ -370,6 +414,8 @@ class MathVerifier:
                 out[i] = self._verdict(item, Result(status, decision.extracted, "cache", path), t0)
                 continue
             self._count("cache_misses")
+            if self._pool is None:
+                self._start_pool_soon()
             pending.setdefault(decision.key, []).append((i, t0, decision))
         if pending and self._closed:
             for jobs in pending.values():
@@ -391,7 +437,7 @@ class MathVerifier:
     def _run_job(self, job: Job, deadline: float | None) -> Result:
         self._count("symbolic_calls")
         try:
-            reply = self._pool.run(job.as_dict(), timeout_s=self.timeout_s, deadline=deadline)
+            reply = self._get_pool().run(job.as_dict(), timeout_s=self.timeout_s, deadline=deadline)
         except Exception as exc:  # pool failure: an error verdict, counted
             self._count("errors")
             return Result(Status.ERROR, job.extracted, "pool", f"{type(exc).__name__}: {exc}")
@@ -412,7 +458,10 @@ class MathVerifier:
         if self._closed:
             return
         self._closed = True
-        self._pool.close()
+        with self._pool_lock:  # waits for a pool that is starting
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> MathVerifier:

@@ -69,26 +69,31 @@ def strip_think(text: str) -> str | None:
     return text
 
 
+_BRACE_RE = re.compile(r"[{}]")
+
+
 def brace_pairs(text: str) -> dict[int, int]:
-    """Index of every ``{`` -> index of its closing ``}``, in one pass (a stack). Unclosed ones are absent."""
+    """Index of every ``{`` -> index of its closing ``}``, in one pass (a stack). Unclosed ones are absent.
+    Only the braces are visited (a regex scan finds them), not every character."""
     pairs: dict[int, int] = {}
     stack: list[int] = []
-    for i, ch in enumerate(text):
-        if ch == "{":
+    for m in _BRACE_RE.finditer(text):
+        i = m.start()
+        if text[i] == "{":
             stack.append(i)
-        elif ch == "}" and stack:
+        elif stack:
             pairs[stack.pop()] = i
     return pairs
 
 
-def find_boxed(text: str) -> tuple[list[str], bool]:
+def find_boxed(text: str, pairs: dict[int, int] | None = None) -> tuple[list[str], bool]:
     """All ``\\boxed{…}`` / ``\\fbox{…}`` / ``\\boxed x`` contents, in order, and whether one is unclosed.
 
-    Linear in ``len(text)``: braces are matched once for the whole text (``brace_pairs``).
+    Linear in ``len(text)``: braces are matched once for the whole text (``brace_pairs``; a caller that
+    has them already passes ``pairs``).
     """
     out: list[str] = []
     unbalanced = False
-    pairs: dict[int, int] | None = None
     for m in _BOX_RE.finditer(text):
         i = m.end()
         while i < len(text) and text[i] == " ":
@@ -109,9 +114,10 @@ def find_boxed(text: str) -> tuple[list[str], bool]:
     return out, unbalanced
 
 
-def box_spans(text: str) -> list[tuple[int, int]]:
+def box_spans(text: str, pairs: dict[int, int] | None = None) -> list[tuple[int, int]]:
     """(start, end) of every closed ``\\boxed{…}`` in ``text`` (end: index after the closing brace)."""
-    pairs = brace_pairs(text)
+    if pairs is None:
+        pairs = brace_pairs(text)
     spans = []
     for m in _BOX_RE.finditer(text):
         i = m.end()
@@ -228,6 +234,9 @@ _MARKER_RE = re.compile(
     r"|(?<![a-z])answer\s*(?=\$|\\\[|\\\()|^[ \t]*####\s*",
     re.IGNORECASE | re.MULTILINE,
 )
+# Every alternative of ``_MARKER_RE`` contains "answer" or "####" (same flags): a text without either has no
+# marker, and this scan is cheaper than the full pattern's at every position.
+_MARKER_HINT_RE = re.compile(r"answer|####", re.IGNORECASE)
 _MAX_BARE_CHARS = 512
 
 
@@ -334,11 +343,12 @@ def extract_answer(response: str, *, last_number: bool = True) -> Extraction:
     text = _prepare(response)
     if text is None:
         return Extraction(None, "think_unclosed")
-    marker = _last(_MARKER_RE, text)
-    spans = box_spans(text) if "box" in text else []
+    marker = _last(_MARKER_RE, text) if _MARKER_HINT_RE.search(text) else None
+    pairs = brace_pairs(text) if "box" in text else {}
+    spans = box_spans(text, pairs) if "box" in text else []
     n_boxed = len(_BOX_RE.findall(text)) if spans or "box" in text else 0
     finals = final_statements(text) if marker is not None else []
-    boxed, unbalanced = find_boxed(text) if n_boxed else ([], False)
+    boxed, unbalanced = find_boxed(text, pairs) if n_boxed else ([], False)
     if marker is not None and (not spans or (marker.start() >= spans[-1][1] and _final_statement(text, marker))):
         ans = _marker_answer(text[marker.end() :])
         if ans:

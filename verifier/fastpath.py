@@ -54,6 +54,7 @@ MAX_SCI_EXPONENT = 10**4
 _INT = r"\d+"
 _DEC = r"(?:\d+\.\d*|\.\d+)"
 _RE_INT = re.compile(rf"^{_INT}$")
+_PLAIN_INT = re.compile(r"-?\d+")
 _RE_DEC = re.compile(rf"^{_DEC}$")
 _RE_SLASH = re.compile(r"^(\d+)/(\d+)$")
 _RE_FRAC = re.compile(r"^\\frac\{([+-]?\d+)\}\{([+-]?\d+)\}$")
@@ -86,7 +87,7 @@ def parse_number(s: str) -> Num | None:
     if not s:
         return None
     if _RE_INT.match(s):
-        return Num(sign * Fraction(int(s)), "int", 0, percent)
+        return Num(Fraction(sign * int(s)), "int", 0, percent)
     if _RE_DEC.match(s):
         decimals = len(s) - s.index(".") - 1
         return Num(sign * Fraction(s if not s.endswith(".") else s[:-1]), "dec", decimals, percent)
@@ -419,6 +420,13 @@ def inequality_vs_bracket(ineq: str, b: Struct) -> bool | None:
 
 def fast_scalar_eq(g: str, p: str, *, percent_option: bool = False, rounded: bool = False) -> tuple[bool | None, str]:
     """Compare two canonical scalars without sympy: (True/False, path) or (None, "") when undecided."""
+    if _PLAIN_INT.fullmatch(g) and _PLAIN_INT.fullmatch(p):  # two integers: the steps below, short-cut
+        if g == p:
+            return True, "string"
+        a, b = int(g), int(p)
+        if a == b:
+            return True, "number"
+        return (percent_option and (100 * b == a or b == 100 * a)), "number"
     if is_undefined(p):
         return False, "number"  # undefined is never equal to anything
     if g == p and not is_equation(g):

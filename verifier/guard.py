@@ -52,6 +52,8 @@ def has_control_chars(text: str) -> bool:
 
 def brace_depth(text: str) -> tuple[int, bool]:
     """Maximum ``{}`` nesting depth of ``text`` and whether its braces balance (``\\{`` counts too)."""
+    if "{" not in text and "}" not in text:
+        return 0, True
     depth = best = 0
     for ch in text:
         if ch == "{":

@@ -99,17 +99,26 @@ def _scalar(name: str, value: Any, line: int) -> str:
 
 
 _CONSTANTS = {"NaN": "nan", "Infinity": "\\infty", "-Infinity": "-\\infty"}
+# Built once (``json.loads``/``json.dumps`` with arguments build a new decoder/encoder per call).
+_decode = json.JSONDecoder(parse_constant=_CONSTANTS.__getitem__).decode
+_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+_check_encode = json.JSONEncoder(ensure_ascii=False).encode
+_LABELS = {s: s.label for s in Status}
+_MAX_UNCHECKED_OPENERS = 200  # a line with fewer '[' and '{' nests too shallow for the encoder to overflow
 
 
 def parse_line(line: int, text: str | bytes) -> Parsed:
     """One JSONL line -> the record and its Item, or an error naming the line."""
+    check = True
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as e:
             return Parsed(line, error=f"line {line}: invalid UTF-8 at byte {e.start}")
+        # strict UTF-8 holds no surrogate, so only a \u escape can make one; shallow JSON re-encodes
+        check = "\\u" in text or text.count("[") + text.count("{") > _MAX_UNCHECKED_OPENERS
     try:
-        record = json.loads(text, parse_constant=_CONSTANTS.__getitem__)
+        record = _decode(text)
     except json.JSONDecodeError as e:
         return Parsed(line, error=f"line {line}: invalid JSON: {e.msg} (column {e.colno})")
     except RecursionError:
@@ -117,7 +126,8 @@ def parse_line(line: int, text: str | bytes) -> Parsed:
     except ValueError as e:  # e.g. an integer of more than 4,300 digits
         return Parsed(line, error=f"line {line}: invalid JSON: {str(e)[:120]}")
     try:
-        json.dumps(record, ensure_ascii=False).encode("utf-8")
+        if check:
+            _check_encode(record).encode("utf-8")
     except UnicodeEncodeError:
         return Parsed(line, error=f"line {line}: lone surrogate in a string (not valid Unicode)")
     except (RecursionError, ValueError) as e:
@@ -159,7 +169,7 @@ def error_record(p: Parsed) -> dict[str, Any]:
 def result_record(record: dict[str, Any], v: Verdict) -> dict[str, Any]:
     out = dict(record)
     out.update(
-        status=v.status.label,
+        status=_LABELS[v.status],
         correct=v.status == Status.CORRECT,
         extracted=v.extracted,
         path=v.path,
@@ -203,6 +213,7 @@ async def score_lines(
     async def flush() -> None:
         parsed, task = pending.popleft()
         verdicts = iter(await task) if task is not None else iter(())
+        lines: list[str] = []
         for p in parsed:
             if p.item is None:
                 summary.malformed += 1
@@ -212,9 +223,11 @@ async def score_lines(
                 v = next(verdicts)
                 if v.id != p.item.id:
                     raise RuntimeError(f"verifier answered id {v.id!r} for line {p.line}")
-                summary.counts[v.status.label] += 1
+                summary.counts[_LABELS[v.status]] += 1
                 rec = result_record(p.record, v)
-            out.write(json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n")
+            lines.append(_encode(rec))
+        lines.append("")
+        out.write("\n".join(lines))  # one write per chunk
         summary.lines += len(parsed)
         if progress is not None:
             progress.update(len(parsed))
@@ -394,6 +407,7 @@ async def _run_async(args, cfg, src, dst, bar) -> Summary:
         max_tasks_per_worker=cfg.max_tasks_per_worker,
         cache_size=cfg.cache_size,
         default_options=cfg.default_options,
+        lazy_pool=True,  # a file that never needs sympy never starts the worker processes
     )
     try:
 

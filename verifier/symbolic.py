@@ -3,10 +3,11 @@
 Runs inside a worker process of ``winnow.verifier.pool`` (or in-process in ``grade``). Imports sympy.
 
 * Parsing: ``latex2sympy2_extended``'s ANTLR grammar and converter (sympy objects are built with
-  ``evaluate=False``). Model text is never passed to ``eval``, ``sympify`` or ``parse_expr``: the
-  library's converter calls ``sympy.Number(token)`` (which ends in ``parse_expr``) for number tokens,
-  so ``_SafeLatex2Sympy`` overrides those two places with ``int()``/``Float(str)``; the library only
-  calls ``parse_expr`` otherwise on ``variable_values``, which we never pass. A test patches
+  ``evaluate=False``; SLL prediction first, full LL only when SLL reports an error: the same trees).
+  Model text is never passed to ``eval``, ``sympify`` or ``parse_expr``: the library's converter calls
+  ``sympy.Number(token)`` (which ends in ``parse_expr``) for number tokens, so ``_SafeLatex2Sympy``
+  overrides those two places with ``int()``/``Float(str)``; the library only calls ``parse_expr``
+  otherwise on ``variable_values``, which we never pass. A test patches
   ``parse_expr``/``eval``/``exec`` to raise and runs the symbolic path.
   Every parsed tree goes through ``guard.check_tree`` before any evaluation.
 * Scalars, in order: the fast path; structural ``==``; for constants a numeric probe
@@ -38,6 +39,7 @@ import re
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
 
 import sympy
+from antlr4.atn.PredictionMode import PredictionMode
 from latex2sympy2_extended import NormalizationConfig, normalize_latex
 from latex2sympy2_extended.latex2sympy2 import ConversionConfig, _Latex2Sympy, comma_number_regex
 
@@ -81,7 +83,15 @@ class _SafeLatex2Sympy(_Latex2Sympy):
         return safe_number(text)
 
     def parse(self, latex_str: str):
-        math = self.create_parser(latex_str).math()
+        # ANTLR's two-stage parse: SLL prediction first (several times faster than full-context LL); its
+        # contract is that it returns the very tree LL would, or reports a syntax error (our listener
+        # raises), in which case the input is parsed again the usual way and LL decides.
+        parser = self.create_parser(latex_str)
+        parser._interp.predictionMode = PredictionMode.SLL
+        try:
+            math = parser.math()
+        except Exception:
+            math = self.create_parser(latex_str).math()
         if math.set_relation():
             return self.convert_set_relation(math.set_relation())
         if math.set_elements():
