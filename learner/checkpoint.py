@@ -150,6 +150,9 @@ def save_checkpoint(
     except (OSError, RuntimeError) as e:  # torch's zip writer reports ENOSPC as "unexpected pos ..."
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(_why_write_failed(Path(directory), e)) from e
+    from winnow.learner.faults import maybe_die
+
+    maybe_die("checkpoint", state.version)
     return finish_checkpoint(directory, tmp, state, keep)
 
 

@@ -39,6 +39,8 @@ from typing import Any
 
 import torch
 
+from winnow.learner.faults import maybe_die
+
 log = logging.getLogger(__name__)
 
 STEP, PUBLISH, CHECKPOINT, RESTORE, GATHER, STOP = range(1, 7)
@@ -137,6 +139,7 @@ def train_share(trainer: Any, groups: list[Any]) -> Any:
         raise ValueError(f"a batch of {len(groups)} groups cannot feed {world} ranks: batch_groups must be >= the "
                          "number of learner processes")
     mine = split_by_tokens([group_tokens(g) for g in groups], world)[rank]
+    maybe_die("step", trainer.version)
     result = trainer.train_step([groups[i] for i in mine])
     codes = torch.full((len(groups),), -1, dtype=torch.int64)
     for i, outcome in zip(mine, result.group_outcomes, strict=True):
@@ -155,6 +158,7 @@ def save_sharded(trainer: Any, folder: Path) -> None:
 
     model_sd, optim_sd = get_state_dict(trainer.model, trainer.optimizer)
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder))
+    maybe_die("checkpoint", trainer.version)
 
 
 def load_into(trainer: Any, checkpoint_dir: Path) -> None:
@@ -285,6 +289,7 @@ def worker_loop(trainer: Any, channel: Channel) -> int:
             args = json.loads(payload)
             dtype = getattr(torch, args["dtype"].removeprefix("torch.")) if args["dtype"] else None
             trainer.save_weights(args["path"], dtype=dtype)
+            maybe_die("publish", trainer.version)
         elif command == CHECKPOINT:
             save_sharded(trainer, Path(payload.decode()) / "trainer.dcp")
             torch.distributed.barrier()

@@ -31,6 +31,7 @@ from winnow.learner.book import Buffered, Outcome, Position, Release, RequestBoo
 from winnow.learner.checkpoint import DeadLetters, LearnerState, Ledger
 from winnow.learner.completion import finish_run
 from winnow.learner.config import LearnerConfig
+from winnow.learner.faults import maybe_die
 from winnow.learner.metrics import LearnerMetrics, append_jsonl
 from winnow.learner.objective import judge_samples
 from winnow.learner.weights import WeightPublisher
@@ -95,12 +96,14 @@ class LearnerService:
         path = checkpoint.latest_checkpoint(cfg.checkpoint.dir) if cfg.checkpoint.resume else None
         run_id_file = Path(cfg.checkpoint.dir) / "RUN_ID"
         if path is None:
-            if cfg.checkpoint.resume and (rows := len(self.ledger.rows())):
+            versions = {int(r.get("version", 0)) for r in self.ledger.rows()} if cfg.checkpoint.resume else set()
+            if len(versions) > 1:  # rows of two checkpoints: one of them completed, and is gone now
                 raise RuntimeError(
-                    f"{self.ledger.path} holds {rows} trained or dropped groups but {cfg.checkpoint.dir} has no complete "
-                    "checkpoint: the run cannot continue without training them twice. Restore the checkpoint "
-                    "folder, or start a new run with learner.checkpoint.resume=false (the old rows are kept in "
-                    "ledger.discarded.jsonl).")
+                    f"{self.ledger.path} holds groups of checkpoints {min(versions)}..{max(versions)} but "
+                    f"{cfg.checkpoint.dir} has no complete checkpoint: the checkpoints were removed. Restore the "
+                    "checkpoint folder, or start a new run with learner.checkpoint.resume=false (the old rows are "
+                    "kept in ledger.discarded.jsonl).")
+            # one version: the first checkpoint was torn (rows are appended just before it): they are redone
             run_id = run_id_file.read_text().strip() if cfg.checkpoint.resume and run_id_file.is_file() else ""
             if run_id:
                 log.info("no checkpoint yet in %s: continuing run %s at version 0", cfg.checkpoint.dir, run_id)
@@ -301,6 +304,7 @@ class LearnerService:
 
     async def _publish(self) -> None:  # write the weights, then announce them
         await self._publisher.announce(await asyncio.to_thread(self._publisher.write, self.trainer))
+        maybe_die("publish", self.version)
 
     async def _checkpoint_and_commit(self) -> None:
         """Checkpoint, then commit the offsets below which every group is done (and so in the checkpoint)."""

@@ -211,9 +211,13 @@ class Pipeline:
         problems = []
         for name, cfg in configs.items():
             try:
-                load_config(classes[name], data={name: cfg})
+                loaded = load_config(classes[name], data={name: cfg})
             except ConfigError as e:
                 problems.append(str(e))
+                continue
+            if name == "learner" and loaded.batch_groups < self.up.learner_procs:
+                problems.append(f"up.learner_procs: {self.up.learner_procs} learner processes need learner.batch_groups "
+                                f">= {self.up.learner_procs} (each trains whole groups); it is {loaded.batch_groups}")
         if problems:
             raise ConfigError("\n".join(problems))
 

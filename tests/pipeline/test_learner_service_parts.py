@@ -254,3 +254,38 @@ def test_evaluator_mean_at_k():
     assert 0.0 <= acc <= 1.0 and ev.last_mean_at_k is not None and 0.0 <= ev.last_mean_at_k <= 1.0
     samples = ev.generate(trainer, 2)
     assert len(samples) == 6 and model.training
+
+
+def test_restore_without_a_checkpoint_continues_the_run_id_or_says_why_not(tmp_path):
+    """Issue 22, items 3-4: no checkpoint yet -> version 0 under the same run id (RUN_ID); the rows of a torn first
+    checkpoint are redone (moved to ledger.discarded.jsonl); rows of two checkpoints but none left is an error."""
+    from prometheus_client import CollectorRegistry
+
+    from winnow.learner.checkpoint import Ledger
+    from winnow.learner.service import LearnerService
+
+    model, tok = build_tiny_model_and_tokenizer(seed=0)
+    trainer = Trainer(model, AlgoConfig(preset="grpo", kl_coef=0.0), OptimConfig(lr=1e-3), pad_token_id=0)
+    cfg = load_config(LearnerConfig, data={"learner": {
+        "checkpoint": {"dir": str(tmp_path / "ckpt")}, "run_dir": str(tmp_path / "run"),
+        "weights": {"dir": str(tmp_path / "w")}, "prompts": {"kind": "jsonl", "path": str(tmp_path / "p.jsonl")}}})
+
+    def service():
+        return LearnerService(cfg, trainer, source=None, registry=CollectorRegistry())
+
+    first = service()
+    assert first.restore() is False
+    run_id = first.book.state.run_id
+    assert (tmp_path / "ckpt" / "RUN_ID").read_text().strip() == run_id
+    ledger = Ledger(tmp_path / "run" / "ledger.jsonl")
+    ledger.append(2, [{"request_id": f"{run_id}-0-0", "prompt_id": "a", "outcome": "trained"}])  # torn checkpoint 2
+    second = service()
+    assert second.restore() is False and second.book.state.run_id == run_id
+    assert ledger.rows() == [] and (tmp_path / "run" / "ledger.discarded.jsonl").is_file()
+    ledger.append(2, [{"request_id": f"{run_id}-0-0", "prompt_id": "a", "outcome": "trained"}])
+    ledger.append(4, [{"request_id": f"{run_id}-1-0", "prompt_id": "b", "outcome": "trained"}])
+    with pytest.raises(RuntimeError, match="checkpoints 2..4 .* no complete checkpoint"):
+        service().restore()
+    fresh = LearnerService(cfg.model_copy(update={"checkpoint": cfg.checkpoint.model_copy(update={"resume": False})}),
+                           trainer, source=None, registry=CollectorRegistry())
+    assert fresh.restore() is False and fresh.book.state.run_id != run_id and ledger.rows() == []
