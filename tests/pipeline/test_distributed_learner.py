@@ -308,3 +308,21 @@ async def test_kill_9_of_any_rank_loses_nothing_and_trains_nothing_twice(kafka_c
     assert result["version"] == 6
     assert result["trained_in_steps"] == 6 * 4  # 6 steps x batch_groups 4, each group once
     assert result["twice"] == result["lost"] == result["finished_and_outstanding"] == 0
+
+
+@pytest.mark.slow
+async def test_checkpoints_resume_at_another_world_size(kafka_config_one, tiny_dir, tmp_path):
+    """DCP shards written by 2 ranks resume in one process, whose trainer.pt resumes at 2 ranks again: one lineage,
+    steps 1-6, every group once."""
+    from transformers import AutoConfig
+
+    vocab = AutoConfig.from_pretrained(tiny_dir).vocab_size
+    for procs, max_steps in ((2, 2), (1, 4), (2, 6)):
+        config = write_config(tmp_path / "cfg.yaml", kafka_config_one, tiny_dir, tmp_path, max_steps=max_steps)
+        code = await _with_generator(kafka_config_one, vocab, run_learner(config, procs, tmp_path / "learner.log"))
+        assert code == 0, (tmp_path / "learner.log").read_text()[-4000:]
+        written = tmp_path / "ckpt" / f"step-{max_steps:08d}"
+        assert (written / ("trainer.dcp" if procs == 2 else "trainer.pt")).exists()
+    assert [r["version"] for r in rows(tmp_path)] == [1, 2, 3, 4, 5, 6]
+    result = audit(tmp_path)
+    assert result["trained_in_steps"] == 6 * 4 and result["twice"] == result["lost"] == 0, result
