@@ -96,5 +96,7 @@ def shard_model(
         raise ValueError(f"shard_model: {type(model).__name__} has no get_decoder().layers to shard")
     for layer in layers:
         fully_shard(layer, **kw)
-    fully_shard(model, **kw)
+    # the root: embeddings, final norm, the LM head (tied or not); kept gathered from its forward to its backward
+    # (FSDP2's own heuristic for a root), which the Trainer's chunked head relies on (model.sharded_response_hidden)
+    fully_shard(model, **{**kw, "reshard_after_forward": False})
     return model

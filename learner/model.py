@@ -162,12 +162,12 @@ def plain_lm_head(model: torch.nn.Module) -> torch.Tensor | None:
     soft-capping of the logits, a decoder reachable with ``get_decoder()``), else None.
 
     When it is not None, :func:`response_hidden` + ``logprobs_from_hidden`` give the same log-probs
-    as :func:`response_logits` without ever materialising the ``(b, t, V)`` logits.
+    as :func:`response_logits` without ever materialising the ``(b, t, V)`` logits. Under FSDP2 the weight is
+    the sharded DTensor: gather it with :func:`gathered_head` (the decoder is its own FSDP unit, so calling it
+    alone runs its hooks; see :func:`winnow.learner.fsdp.shard_model`).
     """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if not isinstance(head, torch.nn.Linear) or head.bias is not None or not hasattr(model, "get_decoder"):
-        return None
-    if type(head.weight).__name__ == "DTensor":  # FSDP2-sharded head: use the model's own forward
         return None
     config = getattr(model, "config", None)
     text_config = getattr(config, "get_text_config", lambda: config)()
@@ -176,6 +176,38 @@ def plain_lm_head(model: torch.nn.Module) -> torch.Tensor | None:
         if value not in (None, 0, 1, 1.0):
             return None
     return head.weight
+
+
+def sharded_response_hidden(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    prompt_width: int,
+    response_width: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`response_hidden` for an FSDP2-sharded model: ``(hidden (b, t, H), lm_head weight (V, H))``.
+
+    The decoder cannot be called alone (the root unit holds the embeddings, the final norm and the head), so the
+    root's forward runs with the head swapped for ``Identity``: its hooks gather the root's parameters (in the
+    MixedPrecisionPolicy's dtype) and keep them gathered through the backward, its "logits" are the hidden states,
+    and the head's weight is then the gathered tensor, whose gradient FSDP2 reduce-scatters like any other. The
+    caller applies it chunk by chunk (``logprobs_from_hidden``): the (b, t, V) logits never exist."""
+    head = model.get_output_embeddings()
+    model.set_output_embeddings(torch.nn.Identity())
+    try:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                    logits_to_keep=response_width + 1)
+    finally:
+        model.set_output_embeddings(head)
+    hidden = out.logits
+    if hidden.shape[1] != response_width + 1:
+        hidden = hidden[:, -(response_width + 1):]
+    weight = head.weight
+    if type(weight).__name__ == "DTensor":
+        raise RuntimeError("the LM head is still sharded after the root's forward (is the model fully_shard-ed at "
+                           "the root?)")
+    return hidden[:, :-1], weight
 
 
 def response_hidden(

@@ -55,7 +55,13 @@ from winnow.learner.config import OptimConfig
 from winnow.learner.filters import group_stats
 from winnow.learner.logits import logprobs_from_hidden, token_logprobs_and_entropy
 from winnow.learner.losses import loss_denominator, mismatch_stats, ratio_stats
-from winnow.learner.model import disable_dropout, plain_lm_head, response_hidden, response_logits
+from winnow.learner.model import (
+    disable_dropout,
+    plain_lm_head,
+    response_hidden,
+    response_logits,
+    sharded_response_hidden,
+)
 from winnow.learner.objective import compute_loss, correction_metrics, judgement, prepare_batch_signals
 from winnow.learner.prefix import pack_micro_batches, shared_prompt_hidden
 from winnow.samples import SampleJudgement
@@ -283,12 +289,14 @@ class Trainer:
         args = (mb.input_ids, mb.attention_mask, mb.position_ids, mb.prompt_width, mb.response_width)
         if self.logprob_mode == "hidden":
             with self._autocast():
-                hidden = (shared_prompt_hidden if self.optim_cfg.share_prompt else response_hidden)(model, *args)
                 weight = plain_lm_head(model)
-                if (
-                    self.autocast_dtype is not None
-                ):  # the matmul runs in the autocast dtype, as the model's head
-                    hidden, weight = hidden.to(self.autocast_dtype), weight.to(self.autocast_dtype)
+                if type(weight).__name__ == "DTensor":  # FSDP2: through the root's forward, head gathered
+                    hidden, weight = sharded_response_hidden(model, *args)
+                else:
+                    hidden = (shared_prompt_hidden if self.optim_cfg.share_prompt else response_hidden)(model, *args)
+                if self.autocast_dtype is not None:  # the matmul runs in the autocast dtype, as the model's head
+                    hidden = hidden.to(self.autocast_dtype)
+                weight = weight.to(hidden.dtype)
                 return logprobs_from_hidden(
                     hidden,
                     weight,

@@ -70,7 +70,8 @@ def test_fsdp_step_with_one_gloo_rank_equals_single_process(tmp_path, monkeypatc
     assert step.main(["--dry-run", "--out", str(tmp_path)]) == 0
     r = json.loads((tmp_path / "4_fsdp.json").read_text())
     assert r["status"] == "ok" and r["backend"] == "gloo" and r["world_size"] == 1
-    assert r["fsdp_logprob_mode"] == "logits"  # the sharded head is a DTensor: the model's own forward
+    # the chunked head under FSDP too (through the root's forward with the head gathered, learner/model.py)
+    assert r["fsdp_logprob_mode"] == "hidden"
     assert r["all_pass"], r["pass"]
     fb = r["forward_backward_and_step"]
     assert fb["loss_fsdp"] == pytest.approx(fb["loss_single"], rel=1e-6) and fb["tokens_single"] > 0
@@ -86,6 +87,7 @@ def test_fsdp_step_with_two_gloo_ranks_equals_single_process(tmp_path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads((tmp_path / "4_fsdp_world2.json").read_text())
+    assert r["fsdp_logprob_mode"] == "hidden"
     assert r["world_size"] == 2 and r["all_pass"], r["pass"]
     # each rank trained on half the groups; the all-reduced token count is the whole batch's
     assert r["train_step"]["tokens_fsdp"] == r["train_step"]["tokens_single"]
