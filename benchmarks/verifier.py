@@ -1,6 +1,7 @@
 """Benchmark: winnow's math verifier engine vs math-verify 0.9.0, on the same inputs, in one run.
 
     .venv/bin/python benchmarks/verifier.py [--out results.json] [--quick] [--n 300]
+    .venv/bin/python benchmarks/verifier.py --cli [--repeat 3] [--out results.json]
     winnow bench verifier [--out results.json]
 
 Six timed categories (every item distinct; winnow runs with its verdict cache off, since each item
@@ -27,6 +28,14 @@ present, the engine's case table (``tests/verifier/cases.py``: ``all_cases()``).
 its ground truth by construction (``None`` where the right verdict is a policy choice). Each
 disagreement is classified by the variant that produced it and by who matches the ground truth;
 ``NOTES`` below holds the manual judgement for each kind. JSON results go to ``--out``.
+
+``--cli``: the same comparison through the command line, start-up included. A file of
+``--cli-integers`` integer items (default 20,000) and one of ``--cli-symbolic`` symbolic items (default
+300) each go through ``winnow score FILE -o OUT`` (a fresh process, in-process engine, ``--workers``) and
+through math-verify's CLI equivalent (a fresh ``benchmarks/verifier.py --math-verify-loop IN OUT``:
+import math-verify, parse and verify line by line, write JSONL), back to back, ``--repeat`` times (default
+3). Printed per run: both wall times, the ratio (math-verify / winnow: > 1 = winnow faster), the load
+average before the run and how many ``correct`` flags agree; raw runs go to ``--out``.
 
 Gold for math-verify is wrapped as ``\\boxed{gold}`` (the usual reward-function practice, e.g.
 verl and Minimal-RL); GSM8K's ``#### 1,234`` is reduced to ``1234`` for it, while winnow gets
@@ -497,8 +506,111 @@ def agreement(cases: list[Case], ours_verdicts, mv_verdicts) -> dict:
     }
 
 
+# -- through the command line: `winnow score FILE` vs math-verify's loop over the same file ----------------
+def write_jsonl(path: Path, cases: list[Case]) -> None:
+    """One ``winnow score`` input line per case; ``mv_gold`` rides along for the math-verify loop."""
+    with open(path, "w") as f:
+        for i, c in enumerate(cases):
+            f.write(json.dumps({"id": i, "response": c.response, "gold": c.gold, "mv_gold": c.mv_gold}) + "\n")
+
+
+def math_verify_loop(src: str, dst: str) -> int:
+    """math-verify's CLI equivalent (it ships no CLI): import it, then per JSONL line ``parse`` the boxed gold
+    and the response, ``verify``, write the line back with ``correct``. What a user scripts around it."""
+    logging.getLogger("math_verify").setLevel(logging.CRITICAL)
+    from math_verify import parse, verify
+
+    with open(src) as fin, open(dst, "w") as fout:
+        for line in fin:
+            rec = json.loads(line)
+            try:
+                ok = bool(verify(parse("\\boxed{" + rec["mv_gold"] + "}"), parse(rec["response"])))
+            except BaseException as e:  # its TimeoutException subclasses BaseException
+                if isinstance(e, KeyboardInterrupt):
+                    raise
+                ok = False
+            rec["correct"] = ok
+            fout.write(json.dumps(rec) + "\n")
+    return 0
+
+
+def _timed(cmd: list[str]) -> dict:
+    """Run ``cmd`` to its end: wall seconds (from spawn to exit), the load average just before, exit code."""
+    import os
+    import subprocess
+
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode not in (0, 1):  # 1: some line scored "error" (an unanswerable gold), still timed
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return {"wall_s": wall, "load1_before": load, "rc": proc.returncode, "stderr_tail": proc.stderr.strip()[-300:]}
+
+
+def cli_main(args) -> int:
+    """``--cli``: each input file through ``winnow score`` (a fresh process: start-up, reading, scoring,
+    writing) and through math-verify's loop (a fresh process too), back to back, ``--repeat`` times."""
+    import os
+    import tempfile
+
+    rng = random.Random(args.seed)
+    ints: list[Case] = []
+    while len(ints) < args.cli_integers:
+        ints += [c for c in int_frac_cases(3000, rng) if c.kind.startswith("int_")]
+    files = {"integers": ints[: args.cli_integers], "symbolic": symbolic_cases(args.cli_symbolic, rng)}
+    winnow_cmd = [sys.executable, "-m", "winnow", "score", "--no-progress"]
+    if args.workers:
+        winnow_cmd += ["--workers", str(args.workers)]
+    mv_cmd = [sys.executable, str(Path(__file__).resolve()), "--math-verify-loop"]
+    results: dict = {
+        "mode": "cli",
+        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": _cpus()},
+        "versions": _versions(),
+        "commands": {"winnow": " ".join(winnow_cmd[1:]) + " IN -o OUT", "math_verify": "benchmarks/verifier.py "
+                     "--math-verify-loop IN OUT"},
+        "files": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="winnow-bench-cli-") as tmp:
+        for name, cases in files.items():
+            src = Path(tmp) / f"{name}.jsonl"
+            write_jsonl(src, cases)
+            runs = []
+            for r in range(args.repeat):
+                print(f"cli {name} ({len(cases)} lines) run {r + 1}/{args.repeat}...", file=sys.stderr, flush=True)
+                ours = _timed(winnow_cmd + [str(src), "-o", os.path.join(tmp, "ours.jsonl")])
+                theirs = _timed(mv_cmd + [str(src), os.path.join(tmp, "mv.jsonl")])
+                with open(os.path.join(tmp, "ours.jsonl")) as f1, open(os.path.join(tmp, "mv.jsonl")) as f2:
+                    agree = sum(json.loads(a)["correct"] == json.loads(b)["correct"] for a, b in zip(f1, f2, strict=True))
+                runs.append({"winnow": ours, "math_verify": theirs, "ratio": theirs["wall_s"] / ours["wall_s"],
+                             "agree": agree})
+            ratios = sorted(r["ratio"] for r in runs)
+            results["files"][name] = {"lines": len(cases), "runs": runs, "ratio_min": ratios[0],
+                                      "ratio_median": ratios[len(ratios) // 2], "ratio_max": ratios[-1]}
+    print(f"\nwinnow score vs math-verify {results['versions'].get('math-verify')} loop, same file, fresh processes")
+    print(f"{'file':<10} {'lines':>6} | {'winnow s':>8} {'mv s':>7} {'ratio':>6} {'load':>5} {'agree':>6}")
+    for name, f in results["files"].items():
+        for r in f["runs"]:
+            print(f"{name:<10} {f['lines']:>6} | {r['winnow']['wall_s']:>8.2f} {r['math_verify']['wall_s']:>7.2f} "
+                  f"{r['ratio']:>6.1f} {r['winnow']['load1_before']:>5.2f} {r['agree']:>6}")
+        print(f"{name:<10} ratio median {f['ratio_median']:.1f} (min {f['ratio_min']:.1f}, max {f['ratio_max']:.1f})")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2, default=str))
+        print(f"results written to {args.out}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--math-verify-loop"]:
+        return math_verify_loop(argv[1], argv[2])
     ap = argparse.ArgumentParser(prog="benchmarks/verifier.py", description=__doc__.splitlines()[0])
+    ap.add_argument("--cli", action="store_true", help="time `winnow score FILE` against math-verify's loop instead")
+    ap.add_argument("--cli-integers", type=int, default=20000, help="--cli: lines of the integer file")
+    ap.add_argument("--cli-symbolic", type=int, default=300, help="--cli: lines of the symbolic file")
+    ap.add_argument("--repeat", type=int, default=3, help="--cli: runs of each file (the spread)")
     ap.add_argument("--out", type=Path, help="write JSON results here")
     ap.add_argument("--quick", action="store_true", help="small sets (a smoke run)")
     ap.add_argument("--n", type=int, default=300, help="items in each timed category (adversarial has a fixed set)")
@@ -507,6 +619,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="winnow engine workers")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.cli:
+        if args.quick:
+            args.cli_integers, args.cli_symbolic, args.repeat = 2000, 40, 1
+        return cli_main(args)
     n = 40 if args.quick else args.n
     rng = random.Random(args.seed)
 

@@ -274,3 +274,45 @@ def test_close_during_a_batch_ends_it_promptly():
     details = [v.detail for v in out]
     assert "verifier shutting down" in details  # the tail of the batch was not parsed
     assert out[0].status == Status.CORRECT  # items before close() were graded normally
+
+
+def test_a_lazy_pool_starts_at_the_first_symbolic_item():
+    """``lazy_pool`` (``winnow score``): fast-path batches start no process; the first item that needs sympy
+    starts the pool and gets the same verdict as the pure path."""
+    eng = MathVerifier(workers=1, lazy_pool=True, cache_size=0)
+    try:
+        fast = eng.verify_batch([Item("a", r"\boxed{4}", "4"), Item("b", r"\boxed{\frac{2}{4}}", "0.5")])
+        assert [v.status for v in fast] == [Status.CORRECT, Status.CORRECT]
+        assert eng.worker_pids == [] and eng._pool is None
+        v = eng.verify(Item("c", r"\boxed{(x+1)^2}", "x^2+2x+1"))
+        assert (v.status, v.path) == (Status.CORRECT, grade(r"\boxed{(x+1)^2}", "x^2+2x+1").path)
+        assert len(eng.worker_pids) == 1
+    finally:
+        eng.close()
+    assert eng.worker_pids == []
+
+
+def test_sll_first_parsing_gives_the_trees_of_ll(monkeypatch):
+    """The symbolic path parses with ANTLR's SLL prediction first and falls back to full LL when SLL reports
+    an error (``x^2+5x+6``, ``x_{1}+x_{2}`` and ``a_{n+1}=2a_n`` need the fallback): every tree equals LL's."""
+    import types
+
+    import sympy
+    from antlr4.atn.PredictionMode import PredictionMode
+
+    import winnow.verifier.symbolic as sym
+
+    texts = ["x^2+5x+6", "(x+2)(x+3)", "x_{1}+x_{2}", "a_{n+1}=2a_n", "e^{6x}\\cdot e^{7x}", "\\frac{5\\sqrt{3}}{3}",
+             "3\\sin^2 x + 3\\cos^2 x", "\\sqrt[3]{x}", "f(x)=2x+3", "\\{1,2\\}", "\\binom{6}{3}", "|x-1|", "4!",
+             "(1+i)^2", "2^{2^{3}}", "\\frac{1\\pm\\sqrt{5}}{2}", "1,000", "[1,5)", "x\\le 3"]
+
+    def outcome(text: str) -> str:  # the tree, or the error the grammar reports (the same for both)
+        try:
+            return sympy.srepr(sym._parse_cached.__wrapped__(text))
+        except Exception as e:
+            return f"{type(e).__name__}: {e}"
+
+    two_stage = [outcome(t) for t in texts]
+    monkeypatch.setattr(sym, "PredictionMode", types.SimpleNamespace(SLL=PredictionMode.LL))  # LL only
+    assert [outcome(t) for t in texts] == two_stage
+    assert sum(o.startswith("Exception") for o in two_stage) == 1  # the grammar rejects \\pm inside \\frac (LL too)

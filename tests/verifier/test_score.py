@@ -271,3 +271,74 @@ def test_output_sink_replaces_a_symlinks_target_and_keeps_the_mode(tmp_path):
     aborted.file.write("partial\n")
     aborted.abort()  # a failed run leaves the previous output and no temporary file
     assert target.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["link.jsonl", "real.jsonl"]
+
+
+def _mixed_items() -> list[dict]:
+    """Every kind of line the fast paths and the symbolic path decide, with options, once each."""
+    rows = [
+        {"response": r"So \boxed{42}.", "gold": "42"},
+        {"response": r"So \boxed{43}.", "gold": "42"},
+        {"response": r"\boxed{-0}", "gold": "0"},
+        {"response": r"\boxed{007}", "gold": "7"},
+        {"response": r"\boxed{5000}", "gold": "50", "options": {"percent": True}},
+        {"response": r"\boxed{1,000}", "gold": 1000},
+        {"response": "The answer is 12.", "gold": "#### 12", "task": "gsm8k"},
+        {"response": "I got 12 apples", "gold": "12", "options": {"fallback": "0"}},
+        {"response": r"\boxed{3} or \boxed{4}", "gold": "4"},
+        {"response": r"\boxed{\frac{6}{8}}", "gold": r"\frac{3}{4}"},
+        {"response": r"\boxed{0.33}", "gold": r"\frac{1}{3}", "options": {"rounded": 1}},
+        {"response": r"\boxed{0.33}", "gold": r"\frac{1}{3}"},
+        {"response": r"$\boxed{(x+1)^2}$", "gold": "x^2+2x+1"},
+        {"response": r"\boxed{(1+i)^2}", "gold": "2i"},
+        {"response": r"\boxed{(1+i)^2}", "gold": "2i", "options": {"imaginary": "none"}},
+        {"response": r"\boxed{e^{13x}}", "gold": r"e^{6x} \cdot e^{7x}"},
+        {"response": r"\boxed{\frac{5\sqrt{3}}{3}}", "gold": r"\frac{5}{\sqrt{3}}"},
+        {"response": r"\boxed{[1, 5)}", "gold": "[1,5)"},
+        {"response": r"\boxed{x > 3}", "gold": r"(3, \infty)"},
+        {"response": r"\boxed{B}", "gold": "(B)"},
+        {"response": r"\boxed{\text{Monday}}", "gold": "monday"},
+        {"response": "no answer at all", "gold": "5", "options": {"fallback": False}},
+        {"response": "<think>\\boxed{5}", "gold": "5"},
+        {"response": "\\boxed{\u00e9t\u00e9 \u2211}", "gold": "5"},  # non-ASCII: written as is
+        {"response": "\\boxed{\\underline{5}}", "gold": "5"},  # a \u in the JSON text: the re-encode check runs
+        {"response": r"\boxed{1}", "gold": float("nan")},  # NaN -> "nan": an unanswerable gold, status error
+    ]
+    return rows
+
+
+def test_score_cli_output_equals_the_engine_verdicts(tmp_path):
+    """Issue 29 item 3: the faster CLI (lazy pool, batching, fast JSON) writes, line for line, the verdict
+    that the pure in-process path (``grade``: no pool, no cache, no batching) gives for the same item."""
+    from winnow.verifier.config import VerifierConfig
+    from winnow.verifier.engine import grade
+
+    rows = _mixed_items()
+    lines = [json.dumps({"id": i, **r}) for i, r in enumerate(rows)]
+    lines[3:3] = ["", '{"id": "broken", "response": ']  # a blank line and a malformed one, mid-chunk
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_lines(src, lines)
+    res = run_cli("score", str(src), "-o", str(dst), "--workers", "1", "--batch-size", "4", "--no-progress")
+    assert res.returncode == 1, res.stderr  # the malformed line and the NaN gold
+    out = _scored(dst)
+    assert len(out) == len(rows) + 1
+    assert out[3] == {"line": 5, "status": "error", "correct": False, "error": out[3]["error"]}
+    del out[3]
+    defaults = VerifierConfig().default_options
+    for row, rec in zip(rows, out, strict=True):
+        options = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in row.get("options", {}).items()}
+        want = grade(row["response"], str(row["gold"]), row.get("task", ""), {**defaults, **options})
+        got = (rec["status"], rec["extracted"], rec["path"], rec["detail"])
+        assert got == (want.status.label, want.extracted, want.path, want.detail), row
+        assert rec["correct"] == (want.status.label == "correct") and rec["response"] == row["response"]
+    assert {r["path"] for r in out} >= {"number", "string", "symbolic", "hedge", "mcq", "text", "extract"}
+
+
+def test_score_of_an_integer_file_never_loads_sympy(tmp_path):
+    """The worker pool (and sympy) start only when an item needs the symbolic path."""
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_lines(src, [json.dumps({"response": rf"\boxed{{{n}}}", "gold": str(n + n % 2)}) for n in range(50)])
+    code = (f"import sys; from winnow.cli import main; rc = main(['score', {str(src)!r}, '-o', {str(dst)!r}, "
+            "'--no-progress']); print(rc, sorted(m for m in ('sympy', 'latex2sympy2_extended') if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.stdout.split("\n")[0] == "0 []", res.stdout + res.stderr
+    assert [r["correct"] for r in _scored(dst)] == [n % 2 == 0 for n in range(50)]
