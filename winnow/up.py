@@ -484,9 +484,9 @@ def run(args: argparse.Namespace) -> int:
         except ConfigError as e:
             raise ConfigError(f"--resume: {e}. Restore {saved} (the run's resolved config; config/*.yaml hold "
                               "each service's part), or start a new run without --resume") from None
+        if args.config:  # saved < the file < the flags and --set, as on a fresh run
+            saved_data = deep_merge(saved_data, read_config_file(args.config))
         data = deep_merge(saved_data, parse_overrides(overrides))
-        if args.config:
-            data = deep_merge(data, read_config_file(args.config))
         check_sections(data)
     else:
         data = resolve(args.config, overrides, Path("."))

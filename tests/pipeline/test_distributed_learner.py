@@ -326,3 +326,42 @@ async def test_checkpoints_resume_at_another_world_size(kafka_config_one, tiny_d
     assert [r["version"] for r in rows(tmp_path)] == [1, 2, 3, 4, 5, 6]
     result = audit(tmp_path)
     assert result["trained_in_steps"] == 6 * 4 and result["twice"] == result["lost"] == 0, result
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_winnow_up_runs_a_sharded_learner(kafka_bootstrap_one, tiny_dir, tmp_path):
+    """Issue 21, item 5: `winnow up --learner-procs 2` runs the whole pipeline (verifier, generator) with the learner
+    under torchrun; the run finishes, its weights are published and its ledger holds every trained group once;
+    then `--resume` with more steps continues the same lineage."""
+    import uuid
+
+    cfg = {"up": {"generators": 1, "start_verifier": True, "stop_timeout_s": 60},
+           "kafka": {"bootstrap_servers": kafka_bootstrap_one, "topic_prefix": f"up2-{uuid.uuid4().hex[:8]}",
+                     "session_timeout_ms": 6000},
+           "verifier": {"workers": 1, "timeout_s": 2.0},
+           "generator": {"model": tiny_dir, "batch_prompts": 2, "batch_wait_ms": 50,
+                         "sampling": {"max_new_tokens": 6}, "chat": {"few_shot": [], "system_prompt": None},
+                         "weights": {"poll_interval_s": 0.2}},
+           "learner": {"model": tiny_dir, "algo": {"preset": "grpo", "kl_coef": 0.0},
+                       "optim": {"lr": 1.0e-3, "micro_batch_size": 8}, "batch_groups": 2, "n": 2, "max_steps": 2,
+                       "sampling": {"max_new_tokens": 6},
+                       "prompts": {"kind": "reasoning_gym", "name": "basic_arithmetic", "size": 200, "seed": 1,
+                                   "config": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}}}}
+    path = tmp_path / "up.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    winnow = [sys.executable, "-m", "winnow", "up", "--config", str(path), "--run-dir", str(run), "--learner-procs", "2"]
+    done = subprocess.run(winnow, capture_output=True, text=True, timeout=500, stdin=subprocess.DEVNULL, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    log = (run / "logs" / "learner.log").read_text()
+    assert "rank 1 of 2" in log and "FSDP2" in log  # really sharded
+    done = subprocess.run([*winnow, "--resume", "--steps", "3"], capture_output=True, text=True, timeout=500,
+                          stdin=subprocess.DEVNULL, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    versions = [json.loads(x)["version"] for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    assert [v for v in versions if v] == [1, 2, 3]
+    assert (run / "weights" / "v00000003" / "model.safetensors").is_file()
+    rows = [json.loads(x) for x in (run / "ledger.jsonl").read_text().splitlines()]
+    ids = [r["request_id"] for r in rows]
+    assert len(ids) == len(set(ids)) == 3 * 2
