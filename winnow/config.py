@@ -176,6 +176,12 @@ class KafkaConfig(Model):
     """PEM private key of ``ssl_certfile``."""
     ssl_key_password: SecretStr | None = None
     """Password of an encrypted ``ssl_keyfile``. Env: KAFKA_SSL_KEY_PASSWORD."""
+    group_hmac_key_file: Path | None = None
+    """File holding the shared secret (>= 16 bytes; surrounding whitespace stripped) with which generators sign
+    scored groups (HMAC-SHA256 in the ``winnow-hmac`` record header) and the learner refuses every group not
+    signed with it, so a foreign writer with access to the topic cannot train (docs/kafka.md). Also from env
+    ``WINNOW_GROUP_HMAC_KEY_FILE`` or ``WINNOW_GROUP_HMAC_KEY`` (the secret itself; the Helm chart sets it from
+    a Kubernetes Secret). None and no env: groups are not authenticated."""
 
     @model_validator(mode="after")
     def _security_consistent(self) -> KafkaConfig:

@@ -89,3 +89,14 @@ def test_the_group_key_comes_from_a_file_or_the_env_and_a_bad_one_is_an_error(tm
         group_hmac_key(None, {HMAC_KEY_FILE_ENV: str(tmp_path / "missing")})
     with pytest.raises(KafkaSetupError, match="at least 16"):
         group_hmac_key(None, {HMAC_KEY_ENV: "short"})
+
+
+def test_the_group_key_file_is_a_kafka_config_field(tmp_path):
+    """Every service reads the key from the one shared KafkaConfig (a mounted Secret's file)."""
+    from winnow.config import KafkaConfig
+    from winnow.kafka import group_hmac_key
+
+    path = tmp_path / "key"
+    path.write_text("a-secret-of-at-least-16-bytes\n")
+    assert group_hmac_key(KafkaConfig(group_hmac_key_file=path), environ={}) == b"a-secret-of-at-least-16-bytes"
+    assert group_hmac_key(KafkaConfig(), environ={}) is None
