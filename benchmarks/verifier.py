@@ -35,7 +35,9 @@ disagreement is classified by the variant that produced it and by who matches th
 through math-verify's CLI equivalent (a fresh ``benchmarks/verifier.py --math-verify-loop IN OUT``:
 import math-verify, parse and verify line by line, write JSONL), back to back, ``--repeat`` times (default
 3). Printed per run: both wall times, the ratio (math-verify / winnow: > 1 = winnow faster), the load
-average before the run and how many ``correct`` flags agree; raw runs go to ``--out``.
+average before the run and how many ``correct`` flags agree; raw runs go to ``--out``. With ``--grpc``
+each run also times ``winnow score FILE --verifier HOST:PORT`` against a ``winnow verifier serve`` started
+(``--workers``, verdict cache off) and warmed up before the runs: the service's speed through its client.
 
 Gold for math-verify is wrapped as ``\\boxed{gold}`` (the usual reward-function practice, e.g.
 verl and Minimal-RL); GSM8K's ``#### 1,234`` is reduced to ``1234`` for it, while winnow gets
@@ -548,6 +550,30 @@ def _timed(cmd: list[str]) -> dict:
     return {"wall_s": wall, "load1_before": load, "rc": proc.returncode, "stderr_tail": proc.stderr.strip()[-300:]}
 
 
+def _start_server(workers: int):
+    """A ``winnow verifier serve`` on a free loopback port, verdict cache off, warmed up with every kind of item
+    (not timed): (process, "127.0.0.1:PORT")."""
+    import os
+    import socket
+    import subprocess
+    import tempfile
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "winnow", "verifier", "serve", "--port", str(port), "--metrics-port", "-1",
+           "--workers", str(workers), "--set", "cache_size=0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = f"127.0.0.1:{port}"
+    warm = int_frac_cases(50, random.Random(98)) + symbolic_cases(50, random.Random(98))
+    with tempfile.TemporaryDirectory(prefix="winnow-bench-warm-") as tmp:
+        src = os.path.join(tmp, "warm.jsonl")
+        write_jsonl(Path(src), warm)
+        _timed([sys.executable, "-m", "winnow", "score", "--no-progress", src, "-o", os.devnull, "--verifier", target,
+                "--retry-s", "60"])
+    return proc, target
+
+
 def cli_main(args) -> int:
     """``--cli``: each input file through ``winnow score`` (a fresh process: start-up, reading, scoring,
     writing) and through math-verify's loop (a fresh process too), back to back, ``--repeat`` times."""
@@ -563,38 +589,55 @@ def cli_main(args) -> int:
     if args.workers:
         winnow_cmd += ["--workers", str(args.workers)]
     mv_cmd = [sys.executable, str(Path(__file__).resolve()), "--math-verify-loop"]
+    modes = {"in_process": winnow_cmd}
+    server = _start_server(args.workers) if args.grpc else None
+    if server is not None:
+        modes["grpc"] = winnow_cmd + ["--verifier", server[1]]
     results: dict = {
         "mode": "cli",
         "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": _cpus()},
         "versions": _versions(),
-        "commands": {"winnow": " ".join(winnow_cmd[1:]) + " IN -o OUT", "math_verify": "benchmarks/verifier.py "
-                     "--math-verify-loop IN OUT"},
+        "commands": {**{m: " ".join(c[1:]) + " IN -o OUT" for m, c in modes.items()},
+                     "math_verify": "benchmarks/verifier.py --math-verify-loop IN OUT"},
+        "server": f"winnow verifier serve --workers {args.workers} --set cache_size=0 (started and warmed before "
+                  "the runs)" if server else None,
         "files": {},
     }
-    with tempfile.TemporaryDirectory(prefix="winnow-bench-cli-") as tmp:
-        for name, cases in files.items():
-            src = Path(tmp) / f"{name}.jsonl"
-            write_jsonl(src, cases)
-            runs = []
-            for r in range(args.repeat):
-                print(f"cli {name} ({len(cases)} lines) run {r + 1}/{args.repeat}...", file=sys.stderr, flush=True)
-                ours = _timed(winnow_cmd + [str(src), "-o", os.path.join(tmp, "ours.jsonl")])
-                theirs = _timed(mv_cmd + [str(src), os.path.join(tmp, "mv.jsonl")])
-                with open(os.path.join(tmp, "ours.jsonl")) as f1, open(os.path.join(tmp, "mv.jsonl")) as f2:
-                    agree = sum(json.loads(a)["correct"] == json.loads(b)["correct"] for a, b in zip(f1, f2, strict=True))
-                runs.append({"winnow": ours, "math_verify": theirs, "ratio": theirs["wall_s"] / ours["wall_s"],
-                             "agree": agree})
-            ratios = sorted(r["ratio"] for r in runs)
-            results["files"][name] = {"lines": len(cases), "runs": runs, "ratio_min": ratios[0],
-                                      "ratio_median": ratios[len(ratios) // 2], "ratio_max": ratios[-1]}
+    try:
+        with tempfile.TemporaryDirectory(prefix="winnow-bench-cli-") as tmp:
+            for name, cases in files.items():
+                src = Path(tmp) / f"{name}.jsonl"
+                write_jsonl(src, cases)
+                runs = []
+                for r in range(args.repeat):
+                    print(f"cli {name} ({len(cases)} lines) run {r + 1}/{args.repeat}...", file=sys.stderr, flush=True)
+                    run = {m: _timed(cmd + [str(src), "-o", os.path.join(tmp, f"{m}.jsonl")]) for m, cmd in modes.items()}
+                    run["math_verify"] = theirs = _timed(mv_cmd + [str(src), os.path.join(tmp, "mv.jsonl")])
+                    for m in modes:
+                        run[m]["ratio"] = theirs["wall_s"] / run[m]["wall_s"]
+                        with open(os.path.join(tmp, f"{m}.jsonl")) as f1, open(os.path.join(tmp, "mv.jsonl")) as f2:
+                            run[m]["agree"] = sum(json.loads(a)["correct"] == json.loads(b)["correct"]
+                                                  for a, b in zip(f1, f2, strict=True))
+                    runs.append(run)
+                out = {"lines": len(cases), "runs": runs}
+                for m in modes:
+                    ratios = sorted(r[m]["ratio"] for r in runs)
+                    out[f"{m}_ratio"] = {"min": ratios[0], "median": ratios[len(ratios) // 2], "max": ratios[-1]}
+                results["files"][name] = out
+    finally:
+        if server is not None:
+            server[0].terminate()
+            server[0].wait(30)
     print(f"\nwinnow score vs math-verify {results['versions'].get('math-verify')} loop, same file, fresh processes")
-    print(f"{'file':<10} {'lines':>6} | {'winnow s':>8} {'mv s':>7} {'ratio':>6} {'load':>5} {'agree':>6}")
+    print(f"{'file':<10} {'lines':>6} {'mode':<10} | {'winnow s':>8} {'mv s':>7} {'ratio':>6} {'load':>5} {'agree':>6}")
     for name, f in results["files"].items():
-        for r in f["runs"]:
-            print(f"{name:<10} {f['lines']:>6} | {r['winnow']['wall_s']:>8.2f} {r['math_verify']['wall_s']:>7.2f} "
-                  f"{r['ratio']:>6.1f} {r['winnow']['load1_before']:>5.2f} {r['agree']:>6}")
-        print(f"{name:<10} ratio median {f['ratio_median']:.1f} (min {f['ratio_min']:.1f}, max {f['ratio_max']:.1f})")
+        for m in modes:
+            for r in f["runs"]:
+                print(f"{name:<10} {f['lines']:>6} {m:<10} | {r[m]['wall_s']:>8.2f} {r['math_verify']['wall_s']:>7.2f} "
+                      f"{r[m]['ratio']:>6.1f} {r[m]['load1_before']:>5.2f} {r[m]['agree']:>6}")
+            x = f[f"{m}_ratio"]
+            print(f"{name:<10} {m}: ratio median {x['median']:.1f} (min {x['min']:.1f}, max {x['max']:.1f})")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2, default=str))
@@ -611,6 +654,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cli-integers", type=int, default=20000, help="--cli: lines of the integer file")
     ap.add_argument("--cli-symbolic", type=int, default=300, help="--cli: lines of the symbolic file")
     ap.add_argument("--repeat", type=int, default=3, help="--cli: runs of each file (the spread)")
+    ap.add_argument("--grpc", action="store_true", help="--cli: also time `winnow score --verifier` against a "
+                    "running `winnow verifier serve` (started and warmed first)")
     ap.add_argument("--out", type=Path, help="write JSON results here")
     ap.add_argument("--quick", action="store_true", help="small sets (a smoke run)")
     ap.add_argument("--n", type=int, default=300, help="items in each timed category (adversarial has a fixed set)")
