@@ -10,6 +10,8 @@ and ``<run_dir>/learner-config.json`` show every resolved field.
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
@@ -27,7 +29,16 @@ class OptimConfig(Model):
     """AdamW and batching settings of the training step."""
 
     lr: float = Field(default=1e-6, gt=0)
-    """Peak learning rate (constant after warm-up; the paper uses 1e-6)."""
+    """Peak learning rate (reached after warm-up; the paper uses 1e-6 and a constant schedule)."""
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """Learning rate after warm-up: ``constant`` (``lr``), or a decay from ``lr`` to ``min_lr_ratio * lr`` at
+    ``total_steps``: ``linear`` or ``cosine`` (half a cosine wave), as transformers' ``get_scheduler`` computes
+    them (``get_linear_schedule_with_warmup``, ``get_cosine_schedule_with_warmup``) with a floor."""
+    total_steps: int | None = Field(default=None, ge=1)
+    """Optimizer steps over which ``linear``/``cosine`` decay, warm-up included (None = ``learner.max_steps``);
+    after it the rate stays at the floor."""
+    min_lr_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Floor of the decay as a fraction of ``lr`` (0 = decay to zero, as transformers' schedules)."""
     weight_decay: float = Field(default=0.01, ge=0)
     """AdamW decoupled weight decay."""
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
@@ -37,7 +48,8 @@ class OptimConfig(Model):
     max_grad_norm: float = Field(default=1.0, ge=0)
     """Clip the global gradient L2 norm to this value; 0 disables clipping (the norm is still logged)."""
     warmup_steps: int = Field(default=0, ge=0)
-    """Linear learning-rate warm-up over this many optimizer steps (0 = none)."""
+    """Linear learning-rate warm-up over this many optimizer steps (0 = none): step s (0-based) uses
+    ``lr * (s + 1) / warmup_steps``."""
     micro_batch_size: int = Field(default=8, ge=1)
     """At most this many sequences per forward/backward pass (gradients are accumulated over the batch)."""
     micro_batch_tokens: int | None = Field(default=None, ge=1)
@@ -48,12 +60,37 @@ class OptimConfig(Model):
     still fit; a single sequence longer than the budget gets a pass of its own."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% more compute)."""
+    def lr_factor(self, step: int) -> float:
+        """The multiplier of ``lr`` at optimizer step ``step`` (0-based): ``(step + 1) / warmup_steps`` during
+        warm-up, then 1 (``constant``) or transformers' ``linear``/``cosine`` decay over ``total_steps`` raised to
+        the floor: ``min_lr_ratio + (1 - min_lr_ratio) * decay`` (transformers' ``cosine_with_min_lr`` form)."""
+        w = self.warmup_steps
+        if step < w:
+            return (step + 1) / w
+        if self.schedule == "constant":
+            return 1.0
+        if self.total_steps is None:
+            raise ValueError(f"optim.schedule {self.schedule} needs optim.total_steps")
+        decay = _decay_lambda(self.schedule, w, self.total_steps)(min(step, self.total_steps))
+        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * decay
+
     share_prompt: bool = False
     """Run each distinct prompt once per micro-batch (and a prefix common to them once) and the samples'
     responses against the cached prompt (micro-batches keep a group's rows together; same gradient, see
     winnow.learner.prefix).
     Saves most of the compute when prompts are long next to responses (few-shot demonstrations).
     Needs the hidden log-prob mode and no gradient checkpointing."""
+
+
+@functools.lru_cache(maxsize=8)
+def _decay_lambda(schedule: str, warmup_steps: int, total_steps: int):
+    """transformers' schedule function ``step -> factor`` (``get_scheduler(schedule, ...)``'s LambdaLR), built once
+    over a throw-away optimizer; torch and transformers are imported only here."""
+    import torch
+    from transformers import get_scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    return get_scheduler(schedule, opt, num_warmup_steps=warmup_steps, num_training_steps=total_steps).lr_lambdas[0]
 
 
 class WeightStoreConfig(Model):
@@ -86,6 +123,25 @@ class CheckpointConfig(Model):
     """Resume from the latest checkpoint in ``dir`` if there is one."""
 
 
+class EvalSet(Model):
+    """One named eval set of the learner's in-run evaluation."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    """Label of the set: ``winnow_learner_eval_accuracy{set=NAME}`` and ``eval_accuracy.NAME`` in metrics.jsonl."""
+    source: PromptSourceConfig | None = None
+    """Its prompt source (same schema as ``prompts``, e.g. ``{kind: jsonl, path: test.jsonl}``); None = the
+    training source with ``split: eval`` (needs ``prompts.holdout > 0``)."""
+    prompts: int | None = Field(default=None, ge=1)
+    """Problems of this set per evaluation, the first ones of the source (None = ``eval.prompts``)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_needed(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            check_source_kind(data.get("source"), "source")
+        return data
+
+
 class EvalConfig(Model):
     """Held-out evaluation (greedy decoding on the learner's own model, scored in-process)."""
 
@@ -107,6 +163,49 @@ class EvalConfig(Model):
     ``split: eval`` (needs ``prompts.holdout > 0``)."""
     chat: ChatFormat = ChatFormat()
     """Prompt format for evaluation: use the same block as the generators' ``chat`` (``winnow up`` does)."""
+    sets: list[EvalSet] = Field(default_factory=list, max_length=32)
+    """Several named eval sets, each ``{name, source, prompts}``, evaluated one after the other every ``every``
+    steps (the first is the one shown as ``eval_accuracy``); [] = one set from ``set_name``, ``source`` and
+    ``prompts``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_needed(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            check_source_kind(data.get("source"), "source")
+        return data
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> EvalConfig:
+        names = [s.name for s in self.sets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"eval.sets: names must be distinct, got {names}")
+        return self
+
+    def resolved_sets(self) -> list[EvalSet]:
+        """The eval sets to run: ``sets``, or the single set of ``set_name``/``source``/``prompts``; every
+        ``prompts`` filled in."""
+        sets = self.sets or [EvalSet(name=self.set_name, source=self.source, prompts=self.prompts)]
+        return [s if s.prompts is not None else s.model_copy(update={"prompts": self.prompts}) for s in sets]
+
+
+FILE_FIELDS = ("path", "dataset")
+"""Fields that only a file or dataset source has (kind jsonl / parquet: path; kind hf: dataset)."""
+
+
+def check_source_kind(prompts: Any, where: str) -> None:
+    """A prompt source given a file (``path``/``dataset``) must name its ``kind``: without it pydantic reports the
+    discriminator, or, merged over ``winnow up``'s reasoning-gym default, an extra field; say what is needed."""
+    if not isinstance(prompts, dict) or not set(FILE_FIELDS) & set(prompts):
+        return
+    kind = prompts.get("kind")
+    if kind is None or kind == "reasoning_gym":
+        field = "path" if "path" in prompts else "dataset"
+        guess = "hf" if field == "dataset" else {".parquet": "parquet"}.get(Path(str(prompts[field])).suffix, "jsonl")
+        got = "no kind" if kind is None else "kind reasoning_gym"
+        example = f" (--set learner.{where}.kind={guess})" if where == "prompts" else ""
+        raise ValueError(f"{where}.{field} needs {where}.kind (jsonl, parquet or hf), got {got}: set "
+                         f"{where}.kind: {guess}{example}")
 
 
 class LearnerConfig(Settings):
@@ -196,12 +295,24 @@ class LearnerConfig(Settings):
     @model_validator(mode="before")
     @classmethod
     def _moved_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            check_source_kind(data.get("prompts"), "prompts")
         if isinstance(data, dict) and "autocast" in data:
             raise ValueError(
                 "learner.autocast was replaced by numerics.precision (auto | bfloat16 | float32), one setting "
                 "shared by the generators, the learner and its evaluation"
             )
         return data
+
+    @model_validator(mode="after")
+    def _schedule_length(self) -> LearnerConfig:
+        """``optim.total_steps`` defaults to ``max_steps`` for a decaying schedule (the Trainer sees only optim)."""
+        if self.optim.schedule != "constant" and self.optim.total_steps is None:
+            if self.max_steps is None:
+                raise ValueError(f"optim.schedule {self.optim.schedule} decays over optim.total_steps: set it, or "
+                                 "learner.max_steps")
+            self.optim = self.optim.model_copy(update={"total_steps": self.max_steps})
+        return self
 
     @property
     def max_staleness(self) -> int:

@@ -266,9 +266,10 @@ class Trainer:
         return 0
 
     def lr_at(self, version: int) -> float:
-        """The learning rate used for the optimizer step that produces ``version + 1``."""
-        w = self.optim_cfg.warmup_steps
-        return self.optim_cfg.lr * (min(1.0, (version + 1) / w) if w > 0 else 1.0)
+        """The learning rate used for the optimizer step that produces ``version + 1``: ``optim.lr`` times the
+        warm-up / schedule factor of :meth:`OptimConfig.lr_factor` (constant, or transformers' linear or cosine
+        decay over ``optim.total_steps`` down to ``min_lr_ratio``)."""
+        return self.optim_cfg.lr * self.optim_cfg.lr_factor(version)
 
     def _autocast(self):
         if self.autocast_dtype is None:
