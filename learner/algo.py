@@ -278,6 +278,21 @@ class AlgoConfig(Model):
     against mu (clipped, not decoupled) only its mask applies, so the truncations need decoupled=true."""
     overlong: OverlongConfig = OverlongConfig()
     """Truncated responses: drop_truncated and/or DAPO's soft_penalty {max_tokens, buffer, factor}."""
+    dynamic_sampling: bool | None = None
+    """Full batches of informative groups (DAPO's dynamic sampling, in the stream): the learner judges each group as
+    it arrives and drops those the filter would leave without a trained sample (finished in the book and the ledger
+    as all_correct / all_wrong), so every batch holds batch_groups groups that train; it keeps releasing prompts
+    while groups are dropped, the admission limit growing with 1 / keep rate up to max_prompts_per_group. None = on
+    for the presets whose filter drops groups (filter other than none), off otherwise; false = filter inside the
+    batch (the batch shrinks with the drop rate)."""
+    max_prompts_per_group: float = Field(default=4.0, ge=1.0, le=64.0, allow_inf_nan=False)
+    """Dynamic sampling's cap: prompts in flight are at most this multiple of the admission limit without it
+    ((max_staleness + 1) x batch_groups), however low the keep rate (bounds generation spent on dropped groups)."""
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether dynamic sampling is on (see ``dynamic_sampling``)."""
+        return self.filter != "none" if self.dynamic_sampling is None else self.dynamic_sampling
 
     @model_validator(mode="before")
     @classmethod

@@ -17,6 +17,8 @@ invariants the learner relies on (docs/kafka.md):
   dropped and counted, never trained; foreign and future records are not "done" (no ledger row);
   after a restore the learner releases before it reads, so the groups of requests released after
   the checkpoint, which come back under the same deterministic ids, are outstanding again;
+- **judged** (dynamic sampling): a buffered group the filter would not train is finished at once (all_correct /
+  all_wrong), so a batch is made of groups that train; the admission limit follows the recent keep rate;
 - **stale**: a buffered group more than ``max_staleness`` versions old is dropped;
 - **finish**: a done id enters the dedupe window and the ledger, leaves the outstanding set, and its
   record's offset may be committed: :meth:`RequestBook.committable` gives, per partition, the lowest
@@ -31,7 +33,8 @@ The service moves bytes around it (:mod:`winnow.learner.service`); the tests dri
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+import math
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -112,6 +115,7 @@ class RequestBook:
         dedupe_capacity: int,
         state: LearnerState,
         now: float = 0.0,
+        max_oversample: float = 1.0,
     ) -> None:
         if not state.run_id:
             raise ValueError("state.run_id is empty: request ids need the run's id")
@@ -128,6 +132,8 @@ class RequestBook:
             for p, off in parts.items():
                 self._offsets.next[(topic, int(p))] = int(off)
                 self._offsets.committed[(topic, int(p))] = int(off)
+        self.max_oversample = max_oversample
+        self._judged: deque[bool] = deque(maxlen=4 * batch_groups)  # recent arrivals: kept by the filter or not
         self.counts: Counter[str] = Counter()
         self.ledger_rows: list[dict[str, str]] = []
         """Finished groups since the last :meth:`take_ledger_rows` (written just before a checkpoint)."""
@@ -136,7 +142,26 @@ class RequestBook:
 
     @property
     def admission_limit(self) -> int:
-        return (self.max_staleness + 1) * self.batch_groups
+        """Requests outstanding at most: ``(max_staleness + 1) * batch_groups``, and with dynamic sampling that over
+        the recent keep rate, capped at ``max_oversample`` times it (``max_oversample`` 1: no dynamic sampling)."""
+        base = (self.max_staleness + 1) * self.batch_groups
+        return math.ceil(base * min(self.max_oversample, 1.0 / self.keep_rate))
+
+    @property
+    def keep_rate(self) -> float:
+        """Fraction of the recent groups (the last ``4 * batch_groups`` judged on arrival) the filter keeps, with one
+        kept group of prior (1.0 before any arrival)."""
+        return (sum(self._judged) + 1) / (len(self._judged) + 1)
+
+    def judged(self, request_id: str, prompt_id: str, kept: bool, outcome: Outcome | str) -> bool:
+        """Dynamic sampling: the buffered group ``request_id`` was judged on arrival. Kept: it stays for a batch.
+        Not kept: it leaves the buffer and is finished with ``outcome`` (its slot goes to the next position).
+        Returns ``kept``."""
+        self._judged.append(kept)
+        if not kept:
+            b = self.buffer.pop(request_id)
+            self.finish(request_id, prompt_id, b.where, outcome)
+        return kept
 
     @property
     def outstanding(self) -> int:

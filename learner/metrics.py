@@ -141,6 +141,16 @@ class LearnerMetrics:
             buckets=(0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
             registry=r,
         )
+        self.keep_rate = Gauge(
+            "winnow_learner_keep_rate",
+            "Dynamic sampling: fraction of the recent groups the filter keeps, judged on arrival (4 x batch_groups).",
+            registry=r,
+        )
+        self.samples_not_trained = Counter(
+            "winnow_learner_samples_not_trained",
+            "Dynamic sampling: samples generated and scored in groups the filter dropped on arrival.",
+            registry=r,
+        )
         self.offset_rewinds = Counter(
             "winnow_learner_offset_rewinds_total",
             "Groups-topic partitions read again from below the checkpointed offset because the broker's log ended "

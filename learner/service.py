@@ -37,7 +37,7 @@ from winnow.learner.objective import judge_samples
 from winnow.learner.weights import WeightPublisher
 from winnow.sampling import prompt_request
 from winnow.tracking import Tracker
-from winnow.verdict import status_label
+from winnow.verdict import Status, status_label
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,11 @@ class LearnerService:
         self._group_key = kafka.group_hmac_key(cfg.kafka)  # None: groups are not authenticated
 
     def _new_book(self, state: LearnerState) -> RequestBook:
-        return RequestBook(batch_groups=self.cfg.batch_groups, max_staleness=int(self.trainer.algo.max_staleness),
+        algo = self.trainer.algo
+        return RequestBook(batch_groups=self.cfg.batch_groups, max_staleness=int(algo.max_staleness),
                            request_timeout_s=self.cfg.request_timeout_s, dedupe_capacity=self.cfg.dedupe_capacity,
-                           state=state, now=time.monotonic())
+                           state=state, now=time.monotonic(),
+                           max_oversample=algo.max_prompts_per_group if algo.dynamic else 1.0)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -229,6 +231,8 @@ class LearnerService:
             "outcomes": {str(k): v for k, v in self.book.counts.items()},
             "batch_outcomes": {o: result.group_outcomes.count(o) for o in set(result.group_outcomes)},
             "unconsumed": self.book.outstanding, "next_position": self.book.state.next_position,
+            "keep_rate": self.book.keep_rate, "prompts_per_trained_group":
+                self.book.state.prompts_released / max(1, self.book.counts[Outcome.TRAINED]),
             **(await self._evaluate() if evaluated else {}), **result.metrics,
         }))
 
@@ -299,6 +303,20 @@ class LearnerService:
         if outcome is not None:
             return log.warning("dropping group %s from %s: %s", msg.request_id, msg.generator_id or "?", outcome)
         self.metrics.observe_samples(status_label(s.status) for s in group.samples)
+        if self.trainer.algo.dynamic:
+            self._judge_on_arrival(group, msg)
+
+    def _judge_on_arrival(self, group: Any, msg: Any) -> None:
+        """Dynamic sampling: a group the filter would leave without a trained sample is finished now (all_correct /
+        all_wrong, in the ledger and the sample log), so the batch fills with groups that train."""
+        judged = judge_samples([group], self.trainer.algo)
+        kept = any(judged.kept[0])
+        all_correct = all(s.status == Status.CORRECT for s in group.samples)
+        outcome = Outcome.ALL_CORRECT if all_correct else Outcome.ALL_WRONG
+        if not self.book.judged(group.request_id, group.prompt_id, kept, outcome):
+            self.tracking.record_groups([msg], [str(outcome)], step=self.version + 1, judged=judged)
+            self.metrics.samples_not_trained.inc(len(group.samples))
+        self.metrics.keep_rate.set(self.book.keep_rate)
 
     # -- weights and checkpoints ------------------------------------------------------------------
 

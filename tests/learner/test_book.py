@@ -240,3 +240,32 @@ def test_a_position_released_before_a_crash_but_after_the_checkpoint_is_ours():
     assert s.deliver(r, "run-0-0") is None  # the pre-crash group
     assert s.deliver(r, "run-0-0") == Outcome.DUPLICATE  # the re-sent request's group
     assert r.state.unconsumed == {"run-0-0": 0}
+
+
+def test_dynamic_sampling_drops_judged_groups_and_releases_more():
+    """Issue 25, item 1: a group the filter would not train is finished on arrival (its slot freed, a ledger row),
+    and the admission limit grows with 1 / keep rate up to max_oversample x the base limit."""
+    b = book(batch=2, staleness=0, now=0.0)
+    b.max_oversample = 4.0
+    assert b.admission_limit == 2 and b.keep_rate == 1.0  # no arrivals yet: the base limit (0 + 1) x 2
+    s = Stream()
+    releases, _ = b.releases(now=0.0)
+    assert [r.request_id for r in releases] == ["run-0-0", "run-1-0"]
+    assert s.deliver(b, "run-0-0") is None
+    assert b.judged("run-0-0", "p-run-0-0", False, "all_correct") is False
+    assert "run-0-0" not in b.buffer and b.is_done("run-0-0") and b.counts["all_correct"] == 1
+    assert b.take_ledger_rows() == [{"request_id": "run-0-0", "prompt_id": "p-run-0-0", "outcome": "all_correct"}]
+    # keep rate (0 kept + 1) / (1 judged + 1) = 0.5 -> limit ceil(2 / 0.5) = 4: run-1-0 is out, 3 more released
+    assert b.keep_rate == 0.5 and b.admission_limit == 4
+    assert [r.request_id for r in b.releases(now=1.0)[0]] == ["run-2-0", "run-3-0", "run-4-0"]
+    for rid in ("run-1-0", "run-2-0", "run-3-0", "run-4-0"):
+        s.deliver(b, rid)
+        b.judged(rid, f"p-{rid}", False, "all_wrong")
+    # 5 dropped of 5: keep rate 1/6, limit min(4, 6) x 2 = 8 (the cap)
+    assert b.keep_rate == 1 / 6 and b.admission_limit == 8
+    assert s.deliver(b, "run-5-0") == Outcome.FOREIGN  # not released yet: nothing trains without a release
+    b.releases(now=2.0)
+    s.deliver(b, "run-5-0")
+    s.deliver(b, "run-6-0")
+    assert b.judged("run-5-0", "p", True, "trained") and b.judged("run-6-0", "p", True, "trained")
+    assert [g.request_id for g in b.take_batch()] == ["run-5-0", "run-6-0"]  # a full batch of kept groups

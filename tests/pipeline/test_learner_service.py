@@ -216,7 +216,7 @@ async def test_learner_trains_dedupes_drops_and_resumes(kafka_config, tmp_path: 
         LearnerConfig,
         data={
             "kafka": kcfg.model_dump(),
-            "algo": {"preset": "reinforce_rej", "max_staleness": 1},
+            "algo": {"preset": "reinforce_rej", "max_staleness": 1, "dynamic_sampling": False},
             "batch_groups": BATCH,
             "n": N,
             "kafka_partitions": 1,  # one partition: arrival order = release order, staleness is exact
@@ -486,3 +486,42 @@ async def test_with_a_group_key_only_signed_groups_are_trained(kafka_config_one,
     assert service.book.counts["unauthenticated"] >= 2 * BATCH  # every forged copy, each before its signed group
     dead = [json.loads(x) for x in (Path(cfg.run_dir) / "dead-letter.jsonl").read_text().splitlines()]
     assert all(r["reason"].startswith("unauthenticated") for r in dead) and len(dead) >= 2 * BATCH
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+async def test_dynamic_sampling_keeps_every_batch_full(kafka_config_one, tmp_path: Path, dynamic):
+    """Issue 25, item 1: Reinforce-Rej drops every group whose samples are all right (every third prompt here).
+    With dynamic sampling (the preset's default) each step trains batch_groups groups and the dropped ones are
+    finished on arrival, in the ledger with their reason; without it, batches shrink with the drop rate."""
+    kcfg = kafka_config_one
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"question": f"{i} + 6?", "answer": str(i + 6)}) + "\n" for i in range(80)))
+    cfg = load_config(LearnerConfig, data={
+        "kafka": kcfg.model_dump(), "algo": {"preset": "reinforce_rej", "max_staleness": 1, "dynamic_sampling": dynamic},
+        "batch_groups": 3, "n": N, "kafka_partitions": 1, "max_steps": 4, "checkpoint": {"dir": str(tmp_path / "ckpt")},
+        "prompts": {"kind": "jsonl", "path": str(prompts), "shuffle": False},
+        "weights": {"dir": str(tmp_path / "weights")}, "run_dir": str(tmp_path / "run")})
+    await ensure_topics(kcfg, partitions=1)
+    trainer, tok = _trainer(cfg.algo)
+    registry = CollectorRegistry()
+    service = LearnerService(cfg, trainer, make_source(cfg.prompts), registry)
+    fake = FakeGenerator(kcfg, tok, trainer.model.get_input_embeddings().weight.shape[0], inject=False)
+    fake_task = asyncio.create_task(fake.run())
+    try:
+        assert await asyncio.wait_for(service.run(), 60) == 4
+    finally:
+        fake_task.cancel()
+        await asyncio.gather(fake_task, return_exceptions=True)
+    rows = [json.loads(x) for x in (Path(cfg.run_dir) / "metrics.jsonl").read_text().splitlines()]
+    trained_per_step = [r["batch_outcomes"].get("trained", 0) for r in rows]
+    ledger = [json.loads(x) for x in (Path(cfg.run_dir) / "ledger.jsonl").read_text().splitlines()]
+    positions = [int(r["request_id"].split("-")[-2]) for r in ledger]
+    assert len(positions) == len(set(positions))  # every finished group once
+    if dynamic:
+        assert trained_per_step == [3, 3, 3, 3]
+        dropped = [r for r in ledger if r["outcome"] == "all_correct"]
+        assert dropped and all(int(r["request_id"].split("-")[-2]) % 3 == 0 for r in dropped)
+        assert _metric(_scrape(registry), "winnow_learner_samples_not_trained_total") == N * len(dropped)
+        assert rows[-1]["prompts_per_trained_group"] > 1.0
+    else:
+        assert sum(trained_per_step) < 12  # the all-correct groups took batch slots
