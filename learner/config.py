@@ -196,7 +196,11 @@ FILE_FIELDS = ("path", "dataset")
 def check_source_kind(prompts: Any, where: str) -> None:
     """A prompt source given a file (``path``/``dataset``) must name its ``kind``: without it pydantic reports the
     discriminator, or, merged over ``winnow up``'s reasoning-gym default, an extra field; say what is needed."""
-    if not isinstance(prompts, dict) or not set(FILE_FIELDS) & set(prompts):
+    if not isinstance(prompts, dict):
+        return
+    if not set(FILE_FIELDS) & set(prompts):
+        if "kind" not in prompts:
+            raise ValueError(f"{where}.kind is needed (reasoning_gym, jsonl, parquet or hf)")
         return
     kind = prompts.get("kind")
     if kind is None or kind == "reasoning_gym":

@@ -263,3 +263,136 @@ def test_log_tail_shown_on_a_crash_escapes_terminal_sequences(tmp_path):
     (logs / "learner.log").write_text("ERROR quarantined prompt '\x1b]0;pwned\x07\x1b[2J'\nTraceback\n")
     tail = Pipeline({}, tmp_path, resume=False)._tail_hint("learner")
     assert tail == "    ERROR quarantined prompt '\\x1b]0;pwned\\x07\\x1b[2J'\n    Traceback"
+
+
+# -- issue 28: print-config, preset defaults, ports, errors that point at the fix, next steps ---------------
+
+
+def _print_config(capsys, *argv: str) -> dict:
+    from winnow.cli import main
+
+    assert main(["up", "--print-config", *argv]) == 0
+    import yaml
+
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_a_preset_under_up_gets_its_own_defaults_unless_the_user_sets_them(tmp_path, capsys):
+    from winnow.config import load_config
+    from winnow.learner.config import LearnerConfig
+
+    def algo(*overrides):
+        learner = _configs(resolve(None, list(overrides), tmp_path), tmp_path)["learner"]
+        return load_config(LearnerConfig, data={"learner": learner}).algo
+
+    assert algo().preset == "raft" and algo().kl_coef == 0.0  # the default's own choice for raft
+    assert algo("learner.algo.preset=grpo").kl_coef == 0.001  # grpo's documented default, not raft's 0
+    assert algo("learner.algo.preset=grpo", "learner.algo.kl_coef=0.01").kl_coef == 0.01
+    shown = _print_config(capsys, "--preset", "grpo")  # what --print-config shows is what runs
+    assert shown["learner"]["algo"]["preset"] == "grpo" and shown["learner"]["algo"]["kl_coef"] == 0.001
+
+
+def test_print_config_shows_every_service_validated(capsys):
+    shown = _print_config(capsys, "--set", "up.generators=2", "--set", "learner.optim.schedule=cosine")
+    assert list(shown) == ["up", "verifier", "generator-0", "generator-1", "learner"]
+    assert shown["generator-1"]["generator_id"] == "gen-1"
+    assert shown["learner"]["optim"]["total_steps"] == shown["learner"]["max_steps"] == 20  # defaults filled in
+    assert shown["learner"]["optim"]["lr"] == 1e-5 and shown["learner"]["eval"]["every"] == 5
+    assert shown["generator-0"]["verifier"]["default_endpoint"].endswith(f":{shown['verifier']['port']}")
+
+
+def test_configured_ports_are_kept_and_unset_ones_are_the_defaults_when_free():
+    from winnow.config import ConfigError
+    from winnow.up import assign_ports
+
+    taken = {9402, 50051}
+    free = iter([40000, 40010])
+    ports = assign_ports({"learner": {"metrics_port": 9500}, "generator": {"metrics_port": 0}}, "127.0.0.1", 1,
+                         is_free=lambda h, p: p not in taken, pick=lambda h: next(free))
+    # learner: set -> kept; verifier: default 50051 taken -> a free one; the others: their defaults
+    assert ports == {"verifier": 40000, "verifier_metrics": 9101, "generator_metrics": 9401, "learner_metrics": 9500}
+    # two generators at the defaults would reach 9402, the learner's default: they move to a free pair
+    ports = assign_ports({}, "127.0.0.1", 2, is_free=lambda h, p: True, pick=lambda h: 40000)
+    assert ports["learner_metrics"] == 9402 and ports["generator_metrics"] == 40000
+    with pytest.raises(ConfigError, match="learner.metrics_port: port 9402 .* in use"):
+        assign_ports({"learner": {"metrics_port": 9402}}, "127.0.0.1", is_free=lambda h, p: p not in taken)
+
+
+def test_up_keeps_a_configured_metrics_port(tmp_path, capsys):
+    from winnow.brokers import free_port
+
+    port = free_port()
+    shown = _print_config(capsys, "--set", f"learner.metrics_port={port}", "--set", f"generator.metrics_port={port + 1}")
+    assert shown["learner"]["metrics_port"] == port  # it used to be replaced by a random port
+    assert shown["generator-0"]["metrics_port"] == port + 1
+    p = Pipeline(resolve(None, [f"learner.metrics_port={port}"], tmp_path), tmp_path, resume=False)
+    from winnow.up import assign_ports
+
+    p.ports = assign_ports(p.data, "127.0.0.1")
+    assert p.component_configs("127.0.0.1:9092", None)["learner"]["metrics_port"] == port
+
+
+def test_shipped_prometheus_config_scrapes_the_default_ports():
+    import yaml
+
+    from winnow.up import PORTS
+
+    prom = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    targets = {t for job in prom["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    for name in ("verifier_metrics", "generator_metrics", "learner_metrics"):
+        assert f"127.0.0.1:{PORTS[name][2]}" in targets
+
+
+def test_a_prompt_path_without_kind_names_kind(capsys):
+    from winnow.cli import main
+
+    assert main(["up", "--print-config", "--set", "learner.prompts.path=train.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert "prompts.path needs prompts.kind" in err and "--set learner.prompts.kind=jsonl" in err
+    assert "Extra inputs" not in err
+
+
+def test_a_jsonl_path_that_is_a_folder_suggests_kind_hf(tmp_path, capsys):
+    from winnow.cli import main
+
+    (tmp_path / "ds").mkdir()
+    assert main(["up", "--print-config", "--set", "learner.prompts.kind=jsonl",
+                 "--set", f"learner.prompts.path={tmp_path / 'ds'}"]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder" in err and "kind: hf" in err and len(err.splitlines()) == 1
+    assert main(["up", "--print-config", "--set", "learner.prompts.kind=jsonl",
+                 "--set", f"learner.prompts.path={tmp_path / 'nope.jsonl'}"]) == 2
+    assert "learner.prompts.path: jsonl prompt file not found" in capsys.readouterr().err
+
+
+def test_own_prompts_without_holdout_say_evaluation_is_off(tmp_path, capsys):
+    notes: list[str] = []
+    resolve(None, ["learner.prompts.kind=reasoning_gym", "learner.prompts.name=chain_sum"], tmp_path, notes)
+    assert len(notes) == 1 and "NO held-out evaluation" in notes[0] and "holdout" in notes[0]
+    notes.clear()
+    resolve(None, [], tmp_path, notes)
+    assert notes == []
+    from winnow.cli import main
+
+    assert main(["up", "--print-config", "--set", "learner.prompts.name=chain_sum"]) == 0  # shown before anything runs
+    assert "# winnow up: NO held-out evaluation" in capsys.readouterr().out
+    pipeline = Pipeline(resolve(None, [], tmp_path), tmp_path, resume=False)
+    assert pipeline.notes == []  # start() prints each note under its banner
+
+
+def test_a_service_error_comes_first_and_short(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    config_dump = "2026 INFO winnow.learner: learner config: {" + '"x": 1, ' * 500 + "}"
+    (logs / "learner.log").write_text(f"{config_dump}\nwinnow: learner.prompts.path: jsonl prompt file not found: "
+                                      "/data/x.jsonl\n")
+    message = Pipeline(resolve(None, [], tmp_path), tmp_path, resume=False)._exit_message("learner", 2)
+    first = message.splitlines()[0]
+    assert first == "winnow up: learner exited with code 2: learner.prompts.path: jsonl prompt file not found: /data/x.jsonl"
+    assert max(len(line) for line in message.splitlines()) < 400  # the 3 KB line is cut
+
+
+def test_the_end_of_a_run_lists_the_next_commands(tmp_path):
+    text = summary({"reward_mean": 0.3, "entropy": 1.0}, {"version": 20, "reward_mean": 0.6, "entropy": 0.5}, tmp_path)
+    for command in ("winnow samples", "winnow plot", "winnow export", "winnow eval", "tensorboard --logdir"):
+        assert f"{command} " in text

@@ -21,7 +21,7 @@ COMMAND_MODULES = [
     "winnow.generator.main",  # winnow generator run
     "winnow.up",  # winnow up
     "winnow.bench",  # winnow bench ...
-    "winnow.commands",  # winnow samples, plot, export, config
+    "winnow.commands",  # winnow samples, plot, export, eval, config
 ]
 
 # section -> its config class, imported only to print --help (pydantic only: no torch)
@@ -172,7 +172,8 @@ def load_service_config(cls, args: argparse.Namespace):
 def build_parser() -> argparse.ArgumentParser:
     import winnow
 
-    parser = WinnowParser(prog="winnow", description=winnow.__doc__.splitlines()[0])
+    summary = " ".join(winnow.__doc__.split("\n\n")[0].split())  # the docstring's first paragraph, whole
+    parser = WinnowParser(prog="winnow", description=summary)
     parser.add_argument("--version", action="version", version=f"winnow {winnow.__version__}")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

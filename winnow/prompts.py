@@ -402,13 +402,28 @@ class _RecordSource(PromptSource):
                        task=rp.task or cfg.task, messages=rp.messages)
 
 
+def source_path_problem(cfg: PromptSourceConfig) -> str | None:
+    """What is wrong with a file source's ``path`` (``"path: ..."``, one line naming the fix), or None: a jsonl or
+    parquet source whose path is missing, or is a folder (a dataset saved by ``datasets``, or a folder of files:
+    ``kind: hf`` reads those)."""
+    if not isinstance(cfg, JsonlSourceConfig | ParquetSourceConfig):
+        return None
+    path = Path(cfg.path).expanduser()
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return (f"path: {path} is a folder, and kind {cfg.kind} reads one file: for a dataset folder (save_to_disk, "
+                f"or a folder of data files) set kind: hf and dataset: {path}; else point path at the .{cfg.kind} file")
+    return f"path: {cfg.kind} prompt file not found: {path}"
+
+
 class JsonlSource(_RecordSource):
     """A JSON-lines file (GSM8K's ``{"question", "answer": "... #### 72"}`` works as is)."""
 
     def __init__(self, cfg: JsonlSourceConfig) -> None:
         path = Path(cfg.path).expanduser()
-        if not path.is_file():
-            raise PromptSourceError(f"jsonl prompt file not found: {path}")
+        if problem := source_path_problem(cfg):
+            raise PromptSourceError(problem)
         self.name = cfg.name or path.stem
         records = []
         with path.open(encoding="utf-8") as f:
@@ -439,8 +454,8 @@ class ParquetSource(_RecordSource):
                 "or convert the file to JSONL and use kind: jsonl"
             ) from None
         path = Path(cfg.path).expanduser()
-        if not path.is_file():
-            raise PromptSourceError(f"parquet prompt file not found: {path}")
+        if problem := source_path_problem(cfg):
+            raise PromptSourceError(problem)
         self.name = cfg.name or path.stem
         super().__init__(pq.read_table(path).to_pylist(), cfg, str(path))
 

@@ -87,23 +87,45 @@ class UpConfig(Settings):
 
 
 
-def resolve(config_path: str | None, overrides: list[str], run_dir: Path) -> dict[str, Any]:
+def resolve(config_path: str | None, overrides: list[str], run_dir: Path,
+            notes: list[str] | None = None) -> dict[str, Any]:
     """Merge the embedded default, the user file and overrides into one dict with a section per
-    service (kafka shared). Validates nothing yet."""
+    service (kafka shared). Validates nothing yet.
+
+    The default's knobs that belong to its own choices are not inherited by another choice: a prompt source
+    (``kind``, ``name`` or ``path`` given) starts from that source's defaults, and a preset other than the
+    default's (``learner.algo.preset``) from that preset's own (e.g. grpo's ``kl_coef``), keeping only the
+    fields the user set. ``notes`` (if given) receives what the user must know at start, e.g. that the
+    held-out evaluation is off."""
     data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    default_algo = dict(data["learner"].get("algo") or {})
     replaced = eval_set = False
+    user_algo: set[str] = set()
     for layer in ([read_config_file(config_path)] if config_path else []) + [parse_overrides(overrides)]:
         learner = layer.get("learner") or {}
         prompts = learner.get("prompts")
-        if isinstance(prompts, dict) and ({"kind", "name"} & set(prompts)):
-            data["learner"].pop("prompts", None)  # another source: don't inherit the default's knobs
+        if isinstance(prompts, dict) and ({"kind", "name", "path"} & set(prompts)):
+            # another source: don't inherit the default's knobs (its kind only, when the user names none)
+            default_kind = (data["learner"].pop("prompts", None) or {}).get("kind")
+            if "kind" not in prompts and not {"path", "dataset"} & set(prompts) and default_kind:
+                data["learner"]["prompts"] = {"kind": default_kind}
             replaced = True
+        if isinstance(learner.get("algo"), dict):
+            user_algo |= set(learner["algo"])
         eval_set = eval_set or bool(isinstance(learner.get("eval"), dict) and learner["eval"])
         data = deep_merge(data, layer)
     learner = data.get("learner", {})
+    algo = learner.get("algo")
+    if isinstance(algo, dict) and "preset" in user_algo and algo.get("preset") != default_algo.get("preset"):
+        for key in set(default_algo) - user_algo - {"preset"}:  # the default's knobs of its own preset
+            algo.pop(key, None)
     if replaced and not eval_set and not learner.get("prompts", {}).get("holdout"):
         # the default's held-out evaluation belongs to the default's data (its set-aside rows)
         learner.setdefault("eval", {})["every"] = 0
+        if notes is not None:
+            notes.append("winnow up: NO held-out evaluation in this run: your prompts have no holdout. Set "
+                         "learner.prompts.holdout=N (N rows set aside) or learner.eval.sets (another file), "
+                         "and learner.eval.every=K; or evaluate afterwards with winnow eval RUN --data FILE")
     check_sections(data)
     return data
 
@@ -115,6 +137,68 @@ def check_sections(data: dict[str, Any]) -> None:
         raise ConfigError(
             f"unknown top-level section(s) {sorted(unknown)}; expected up, kafka, numerics, {', '.join(COMPONENTS)}"
         )
+
+
+PORTS: dict[str, tuple[str, str, int]] = {
+    "verifier": ("verifier", "port", 50051),
+    "verifier_metrics": ("verifier", "metrics_port", 9101),
+    "generator_metrics": ("generator", "metrics_port", 9401),
+    "learner_metrics": ("learner", "metrics_port", 9402),
+}
+"""Port name -> (section, field, the service's default port), the ports ``winnow up`` assigns."""
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether ``port`` can be bound on ``host`` now."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def assign_ports(data: dict[str, Any], host: str, generators: int = 1, *, is_free=port_free,
+                 pick=free_port) -> dict[str, int]:
+    """The ports of a local run: a port the config sets (non-zero) is kept, and refused at once if something holds
+    it already; an unset one (absent, 0 or None) is the service's default port when that is free (so
+    deploy/prometheus/prometheus.yml scrapes a local run), else any free port. Generator ``i`` gets
+    ``generator_metrics + i``. ``verifier.metrics_port: -1`` (no metrics server) is kept as is. No two services
+    get one port."""
+    ports: dict[str, int] = {}
+    used: set[int] = set()
+
+    def span(name: str, base: int) -> list[int]:
+        return [base + i for i in range(generators if name == "generator_metrics" else 1)]
+
+    unset = []
+    for name, (section, key, _) in PORTS.items():  # the configured ones first: they are not negotiable
+        value = (data.get(section) or {}).get(key)
+        if value == -1:
+            ports[name] = -1
+        elif value:
+            busy = [p for p in span(name, int(value)) if p in used or not is_free(host, p)]
+            if busy:
+                raise ConfigError(f"{section}.{key}: port {busy[0]} on {host} is in use: stop what holds it, or set "
+                                  f"{section}.{key}=0 for a free port")
+            ports[name] = int(value)
+            used.update(span(name, int(value)))
+        else:
+            unset.append(name)
+    for name in sorted(unset, key=lambda n: n == "generator_metrics"):  # the learner's default before generator 1's
+        base = PORTS[name][2]
+        for _ in range(100):
+            if all(p not in used and is_free(host, p) for p in span(name, base)):
+                break
+            base = pick(host)
+        else:
+            raise ConfigError(f"no {len(span(name, base))} free consecutive ports on {host} for {name}")
+        ports[name] = base
+        used.update(span(name, base))
+    return {name: ports[name] for name in PORTS}
 
 
 def lock_run_dir(run_dir: Path) -> Any:
@@ -147,6 +231,18 @@ def lock_run_dir(run_dir: Path) -> Any:
     return lock
 
 
+def source_path_problems(cfg: Any) -> list[str]:
+    """A one-line problem per prompt file of a learner config (training prompts and eval sets) that is not
+    there, so ``winnow up`` stops before starting anything."""
+    from winnow.prompts import source_path_problem
+
+    sources = [("learner.prompts", cfg.prompts)]
+    sources += [(f"learner.eval.sets[{i}].source", s.source) for i, s in enumerate(cfg.eval.sets) if s.source]
+    if cfg.eval.source is not None:
+        sources.append(("learner.eval.source", cfg.eval.source))
+    return [f"{where}.{problem}" for where, src in sources if (problem := source_path_problem(src))]
+
+
 class Pipeline:
     """Starts, watches and stops the services of one local run."""
 
@@ -159,6 +255,7 @@ class Pipeline:
         self.broker = None
         self.ports: dict[str, int] = {}
         self.lock: Any = None  # <run_dir>/.lock, held from start() until stop_all()
+        self.notes: list[str] = []  # printed under the start banner (e.g. no held-out evaluation)
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -202,6 +299,30 @@ class Pipeline:
         out["learner"] = learner
         return out
 
+    def generator_configs(self, generator: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """``generator-<i>`` -> generator i's config: the shared one with its id and metrics port."""
+        base = self.ports.get("generator_metrics") or 0
+        return {f"generator-{i}": deep_merge(generator, {"generator_id": f"gen-{i}",
+                                                        "metrics_port": base + i if base > 0 else 0})
+                for i in range(self.up.generators)}
+
+    def resolved(self, bootstrap: str, model_dir: str | None = None) -> dict[str, Any]:
+        """Every service's config as it will run, validated, all fields filled in (``winnow up --print-config``):
+        ``{up, verifier, generator-0.., learner}``; the verifier only when ``up.start_verifier``."""
+        from winnow.generator.config import GeneratorConfig
+        from winnow.learner.config import LearnerConfig
+        from winnow.verifier.config import VerifierConfig
+
+        configs = self.component_configs(bootstrap, model_dir)
+        self.validate(configs)
+        out: dict[str, Any] = {"up": self.up.model_dump(mode="json")}
+        if self.up.start_verifier:
+            out["verifier"] = load_config(VerifierConfig, data={"verifier": configs["verifier"]}).model_dump(mode="json")
+        for name, gen in self.generator_configs(configs["generator"]).items():
+            out[name] = load_config(GeneratorConfig, data={"generator": gen}).model_dump(mode="json")
+        out["learner"] = load_config(LearnerConfig, data={"learner": configs["learner"]}).model_dump(mode="json")
+        return out
+
     def validate(self, configs: dict[str, dict[str, Any]]) -> None:
         from winnow.generator.config import GeneratorConfig
         from winnow.learner.config import LearnerConfig
@@ -215,6 +336,8 @@ class Pipeline:
             except ConfigError as e:
                 problems.append(str(e))
                 continue
+            if name == "learner":
+                problems += source_path_problems(loaded)
             if name == "learner" and loaded.batch_groups < self.up.learner_procs:
                 problems.append(f"up.learner_procs: {self.up.learner_procs} learner processes need learner.batch_groups "
                                 f">= {self.up.learner_procs} (each trains whole groups); it is {loaded.batch_groups}")
@@ -291,9 +414,14 @@ class Pipeline:
             text = path.read_text(errors="replace").splitlines()[-lines:]
         except OSError:
             return ""
-        from winnow.samples import visible
+        return "\n".join("    " + _short(t) for t in text)
 
-        return "\n".join("    " + visible(t) for t in text)  # logs quote model text: no escapes reach the terminal
+    def _exit_message(self, name: str, code: int | None) -> str:
+        """``winnow up: NAME exited with code C: <its error>`` first (the error line of its log, short), then
+        the end of its log, each line cut to :data:`TAIL_LINE_CHARS`."""
+        error = _error_line(self.run_dir / "logs" / f"{name}.log")
+        return (f"winnow up: {name} exited with code {code}" + (f": {error}" if error else "")
+                + f"\n  its log ({self.run_dir / 'logs' / (name + '.log')}) ends:\n{self._tail_hint(name)}")
 
     # -- main -------------------------------------------------------------------------------
 
@@ -301,7 +429,7 @@ class Pipeline:
         from winnow.brokers import ensure_broker
 
         host = self.up.host
-        self.ports = {k: free_port(host) for k in ("verifier", "verifier_metrics", "learner_metrics")}
+        self.ports = assign_ports(self.data, host, self.up.generators)
         # Validate every service's config before starting anything (a bad field fails in a second).
         self.validate(self.component_configs("127.0.0.1:9092", None))
         self.lock = lock_run_dir(self.run_dir)
@@ -318,19 +446,23 @@ class Pipeline:
 
         if self.up.start_verifier:
             self.spawn("verifier", ["verifier", "serve", "--config", str(cfg_dir / "verifier.yaml")])
-        for i in range(self.up.generators):
-            gen_cfg = deep_merge(configs["generator"], {"generator_id": f"gen-{i}", "metrics_port": free_port(host)})
-            path = cfg_dir / f"generator-{i}.yaml"
+        for name, gen_cfg in self.generator_configs(configs["generator"]).items():
+            path = cfg_dir / f"{name}.yaml"
             path.write_text(yaml.safe_dump({"generator": gen_cfg}, sort_keys=False))
-            self.spawn(f"generator-{i}", ["generator", "run", "--config", str(path)])
+            self.spawn(name, ["generator", "run", "--config", str(path)])
         self.spawn("learner", ["learner", "run", "--config", str(cfg_dir / "learner.yaml")])
+        g0 = self.ports["generator_metrics"]
+        gens = f"{g0}..{g0 + self.up.generators - 1}" if self.up.generators > 1 else str(g0)
         print(
             f"winnow up: run dir {self.run_dir}\n"
             f"  learner metrics  http://{host}:{self.ports['learner_metrics']}/metrics\n"
             f"  verifier         {host}:{self.ports['verifier']} (metrics :{self.ports['verifier_metrics']})\n"
+            f"  generator metrics :{gens}\n"
             f"  logs             {self.run_dir / 'logs'}   (Ctrl-C stops; --resume continues)",
             flush=True,
         )
+        for note in self.notes:
+            print(note, flush=True)
 
     def _prepare_model(self) -> str | None:
         """Convert the embedded default model once here, not in every service at the same time."""
@@ -384,14 +516,12 @@ class Pipeline:
                             print(notice, flush=True)
             for name, proc in self.procs.items():
                 if name != "learner" and proc.poll() is not None:
-                    print(f"winnow up: {name} exited with code {proc.returncode}; its log ends:\n"
-                          f"{self._tail_hint(name)}", file=sys.stderr, flush=True)
+                    print(self._exit_message(name, proc.returncode), file=sys.stderr, flush=True)
                     return 1
             if learner.poll() is not None:
                 code = learner.returncode
                 if code != 0:
-                    print(f"winnow up: the learner exited with code {code}; its log ends:\n"
-                          f"{self._tail_hint('learner')}", file=sys.stderr, flush=True)
+                    print(self._exit_message("learner", code), file=sys.stderr, flush=True)
                 elif first and last:
                     print(summary(first, last, self.run_dir, evals), flush=True)
                 return code
@@ -400,6 +530,36 @@ class Pipeline:
                 print("winnow up: no training step yet; see the logs in "
                       f"{self.run_dir / 'logs'}", file=sys.stderr, flush=True)
             time.sleep(0.5)
+
+
+TAIL_LINE_CHARS = 300
+"""A log line shown by ``winnow up`` after a service exits is cut to this many characters (the resolved-config
+line is kilobytes long)."""
+
+
+def _short(line: str, limit: int = TAIL_LINE_CHARS) -> str:
+    from winnow.samples import visible
+
+    line = visible(line)  # logs quote model text: no escapes reach the terminal
+    return line if len(line) <= limit else line[:limit] + f"... ({len(line) - limit} more characters)"
+
+
+def _error_line(path: Path) -> str:
+    """The last error a service's log reports: the CLI's ``winnow: ...`` line, else the last line of a
+    traceback (``SomeError: ...``); "" if none."""
+    import re
+
+    try:
+        lines = path.read_text(errors="replace").splitlines()[-200:]
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if line.startswith("winnow: "):
+            return _short(line[len("winnow: "):])
+    for line in reversed(lines):
+        if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b", line):
+            return _short(line)
+    return ""
 
 
 def format_progress(row: dict[str, Any]) -> str:
@@ -448,8 +608,34 @@ def summary(first: dict[str, Any], last: dict[str, Any], run_dir: Path, evals: l
     return (
         f"winnow up: done at version {last.get('version')}: {held_out}reward {f(first, 'reward_mean')} -> "
         f"{f(last, 'reward_mean')}, entropy {f(first, 'entropy')} -> {f(last, 'entropy')}. "
-        f"Run directory: {run_dir} (metrics.jsonl, config/, checkpoints/, logs/)"
+        f"Run directory: {run_dir} (metrics.jsonl, config/, checkpoints/, logs/)\n" + next_steps(run_dir)
     )
+
+
+def next_steps(run_dir: Path) -> str:
+    """What to do after a run: the commands that read its directory."""
+    return (
+        "Next:\n"
+        f"  winnow samples {run_dir} --last 5         what the model wrote\n"
+        f"  winnow plot {run_dir} -o run.png          reward, accuracy, entropy, KL curves\n"
+        f"  winnow eval {run_dir} --data FILE.jsonl   greedy accuracy and pass@k of the newest version\n"
+        f"  winnow export {run_dir} OUT_DIR           the newest version as a Hugging Face folder\n"
+        f"  tensorboard --logdir {run_dir}            if learner.tracking has tensorboard"
+    )
+
+
+def print_config(pipeline: Pipeline) -> None:
+    """``winnow up --print-config``: every service's config as it will run (YAML, validated, every field), with
+    the ports ``winnow up`` would take now; nothing is started or written."""
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or pipeline.data.get("kafka", {}).get("bootstrap_servers")
+    pipeline.ports = assign_ports(pipeline.data, pipeline.up.host, pipeline.up.generators)
+    bootstrap = configured or f"{pipeline.up.host}:<port of the local {pipeline.up.broker} broker, started by up>"
+    resolved = pipeline.resolved(bootstrap)
+    print(f"# winnow up: the resolved config of every service (run dir {pipeline.run_dir}); model aliases are "
+          "converted into the cache at start.")
+    for note in pipeline.notes:
+        print(f"# {note}")
+    print(yaml.safe_dump(resolved, sort_keys=False), end="")
 
 
 def _latest_run(root: Path) -> Path | None:
@@ -469,6 +655,7 @@ def run(args: argparse.Namespace) -> int:
         overrides += [f"learner.model={args.model}", f"generator.model={args.model}"]
     if args.bootstrap:
         overrides.append(f"kafka.bootstrap_servers={args.bootstrap}")
+    notes: list[str] = []
     if args.resume:
         run_dir = Path(args.run_dir) if args.run_dir else None
         if run_dir is None:
@@ -489,12 +676,16 @@ def run(args: argparse.Namespace) -> int:
         data = deep_merge(saved_data, parse_overrides(overrides))
         check_sections(data)
     else:
-        data = resolve(args.config, overrides, Path("."))
+        data = resolve(args.config, overrides, Path("."), notes)
         root = Path(args.runs_root or data.get("up", {}).get("runs_root", "runs"))
         run_dir = Path(args.run_dir) if args.run_dir else root / time.strftime("%Y%m%d-%H%M%S")
         if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
             raise ConfigError(f"run directory {run_dir} already has checkpoints: use --resume, or another --run-dir")
     pipeline = Pipeline(data, run_dir.resolve(), resume=args.resume)
+    pipeline.notes = notes
+    if args.print_config:
+        print_config(pipeline)
+        return 0
     interrupted = False
 
     def on_signal(signum, frame):
@@ -529,6 +720,8 @@ def register(sub) -> None:
                    help="learner processes (torchrun, FSDP2; one per GPU, or gloo on CPU) (up.learner_procs)")
     p.add_argument("--preset", help="algorithm preset (raft, raft++, reinforce, grpo, reinforce_rej, ...)")
     p.add_argument("--model", help="any Hugging Face model directory or hub id (default: smollm2-135m)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print every service's resolved config (what would run: validated, all fields) and exit")
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS or a local broker)")
     from winnow.cli import document_config
 

@@ -100,3 +100,9 @@ def test_commands_registered():
     text = build_parser().format_help()
     for cmd in ("samples", "plot", "export", "config"):
         assert cmd in text
+
+
+def test_help_shows_the_whole_first_sentence():
+    text = " ".join(build_parser().format_help().split())
+    first = " ".join(winnow.__doc__.split("\n\n")[0].split())
+    assert first in text and first.endswith("over gRPC.")  # it used to stop at the docstring's first line break
