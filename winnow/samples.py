@@ -45,6 +45,14 @@ class SampleJudgement:
 STATUS_LABELS = ("unspecified", "correct", "wrong", "no_answer", "unparsable", "timeout", "too_complex", "error")
 
 
+def shown_status(sample: dict[str, Any]) -> str:
+    """The status a reader is shown: ``truncated`` for a response cut off at the token limit (finish_reason
+    "length") that is not correct, since the verifier's wrong/no_answer then says nothing of the model's answer;
+    otherwise the verifier's status. The log keeps the verifier's status."""
+    status = str(sample.get("status", ""))
+    return "truncated" if sample.get("finish_reason") == "length" and status != "correct" else status
+
+
 def _label(status: int) -> str:
     return STATUS_LABELS[status] if 0 <= status < len(STATUS_LABELS) else f"status_{status}"
 
@@ -222,7 +230,8 @@ def select(
     rows: Iterator[dict[str, Any]], *, step: int | None = None, status: str | None = None,
     outcome: str | None = None, prompt: str | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Rows of step ``step`` with at least one sample of ``status`` (the row keeps only those samples)."""
+    """Rows of step ``step`` with at least one sample of ``status`` (the row keeps only those samples); ``truncated``
+    selects the cut-off responses (:func:`shown_status`)."""
     for r in rows:
         if step is not None and int(r.get("step", -1)) != step:
             continue
@@ -231,7 +240,7 @@ def select(
         if prompt is not None and prompt not in r.get("prompt_id", ""):
             continue
         if status is not None:
-            kept = [s for s in r.get("samples", []) if s.get("status") == status]
+            kept = [s for s in r.get("samples", []) if status in (s.get("status"), shown_status(s))]
             if not kept:
                 continue
             r = {**r, "samples": kept}
@@ -248,7 +257,7 @@ def format_row(r: dict[str, Any], *, max_chars: int = 0) -> str:
     for i, s in enumerate(r.get("samples", [])):
         mark = "kept" if s.get("kept") else f"dropped: {s.get('why', '')}"
         lines.append(visible(
-            f"  [{i}] {s.get('status')}  reward {s.get('reward')}  extracted {s.get('extracted', '')!r}  "
+            f"  [{i}] {shown_status(s)}  reward {s.get('reward')}  extracted {s.get('extracted', '')!r}  "
             f"{s.get('tokens')} tok ({s.get('finish_reason')})  {mark}"
         ).replace("\n", "\\n"))
         text = visible(_cut(str(s.get("text", "")), max_chars).rstrip())

@@ -131,3 +131,15 @@ def test_winnow_samples_escapes_terminal_control_sequences(tmp_path, make_group,
     line = capsys.readouterr().out
     assert not [c for c in line if (ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) < 0xA0 or c == "\u202e"]
     assert json.loads(line)["samples"][0]["text"] == HOSTILE  # the JSON still holds the exact text
+
+
+def test_a_cut_off_response_is_shown_as_truncated_not_wrong():
+    from winnow.samples import format_row
+
+    cut = {"status": "wrong", "finish_reason": "length", "text": "Let me think step by", "tokens": 24}
+    done = {"status": "wrong", "finish_reason": "stop", "text": "41", "tokens": 3}
+    right = {"status": "correct", "finish_reason": "length", "text": "42", "tokens": 24}
+    text = format_row({"step": 1, "prompt_id": "a", "samples": [cut, done, right]})
+    assert "[0] truncated " in text and "[1] wrong " in text and "[2] correct " in text
+    rows = [{"step": 1, "prompt_id": "a", "samples": [cut, done, right]}]
+    assert [s["text"] for s in next(select(iter(rows), status="truncated"))["samples"]] == ["Let me think step by"]
