@@ -199,7 +199,8 @@ def build_group(
 ) -> messages_pb2.ScoredGroup:
     """One ScoredGroup: every sample with its tokens, behaviour log-probs, per-token policy
     version, finish reason, text, status and extracted answer. The generator reports statuses, not
-    rewards: the one status -> reward map is the learner's ``algo`` config (``Sample.reward`` stays 0)."""
+    rewards: the one status -> reward map is the learner's ``algo`` config (``Sample.reward`` stays 0); a verifier's
+    scalar score travels unchanged in ``Sample.score``."""
     if len(completions) != len(verdicts):
         raise ValueError(f"{len(completions)} completions but {len(verdicts)} verdicts")
     samples = []
@@ -216,6 +217,7 @@ def build_group(
                 text=c.text,
                 status=int(status),
                 extracted=v.extracted,
+                score=v.score,  # the verifier's scalar score, or unset
             )
         )
     return messages_pb2.ScoredGroup(
@@ -636,6 +638,7 @@ class GeneratorService:
                 gold=r.gold,
                 task=r.task,
                 options=dict(r.verifier_options),
+                prompt=r.problem,
             )
             for i, (r, comps) in enumerate(zip(requests, completions, strict=True))
             for j, c in enumerate(comps or [])

@@ -257,6 +257,11 @@ class AlgoConfig(Model):
     """Reward when verification timed out on the answer (None = reward_wrong)."""
     reward_too_complex: float | None = None
     """Reward when the answer exceeded the verifier's complexity limits (None = reward_wrong)."""
+    score_threshold: float = Field(default=1.0, allow_inf_nan=False)
+    """For samples the verifier gave a scalar score (reward functions, a reward model; docs/algorithms.md section 9):
+    the score is the reward (the status map above is not used), and the sample counts as correct iff
+    score >= score_threshold: RAFT's filter keeps it, it makes its group mixed for Reinforce-Rej (0 < #correct <
+    #valid), acceptance_rate counts it. Samples without a score: correct iff status CORRECT, as always."""
     error_policy: Literal["exclude_sample", "exclude_group"] = "exclude_sample"
     """A verifier ERROR/UNSPECIFIED is never a reward: exclude_sample drops that sample (the group's statistics
     use the others), exclude_group drops its whole group."""
@@ -382,12 +387,15 @@ class AlgoConfig(Model):
             raise ConfigError(format_validation_error("algo", e)) from None
 
 
-def reward_from_status(statuses: Tensor, cfg: AlgoConfig) -> tuple[Tensor, Tensor]:
+def reward_from_status(statuses: Tensor, cfg: AlgoConfig, scores: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Verifier statuses ``(G, n)`` int (``Status`` values) -> ``rewards (G, n)`` fp32, ``valid (G, n)`` bool.
 
     Invalid samples (ERROR, UNSPECIFIED) get reward 0 and ``valid = False``; with
     ``cfg.error_policy == "exclude_group"`` every sample of a group holding one is invalid.
     An int outside the ``Status`` range raises ValueError.
+
+    ``scores (G, n)`` float, NaN where the verifier sent none: a valid sample with a score gets the score as its
+    reward instead of its status's; an infinite score makes the sample invalid (never a reward).
     """
     import torch
 
@@ -400,9 +408,27 @@ def reward_from_status(statuses: Tensor, cfg: AlgoConfig) -> tuple[Tensor, Tenso
     reward_table = torch.tensor([0.0 if v is None else v for v in table], dtype=torch.float32, device=statuses.device)
     valid_table = torch.tensor([v is not None for v in table], dtype=torch.bool, device=statuses.device)
     rewards, valid = reward_table[statuses], valid_table[statuses]
+    if scores is not None:
+        scores = scores.to(device=statuses.device, dtype=torch.float32)
+        scored = ~torch.isnan(scores)
+        valid = valid & ~torch.isinf(scores)
+        rewards = torch.where(scored & valid, scores, rewards)
     if cfg.error_policy == "exclude_group":
         valid = valid & valid.all(dim=-1, keepdim=True)
     return rewards, valid
+
+
+def correct_mask(statuses: Tensor, valid: Tensor, cfg: AlgoConfig, scores: Tensor | None = None) -> Tensor:
+    """Which samples count as correct, ``(G, n)`` bool, for the filters and ``acceptance_rate``: a valid sample with a
+    score (``scores (G, n)``, NaN = none) iff ``score >= cfg.score_threshold``, one without iff its status is
+    CORRECT."""
+    import torch
+
+    correct = statuses.long() == int(Status.CORRECT)
+    if scores is not None:
+        scores = scores.to(statuses.device)
+        correct = torch.where(torch.isnan(scores), correct, scores >= cfg.score_threshold)
+    return correct & valid
 
 
 def overlong_penalty(lengths: Tensor, *, max_tokens: int, buffer: int, factor: float = 1.0) -> Tensor:

@@ -43,6 +43,8 @@ class SampleData:
     """``winnow.verdict.Status`` value from the verifier (CORRECT = 1, WRONG = 2, ...)."""
     finish_reason: str = "stop"
     """"stop" (EOS or stop string) or "length" (hit max_new_tokens)."""
+    score: float | None = None
+    """The verifier's scalar score (``Sample.score``), None when it only judged: the reward when present."""
 
 
 @dataclass
@@ -98,6 +100,9 @@ class TrainBatch:
     finish_reasons: list[str] = field(default_factory=list)
     """(B,) finish reason of each row."""
     pad_id: int = 0
+    scores: torch.Tensor | None = None
+    """(G, n) float32: the verifier's scalar score of each sample, NaN where it sent none; None when no sample
+    of the batch has one (the status -> reward map alone)."""
 
     @property
     def num_groups(self) -> int:
@@ -190,7 +195,7 @@ def check_group(
 
     ``n`` samples (when given), a non-empty prompt of at most ``max_prompt_tokens`` tokens, per sample: as
     many behaviour log-probs as tokens, finite and <= 0, one policy version per token (or one for all), a
-    ``Status`` value, token ids in ``[0, vocab_size)`` (prompt too), at most ``max_response_tokens`` response
+    ``Status`` value, a finite score when there is one, token ids in ``[0, vocab_size)`` (prompt too), at most ``max_response_tokens`` response
     tokens.
     """
     where = where or f"group request_id={g.request_id!r} (prompt_id={g.prompt_id!r})"
@@ -203,6 +208,8 @@ def check_group(
         r = len(s.response_token_ids)
         if int(s.status) not in _STATUSES:
             raise ValueError(f"{where} sample {i}: status {s.status} is not a verifier Status")
+        if s.score is not None and not math.isfinite(s.score):
+            raise ValueError(f"{where} sample {i}: score {s.score} is not finite")
         if len(s.behaviour_logprobs) != r:
             raise ValueError(
                 f"{where} sample {i}: behaviour_logprobs has {len(s.behaviour_logprobs)} entries "
@@ -262,6 +269,7 @@ def group_from_proto(msg: Any, n: int, *, vocab_size: int | None = None, max_res
                 policy_versions=list(s.policy_versions) or [int(msg.policy_version)],
                 status=int(s.status),
                 finish_reason=s.finish_reason or "stop",
+                score=s.score if s.HasField("score") else None,
             )
             for s in msg.samples
         ],
@@ -323,6 +331,10 @@ def collate(groups: list[GroupData], pad_id: int) -> TrainBatch:
             finish_reasons.append(s.finish_reason)
 
     position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    scores = None
+    if any(s.score is not None for g in groups for s in g.samples):
+        scores = torch.tensor([[math.nan if s.score is None else float(s.score) for s in g.samples] for g in groups],
+                              dtype=torch.float32)
     return TrainBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -340,6 +352,7 @@ def collate(groups: list[GroupData], pad_id: int) -> TrainBatch:
         request_ids=[g.request_id for g in groups],
         finish_reasons=finish_reasons,
         pad_id=pad_id,
+        scores=scores,
     )
 
 

@@ -1,7 +1,7 @@
 """The two entry points of the learner's math: per-batch signals and the per-micro-batch loss.
 
-1. :func:`prepare_batch_signals` runs once per batch of ``G`` groups: verifier status -> reward and
-   validity (:func:`~winnow.learner.algo.reward_from_status`), filter
+1. :func:`prepare_batch_signals` runs once per batch of ``G`` groups: verifier status (or the verifier's scalar
+   score, when it sent one) -> reward and validity (:func:`~winnow.learner.algo.reward_from_status`), filter
    (:func:`~winnow.learner.filters.sample_keep_mask`), advantages over each group's valid samples
    (:func:`~winnow.learner.advantages.compute_advantages`), sample weights, and batch metrics. Group
    statistics are computed here, over whole groups, so micro-batching never changes them.
@@ -28,6 +28,7 @@ reports, once per batch, the shares of tokens and sequences it truncated or mask
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,7 +36,7 @@ import torch
 from torch import Tensor
 
 from winnow.learner.advantages import compute_advantages
-from winnow.learner.algo import AlgoConfig, overlong_penalty, reward_from_status
+from winnow.learner.algo import AlgoConfig, correct_mask, overlong_penalty, reward_from_status
 from winnow.learner.corrections import (
     Correction,
     behaviour_correction,
@@ -51,7 +52,6 @@ from winnow.learner.filters import (
 )
 from winnow.learner.losses import aggregate, clipped_policy_loss, kl_penalty, sft_loss
 from winnow.samples import SampleJudgement
-from winnow.verdict import Status
 
 
 def prepare_batch_signals(
@@ -61,8 +61,12 @@ def prepare_batch_signals(
     request_ids: Sequence[str] | None = None,
     finish_reasons: Sequence[str] | None = None,
     response_lengths: Tensor | None = None,
+    scores: Tensor | None = None,
 ) -> dict[str, Any]:
     """``statuses (G, n)`` int verifier statuses -> per-sample signals and batch metrics.
+
+    ``scores (G, n)`` float, NaN where the verifier sent none (None: no sample has one): a scored sample's reward
+    is its score and it counts as correct iff ``score >= cfg.score_threshold`` (:func:`~winnow.learner.algo.correct_mask`).
 
     ``request_ids`` (G,): the groups' request ids, needed by ``filter=raft_beta`` (and, optionally, for the
     beta-sampler metrics of ``advantage=snis``): its acceptance draws are :func:`~winnow.learner.filters.uniform_draws` of
@@ -83,8 +87,8 @@ def prepare_batch_signals(
     """
     if statuses.dim() != 2:
         raise ValueError(f"statuses must be (G, n), got shape {tuple(statuses.shape)}")
-    rewards, valid = reward_from_status(statuses, cfg)
-    correct = (statuses.long() == int(Status.CORRECT)) & valid
+    rewards, valid = reward_from_status(statuses, cfg, scores)
+    correct = correct_mask(statuses, valid, cfg, scores)
     truncated, penalty = _overlong(statuses.shape, cfg, finish_reasons, response_lengths, valid)
     rewards = rewards + penalty
     beta_metrics: dict[str, float] = {}
@@ -173,8 +177,12 @@ def judge_samples(groups: Sequence[Any], cfg: AlgoConfig) -> SampleJudgement:
     reward, from the same :func:`prepare_batch_signals` a training step uses (for the sample log of groups that
     are not trained, e.g. stale ones; a step reports its own in ``StepResult.judged``)."""
     statuses = torch.tensor([[s.status for s in g.samples] for g in groups], dtype=torch.long)
+    scores = None
+    if any(getattr(s, "score", None) is not None for g in groups for s in g.samples):
+        scores = torch.tensor([[math.nan if getattr(s, "score", None) is None else s.score for s in g.samples]
+                               for g in groups], dtype=torch.float32)
     sig = prepare_batch_signals(
-        statuses, cfg, request_ids=[g.request_id for g in groups],
+        statuses, cfg, scores=scores, request_ids=[g.request_id for g in groups],
         finish_reasons=[s.finish_reason for g in groups for s in g.samples],
         response_lengths=torch.tensor([[len(s.response_token_ids) for s in g.samples] for g in groups],
                                       dtype=torch.long).reshape(statuses.shape),

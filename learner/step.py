@@ -401,7 +401,8 @@ class Trainer:
 
         # rewards, filter, advantages: once over the whole batch
         sig = prepare_batch_signals(batch.statuses, algo, request_ids=batch.request_ids,
-                                    finish_reasons=batch.finish_reasons, response_lengths=batch.response_lengths)
+                                    finish_reasons=batch.finish_reasons, response_lengths=batch.response_lengths,
+                                    scores=batch.scores)
         advantages = sig["advantages"].reshape(-1).to(self.device, torch.float32)  # (B,)
         sample_weight = sig["sample_weight"].reshape(-1).to(self.device, torch.float32)  # (B,)
         mask = batch.response_mask.to(torch.float32)  # (B, T)

@@ -35,6 +35,60 @@ class TLSConfig(Model):
         return self.cert_file is not None
 
 
+class RewardFunction(Model):
+    """One Python reward function and its weight in its route's sum (TRL's ``reward_funcs`` / ``reward_weights``)."""
+
+    function: str = Field(min_length=3)
+    """``package.module:function`` (importable in the verifier's environment) or ``path/to/file.py:function``
+    (relative paths from the verifier's working directory). Called with keyword arguments, the ones its signature
+    names (or all, with ``**kwargs``): ``prompt``/``prompts``, ``completion``/``completions``/``response``/
+    ``solution_str``, ``gold``/``ground_truth``/``answer``, ``task``/``data_source``, ``extra_info`` (the request's
+    options as a dict) and each option by name. Returns a float, ``(status, float)``, or a dict with ``score``
+    (and optionally ``status``, ``extracted``, ``detail``), as verl's ``compute_score`` may."""
+    weight: float = Field(default=1.0, allow_inf_nan=False)
+    """Weight of this function in the route's score: score = sum of weight x value."""
+    batched: bool = False
+    """TRL-style: the function takes lists (``prompts``, ``completions``, and each dataset field as a list) and
+    returns a list of floats. It is called with lists of one item, so each item keeps its own time budget."""
+
+    @model_validator(mode="after")
+    def _names_a_function(self) -> RewardFunction:
+        module, sep, name = self.function.rpartition(":")
+        if not sep or not module or not name.isidentifier():
+            raise ValueError(f"function: expected 'module:function' or 'path/file.py:function', got {self.function!r}")
+        return self
+
+
+class RewardRoute(Model):
+    """Items whose task matches ``tasks`` are scored by ``functions`` (weighted sum), not by the math engine."""
+
+    tasks: list[str] = Field(min_length=1)
+    """Task patterns (fnmatch, e.g. ``gsm8k_strict``, ``code/*``); the first route that matches an item's task wins."""
+    functions: list[RewardFunction] = Field(min_length=1, max_length=64)
+    """The reward functions, each with its weight."""
+    pass_score: float = Field(default=1.0, allow_inf_nan=False)
+    """The status sent next to the score when no function returned one: CORRECT iff score >= pass_score, else WRONG
+    (for the verifier's metrics, sample logs, the held-out accuracy and learners that predate scores; the learner's
+    reward is the score, its acceptance ``algo.score_threshold``). A function's own status wins: the first one
+    that is not CORRECT, else CORRECT."""
+
+
+class RewardFunctions(Model):
+    """Python reward functions served over the Verifier API, run in sandboxed worker processes."""
+
+    routes: list[RewardRoute] = Field(default_factory=list, max_length=256)
+    """Task routes to reward functions; [] = every item goes to the math engine."""
+    workers: int = Field(default=2, ge=1, le=256)
+    """Worker processes running the functions (items of a batch run in parallel over them)."""
+    timeout_s: float = Field(default=10.0, gt=0, le=600)
+    """Wall-clock budget of one item (every function of its route); past it the worker is killed: status timeout,
+    no score."""
+    memory_mb: int = Field(default=2048, ge=128, le=1 << 20)
+    """Address-space limit of each worker (RLIMIT_AS), in MiB; exceeding it is status error, no score."""
+    max_tasks_per_worker: int = Field(default=1000, ge=1)
+    """Recycle a worker after this many items (state a function leaves behind does not last)."""
+
+
 class VerifierConfig(Settings):
     """The math verifier gRPC service (winnow.v1.Verifier) and its grading engine."""
 
@@ -91,6 +145,9 @@ class VerifierConfig(Settings):
     reward the required format only. Per request: option ``fallback``."""
     grace_s: float = Field(default=10.0, ge=0, le=3600)
     """On SIGTERM/SIGINT: health goes NOT_SERVING, then in-flight calls get this long to finish."""
+    reward_functions: RewardFunctions = RewardFunctions()
+    """Python reward functions routed by task (``routes: [{tasks, functions: [{function, weight}]}]``), served with
+    a scalar score next to the status; tasks no route matches go to the math engine (docs/verifiers.md)."""
 
     @property
     def receive_limit_bytes(self) -> int:

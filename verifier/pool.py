@@ -163,8 +163,10 @@ def write_frame(fd: int, body: bytes) -> None:
 # --------------------------------------------------------------------------- processes
 
 
-def worker_loop(fd: int) -> None:
-    """Answer JSON job frames on ``fd`` until EOF (runs in a forked worker)."""
+def worker_loop(fd: int, handle: Callable[[dict], dict] | None = None) -> None:
+    """Answer JSON job frames on ``fd`` with ``handle`` (default: :func:`handle_job`) until EOF (runs in a forked
+    worker)."""
+    handle = handle or handle_job
     write_frame(fd, READY)
     while True:
         try:
@@ -174,7 +176,7 @@ def worker_loop(fd: int) -> None:
         if data is None:
             return
         try:
-            reply = handle_job(json.loads(data))
+            reply = handle(json.loads(data))
         except MemoryError:
             reply = {"status": "too_complex", "path": "guard", "detail": "worker memory limit", "exit": "memory"}
         write_frame(fd, json.dumps(reply).encode())
@@ -182,18 +184,31 @@ def worker_loop(fd: int) -> None:
             return
 
 
-def zygote_main(ctrl_fd: int, memory_mb: int, cpu_s: int, idle_warmup: bool = False) -> None:
+def zygote_main(ctrl_fd: int, memory_mb: int, cpu_s: int, idle_warmup: bool = False, handler: str = "",
+                handler_arg: str = "") -> None:
     """Preload sympy, then fork one worker per b"s" read on the control socket (single-threaded).
+
+    ``handler`` (a module name) replaces the symbolic jobs: the zygote calls its ``zygote_init(handler_arg)`` once
+    (e.g. import the reward functions) and the workers answer jobs with its ``handle_job(job) -> dict``.
 
     The zygote exits when the control socket closes (the parent exited or closed the pool); it does
     not use PR_SET_PDEATHSIG, which fires when the parent *thread* that started it exits.
     """
     sys.stdout = sys.stderr  # stray prints must never reach a protocol pipe
-    import winnow.verifier.symbolic  # noqa: F401  (sympy + latex2sympy2_extended, once)
+    handle = None
+    if handler:
+        import importlib
 
-    for gold, pred in _WARMUP:  # the first ANTLR parse and sympy evaluation are slow: pay it once here
-        handle_job({"gold": gold, "pred": pred})
-    winnow.verifier.symbolic.clear_caches()
+        module = importlib.import_module(handler)
+        module.zygote_init(handler_arg)
+        handle = module.handle_job
+        idle_warmup = False
+    else:
+        import winnow.verifier.symbolic  # noqa: F401  (sympy + latex2sympy2_extended, once)
+
+        for gold, pred in _WARMUP:  # the first ANTLR parse and sympy evaluation are slow: pay it once here
+            handle_job({"gold": gold, "pred": pred})
+        winnow.verifier.symbolic.clear_caches()
     gc.collect()
     gc.freeze()  # keep the preloaded heap shared copy-on-write with the workers
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps exited workers
@@ -221,7 +236,7 @@ def zygote_main(ctrl_fd: int, memory_mb: int, cpu_s: int, idle_warmup: bool = Fa
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 _die_with_parent()
                 _set_limits(memory_mb, cpu_s)
-                worker_loop(theirs.fileno())
+                worker_loop(theirs.fileno(), handle)
             except BaseException:
                 code = 1
             finally:
@@ -242,10 +257,13 @@ def _alive(pid: int) -> bool:
 class _Zygote:
     """The parent's handle on the zygote process (thread-safe ``fork``)."""
 
-    def __init__(self, memory_mb: int, cpu_s: int, idle_warmup: bool = False):
+    def __init__(self, memory_mb: int, cpu_s: int, idle_warmup: bool = False, handler: str = "",
+                 handler_arg: str = ""):
         ours, theirs = socket.socketpair()
         cmd = [sys.executable, "-m", "winnow.verifier.pool", "--zygote", "--fd", str(theirs.fileno()),
                "--memory-mb", str(memory_mb), "--cpu-s", str(cpu_s)] + (["--idle-warmup"] if idle_warmup else [])
+        if handler:
+            cmd += ["--handler", handler, "--handler-arg", handler_arg]
         self.proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, close_fds=True)
         theirs.close()
         self.sock = ours
@@ -307,10 +325,12 @@ class WorkerPool:
 
     def __init__(self, *, workers: int = 2, timeout_s: float = 2.0, memory_mb: int = 1024,
                  max_tasks: int = 500, on_restart: Callable[[str], None] | None = None,
-                 start_timeout_s: float = 60.0, idle_warmup: bool = False):
+                 start_timeout_s: float = 60.0, idle_warmup: bool = False, handler: str = "",
+                 handler_arg: str = ""):
         """``idle_warmup``: the zygote runs ``_WARMUP_IDLE`` between fork requests, so workers forked
         later (recycled, replaced) start warm (a long-running service; costs a few CPU seconds after
-        start, so tests and one-shot scoring leave it off)."""
+        start, so tests and one-shot scoring leave it off). ``handler``/``handler_arg``: workers run another
+        module's jobs (see :func:`zygote_main`; the reward functions of :mod:`winnow.verifier.rewards`)."""
         if workers < 1:
             raise ValueError("workers must be >= 1")
         self.timeout_s = timeout_s
@@ -320,11 +340,12 @@ class WorkerPool:
         self._on_restart = on_restart
         self._cpu_s = int(60 + max_tasks * min(timeout_s, 1.0))
         self._idle_warmup = idle_warmup
+        self._handler = (handler, handler_arg)
         self._lock = threading.Lock()
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._all: set[_Worker] = set()
         self._closed = False
-        self._zygote = _Zygote(memory_mb, self._cpu_s, self._idle_warmup)
+        self._zygote = _Zygote(memory_mb, self._cpu_s, self._idle_warmup, *self._handler)
         self.pids_seen: list[int] = []
         self.restarts = 0
         for _ in range(workers):
@@ -346,7 +367,7 @@ class WorkerPool:
                     raise
                 with self._lock:  # the zygote died: start a new one (slow path, about a second)
                     self._zygote.close()
-                    self._zygote = _Zygote(self.memory_mb, self._cpu_s, self._idle_warmup)
+                    self._zygote = _Zygote(self.memory_mb, self._cpu_s, self._idle_warmup, *self._handler)
         w = _Worker(pid, fd)
         with self._lock:
             self._all.add(w)
@@ -417,6 +438,9 @@ class WorkerPool:
                 return {"status": "timeout", "path": "deadline",
                         "detail": "batch deadline passed before a worker was free"}
             return {"status": "error", "path": "pool", "detail": "no worker available"}
+        if deadline is not None and time.monotonic() >= deadline:  # the job waited past its deadline (a late
+            self._idle.put(w)  # dispatch thread): a job with no budget left would only kill a healthy worker
+            return {"status": "timeout", "path": "deadline", "detail": "batch deadline passed before dispatch"}
         if not self._wait_ready(w):
             self._replace(w, "crash")
             return {"status": "error", "path": "pool", "detail": "worker did not start"}
@@ -472,8 +496,10 @@ def _main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-mb", type=int, default=1024)
     parser.add_argument("--cpu-s", type=int, default=600)
     parser.add_argument("--idle-warmup", action="store_true")
+    parser.add_argument("--handler", default="")
+    parser.add_argument("--handler-arg", default="")
     args = parser.parse_args(argv)
-    zygote_main(args.fd, args.memory_mb, args.cpu_s, args.idle_warmup)
+    zygote_main(args.fd, args.memory_mb, args.cpu_s, args.idle_warmup, args.handler, args.handler_arg)
 
 
 if __name__ == "__main__":

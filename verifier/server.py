@@ -306,10 +306,12 @@ def create_server(
 
 
 def build_engine(cfg: VerifierConfig, metrics: VerifierMetrics):
-    """The real grading engine with the metrics callbacks wired in (imports sympy: call lazily)."""
+    """The real grading engine with the metrics callbacks wired in (imports sympy: call lazily); with
+    ``reward_functions.routes``, a :class:`~winnow.verifier.rewards.RoutedEngine` in front of it."""
     from winnow.verifier.engine import MathVerifier
 
-    return MathVerifier(
+    routes = cfg.reward_functions.routes
+    math_engine = MathVerifier(
         workers=cfg.engine_workers,
         timeout_s=cfg.timeout_s,
         memory_mb=cfg.memory_mb,
@@ -319,7 +321,18 @@ def build_engine(cfg: VerifierConfig, metrics: VerifierMetrics):
         idle_warmup=True,  # a long-running service: warm the grammar and sympy caches while idle
         on_worker_restart=metrics.worker_restart,
         on_cache=metrics.cache,
+        lazy_pool=bool(routes),  # with reward functions the math path may never be used
     )
+    if not routes:
+        return math_engine
+    from winnow.verifier.rewards import RewardEngine, RoutedEngine
+
+    try:
+        rewards = RewardEngine(cfg.reward_functions, on_worker_restart=metrics.worker_restart)
+    except BaseException:
+        math_engine.close()
+        raise
+    return RoutedEngine(rewards, math_engine)
 
 
 async def serve(cfg: VerifierConfig, *, ready: Callable[[int, int | None], None] | None = None) -> int:

@@ -38,6 +38,8 @@ class Item:
     gold: str
     task: str = ""
     options: dict[str, str] = field(default_factory=dict)
+    prompt: str = ""
+    """The problem the response answers (for reward functions and reward models; the math verifier ignores it)."""
 
 
 @dataclass(slots=True)
@@ -50,6 +52,9 @@ class Verdict:
     path: str = ""
     detail: str = ""
     latency_ms: float = 0.0
+    score: float | None = None
+    """The verifier's scalar score next to the status (partial credit, a reward model, weighted reward
+    functions); None when it only judged. The learner takes it as the reward when present."""
 
     @property
     def correct(self) -> bool:

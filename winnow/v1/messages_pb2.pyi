@@ -63,7 +63,7 @@ class SamplingParams(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class Sample(_message.Message):
-    __slots__ = ("response_token_ids", "behaviour_logprobs", "policy_versions", "finish_reason", "text", "status", "reward", "extracted")
+    __slots__ = ("response_token_ids", "behaviour_logprobs", "policy_versions", "finish_reason", "text", "status", "reward", "extracted", "score")
     RESPONSE_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     BEHAVIOUR_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSIONS_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class Sample(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     REWARD_FIELD_NUMBER: _ClassVar[int]
     EXTRACTED_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
     response_token_ids: _containers.RepeatedScalarFieldContainer[int]
     behaviour_logprobs: _containers.RepeatedScalarFieldContainer[float]
     policy_versions: _containers.RepeatedScalarFieldContainer[int]
@@ -80,7 +81,8 @@ class Sample(_message.Message):
     status: _verifier_pb2.Status
     reward: float
     extracted: str
-    def __init__(self, response_token_ids: _Optional[_Iterable[int]] = ..., behaviour_logprobs: _Optional[_Iterable[float]] = ..., policy_versions: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., text: _Optional[str] = ..., status: _Optional[_Union[_verifier_pb2.Status, str]] = ..., reward: _Optional[float] = ..., extracted: _Optional[str] = ...) -> None: ...
+    score: float
+    def __init__(self, response_token_ids: _Optional[_Iterable[int]] = ..., behaviour_logprobs: _Optional[_Iterable[float]] = ..., policy_versions: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., text: _Optional[str] = ..., status: _Optional[_Union[_verifier_pb2.Status, str]] = ..., reward: _Optional[float] = ..., extracted: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class ScoredGroup(_message.Message):
     __slots__ = ("prompt_id", "request_id", "prompt_token_ids", "samples", "sampling", "generator_id", "policy_version", "task", "created_at", "generation_seconds", "scoring_seconds", "problem", "gold")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18winnow/v1/verifier.proto\x12\twinnow.v1\"\xb1\x01\n\rVerifyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08response\x18\x02 \x01(\t\x12\x0c\n\x04gold\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x36\n\x07options\x18\x05 \x03(\x0b\x32%.winnow.v1.VerifyRequest.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x82\x01\n\x0cVerifyResult\x12\n\n\x02id\x18\x01 \x01(\t\x12!\n\x06status\x18\x02 \x01(\x0e\x32\x11.winnow.v1.Status\x12\x11\n\textracted\x18\x03 \x01(\t\x12\x0c\n\x04path\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x12\n\nlatency_ms\x18\x06 \x01(\x01\"=\n\x12VerifyBatchRequest\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.winnow.v1.VerifyRequest\"?\n\x13VerifyBatchResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.winnow.v1.VerifyResult*\xb1\x01\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATUS_CORRECT\x10\x01\x12\x10\n\x0cSTATUS_WRONG\x10\x02\x12\x14\n\x10STATUS_NO_ANSWER\x10\x03\x12\x15\n\x11STATUS_UNPARSABLE\x10\x04\x12\x12\n\x0eSTATUS_TIMEOUT\x10\x05\x12\x16\n\x12STATUS_TOO_COMPLEX\x10\x06\x12\x10\n\x0cSTATUS_ERROR\x10\x07\x32\x95\x01\n\x08Verifier\x12;\n\x06Verify\x12\x18.winnow.v1.VerifyRequest\x1a\x17.winnow.v1.VerifyResult\x12L\n\x0bVerifyBatch\x12\x1d.winnow.v1.VerifyBatchRequest\x1a\x1e.winnow.v1.VerifyBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18winnow/v1/verifier.proto\x12\twinnow.v1\"\xc1\x01\n\rVerifyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08response\x18\x02 \x01(\t\x12\x0c\n\x04gold\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x36\n\x07options\x18\x05 \x03(\x0b\x32%.winnow.v1.VerifyRequest.OptionsEntry\x12\x0e\n\x06prompt\x18\x06 \x01(\t\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa0\x01\n\x0cVerifyResult\x12\n\n\x02id\x18\x01 \x01(\t\x12!\n\x06status\x18\x02 \x01(\x0e\x32\x11.winnow.v1.Status\x12\x11\n\textracted\x18\x03 \x01(\t\x12\x0c\n\x04path\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x12\n\nlatency_ms\x18\x06 \x01(\x01\x12\x12\n\x05score\x18\x07 \x01(\x01H\x00\x88\x01\x01\x42\x08\n\x06_score\"=\n\x12VerifyBatchRequest\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.winnow.v1.VerifyRequest\"?\n\x13VerifyBatchResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.winnow.v1.VerifyResult*\xb1\x01\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATUS_CORRECT\x10\x01\x12\x10\n\x0cSTATUS_WRONG\x10\x02\x12\x14\n\x10STATUS_NO_ANSWER\x10\x03\x12\x15\n\x11STATUS_UNPARSABLE\x10\x04\x12\x12\n\x0eSTATUS_TIMEOUT\x10\x05\x12\x16\n\x12STATUS_TOO_COMPLEX\x10\x06\x12\x10\n\x0cSTATUS_ERROR\x10\x07\x32\x95\x01\n\x08Verifier\x12;\n\x06Verify\x12\x18.winnow.v1.VerifyRequest\x1a\x17.winnow.v1.VerifyResult\x12L\n\x0bVerifyBatch\x12\x1d.winnow.v1.VerifyBatchRequest\x1a\x1e.winnow.v1.VerifyBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,18 +33,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_VERIFYREQUEST_OPTIONSENTRY']._loaded_options = None
   _globals['_VERIFYREQUEST_OPTIONSENTRY']._serialized_options = b'8\001'
-  _globals['_STATUS']._serialized_start=481
-  _globals['_STATUS']._serialized_end=658
+  _globals['_STATUS']._serialized_start=527
+  _globals['_STATUS']._serialized_end=704
   _globals['_VERIFYREQUEST']._serialized_start=40
-  _globals['_VERIFYREQUEST']._serialized_end=217
-  _globals['_VERIFYREQUEST_OPTIONSENTRY']._serialized_start=171
-  _globals['_VERIFYREQUEST_OPTIONSENTRY']._serialized_end=217
-  _globals['_VERIFYRESULT']._serialized_start=220
-  _globals['_VERIFYRESULT']._serialized_end=350
-  _globals['_VERIFYBATCHREQUEST']._serialized_start=352
-  _globals['_VERIFYBATCHREQUEST']._serialized_end=413
-  _globals['_VERIFYBATCHRESPONSE']._serialized_start=415
-  _globals['_VERIFYBATCHRESPONSE']._serialized_end=478
-  _globals['_VERIFIER']._serialized_start=661
-  _globals['_VERIFIER']._serialized_end=810
+  _globals['_VERIFYREQUEST']._serialized_end=233
+  _globals['_VERIFYREQUEST_OPTIONSENTRY']._serialized_start=187
+  _globals['_VERIFYREQUEST_OPTIONSENTRY']._serialized_end=233
+  _globals['_VERIFYRESULT']._serialized_start=236
+  _globals['_VERIFYRESULT']._serialized_end=396
+  _globals['_VERIFYBATCHREQUEST']._serialized_start=398
+  _globals['_VERIFYBATCHREQUEST']._serialized_end=459
+  _globals['_VERIFYBATCHRESPONSE']._serialized_start=461
+  _globals['_VERIFYBATCHRESPONSE']._serialized_end=524
+  _globals['_VERIFIER']._serialized_start=707
+  _globals['_VERIFIER']._serialized_end=856
 # @@protoc_insertion_point(module_scope)

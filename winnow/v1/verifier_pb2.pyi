@@ -27,7 +27,7 @@ STATUS_TOO_COMPLEX: Status
 STATUS_ERROR: Status
 
 class VerifyRequest(_message.Message):
-    __slots__ = ("id", "response", "gold", "task", "options")
+    __slots__ = ("id", "response", "gold", "task", "options", "prompt")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -40,28 +40,32 @@ class VerifyRequest(_message.Message):
     GOLD_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
     id: str
     response: str
     gold: str
     task: str
     options: _containers.ScalarMap[str, str]
-    def __init__(self, id: _Optional[str] = ..., response: _Optional[str] = ..., gold: _Optional[str] = ..., task: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    prompt: str
+    def __init__(self, id: _Optional[str] = ..., response: _Optional[str] = ..., gold: _Optional[str] = ..., task: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ..., prompt: _Optional[str] = ...) -> None: ...
 
 class VerifyResult(_message.Message):
-    __slots__ = ("id", "status", "extracted", "path", "detail", "latency_ms")
+    __slots__ = ("id", "status", "extracted", "path", "detail", "latency_ms", "score")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     EXTRACTED_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
     id: str
     status: Status
     extracted: str
     path: str
     detail: str
     latency_ms: float
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., extracted: _Optional[str] = ..., path: _Optional[str] = ..., detail: _Optional[str] = ..., latency_ms: _Optional[float] = ...) -> None: ...
+    score: float
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., extracted: _Optional[str] = ..., path: _Optional[str] = ..., detail: _Optional[str] = ..., latency_ms: _Optional[float] = ..., score: _Optional[float] = ...) -> None: ...
 
 class VerifyBatchRequest(_message.Message):
     __slots__ = ("items",)
