@@ -49,7 +49,6 @@ import contextlib
 import io
 import json
 import logging
-import math
 import os
 import platform
 import re
@@ -63,6 +62,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from winnow import evaluation
 
 log = logging.getLogger("winnow.experiment")
 
@@ -191,34 +192,16 @@ def up_config(spec: RunSpec, budget: Budget, model_dir: str, bootstrap: str, pre
 # -- evaluation -------------------------------------------------------------------------------------
 
 
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k of one problem from ``n`` samples with ``c`` correct (Chen et al. 2021):
-    ``1 - C(n - c, k) / C(n, k)``; needs ``k <= n``."""
-    if k > n:
-        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
-
-
-def ks_up_to(k_max: int) -> list[int]:
-    """1, 2, 4, ... up to ``k_max`` (and ``k_max`` itself)."""
-    ks = [1]
-    while ks[-1] * 2 <= k_max:
-        ks.append(ks[-1] * 2)
-    if k_max > ks[-1]:
-        ks.append(k_max)
-    return ks if k_max >= 1 else []
+# pass@k's estimator, the k ladder and the data-file kinds are winnow eval's (winnow/evaluation.py): one of each
+pass_at_k, ks_up_to = evaluation.pass_at_k, evaluation.ks_up_to
 
 
 def file_kind(path: str) -> str:
     """The prompt-source kind of a data file, from its suffix."""
-    suffix = Path(path).suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        return "jsonl"
-    if suffix == ".parquet":
-        return "parquet"
-    raise ValueError(f"--data/--eval-data: {path} is neither .jsonl nor .parquet")
+    try:
+        return evaluation.file_kind(path)
+    except evaluation.ConfigError:
+        raise ValueError(f"--data/--eval-data: {path} is neither .jsonl nor .parquet") from None
 
 
 def train_source(budget: Budget, seed: int) -> dict[str, Any]:

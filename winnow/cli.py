@@ -21,7 +21,8 @@ COMMAND_MODULES = [
     "winnow.generator.main",  # winnow generator run
     "winnow.up",  # winnow up
     "winnow.bench",  # winnow bench ...
-    "winnow.commands",  # winnow samples, plot, export, eval, config
+    "winnow.commands",  # winnow samples, plot, export, config
+    "winnow.evaluation",  # winnow eval
 ]
 
 # section -> its config class, imported only to print --help (pydantic only: no torch)
