@@ -3,27 +3,57 @@
 Every ``eval.every`` steps the learner formats ``eval.prompts`` held-out problems exactly as the
 generators do (:class:`~winnow.generator.config.ChatFormat`), decodes greedily with the
 generators' own transformers engine at the trainer's compute precision (``numerics.precision``:
-the dtype the generators sample in, see :mod:`winnow.numerics`), scores the answers with the
-sandboxed :class:`~winnow.verifier.engine.MathVerifier` and reports
+the dtype the generators sample in, see :mod:`winnow.numerics`), scores each answer through its task's route
+(``eval.verifier_endpoints``, as the generators route; other tasks: the sandboxed in-process
+:class:`~winnow.verifier.engine.MathVerifier`) and reports
 ``accuracy = #CORRECT / #prompts`` as ``winnow_learner_eval_accuracy{set}``. With ``eval.k > 0`` it
 also samples k responses per problem at ``eval.temperature`` and reports
 ``mean@k = #CORRECT samples / (k * #prompts)`` as ``winnow_learner_eval_mean_at_k{set}``. The problems are
 the first ``eval.prompts`` positions of the eval source, the same ones every time, so the curve
 is comparable across steps.
 
-Not implemented here: pass@k, several eval sets per run (one ``set`` label).
+Several named sets (``eval.sets: [{name, source, prompts}]``) are decoded together (one batch stream) and
+scored per set: each set is exported under its own label, and the call returns an :class:`EvalScores` (the
+first set's accuracy, as a float, carrying every set's scores) that
+:meth:`~winnow.learner.metrics.LearnerMetrics.observe_eval` exports set by set.
+
+Not implemented here: pass@k (``winnow eval`` computes it after a run, winnow/evaluation.py).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from winnow.chat import ChatFormat, PromptFormatter
 from winnow.verdict import Item, Status
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SetScore:
+    """One eval set's result: greedy accuracy, mean@k (None without k), problems."""
+
+    accuracy: float
+    mean_at_k: float | None
+    problems: int
+
+
+class EvalScores(float):
+    """The scores of every eval set of one evaluation. Its float value is the first set's greedy accuracy (what
+    the service's ``evaluate(trainer) -> accuracy`` contract returns); ``sets`` maps name -> :class:`SetScore`."""
+
+    sets: dict[str, SetScore]
+
+    def __new__(cls, sets: dict[str, SetScore]) -> EvalScores:
+        if not sets:
+            raise ValueError("EvalScores needs at least one set")
+        obj = super().__new__(cls, next(iter(sets.values())).accuracy)
+        obj.sets = dict(sets)
+        return obj
 
 
 class Evaluator:
@@ -41,9 +71,16 @@ class Evaluator:
         k: int = 0,
         temperature: float = 1.0,
         seed: int = 0,
+        endpoints: dict[str, str] | None = None,
+        sets: list[tuple[str, int]] | None = None,
     ) -> None:
+        """``sets``: ``(name, count)`` in order, partitioning ``problems`` into named sets (None = one set,
+        ``heldout``)."""
         if not problems:
             raise ValueError("evaluation needs at least one problem")
+        self.sets = sets or [("heldout", len(problems))]
+        if sum(n for _, n in self.sets) != len(problems) or any(n < 1 for _, n in self.sets):
+            raise ValueError(f"sets {self.sets} do not partition {len(problems)} problems")
         self.tokenizer = tokenizer
         self.problems = problems
         self.format = PromptFormatter(tokenizer, chat or ChatFormat())
@@ -54,15 +91,16 @@ class Evaluator:
         self.k = k
         self.temperature = temperature
         self.seed = seed
+        self.endpoints = dict(endpoints or {})  # task pattern -> verifier host:port; others in-process
         self.last_responses: list[str] = []
         self.last_mean_at_k: float | None = None
         self._copy: Any = None  # the weights in the compute dtype, when the master weights are not
 
     def _get_verifier(self):
         if self._verifier is None:
-            from winnow.scoring import in_process_verifier
+            from winnow.scoring import routed_verifier
 
-            self._verifier = in_process_verifier(workers=1, timeout_s=2.0)
+            self._verifier = routed_verifier(self.endpoints, workers=1, timeout_s=2.0)
         return self._verifier
 
     def generate(self, trainer: Any, k: int = 0) -> list[str]:
@@ -103,30 +141,49 @@ class Evaluator:
             model.train(was_training)
         return [c.text for group in groups for c in group]
 
-    def score(self, responses: list[str]) -> float:
-        """Fraction of ``responses`` the verifier judges CORRECT against the problems' golds
-        (``len(responses)`` a multiple of the problems: k responses per problem, problem-major)."""
+    def correct(self, responses: list[str]) -> list[bool]:
+        """Whether the verifier judges each response CORRECT against its problem's gold (``len(responses)`` a
+        multiple of the problems: k responses per problem, problem-major)."""
         per = len(responses) // len(self.problems)
         if per < 1 or per * len(self.problems) != len(responses):
             raise ValueError(f"{len(responses)} responses for {len(self.problems)} problems")
         items = [
-            Item(id=str(i), response=r, gold=self.problems[i // per].gold, task=self.problems[i // per].task)
+            Item(id=str(i), response=r, gold=self.problems[i // per].gold, task=self.problems[i // per].task,
+                 prompt=self.problems[i // per].problem)
             for i, r in enumerate(responses)
         ]
-        verdicts = self._get_verifier().verify_batch(items)
-        return sum(v.status == Status.CORRECT for v in verdicts) / len(items)
+        return [v.status == Status.CORRECT for v in self._get_verifier().verify_batch(items)]
 
-    def __call__(self, trainer: Any) -> float:
-        """Greedy accuracy (returned); mean@k, when ``k > 0``, lands in :attr:`last_mean_at_k`."""
+    def score(self, responses: list[str]) -> float:
+        """Fraction of ``responses`` the verifier judges CORRECT (see :meth:`correct`)."""
+        ok = self.correct(responses)
+        return sum(ok) / len(ok)
+
+    def _per_set(self, ok: list[bool]) -> list[float]:
+        """Mean of ``ok`` (problem-major, any number of responses per problem) over each set's problems."""
+        per = len(ok) // len(self.problems)
+        out, start = [], 0
+        for _, n in self.sets:
+            part = ok[start * per:(start + n) * per]
+            out.append(sum(part) / len(part))
+            start += n
+        return out
+
+    def __call__(self, trainer: Any) -> EvalScores:
+        """Every set's greedy accuracy (and mean@k when ``k > 0``) as :class:`EvalScores`: a float equal to the
+        first set's accuracy; the first set's mean@k also lands in :attr:`last_mean_at_k`."""
         self.last_responses = self.generate(trainer)
-        accuracy = self.score(self.last_responses)
+        accuracy = self._per_set(self.correct(self.last_responses))
+        mean_at_k: list[float | None] = [None] * len(self.sets)
         if self.k > 0:
-            self.last_mean_at_k = self.score(self.generate(trainer, self.k))
-            log.info("eval at version %d: mean@%d %.3f", trainer.version, self.k, self.last_mean_at_k)
-        log.info(
-            "eval at version %d: accuracy %.3f on %d problems", trainer.version, accuracy, len(self.problems)
-        )
-        return accuracy
+            mean_at_k = list(self._per_set(self.correct(self.generate(trainer, self.k))))
+            self.last_mean_at_k = mean_at_k[0]
+        scores = EvalScores({name: SetScore(acc, mak, n)
+                             for (name, n), acc, mak in zip(self.sets, accuracy, mean_at_k, strict=True)})
+        for name, s in scores.sets.items():
+            log.info("eval at version %d: set %s accuracy %.3f on %d problems%s", trainer.version, name, s.accuracy,
+                     s.problems, "" if s.mean_at_k is None else f", mean@{self.k} {s.mean_at_k:.3f}")
+        return scores
 
     def close(self) -> None:
         if self._own_verifier and self._verifier is not None:
@@ -140,12 +197,18 @@ def build_evaluator(cfg: Any, tokenizer: Any) -> Evaluator | None:
 
     if not cfg.eval.every:
         return None
-    if cfg.eval.source is not None:
-        source = make_source(cfg.eval.source)
-    else:
-        source = make_source(cfg.prompts, split="eval")
-    count = min(cfg.eval.prompts, len(source))
-    problems = [source.get(i) for i in range(count)]
+    problems: list[Any] = []
+    sets: list[tuple[str, int]] = []
+    for spec in cfg.eval.resolved_sets():  # eval.sets, or the single set of set_name / source / prompts
+        source = make_source(spec.source) if spec.source is not None else make_source(cfg.prompts, split="eval")
+        count = min(spec.prompts, len(source))
+        if count < 1:
+            from winnow.config import ConfigError
+
+            raise ConfigError(f"eval set {spec.name}: its source has no rows (a training source needs "
+                              "prompts.holdout > 0)")
+        problems += [source.get(i) for i in range(count)]
+        sets.append((spec.name, count))
     return Evaluator(
         tokenizer,
         problems,
@@ -154,4 +217,6 @@ def build_evaluator(cfg: Any, tokenizer: Any) -> Evaluator | None:
         k=cfg.eval.k,
         temperature=cfg.eval.temperature,
         seed=cfg.seed,
+        endpoints=cfg.eval.verifier_endpoints,
+        sets=sets,
     )

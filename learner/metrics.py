@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -211,12 +212,20 @@ class LearnerMetrics:
                  int(r.tokens), r.mismatch_kl, wait_s, compute_s, publish_s)
 
     def observe_eval(self, label: str, accuracy: float, mean_at_k: float | None) -> dict[str, float]:
-        """Export a held-out evaluation; returns its ``metrics.jsonl`` fields."""
-        row = {"eval_accuracy": float(accuracy)}
-        self.eval_accuracy.labels(set=label).set(row["eval_accuracy"])
-        if mean_at_k is not None:
-            row["eval_mean_at_k"] = float(mean_at_k)
-            self.eval_mean_at_k.labels(set=label).set(row["eval_mean_at_k"])
+        """Export a held-out evaluation; returns its ``metrics.jsonl`` fields. ``accuracy`` may be an
+        :class:`~winnow.learner.evaluate.EvalScores` (several named sets): each set is exported under its own
+        ``set`` label, the first as ``eval_accuracy``/``eval_mean_at_k`` and, with several, every set as
+        ``eval_accuracy.NAME``/``eval_mean_at_k.NAME`` too."""
+        sets = getattr(accuracy, "sets", None) or {label: SimpleNamespace(accuracy=accuracy, mean_at_k=mean_at_k)}
+        row: dict[str, float] = {}
+        for i, (name, s) in enumerate(sets.items()):
+            self.eval_accuracy.labels(set=name).set(float(s.accuracy))
+            if s.mean_at_k is not None:
+                self.eval_mean_at_k.labels(set=name).set(float(s.mean_at_k))
+            for suffix in ([""] if i == 0 else []) + ([f".{name}"] if len(sets) > 1 else []):
+                row[f"eval_accuracy{suffix}"] = float(s.accuracy)
+                if s.mean_at_k is not None:
+                    row[f"eval_mean_at_k{suffix}"] = float(s.mean_at_k)
         return row
 
 

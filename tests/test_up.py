@@ -396,3 +396,8 @@ def test_the_end_of_a_run_lists_the_next_commands(tmp_path):
     text = summary({"reward_mean": 0.3, "entropy": 1.0}, {"version": 20, "reward_mean": 0.6, "entropy": 0.5}, tmp_path)
     for command in ("winnow samples", "winnow plot", "winnow export", "winnow eval", "tensorboard --logdir"):
         assert f"{command} " in text
+
+
+def test_progress_line_names_each_eval_set():
+    row = {"version": 5, "loss": 0.1, "eval_accuracy": 0.5, "eval_accuracy.gsm8k": 0.5, "eval_accuracy.sums": 0.75}
+    assert "| held-out acc gsm8k 0.500, sums 0.750 |" in format_progress(row)

@@ -570,6 +570,9 @@ def format_progress(row: dict[str, Any]) -> str:
         return float(v) if isinstance(v, int | float) else default
 
     held_out = f" | held-out acc {g('eval_accuracy'):.3f}" if "eval_accuracy" in row else ""
+    sets = [k for k in row if k.startswith("eval_accuracy.")]  # several eval sets (learner.eval.sets): each by name
+    if sets:
+        held_out = " | held-out acc " + ", ".join(f"{k.split('.', 1)[1]} {g(k):.3f}" for k in sets)
     if "loss" not in row:  # the baseline evaluation before the first step
         return f"step {int(g('version', 0)):4d} | initial model{held_out}"
     return (
