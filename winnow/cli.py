@@ -166,6 +166,11 @@ def load_service_config(cls, args: argparse.Namespace):
     if args.print_config:
         print(cfg.model_dump_json(indent=2))
         return None
+    if cls.section == "learner":  # a missing prompt file is a one-line error before the (long) config line
+        from winnow.up import source_path_problems
+
+        if problems := source_path_problems(cfg):
+            raise ConfigError("\n".join(problems))
     logging.getLogger(f"winnow.{cls.section}").info("%s config: %s", cls.section, cfg.model_dump_json())
     return cfg
 

@@ -106,3 +106,9 @@ def test_help_shows_the_whole_first_sentence():
     text = " ".join(build_parser().format_help().split())
     first = " ".join(winnow.__doc__.split("\n\n")[0].split())
     assert first in text and first.endswith("over gRPC.")  # it used to stop at the docstring's first line break
+
+
+def test_a_missing_prompt_file_is_reported_before_the_config_line(tmp_path, capsys):
+    assert main(["learner", "run", "--set", "prompts.kind=jsonl", "--set", f"prompts.path={tmp_path / 'x.jsonl'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("winnow: learner.prompts.path: jsonl prompt file not found") and len(err) < 300
