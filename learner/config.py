@@ -163,6 +163,10 @@ class EvalConfig(Model):
     ``split: eval`` (needs ``prompts.holdout > 0``)."""
     chat: ChatFormat = ChatFormat()
     """Prompt format for evaluation: use the same block as the generators' ``chat`` (``winnow up`` does)."""
+    verifier_endpoints: dict[str, str] = Field(default_factory=dict)
+    """Where each held-out problem is scored, by its task, as the generators' ``verifier.endpoints``: task pattern
+    (fnmatch, first match wins) -> ``host:port`` of a Verifier server; other tasks: the in-process math verifier.
+    ``winnow up`` fills it from ``up.verifiers``. Accuracy counts status CORRECT."""
     sets: list[EvalSet] = Field(default_factory=list, max_length=32)
     """Several named eval sets, each ``{name, source, prompts}``, evaluated one after the other every ``every``
     steps (the first is the one shown as ``eval_accuracy``); [] = one set from ``set_name``, ``source`` and
