@@ -35,11 +35,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from winnow.brokers import free_port
 from winnow.config import (
     ConfigError,
+    Model,
     Settings,
     deep_merge,
     load_config,
@@ -52,6 +53,34 @@ log = logging.getLogger("winnow.up")
 
 DEFAULT_CONFIG = Path(__file__).with_name("up_default.yaml")
 COMPONENTS = ("verifier", "generator", "learner")
+
+
+class CustomVerifier(Model):
+    """A verifier process ``winnow up`` starts, health-checks and stops with the rest, routed by task."""
+
+    command: list[str] | str
+    """The command (argv list, or one string split like a shell would): ``{port}``, ``{host}`` and ``{python}`` (this
+    interpreter) are substituted, e.g. ``"{python} examples/countdown_verifier/server.py --port {port}"``."""
+    tasks: list[str] = Field(min_length=1)
+    """Task patterns (fnmatch) the generators and the held-out evaluation score with it (first match wins, before
+    ``generator.verifier.endpoints`` of the config)."""
+    port: int = Field(default=0, ge=0, le=65535)
+    """Its gRPC port; 0 = a free one (the command must then contain ``{port}``)."""
+    name: str = Field(default="", pattern=r"^[a-z0-9_-]*$")
+    """Shown in progress lines and names its log (``logs/verifier-<name>.log``); default: its position."""
+
+    @model_validator(mode="after")
+    def _port_known(self) -> CustomVerifier:
+        parts = self.command if isinstance(self.command, list) else [self.command]
+        if self.port == 0 and not any("{port}" in a for a in parts):
+            raise ValueError("port 0 (a free port) needs {port} in the command")
+        return self
+
+    def argv(self, host: str, port: int) -> list[str]:
+        import shlex
+
+        parts = self.command if isinstance(self.command, list) else shlex.split(self.command)
+        return [a.replace("{port}", str(port)).replace("{host}", host).replace("{python}", sys.executable) for a in parts]
 
 
 class UpConfig(Settings):
@@ -75,6 +104,10 @@ class UpConfig(Settings):
     """How long to wait for the first training step before warning (model conversion, first batch)."""
     stop_timeout_s: float = Field(default=120.0, gt=0)
     """Grace period for each service to stop on Ctrl-C before it is killed."""
+    verifiers: list[CustomVerifier] = Field(default_factory=list, max_length=32)
+    """Custom verifiers to run with the pipeline, each ``{command, tasks, port}``: started after the math verifier,
+    health-checked every second (grpc.health.v1; one that is down shows in the progress lines within seconds),
+    stopped with the rest; the generators and the held-out evaluation route their tasks to them."""
     learner_procs: int = Field(default=1, ge=1, le=1024)
     """Learner processes on this machine. 1: the plain learner; N > 1: ``torchrun --nproc-per-node N`` (FSDP2,
     rank 0 owns Kafka; one GPU per process, or gloo on CPU with the learner's share of the cores split between
@@ -256,6 +289,7 @@ class Pipeline:
         self.ports: dict[str, int] = {}
         self.lock: Any = None  # <run_dir>/.lock, held from start() until stop_all()
         self.notes: list[str] = []  # printed under the start banner (e.g. no held-out evaluation)
+        self.verifier_watch: VerifierWatch | None = None  # health of up.verifiers, from start() to stop_all()
 
     # -- configuration ----------------------------------------------------------------------
 
@@ -275,6 +309,11 @@ class Pipeline:
             gen["model"] = model_dir
         if self.up.start_verifier:
             gen = deep_merge(gen, {"verifier": {"default_endpoint": f"{host}:{self.ports['verifier']}"}})
+        routes = self.custom_routes()
+        if routes:  # up.verifiers first (first match wins), then the config's own endpoints
+            gen.setdefault("verifier", {})
+            gen["verifier"]["endpoints"] = {**routes, **{k: v for k, v in (gen["verifier"].get("endpoints") or {}).items()
+                                                         if k not in routes}}
         out["generator"] = gen
         learner = deep_merge(
             self.data.get("learner", {}),
@@ -294,10 +333,24 @@ class Pipeline:
             # the generators hold the weights in bf16 anyway: publish them so (half the bytes to write,
             # hash and read; the same numbers once loaded)
             learner = deep_merge(learner, {"weights": {"dtype": "bfloat16"}})
+        if routes and "verifier_endpoints" not in learner.get("eval", {}):  # evaluate through the same routes
+            learner = deep_merge(learner, {"eval": {"verifier_endpoints": gen["verifier"]["endpoints"]}})
         if "chat" in gen and "chat" not in learner.get("eval", {}):  # evaluate with the generators' prompt
             learner = deep_merge(learner, {"eval": {"chat": gen["chat"]}})
         out["learner"] = learner
         return out
+
+    def custom_name(self, i: int) -> str:
+        return f"verifier-{self.up.verifiers[i].name or i}"
+
+    def custom_routes(self) -> dict[str, str]:
+        """Task pattern -> ``host:port`` of ``up.verifiers`` (their ports assigned here once: 0 = a free one)."""
+        routes: dict[str, str] = {}
+        for i, v in enumerate(self.up.verifiers):
+            port = self.ports.setdefault(self.custom_name(i), v.port or free_port(self.up.host))
+            for pattern in v.tasks:
+                routes.setdefault(pattern, f"{self.up.host}:{port}")
+        return routes
 
     def generator_configs(self, generator: dict[str, Any]) -> dict[str, dict[str, Any]]:
         """``generator-<i>`` -> generator i's config: the shared one with its id and metrics port."""
@@ -346,12 +399,13 @@ class Pipeline:
 
     # -- processes --------------------------------------------------------------------------
 
-    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def spawn(self, name: str, argv: list[str], *, command: list[str] | None = None) -> subprocess.Popen:
+        """Start ``winnow <argv>`` (or ``command`` as it is) with its log in ``logs/<name>.log``."""
         logs = self.run_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child for its lifetime
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if name != "verifier":
+        if not name.startswith("verifier"):
             threads = self.up.torch_threads or max(1, (os.cpu_count() or 1) // (self.up.generators + 1))
             env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         launcher = [sys.executable, "-m", "winnow"]
@@ -362,7 +416,7 @@ class Pipeline:
                         "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{self.up.host}:{free_port(self.up.host)}",
                         "--max-restarts", "0", "-m", "winnow"]
         proc = subprocess.Popen(
-            [*launcher, *argv],
+            command or [*launcher, *argv],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -390,7 +444,10 @@ class Pipeline:
     def stop_all(self) -> None:
         """Stop the services in order (learner first, so it checkpoints); a second Ctrl-C kills the
         rest at once instead of leaving them running."""
-        order = ["learner"] + [n for n in self.procs if n.startswith("generator")] + ["verifier"]
+        if self.verifier_watch is not None:
+            self.verifier_watch.stop()
+        order = (["learner"] + [n for n in self.procs if n.startswith("generator")]
+                 + [n for n in self.procs if n.startswith("verifier")])
         try:
             for name in order:
                 self._stop(name)
@@ -446,6 +503,7 @@ class Pipeline:
 
         if self.up.start_verifier:
             self.spawn("verifier", ["verifier", "serve", "--config", str(cfg_dir / "verifier.yaml")])
+        self.start_custom_verifiers()
         for name, gen_cfg in self.generator_configs(configs["generator"]).items():
             path = cfg_dir / f"{name}.yaml"
             path.write_text(yaml.safe_dump({"generator": gen_cfg}, sort_keys=False))
@@ -463,6 +521,21 @@ class Pipeline:
         )
         for note in self.notes:
             print(note, flush=True)
+
+    def start_custom_verifiers(self) -> None:
+        """Start every ``up.verifiers`` command and watch its health (:class:`VerifierWatch`)."""
+        if not self.up.verifiers:
+            return
+        self.custom_routes()  # ports
+        targets = {}
+        for i, v in enumerate(self.up.verifiers):
+            name = self.custom_name(i)
+            port = self.ports[name]
+            self.spawn(name, [], command=v.argv(self.up.host, port))
+            targets[name] = (f"{self.up.host}:{port}", v.tasks)
+            log.info("%s serves tasks %s on %s:%d", name, ", ".join(v.tasks), self.up.host, port)
+        self.verifier_watch = VerifierWatch(targets, self.procs)
+        self.verifier_watch.start()
 
     def _prepare_model(self) -> str | None:
         """Convert the embedded default model once here, not in every service at the same time."""
@@ -503,7 +576,7 @@ class Pipeline:
                             row = json.loads(line)
                         except json.JSONDecodeError:  # a row torn by a crash (the next one starts a new line)
                             continue
-                        print(format_progress(row), flush=True)
+                        print(format_progress(row) + self._verifiers_down(), flush=True)
                         if "eval_accuracy" in row:
                             evals.append(row)
                         if "loss" not in row:
@@ -514,8 +587,12 @@ class Pipeline:
                         if notice:
                             collapsed = True
                             print(notice, flush=True)
+            if self.verifier_watch is not None:
+                for line in self.verifier_watch.changes():
+                    print(line, file=sys.stderr, flush=True)
             for name, proc in self.procs.items():
-                if name != "learner" and proc.poll() is not None:
+                custom = self.verifier_watch is not None and name in self.verifier_watch.targets
+                if name != "learner" and not custom and proc.poll() is not None:
                     print(self._exit_message(name, proc.returncode), file=sys.stderr, flush=True)
                     return 1
             if learner.poll() is not None:
@@ -530,6 +607,81 @@ class Pipeline:
                 print("winnow up: no training step yet; see the logs in "
                       f"{self.run_dir / 'logs'}", file=sys.stderr, flush=True)
             time.sleep(0.5)
+
+
+    def _verifiers_down(self) -> str:
+        """`` | verifier-x DOWN`` for each custom verifier that is down now ("" when all serve)."""
+        if self.verifier_watch is None:
+            return ""
+        return "".join(f" | {name} DOWN" for name in self.verifier_watch.down())
+
+
+class VerifierWatch:
+    """Health of ``up.verifiers``: a thread asks each one's grpc.health.v1 service every ``interval_s`` (and notices
+    an exited process); :meth:`down` lists those down now, :meth:`changes` the transitions since the last call as
+    lines to print. A verifier is "starting" until it first answers SERVING."""
+
+    def __init__(self, targets: dict[str, tuple[str, list[str]]], procs: dict[str, subprocess.Popen],
+                 interval_s: float = 1.0) -> None:
+        import threading
+
+        self.targets = targets
+        self.procs = procs
+        self.interval_s = interval_s
+        self.state = dict.fromkeys(targets, "starting")
+        self._events: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="winnow-up-verifier-watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def check(self, name: str) -> tuple[bool, str]:
+        """(serving, why not) for one verifier, now."""
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        proc = self.procs.get(name)
+        if proc is not None and proc.poll() is not None:
+            return False, f"exited with code {proc.returncode}"
+        try:
+            with grpc.insecure_channel(self.targets[name][0]) as channel:
+                status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0).status
+        except grpc.RpcError as e:
+            return False, f"health check failed: {e.code().name}"
+        if status != health_pb2.HealthCheckResponse.SERVING:
+            return False, f"health {health_pb2.HealthCheckResponse.ServingStatus.Name(status)}"
+        return True, ""
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name, (target, tasks) in self.targets.items():
+                ok, why = self.check(name)
+                with self._lock:
+                    before = self.state[name]
+                    if ok and before != "up":
+                        self.state[name] = "up"
+                        self._events.append(f"winnow up: {name} ({target}, tasks {', '.join(tasks)}) is "
+                                            + ("serving" if before == "starting" else "back up"))
+                    elif not ok and (before == "up" or (before == "starting" and why.startswith("exited"))):
+                        self.state[name] = "down"
+                        self._events.append(f"winnow up: {name} ({target}, tasks {', '.join(tasks)}) is DOWN: {why}; "
+                                            "its samples wait (generator.verifier.on_verifier_down)")
+            self._stop.wait(self.interval_s)
+
+    def down(self) -> list[str]:
+        with self._lock:
+            return [n for n, s in self.state.items() if s == "down"]
+
+    def changes(self) -> list[str]:
+        with self._lock:
+            events, self._events = self._events, []
+        return events
 
 
 TAIL_LINE_CHARS = 300
