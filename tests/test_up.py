@@ -401,3 +401,9 @@ def test_the_end_of_a_run_lists_the_next_commands(tmp_path):
 def test_progress_line_names_each_eval_set():
     row = {"version": 5, "loss": 0.1, "eval_accuracy": 0.5, "eval_accuracy.gsm8k": 0.5, "eval_accuracy.sums": 0.75}
     assert "| held-out acc gsm8k 0.500, sums 0.750 |" in format_progress(row)
+
+
+def test_progress_line_shows_cut_off_responses_as_truncated():
+    row = {"version": 2, "loss": 0.1, "reward_mean": 0.25, "truncated_fraction": 0.375}
+    assert "| reward 0.250 | truncated 0.38 | acceptance" in format_progress(row)
+    assert "truncated" not in format_progress({**row, "truncated_fraction": 0.0})

@@ -729,7 +729,9 @@ def format_progress(row: dict[str, Any]) -> str:
         return f"step {int(g('version', 0)):4d} | initial model{held_out}"
     return (
         f"step {int(g('version', 0)):4d} | reward {g('reward_mean'):.3f}{held_out}"
-        f" | acceptance {g('acceptance_rate'):.2f} | kept groups {g('kept_group_fraction'):.2f}"
+        # cut off at max_new_tokens: told apart from wrong answers (the verifier sees no final answer)
+        + (f" | truncated {g('truncated_fraction'):.2f}" if g("truncated_fraction", 0.0) > 0 else "")
+        + f" | acceptance {g('acceptance_rate'):.2f} | kept groups {g('kept_group_fraction'):.2f}"
         f" | entropy {g('entropy'):.3f} | staleness {g('staleness_mean', 0.0):.2f}"
         f" | {g('tokens_per_s', 0.0):.0f} trained tok/s | wait {g('wait_s', 0.0):.1f}s compute {g('compute_s', 0.0):.1f}s"
         + (" | trained nothing (every group filtered out)" if g("skipped", 0.0) else "")
