@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
 from fractions import Fraction
@@ -129,17 +130,40 @@ def test_thread_safe_concurrent_batches(verifier):
     assert all(all(s == Status.CORRECT for s in r) for r in results.values()), results
 
 
-def test_batch_deadline_turns_slow_jobs_into_timeouts():
+@pytest.mark.parametrize("late_dispatch", [False, True])
+def test_batch_deadline_turns_slow_jobs_into_timeouts(late_dispatch):
+    """The deadline, not the per-item timeout, stops a hung job; jobs still queued then are TIMEOUT without
+    touching a worker, also when the dispatch thread reaches them late (a loaded machine: the killed worker's
+    replacement is already idle), which once killed that fresh worker too (restarts == ["timeout"] * 2)."""
     restarts = []
-    with MathVerifier(workers=1, timeout_s=5.0, on_worker_restart=restarts.append) as v:
+    with MathVerifier(workers=1, timeout_s=30.0, on_worker_restart=restarts.append) as v:
+        if late_dispatch:
+            pool = v._get_pool()
+            real_run, calls = pool.run, []
+
+            def late_run(job, **kw):
+                if calls:  # every job after the first: wait until the replacement worker is idle
+                    t_end = time.monotonic() + 60
+                    while pool._idle.qsize() == 0 and time.monotonic() < t_end:
+                        time.sleep(0.01)
+                    assert pool._idle.qsize() == 1
+                calls.append(job)
+                return real_run(job, **kw)
+
+            pool.run = late_run
         hang = B("\\sum_{i=1}^{10^{40}} i^{i}")
         items = [Item(f"h{k}", hang, str(k)) for k in range(3)] + [Item("fast", B("4"), "4")]
         t0 = time.monotonic()
         out = v.verify_batch(items, deadline_s=1.0)
-        assert time.monotonic() - t0 < 4.0
+        elapsed = time.monotonic() - t0
         assert [o.status for o in out] == [Status.TIMEOUT] * 3 + [Status.CORRECT]
+        # the running job's budget was the 1 s left of the deadline (the detail prints it), not timeout_s
+        budget = float(re.fullmatch(r"worker killed after (\d+\.\d+) s", out[0].detail).group(1))
+        assert out[0].path == "pool" and budget <= 1.0
+        assert [o.path for o in out[1:3]] == ["deadline"] * 2  # never sent to a worker
         assert restarts == ["timeout"]  # only the running job's worker was killed
         assert v.stats["timeouts"] == 3
+        assert elapsed < 15.0  # a correctness bound, not speed: far below timeout_s = 30 s, which a job would wait
         pids = list(v._pool.pids_seen)
     from winnow.verifier.pool import _alive
 
