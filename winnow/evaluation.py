@@ -142,6 +142,14 @@ def _run_target(run_dir: Path, version: int | None) -> Target:
                           "(0 = the base model)")
     gen_path = run_dir / "config" / "generator-0.yaml"  # a winnow up run: decode as its generators did
     gen = _read(gen_path).get("generator", {}) if gen_path.is_file() else {}
+    routing = dict(gen.get("verifier") or {})
+    ver_path = run_dir / "config" / "verifier.yaml"
+    if routing.get("default_endpoint") and ver_path.is_file():
+        # the math verifier `winnow up` started for the run is gone with it: the same engine in-process
+        ver = _read(ver_path).get("verifier", {})
+        if routing["default_endpoint"] == f"{ver.get('host')}:{ver.get('port')}":
+            routing.update(default_endpoint="", in_process_workers=int(ver.get("workers", 1)),
+                           in_process_timeout_s=float(ver.get("timeout_s", 5.0)))
     return Target(
         label=str(run_dir),
         model_dir=resolve_model(str(learner.get("model", "smollm2-135m"))),
@@ -150,7 +158,7 @@ def _run_target(run_dir: Path, version: int | None) -> Target:
         chat=gen.get("chat") or (learner.get("eval") or {}).get("chat") or {},
         numerics=gen.get("numerics") or learner.get("numerics") or {},
         sampling=gen.get("sampling") or learner.get("sampling") or {},
-        verifier=gen.get("verifier") or {},
+        verifier=routing,
     )
 
 
@@ -230,7 +238,12 @@ class RoutedVerifier:
                     finally:
                         await client.close()
 
-                verdicts = asyncio.run(remote())
+                try:
+                    verdicts = asyncio.run(remote())
+                except Exception as e:  # an RPC boundary: say which route failed and what to do
+                    raise ConfigError(f"verifier {endpoint} (tasks {sorted({i.task for i in batch})}) failed: "
+                                      f"{type(e).__name__}: {str(e)[:200]}. Start it, or pass --verifier HOST:PORT, "
+                                      "or --verifier in-process") from None
             for i, v in zip(idx, verdicts, strict=True):
                 out[i] = v
         return out
@@ -339,7 +352,8 @@ def run_eval(args: Any) -> dict[str, Any]:
     attention = target.numerics.get("attention", "auto")
     routing = dict(target.verifier)
     if args.verifier:
-        routing = {**routing, "endpoints": {}, "default_endpoint": args.verifier}
+        endpoint = "" if args.verifier == "in-process" else args.verifier
+        routing = {**routing, "endpoints": {}, "default_endpoint": endpoint}
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -403,8 +417,9 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, help="response length (default: the run's sampling, else 256)")
     p.add_argument("--precision", choices=["auto", "bfloat16", "float32"],
                    help="decoding precision (default: the run's numerics.precision)")
-    p.add_argument("--verifier", metavar="HOST:PORT", help="score every task at this verifier endpoint "
-                   "(default: the run's generator routes, else the in-process math verifier)")
+    p.add_argument("--verifier", metavar="HOST:PORT", help="score every task at this verifier endpoint, or "
+                   "'in-process' (default: the run's generator routes; the math verifier a winnow up run started "
+                   "runs in-process)")
     p.add_argument("--seed", type=int, default=0, help="seed of the k samples and of reasoning-gym tasks")
     p.add_argument("--device", default="auto", help="torch device (auto = cuda if available)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")

@@ -151,6 +151,18 @@ def test_a_run_directory_resolves_to_its_newest_version_and_the_generators_decod
     assert resolve_target(tiny).model_dir == tiny and resolve_target(tiny).version is None
 
 
+def test_the_math_verifier_of_an_up_run_is_run_in_process(tmp_path, tiny):
+    run = _fake_run(tmp_path, tiny)
+    gen = yaml.safe_load((run / "config" / "generator-0.yaml").read_text())
+    gen["generator"]["verifier"]["default_endpoint"] = "127.0.0.1:50051"
+    (run / "config" / "generator-0.yaml").write_text(yaml.safe_dump(gen))
+    (run / "config" / "verifier.yaml").write_text(yaml.safe_dump({"verifier": {"host": "127.0.0.1", "port": 50051,
+                                                                                "workers": 2, "timeout_s": 3.0}}))
+    routing = resolve_target(str(run)).verifier
+    assert routing["default_endpoint"] == "" and routing["in_process_workers"] == 2  # stopped with the run
+    assert routing["in_process_timeout_s"] == 3.0 and routing["endpoints"] == {"rg/*": "h:1"}  # others kept
+
+
 def test_winnow_eval_end_to_end_matches_the_engine(tmp_path, tiny, capsys):
     """The command on a run's version; its greedy texts are what the generators' engine writes for the same
     prompts and weights (an independent decode), and its accuracy is the share the verifier accepts."""
@@ -166,7 +178,7 @@ def test_winnow_eval_end_to_end_matches_the_engine(tmp_path, tiny, capsys):
     data.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": f"#### {i + 1}"}) + "\n"
                             for i in range(3)))
     out = tmp_path / "eval.json"
-    assert main(["eval", str(run), "--data", str(data), "-k", "2", "--verifier", "", "--threads", "1",
+    assert main(["eval", str(run), "--data", str(data), "-k", "2", "--verifier", "in-process", "--threads", "1",
                  "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"{run} version 2" in printed and "pass@2 %" in printed and f"wrote {out}" in printed

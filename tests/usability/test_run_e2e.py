@@ -100,3 +100,20 @@ def test_after_a_run(tmp_path, kafka_bootstrap_one):
     plotted = subprocess.run([*winnow, "plot", str(run), "-o", str(tmp_path / "p.png")], capture_output=True,
                              text=True)
     assert plotted.returncode == 0 and (tmp_path / "p.png").stat().st_size > 10_000
+
+    # the end of the run lists what to do next, and winnow eval evaluates its newest version as the generators
+    # sampled it (their max_new_tokens, chat format); the export gives the same greedy answers
+    assert "Next:" in proc.stdout and f"winnow eval {run.resolve()}" in proc.stdout
+    evals = {}
+    for name, target in (("run", run), ("export", out)):
+        path = tmp_path / f"eval-{name}.json"
+        done = subprocess.run([*winnow, "eval", str(target), "--task", "basic_arithmetic", "--limit", "3", "-k", "2",
+                               "--max-new-tokens", "6", "--precision", "float32", "--threads", "1", "-o", str(path)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "pass@2 %" in done.stdout
+        evals[name] = json.loads(path.read_text())
+    assert evals["run"]["version"] == 2 and evals["run"]["decoding"]["chat"] == {"few_shot": [], "system_prompt": None}
+    assert evals["run"]["decoding"]["temperature"] == 1.0  # the generators' sampling
+    greedy = {name: [p["greedy"] for p in e["problems"]["basic_arithmetic"]] for name, e in evals.items()}
+    assert greedy["run"] == greedy["export"]
