@@ -12,18 +12,25 @@ import logging
 import os
 import sys
 
-from winnow.config import ConfigError
-
-# module path -> it defines ``register(subparsers)``; each parser sets ``func(args) -> int``.
-COMMAND_MODULES = [
-    "winnow.verifier.main",  # winnow verifier serve, winnow score
-    "winnow.learner.main",  # winnow learner run
-    "winnow.generator.main",  # winnow generator run
-    "winnow.up",  # winnow up
-    "winnow.bench",  # winnow bench ...
-    "winnow.commands",  # winnow samples, plot, export, config
-    "winnow.evaluation",  # winnow eval
-]
+# command -> the module whose ``register(subparsers)`` defines it; each parser sets ``func(args) -> int``.
+# Only the named command's module is imported (``winnow score`` starts without pydantic: winnow.config is
+# ~0.15 s); ``winnow --help``, no command or an unknown one import every module. A test checks this table
+# against what each module registers.
+COMMANDS = {
+    "verifier": "winnow.verifier.main",  # winnow verifier serve
+    "score": "winnow.verifier.main",
+    "learner": "winnow.learner.main",  # winnow learner run
+    "generator": "winnow.generator.main",  # winnow generator run
+    "up": "winnow.up",
+    "bench": "winnow.bench",
+    "experiment": "winnow.bench",
+    "samples": "winnow.commands",
+    "plot": "winnow.commands",
+    "export": "winnow.commands",
+    "config": "winnow.commands",
+    "eval": "winnow.evaluation",
+}
+COMMAND_MODULES = list(dict.fromkeys(COMMANDS.values()))
 
 # section -> its config class, imported only to print --help (pydantic only: no torch)
 CONFIG_CLASSES = {
@@ -160,7 +167,7 @@ def add_config_args(parser: argparse.ArgumentParser, section: str, example: str)
 
 def load_service_config(cls, args: argparse.Namespace):
     """Resolve the config from ``args`` (see :func:`add_config_args`); None after ``--print-config``."""
-    from winnow.config import load_config, parse_overrides
+    from winnow.config import ConfigError, load_config, parse_overrides
 
     cfg = load_config(cls, args.config, parse_overrides(args.overrides))
     if args.print_config:
@@ -175,7 +182,23 @@ def load_service_config(cls, args: argparse.Namespace):
     return cfg
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_name(argv: list[str]) -> str | None:
+    """The command ``argv`` names (its first positional; ``--log-level``'s value skipped), or None."""
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == "--log-level":
+            skip = True
+        elif token == "--":
+            return None
+        elif not token.startswith("-"):
+            return token
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``winnow`` parser; with ``argv``, only the module of the command it names registers (see ``COMMANDS``)."""
     import winnow
 
     summary = " ".join(winnow.__doc__.split("\n\n")[0].split())  # the docstring's first paragraph, whole
@@ -183,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"winnow {winnow.__version__}")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for mod in COMMAND_MODULES:
+    command = command_name(argv) if argv is not None else None
+    for mod in [COMMANDS[command]] if command in COMMANDS else COMMAND_MODULES:
         try:
             module = importlib.import_module(mod)
         except ModuleNotFoundError as e:
@@ -205,8 +229,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def _config_error() -> tuple[type[Exception], ...]:
+    """``winnow.config.ConfigError`` once that module is loaded; () before (nothing could have raised it)."""
+    config = sys.modules.get("winnow.config")
+    return (config.ConfigError,) if config is not None else ()
+
+
 def _main(argv: list[str] | None) -> int:
-    parser = build_parser()
+    parser = build_parser(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
@@ -219,11 +249,11 @@ def _main(argv: list[str] | None) -> int:
         code = int(args.func(args) or 0)
         sys.stdout.flush()
         return code
-    except ConfigError as e:
-        print(f"winnow: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except _config_error() as e:  # evaluated only when something was raised
+        print(f"winnow: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

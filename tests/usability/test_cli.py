@@ -112,3 +112,37 @@ def test_a_missing_prompt_file_is_reported_before_the_config_line(tmp_path, caps
     assert main(["learner", "run", "--set", "prompts.kind=jsonl", "--set", f"prompts.path={tmp_path / 'x.jsonl'}"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("winnow: learner.prompts.path: jsonl prompt file not found") and len(err) < 300
+
+
+def test_the_command_table_names_what_each_module_registers():
+    """``winnow.cli.COMMANDS`` (command -> module, so one command imports one module) matches ``register``."""
+    import argparse
+    import importlib
+
+    from winnow.cli import COMMAND_MODULES, COMMANDS, command_name
+
+    registered = {}
+    for mod in COMMAND_MODULES:
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(mod).register(sub)
+        registered.update(dict.fromkeys(sub.choices, mod))
+    assert registered == COMMANDS
+    assert command_name(["--log-level", "DEBUG", "score", "x.jsonl"]) == "score"
+    assert command_name(["--version"]) is None
+
+
+def test_score_starts_without_pydantic(tmp_path):
+    """``winnow score`` (--help, and a run without --config/--set/WINNOW_* env) never imports pydantic."""
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"response": "\\\\boxed{4}", "gold": "4"}\n')
+    code = (
+        "import sys\n"
+        "from winnow.cli import main\n"
+        "try:\n    main(['score', '--help'])\nexcept SystemExit:\n    pass\n"
+        f"assert main(['score', '--no-progress', {str(src)!r}, '-o', {str(tmp_path / 'out.jsonl')!r}]) == 0\n"
+        "assert 'pydantic' not in sys.modules and 'winnow.config' not in sys.modules, 'score imported pydantic'\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("WINNOW_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "out.jsonl").read_text())["correct"] is True

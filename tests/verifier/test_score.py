@@ -342,3 +342,25 @@ def test_score_of_an_integer_file_never_loads_sympy(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.stdout.split("\n")[0] == "0 []", res.stdout + res.stderr
     assert [r["correct"] for r in _scored(dst)] == [n % 2 == 0 for n in range(50)]
+
+
+def test_score_settings_without_pydantic_are_the_configs_defaults(monkeypatch):
+    """``winnow score`` skips pydantic when nothing configures it; what it uses then is ``VerifierConfig()``."""
+    import argparse
+
+    from winnow.config import ConfigError, load_config
+    from winnow.verifier.config import VerifierConfig
+    from winnow.verifier.score import EngineSettings, engine_settings
+
+    for key in [k for k in os.environ if k.startswith("WINNOW_")]:
+        monkeypatch.delenv(key)
+    assert EngineSettings.defaults() == EngineSettings.of(load_config(VerifierConfig))
+    for workers in (1, 3, 256):  # the --workers the shortcut applies: the config's own bounds (1..256 and 0)
+        args = argparse.Namespace(config=None, set=[], workers=workers)
+        assert engine_settings(args) == EngineSettings.of(load_config(VerifierConfig, overrides={"workers": workers}))
+    for workers in (-1, 257):  # out of bounds: validated by the config, as before
+        with pytest.raises(ConfigError, match="workers"):
+            engine_settings(argparse.Namespace(config=None, set=[], workers=workers))
+    monkeypatch.setenv("WINNOW_VERIFIER_TIMEOUT_S", "7")  # any WINNOW_* variable: resolved by the config
+    assert engine_settings(argparse.Namespace(config=None, set=[], workers=None)).timeout_s == 7.0
+    assert engine_settings(argparse.Namespace(config=None, set=["cache_size=3"], workers=None)).cache_size == 3
