@@ -349,6 +349,22 @@ class MathVerifier:
 
         threading.Thread(target=start, name="winnow-verifier-pool-start", daemon=True).start()
 
+    def start_pool_for(self, items: list[Item]) -> bool:
+        """A lazy engine's look-ahead: start the worker pool now, in the background, if one of ``items`` needs
+        the symbolic path (``winnow score`` peeks at a file's first lines, so sympy loads while the file is read
+        and the fast items are scored). Nothing is counted or cached. True if the pool is started or starting."""
+        for item in items:
+            if self._pool is not None or self._pool_starting:
+                return True
+            options = {**self.default_options, **item.options} if self.default_options else item.options
+            try:
+                decision = decide_fast(prepare_gold(item.gold, item.task, options), item.response, options)
+            except Exception:  # verify_batch reports it
+                continue
+            if isinstance(decision, Job) and self._cache.get(decision.key) is None:
+                self._start_pool_soon()
+        return self._pool is not None or self._pool_starting
+
     # -- bookkeeping
     def _count(self, key: str, n: int = 1) -> None:
         with self._stats_lock:

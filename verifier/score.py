@@ -252,6 +252,23 @@ async def score_lines(
     return summary
 
 
+PEEK_LINES = 64
+
+
+def peek_items(src: IO[bytes]) -> list[Item]:
+    """The items of the complete lines already in ``src``'s read buffer (at most ``PEEK_LINES``), without
+    consuming them: what the engine looks at to start its worker pool before the first chunk is read."""
+    peek = getattr(src, "peek", None)
+    if peek is None:
+        return []
+    try:
+        head = peek(1 << 16)
+    except (OSError, ValueError):
+        return []
+    lines = head.split(b"\n")[:-1][:PEEK_LINES]  # the last piece may be a partial line
+    return [p.item for p in (parse_line(n, text) for n, text in enumerate(lines, 1) if text.strip()) if p.item]
+
+
 def _count_lines(path: str) -> int | None:
     try:
         with open(path, "rb") as f:
@@ -309,7 +326,7 @@ def run(args) -> int:
         return 2
     cfg = engine_settings(args)
     try:
-        src = sys.stdin.buffer if args.input == "-" else open(args.input, "rb")  # noqa: SIM115
+        src = sys.stdin.buffer if args.input == "-" else open(args.input, "rb", buffering=1 << 16)  # noqa: SIM115
     except OSError as e:
         print(f"winnow score: cannot read {args.input}: {e.strerror}", file=sys.stderr)
         return 2
@@ -442,6 +459,7 @@ async def _run_async(args, cfg, src, dst, bar) -> Summary:
         default_options=cfg.default_options,
         lazy_pool=True,  # a file that never needs sympy never starts the worker processes
     )
+    engine.start_pool_for(peek_items(src))
     try:
 
         async def scorer(items: list[Item]) -> list[Verdict]:

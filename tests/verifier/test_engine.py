@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import random
 import re
 import threading
@@ -314,6 +316,32 @@ def test_a_lazy_pool_starts_at_the_first_symbolic_item():
     finally:
         eng.close()
     assert eng.worker_pids == []
+
+
+def test_the_look_ahead_starts_the_pool_only_for_a_symbolic_item():
+    """``start_pool_for`` (``winnow score`` peeking at a file's first lines): integers start nothing, one item
+    that needs sympy starts the pool in the background; verdicts and counters are those of ``verify_batch``."""
+    from winnow.verifier.score import peek_items
+
+    eng = MathVerifier(workers=1, lazy_pool=True, cache_size=0)
+    try:
+        assert eng.start_pool_for([Item("a", r"\boxed{4}", "4"), Item("b", "I give up", "7")]) is False
+        assert eng._pool is None and not eng._pool_starting and eng.stats["fast_path"] == 0
+        lines = [json.dumps({"response": r"\boxed{4}", "gold": "4"}), "",
+                 json.dumps({"response": r"\boxed{(x+1)^2}", "gold": "x^2+2x+1"}), '{"response": "partial']
+        src = io.BufferedReader(io.BytesIO("\n".join(lines).encode()))
+        peeked = peek_items(src)
+        assert [it.gold for it in peeked] == ["4", "x^2+2x+1"]  # complete lines only
+        assert src.read().decode() == "\n".join(lines)  # nothing consumed
+        assert eng.start_pool_for(peeked) is True
+        t_end = time.monotonic() + 60
+        while not eng.worker_pids and time.monotonic() < t_end:  # the pool starts without any verify call
+            time.sleep(0.02)
+        assert len(eng.worker_pids) == 1 and eng.stats["symbolic_calls"] == 0
+        v = eng.verify(peeked[1])
+        assert (v.status, v.path) == (Status.CORRECT, grade(r"\boxed{(x+1)^2}", "x^2+2x+1").path)
+    finally:
+        eng.close()
 
 
 def test_sll_first_parsing_gives_the_trees_of_ll(monkeypatch):
