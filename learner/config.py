@@ -14,7 +14,7 @@ import functools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from winnow.chat import ChatFormat
 from winnow.config import KafkaConfig, Model, Settings, settings_config
@@ -91,6 +91,36 @@ def _decay_lambda(schedule: str, warmup_steps: int, total_steps: int):
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     return get_scheduler(schedule, opt, num_warmup_steps=warmup_steps, num_training_steps=total_steps).lr_lambdas[0]
+
+
+class LoraConfig(Model):
+    """Low-rank adapters (LoRA, Hu et al. 2021) through ``peft``: only the adapters train and are published."""
+
+    rank: int = Field(default=16, ge=1, le=4096)
+    """Rank r of each adapter pair (A: r x in, B: out x r; B starts at zero, so step 0 is the base model)."""
+    alpha: float = Field(default=32.0, gt=0)
+    """Scaling numerator: the update is ``(alpha / rank) * B @ A``."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input: must be 0 (the importance ratio pi_theta / mu must not be noise; the Trainer
+    turns every dropout off)."""
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Modules that get adapters: peft's ``all-linear`` (every linear layer but the LM head) or a list of module
+    names (e.g. ``[q_proj, k_proj, v_proj, o_proj]``)."""
+
+    @field_validator("dropout")
+    @classmethod
+    def _no_dropout(cls, v: float) -> float:
+        if v != 0:
+            raise ValueError(f"learner.lora.dropout must be 0, got {v}: dropout makes pi_theta / mu noise (the "
+                             "Trainer turns every dropout off); remove it")
+        return v
+
+    @field_validator("target_modules")
+    @classmethod
+    def _some_targets(cls, v: Any) -> Any:
+        if isinstance(v, list) and (not v or any(not m for m in v)):
+            raise ValueError("learner.lora.target_modules: give module names (e.g. [q_proj, v_proj]) or all-linear")
+        return v
 
 
 class WeightStoreConfig(Model):
@@ -242,6 +272,10 @@ class LearnerConfig(Settings):
     to override (see docs/algorithms.md), e.g. ``{preset: grpo, kl_coef: 0}``."""
     optim: OptimConfig = OptimConfig()
     """Optimizer and micro-batching."""
+    lora: LoraConfig | None = None
+    """LoRA adapters (``{rank, alpha, target_modules}``; docs/benchmarks.md): only the adapters train, the KL
+    reference is the base model with the adapters off, and each version is published as a peft adapter folder
+    (``format: peft_adapter``). None = full fine-tuning."""
 
     batch_groups: int = Field(default=8, ge=1, le=65536)
     """Prompts (scored groups) per optimizer step."""

@@ -326,15 +326,20 @@ def build_sharded_trainer(cfg: Any) -> tuple[Any, Any]:
     if (warning := low_precision_warning(param_dtype, cfg.optim.lr)) is not None and rank == 0:
         log.warning(warning)
     mp = compute if compute != param_dtype else None
+    trainer_cls = Trainer
+    if cfg.lora is not None:  # adapters before sharding; the KL reference is the same model with adapters off
+        from winnow.learner.lora import AdaptersOff, LoraTrainer, apply_lora
+
+        model, trainer_cls = apply_lora(model, cfg.lora), LoraTrainer
     shard_model(model, param_dtype=mp)
-    ref = None
-    if cfg.algo.kl_coef > 0:
+    ref = AdaptersOff(model) if cfg.lora is not None and cfg.algo.kl_coef > 0 else None
+    if cfg.algo.kl_coef > 0 and ref is None:
         ref, _ = load_causal_lm(obj[0], dtype=cfg.dtype, device=device, attn_implementation=attention)
         ref.requires_grad_(False)
         shard_model(ref, param_dtype=mp)
     temperature = cfg.sampling.temperature if cfg.sampling.temperature > 0 else 1.0
-    trainer = Trainer(model, cfg.algo, cfg.optim, ref_model=ref, pad_token_id=tokenizer.pad_token_id,
-                      temperature=temperature, autocast_dtype=None)
+    trainer = trainer_cls(model, cfg.algo, cfg.optim, ref_model=ref, pad_token_id=tokenizer.pad_token_id,
+                          temperature=temperature, autocast_dtype=None)
     log.info("rank %d of %d on %s: %s master weights, %s compute (FSDP2)", rank, world, device,
              param_dtype, mp or param_dtype)
     return trainer, tokenizer

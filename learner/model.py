@@ -258,10 +258,17 @@ def build_trainer(cfg: LearnerConfig):
     if temperature <= 0:
         log.warning("sampling.temperature=0 (greedy) gives no policy gradient signal; the learner uses 1.0")
         temperature = 1.0
-    trainer = Trainer(
+    ref, trainer_cls = "copy", Trainer
+    if cfg.lora is not None:  # only the adapters train; the KL reference is the base model (adapters off), no copy
+        from winnow.learner.lora import AdaptersOff, LoraTrainer, apply_lora
+
+        model = apply_lora(model, cfg.lora)
+        ref, trainer_cls = AdaptersOff(model), LoraTrainer
+    trainer = trainer_cls(
         model,
         cfg.algo,
         cfg.optim,
+        ref_model=ref,
         pad_token_id=tokenizer.pad_token_id,
         temperature=temperature,
         autocast_dtype=compute if compute != param_dtype else None,

@@ -7,6 +7,10 @@ complete. The store keeps the newest ``keep`` versions; older folders are delete
 announcement is acknowledged (a generator that is still loading an old version has ``keep - 1``
 publications of slack).
 
+With LoRA (``learner.lora``) a version is a peft adapter folder instead, ``<store>/v<version:08d>/`` with
+``adapter_config.json`` and ``adapter_model.safetensors`` (the announced file; ``format: "peft_adapter"``), written
+by :class:`winnow.learner.lora.LoraTrainer`; ``PeftModel.from_pretrained(base, folder)`` opens it.
+
 Layout: ``<store>/v<version:08d>/model.safetensors``, next to the trained model's config, generation
 config and tokenizer (``hf_model``, ``hf_tokenizer``; copied from ``<store>/.hf-template``), so each
 version folder is a Hugging Face model folder that ``from_pretrained`` and vLLM load as it is. The announced URI is a ``file://`` URI of
@@ -66,7 +70,7 @@ class WeightPublisher:
         self.last: WeightAnnouncement | None = None
         # with hf_model (the trained model; its config) every version folder is also a Hugging Face folder
         self.hf_template = None
-        if hf_model is not None and hasattr(hf_model, "config"):
+        if hf_model is not None and hasattr(hf_model, "config") and not hasattr(hf_model, "peft_config"):
             from winnow.export import hf_template
 
             self.hf_template = hf_template(self.store / ".hf-template", hf_model, hf_tokenizer)
@@ -79,9 +83,10 @@ class WeightPublisher:
     def write(self, trainer: Any) -> WeightAnnouncement:
         """Write the weights of ``trainer.version`` (blocking; run it in a thread) and build the announcement."""
         version = int(trainer.version)
-        path = version_dir(self.store, version) / "model.safetensors"
+        fmt = getattr(trainer, "weights_format", "safetensors")  # a LoRA trainer: "peft_adapter"
+        path = version_dir(self.store, version) / getattr(trainer, "weights_file", "model.safetensors")
         sha256 = trainer.save_weights(path, dtype=self.dtype)
-        if self.hf_template is not None and path.is_file():  # the rank that wrote the weights
+        if fmt == "safetensors" and self.hf_template is not None and path.is_file():  # the rank that wrote them
             from winnow.export import add_hf_files
 
             add_hf_files(self.hf_template, path.parent)
@@ -89,7 +94,7 @@ class WeightPublisher:
             version=version,
             uri=self.uri_for(path),
             sha256=sha256,
-            format="safetensors",
+            format=fmt,
             created_at=time.time(),
         )
 

@@ -28,6 +28,7 @@ from winnow.sampling import (
     GenerationCancelled,
     SamplingConfig,
     process_logprobs,
+    WeightLoadError,
     raise_on_mismatch,
     sample_tokens,
 )
@@ -110,9 +111,11 @@ class HFEngine:
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_id = int(pad) if pad is not None else self.eos_ids[0]
         self._eos = torch.tensor(self.eos_ids, device=self.device)
+        self._adapter: tuple | None = None  # the active LoRA adapter's config (see load_adapter)
         self._cancel = threading.Event()
         # transformers >= 5.2x names the KV-cache argument ``cache`` (``past_key_values`` before)
-        params = inspect.signature(self.model.forward).parameters
+        inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model  # a PeftModel
+        params = inspect.signature(inner.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
 
     def _new_cache(self) -> Any:
@@ -277,12 +280,61 @@ class HFEngine:
 
     def load_weights(self, path: str, version: int) -> None:
         """Load a full state dict from a safetensors file (strict: same keys and shapes, tied
-        aliases may be omitted) and set ``version``. On a mismatch nothing is changed."""
+        aliases may be omitted) and set ``version``. On a mismatch nothing is changed.
+
+        A peft adapter version (``adapter_model.safetensors`` with ``adapter_config.json`` beside it, what a LoRA
+        learner publishes) is loaded by :meth:`load_adapter` instead."""
         from safetensors.torch import load_file
 
+        if Path(path).name == ADAPTER_FILE and (Path(path).parent / ADAPTER_CONFIG).is_file():
+            return self.load_adapter(Path(path).parent, version)
         t0 = time.perf_counter()
         state = load_file(str(path), device="cpu")
         check_state_dict(self.model, state)
         self.model.load_state_dict(state, strict=False)
         self.version = version
         log.info("loaded weights version %d from %s in %.2fs", version, path, time.perf_counter() - t0)
+
+    def load_adapter(self, folder: str | Path, version: int) -> None:
+        """Activate the LoRA adapter in the peft folder ``folder`` over the base weights and set ``version``.
+
+        The first adapter injects peft's LoRA layers into the model (``peft.inject_adapter_in_model``: the base
+        weights stay as loaded, each targeted linear adds ``(alpha / r) * B (A x)``, as the learner computes); later
+        versions only overwrite A and B. Strict: an adapter whose config (rank, alpha, targets) or tensors (names,
+        shapes) differ from the active one is refused and nothing changes."""
+        import peft
+        from safetensors.torch import load_file
+
+        t0 = time.perf_counter()
+        folder = Path(folder)
+        config = peft.LoraConfig.from_pretrained(str(folder))
+        key = _adapter_key(config)
+        state = {k.removeprefix("base_model.model."): v for k, v in load_file(str(folder / ADAPTER_FILE)).items()}
+        if self._adapter is None:
+            if any("lora_" in k for k in self.model.state_dict()):
+                raise WeightLoadError("the model already has LoRA layers of its own; cannot load an adapter over it")
+            if getattr(config, "use_dora", False):
+                raise WeightLoadError(f"adapter {folder}: DoRA is not supported here (export it --merge)")
+            peft.inject_adapter_in_model(config, self.model, adapter_name="default")
+            self.model.eval()
+            self._adapter = key
+        elif key != self._adapter:
+            raise WeightLoadError(f"adapter {folder}: config {key} differs from the active adapter's {self._adapter}")
+        expected = {k: tuple(v.shape) for k, v in peft.get_peft_model_state_dict(self.model).items()}
+        raise_on_mismatch(sorted(set(expected) - set(state)), sorted(set(state) - set(expected)),
+                          [f"{k}: file {tuple(state[k].shape)} vs model {expected[k]}"
+                           for k in sorted(set(state) & set(expected)) if tuple(state[k].shape) != expected[k]])
+        peft.set_peft_model_state_dict(self.model, state)
+        self.version = version
+        log.info("loaded adapter version %d from %s in %.2fs", version, folder, time.perf_counter() - t0)
+
+
+ADAPTER_FILE = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def _adapter_key(config: Any) -> tuple:
+    """What must stay equal between adapter versions loaded into one engine."""
+    targets = config.target_modules
+    return (config.r, float(config.lora_alpha), tuple(sorted(targets)) if isinstance(targets, set | list) else targets,
+            bool(getattr(config, "use_rslora", False)), bool(getattr(config, "use_dora", False)))
