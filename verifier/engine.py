@@ -127,6 +127,8 @@ def _flag(options: dict[str, str] | None, name: str, default: bool = False) -> b
     v = options.get(name) if options else None
     if v is None:
         return default
+    if v == "1" or v == "0":  # the usual values (the config's defaults): the general rule below gives the same
+        return v == "1"
     v = str(v).strip().lower()
     if not v:
         return default
@@ -354,7 +356,7 @@ class MathVerifier:
         the symbolic path (``winnow score`` peeks at a file's first lines, so sympy loads while the file is read
         and the fast items are scored). Nothing is counted or cached. True if the pool is started or starting."""
         for item in items:
-            if self._pool is not None or self._pool_starting:
+            if self.pool_requested:
                 return True
             options = {**self.default_options, **item.options} if self.default_options else item.options
             try:
@@ -363,7 +365,7 @@ class MathVerifier:
                 continue
             if isinstance(decision, Job) and self._cache.get(decision.key) is None:
                 self._start_pool_soon()
-        return self._pool is not None or self._pool_starting
+        return self.pool_requested
 
     # -- bookkeeping
     def _count(self, key: str, n: int = 1) -> None:
@@ -379,6 +381,11 @@ class MathVerifier:
     def stats(self) -> dict[str, int]:
         with self._stats_lock:
             return dict(self._stats)
+
+    @property
+    def pool_requested(self) -> bool:
+        """Whether the worker pool is started or starting (always, unless ``lazy_pool`` and no item needed it yet)."""
+        return self._pool is not None or self._pool_starting
 
     @property
     def worker_pids(self) -> list[int]:
@@ -398,10 +405,12 @@ class MathVerifier:
         golds: dict[tuple, Gold] = {}
         out: list[Verdict | None] = [None] * len(items)
         pending: dict[tuple, list[tuple[int, float, Job]]] = {}
+        defaults, n_fast = self.default_options, 0
         for i, item in enumerate(items):
             t0 = time.perf_counter()
-            if self.default_options:
-                item = Item(item.id, item.response, item.gold, item.task, {**self.default_options, **item.options})
+            options = item.options
+            if defaults:  # a request's own options win; the shared defaults dict is only read, never changed
+                options = {**defaults, **options} if options else defaults
             if self._closed:  # shutting down: finish the batch at once instead of holding the process
                 out[i] = self._verdict(item, Result(Status.ERROR, "", "internal", "verifier shutting down"), t0)
                 continue
@@ -409,16 +418,16 @@ class MathVerifier:
                 out[i] = self._verdict(item, Result(Status.TIMEOUT, "", "deadline", "batch deadline passed"), t0)
                 continue
             try:
-                gkey = (item.gold, item.task, _flag(item.options, "mcq"))
+                gkey = (item.gold, item.task, _flag(options, "mcq"))
                 gold = golds.get(gkey)
                 if gold is None:
-                    gold = golds[gkey] = prepare_gold(item.gold, item.task, item.options)
-                decision = decide_fast(gold, item.response, item.options)
+                    gold = golds[gkey] = prepare_gold(item.gold, item.task, options)
+                decision = decide_fast(gold, item.response, options)
             except Exception as exc:  # one bad item must not fail the batch
                 self._count("errors")
                 decision = Result(Status.ERROR, "", "internal", f"{type(exc).__name__}: {exc}"[:300])
             if isinstance(decision, Result):
-                self._count("fast_path")
+                n_fast += 1
                 out[i] = self._verdict(item, decision, t0)
                 continue
             cached = self._cache.get(decision.key)
@@ -433,6 +442,8 @@ class MathVerifier:
             if self._pool is None:
                 self._start_pool_soon()
             pending.setdefault(decision.key, []).append((i, t0, decision))
+        if n_fast:
+            self._count("fast_path", n_fast)
         if pending and self._closed:
             for jobs in pending.values():
                 for i, t0, job in jobs:

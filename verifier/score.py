@@ -463,7 +463,9 @@ async def _run_async(args, cfg, src, dst, bar) -> Summary:
     try:
 
         async def scorer(items: list[Item]) -> list[Verdict]:
-            return await asyncio.to_thread(engine.verify_batch, items)
+            if engine.pool_requested:  # symbolic jobs wait on worker processes: keep reading meanwhile
+                return await asyncio.to_thread(engine.verify_batch, items)
+            return engine.verify_batch(items)  # fast paths only so far: a thread would only add GIL hand-offs
 
         return await score_lines(src, dst, scorer, batch_size=args.batch_size, progress=bar)
     finally:
