@@ -203,6 +203,29 @@ def _metric(text: str, name: str, **labels) -> float:
     raise AssertionError(f"{name}{labels} not in the scrape")
 
 
+def _jsonl_learner(kcfg, tmp_path: Path, rows: int = 80, *, algo: dict, shuffle: bool = True, **learner):
+    """A LearnerConfig over a JSONL file of ``rows`` sums, one groups partition, batches of BATCH x N."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"question": f"{i} + 7?", "answer": str(i + 7)}) + "\n" for i in range(rows)))
+    data = {"kafka": kcfg.model_dump(), "algo": algo, "batch_groups": BATCH, "n": N, "kafka_partitions": 1,
+            "prompts": {"kind": "jsonl", "path": str(prompts), **({} if shuffle else {"shuffle": False})},
+            "weights": {"dir": str(tmp_path / "weights")}, "checkpoint": {"dir": str(tmp_path / "ckpt")},
+            "run_dir": str(tmp_path / "run")}
+    for key, value in learner.items():
+        data[key] = {**data[key], **value} if isinstance(data.get(key), dict) else value
+    return load_config(LearnerConfig, data=data)
+
+
+async def _run_with(service: LearnerService, fake: FakeGenerator, timeout_s: float = 60) -> int:
+    """Run ``service`` while ``fake`` answers its prompt requests; the steps it took."""
+    task = asyncio.create_task(fake.run())
+    try:
+        return await asyncio.wait_for(service.run(), timeout_s)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_learner_trains_dedupes_drops_and_resumes(kafka_config, tmp_path: Path):
     """On both brokers (tansu's group re-join after the crash waits out the old session: ~35 s)."""
     kcfg = kafka_config
@@ -381,13 +404,8 @@ async def test_crash_before_the_first_checkpoint_resumes_the_same_lineage(kafka_
     for a learner restarted at v0. The restarted learner continues the run id, announces v0 (the generator
     follows) and trains; before, it announced nothing and 0 steps happened until request_timeout_s."""
     kcfg = kafka_config_one
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"question": f"{i} + 2?", "answer": str(i + 2)}) + "\n" for i in range(80)))
-    cfg = load_config(LearnerConfig, data={
-        "kafka": kcfg.model_dump(), "algo": {"preset": "grpo", "kl_coef": 0.0, "max_staleness": 1},
-        "batch_groups": BATCH, "n": N, "kafka_partitions": 1, "request_timeout_s": 900,
-        "prompts": {"kind": "jsonl", "path": str(prompts)}, "weights": {"dir": str(tmp_path / "weights")},
-        "checkpoint": {"dir": str(tmp_path / "ckpt"), "every": 10}, "run_dir": str(tmp_path / "run")})
+    cfg = _jsonl_learner(kcfg, tmp_path, algo={"preset": "grpo", "kl_coef": 0.0, "max_staleness": 1},
+                         request_timeout_s=900, checkpoint={"every": 10})
     await ensure_topics(kcfg, partitions=1)
     trained: list = []
     trainer1, tok = _trainer(cfg.algo)
@@ -461,13 +479,7 @@ async def test_with_a_group_key_only_signed_groups_are_trained(kafka_config_one,
     key = b"a-shared-secret-of-32-bytes-long"
     monkeypatch.setenv("WINNOW_GROUP_HMAC_KEY", key.decode())
     kcfg = kafka_config_one
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"question": f"{i} + 4?", "answer": str(i + 4)}) + "\n" for i in range(40)))
-    cfg = load_config(LearnerConfig, data={
-        "kafka": kcfg.model_dump(), "algo": {"preset": "grpo", "kl_coef": 0.0, "max_staleness": 0},
-        "batch_groups": BATCH, "n": N, "kafka_partitions": 1, "max_steps": 2,
-        "prompts": {"kind": "jsonl", "path": str(prompts)}, "weights": {"dir": str(tmp_path / "weights")},
-        "checkpoint": {"dir": str(tmp_path / "ckpt")}, "run_dir": str(tmp_path / "run")})
+    cfg = _jsonl_learner(kcfg, tmp_path, 40, algo={"preset": "grpo", "kl_coef": 0.0, "max_staleness": 0}, max_steps=2)
     await ensure_topics(kcfg, partitions=1)
     trainer, tok = _trainer(cfg.algo)
     trained: list = []
@@ -475,12 +487,7 @@ async def test_with_a_group_key_only_signed_groups_are_trained(kafka_config_one,
     service = LearnerService(cfg, trainer, make_source(cfg.prompts), CollectorRegistry())
     fake = FakeGenerator(kcfg, tok, trainer.model.get_input_embeddings().weight.shape[0], inject=False,
                          hmac_key=key, forge=True)
-    fake_task = asyncio.create_task(fake.run())
-    try:
-        assert await asyncio.wait_for(service.run(), 60) == 2
-    finally:
-        fake_task.cancel()
-        await asyncio.gather(fake_task, return_exceptions=True)
+    assert await _run_with(service, fake) == 2
     ids = [i for _, _, batch in trained for i in batch]
     assert len(ids) == 2 * BATCH and set(ids) <= set(fake.forged)  # the forged ids were outstanding ones
     assert service.book.counts["unauthenticated"] >= 2 * BATCH  # every forged copy, each before its signed group
@@ -494,24 +501,14 @@ async def test_dynamic_sampling_keeps_every_batch_full(kafka_config_one, tmp_pat
     With dynamic sampling (the preset's default) each step trains batch_groups groups and the dropped ones are
     finished on arrival, in the ledger with their reason; without it, batches shrink with the drop rate."""
     kcfg = kafka_config_one
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"question": f"{i} + 6?", "answer": str(i + 6)}) + "\n" for i in range(80)))
-    cfg = load_config(LearnerConfig, data={
-        "kafka": kcfg.model_dump(), "algo": {"preset": "reinforce_rej", "max_staleness": 1, "dynamic_sampling": dynamic},
-        "batch_groups": 3, "n": N, "kafka_partitions": 1, "max_steps": 4, "checkpoint": {"dir": str(tmp_path / "ckpt")},
-        "prompts": {"kind": "jsonl", "path": str(prompts), "shuffle": False},
-        "weights": {"dir": str(tmp_path / "weights")}, "run_dir": str(tmp_path / "run")})
+    cfg = _jsonl_learner(kcfg, tmp_path, algo={"preset": "reinforce_rej", "max_staleness": 1, "dynamic_sampling": dynamic},
+                         shuffle=False, batch_groups=3, max_steps=4)
     await ensure_topics(kcfg, partitions=1)
     trainer, tok = _trainer(cfg.algo)
     registry = CollectorRegistry()
     service = LearnerService(cfg, trainer, make_source(cfg.prompts), registry)
     fake = FakeGenerator(kcfg, tok, trainer.model.get_input_embeddings().weight.shape[0], inject=False)
-    fake_task = asyncio.create_task(fake.run())
-    try:
-        assert await asyncio.wait_for(service.run(), 60) == 4
-    finally:
-        fake_task.cancel()
-        await asyncio.gather(fake_task, return_exceptions=True)
+    assert await _run_with(service, fake) == 4
     rows = [json.loads(x) for x in (Path(cfg.run_dir) / "metrics.jsonl").read_text().splitlines()]
     trained_per_step = [r["batch_outcomes"].get("trained", 0) for r in rows]
     ledger = [json.loads(x) for x in (Path(cfg.run_dir) / "ledger.jsonl").read_text().splitlines()]
