@@ -268,8 +268,15 @@ class _Replica:
         self.compute_dtype = trainer.compute_dtype
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
+        if hasattr(trainer.model, "peft_config"):  # LoRA: the same adapters over the base, so the names match
+            import peft
+
+            model = peft.get_peft_model(model, trainer.model.peft_config[trainer.model.active_adapter])
         model.to_empty(device=trainer.device)
         model.load_state_dict(full, strict=False)
+        with torch.no_grad():  # non-persistent buffers (rotary inv_freq) are not in the state dict: to_empty left
+            for name, buf in trainer.model.named_buffers():  # them uninitialised memory
+                model.get_buffer(name).copy_(buf)
         model.tie_weights()
         self.model = model.to(self.compute_dtype).eval().requires_grad_(False)
         self.version = trainer.version
