@@ -152,25 +152,23 @@ def is_adapter_folder(folder: str | Path) -> bool:
     return (folder / ADAPTER_CONFIG).is_file() and (folder / ADAPTER_FILE).is_file()
 
 
-def merged_state_dict(base_dir: str | Path, adapter: str | Path | None = None,
-                      peft_state: dict[str, torch.Tensor] | None = None,
-                      lora_config: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
-    """A plain (HF-named) state dict of the base model in ``base_dir`` with the adapters merged in
-    (``W0 + (alpha / r) * B @ A``, by peft's ``merge_and_unload``): from an adapter folder ``adapter``, or from a
-    LoRA learner checkpoint's full ``peft_state`` and its ``lora_config`` (``learner.lora`` as a dict)."""
+def load_peft(base_dir: str | Path, adapter: str | Path | None = None,
+              peft_state: dict[str, torch.Tensor] | None = None,
+              lora_config: dict[str, Any] | None = None) -> Any:
+    """The base model in ``base_dir`` (fp32) with LoRA adapters, a ``PeftModel``: from an adapter folder
+    ``adapter``, or from a LoRA learner checkpoint's full ``peft_state`` and its ``lora_config`` (``learner.lora``
+    as a dict; strict). ``.merge_and_unload()`` gives the merged plain model, ``.save_pretrained`` the folder."""
     import peft
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
     if adapter is not None:
-        model = peft.PeftModel.from_pretrained(base, str(adapter))
-    else:
-        from winnow.learner.config import LoraConfig
+        return peft.PeftModel.from_pretrained(base, str(adapter))
+    from winnow.learner.config import LoraConfig
 
-        model = peft.get_peft_model(base, peft_config(LoraConfig(**(lora_config or {}))))
-        model.load_state_dict(peft_state, strict=True)
-    merged = model.merge_and_unload()
-    return {k: v.detach() for k, v in merged.state_dict().items()}
+    model = peft.get_peft_model(base, peft_config(LoraConfig(**(lora_config or {}))))
+    model.load_state_dict(peft_state, strict=True)
+    return model
 
 
 def adapter_base(folder: str | Path) -> str | None:

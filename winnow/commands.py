@@ -52,6 +52,9 @@ def register(sub) -> None:
     p.add_argument("--dtype", choices=["auto", "bfloat16", "float32", "float16"], default="auto",
                    help="dtype of the saved weights (default: as stored)")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty OUT_DIR")
+    p.add_argument("--merge", action="store_true",
+                   help="a LoRA run: merge the adapters into the base and write a full model (default: the peft "
+                   "adapter folder, adapter_config.json + adapter_model.safetensors, with the tokenizer)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser(
@@ -100,7 +103,8 @@ def _plot(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from winnow.export import export_run
 
-    out = export_run(args.run_dir, args.out_dir, version=args.version, dtype=args.dtype, force=args.force)
+    out = export_run(args.run_dir, args.out_dir, version=args.version, dtype=args.dtype, force=args.force,
+                     merge=args.merge)
     print(f"exported version {out.version} to {out.path} (from {out.source})")
     return 0
 

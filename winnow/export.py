@@ -9,7 +9,12 @@ ordinary folder::
     OUT_DIR/winnow-export.json   (run, version, source file, its sha256, the chat format)
 
 that ``AutoModelForCausalLM.from_pretrained(OUT_DIR)``, vLLM (``LLM(model=OUT_DIR)``), lm-eval and
-``huggingface-cli upload`` take as it is. The weights are loaded into the architecture of the
+``huggingface-cli upload`` take as it is.
+
+A LoRA run (``learner.lora``) publishes peft adapter folders (``adapter_config.json`` + ``adapter_model.safetensors``)
+and checkpoints the peft model. Its export is the adapter folder (with the tokenizer; ``PeftModel.from_pretrained``
+over the base, vLLM's ``LoRARequest``), or with ``merge=True`` (``winnow export --merge``) a full model folder as
+above, the adapters merged into the base weights (``W0 + (alpha / r) * B @ A``, peft's ``merge_and_unload``). The weights are loaded into the architecture of the
 base config (every tensor must match; tied embeddings are re-tied) and written with
 ``save_pretrained``, so a missing or misnamed tensor is an error here, not a garbage model later.
 """
@@ -72,6 +77,8 @@ def available_versions(run_dir: str | Path) -> dict[int, Path]:
             m = _VERSION_DIR.match(p.name)
             if m and (p / "model.safetensors").is_file():
                 found[int(m.group(1))] = p / "model.safetensors"
+            elif m and (p / "adapter_model.safetensors").is_file() and (p / "adapter_config.json").is_file():
+                found[int(m.group(1))] = p / "adapter_model.safetensors"
     return found
 
 
@@ -100,6 +107,7 @@ def export_run(
     version: int | None = None,
     dtype: str = "auto",
     force: bool = False,
+    merge: bool = False,
 ) -> Exported:
     """Export ``version`` (default: the newest) of the run in ``run_dir`` to ``out_dir`` (see module doc)."""
     run_dir, out = Path(run_dir), Path(out_dir)
@@ -118,7 +126,11 @@ def export_run(
     from winnow.models import resolve_model
 
     base = resolve_model(cfg.get("model", "smollm2-135m"))
-    write_hf_folder(base, _load_weights(source), out, dtype=dtype)
+    lora_run = source.name == "adapter_model.safetensors" or cfg.get("lora") is not None
+    if lora_run:
+        _export_lora(base, source, cfg.get("lora") or {}, out, dtype=dtype, merge=merge)
+    else:  # full fine-tuning: the weights are the model (--merge has nothing to merge)
+        write_hf_folder(base, _load_weights(source), out, dtype=dtype)
     (out / "winnow-export.json").write_text(
         json.dumps(
             {
@@ -129,12 +141,41 @@ def export_run(
                 "base_model": cfg.get("model"),
                 "algo": cfg.get("algo"),
                 "chat": (cfg.get("eval") or {}).get("chat"),
+                "lora": cfg.get("lora"),
+                "merged": bool(lora_run and merge),
             },
             indent=2,
         )
     )
     log.info("exported version %d of %s to %s", version, run_dir, out)
     return Exported(out, version, source)
+
+
+def _export_lora(base: str | Path, source: Path, lora: dict[str, Any], out: Path, *, dtype: str,
+                 merge: bool) -> None:
+    """A LoRA version (an adapter folder, or a checkpoint's peft state dict) as a merged full model folder, or as
+    a peft adapter folder with the base's tokenizer."""
+    from transformers import AutoTokenizer
+
+    from winnow.learner.lora import load_peft
+
+    if source.name == "adapter_model.safetensors":
+        model = load_peft(base, adapter=source.parent)
+    else:
+        model = load_peft(base, peft_state=_load_weights(source), lora_config=lora)
+    if merge:
+        merged = model.merge_and_unload()
+        write_hf_folder(base, {k: v.detach() for k, v in merged.state_dict().items()}, out, dtype=dtype)
+        return
+    if out.exists():
+        shutil.rmtree(out)
+    if dtype != "auto":
+        import torch
+
+        model = model.to(getattr(torch, dtype))
+    model.save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(str(base)).save_pretrained(str(out))
+    _readable(out)
 
 
 def write_hf_folder(base: str | Path, state_dict: dict[str, Any], out: str | Path, *, dtype: str = "auto") -> Path:
