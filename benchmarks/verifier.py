@@ -537,17 +537,25 @@ def math_verify_loop(src: str, dst: str) -> int:
 
 
 def _timed(cmd: list[str]) -> dict:
-    """Run ``cmd`` to its end: wall seconds (from spawn to exit), the load average just before, exit code."""
+    """Run ``cmd`` to its end: wall seconds (from spawn to exit), the load average just before, exit code, and
+    ``cpu_s``: user + system CPU seconds of the process and the descendants it waited for (the zygote of winnow's
+    worker pool, not the workers, which the zygote lets the kernel reap). On a shared machine the CPU ratio is the
+    steadier figure for single-process work (the integer file, math-verify's loop); the wall ratio is the claim."""
     import os
+    import resource
     import subprocess
 
     load = os.getloadavg()[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode not in (0, 1):  # 1: some line scored "error" (an unanswerable gold), still timed
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-2000:]}")
-    return {"wall_s": wall, "load1_before": load, "rc": proc.returncode, "stderr_tail": proc.stderr.strip()[-300:]}
+    return {"wall_s": wall, "cpu_s": cpu, "load1_before": load, "rc": proc.returncode,
+            "stderr_tail": proc.stderr.strip()[-300:]}
 
 
 def _start_server(workers: int):
@@ -616,6 +624,7 @@ def cli_main(args) -> int:
                     run["math_verify"] = theirs = _timed(mv_cmd + [str(src), os.path.join(tmp, "mv.jsonl")])
                     for m in modes:
                         run[m]["ratio"] = theirs["wall_s"] / run[m]["wall_s"]
+                        run[m]["cpu_ratio"] = theirs["cpu_s"] / max(run[m]["cpu_s"], 1e-9)
                         with open(os.path.join(tmp, f"{m}.jsonl")) as f1, open(os.path.join(tmp, "mv.jsonl")) as f2:
                             run[m]["agree"] = sum(json.loads(a)["correct"] == json.loads(b)["correct"]
                                                   for a, b in zip(f1, f2, strict=True))
@@ -630,12 +639,14 @@ def cli_main(args) -> int:
             server[0].terminate()
             server[0].wait(30)
     print(f"\nwinnow score vs math-verify {results['versions'].get('math-verify')} loop, same file, fresh processes")
-    print(f"{'file':<10} {'lines':>6} {'mode':<10} | {'winnow s':>8} {'mv s':>7} {'ratio':>6} {'load':>5} {'agree':>6}")
+    print(f"{'file':<10} {'lines':>6} {'mode':<10} | {'winnow s':>8} {'mv s':>7} {'ratio':>6} {'load':>5} {'agree':>6}"
+          f" | {'cpu s':>6} {'mv cpu':>7} {'ratio':>6}")
     for name, f in results["files"].items():
         for m in modes:
             for r in f["runs"]:
                 print(f"{name:<10} {f['lines']:>6} {m:<10} | {r[m]['wall_s']:>8.2f} {r['math_verify']['wall_s']:>7.2f} "
-                      f"{r[m]['ratio']:>6.1f} {r[m]['load1_before']:>5.2f} {r[m]['agree']:>6}")
+                      f"{r[m]['ratio']:>6.1f} {r[m]['load1_before']:>5.2f} {r[m]['agree']:>6} | {r[m]['cpu_s']:>6.2f} "
+                      f"{r['math_verify']['cpu_s']:>7.2f} {r[m]['cpu_ratio']:>6.1f}")
             x = f[f"{m}_ratio"]
             print(f"{name:<10} {m}: ratio median {x['median']:.1f} (min {x['min']:.1f}, max {x['max']:.1f})")
     if args.out:
