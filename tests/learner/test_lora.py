@@ -157,3 +157,19 @@ def test_the_engine_samples_with_a_published_adapter(tmp_path):
     with pytest.raises(WeightLoadError, match="differs from the active adapter"):
         engine.load_weights(str(tmp_path / "v4" / ADAPTER_FILE), 4)
     assert engine.version == 3
+
+
+def test_a_checkpoint_resumes_the_adapters_and_their_optimizer_state(tmp_path):
+    from winnow.learner.checkpoint import LearnerState
+
+    tr = lora_trainer()
+    groups = on_policy(tr.model, make_groups(STATUSES))
+    tr.train_step(groups)
+    folder = tr.write_checkpoint(tmp_path / "ckpt", LearnerState(version=tr.version), keep=1)
+    resumed = lora_trainer()  # rebuilt from the initial weights, as a restarted learner is
+    resumed.read_checkpoint(folder)
+    assert resumed.version == 1
+    a, b = tr.train_step(groups), resumed.train_step(groups)
+    assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+    for (n, p), (_, q) in zip(tr.model.named_parameters(), resumed.model.named_parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6), n
