@@ -41,6 +41,9 @@ from winnow.verdict import Status, status_label
 
 log = logging.getLogger(__name__)
 
+BROKER_CHECK_S = 10.0
+"""With requests outstanding and no group for this long, check that the broker still has the pipeline's topics."""
+
 
 class LearnerService:
     """Releases prompts, trains, publishes, checkpoints, commits. ``trainer``: a :class:`~winnow.learner.step.Trainer`
@@ -59,6 +62,7 @@ class LearnerService:
         self.ledger, self._jsonl = Ledger(Path(cfg.run_dir) / "ledger.jsonl"), Path(cfg.run_dir) / "metrics.jsonl"
         self.dead_letters = DeadLetters(Path(cfg.run_dir) / "dead-letter.jsonl", self.metrics.dead_letters)
         self._stop, self._running, self._checkpointed_version, self.steps_run = asyncio.Event(), False, -1, 0
+        self._last_record = time.monotonic()  # when a groups record last arrived (the broker check)
         self._consumer = self._producer = self._publisher = None
         self.tracking = Tracker(cfg.tracking, cfg.run_dir, config=cfg.model_dump(mode="json", exclude={"kafka"}),
                                 registry=registry)  # no Kafka addresses or credentials to the sinks
@@ -134,6 +138,30 @@ class LearnerService:
         """Weights were published into the store before (by a lineage that may be dead)."""
         store = Path(self.cfg.weights.dir)
         return store.is_dir() and any(p.name.startswith("v") and p.is_dir() for p in store.iterdir())
+
+    async def _check_broker(self) -> None:
+        """No group for ``BROKER_CHECK_S`` with requests outstanding: has the broker lost its topics (a memory-only
+        broker restarted under the running learner)? Then the prompt requests in flight are gone with it and would
+        wait for ``request_timeout_s``: re-create the topics, read the groups topic from its new start, release every
+        outstanding request again (same ids: a group that still comes is deduplicated) and announce the weights
+        again, and say so. Topic metadata decides, not end offsets (a broker may report those low)."""
+        await self._consumer.topics()  # refresh the metadata
+        missing = [t for t in (self.names.groups, self.names.weights)
+                   if not self._consumer.partitions_for_topic(t)]
+        if not missing:
+            return
+        log.warning("the broker lost topic(s) %s under the running learner (a memory-only broker restarted?): "
+                    "re-creating them, releasing %d outstanding requests again and re-announcing v%d",
+                    ", ".join(missing), self.book.outstanding, self.version)
+        await kafka.ensure_topics(self.cfg.kafka, partitions=self.cfg.kafka_partitions)
+        await kafka.assign_all_partitions(self._consumer, self.names.groups, {})
+        for tp in self._consumer.assignment():
+            self._consumer.seek(tp, 0)
+            self.book.rewind((tp.topic, tp.partition), 0)
+        self.metrics.offset_rewinds.inc()
+        await self._send(self.book.resume_releases())
+        if self.version > 0 or self._store_has_versions():
+            await self._publish()
 
     async def _reconcile_offsets(self) -> None:
         """A checkpointed groups-topic offset beyond the partition's end means the broker lost records (a
@@ -255,9 +283,15 @@ class LearnerService:
             self.metrics.observe_book(self.book, timed_out)
             if batch is not None or self._done():
                 return batch
-            for records in (await self._consumer.getmany(timeout_ms=500)).values():
+            got = await self._consumer.getmany(timeout_ms=500)
+            for records in got.values():
                 for record in records:
                     self._on_record(record)
+            if got:
+                self._last_record = time.monotonic()
+            elif self.book.outstanding and time.monotonic() - self._last_record > BROKER_CHECK_S:
+                self._last_record = time.monotonic()
+                await self._check_broker()
             try:
                 self.metrics.consumer_lag.set(await kafka.consumer_lag(self._consumer))
             except Exception as e:  # metric only

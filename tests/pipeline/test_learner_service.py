@@ -522,3 +522,47 @@ async def test_dynamic_sampling_keeps_every_batch_full(kafka_config_one, tmp_pat
         assert rows[-1]["prompts_per_trained_group"] > 1.0
     else:
         assert sum(trained_per_step) < 12  # the all-correct groups took batch slots
+
+
+async def test_a_memory_broker_restarted_under_the_running_learner(tmp_path: Path, monkeypatch):
+    """Issue 22, item 5 (found again by scripts/attack.py): the tansu broker restarts while the learner runs; the
+    prompt requests in flight are gone with it. The learner notices the lost topics within BROKER_CHECK_S, re-creates
+    them, releases its outstanding requests again and re-announces its weights, and the run finishes; before, it
+    waited silently for request_timeout_s (900 s)."""
+    from winnow.brokers import LocalBroker, free_port
+    from winnow.config import KafkaConfig
+    from winnow.learner import service as service_module
+
+    monkeypatch.setattr(service_module, "BROKER_CHECK_S", 1.0)
+    port = free_port()
+    kcfg = KafkaConfig(bootstrap_servers=f"127.0.0.1:{port}", topic_prefix="restart", session_timeout_ms=6000,
+                       request_timeout_ms=10_000)
+    cfg = _jsonl_learner(kcfg, tmp_path, algo={"preset": "grpo", "kl_coef": 0.0, "max_staleness": 0}, max_steps=6)
+    broker = LocalBroker("tansu", tmp_path / "broker1", port=port)
+    broker.start()
+    try:
+        await ensure_topics(kcfg, partitions=1)
+        trainer, tok = _trainer(cfg.algo)
+        registry = CollectorRegistry()
+        service = LearnerService(cfg, trainer, make_source(cfg.prompts), registry)
+        fake = FakeGenerator(kcfg, tok, trainer.model.get_input_embeddings().weight.shape[0], inject=False)
+        fake_task = asyncio.create_task(fake.run())
+        run = asyncio.create_task(service.run())
+        while trainer.version < 2:
+            assert not run.done(), run.exception()
+            await asyncio.sleep(0.05)
+        broker.stop()  # everything in memory is gone
+        broker = LocalBroker("tansu", tmp_path / "broker2", port=port)
+        broker.start()
+        try:
+            assert await asyncio.wait_for(run, 120) == 6
+        finally:
+            fake_task.cancel()
+            await asyncio.gather(fake_task, return_exceptions=True)
+    finally:
+        broker.stop()
+    assert trainer.version == 6
+    assert _metric(_scrape(registry), "winnow_learner_offset_rewinds_total") >= 1
+    ledger = [json.loads(x) for x in (Path(cfg.run_dir) / "ledger.jsonl").read_text().splitlines()]
+    positions = [int(r["request_id"].split("-")[-2]) for r in ledger]
+    assert len(positions) == len(set(positions))  # nothing twice across the restart
