@@ -97,10 +97,13 @@ class AdaptersOff(torch.nn.Module):
 
 
 class _Off:
-    """``module(...)`` with the policy's adapters disabled for the call."""
+    """``module(...)`` with the policy's adapters disabled for the call; other attributes are the module's."""
 
     def __init__(self, policy: torch.nn.Module, module: torch.nn.Module) -> None:
         self.policy, self.module = policy, module
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.module, name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         with self.policy.disable_adapter():

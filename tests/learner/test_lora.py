@@ -22,13 +22,13 @@ from .test_step import STATUSES, on_policy, sum_logprob
 LORA = LoraConfig(rank=4, alpha=8.0)
 
 
-def lora_trainer(preset: str = "reinforce_rej", lr: float = 1e-2, **algo) -> LoraTrainer:
+def lora_trainer(preset: str = "reinforce_rej", lr: float = 1e-2, share_prompt: bool = False, **algo) -> LoraTrainer:
     algo.setdefault("kl_coef", 0.0)
     algo.setdefault("entropy_coef", 0.0)
     model, tok = build_tiny_model_and_tokenizer(seed=0)
     model = apply_lora(model, LORA)
     return LoraTrainer(model, AlgoConfig.from_preset(preset, **algo),
-                       OptimConfig(lr=lr, micro_batch_size=4, weight_decay=0.0),
+                       OptimConfig(lr=lr, micro_batch_size=4, weight_decay=0.0, share_prompt=share_prompt),
                        ref_model=AdaptersOff(model), pad_token_id=tok.pad_token_id)
 
 
@@ -71,8 +71,9 @@ def test_a_step_moves_only_the_adapters_and_in_the_right_direction():
     assert sum_logprob(model, groups, CORRECT) > correct0
 
 
-def test_the_kl_reference_is_the_base_model_and_kl_is_zero_at_step_0():
-    tr = lora_trainer(preset="grpo", kl_coef=0.1)
+@pytest.mark.parametrize("share_prompt", [False, True], ids=["plain", "share_prompt"])
+def test_the_kl_reference_is_the_base_model_and_kl_is_zero_at_step_0(share_prompt):
+    tr = lora_trainer(preset="grpo", kl_coef=0.1, share_prompt=share_prompt)
     assert isinstance(tr.ref_model, AdaptersOff) and not list(tr.ref_model.parameters())  # no copy of the model
     groups = make_groups(STATUSES)
     first = tr.train_step(groups)
