@@ -27,8 +27,8 @@ from winnow.sampling import (
     Completion,
     GenerationCancelled,
     SamplingConfig,
-    process_logprobs,
     WeightLoadError,
+    process_logprobs,
     raise_on_mismatch,
     sample_tokens,
 )

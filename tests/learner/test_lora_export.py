@@ -9,7 +9,7 @@ import torch
 
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.config import LoraConfig
-from winnow.learner.lora import ADAPTER_FILE, AdaptersOff, LoraTrainer, apply_lora
+from winnow.learner.lora import ADAPTER_FILE, LoraTrainer, apply_lora
 from winnow.learner.step import OptimConfig
 from winnow.learner.tiny import save_tiny
 
