@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from winnow.lora import is_adapter_file
 from winnow.sampling import Completion, SamplingConfig, WeightLoadError, raise_on_mismatch
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,7 @@ class VLLMEngine:
     def load_weights(self, path: str, version: int) -> None:
         from safetensors.torch import load_file
 
-        if Path(path).name == "adapter_model.safetensors" and (Path(path).parent / "adapter_config.json").is_file():
+        if is_adapter_file(path):
             return self._load_adapter(Path(path).parent, version)
         t0 = time.perf_counter()
         state = load_file(str(path), device="cpu")

@@ -20,7 +20,6 @@ Left out: DoRA, rsLoRA, QLoRA (quantised base), adapters on the embeddings or th
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,25 +27,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from winnow.learner.step import Trainer, save_state_dict
+from winnow.lora import ADAPTER_FILE, FORMAT, peft_lora_config
 
 if TYPE_CHECKING:
     from winnow.learner.config import LoraConfig
 
 log = logging.getLogger(__name__)
 
-ADAPTER_FILE = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
-FORMAT = "peft_adapter"
-"""``WeightAnnouncement.format`` of an adapter version (full versions: ``safetensors``)."""
 
 
 def peft_config(cfg: LoraConfig) -> Any:
     """The ``peft.LoraConfig`` of ``learner.lora``: causal-LM task, no dropout, no bias."""
-    import peft
-
-    targets = cfg.target_modules if isinstance(cfg.target_modules, str) else list(cfg.target_modules)
-    return peft.LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
-                           bias="none", task_type="CAUSAL_LM")
+    return peft_lora_config(cfg.rank, cfg.alpha, cfg.target_modules, cfg.dropout)
 
 
 def apply_lora(model: torch.nn.Module, cfg: LoraConfig) -> torch.nn.Module:
@@ -148,32 +140,3 @@ class LoraTrainer(Trainer):
         if self.world_size > 1:
             torch.distributed.broadcast_object_list(digest, src=0, group=self.dp_group)
         return digest[0]
-
-
-def is_adapter_folder(folder: str | Path) -> bool:
-    folder = Path(folder)
-    return (folder / ADAPTER_CONFIG).is_file() and (folder / ADAPTER_FILE).is_file()
-
-
-def load_peft(base_dir: str | Path, adapter: str | Path | None = None,
-              peft_state: dict[str, torch.Tensor] | None = None,
-              lora_config: dict[str, Any] | None = None) -> Any:
-    """The base model in ``base_dir`` (fp32) with LoRA adapters, a ``PeftModel``: from an adapter folder
-    ``adapter``, or from a LoRA learner checkpoint's full ``peft_state`` and its ``lora_config`` (``learner.lora``
-    as a dict; strict). ``.merge_and_unload()`` gives the merged plain model, ``.save_pretrained`` the folder."""
-    import peft
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
-    if adapter is not None:
-        return peft.PeftModel.from_pretrained(base, str(adapter))
-    from winnow.learner.config import LoraConfig
-
-    model = peft.get_peft_model(base, peft_config(LoraConfig(**(lora_config or {}))))
-    model.load_state_dict(peft_state, strict=True)
-    return model
-
-
-def adapter_base(folder: str | Path) -> str | None:
-    """``base_model_name_or_path`` of an adapter folder (where peft will look for the base)."""
-    return json.loads((Path(folder) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")

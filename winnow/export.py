@@ -157,12 +157,12 @@ def _export_lora(base: str | Path, source: Path, lora: dict[str, Any], out: Path
     a peft adapter folder with the base's tokenizer."""
     from transformers import AutoTokenizer
 
-    from winnow.learner.lora import load_peft
+    from winnow.lora import ADAPTER_FILE, load_peft
 
-    if source.name == "adapter_model.safetensors":
+    if source.name == ADAPTER_FILE:
         model = load_peft(base, adapter=source.parent)
     else:
-        model = load_peft(base, peft_state=_load_weights(source), lora_config=lora)
+        model = load_peft(base, peft_state=_load_weights(source), lora=lora)
     if merge:
         merged = model.merge_and_unload()
         write_hf_folder(base, {k: v.detach() for k, v in merged.state_dict().items()}, out, dtype=dtype)

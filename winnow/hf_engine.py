@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from winnow.lora import ADAPTER_FILE, is_adapter_file
 from winnow.numerics import resolve_attention, resolve_precision, torch_dtype
 from winnow.sampling import (
     Completion,
@@ -286,7 +287,7 @@ class HFEngine:
         learner publishes) is loaded by :meth:`load_adapter` instead."""
         from safetensors.torch import load_file
 
-        if Path(path).name == ADAPTER_FILE and (Path(path).parent / ADAPTER_CONFIG).is_file():
+        if is_adapter_file(path):
             return self.load_adapter(Path(path).parent, version)
         t0 = time.perf_counter()
         state = load_file(str(path), device="cpu")
@@ -328,9 +329,6 @@ class HFEngine:
         self.version = version
         log.info("loaded adapter version %d from %s in %.2fs", version, folder, time.perf_counter() - t0)
 
-
-ADAPTER_FILE = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 def _adapter_key(config: Any) -> tuple:
