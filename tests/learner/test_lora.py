@@ -12,9 +12,10 @@ from pydantic import ValidationError
 
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.config import LearnerConfig, LoraConfig
-from winnow.learner.lora import ADAPTER_CONFIG, ADAPTER_FILE, AdaptersOff, LoraTrainer, apply_lora
+from winnow.learner.lora import AdaptersOff, LoraTrainer, apply_lora
 from winnow.learner.step import OptimConfig
 from winnow.learner.tiny import build_tiny_model_and_tokenizer
+from winnow.lora import ADAPTER_CONFIG, ADAPTER_FILE
 
 from .conftest import CORRECT, current_logprobs, make_groups
 from .test_step import STATUSES, on_policy, sum_logprob

@@ -9,9 +9,10 @@ import torch
 
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.config import LoraConfig
-from winnow.learner.lora import ADAPTER_FILE, LoraTrainer, apply_lora
+from winnow.learner.lora import LoraTrainer, apply_lora
 from winnow.learner.step import OptimConfig
 from winnow.learner.tiny import save_tiny
+from winnow.lora import ADAPTER_FILE
 
 from .conftest import make_groups
 from .test_step import STATUSES
