@@ -1,6 +1,7 @@
 """Benchmark: LoRA vs full fine-tuning in the learner, on the default run's shape (issue 28 item 1).
 
     nice .venv/bin/python benchmarks/lora_step.py [--model smollm2-135m] [--steps 2] [--kl 0] [--out FILE.json]
+    winnow bench lora_step [...]
 
 Each variant runs in its own fresh process (so its peak resident set is its own) and builds the learner exactly as
 ``winnow learner run`` does (``build_trainer`` over a ``LearnerConfig``: ``winnow up``'s default learner section, RAFT,
@@ -92,7 +93,7 @@ def child(variant: str, model: str, steps: int, kl: float) -> dict:
             "publish_s": publish_s, "threads": torch.get_num_threads()}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--steps", type=int, default=2)
@@ -100,10 +101,10 @@ def main() -> None:
     p.add_argument("--variants", default="full,lora")
     p.add_argument("--out", default=None)
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
-    a = p.parse_args()
+    a = p.parse_args(argv)
     if a._child:
         print(json.dumps(child(a._child, a.model, a.steps, a.kl)))
-        return
+        return 0
     results = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "loadavg_start": Path("/proc/loadavg").read_text().split()[:3], "runs": []}
     for v in a.variants.split(","):
@@ -119,7 +120,8 @@ def main() -> None:
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(results, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
