@@ -35,6 +35,40 @@ QWEN2_0_5B = dict(
 )
 """Qwen2.5-0.5B's architecture (its config.json): 494M parameters with tied embeddings."""
 
+QWEN2_1_5B = dict(
+    hidden_size=1536,
+    intermediate_size=8960,
+    num_hidden_layers=28,
+    num_attention_heads=12,
+    num_key_value_heads=2,
+    vocab_size=151936,
+    max_position_embeddings=32768,
+    rope_theta=1_000_000.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+)
+"""Qwen2.5-1.5B's architecture (its config.json): 1.54B parameters with tied embeddings."""
+
+
+def train_flops_per_token(arch: dict[str, Any], seq_len: int) -> float:
+    """Model FLOPs per trained token (forward + backward, no recompute): ``6 N + 12 L d T`` (PaLM, appendix B),
+    N the parameters that multiply (every matrix, the tied head once, not the embedding lookup), L layers,
+    d hidden size, T the sequence length (attention scores and values, causal masking not subtracted)."""
+    d, L, f, V = arch["hidden_size"], arch["num_hidden_layers"], arch["intermediate_size"], arch["vocab_size"]
+    kv = d // arch["num_attention_heads"] * arch["num_key_value_heads"]
+    n = L * (d * d * 2 + 2 * d * kv + 3 * d * f) + V * d  # q, o, k, v, gate/up/down, LM head
+    return 6 * n + 12 * L * d * seq_len
+
+
+def read_matmul_tflops(out_dir: str | Path) -> float | None:
+    """The bf16 matmul rate step 0 measured (``0_env.json``), the MFU denominator; None if missing."""
+    p = Path(out_dir) / "0_env.json"
+    try:
+        return float(json.loads(p.read_text())["matmul_bf16_tflops"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
 TINY = dict(
     hidden_size=128,
     intermediate_size=256,

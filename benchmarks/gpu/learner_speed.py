@@ -37,13 +37,25 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_common import QWEN2_0_5B, TINY, describe_real_model, env_info, peak_rss_mib, write_json  # noqa: E402
+from gpu_common import (  # noqa: E402
+    QWEN2_0_5B,
+    QWEN2_1_5B,
+    TINY,
+    describe_real_model,
+    env_info,
+    peak_rss_mib,
+    read_matmul_tflops,
+    train_flops_per_token,
+    write_json,
+)
 
-STEP = "2_learner"
+SIZES = {"0.5b": QWEN2_0_5B, "1.5b": QWEN2_1_5B}
+
+STEP = "1_learner"
 PRIME_RL_ANCHOR = {"tokens_per_s": 11_900, "model": "Qwen3-0.6B", "gpu": "1x H100", "source": "prime-rl README"}
 
 
-def build_model(args, dev: torch.device, dtype: torch.dtype):
+def build_model(args, dev: torch.device, dtype: torch.dtype, arch=None):
     """The model under test on ``dev`` in ``dtype`` (a fresh random Qwen2 unless ``--model``)."""
     if args.model:
         from winnow.learner.model import load_causal_lm
@@ -52,7 +64,7 @@ def build_model(args, dev: torch.device, dtype: torch.dtype):
         return model
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    arch = TINY if args.dry_run else QWEN2_0_5B
+    arch = arch or (TINY if args.dry_run else QWEN2_0_5B)
     torch.manual_seed(0)
     with torch.device(dev):
         model = Qwen2ForCausalLM(Qwen2Config(**arch, use_cache=False))
@@ -76,13 +88,13 @@ def random_groups(vocab: int, groups: int, n: int, prompt_len: int, response_len
     return out
 
 
-def make_trainer(model, variant: str, micro_batch: int, autocast):
+def make_trainer(model, variant: str, micro_batch: int, autocast, checkpointing: bool = False):
     from winnow.learner.algo import AlgoConfig
     from winnow.learner.model import response_logits
     from winnow.learner.step import OptimConfig, Trainer
 
     algo = AlgoConfig.from_preset("grpo", kl_coef=0.0)
-    optim = OptimConfig(lr=1e-6, micro_batch_size=micro_batch)
+    optim = OptimConfig(lr=1e-6, micro_batch_size=micro_batch, gradient_checkpointing=checkpointing)
     kw = dict(pad_token_id=0, ref_model=None, autocast_dtype=autocast)
     if variant != "naive":
         return Trainer(model, algo, optim, logprob_mode=variant, **kw)
@@ -101,11 +113,13 @@ def make_trainer(model, variant: str, micro_batch: int, autocast):
     return NaiveTrainer(model, algo, optim, logprob_mode="logits", **kw)
 
 
-def run_variant(args, variant: str, dev: torch.device) -> dict[str, Any]:
+def run_variant(args, variant: str, dev: torch.device, size: str = "0.5b", checkpointing: bool = False,
+                matmul_tflops: float | None = None) -> dict[str, Any]:
     dtype = torch.float32 if (args.master == "fp32" or dev.type == "cpu") else torch.bfloat16
     autocast = torch.bfloat16 if (dev.type == "cuda" and dtype == torch.float32) else None
-    model = build_model(args, dev, dtype)
-    trainer = make_trainer(model, variant, args.micro_batch, autocast)
+    arch = TINY if args.dry_run else SIZES[size]
+    model = build_model(args, dev, dtype, arch)
+    trainer = make_trainer(model, variant, args.micro_batch, autocast, checkpointing)
     vocab = model.get_input_embeddings().weight.shape[0]
     groups = random_groups(vocab, args.groups, args.n, args.prompt_len, args.response_len)
     for _ in range(args.warmup):
@@ -119,8 +133,14 @@ def run_variant(args, variant: str, dev: torch.device) -> dict[str, Any]:
         ms.append(trainer.train_step(groups))
     step_s = statistics.median(m["time_total_s"] for m in ms)
     seqs = args.groups * args.n
+    seq_len = args.prompt_len + args.response_len
+    flops = train_flops_per_token(arch, seq_len) * seqs * seq_len / step_s
     res: dict[str, Any] = {
         "variant": variant,
+        "size": size,
+        "checkpointing": checkpointing,
+        "model_tflops": round(flops / 1e12, 2),
+        "mfu_vs_measured_matmul": round(flops / 1e12 / matmul_tflops, 4) if matmul_tflops else None,
         "logprob_mode": trainer.logprob_mode,
         "logprob_chunk_size": trainer.logprob_chunk_size,
         "params_dtype": str(dtype).replace("torch.", ""),
@@ -157,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="tiny model on CPU, 1 timed step")
     p.add_argument("--model", default=None, help="a real model directory (default: a random 0.5B-class Qwen2)")
     p.add_argument("--variants", default="hidden,logits,naive")
+    p.add_argument("--sizes", default="0.5b", help="comma list of 0.5b, 1.5b (random Qwen2 shapes)")
+    p.add_argument("--checkpointing", default="off", help="comma list of off, on (activation checkpointing)")
+    p.add_argument("--plan", default=None,
+                   help="explicit runs SIZE:VARIANT:CKPT,... (overrides --sizes/--variants/--checkpointing)")
     p.add_argument("--master", choices=("bf16", "fp32"), default="fp32",
                    help="bf16 parameters (the learner's GPU default) or fp32 + bf16 autocast")
     p.add_argument("--groups", type=int, default=8)
@@ -178,22 +202,30 @@ def main(argv: list[str] | None = None) -> int:
         "real_model": False, "arch": TINY if args.dry_run else QWEN2_0_5B}
     rows = []
     try:
-        for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
+        matmul = read_matmul_tflops(args.out)
+        result["matmul_bf16_tflops"] = matmul
+        if args.plan:
+            plan = [tuple(x.split(":")) for x in args.plan.split(",") if x.strip()]
+        else:
+            plan = [(s_, v, c) for s_ in args.sizes.split(",") for c in args.checkpointing.split(",")
+                    for v in args.variants.split(",")]
+        for size, variant, ckpt in plan:
             t0 = time.perf_counter()
             try:
-                rows.append({**run_variant(args, variant, dev), "wall_s": round(time.perf_counter() - t0, 1)})
+                rows.append({**run_variant(args, variant, dev, size, ckpt == "on", matmul),
+                             "wall_s": round(time.perf_counter() - t0, 1)})
             except torch.OutOfMemoryError as e:  # the naive path can run out of memory: that is a result
-                rows.append({"variant": variant, "oom": str(e)[:300]})
+                rows.append({"variant": variant, "size": size, "checkpointing": ckpt == "on", "oom": str(e)[:300]})
                 gc.collect()
                 torch.cuda.empty_cache()
             print(rows[-1], flush=True)
-        base = next((r for r in rows if r["variant"] == "naive" and "step_s" in r), None)
-        if base:
-            for r in rows:
-                if "step_s" in r:
-                    r["speed_vs_naive"] = round(base["step_s"] / r["step_s"], 3)
-                    if "peak_growth_gib" in r and base.get("peak_growth_gib"):
-                        r["peak_growth_vs_naive"] = round(r["peak_growth_gib"] / base["peak_growth_gib"], 3)
+        for r in rows:
+            base = next((b for b in rows if b["variant"] == "naive" and "step_s" in b
+                         and b.get("size") == r.get("size") and b.get("checkpointing") == r.get("checkpointing")), None)
+            if base and "step_s" in r:
+                r["speed_vs_naive"] = round(base["step_s"] / r["step_s"], 3)
+                if "peak_growth_gib" in r and base.get("peak_growth_gib"):
+                    r["peak_growth_vs_naive"] = round(r["peak_growth_gib"] / base["peak_growth_gib"], 3)
         for r in rows:
             if "all_tokens_per_s" in r:
                 r["all_tokens_per_s_vs_prime_rl_anchor"] = round(r["all_tokens_per_s"] / PRIME_RL_ANCHOR["tokens_per_s"], 3)

@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_common import QWEN2_0_5B, TINY, build_model_dir, describe_real_model, env_info, write_json  # noqa: E402
 
-STEP = "3_pipeline"
+STEP = "6_pipeline"
 
 
 def prompts_file(path: Path, rows: int = 500) -> Path:

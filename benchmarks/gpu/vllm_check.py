@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_common import QWEN2_0_5B, TINY, build_model_dir, describe_real_model, env_info, write_json  # noqa: E402
 
-STEP = "1_vllm"
+STEP = "7_vllm"
 
 
 def publish_versions(model_dir: str, versions: int, root: Path, seed: int = 1) -> list[Path]:

@@ -48,7 +48,7 @@ def test_learner_step_dry_run_variants_agree(tmp_path):
     """Same model, same batch: the chunked paths and the naive full log-softmax give one loss."""
     step = load("learner_speed")
     assert step.main(["--dry-run", "--out", str(tmp_path)]) == 0
-    r = json.loads((tmp_path / "2_learner.json").read_text())
+    r = json.loads((tmp_path / "1_learner.json").read_text())
     assert r["status"] == "ok" and r["device"] == "cpu" and r["pass"]["all_finite"]
     rows = {v["variant"]: v for v in r["variants"]}
     assert set(rows) == {"hidden", "logits", "naive"}
@@ -100,19 +100,43 @@ def test_fsdp_step_with_two_gloo_ranks_equals_single_process(tmp_path):
 def test_pipeline_dry_run_runs_winnow_up(tmp_path):
     step = load("pipeline_check")
     assert step.main(["--dry-run", "--out", str(tmp_path), "--workdir", str(tmp_path / "work")]) == 0
-    r = json.loads((tmp_path / "3_pipeline.json").read_text())
+    r = json.loads((tmp_path / "6_pipeline.json").read_text())
     assert r["status"] == "ok" and r["summary"]["steps"] == 3 and r["summary"]["steps_per_min"] > 0
     assert (tmp_path / "work" / "run" / "metrics.jsonl").exists()
 
 
 @pytest.mark.slow
 def test_gpu_check_script_dry_run_writes_a_json_and_a_log_per_step(tmp_path):
-    env = {**os.environ, "OUT": str(tmp_path), "STEPS": "2 9", "PYTHON": sys.executable}
+    env = {**os.environ, "OUT": str(tmp_path), "STEPS": "0 1 9", "PYTHON": sys.executable}
     out = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run"], capture_output=True,
-                         text=True, timeout=300, env=env, cwd=ROOT)
+                         text=True, timeout=600, env=env, cwd=ROOT)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["2_learner.json", "2_learner.log"]
-    assert "unknown step 9" in out.stderr and "2_learner      ok" in out.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0_env.json", "1_learner.json", "gpu_check.log"]
+    assert "unknown step 9" in out.stdout and "1_learner      ok" in out.stdout
+    r = json.loads((tmp_path / "1_learner.json").read_text())
+    # the plan: chunked and plain, checkpointing off and on; MFU against step 0's measured matmul rate
+    assert {(v["variant"], v["checkpointing"]) for v in r["variants"]} == {("hidden", False), ("naive", False),
+                                                                             ("hidden", True)}
+    assert r["matmul_bf16_tflops"] > 0 and all(v["mfu_vs_measured_matmul"] > 0 for v in r["variants"])
+
+
+@pytest.mark.slow
+@pytest.mark.kafka
+def test_gpu_check_full_dry_run_fits_the_device_call(tmp_path):
+    """Every default step, as on the GPU machine but tiny and on CPU: all ok, at most 8 files (what comes back)."""
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--dry-run"], capture_output=True,
+                         text=True, timeout=2400, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["0_env.json", "1_learner.json", "2_sampling.json", "3_mismatch.json", "4_fsdp.json",
+                     "5_publish.json", "6_pipeline.json", "gpu_check.log"]
+    for n in names[:-1]:
+        assert json.loads((tmp_path / n).read_text())["status"] == "ok", n
+    m = json.loads((tmp_path / "3_mismatch.json").read_text())
+    # untruncated: the learner's view is the same processing; truncated: the learner's view adds -E[log Z] >= 0
+    assert m["t1"]["learner_view"]["mismatch_kl"] == pytest.approx(m["t1"]["same_processing"]["mismatch_kl"])
+    assert m["t0.7_k50_p0.9"]["learner_view"]["mean_log_ratio"] < m["t0.7_k50_p0.9"]["same_processing"]["mean_log_ratio"]
 
 
 @pytest.mark.vllm
@@ -121,7 +145,7 @@ def test_vllm_step_dry_run(tmp_path):
     pytest.importorskip("vllm")
     step = load("vllm_check")
     assert step.main(["--dry-run", "--out", str(tmp_path), "--reload", "auto"]) == 0
-    r = json.loads((tmp_path / "1_vllm.json").read_text())
+    r = json.loads((tmp_path / "7_vllm.json").read_text())
     assert r["status"] == "ok" and r["processed_logprobs"]
     assert r["pass"]["logprobs_max_abs_diff_lt_0.05"]
     (auto,) = r["reload"]
