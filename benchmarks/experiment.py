@@ -14,6 +14,17 @@ Suites (every run: same model, task, seed set and budget; only the algorithm dif
 - ``staleness``: one preset (``--staleness-preset``, default ``reinforce_rej``) with ``max_staleness`` 0, 1, 2, 4,
   each without and with the decoupled correction (``algo.decoupled``; at staleness 0 it changes nothing and
   is not run).
+- ``prereg`` (the pre-registered comparison, docs/results/README.md "Pre-registered: ..."; not part of ``all``):
+  ``raft++``, ``grpo``, ``reinforce_rej`` and ``placebo``, RAFT++'s update on the model's own samples kept at
+  random with probability ``--placebo-rate`` whatever their answer (the reward is a uniform draw served by a
+  Python reward function, :func:`placebo_score`; see :func:`up_config`). Its report adds ``prereg.md``: every
+  metric with a paired bootstrap interval over problems (:func:`paired_bootstrap`) against the initial model and
+  between arms, and the verdict of each pre-registered criterion (``PREREG_CRITERIA``).
+
+``--exclude-heldout`` (reasoning-gym tasks): the held-out problems are distinct by :func:`problem_key` (both orders
+of a commutative pair are one problem) and every run trains on its seed's stream without them (a JSONL file per run
+under ``--work-dir``/train; ``summary.json`` records how many were removed). Every evaluation also records, per
+problem, whether the greedy answer and how many samples lack a final-answer marker (:func:`has_marker`).
 
 Each run is one ``winnow up`` (``winnow.up.Pipeline``: generator and learner as separate processes over one
 Kafka-protocol broker, the broker shared by all runs of an invocation, each run on its own topic prefix;
@@ -39,7 +50,7 @@ budget: reusing a results directory with another budget is refused (use another 
 pipeline's own files (weights, checkpoints, broker data, logs) go to ``--work-dir`` (default
 ``runs/experiment``), kept for inspection. At the end (and with ``--report-only``) it writes ``table.md``
 and the plots ``reward.png``, ``entropy.png``, ``kl.png`` (mean over seeds per preset vs step, min-max band),
-and for the staleness suite ``staleness.png`` (accuracy vs wall time).
+for the staleness suite ``staleness.png`` (accuracy vs wall time), and for the prereg suite ``prereg.md``.
 """
 
 from __future__ import annotations
@@ -78,7 +89,12 @@ ABLATION_PRESETS = [
     "reinforce_rej+std",
 ]
 STALENESS_VALUES = [0, 1, 2, 4]
-SUITES = ("main", "ablations", "staleness")
+PREREG_ARMS = ["raft++", "grpo", "reinforce_rej", "placebo"]
+PLACEBO = "placebo"
+"""The placebo arm's label: RAFT++'s update on samples kept at random (``Budget.placebo_rate``), see :func:`up_config`."""
+SUITES = ("main", "ablations", "staleness", "prereg")
+ALL_SUITES = ("main", "ablations", "staleness")
+"""``--suite all``: the paper's suites (``prereg`` is run on its own, with its pre-registered budget)."""
 
 
 # -- what to run ------------------------------------------------------------------------------------
@@ -111,6 +127,9 @@ def plan(suites: list[str], seeds: list[int], staleness_preset: str = "reinforce
         for seed in seeds:
             if suite == "main":
                 specs += [RunSpec(suite, p, {"preset": p}, seed) for p in MAIN_PRESETS]
+            elif suite == "prereg":  # docs/results/README.md, "Pre-registered: ..."
+                specs += [RunSpec(suite, a, {"preset": "raft++", "advantage": "unit"} if a == PLACEBO else {"preset": a},
+                                  seed) for a in PREREG_ARMS]
             elif suite == "ablations":
                 specs += [RunSpec(suite, f"{p} (r_wrong=-1)", {"preset": p, "reward_wrong": -1.0}, seed)
                           for p in ABLATION_PRESETS]
@@ -152,16 +171,29 @@ class Budget:
     ``eval_problems`` rows of ``data`` set aside by a permutation seeded with ``eval_seed``)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Further ``winnow up`` config merged over each run's (``--config`` file)."""
+    exclude_heldout: bool = False
+    """Held-out problems are distinct by :func:`problem_key` (both orders of a commutative pair are one problem), and
+    every training stream is the reasoning-gym task without them (:func:`training_rows`, a JSONL file per seed)."""
+    placebo_rate: float = 0.3
+    """The placebo arm keeps each of its own samples with this probability, independently of correctness."""
 
 
-def up_config(spec: RunSpec, budget: Budget, model_dir: str, bootstrap: str, prefix: str) -> dict[str, Any]:
+def up_config(spec: RunSpec, budget: Budget, model_dir: str, bootstrap: str, prefix: str,
+              train_file: str | None = None) -> dict[str, Any]:
     """The ``winnow up`` config of one run: the embedded default with the budget, the run's algorithm and
-    seed filled in."""
+    seed filled in; ``train_file``: the run's training rows when ``budget.exclude_heldout`` (:func:`write_training_file`).
+
+    The placebo arm (``PLACEBO``) is RAFT++ (clipped loss, advantage 1 on the kept samples, KL and entropy terms as
+    every arm) whose kept samples are chosen at random: ``winnow up`` starts its verifier with the Python reward
+    function :func:`placebo_score` on every task, so each sample's reward is a uniform draw ``u`` and it is kept iff
+    ``u >= 1 - placebo_rate`` (``algo.score_threshold``), with probability ``placebo_rate`` whatever its answer."""
     from winnow.config import deep_merge
     from winnow.up import resolve
 
     sampling = {"temperature": budget.temperature, "top_p": 1.0, "max_new_tokens": budget.max_new_tokens}
     algo = {"max_staleness": budget.max_staleness, **spec.algo}
+    if spec.label == PLACEBO:  # a sample "counts as correct" iff its placebo score u ~ U[0, 1) is >= 1 - rate
+        algo["score_threshold"] = 1.0 - budget.placebo_rate
     layer = {
         "up": {"generators": 1, "start_verifier": False, "stop_timeout_s": 60},
         "kafka": {"bootstrap_servers": bootstrap, "topic_prefix": prefix, "session_timeout_ms": 6000},
@@ -178,9 +210,13 @@ def up_config(spec: RunSpec, budget: Budget, model_dir: str, bootstrap: str, pre
             "checkpoint": {"every": budget.steps},
             "eval": {"every": 0},
             "tracking": {"sinks": []},  # the runner keeps its own records (results/runs/<id>/)
-            "prompts": train_source(budget, spec.seed),
+            "prompts": train_source(budget, spec.seed, train_file),
         },
     }
+    if spec.label == PLACEBO:  # every training answer is scored by placebo_score in the verifier `winnow up` starts
+        layer["up"]["start_verifier"] = True
+        layer["verifier"] = {"workers": 1, "reward_functions": {"workers": 1, "routes": [
+            {"tasks": ["*"], "functions": [{"function": f"{Path(__file__).resolve()}:placebo_score"}]}]}}
     data = resolve(None, [], Path("."))
     data["learner"].pop("algo", None)  # the run's algorithm and task only, no inherited knobs
     data["learner"].pop("prompts", None)
@@ -204,11 +240,17 @@ def file_kind(path: str) -> str:
         raise ValueError(f"--data/--eval-data: {path} is neither .jsonl nor .parquet") from None
 
 
-def train_source(budget: Budget, seed: int) -> dict[str, Any]:
+def train_source(budget: Budget, seed: int, train_file: str | None = None) -> dict[str, Any]:
     """The training prompt source of a run with ``seed``: the reasoning-gym task generated with ``1000 + seed``,
     or the rows of ``budget.data`` in an order seeded with ``1000 + seed``. When the held-out rows come from the
     same file they are chosen with ``holdout_seed = eval_seed``, independently of the order, so every run holds
-    out the same rows and trains on them in its own order."""
+    out the same rows and trains on them in its own order. With ``budget.exclude_heldout``: ``train_file``, that
+    stream without the held-out problems (:func:`write_training_file`), in its order."""
+    if budget.exclude_heldout:
+        if not train_file:
+            raise ValueError("exclude_heldout: the run needs its training file (write_training_file)")
+        return {"kind": "jsonl", "path": train_file, "shuffle": False, "name": f"rg/{budget.task}",
+                "task": f"rg/{budget.task}"}
     if not budget.data:
         return {"kind": "reasoning_gym", "name": budget.task, "size": budget.task_size, "seed": 1000 + seed,
                 "config": budget.task_config}
@@ -225,19 +267,127 @@ def eval_source(budget: Budget) -> dict[str, Any]:
     if budget.data:
         return {"kind": file_kind(budget.data), "path": budget.data, "holdout": budget.eval_problems,
                 "split": "eval", "holdout_seed": budget.eval_seed, "shuffle_seed": budget.eval_seed}
-    return {"kind": "reasoning_gym", "name": budget.task, "size": budget.eval_problems, "seed": budget.eval_seed,
+    size = budget.eval_problems * (HELDOUT_POOL if budget.exclude_heldout else 1)
+    return {"kind": "reasoning_gym", "name": budget.task, "size": size, "seed": budget.eval_seed,
             "config": budget.task_config}
 
 
+HELDOUT_POOL = 4
+"""With ``exclude_heldout`` the held-out problems are the first ``eval_problems`` distinct keys among
+``HELDOUT_POOL x eval_problems`` problems of the held-out seed."""
+
+_NUMBER = r"\d+(?:\.\d+)?"
+_EXPR_RE = re.compile(rf"[-+]?\s*{_NUMBER}(?:\s*[-+*/×÷]\s*[-+]?\s*{_NUMBER})+")
+_TOKEN_RE = re.compile(rf"{_NUMBER}|[-+*/×÷]")
+
+
+def problem_key(text: str) -> str:
+    """The identity of an arithmetic problem for held-out exclusion: its longest arithmetic expression with the
+    order of commutative operands removed, the wording around it ignored.
+
+    - only ``+``/``-``: ``sum:`` and the sorted signed terms (``7 + 60`` = ``60 + 7``; ``96 - 79`` = ``-79 + 96``,
+      but not ``79 - 96``);
+    - only ``*``/``×``: ``prod:`` and the sorted factors;
+    - any other mix (``2 + 3 * 4``, a division): ``expr:`` and the tokens in order (no reordering is claimed);
+    - no expression: ``text:`` and the text, lower-cased, whitespace collapsed."""
+    exprs = _EXPR_RE.findall(text)
+    if not exprs:
+        return "text:" + " ".join(text.lower().split())
+    tokens = _TOKEN_RE.findall(max(exprs, key=len))
+    terms: list[tuple[str, str]] = []  # (binary operator before it, signed number)
+    op, sign = "+", ""
+    expect_number = True
+    for t in tokens:
+        if expect_number:
+            if t in "+-":
+                sign = "-" if (sign == "-") != (t == "-") else ""  # unary signs compose
+                continue
+            terms.append((op, sign + t))
+            sign, expect_number = "", False
+        else:
+            op, expect_number = t, True
+
+    def number(x: str) -> str:
+        v = float(x)
+        return str(int(v)) if v.is_integer() else repr(v)
+
+    ops = {o for o, _ in terms[1:]}
+    if ops <= {"+", "-"}:
+        signed = [float(n) * (-1 if o == "-" else 1) for o, n in terms]
+        return "sum:" + ",".join(number(str(v)) for v in sorted(signed))
+    if ops <= {"*", "×"}:
+        return "prod:" + ",".join(number(str(v)) for v in sorted(float(n) for _, n in terms))
+    return "expr:" + " ".join(tokens)
+
+
 def eval_problems(budget: Budget) -> list[Any]:
-    """The held-out problems (``eval_source``)."""
+    """The held-out problems (``eval_source``); with ``exclude_heldout``, distinct by :func:`problem_key`."""
     from winnow.prompts import make_source
 
     source = make_source(eval_source(budget))
-    if len(source) < budget.eval_problems:
-        raise SystemExit(f"winnow experiment: --eval-problems {budget.eval_problems}, but the held-out source "
-                         f"has {len(source)} rows")
-    return [source.get(i) for i in range(budget.eval_problems)]
+    if not budget.exclude_heldout:
+        if len(source) < budget.eval_problems:
+            raise SystemExit(f"winnow experiment: --eval-problems {budget.eval_problems}, but the held-out source "
+                             f"has {len(source)} rows")
+        return [source.get(i) for i in range(budget.eval_problems)]
+    if budget.data:
+        raise SystemExit("winnow experiment: --exclude-heldout applies to reasoning-gym tasks, not --data")
+    out, keys = [], set()
+    for i in range(len(source)):
+        p = source.get(i)
+        if (k := problem_key(p.problem)) not in keys:
+            keys.add(k)
+            out.append(p)
+            if len(out) == budget.eval_problems:
+                return out
+    raise SystemExit(f"winnow experiment: --eval-problems {budget.eval_problems}, but the task has only {len(out)} "
+                     f"distinct problems among {len(source)} of seed {budget.eval_seed}")
+
+
+def training_rows(budget: Budget, seed: int, heldout: list[Any]) -> tuple[list[dict[str, str]], int]:
+    """The training stream of run seed ``seed`` without the held-out problems: the reasoning-gym task generated
+    with ``1000 + seed`` (``budget.task_size`` problems, in order), less every problem whose :func:`problem_key`
+    is a held-out one's. Returns the rows (``question``, ``answer``) and how many were excluded."""
+    from winnow.prompts import make_source
+
+    held = {problem_key(p.problem) for p in heldout}
+    source = make_source({"kind": "reasoning_gym", "name": budget.task, "size": budget.task_size,
+                          "seed": 1000 + seed, "config": budget.task_config})
+    rows, excluded = [], 0
+    for i in range(len(source)):
+        p = source.get(i)
+        if problem_key(p.problem) in held:
+            excluded += 1
+        else:
+            rows.append({"question": p.problem, "answer": p.gold})
+    if not rows:
+        raise SystemExit(f"winnow experiment: every training problem of seed {seed} is a held-out one")
+    return rows, excluded
+
+
+def write_training_file(budget: Budget, seed: int, heldout: list[Any], path: Path) -> int:
+    """Write :func:`training_rows` to ``path`` (JSONL); returns the number of problems excluded."""
+    rows, excluded = training_rows(budget, seed, heldout)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return excluded
+
+
+def placebo_score(**_: Any) -> float:
+    """The placebo arm's reward function (run by the verifier `winnow up` starts): a uniform draw in [0, 1) from
+    the operating system's entropy, whatever the prompt and the answer. Not reproducible run to run (the pipeline
+    is not either), but independent across samples: the verifier's workers are forked from one process, so a
+    seeded ``random`` state would repeat in each of them."""
+    return int.from_bytes(os.urandom(7), "big") / 2**56
+
+
+def has_marker(text: str) -> bool:
+    """Whether an answer states its final answer with a marker: the verifier's extractor, without its last-number
+    fallback, finds a ``\\boxed{}`` or a final-answer statement ("Answer:", "The answer is", "####", ...)."""
+    from winnow.verifier.extract import extract_answer
+
+    ex = extract_answer(text, last_number=False)
+    return ex.answer is not None and ex.method in ("boxed", "marker")
 
 
 def evaluate(model_dir: str, weights: str | None, problems: list[Any], budget: Budget, chat: dict[str, Any],
@@ -286,6 +436,9 @@ def evaluate(model_dir: str, weights: str | None, problems: list[Any], budget: B
         "eval_s": time.perf_counter() - t0,
         "greedy_correct": greedy_ok,
         "sample_correct_counts": counts,
+        "problem_keys": [problem_key(p.problem) for p in problems],
+        "greedy_no_marker": [not has_marker(g[0].text) for g in greedy],
+        "sample_no_marker_counts": [sum(not has_marker(c.text) for c in s) for s in sampled],
         "greedy_examples": [g[0].text for g in greedy[:3]],
     }
     tokens = [lp for s in sampled for c in s for lp in c.logprobs]
@@ -398,7 +551,11 @@ def run_one(spec: RunSpec, budget: Budget, model_dir: str, bootstrap: str, resul
         shutil.rmtree(d, ignore_errors=True)  # an unfinished earlier attempt starts over
     out.mkdir(parents=True)
     prefix = f"exp-{uuid.uuid4().hex[:6]}-{spec.run_id}"[:120]
-    data = up_config(spec, budget, model_dir, bootstrap, prefix)
+    train_file, excluded = None, None
+    if budget.exclude_heldout:  # the run's training stream without the held-out problems
+        train_file = work / "train" / f"{spec.run_id}.jsonl"
+        excluded = write_training_file(budget, spec.seed, problems, train_file)
+    data = up_config(spec, budget, model_dir, bootstrap, prefix, str(train_file) if train_file else None)
     (out / "up.json").write_text(json.dumps(data, indent=1))
     wall_s = run_pipeline(data, run_dir, timeout_s)
     shutil.copy(run_dir / "metrics.jsonl", out / "metrics.jsonl")
@@ -411,6 +568,8 @@ def run_one(spec: RunSpec, budget: Budget, model_dir: str, bootstrap: str, resul
     (out / "eval.json").write_text(json.dumps(ev, indent=1))
     summary = summarize(spec, _rows(out / "metrics.jsonl"), ev, wall_s)
     summary["git_commit"] = _git_commit()
+    if excluded is not None:
+        summary["train_excluded"] = excluded
     (out / "summary.json").write_text(json.dumps(summary, indent=1))  # last: marks the run finished
     for big in ("weights", "checkpoints"):  # GBs per run (a full state per version); logs and metrics stay
         shutil.rmtree(run_dir / big, ignore_errors=True)
@@ -513,6 +672,202 @@ def describe_data(b: dict[str, Any]) -> str:
             f"held-out: {b['eval_problems']} problems of seed {b['eval_seed']})")
 
 
+# -- the pre-registered analysis (docs/results/README.md, "Pre-registered: ...") ------------------------
+
+
+def paired_bootstrap(a: list[float], b: list[float], *, n_boot: int = 10_000, level: float = 0.95,
+                     seed: int = 0) -> tuple[float, float, float]:
+    """Paired bootstrap over problems: ``a``, ``b`` (n,) per-problem values of two models on the same problems in
+    the same order -> ``(mean(a - b), lo, hi)``, the percentile interval at ``level`` of the mean difference over
+    ``n_boot`` resamples of the n problem indices with replacement (``numpy.random.default_rng(seed)``: the same
+    inputs give the same interval)."""
+    import numpy as np
+
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if d.ndim != 1 or len(d) == 0 or len(a) != len(b):
+        raise ValueError(f"paired_bootstrap needs two equal, non-empty 1-D sequences, got {len(a)} and {len(b)}")
+    if not 0.0 < level < 1.0 or n_boot < 1:
+        raise ValueError(f"need 0 < level < 1 and n_boot >= 1, got {level}, {n_boot}")
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    for start in range(0, n_boot, 1000):  # (chunk, n) index blocks bound the memory
+        idx = rng.integers(0, len(d), size=(min(1000, n_boot - start), len(d)))
+        means[start:start + len(idx)] = d[idx].mean(axis=1)
+    tail = (1.0 - level) / 2.0
+    lo, hi = np.quantile(means, [tail, 1.0 - tail])
+    return float(d.mean()), float(lo), float(hi)
+
+
+PREREG_METRICS = ("greedy", "pass@1", "pass@k", "no_marker", "no_marker_greedy")
+PREREG_SEEDS = 3
+"""Seeds an arm needs before a criterion on it is decided (the protocol's 3)."""
+
+
+def per_problem(ev: dict[str, Any], metric: str) -> list[float]:
+    """One evaluation's per-problem values of ``metric`` (``eval.json``): greedy (0/1), pass@1 and pass@k (k = the
+    evaluation's samples per problem; :func:`pass_at_k` of the problem's correct count), no_marker (fraction of the
+    samples without a final-answer marker), no_marker_greedy (0/1)."""
+    k = int(ev.get("k") or 0)
+    if metric == "greedy":
+        return [float(x) for x in ev["greedy_correct"]]
+    if metric == "no_marker_greedy":
+        return [float(x) for x in ev["greedy_no_marker"]]
+    if metric == "no_marker":
+        return [c / k for c in ev["sample_no_marker_counts"]]
+    if metric in ("pass@1", "pass@k"):
+        kk = 1 if metric == "pass@1" else k
+        return [pass_at_k(k, c, kk) for c in ev["sample_correct_counts"]]
+    raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(PREREG_METRICS)}")
+
+
+def arm_values(evals: list[dict[str, Any]], metric: str) -> list[float]:
+    """An arm's per-problem value: the mean over its seeds' evaluations (which must be of the same problems)."""
+    keys = [tuple(ev["problem_keys"]) for ev in evals if "problem_keys" in ev]
+    if len(set(keys)) > 1:
+        raise ValueError("the evaluations are not of the same held-out problems (problem_keys differ)")
+    per_seed = [per_problem(ev, metric) for ev in evals]
+    return [statistics.fmean(vals) for vals in zip(*per_seed, strict=True)]
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """A pre-registered hypothesis: ``arm`` minus ``other`` (an arm or ``base``) on ``metric``; ``direction`` +1
+    holds iff the ``level`` interval's lower bound is > 0, -1 iff its upper bound is < 0."""
+
+    id: str
+    text: str
+    metric: str
+    arm: str
+    other: str
+    direction: int
+    level: float
+
+
+_BONFERRONI_3 = 1.0 - 0.05 / 3
+PREREG_CRITERIA = [
+    Criterion("P1", "RAFT++ greedy accuracy > placebo", "greedy", "raft++", PLACEBO, 1, _BONFERRONI_3),
+    Criterion("P2", "GRPO greedy accuracy > placebo", "greedy", "grpo", PLACEBO, 1, _BONFERRONI_3),
+    Criterion("P3", "Reinforce-Rej greedy accuracy > placebo", "greedy", "reinforce_rej", PLACEBO, 1, _BONFERRONI_3),
+    Criterion("S1", "RAFT++ greedy accuracy > initial model", "greedy", "raft++", "base", 1, 0.95),
+    Criterion("S2", "GRPO greedy accuracy > initial model", "greedy", "grpo", "base", 1, 0.95),
+    Criterion("S3", "Reinforce-Rej greedy accuracy > initial model", "greedy", "reinforce_rej", "base", 1, 0.95),
+    Criterion("S4", "RAFT++ pass@1 > placebo", "pass@1", "raft++", PLACEBO, 1, 0.95),
+    Criterion("S5", "GRPO pass@1 > placebo", "pass@1", "grpo", PLACEBO, 1, 0.95),
+    Criterion("S6", "Reinforce-Rej pass@1 > placebo", "pass@1", "reinforce_rej", PLACEBO, 1, 0.95),
+    Criterion("S7", "RAFT++ pass@k < GRPO pass@k", "pass@k", "raft++", "grpo", -1, 0.95),
+    Criterion("S8", "placebo no-marker rate (samples) < initial model", "no_marker", PLACEBO, "base", -1, 0.95),
+]
+"""The hypotheses of the protocol, in its words; the report decides each mechanically (:func:`check_criterion`)."""
+
+
+def check_criterion(c: Criterion, evals: dict[str, dict[int, dict[str, Any]]], base: dict[str, Any] | None,
+                    min_seeds: int = PREREG_SEEDS) -> dict[str, Any]:
+    """Decide one criterion from the evaluations (``evals[arm][seed]``, ``base``): the paired interval over
+    problems of the per-problem seed means (the seeds both arms have), each seed's own difference, and the verdict
+    ``holds`` / ``does not hold``, or ``pending`` while an arm has fewer than ``min_seeds`` seeds."""
+    mine = evals.get(c.arm, {})
+    if c.other == "base":
+        seeds = sorted(mine)
+        other = [base] * len(seeds) if base is not None else []
+    else:
+        seeds = sorted(set(mine) & set(evals.get(c.other, {})))
+        other = [evals[c.other][s] for s in seeds]
+    if not seeds or not other:
+        return {"criterion": c, "seeds": 0, "verdict": f"pending: 0 of {min_seeds} seeds"}
+    a = arm_values([mine[s] for s in seeds], c.metric)
+    b = arm_values(other, c.metric)
+    diff, lo, hi = paired_bootstrap(a, b, level=c.level)
+    per_seed = [statistics.fmean(per_problem(mine[s], c.metric)) - statistics.fmean(per_problem(o, c.metric))
+                for s, o in zip(seeds, other, strict=True)]
+    held = lo > 0 if c.direction > 0 else hi < 0
+    verdict = ("holds" if held else "does not hold") if len(seeds) >= min_seeds else (
+        f"pending: {len(seeds)} of {min_seeds} seeds")
+    return {"criterion": c, "seeds": len(seeds), "diff": diff, "lo": lo, "hi": hi, "per_seed": per_seed,
+            "verdict": verdict}
+
+
+def load_prereg_evals(results: Path) -> tuple[dict[str, dict[int, dict[str, Any]]], dict[str, Any] | None]:
+    """``evals[arm][seed]`` of the finished ``prereg`` runs, and the initial model's evaluation (or None)."""
+    evals: dict[str, dict[int, dict[str, Any]]] = {}
+    for path in sorted((results / "runs").glob("prereg-*/summary.json")):
+        saved = json.loads(path.read_text())
+        evals.setdefault(saved["label"], {})[int(saved["seed"])] = json.loads((path.parent / "eval.json").read_text())
+    base_path = results / "base_eval.json"
+    return evals, (json.loads(base_path.read_text()) if base_path.exists() else None)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def prereg_report(results: Path, min_seeds: int = PREREG_SEEDS) -> str:
+    """``prereg.md``: per arm each metric with its paired 95% interval against the initial model, every pair of arms,
+    and the pre-registered criteria with their verdicts; all from the run files (``eval.json``)."""
+    evals, base = load_prereg_evals(results)
+    arms = [a for a in PREREG_ARMS if a in evals] + sorted(a for a in evals if a not in PREREG_ARMS)
+    if base is None or not arms:
+        return "No finished prereg runs (or no base_eval.json) yet.\n"
+    k = int(base.get("k") or 0)
+    names = {"greedy": "greedy acc %", "pass@1": "pass@1 %", "pass@k": f"pass@{k} %",
+             "no_marker": "no-marker % (samples)", "no_marker_greedy": "no-marker % (greedy)"}
+    metrics = [m for m in PREREG_METRICS if k or m in ("greedy", "no_marker_greedy")]
+    n = len(base["greedy_correct"])
+    out = [f"# Pre-registered comparison: {n} held-out problems, paired bootstrap over problems "
+           f"(10,000 resamples, seed 0, percentile intervals)\n",
+           "An arm's value on a problem is the mean over its seeds; its row is the mean over problems, and [lo, hi] "
+           "the 95% interval of its difference from the initial model (percentage points).\n"]
+    head = ["arm", "seeds"] + [names[m] for m in metrics]
+    out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out.append("| initial model | - | " + " | ".join(f"{100 * statistics.fmean(per_problem(base, m)):.1f}"
+                                                     for m in metrics) + " |")
+    for arm in arms:
+        seeds = sorted(evals[arm])
+        cells = [arm, ",".join(map(str, seeds))]
+        for m in metrics:
+            a = arm_values([evals[arm][s] for s in seeds], m)
+            diff, lo, hi = paired_bootstrap(a, per_problem(base, m))
+            cells.append(f"{100 * statistics.fmean(a):.1f} ({_pct(diff)} [{_pct(lo)}, {_pct(hi)}])")
+        out.append("| " + " | ".join(cells) + " |")
+    out += ["", "Between arms: difference (row arm minus column arm) with its 95% interval, on the seeds both have.\n"]
+    head = ["arm", "vs"] + [names[m] for m in metrics]
+    out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, x in enumerate(arms):
+        for y in arms[i + 1:]:
+            seeds = sorted(set(evals[x]) & set(evals[y]))
+            if not seeds:
+                continue
+            cells = [x, y]
+            for m in metrics:
+                diff, lo, hi = paired_bootstrap(arm_values([evals[x][s] for s in seeds], m),
+                                                arm_values([evals[y][s] for s in seeds], m))
+                cells.append(f"{_pct(diff)} [{_pct(lo)}, {_pct(hi)}]")
+            out.append("| " + " | ".join(cells) + " |")
+    out += ["", "Pre-registered criteria (docs/results/README.md): verdicts decided by the interval at the stated "
+            f"level; nothing is decided before each arm has {min_seeds} seeds.\n",
+            "| id | hypothesis | level | difference (pp) | interval | per seed | verdict |", "|---|---|---|---|---|---|---|"]
+    for c in PREREG_CRITERIA:
+        r = check_criterion(c, evals, base, min_seeds)
+        if "diff" not in r:
+            out.append(f"| {c.id} | {c.text} | {100 * c.level:.2f}% | - | - | - | {r['verdict']} |")
+            continue
+        seeds = ", ".join(_pct(d) for d in r["per_seed"])
+        out.append(f"| {c.id} | {c.text} | {100 * c.level:.2f}% | {_pct(r['diff'])} | [{_pct(r['lo'])}, "
+                   f"{_pct(r['hi'])}] | {seeds} | **{r['verdict']}** |")
+    out += ["", "Runs: mean training acceptance over the steps (for the placebo its keep rate, not an accuracy: its "
+            "samples are kept at random), training problems removed as held-out, wall time, commit.\n",
+            "| arm | seed | acceptance (mean over steps) % | training problems excluded | wall s | commit |",
+            "|---|---|---|---|---|---|"]
+    for path in sorted((results / "runs").glob("prereg-*/summary.json")):
+        saved = json.loads(path.read_text())
+        acc = [float(r["acceptance_rate"]) for r in _rows(path.parent / "metrics.jsonl")
+               if "loss" in r and isinstance(r.get("acceptance_rate"), int | float)]
+        out.append(f"| {saved['label']} | {saved['seed']} | {100 * statistics.fmean(acc):.1f} | "
+                   f"{saved.get('train_excluded', '-')} | {saved['wall_s']:.0f} | {saved.get('git_commit') or '-'} |"
+                   if acc else f"| {saved['label']} | {saved['seed']} | - | {saved.get('train_excluded', '-')} | "
+                   f"{saved['wall_s']:.0f} | {saved.get('git_commit') or '-'} |")
+    return "\n".join(out) + "\n"
+
+
 def write_report(results: Path) -> list[Path]:
     """``table.md`` and the plots in ``results``; returns the files written."""
     cfg = json.loads((results / "config.json").read_text())
@@ -532,6 +887,9 @@ def write_report(results: Path) -> list[Path]:
     )
     files = [results / "table.md"]
     files[0].write_text(header + table(results))
+    if any((results / "runs").glob("prereg-*/summary.json")):
+        (results / "prereg.md").write_text(prereg_report(results))
+        files.append(results / "prereg.md")
     files += plot(results)
     return files
 
@@ -646,7 +1004,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     d = Budget()
     p = argparse.ArgumentParser(prog="winnow experiment", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", default="main", help="main, ablations, staleness, all, or a comma-separated list")
+    p.add_argument("--suite", default="main",
+                   help="main, ablations, staleness, prereg, all (the first three), or a comma-separated list")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds")
     p.add_argument("--results", default=str(REPO / "docs" / "results"), help="results directory (resumable)")
     p.add_argument("--work-dir", default="runs/experiment", help="pipeline run directories (weights, logs)")
@@ -668,6 +1027,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-seed", type=int, default=d.eval_seed, help="reasoning-gym seed of the held-out set")
     p.add_argument("--eval-threads", type=int, default=1,
                    help="torch threads of the evaluation (1: no OpenMP spinning on a shared machine; 0 = default)")
+    p.add_argument("--exclude-heldout", action="store_true",
+                   help="held-out problems distinct by problem_key, and removed from every training stream")
+    p.add_argument("--placebo-rate", type=float, default=d.placebo_rate,
+                   help="the placebo arm (--suite prereg) keeps each sample with this probability")
     p.add_argument("--staleness-preset", default="reinforce_rej")
     p.add_argument("--staleness-values", default="0,1,2,4")
     p.add_argument("--config", default=None, help="a winnow up config file merged over every run's config")
@@ -688,12 +1051,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.task_config_dict = json.loads(args.task_config)
     except json.JSONDecodeError as e:
         p.error(f"--task-config is not JSON: {e}")
-    args.suites = list(SUITES) if args.suite == "all" else [s.strip() for s in args.suite.split(",") if s.strip()]
+    args.suites = list(ALL_SUITES) if args.suite == "all" else [s.strip() for s in args.suite.split(",") if s.strip()]
     bad = [s for s in args.suites if s not in SUITES]
     if bad:
         p.error(f"--suite: unknown {bad}; valid: {', '.join(SUITES)}, all")
     if args.steps < 1 or args.eval_problems < 1 or args.eval_k < 0:
         p.error("--steps and --eval-problems must be >= 1, --eval-k >= 0")
+    if not 0.0 < args.placebo_rate <= 1.0:
+        p.error("--placebo-rate must be in (0, 1]")
+    if args.exclude_heldout and args.data:
+        p.error("--exclude-heldout applies to reasoning-gym tasks (--task), not --data")
     for name in ("data", "eval_data"):
         path = getattr(args, name)
         if path:
@@ -727,7 +1094,9 @@ def main(argv: list[str] | None = None) -> int:
     budget = Budget(model=args.model, steps=args.steps, batch_groups=args.batch_groups, n=args.n,
                     max_new_tokens=args.max_new_tokens, lr=args.lr, micro_batch=args.micro_batch, task=args.task,
                     task_config=args.task_config_dict, eval_problems=args.eval_problems, eval_k=args.eval_k,
-                    eval_seed=args.eval_seed, data=args.data, eval_data=args.eval_data, extra=read_config_file(args.config) if args.config else {})
+                    eval_seed=args.eval_seed, data=args.data, eval_data=args.eval_data,
+                    extra=read_config_file(args.config) if args.config else {}, exclude_heldout=args.exclude_heldout,
+                    placebo_rate=args.placebo_rate)
     specs = plan(args.suites, args.seed_list, args.staleness_preset, args.staleness_list)
     if args.only:  # these labels or presets only, in the order given (within each suite and seed)
         wanted = [w.strip() for w in args.only.split(",") if w.strip()]
@@ -761,7 +1130,7 @@ def main(argv: list[str] | None = None) -> int:
 
         model_dir = resolve_model(budget.model)
     problems = eval_problems(budget)
-    probe = up_config(RunSpec("main", "base", {}, 0), budget, model_dir, "", "")
+    probe = up_config(RunSpec("main", "base", {}, 0), budget, model_dir, "", "", "-")  # the decoding settings
     chat, numerics = probe["generator"].get("chat", {}), probe.get("numerics", {})
     if not (results / "base_eval.json").exists():
         print("evaluating the initial model ...", file=sys.stderr, flush=True)
