@@ -292,7 +292,9 @@ class AlgoConfig(Model):
     batch (the batch shrinks with the drop rate)."""
     max_prompts_per_group: float = Field(default=4.0, ge=1.0, le=64.0, allow_inf_nan=False)
     """Dynamic sampling's cap: prompts in flight are at most this multiple of the admission limit without it
-    ((max_staleness + 1) x batch_groups), however low the keep rate (bounds generation spent on dropped groups)."""
+    ((max_staleness + 1) x batch_groups), however low the keep rate, and at most (this - 1) x batch_groups groups
+    are dropped while one batch fills; past that the batch fills with whatever comes (the trainer's filter decides),
+    so a policy that never passes the filter still moves (DAPO's max_num_gen_batches)."""
 
     @property
     def dynamic(self) -> bool:

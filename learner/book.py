@@ -134,6 +134,7 @@ class RequestBook:
                 self._offsets.committed[(topic, int(p))] = int(off)
         self.max_oversample = max_oversample
         self._judged: deque[bool] = deque(maxlen=4 * batch_groups)  # recent arrivals: kept by the filter or not
+        self._dropped_for_batch = 0  # groups dynamic sampling dropped since the last batch was taken
         self.counts: Counter[str] = Counter()
         self.ledger_rows: list[dict[str, str]] = []
         """Finished groups since the last :meth:`take_ledger_rows` (written just before a checkpoint)."""
@@ -153,15 +154,24 @@ class RequestBook:
         kept group of prior (1.0 before any arrival)."""
         return (sum(self._judged) + 1) / (len(self._judged) + 1)
 
+    @property
+    def drop_budget(self) -> int:
+        """Groups dynamic sampling may drop while one batch fills: ``(max_oversample - 1) * batch_groups``. Past it the
+        batch fills with whatever comes (the trainer's filter decides, a step with nothing to train still advances
+        the version), so a policy that never produces a kept group cannot stall the run (DAPO's max_num_gen_batches)."""
+        return round((self.max_oversample - 1.0) * self.batch_groups)
+
     def judged(self, request_id: str, prompt_id: str, kept: bool, outcome: Outcome | str) -> bool:
-        """Dynamic sampling: the buffered group ``request_id`` was judged on arrival. Kept: it stays for a batch.
-        Not kept: it leaves the buffer and is finished with ``outcome`` (its slot goes to the next position).
-        Returns ``kept``."""
+        """Dynamic sampling: the buffered group ``request_id`` was judged on arrival. Kept (or the batch's
+        :attr:`drop_budget` spent): it stays for a batch. Not kept: it leaves the buffer and is finished with
+        ``outcome`` (its slot goes to the next position). Returns whether it stays."""
         self._judged.append(kept)
-        if not kept:
-            b = self.buffer.pop(request_id)
-            self.finish(request_id, prompt_id, b.where, outcome)
-        return kept
+        if kept or self._dropped_for_batch >= self.drop_budget:
+            return True
+        self._dropped_for_batch += 1
+        b = self.buffer.pop(request_id)
+        self.finish(request_id, prompt_id, b.where, outcome)
+        return False
 
     @property
     def outstanding(self) -> int:
@@ -285,6 +295,7 @@ class RequestBook:
         """The ``batch_groups`` oldest buffered groups, or None if fewer are buffered."""
         if len(self.buffer) < self.batch_groups:
             return None
+        self._dropped_for_batch = 0
         return [self.buffer.popitem(last=False)[1] for _ in range(self.batch_groups)]
 
     def finish(self, request_id: str, prompt_id: str, where: Position, outcome: Outcome | str) -> None:

@@ -269,3 +269,23 @@ def test_dynamic_sampling_drops_judged_groups_and_releases_more():
     s.deliver(b, "run-6-0")
     assert b.judged("run-5-0", "p", True, "trained") and b.judged("run-6-0", "p", True, "trained")
     assert [g.request_id for g in b.take_batch()] == ["run-5-0", "run-6-0"]  # a full batch of kept groups
+
+
+def test_dynamic_sampling_cannot_stall_a_policy_that_never_passes_the_filter():
+    """A policy that never produces a kept group (a random model under RAFT): after (max_oversample - 1) x
+    batch_groups drops for one batch, groups fill the batch anyway (the trainer's filter decides and a step with
+    nothing to train still advances the version); the budget starts again with the next batch."""
+    b = book(batch=2, staleness=0)
+    b.max_oversample = 2.0  # drop budget (2 - 1) x 2 = 2 groups per batch
+    s = Stream()
+    dropped = []
+    for _ in range(4):
+        for r in b.releases(now=0.0)[0]:
+            s.deliver(b, r.request_id)
+            dropped.append(b.judged(r.request_id, "p", False, "all_wrong"))
+    assert dropped[:2] == [False, False] and dropped[2:4] == [True, True]  # then they stay: full batches
+    while len(b.buffer) >= 2:  # the kept groups are trained (finished) in batches; the budget is back each time
+        train(b, "all_wrong")
+    fresh = [r.request_id for r in b.releases(now=0.0)[0]]
+    assert fresh and s.deliver(b, fresh[0]) is None
+    assert b.judged(fresh[0], "p", False, "all_wrong") is False
