@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from winnow import kafka
@@ -145,16 +146,23 @@ class LearnerService:
         wait for ``request_timeout_s``: re-create the topics, read the groups topic from its new start, release every
         outstanding request again (same ids: a group that still comes is deduplicated) and announce the weights
         again, and say so. Topic metadata decides, not end offsets (a broker may report those low)."""
-        await self._consumer.topics()  # refresh the metadata
-        missing = [t for t in (self.names.groups, self.names.weights)
-                   if not self._consumer.partitions_for_topic(t)]
+        try:
+            present = await self._consumer.topics()  # the broker's topics now (not the consumer's cached view)
+        except KafkaError as e:  # the broker is down (restarting): the next check tries again
+            log.warning("broker check: no metadata (%s); retrying in %.0f s", e, BROKER_CHECK_S)
+            return
+        missing = [t for t in (self.names.groups, self.names.weights) if t not in present]
         if not missing:
             return
         log.warning("the broker lost topic(s) %s under the running learner (a memory-only broker restarted?): "
                     "re-creating them, releasing %d outstanding requests again and re-announcing v%d",
                     ", ".join(missing), self.book.outstanding, self.version)
-        await kafka.ensure_topics(self.cfg.kafka, partitions=self.cfg.kafka_partitions)
-        await kafka.assign_all_partitions(self._consumer, self.names.groups, {})
+        try:
+            await kafka.ensure_topics(self.cfg.kafka, partitions=self.cfg.kafka_partitions)
+            await kafka.assign_all_partitions(self._consumer, self.names.groups, {})
+        except (KafkaError, RuntimeError) as e:
+            log.warning("broker check: re-creating the topics failed (%s); retrying in %.0f s", e, BROKER_CHECK_S)
+            return
         for tp in self._consumer.assignment():
             self._consumer.seek(tp, 0)
             self.book.rewind((tp.topic, tp.partition), 0)
