@@ -839,7 +839,7 @@ async def memory_broker_restart(lab: Lab, d: Path) -> dict[str, Any]:
 
         ok, at, reached = await with_fake(fake, body)
         log, alive, stalled_at = run.log(), run.child.poll() is None, run.life_version()
-        warned = "lost records" in log or "ends at offset" in log
+        warned = "lost records" in log or "ends at offset" in log or "lost topic" in log
         resumed = None
         if not reached:  # the workaround: stop the learner and resume it
             run.finish(timeout=1)
@@ -855,7 +855,13 @@ async def memory_broker_restart(lab: Lab, d: Path) -> dict[str, Any]:
             warned_on_resume = "lost records" in run2.child.log_text()
             diag["resume_warned_lost_records"] = warned_on_resume
         ok_ledger, summary = audit(jsonl(run.run_dir / "ledger.jsonl"))
-        held = ok and ok_ledger and (reached or (not alive and bool(resumed))) and (reached or warned)
+        # Held: the running learner notices (a warning), keeps training after the restart (no silent stall: the
+        # original defect was 0 steps until request_timeout_s), trains no group twice, and the run reaches its last
+        # step (within 45 s, or after a resume). Reaching v8 within 45 s is not required: a generator whose consumer
+        # position lies beyond the restarted broker's log end (tansu reports no out-of-range) waits for that log to
+        # grow, which slows the recovery (an open defect on the generator side, docs/kafka.md).
+        progressed = stalled_at > at
+        held = ok and ok_ledger and warned and progressed and (reached or bool(resumed))
         return dict(held=held, peak=run.peak_mb, observed=(
             f"tansu stopped and restarted empty on the same port at v{at}; the running learner reached "
             f"v{stalled_at} of 8 in 45 s (alive {alive}, lost-records warning {warned}); stopped and resumed: v8 "
