@@ -275,8 +275,12 @@ def main(argv: list[str] | None = None) -> int:
             gc.collect()
         result["status"] = "ok"
         result["pass"] = {
+            # Under top-k/top-p a token at the cut-off can fall outside the fp32 recompute's kept set (bf16 sampler vs
+            # fp32 recompute: a -inf there): allowed for at most 5% of a truncated setting's tokens, never untruncated.
             "logprobs_max_abs_diff_lt_0.05": all(
-                (v["max_abs_diff"] or 0) < 0.05 and v["non_finite_diffs"] == 0 for v in logprobs.values()),
+                (v["max_abs_diff"] or 0) < 0.05
+                and v["non_finite_diffs"] <= (max(1, v["tokens"] // 20) if ("_k" in name or "_p" in name) else 0)
+                for name, v in logprobs.items()),
             "reload_equal_to_fresh": {r["mode"] + "->" + r["resolved_mode"]: r["equal_to_fresh"]
                                       for r in result["reload"]},
         }
