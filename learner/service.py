@@ -64,6 +64,7 @@ class LearnerService:
         self.dead_letters = DeadLetters(Path(cfg.run_dir) / "dead-letter.jsonl", self.metrics.dead_letters)
         self._stop, self._running, self._checkpointed_version, self.steps_run = asyncio.Event(), False, -1, 0
         self._last_record = time.monotonic()  # when a groups record last arrived (the broker check)
+        self._recovering = False  # a lost broker noticed, its recovery not complete yet
         self._consumer = self._producer = self._publisher = None
         self.tracking = Tracker(cfg.tracking, cfg.run_dir, config=cfg.model_dump(mode="json", exclude={"kafka"}),
                                 registry=registry)  # no Kafka addresses or credentials to the sinks
@@ -152,24 +153,27 @@ class LearnerService:
             log.warning("broker check: no metadata (%s); retrying in %.0f s", e, BROKER_CHECK_S)
             return
         missing = [t for t in (self.names.groups, self.names.weights) if t not in present]
-        if not missing:
+        if not missing and not self._recovering:
             return
         log.warning("the broker lost topic(s) %s under the running learner (a memory-only broker restarted?): "
                     "re-creating them, releasing %d outstanding requests again and re-announcing v%d",
-                    ", ".join(missing), self.book.outstanding, self.version)
+                    ", ".join(missing) or "(recovery retried)", self.book.outstanding, self.version)
+        if not self._recovering:
+            self.metrics.offset_rewinds.inc()
+        self._recovering = True  # until every step below went through (a broker just back may refuse some)
         try:
             await kafka.ensure_topics(self.cfg.kafka, partitions=self.cfg.kafka_partitions)
             await kafka.assign_all_partitions(self._consumer, self.names.groups, {})
+            for tp in self._consumer.assignment():
+                self._consumer.seek(tp, 0)
+                self.book.rewind((tp.topic, tp.partition), 0)
+            await self._send(self.book.resume_releases())
+            if self.version > 0 or self._store_has_versions():
+                await self._publish()
         except (KafkaError, RuntimeError) as e:
-            log.warning("broker check: re-creating the topics failed (%s); retrying in %.0f s", e, BROKER_CHECK_S)
+            log.warning("broker check: recovering failed (%s); retrying in %.0f s", e, BROKER_CHECK_S)
             return
-        for tp in self._consumer.assignment():
-            self._consumer.seek(tp, 0)
-            self.book.rewind((tp.topic, tp.partition), 0)
-        self.metrics.offset_rewinds.inc()
-        await self._send(self.book.resume_releases())
-        if self.version > 0 or self._store_has_versions():
-            await self._publish()
+        self._recovering = False
 
     async def _reconcile_offsets(self) -> None:
         """A checkpointed groups-topic offset beyond the partition's end means the broker lost records (a
