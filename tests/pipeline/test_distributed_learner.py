@@ -240,12 +240,12 @@ async def test_one_and_two_ranks_train_the_same_run(kafka_config_one, tiny_dir, 
 def audit(work: Path) -> dict[str, int]:
     """Exactly-once over the final state: every released position is either finished once in the ledger or still
     outstanding in the last checkpoint, never both, never twice; the steps trained match the ledger."""
-    from winnow.learner.checkpoint import latest_checkpoint, load_checkpoint
+    from winnow.learner.checkpoint import latest_checkpoint
 
     path = latest_checkpoint(work / "ckpt")
     state = json.loads((path / "state.json").read_text())
     run_id = state["run_id"]
-    finished = [r for r in ledger(work)]
+    finished = ledger(work)
     assert all(r["request_id"].startswith(f"{run_id}-") for r in finished), "a row of another lineage"
     positions = [int(r["request_id"].split("-")[-2]) for r in finished]
     outstanding = [int(p) for p in state["unconsumed"].values()]
@@ -253,7 +253,6 @@ def audit(work: Path) -> dict[str, int]:
     lost = set(range(state["next_position"])) - set(positions) - set(outstanding)
     both = set(positions) & set(outstanding)
     trained = sum(r["outcome"] in ("trained", "all_correct", "all_wrong") for r in finished)
-    del load_checkpoint
     return {"version": state["version"], "finished": len(finished), "trained_in_steps": trained, "twice": twice,
             "lost": len(lost), "finished_and_outstanding": len(both)}
 
