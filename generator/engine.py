@@ -63,6 +63,8 @@ def make_engine(cfg: GeneratorConfig) -> Engine:
             enforce_eager=cfg.vllm_enforce_eager,
             version=cfg.weights.initial_version,
             reload=cfg.vllm_reload,
+            enable_lora=cfg.vllm_enable_lora,
+            max_lora_rank=cfg.vllm_max_lora_rank,
         )
     from winnow.hf_engine import HFEngine
 

@@ -353,7 +353,8 @@ class VLLMEngine:
         if not self.enable_lora:
             raise WeightLoadError(
                 f"{folder} is a LoRA adapter (learner.lora) but this vLLM engine was started without enable_lora: "
-                "vLLM loads adapters only then; use the transformers engine, or start vLLM with enable_lora")
+                "set generator.vllm_enable_lora: true (winnow up does when learner.lora is set), or use the "
+                "transformers engine")
         from vllm.lora.request import LoRARequest
 
         self._lora = LoRARequest(f"winnow-v{version}", version + 1, str(folder))

@@ -407,3 +407,18 @@ def test_progress_line_shows_cut_off_responses_as_truncated():
     row = {"version": 2, "loss": 0.1, "reward_mean": 0.25, "truncated_fraction": 0.375}
     assert "| reward 0.250 | truncated 0.38 | acceptance" in format_progress(row)
     assert "truncated" not in format_progress({**row, "truncated_fraction": 0.0})
+
+
+def test_a_lora_learner_starts_vllm_generators_with_lora_support(tmp_path):
+    """Adapter-only versions need vLLM's enable_lora: ``up`` turns it on (and a rank room vLLM accepts) for a LoRA
+    learner, keeps a user's explicit setting, and leaves a full-weight run and the transformers engine alone."""
+    def gen(overrides):
+        return _configs(resolve(None, overrides, tmp_path), tmp_path)["generator"]
+
+    g = gen(["learner.lora.rank=100", "generator.engine=vllm"])
+    assert g["vllm_enable_lora"] is True and g["vllm_max_lora_rank"] == 128
+    assert gen(["learner.lora.rank=8", "generator.engine=vllm"])["vllm_max_lora_rank"] == 64
+    assert gen(["learner.lora.rank=8", "generator.engine=vllm", "generator.vllm_enable_lora=false"])[
+        "vllm_enable_lora"] is False
+    assert "vllm_enable_lora" not in gen(["generator.engine=vllm"])
+    assert "vllm_enable_lora" not in gen(["learner.lora.rank=8"])

@@ -314,6 +314,12 @@ class Pipeline:
             gen.setdefault("verifier", {})
             gen["verifier"]["endpoints"] = {**routes, **{k: v for k, v in (gen["verifier"].get("endpoints") or {}).items()
                                                          if k not in routes}}
+        lora = (self.data.get("learner") or {}).get("lora")
+        if lora and gen.get("engine") == "vllm" and "vllm_enable_lora" not in gen:
+            # a LoRA learner publishes adapter-only versions: vLLM serves them only when started with LoRA support
+            gen["vllm_enable_lora"] = True
+            rank = int(lora.get("rank", 16))  # vLLM accepts these ranks only
+            gen.setdefault("vllm_max_lora_rank", next((r for r in (64, 128, 256, 320, 512) if r >= rank), rank))
         out["generator"] = gen
         learner = deep_merge(
             self.data.get("learner", {}),
