@@ -97,6 +97,8 @@ class Target:
     """The generators' ``chat`` block (winnow.chat.ChatFormat)."""
     numerics: dict[str, Any] = field(default_factory=dict)
     """The generators' ``numerics`` block (precision, attention)."""
+    lora: dict[str, Any] | None = None
+    """A LoRA run's ``learner.lora`` section (its checkpoints hold peft state dicts, merged at load), else None."""
     sampling: dict[str, Any] = field(default_factory=dict)
     """The generators' ``sampling`` block (temperature, top_p, max_new_tokens)."""
     verifier: dict[str, Any] = field(default_factory=dict)
@@ -159,6 +161,7 @@ def _run_target(run_dir: Path, version: int | None) -> Target:
         numerics=gen.get("numerics") or learner.get("numerics") or {},
         sampling=gen.get("sampling") or learner.get("sampling") or {},
         verifier=routing,
+        lora=learner.get("lora"),
     )
 
 
@@ -360,7 +363,7 @@ def run_eval(args: Any) -> dict[str, Any]:
     engine = HFEngine.from_pretrained(target.model_dir, device=args.device, dtype=precision, attention=attention,
                                       max_batch_sequences=args.batch_sequences)
     if target.weights:
-        _load_version(engine, target.weights, target.version or 0)
+        _load_version(engine, target.weights, target.version or 0, base=target.model_dir, lora=target.lora)
     formatter = PromptFormatter(engine.tokenizer, ChatFormat(**target.chat))
     verifier = RoutedVerifier(routing)
     try:
@@ -380,8 +383,12 @@ def run_eval(args: Any) -> dict[str, Any]:
     return out
 
 
-def _load_version(engine: Any, weights: str, version: int) -> None:
-    """Load a run's version: a published safetensors file, or a checkpoint's ``trainer.pt``."""
+def _load_version(engine: Any, weights: str, version: int, *, base: str | None = None,
+                  lora: dict[str, Any] | None = None) -> None:
+    """Load a run's version: a published safetensors file (full weights or a peft adapter), or a checkpoint's
+    ``trainer.pt``. A LoRA run's checkpoint holds the peft model's state dict (base weights + adapters, peft's
+    names): it is merged into the base (``W0 + (alpha / r) * B @ A``, as ``winnow export --merge``) and loaded as
+    full weights."""
     if weights.endswith(".safetensors"):
         engine.load_weights(weights, version=version)
         return
@@ -389,6 +396,13 @@ def _load_version(engine: Any, weights: str, version: int) -> None:
     from winnow.hf_engine import check_state_dict
 
     state = _load_weights(Path(weights))
+    if any("lora_A" in key for key in state):
+        if base is None:
+            raise ConfigError(f"{weights}: a LoRA checkpoint needs its base model to be merged into")
+        from winnow.lora import load_peft
+
+        merged = load_peft(base, peft_state=state, lora=lora or {}).merge_and_unload()
+        state = {k: v.detach() for k, v in merged.state_dict().items()}
     check_state_dict(engine.model, state)
     engine.model.load_state_dict(state, strict=False)
     engine.version = version

@@ -69,3 +69,23 @@ def test_export_without_merge_is_the_adapter_folder(lora_run, tmp_path):
     ids = torch.tensor([[5, 9, 17, 33, 65, 129, 7]])
     with torch.no_grad():
         assert torch.allclose(opened(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5)
+
+
+def test_eval_loads_a_lora_checkpoint_merged(lora_run, tmp_path):
+    """``winnow eval RUN --version N`` where N is only a checkpoint (a LoRA learner's ``trainer.pt`` holds peft's
+    state dict: base + adapters under peft's names): merged into the base, the engine gives the adapters' logits."""
+    from winnow.evaluation import _load_version, resolve_target
+    from winnow.hf_engine import HFEngine
+
+    run, base_dir, model = lora_run
+    ckpt = run / "checkpoints" / "step-00000003"
+    ckpt.mkdir(parents=True)
+    torch.save({"model": model.state_dict()}, ckpt / "trainer.pt")
+    target = resolve_target(str(run), 3)
+    assert target.weights == str(ckpt / "trainer.pt") and target.lora == {"rank": 4, "alpha": 8.0}
+    engine = HFEngine.from_pretrained(base_dir, device="cpu", dtype="float32")
+    _load_version(engine, target.weights, 3, base=target.model_dir, lora=target.lora)
+    ids = torch.tensor([[5, 9, 17, 33, 65, 129, 7]])
+    with torch.no_grad():
+        assert torch.allclose(engine.model(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-4)
+    assert engine.version == 3
