@@ -5,14 +5,14 @@ Xiong et al. (2025, arXiv 2504.11343) and the released code (RLHFlow/Minimal-RL 
 - ``raw``: ``A_i = r_i`` (vanilla Reinforce, Reinforce-Rej: "no normalisation"),
 - ``mean_zero``: ``A_i = r_i - mean_j r_j`` (the "Reinforce + Mean-Zero" ablation),
 - ``mean_std``: ``A_i = (r_i - mean_j r_j) / (std_j r_j + eps)`` (GRPO; the released code uses the unbiased
-  ``torch.std`` and ``eps = 1e-6``; THEORY.md section 6.2 writes the population std; both are offered),
+  ``torch.std`` and ``eps = 1e-6``; docs/theory.md §6.2 writes the population std; both are offered),
 - ``raft``: ``A_i = max(r_i, 0)`` (``compute_raft_outcome_advantage``): 1 for a correct sample under either
   the {0,1} or the {-1,+1} reward map, 0 for a wrong one,
 - ``unit``: ``A_i = 1``: plain SFT on whatever the filter kept (``raft_beta`` keeps some wrong samples, which
   must count as much as the correct ones: they are draws from the same target),
 - ``snis``: ``A_i = N · w_i`` with the self-normalised importance weights
   ``w_i = exp(r_i / beta) / sum_j exp(r_j / beta)`` over the group's ``N`` samples in ``keep``
-  (:func:`snis_weights`; THEORY.md section 2.5, target ``pi* ∝ pi · exp(r / beta)``, proposal ``pi``). The
+  (:func:`snis_weights`; docs/theory.md §2.5, target ``pi* ∝ pi · exp(r / beta)``, proposal ``pi``). The
   factor ``N`` makes the weights average 1 in each group, so the loss has the scale of SFT: ``beta -> inf``
   gives ``A_i = 1`` (plain SFT on all samples), ``beta -> 0`` gives ``A_i = N / K`` on the ``K`` samples with
   the group's highest reward and 0 elsewhere (RAFT with each group weighted ``N / K``; an all-wrong group has

@@ -69,7 +69,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "reinforce+remove_all_wrong": {"filter": "remove_all_wrong", "advantage": "raw", "loss": "clipped"},
     "reinforce+remove_all_correct": {"filter": "remove_all_correct", "advantage": "raw", "loss": "clipped"},
     "reinforce_rej+std": {"filter": "mixed", "advantage": "mean_std", "loss": "clipped"},
-    # Rejection sampling at temperature beta (THEORY.md 1.2, 2.4; docs/algorithms.md "RAFT at a finite beta"):
+    # Rejection sampling at temperature beta (docs/theory.md §1.2, §2.4; docs/algorithms.md "RAFT at a finite beta"):
     # keep each sample with probability exp((r - r_max) / beta), SFT on the kept ones. beta -> 0 is raft.
     "raft_beta": {"filter": "raft_beta", "advantage": "unit", "loss": "sft"},
     "raft++_beta": {"filter": "raft_beta", "advantage": "unit", "loss": "clipped"},
@@ -242,7 +242,7 @@ class AlgoConfig(Model):
     """Loss aggregation: token-mean (released code) | seq-mean-token-mean (the paper's 1/|a| formula) |
     seq-mean-token-sum."""
     std: Literal["unbiased", "population"] = "unbiased"
-    """Group std for mean_std: unbiased (torch.std, the released code) or population (THEORY.md 6.2)."""
+    """Group std for mean_std: unbiased (torch.std, the released code) or population (docs/theory.md §6.2)."""
     eps: float = Field(default=1e-6, gt=0.0)
     """Added to the group std in mean_std."""
     reward_correct: float = 1.0

@@ -2,17 +2,17 @@
 
 Implements the filters of Xiong et al. (2025), "A Minimalist Approach to LLM Reasoning" (arXiv 2504.11343):
 
-- ``raft``: keep the correct samples only (RAFT / RAFT++; THEORY.md section 3.1),
+- ``raft``: keep the correct samples only (RAFT / RAFT++; docs/theory.md §3.1),
 - ``mixed``: keep every sample of groups with ``0 < #correct < #valid`` (Reinforce-Rej, "remove both"),
 - ``remove_all_wrong``: drop groups with no correct sample,
 - ``remove_all_correct``: drop groups whose samples are all correct,
 - ``none``: keep everything (Reinforce, GRPO),
-- ``raft_beta``: rejection sampling at a finite temperature ``beta`` (THEORY.md sections 1.2 and 2.4): sample ``i``
+- ``raft_beta``: rejection sampling at a finite temperature ``beta`` (docs/theory.md §1.2 and §2.4): sample ``i``
   is kept with probability ``alpha_i = min(1, exp((r_i - r_max) / beta))``, ``r_max`` the reward map's maximum,
   decided by a uniform draw that is a pure function of ``(seed, request_id, i)`` (:func:`uniform_draws`), so a
   replay of the same group after a crash keeps the same samples. The accepted samples are then exact draws
   from ``pi* ∝ pi · exp(r / beta)`` with the policy ``pi`` that generated them as the proposal. ``beta -> 0``
-  gives ``alpha_i = 1[r_i = r_max]`` (``raft``; THEORY.md 2.4 and 3.2 write "beta -> infinity" for this limit,
+  gives ``alpha_i = 1[r_i = r_max]`` (``raft``; some write-ups say "beta -> infinity" for this limit,
   the algebra gives beta -> 0); ``beta -> inf`` gives ``alpha_i = 1`` (keep everything). With binary rewards
   and on-policy data its expected gradient is RAFT's times ``1 - exp(-1 / beta)`` (docs/algorithms.md
   section 6). Needs rewards and draws, so it goes through :func:`beta_keep_mask`, not :func:`sample_keep_mask`.

@@ -1,6 +1,6 @@
 """Rejection sampling at temperature beta (``raft_beta``), its SNIS twin (``raft_snis``) and their metrics.
 
-THEORY.md 1.2 / 2.4 / 2.5: the target is pi* ∝ q exp(r / beta) with the sampling policy q as proposal;
+docs/theory.md §1.2 / §2.4 / §2.5: the target is pi* ∝ q exp(r / beta) with the sampling policy q as proposal;
 exact rejection sampling accepts y with probability exp((r - r_max) / beta); self-normalised importance
 sampling keeps every y with weight exp(r / beta) / sum_j exp(r_j / beta). beta -> 0 is RAFT.
 """

@@ -1,8 +1,8 @@
-"""THEORY.md's claims and exercises, checked with the learner's own functions on small discrete policies.
+"""docs/theory.md's claims and exercises, checked with the learner's own functions on small discrete policies.
 
 Every test calls winnow's code (a claim that only restates textbook mathematics cannot fail on any change to
 winnow, so it is not a test); the partition-function bound, the beta limits, dH/dp and the rich-get-richer
-argument are derivations in THEORY.md, not tests here.
+argument are derivations in docs/theory.md, not tests here.
 
 A "policy" here is a softmax over K whole answers (one token each), so pi, pi_ref, pi* and every expectation
 are computable exactly; sampled checks use a fixed seed and tolerances of about 4 standard errors.
