@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from winnow.verdict import Status
+from winnow.groups import check_group, check_sizes
 
 
 @dataclass
@@ -179,74 +179,6 @@ class MicroBatch:
         return self.targets.shape[1]
 
 
-_STATUSES = frozenset(int(x) for x in Status)
-
-
-def check_group(
-    g: GroupData,
-    n: int | None = None,
-    *,
-    where: str = "",
-    vocab_size: int | None = None,
-    max_response_tokens: int | None = None,
-    max_prompt_tokens: int | None = None,
-) -> None:
-    """The one check of a group's shape and values; ``ValueError`` naming ``where`` and the problem.
-
-    ``n`` samples (when given), a non-empty prompt of at most ``max_prompt_tokens`` tokens, per sample: as
-    many behaviour log-probs as tokens, finite and <= 0, one policy version per token (or one for all), a
-    ``Status`` value, a finite score when there is one, token ids in ``[0, vocab_size)`` (prompt too), at most ``max_response_tokens`` response
-    tokens.
-    """
-    where = where or f"group request_id={g.request_id!r} (prompt_id={g.prompt_id!r})"
-    _check_sizes(where, len(g.samples), len(g.prompt_token_ids), [len(s.response_token_ids) for s in g.samples],
-                 n=n, max_prompt_tokens=max_prompt_tokens, max_response_tokens=max_response_tokens)
-    hi = vocab_size if vocab_size is not None else float("inf")
-    if any(t < 0 or t >= hi for t in g.prompt_token_ids):
-        raise ValueError(f"{where}: prompt token id outside the vocabulary [0, {vocab_size})")
-    for i, s in enumerate(g.samples):
-        r = len(s.response_token_ids)
-        if int(s.status) not in _STATUSES:
-            raise ValueError(f"{where} sample {i}: status {s.status} is not a verifier Status")
-        if s.score is not None and not math.isfinite(s.score):
-            raise ValueError(f"{where} sample {i}: score {s.score} is not finite")
-        if len(s.behaviour_logprobs) != r:
-            raise ValueError(
-                f"{where} sample {i}: behaviour_logprobs has {len(s.behaviour_logprobs)} entries "
-                f"but response_token_ids has {r}"
-            )
-        if len(s.policy_versions) not in (r, 1) or (r == 0 and len(s.policy_versions) == 0):
-            raise ValueError(
-                f"{where} sample {i}: policy_versions has {len(s.policy_versions)} entries; "
-                f"expected one per response token ({r}) or a single version"
-            )
-        if any(not math.isfinite(x) or x > 1e-4 for x in s.behaviour_logprobs):
-            bad = next(x for x in s.behaviour_logprobs if not math.isfinite(x) or x > 1e-4)
-            raise ValueError(f"{where} sample {i}: behaviour_logprobs must be finite and <= 0, got {bad}")
-        if any(t < 0 or t >= hi for t in s.response_token_ids):
-            raise ValueError(f"{where} sample {i}: token id outside the vocabulary [0, {vocab_size})")
-
-
-def _check_sizes(where: str, samples: int, prompt_tokens: int, response_tokens: Sequence[int], *, n: int | None,
-                 max_prompt_tokens: int | None, max_response_tokens: int | None) -> None:
-    """The counts of a group against their bounds (no values read): what must hold before anything is
-    allocated for it."""
-    if not samples:
-        raise ValueError(f"{where}: group has no samples")
-    if n is not None and samples != n:
-        raise ValueError(f"{where}: group has {samples} samples, expected n={n}")
-    if not prompt_tokens:
-        raise ValueError(f"{where}: prompt_token_ids is empty")
-    if max_prompt_tokens is not None and prompt_tokens > max_prompt_tokens:
-        raise ValueError(f"{where}: {prompt_tokens} prompt tokens, more than the {max_prompt_tokens} allowed "
-                         "(max_prompt_tokens)")
-    if max_response_tokens is not None:
-        for i, r in enumerate(response_tokens):
-            if r > max_response_tokens:
-                raise ValueError(f"{where} sample {i}: {r} response tokens, more than the {max_response_tokens} "
-                                 "allowed")
-
-
 def group_from_proto(msg: Any, n: int, *, vocab_size: int | None = None, max_response_tokens: int | None = None,
                      max_prompt_tokens: int | None = None) -> GroupData:
     """A ``ScoredGroup`` message -> a checked :class:`GroupData` (see :func:`check_group`); a sample without
@@ -256,8 +188,8 @@ def group_from_proto(msg: Any, n: int, *, vocab_size: int | None = None, max_res
     out of it, so a hostile group costs no more than its record's bytes; ``ValueError`` (the caller
     dead-letters the record) names the request id and the bound."""
     where = f"group {msg.request_id!r} from {msg.generator_id or '?'}"
-    _check_sizes(where, len(msg.samples), len(msg.prompt_token_ids), [len(s.response_token_ids) for s in msg.samples],
-                 n=n, max_prompt_tokens=max_prompt_tokens, max_response_tokens=max_response_tokens)
+    check_sizes(where, len(msg.samples), len(msg.prompt_token_ids), [len(s.response_token_ids) for s in msg.samples],
+                n=n, max_prompt_tokens=max_prompt_tokens, max_response_tokens=max_response_tokens)
     group = GroupData(
         prompt_id=msg.prompt_id,
         request_id=msg.request_id,

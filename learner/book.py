@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter, OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from winnow.learner.checkpoint import LearnerState
+from winnow.offsets import OffsetTracker
 
 
 class Outcome(StrEnum):
@@ -93,13 +94,6 @@ class Buffered:
     """The record as received (for the sample log), if the caller keeps it."""
 
 
-@dataclass
-class _Offsets:
-    pending: dict[tuple[str, int], set[int]] = field(default_factory=dict)
-    next: dict[tuple[str, int], int] = field(default_factory=dict)
-    committed: dict[tuple[str, int], int] = field(default_factory=dict)
-
-
 class RequestBook:
     """Release, attempts, timeouts, dedupe, buffering, staleness drops and finishing (see the module docstring).
 
@@ -127,11 +121,8 @@ class RequestBook:
         self._seen: OrderedDict[str, None] = OrderedDict.fromkeys(state.seen[-dedupe_capacity:])
         self._released_at = dict.fromkeys(state.unconsumed, now)
         self.buffer: OrderedDict[str, Buffered] = OrderedDict()
-        self._offsets = _Offsets()
-        for topic, parts in state.offsets.items():
-            for p, off in parts.items():
-                self._offsets.next[(topic, int(p))] = int(off)
-                self._offsets.committed[(topic, int(p))] = int(off)
+        self._offsets = OffsetTracker({(topic, int(p)): int(off) for topic, parts in state.offsets.items()
+                                       for p, off in parts.items()})
         self.max_oversample = max_oversample
         self._judged: deque[bool] = deque(maxlen=4 * batch_groups)  # recent arrivals: kept by the filter or not
         self._dropped_for_batch = 0  # groups dynamic sampling dropped since the last batch was taken
@@ -227,9 +218,7 @@ class RequestBook:
 
     def track(self, where: Position) -> None:
         """A record was read at ``where`` (its offset is pending until finished)."""
-        tp = where.tp
-        self._offsets.pending.setdefault(tp, set()).add(where.offset)
-        self._offsets.next[tp] = max(self._offsets.next.get(tp, 0), where.offset + 1)
+        self._offsets.track(where)
 
     def duplicate(self, where: Position, request_id: str) -> bool:
         """True (and the record is finished as a duplicate) if ``request_id`` is done or already buffered.
@@ -278,7 +267,7 @@ class RequestBook:
 
     def done(self, where: Position, outcome: Outcome) -> None:
         """A record that carries no trainable group for a known id (undecodable, a duplicate)."""
-        self._offsets.pending.get(where.tp, set()).discard(where.offset)
+        self._offsets.done(where)
         self.counts[outcome] += 1
 
     # -- batches ------------------------------------------------------------------------------
@@ -330,26 +319,19 @@ class RequestBook:
 
     def committable(self) -> dict[tuple[str, int], int]:
         """Per partition, the next offset to resume from: the lowest not yet done, else one past the highest read."""
-        return {tp: min(p) if (p := self._offsets.pending.get(tp)) else nxt for tp, nxt in self._offsets.next.items()}
+        return self._offsets.committable()
 
     def to_commit(self, owned: set[tuple[str, int]] | None = None) -> dict[tuple[str, int], int]:
         """The committable offsets that moved since the last :meth:`mark_committed` (of ``owned`` partitions)."""
-        return {
-            tp: off
-            for tp, off in self.committable().items()
-            if off > self._offsets.committed.get(tp, -1) and (owned is None or tp in owned)
-        }
+        return self._offsets.to_commit(owned)
 
     def rewind(self, tp: tuple[str, int], offset: int) -> None:
         """The partition ``tp`` is read again from ``offset`` (below what was checkpointed: the broker lost
         records): forget its pending offsets and resume committing from there."""
-        self._offsets.pending.pop(tp, None)
-        self._offsets.next[tp] = offset
-        self._offsets.committed[tp] = offset
+        self._offsets.rewind(tp, offset)
 
     def mark_committed(self, offsets: dict[tuple[str, int], int]) -> None:
-        for tp, off in offsets.items():
-            self._offsets.committed[tuple(tp)] = max(self._offsets.committed.get(tuple(tp), -1), off)
+        self._offsets.mark_committed(offsets)
 
     def state_for_checkpoint(self, version: int) -> LearnerState:
         """The resumable state at ``version``: outstanding requests (buffered ones included), the dedupe

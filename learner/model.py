@@ -14,29 +14,17 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from winnow.numerics import resolve_device
+
 if TYPE_CHECKING:
     from winnow.learner.config import LearnerConfig
 
 log = logging.getLogger(__name__)
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> ``cuda`` if available, else ``cpu``; anything else is passed to ``torch.device``."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"device: {device!r} is not a torch device ({e})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} requested but CUDA is not available")
-    return dev
-
-
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     """The dtype the learner keeps its parameters (the *master weights*) in: ``"auto"`` -> fp32 on every
-    device. The forward/backward then computes in bf16 by autocast (one process) or by FSDP2's
+    device. This differs on purpose from the engines' rule (``winnow.hf_engine.resolve_dtype``: "auto" is the
+    resolved ``numerics.precision``): what trains is fp32, what samples is the precision. The forward/backward then computes in bf16 by autocast (one process) or by FSDP2's
     ``MixedPrecisionPolicy`` (sharded), while AdamW updates fp32 weights and keeps fp32 moments.
 
     Low-precision parameters (``"bfloat16"``/``"float16"``) are an explicit opt-in: AdamW then keeps the

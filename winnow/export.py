@@ -21,7 +21,6 @@ base config (every tensor must match; tied embeddings are re-tied) and written w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from winnow.config import ConfigError
+from winnow.weight_store import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +92,6 @@ def _load_weights(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def export_run(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -137,7 +129,7 @@ def export_run(
                 "run_dir": str(run_dir.resolve()),
                 "version": version,
                 "source": str(source.resolve()),
-                "source_sha256": _sha256(source),
+                "source_sha256": sha256_file(source),
                 "base_model": cfg.get("model"),
                 "algo": cfg.get("algo"),
                 "chat": (cfg.get("eval") or {}).get("chat"),

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from winnow.lora import ADAPTER_FILE, is_adapter_file
-from winnow.numerics import resolve_attention, resolve_precision, torch_dtype
+from winnow.numerics import resolve_attention, resolve_device, resolve_precision, torch_dtype
 from winnow.sampling import (
     Completion,
     GenerationCancelled,
@@ -36,14 +36,10 @@ from winnow.sampling import (
 
 log = logging.getLogger(__name__)
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """The engine's weight dtype: ``numerics.precision`` resolved for ``device`` (see :mod:`winnow.numerics`)."""
+    """The engine's weight dtype: ``numerics.precision`` resolved for ``device`` (see :mod:`winnow.numerics`). Not
+    the learner's rule (``winnow.learner.model.resolve_dtype`` keeps fp32 master weights under "auto"): an engine
+    samples in the precision, the learner trains in fp32."""
     return torch_dtype(resolve_precision(precision, device.type) if precision == "auto" else precision)
 
 

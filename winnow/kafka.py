@@ -53,6 +53,8 @@ from aiokafka.helpers import create_ssl_context
 from google.protobuf import message as pb_message
 
 from winnow.config import KafkaConfig
+from winnow.groups import check_wire_group
+from winnow.offsets import OffsetTracker as OffsetTracker  # the one offset tracker, re-exported for consumers
 from winnow.v1 import messages_pb2
 
 log = logging.getLogger(__name__)
@@ -234,22 +236,10 @@ def validate(msg: pb_message.Message) -> None:
         _require(name, "request_id", msg.request_id)
         _require(name, "prompt_id", msg.prompt_id)
     elif isinstance(msg, ScoredGroup):
-        _require(name, "request_id", msg.request_id)
-        _require(name, "prompt_id", msg.prompt_id)
-        if not msg.samples:
-            raise DecodeError(f"{name} {msg.request_id!r} has no samples")
-        for i, s in enumerate(msg.samples):
-            n = len(s.response_token_ids)
-            if len(s.behaviour_logprobs) != n:
-                raise DecodeError(
-                    f"{name} {msg.request_id!r} samples[{i}]: {len(s.behaviour_logprobs)} behaviour_logprobs "
-                    f"for {n} response_token_ids"
-                )
-            if s.policy_versions and len(s.policy_versions) != n:
-                raise DecodeError(
-                    f"{name} {msg.request_id!r} samples[{i}]: {len(s.policy_versions)} policy_versions "
-                    f"for {n} response_token_ids"
-                )
+        try:
+            check_wire_group(msg)  # the one scored-group validator (winnow.groups), with the wire's limits
+        except ValueError as e:
+            raise DecodeError(str(e)) from None
     elif isinstance(msg, WeightAnnouncement):
         _require(name, "uri", msg.uri)
         if msg.version < 0:
@@ -548,61 +538,6 @@ async def commit_offsets(consumer: AIOKafkaConsumer, offsets: Mapping[tuple[str,
     """
     if offsets:
         await consumer.commit({TopicPartition(*tp): int(off) for tp, off in offsets.items()})
-
-
-class OffsetTracker:
-    """Which offsets are safe to commit when messages finish out of order.
-
-    ``track(record)`` when a record is received, ``done(record)`` when its work is durable (or
-    it was skipped). :meth:`committable` gives, per partition, the lowest offset still pending
-    (or one past the highest received), i.e. everything below it is done.
-    """
-
-    def __init__(self) -> None:
-        self._pending: dict[TopicPartition, set[int]] = {}
-        self._next: dict[TopicPartition, int] = {}
-        self._committed: dict[TopicPartition, int] = {}
-
-    @staticmethod
-    def _tp(record_or_tp: ConsumerRecord | TopicPartition) -> TopicPartition:
-        if isinstance(record_or_tp, TopicPartition):
-            return record_or_tp
-        return TopicPartition(record_or_tp.topic, record_or_tp.partition)
-
-    def track(self, record: ConsumerRecord) -> None:
-        tp = self._tp(record)
-        self._pending.setdefault(tp, set()).add(record.offset)
-        self._next[tp] = max(self._next.get(tp, 0), record.offset + 1)
-
-    def done(self, record: ConsumerRecord | TopicPartition, offset: int | None = None) -> None:
-        tp = self._tp(record)
-        off = record.offset if offset is None else offset
-        self._pending.get(tp, set()).discard(off)
-
-    def pending(self) -> int:
-        return sum(len(s) for s in self._pending.values())
-
-    def committable(self) -> dict[TopicPartition, int]:
-        out = {}
-        for tp, nxt in self._next.items():
-            pending = self._pending.get(tp)
-            out[tp] = min(pending) if pending else nxt
-        return out
-
-    def to_commit(self) -> dict[TopicPartition, int]:
-        """The committable offsets that moved since the last :meth:`mark_committed`."""
-        return {tp: off for tp, off in self.committable().items() if off > self._committed.get(tp, -1)}
-
-    def mark_committed(self, offsets: Mapping[TopicPartition, int]) -> None:
-        for tp, off in offsets.items():
-            self._committed[tp] = max(self._committed.get(tp, -1), off)
-
-    def forget(self, partitions: Iterable[TopicPartition]) -> None:
-        """Drop state for partitions this consumer no longer owns (after a rebalance)."""
-        for tp in partitions:
-            self._pending.pop(tp, None)
-            self._next.pop(tp, None)
-            self._committed.pop(tp, None)
 
 
 # ------------------------------------------------------------------------------ weights, lag

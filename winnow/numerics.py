@@ -9,7 +9,12 @@ evaluation decodes, all at one declared compute precision, ``numerics.precision`
 - the evaluation decodes with the generators' own engine on a copy of the weights in that dtype,
   so ``eval_accuracy`` measures the policy the generators sample.
 
-Pure pydantic; torch is imported only by :func:`torch_dtype`. The residual training-inference
+Devices: :func:`resolve_device` is the one rule ("auto": cuda when available, else cpu) for every service. Dtypes
+have two "auto" rules on purpose: an inference engine holds its weights in the resolved precision
+(``winnow.hf_engine.resolve_dtype``), the learner keeps fp32 master weights whatever the precision
+(``winnow.learner.model.resolve_dtype``: AdamW updates of 1e-6 round to nothing in bf16).
+
+Pure pydantic; torch is imported only by :func:`torch_dtype` and :func:`resolve_device`. The residual training-inference
 mismatch (different kernels, batch shapes) is measured per step as ``mismatch_kl`` and
 ``mismatch_max_abs_log_ratio`` (see docs/metrics.md).
 """
@@ -18,7 +23,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from winnow.config import Model
 
@@ -62,6 +67,25 @@ def resolve_precision(precision: str, device_type: str) -> ResolvedPrecision:
     if device_type == "cuda" or (device_type == "cpu" and cpu_has_bf16()):
         return "bfloat16"
     return "float32"
+
+
+def resolve_device(device: Any = "auto"):
+    """``"auto"`` -> ``cuda`` if available, else ``cpu``; a ``torch.device`` as it is; anything else is passed to
+    ``torch.device``. ValueError for a string torch does not know and for cuda without CUDA (the one device rule of
+    the generators' engines and the learner; imports torch)."""
+    import torch
+
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device: {device!r} is not a torch device ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} requested but CUDA is not available")
+    return dev
 
 
 def resolve_attention(attention: str, device_type: str) -> str | None:

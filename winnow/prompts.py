@@ -38,7 +38,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -200,30 +199,6 @@ _SOURCE_ADAPTER: TypeAdapter = TypeAdapter(PromptSourceConfig)
 def parse_source_config(data: dict[str, Any]) -> PromptSourceConfig:
     """Validate a plain dict (e.g. from YAML) into the right source config."""
     return _SOURCE_ADAPTER.validate_python(data)
-
-
-# ---------------------------------------------------------------------------------------------
-# answers
-
-_GSM8K_ANSWER = re.compile(r"####\s*(.+?)\s*$", re.S)
-
-
-def gsm8k_gold(answer: str) -> str:
-    """``"...\\n#### 1,234"`` -> ``"1234"``: the text after the last ``####``, thousands separators
-    dropped (only commas between digit groups, so "1, 2" stays)."""
-    idx = answer.rfind("####")
-    if idx < 0:
-        raise PromptSourceError(f"GSM8K-style answer has no '####': {answer[-80:]!r}")
-    gold = answer[idx + 4 :].strip()
-    gold = re.sub(r"(?<=\d),(?=\d{3}\b)", "", gold)
-    return gold
-
-
-def extract_gold(answer: Any, fmt: str) -> str:
-    text = str(answer).strip() if not isinstance(answer, str) else answer.strip()
-    if fmt == "gsm8k" or (fmt == "auto" and "####" in text):
-        return gsm8k_gold(text)
-    return text
 
 
 # ---------------------------------------------------------------------------------------------

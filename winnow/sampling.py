@@ -3,6 +3,10 @@
 :class:`SamplingConfig` (what to sample), :class:`Completion` (what came out), the processed
 distribution :func:`process_logprobs` whose log-probs are recorded as the behaviour log-probs,
 and :func:`sample_tokens`. Torch is imported only inside the functions.
+
+The one module of the sampling wire protocol: :func:`sampling_to_wire`, :func:`merge_sampling` (a request's
+``SamplingParams`` over a generator's defaults) and :func:`prompt_request` (the ``PromptRequest`` the learner
+releases).
 """
 
 from __future__ import annotations
@@ -121,15 +125,53 @@ def sample_tokens(logprobs: torch.Tensor, generator: torch.Generator | None = No
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+# ------------------------------------------------------------------------------------- the wire
+# SamplingConfig <-> ``SamplingParams`` (protos/winnow/v1/messages.proto): the one translation, used by the learner
+# (releasing requests) and the generators (merging a request's parameters over their defaults, reporting them in a
+# ScoredGroup).
+
+
+def sampling_to_wire(s: SamplingConfig):
+    """``s`` as a ``SamplingParams`` message (a seed of None travels as 0, "no seed")."""
+    from winnow.v1 import messages_pb2
+
+    return messages_pb2.SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                                       max_new_tokens=s.max_new_tokens, seed=s.seed or 0)
+
+
+def merge_sampling(default: SamplingConfig, wire: Any | None) -> SamplingConfig:
+    """A request's ``SamplingParams`` (``wire``, None when the request has none) over the configured ``default``.
+    Proto3 zeros mean "unset": temperature 0, top_p 0, top_k 0, max_new_tokens 0, seed 0 take the default (so
+    greedy decoding is a generator setting, not a per-request one); temperature is capped at 10 and top_p at 1.
+    pydantic's ``ValidationError`` for a value out of bounds."""
+    if wire is None:
+        return default
+    update: dict[str, Any] = {}
+    if wire.temperature > 0:
+        update["temperature"] = min(10.0, float(wire.temperature))
+    if wire.top_p > 0:
+        update["top_p"] = min(1.0, float(wire.top_p))
+    if wire.top_k > 0:
+        update["top_k"] = int(wire.top_k)
+    if wire.max_new_tokens > 0:
+        update["max_new_tokens"] = int(wire.max_new_tokens)
+    if wire.seed != 0:
+        update["seed"] = int(wire.seed)
+    return SamplingConfig.model_validate({**default.model_dump(), **update})
+
+
+def request_sampling(default: SamplingConfig, request: Any) -> SamplingConfig:
+    """The sampling of a ``PromptRequest``: its ``sampling`` field (when set) over ``default``."""
+    return merge_sampling(default, request.sampling if request.HasField("sampling") else None)
+
+
 def prompt_request(problem: Any, request_id: str, *, n: int, sampling: SamplingConfig, version: int, now: float):
     """The ``PromptRequest`` asking generators for ``n`` samples of ``problem`` (a :class:`winnow.prompts.Problem`)
     with ``sampling``, released at policy ``version`` at unix time ``now``."""
     from winnow.v1 import messages_pb2
 
-    s = sampling
     return messages_pb2.PromptRequest(
         prompt_id=problem.prompt_id, request_id=request_id, problem=problem.problem, gold=problem.gold,
         task=problem.task, n=n, release_version=version, released_at=now,
         messages=[messages_pb2.ChatMessage(role=r, content=c) for r, c in getattr(problem, "messages", None) or ()],
-        sampling=messages_pb2.SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-                                             max_new_tokens=s.max_new_tokens, seed=s.seed or 0))
+        sampling=sampling_to_wire(sampling))

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
+from winnow.datasets import gsm8k_answer
 from winnow.prompts import (
     JsonlSourceConfig,
     Problem,
     PromptSourceError,
     ReasoningGymSourceConfig,
-    gsm8k_gold,
     make_source,
     parse_source_config,
 )
@@ -71,8 +71,8 @@ def test_jsonl_gsm8k_golds(tmp_path):
     assert len(src) == 5
     # "#### 3,000" -> "3000": the text after the last ####, thousands separators dropped
     assert src[3] == Problem(prompt_id="train/3", problem="Q3: what is 3 * 1000?", gold="3000", task="math")
-    assert gsm8k_gold("x #### 1,234,567") == "1234567"
-    assert gsm8k_gold("#### -7.5") == "-7.5"
+    assert gsm8k_answer("x #### 1,234,567") == "1234567"
+    assert gsm8k_answer("#### -7.5") == "-7.5"
 
 
 def test_jsonl_plain_answers_and_fields(tmp_path):

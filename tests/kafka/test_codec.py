@@ -57,7 +57,7 @@ def test_garbage_is_decode_error(data):
 def test_invariants_checked(build):
     g = build.scored_group(1)
     del g.samples[1].behaviour_logprobs[-1]
-    with pytest.raises(DecodeError, match=r"samples\[1\]: 2 behaviour_logprobs for 3 response_token_ids"):
+    with pytest.raises(DecodeError, match=r"sample 1: behaviour_logprobs has 2 entries but response_token_ids has 3"):
         decode(messages_pb2.ScoredGroup, g.SerializeToString())
     with pytest.raises(DecodeError, match="behaviour_logprobs"):
         encode(g)  # producers cannot ship it either
