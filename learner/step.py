@@ -64,9 +64,12 @@ from winnow.learner.model import (
 )
 from winnow.learner.objective import compute_loss, correction_metrics, judgement, prepare_batch_signals
 from winnow.learner.prefix import pack_micro_batches, shared_prompt_hidden
+from winnow.metric_defs import combine_micro_batches, derive, from_rank_vectors, rank_vectors, step_keys
+from winnow.metric_table import LEARNER
 from winnow.samples import SampleJudgement
 
 GroupOutcome = Literal["trained", "all_correct", "all_wrong"]
+STEP_KEYS = frozenset(step_keys(LEARNER))
 
 
 def group_outcomes(keep: torch.Tensor, correct: torch.Tensor, valid: torch.Tensor) -> tuple[GroupOutcome, ...]:
@@ -79,25 +82,11 @@ def group_outcomes(keep: torch.Tensor, correct: torch.Tensor, valid: torch.Tenso
 
 @dataclass(frozen=True)
 class StepResult:
-    """What a training step did: per group whether it was trained (or why not), the metrics the service
-    exports as typed fields, and every metric by name for ``metrics.jsonl`` (``result["clip_frac"]``)."""
+    """What a training step did: per group whether it was trained (or why not), and every metric by name for
+    ``metrics.jsonl`` (``result["clip_frac"]``); each key is a row of :data:`~winnow.metric_table.LEARNER`, which says
+    how it combines over micro-batches and ranks and where it is exported."""
 
     group_outcomes: tuple[GroupOutcome, ...]
-    loss: float
-    entropy: float
-    kl: float
-    clip_frac: float
-    ratio_mean: float
-    ratio_max: float
-    ess: float
-    reward_mean: float
-    acceptance_rate: float
-    kept_group_fraction: float
-    tokens: float
-    skipped: bool
-    mismatch_kl: float
-    mismatch_max_abs_log_ratio: float
-    mismatch_tokens: float
     metrics: dict[str, float]
     judged: SampleJudgement | None = None
     """Per sample: kept by the filter, valid, reward (the sample log)."""
@@ -105,12 +94,18 @@ class StepResult:
     @classmethod
     def build(cls, outcomes: tuple[GroupOutcome, ...], metrics: dict[str, float],
               judged: SampleJudgement | None = None) -> StepResult:
-        typed = {f: metrics[f] for f in cls.__dataclass_fields__ if f not in ("group_outcomes", "metrics", "judged")}
-        typed["skipped"] = bool(typed["skipped"])
-        return cls(group_outcomes=tuple(outcomes), metrics=dict(metrics), judged=judged, **typed)
+        """A key without a row in the metric table is an error: it would be neither reduced nor documented."""
+        if unknown := metrics.keys() - STEP_KEYS:
+            raise ValueError(f"step metrics without a row in winnow/metric_table.py: {sorted(unknown)}")
+        return cls(group_outcomes=tuple(outcomes), metrics=dict(metrics), judged=judged)
 
     def __getitem__(self, name: str) -> float:
         return self.metrics[name]
+
+    @property
+    def skipped(self) -> bool:
+        """No optimizer step was taken (nothing carried weight, or a non-finite gradient norm)."""
+        return bool(self.metrics["skipped"])
 
 
 CHUNK_ELEMENTS = 1 << 24
@@ -382,9 +377,7 @@ class Trainer:
         metrics["skipped"] = float(not stepped)
         total = time.perf_counter() - t_start
         metrics["time_total_s"] = total
-        metrics["tokens_per_s"] = metrics["tokens"] / total if total > 0 else 0.0
-        if self.world_size > 1:
-            metrics = self._reduce_metrics(metrics)
+        metrics = self._reduce_metrics(metrics) if self.world_size > 1 else derive(LEARNER, metrics)
         return StepResult.build(result.group_outcomes, metrics, result.judged)
 
     def forward_backward(self, groups: list[GroupData]) -> StepResult:
@@ -415,8 +408,6 @@ class Trainer:
 
         B, T = batch.targets.shape
         logprobs_all = torch.zeros(B, T, device=self.device)  # (B, T) log pi_theta, detached
-        acc: dict[str, float] = {}
-        t_fwd = t_ref = t_bwd = 0.0
         scale = float(self.world_size)  # undo FSDP/DDP gradient averaging: each rank holds a share of a sum
 
         self.optimizer.zero_grad(set_to_none=True)
@@ -433,8 +424,8 @@ class Trainer:
         # when the region closes, before the optimizer changes the weights. Not under FSDP/DDP, whose
         # parameters are re-gathered around every forward (a cached cast would bypass their hooks).
         with self._autocast() if self.world_size == 1 and self.autocast_region else contextlib.nullcontext():
-            acc = self._micro_loop(batch, micro, real, advantages, sample_weight, denom, scale, logprobs_all, acc)
-        t_fwd, t_ref, t_bwd = acc.pop("_t_fwd"), acc.pop("_t_ref"), acc.pop("_t_bwd")
+            parts, (t_fwd, t_ref, t_bwd) = self._micro_loop(batch, micro, real, advantages, sample_weight, denom,
+                                                            scale, logprobs_all)
 
         # metrics: ratio statistics over every trained token of the batch
         trained = torch.zeros_like(mask)
@@ -443,15 +434,7 @@ class Trainer:
         same_version = (trained != 0) & (batch.policy_versions == self.version)  # before this step's update
         mm = mismatch_stats(logprobs_all, batch.behaviour_logprobs, same_version)
         staleness = (self.version - batch.group_policy_versions).to(torch.float32)
-        n_tok = acc.pop("_tokens", 0.0)
-        metrics: dict[str, float] = {
-            "loss": acc.get("loss", 0.0),
-            "pg_loss": acc.get("pg_loss", 0.0),
-            "kl": acc.get("kl", 0.0),
-            "entropy": acc.get("entropy", 0.0),
-        }
-        for k in ("clip_frac", "dual_clip_frac", "is_weight_mean", "is_trunc_frac"):
-            metrics[k] = acc.get(k, 0.0) / n_tok if n_tok > 0 else (1.0 if k == "is_weight_mean" else 0.0)
+        metrics = combine_micro_batches(LEARNER, parts)  # loss terms summed, token shares token-weighted
         metrics.update(
             {k: float(rs[k]) for k in ("ratio_mean", "ratio_max", "ratio_min", "ess")}
         )
@@ -461,7 +444,6 @@ class Trainer:
             {
                 "skipped": float(skipped),
                 "lr": self.lr_at(self.version),
-                "tokens": float(mask[rows].sum()),
                 "tokens_total": float(mask.sum()),
                 "sequences": float(rows.numel()),
                 "groups": float(batch.num_groups),
@@ -478,10 +460,11 @@ class Trainer:
         metrics.update({k: float(v) for k, v in sig["metrics"].items()})
         return StepResult.build(group_outcomes(sig["keep"], sig["correct"], sig["valid"]), metrics, judgement(sig, algo))
 
-    def _micro_loop(self, batch, micro, real, advantages, sample_weight, denom, scale, logprobs_all, acc):
+    def _micro_loop(self, batch, micro, real, advantages, sample_weight, denom, scale, logprobs_all):
         """Forward and backward of every micro-batch (gradients accumulate in ``.grad``); fills
-        ``logprobs_all`` and returns the accumulated loss metrics with the phase times."""
+        ``logprobs_all`` and returns the loss metrics of each real micro-batch with the phase times."""
         algo = self.algo
+        parts: list[dict[str, float]] = []
         t_fwd = t_ref = t_bwd = 0.0
         # Under FSDP2, reduce-scatter the gradients once per step (after the last micro-batch), not after every one;
         # every rank runs the same number of micro-batches, so they agree on which is last.
@@ -520,9 +503,8 @@ class Trainer:
             t_fwd, t_ref, t_bwd = t_fwd + t1 - t0, t_ref + t2 - t1, t_bwd + t3 - t2
             if not dummy:
                 logprobs_all[idx, : mb.response_width] = logprobs.detach()
-                _accumulate_loss_metrics(acc, m)
-        acc.update({"_t_fwd": t_fwd, "_t_ref": t_ref, "_t_bwd": t_bwd})
-        return acc
+                parts.append(m)
+        return parts, (t_fwd, t_ref, t_bwd)
 
     def optimizer_step(self, skip: bool = False) -> tuple[float, bool]:
         """Clip the accumulated gradient, take the AdamW step (unless ``skip`` or a non-finite norm) and
@@ -544,23 +526,12 @@ class Trainer:
         return grad_norm, stepped
 
     def _reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Across ranks: sums for counts, max for maxima, means (unweighted over ranks) otherwise."""
-        keys = sorted(metrics)
-        sums = {"tokens", "tokens_total", "sequences", "groups", "loss"}
-        vals = torch.tensor([metrics[k] for k in keys], dtype=torch.float64)
-        summed = self._all_reduce(vals.clone(), "sum")
-        maxed = self._all_reduce(vals.clone(), "max")
-        w = self.world_size
-        out = {}
-        for i, k in enumerate(keys):
-            if k.endswith("_max") or k.startswith("time_"):
-                out[k] = float(maxed[i])
-            elif k in sums:
-                out[k] = float(summed[i])
-            else:
-                out[k] = float(summed[i]) / w
-        out["tokens_per_s"] = out["tokens"] / out["time_total_s"] if out["time_total_s"] > 0 else 0.0
-        return out
+        """Across ranks, as each key's row in the metric table declares (sum, weighted mean, max, min, ...): one
+        sum and one max all-reduce (:func:`~winnow.metric_defs.rank_vectors`)."""
+        keys, to_sum, to_max = rank_vectors(LEARNER, metrics)
+        summed = self._all_reduce(torch.tensor(to_sum, dtype=torch.float64), "sum").tolist()
+        maxed = self._all_reduce(torch.tensor(to_max, dtype=torch.float64), "max").tolist()
+        return from_rank_vectors(LEARNER, keys, summed, maxed, self.world_size)
 
     # ------------------------------------------------------------------ checkpoints and weights
     def state_dict(self) -> dict[str, Any]:
@@ -642,16 +613,6 @@ class Trainer:
                 first.setdefault(id(p), name)
             return state
         return self.model.state_dict()
-
-
-def _accumulate_loss_metrics(acc: dict[str, float], m: dict[str, float]) -> None:
-    """Sum the objective's batch-normalised terms; weight the per-micro-batch means by their tokens."""
-    for k in ("loss", "pg_loss", "kl", "entropy"):
-        acc[k] = acc.get(k, 0.0) + m[k]
-    w = m["tokens"]
-    acc["_tokens"] = acc.get("_tokens", 0.0) + w
-    for k in ("clip_frac", "dual_clip_frac", "is_weight_mean", "is_trunc_frac"):
-        acc[k] = acc.get(k, 0.0) + m[k] * w
 
 
 def save_state_dict(

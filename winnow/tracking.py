@@ -16,9 +16,9 @@ and the step-0 evaluation) and the groups of each step; the tracker fans them ou
 - ``trackio``: ``trackio.init(project, name, config)`` (local-first; ``TRACKIO_DIR`` picks the folder).
 
 Metric names in the sinks: ``train/<key>`` for step statistics, ``eval/<key>`` for ``eval_*``,
-``time/<key>`` for timings, ``groups/<outcome>`` for the cumulative group outcomes. Prometheus gets the
-step statistics the learner service does not already export as ``winnow_learner_*`` gauges
-(:func:`training_gauges`, documented in docs/metrics.md).
+``time/<key>`` for timings (each key's group is declared in :data:`winnow.metric_table.LEARNER`, listed in
+docs/metrics.md), ``groups/<outcome>`` for the cumulative group outcomes. The Prometheus gauges of the step
+statistics are the learner service's (:class:`winnow.learner.metrics.LearnerMetrics`, from the same table).
 
 A sink that fails while logging (a network error, a full disk) is logged and counted in
 ``winnow_learner_tracking_errors_total{sink}``; training goes on. A sink whose package is missing is
@@ -36,6 +36,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from winnow.config import ConfigError, Model
+from winnow.metric_defs import register, sink_tag
+from winnow.metric_table import LEARNER
 
 log = logging.getLogger(__name__)
 
@@ -93,65 +95,10 @@ class TrackingConfig(Model):
         return self
 
 
-def training_gauges() -> dict[str, Any]:
-    """Step statistic -> its Prometheus gauge (not yet registered): the statistics the learner service
-    does not export itself (documented in docs/metrics.md; the dashboard's training panels use them)."""
-    from prometheus_client import Gauge
-
-    return {
-        "grad_norm": Gauge("winnow_learner_grad_norm", "Gradient L2 norm before clipping (last step).", registry=None),
-        "lr": Gauge("winnow_learner_learning_rate", "Learning rate of the last step.", registry=None),
-        "pg_loss": Gauge("winnow_learner_pg_loss", "Policy-gradient term of the loss (last step).", registry=None),
-        "response_length_mean": Gauge(
-            "winnow_learner_response_length_mean",
-            "Mean response length in tokens over the batch's samples (last step).",
-            registry=None,
-        ),
-        "truncated_fraction": Gauge(
-            "winnow_learner_truncated_ratio",
-            "Samples of the batch that hit max_new_tokens (finish_reason length) (last step).",
-            registry=None,
-        ),
-        "ratio_min": Gauge(
-            "winnow_learner_importance_ratio_min", "Min pi_theta/mu over trained tokens (last step).", registry=None
-        ),
-        "staleness_mean": Gauge(
-            "winnow_learner_staleness_mean", "Mean version - policy_version of the batch's groups (last step).",
-            registry=None,
-        ),
-        "kept_sample_fraction": Gauge(
-            "winnow_learner_kept_sample_ratio", "Samples of the batch kept by the filter (last step).",
-            registry=None,
-        ),
-        "advantage_abs_mean": Gauge(
-            "winnow_learner_advantage_abs_mean", "Mean |advantage| over kept samples (last step).", registry=None
-        ),
-        "dual_clip_frac": Gauge(
-            "winnow_learner_dual_clip_ratio",
-            "Share of trained tokens where the dual clip is active (last step).",
-            registry=None,
-        ),
-        "is_trunc_frac": Gauge(
-            "winnow_learner_is_truncated_ratio",
-            "Share of trained tokens whose truncated IS weight was capped (decoupled loss; last step).",
-            registry=None,
-        ),
-        "skipped": Gauge(
-            "winnow_learner_step_skipped", "1 if the last step took no optimizer step (no kept sample).",
-            registry=None,
-        ),
-    }
-
-
 def metric_tag(key: str) -> str:
-    """Sink name of a metrics.jsonl key: ``eval_accuracy`` -> ``eval/accuracy``, ``loss`` -> ``train/loss``."""
-    if key.startswith("eval_"):
-        return "eval/" + key.removeprefix("eval_")
-    if key.startswith("time_") or key.endswith("_s") and key not in ("tokens_per_s",):
-        return "time/" + key
-    if "/" in key:
-        return key
-    return "train/" + key
+    """Sink name of a metrics.jsonl key, from its row in the metric table (:data:`winnow.metric_table.LEARNER`):
+    ``eval_accuracy`` -> ``eval/accuracy``, ``loss`` -> ``train/loss``, ``time_forward_s`` -> ``time/time_forward_s``."""
+    return sink_tag(LEARNER, key)
 
 
 def flatten_row(row: dict[str, Any]) -> dict[str, float]:
@@ -340,10 +287,10 @@ def markdown_table(columns: list[str], rows: list[list[Any]]) -> str:
 
 
 class Tracker:
-    """Fans each metrics row and each step's sample rows out to the configured sinks and Prometheus.
+    """Fans each metrics row and each step's sample rows out to the configured sinks.
 
     ``config``: the resolved service config (W&B/trackio config, MLflow params). ``registry``: the
-    process's Prometheus registry (None = no gauges).
+    process's Prometheus registry, for the sinks' error counter (None = not counted).
     """
 
     def __init__(
@@ -368,8 +315,7 @@ class Tracker:
         except BaseException:
             self.close()
             raise
-        self._gauges: dict[str, Any] = {}
-        self._errors = None
+        self._errors: Any = None
         if registry is not None:
             self._register(registry)
 
@@ -389,21 +335,8 @@ class Tracker:
             raise ConfigError(f"tracking.sinks: {sink!r} could not start: {type(e).__name__}: {e}") from e
 
     def _register(self, registry: Any) -> None:
-        from prometheus_client import Counter
-
-        for key, gauge in training_gauges().items():
-            try:
-                registry.register(gauge)
-            except ValueError:  # the service exports it already (duplicated timeseries)
-                log.debug("gauge %s is already registered; not adding it again", gauge._name)
-                continue
-            self._gauges[key] = gauge
-        self._errors = Counter(
-            "winnow_learner_tracking_errors",
-            "Tracking sink calls that failed (the step's metrics did not reach that sink).",
-            ["sink"],
-            registry=registry,
-        )
+        (row,) = (m for m in LEARNER if m.key == "tracking_errors")
+        self._errors = register([row], registry)[row.prom]
         for s in self.cfg.sinks:
             self._errors.labels(sink=s)
 
@@ -416,13 +349,8 @@ class Tracker:
                 self._errors.labels(sink=sink.name).inc()
 
     def log_row(self, row: dict[str, Any]) -> None:
-        """One metrics.jsonl row (``version`` is the step): to every sink and the Prometheus gauges,
-        then the sample rows recorded since the last row, if any."""
+        """One metrics.jsonl row (``version`` is the step): to every sink, then the sample rows recorded since the last row, if any."""
         step = int(row.get("version", 0))
-        for key, gauge in self._gauges.items():
-            value = row.get(key)
-            if isinstance(value, int | float):
-                gauge.set(float(value))
         metrics = flatten_row(row)
         for sink in self.sinks:
             self._call(sink, "log", step, metrics, row.get("time"))

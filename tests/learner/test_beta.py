@@ -23,8 +23,8 @@ from winnow.learner.filters import (
     sampler_diagnostics,
     uniform_draws,
 )
+from winnow.learner.metrics import LearnerMetrics
 from winnow.learner.objective import compute_loss, prepare_batch_signals
-from winnow.learner.sampler_metrics import BetaSamplerMetrics
 from winnow.learner.step import OptimConfig, Trainer
 from winnow.learner.tiny import build_tiny_model_and_tokenizer
 
@@ -282,12 +282,12 @@ def test_group_outcomes_use_the_same_draws():
 
 def test_prometheus_gauges_show_both_sides():
     reg = CollectorRegistry()
-    m = BetaSamplerMetrics(reg)
-    m.observe({"loss": 1.0})  # another preset: nothing set
+    m = LearnerMetrics(reg)
+    m.observe_metrics({"loss": 1.0})  # another preset: no beta-sampler gauge set
     assert reg.get_sample_value("winnow_learner_beta_identity", {"side": "is_weight_var"}) is None
     cfg = AlgoConfig.from_preset("raft_beta", beta=0.5)
     d = prepare_batch_signals(STATUSES, cfg, request_ids=IDS)["metrics"]
-    m.observe(d)
+    m.observe_metrics(d)
     get = reg.get_sample_value
     assert get("winnow_learner_beta_identity", {"side": "is_weight_var"}) == d["beta_is_weight_var"]
     assert get("winnow_learner_beta_identity", {"side": "inverse_acceptance_minus_one"}) == pytest.approx(

@@ -232,13 +232,15 @@ def metrics_in_code(*files: Path) -> set[str]:
             names.add(name + "_total" if kind == "Counter" and not name.endswith("_total") else name)
         # gauges declared as data: {"key": ("winnow_...", "help")}
         names.update(re.findall(r':\s*\(\s*"(winnow_[a-z0-9_]+)"', f.read_text()))
+        if f.name == "metric_table.py":  # a metric table (winnow/metric_defs.py): exposed names as string literals
+            names.update(re.findall(r'"(winnow_[a-z0-9_]+)"', f.read_text()))
     return names
 
 
 @pytest.mark.parametrize("service, files", [
     ("verifier", ["verifier/service_metrics.py"]),
     ("generator", ["generator/service.py"]),
-    ("learner", ["learner/metrics.py", "learner/sampler_metrics.py", "winnow/tracking.py"]),
+    ("learner", ["winnow/metric_table.py"]),
 ])
 def test_metric_docs_match_the_code(service, files) -> None:
     """Every metric a service defines is documented, and every documented one exists (no drift)."""

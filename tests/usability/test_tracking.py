@@ -9,10 +9,10 @@ import struct
 import time
 
 import pytest
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
 
 from winnow.config import ConfigError, load_config
-from winnow.tracking import Tracker, TrackingConfig, flatten_row, metric_tag, training_gauges
+from winnow.tracking import Tracker, TrackingConfig, flatten_row, metric_tag
 
 
 def _tb_events(logdir):
@@ -63,7 +63,7 @@ def test_metric_names():
     assert flat == {"train/loss": 1.0, "groups/stale": 2.0}  # nested dicts other than outcomes, strings: skipped
 
 
-def test_tensorboard_and_prometheus(tmp_path, make_row, make_group):
+def test_tensorboard(tmp_path, make_row, make_group):
     registry = CollectorRegistry()
     tracker = Tracker(TrackingConfig(), tmp_path, registry=registry)
     tracker.record_groups([make_group([1, 2, 2, 1])], ["trained"], step=3)
@@ -82,23 +82,7 @@ def test_tensorboard_and_prometheus(tmp_path, make_row, make_group):
     assert ("train/grad_norm", 5) not in scalars
     (table,) = [t for (tag, step), t in texts.items() if step == 3]
     assert "What is 2+3?" in table and "| correct |" in table
-
-    # the last row's values, as gauges
-    assert registry.get_sample_value("winnow_learner_grad_norm") == 0.75
-    assert registry.get_sample_value("winnow_learner_learning_rate") == 1e-6
-    assert registry.get_sample_value("winnow_learner_response_length_mean") == 42.0
-    assert registry.get_sample_value("winnow_learner_truncated_ratio") == 0.125
-    assert registry.get_sample_value("winnow_learner_pg_loss") == -0.3
-    assert len({g._name for g in training_gauges().values()}) == len(training_gauges())
-
-
-def test_gauge_the_service_already_exports_is_not_duplicated(tmp_path, make_row):
-    registry = CollectorRegistry()
-    Gauge("winnow_learner_grad_norm", "exported by the service", registry=registry)
-    tracker = Tracker(TrackingConfig(sinks=[]), tmp_path, registry=registry)  # no ValueError
-    tracker.log_row(make_row(1))
-    assert registry.get_sample_value("winnow_learner_learning_rate") == 1e-6
-    assert "grad_norm" not in tracker._gauges
+    assert registry.get_sample_value("winnow_learner_tracking_errors_total", {"sink": "tensorboard"}) == 0.0
 
 
 def test_failing_sink_is_counted_not_raised(tmp_path, make_row):
@@ -201,15 +185,20 @@ def test_missing_package_is_a_config_error(tmp_path, monkeypatch):
 
 
 def test_tracker_next_to_the_learner_metrics(tmp_path, make_row):
-    """The service's own registry: the tracker adds only the gauges the service does not export."""
+    """One registry for the service and its tracker (no duplicated name); the step gauges are the service's, set
+    from the step's metrics: the values the row carries to the sinks."""
     from winnow.learner.metrics import LearnerMetrics
 
     registry = CollectorRegistry()
-    LearnerMetrics(registry)
+    metrics = LearnerMetrics(registry)
     tracker = Tracker(TrackingConfig(sinks=[]), tmp_path, registry=registry)
-    tracker.log_row(make_row(2))
+    row = make_row(2)
+    metrics.observe_metrics({k: v for k, v in row.items() if k in ("grad_norm", "truncated_fraction", "lr", "pg_loss")})
+    tracker.log_row(row)
     assert registry.get_sample_value("winnow_learner_grad_norm") == 0.5
     assert registry.get_sample_value("winnow_learner_truncated_ratio") == 0.125
+    assert registry.get_sample_value("winnow_learner_learning_rate") == 1e-6
+    assert registry.get_sample_value("winnow_learner_pg_loss") == -0.3
 
 
 def test_a_sink_that_cannot_start_is_a_config_error(tmp_path, monkeypatch):
