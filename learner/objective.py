@@ -221,10 +221,11 @@ def compute_loss(
     ``w = pi_old / mu``, where ``pi_old`` is ``proximal_logprobs`` or else ``logprobs`` detached (the learner's
     recompute before this step's update); under ``decoupled`` without a correction ``min(w, is_cap)``.
 
-    Metrics: ``loss``, ``pg_loss``, ``kl``, ``entropy`` use the same denominator as the loss, so they *sum*
-    over micro-batches to the batch value; ``clip_frac``, ``dual_clip_frac``, ``is_weight_mean``,
-    ``is_trunc_frac`` are over this micro-batch's weighted tokens (``tokens``). Ratio statistics are the
-    step's, computed once over the batch (:func:`~winnow.learner.losses.ratio_stats`).
+    Metrics: ``loss``, ``pg_loss``, ``kl``, ``entropy`` use the same denominator as the loss (they add up over
+    micro-batches and ranks to the batch value); ``clip_frac``, ``dual_clip_frac``, ``is_weight_mean``,
+    ``is_trunc_frac`` are over this micro-batch's weighted tokens (``tokens``). How each combines is declared in
+    its row of :data:`winnow.metric_table.LEARNER`. Ratio statistics are the step's, computed once over the batch
+    (:func:`~winnow.learner.losses.ratio_stats`).
     """
     if cfg.kl_coef > 0 and ref_logprobs is None:
         raise ValueError(f"cfg.kl_coef={cfg.kl_coef} > 0 needs ref_logprobs (or set kl_coef=0)")

@@ -262,3 +262,15 @@ def test_step_gauges_follow_the_table():
     assert get("winnow_learner_tokens_total") == 10.0  # a counter: 7 + 3
     assert get("winnow_learner_mismatch_kl") == 0.01  # set_if mismatch_tokens > 0
     assert get("winnow_learner_beta_identity", {"side": "is_weight_var"}) is None
+
+
+def test_the_service_row_fields_have_rows():
+    """The fields the learner service adds to each ``metrics.jsonl`` row (read from its source) are rows of the
+    table (``source="row"``), so the sinks and the docs know them."""
+    text = (ROOT / "learner" / "service.py").read_text()
+    block = text[text.index("append_jsonl(self._jsonl, {"):]
+    block = block[: block.index("}))")]
+    fields = set(re.findall(r'"(\w+)":', block)) - {"version", "time", "outcomes", "batch_outcomes"}
+    assert fields, "no metrics.jsonl fields found in learner/service.py"
+    rows = {m.key for m in LEARNER if m.source == "row"}
+    assert fields <= rows, f"metrics.jsonl fields without a row: {sorted(fields - rows)}"
