@@ -229,7 +229,7 @@ _RANKS_DOC = {"sum": "sum", "max": "max", "min": "min", "same": "same on every r
 def _reduction(m: Metric) -> tuple[str, str]:
     micro = {"sum": "sum", "mean": f"mean by `{m.weight}`", "once": "once per step"}[m.micro]
     if m.source != "step":
-        return "", ""
+        return "", "rank 0 (the service)"
     ranks = f"mean by `{m.weight}`" if m.ranks == "mean" and m.weight else _RANKS_DOC.get(m.ranks, m.ranks)
     return micro, ranks
 
