@@ -1,5 +1,5 @@
-"""Experiment tracking: every learner metric to TensorBoard (default), W&B, MLflow, trackio and
-Prometheus, plus the sample log (:mod:`winnow.samples`) as one table per step where a sink has tables.
+"""Experiment tracking: every learner metric to TensorBoard (default), W&B, MLflow and trackio,
+plus the sample log (:mod:`winnow.samples`) as one table per step where a sink has tables.
 
 The learner hands :class:`Tracker` each row it writes to ``<run_dir>/metrics.jsonl`` (one per step,
 and the step-0 evaluation) and the groups of each step; the tracker fans them out:
