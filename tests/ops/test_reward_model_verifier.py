@@ -123,7 +123,8 @@ async def test_routed_by_task_like_any_verifier(server: int, model_dir: Path) ->
     from prometheus_client import CollectorRegistry
 
     from winnow.generator.config import VerifierRouting
-    from winnow.generator.service import GeneratorMetrics, Scorer
+    from winnow.generator.metrics import GeneratorMetrics
+    from winnow.generator.scoring import Scorer
 
     scorer = Scorer(VerifierRouting(endpoints={"rm/*": f"127.0.0.1:{server}"}), GeneratorMetrics(CollectorRegistry()))
     try:
