@@ -204,11 +204,13 @@ def zygote_main(ctrl_fd: int, memory_mb: int, cpu_s: int, idle_warmup: bool = Fa
         handle = module.handle_job
         idle_warmup = False
     else:
+        gc.disable()  # sympy's import: ~80,000 lasting objects, ~400 garbage; the collections during it cost ~15%
         import winnow.verifier.symbolic  # noqa: F401  (sympy + latex2sympy2_extended, once)
 
         for gold, pred in _WARMUP:  # the first ANTLR parse and sympy evaluation are slow: pay it once here
             handle_job({"gold": gold, "pred": pred})
         winnow.verifier.symbolic.clear_caches()
+        gc.enable()
     gc.collect()
     gc.freeze()  # keep the preloaded heap shared copy-on-write with the workers
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps exited workers

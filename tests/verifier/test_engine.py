@@ -368,3 +368,81 @@ def test_sll_first_parsing_gives_the_trees_of_ll(monkeypatch):
     monkeypatch.setattr(sym, "PredictionMode", types.SimpleNamespace(SLL=PredictionMode.LL))  # LL only
     assert [outcome(t) for t in texts] == two_stage
     assert sum(o.startswith("Exception") for o in two_stage) == 1  # the grammar rejects \\pm inside \\frac (LL too)
+
+
+def _tex(rng: random.Random, depth: int = 0) -> str:
+    """A random LaTeX expression rich in letters with superscripts (the SLL stage's superscript decision),
+    subscripts, functions, groups and implicit products; seeded, depth <= 2 so LL stays quick."""
+    letters = ["x", "y", "a", "f", "n", "\\alpha", "\\theta", "\\pi"]
+    k = rng.randrange(14) if depth < 2 else rng.randrange(3)
+    if k == 0:
+        return str(rng.randint(0, 99))
+    if k == 1:
+        return rng.choice(letters)
+    if k == 2:
+        return rng.choice(letters) + "^" + rng.choice([str(rng.randint(0, 9)), rng.choice(letters), "{2}"])
+    sub = lambda: _tex(rng, depth + 1)  # noqa: E731
+    if k == 3:
+        return rng.choice(letters) + "^{" + sub() + "}" + rng.choice(
+            ["", "!", "'", "(" + sub() + ")", "^{2}", "^3", "[" + sub() + "]", "_{1}", "_n", "\\cdot " + sub()])
+    if k == 4:
+        return str(rng.randint(1, 20)) + rng.choice(letters) + "^{" + sub() + "}"
+    if k == 5:
+        return "e^{" + sub() + "}" + rng.choice(["", "^{2}", "x"])
+    if k == 6:
+        op = rng.choice(["+", "-", "\\cdot ", "\\times ", "/", "", " ", "=", "<", "\\le ", ","])
+        return sub() + op + sub()
+    if k == 7:
+        return "(" + sub() + ")" + rng.choice(["", "^{2}", "^" + rng.choice(letters), "(" + sub() + ")"])
+    if k == 8:
+        return "\\frac{" + sub() + "}{" + sub() + "}"
+    if k == 9:
+        return "\\sqrt{" + sub() + "}" + rng.choice(["", "^{2}"])
+    if k == 10:
+        return (rng.choice(["\\sin", "\\cos", "\\log", "\\ln"]) + rng.choice(["", "^{2}", "^2", "^{n}", "_{2}"])
+                + rng.choice([" " + rng.choice(letters), "(" + sub() + ")", "{" + sub() + "}"]))
+    if k == 11:
+        return rng.choice(letters) + rng.choice(["_{1}", "_n", ""]) + rng.choice(["^{2}", "^2", ""]) + rng.choice(["", "_{3}"])
+    if k == 12:
+        return rng.choice(["\\sum_{i=1}^{n} ", "\\prod^{n}_{k=0} ", "\\int_{0}^{1} ", "\\lim_{x\\to 0} "]) + sub()
+    return "|" + sub() + "|" + rng.choice(["", "^{2}"])
+
+
+def test_superscript_decision_and_bail_out_give_the_trees_of_ll():
+    """The SLL stage answers atom_expr's superscript decision itself in a text without ``_`` (SLL alone takes
+    ``supexpr subexpr`` for ``x^{2}`` and fails, so every polynomial cost a full-LL re-parse) and bails out at
+    the first error: on the shapes below and 80 seeded random expressions every parse tree (or the
+    rejection) equals plain LL's, and ``x^{2}+14x+49`` no longer needs the second stage."""
+    from latex2sympy2_extended import normalize_latex
+    from latex2sympy2_extended.latex2sympy2 import ConversionConfig, PSParser
+
+    import winnow.verifier.symbolic as sym
+
+    assert sym._SUPERSCRIPT_DECISION is not None  # the grammar has the shape the override relies on
+    conv = sym._SafeLatex2Sympy(None, None, False, config=ConversionConfig())
+
+    def tree(parse, text: str) -> str:
+        try:
+            return parse(text).toStringTree(ruleNames=PSParser.ruleNames)
+        except Exception as e:
+            return f"rejected: {type(e).__name__}"
+
+    def ll(text: str):  # LL prediction, the default error strategy: the reference
+        return conv.create_parser(text).math()
+
+    rng = random.Random(2029)
+    texts = ["x^{2}+14x+49", "x^2-5x+6", "2x^{3}y^{2}", "x^{2}(x+1)", "f^{2}(x)", "x^{y^{2}}", "x^{2}^{3}", "e^{x^{2}}",
+             "a^{b}!", "x^{2}'", "\\alpha^{2}+\\theta^{n}", "x^{T}", "x^{\\circ}", "x^{2}_{1}", "x_{1}^{2}", "x_{y}^{2}",
+             "x^{2", "x^", "^{2}", "x^{2}=4", "(x,y^{2})", "\\{x^{2},1\\}", "\\sqrt{x^{2}}", "|x^{3}|", "x^{2}\\le 9"]
+    texts += [_tex(rng) for _ in range(80)]
+    texts = [normalize_latex(t, sym._NORM) for t in texts]
+    ours = [tree(conv.parse_tree, t) for t in texts]
+    assert ours == [tree(ll, t) for t in texts]
+    assert 3 < sum(o.startswith("rejected") for o in ours) < 40  # both kinds are exercised
+
+    calls = []
+    real = conv.create_parser
+    conv.create_parser = lambda text: calls.append(text) or real(text)
+    conv.parse_tree("x^{2}+14x+49")
+    conv.parse_tree("x_{1}+x_{2}")  # a subscript: the override is off, SLL fails, LL decides
+    assert calls == ["x^{2}+14x+49", "x_{1}+x_{2}", "x_{1}+x_{2}"]
