@@ -185,20 +185,6 @@ class GeneratorService:
         except KafkaError as e:  # rebalanced away: the next owner re-processes (learner dedupes)
             log.warning("offset commit failed (%s); those prompts may be redelivered", e)
 
-    async def _fetch(self, consumer) -> list[Any]:
-        first = await consumer.getmany(timeout_ms=500, max_records=self.cfg.batch_prompts)
-        records = [r for rs in first.values() for r in rs]
-        if records and len(records) < self.cfg.batch_prompts and self.cfg.batch_wait_ms:
-            deadline = time.monotonic() + self.cfg.batch_wait_ms / 1000
-            while len(records) < self.cfg.batch_prompts and not self._stop.is_set():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                more = await consumer.getmany(timeout_ms=int(left * 1000),
-                                              max_records=self.cfg.batch_prompts - len(records))
-                records += [r for rs in more.values() for r in rs]
-        return records
-
     async def _lag_loop(self, consumer) -> None:
         from winnow.kafka import consumer_lag
 
@@ -249,13 +235,16 @@ class GeneratorService:
             self._batch_idle.set()
 
     async def _loop(self, consumer, weights, producer, names, hmac_key: bytes | None) -> None:
+        from winnow.kafka import fetch_records
+
         while not self._stop.is_set():
             if self.cfg.weights.enabled and self.state.poll_due(time.monotonic()):
                 await self.weights.poll(weights)
             if self.state.finished:
                 await self._wait_while_finished(consumer, weights, names.prompts)
                 continue
-            records = await self._fetch(consumer)
+            records = await fetch_records(consumer, self.cfg.batch_prompts, self.cfg.batch_wait_ms,
+                                          self._stop.is_set)
             if not records:
                 continue
             pending = self._admit(records)

@@ -529,6 +529,23 @@ def make_consumer(
     return consumer
 
 
+async def fetch_records(consumer: AIOKafkaConsumer, max_records: int, wait_ms: int = 0,
+                        stopping: Callable[[], bool] = lambda: False) -> list[ConsumerRecord]:
+    """Up to ``max_records`` records (waiting up to 500 ms for the first); once one arrived, up to ``wait_ms`` more
+    milliseconds for the rest of a full batch, unless ``stopping()`` turns true. [] when nothing came."""
+    first = await consumer.getmany(timeout_ms=500, max_records=max_records)
+    records = [r for rs in first.values() for r in rs]
+    if records and len(records) < max_records and wait_ms:
+        deadline = time.monotonic() + wait_ms / 1000
+        while len(records) < max_records and not stopping():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            more = await consumer.getmany(timeout_ms=int(left * 1000), max_records=max_records - len(records))
+            records += [r for rs in more.values() for r in rs]
+    return records
+
+
 async def commit_offsets(consumer: AIOKafkaConsumer, offsets: Mapping[tuple[str, int], int]) -> None:
     """Commit ``{partition: next offset to read}`` (i.e. last processed offset + 1); partitions as
     ``TopicPartition`` or plain ``(topic, partition)`` tuples.
