@@ -71,6 +71,27 @@ def test_invariants_checked(build):
         decode(messages_pb2.PromptRequest, p.SerializeToString())
 
 
+def test_the_wire_check_is_the_groups_validator_with_the_wire_limits(build):
+    """One validator (winnow.groups.check_group): on the wire, per-token versions or none (the group's), ids set;
+    the learner's limits (values, prompt, n) are not the codec's."""
+    g = build.scored_group(1)
+    del g.samples[0].policy_versions[:]  # none: the group's policy_version
+    g.samples[1].behaviour_logprobs[0] = 0.5  # a value only the learner judges
+    del g.prompt_token_ids[:]
+    assert decode(messages_pb2.ScoredGroup, g.SerializeToString()).request_id == "req-1"
+    g.samples[0].policy_versions.append(3)  # one version for three tokens: not on the wire
+    with pytest.raises(DecodeError, match=r"sample 0: policy_versions has 1 entries"):
+        decode(messages_pb2.ScoredGroup, g.SerializeToString())
+    g = build.scored_group(1)
+    g.prompt_id = ""
+    with pytest.raises(DecodeError, match="prompt_id is empty"):
+        encode(g)
+    del g.samples[:]
+    g.prompt_id = "p"
+    with pytest.raises(DecodeError, match="group has no samples"):
+        encode(g)
+
+
 def test_decode_record_counts_and_skips(build):
     seen = []
     good = _record(
