@@ -60,6 +60,26 @@ class OptimConfig(Model):
     still fit; a single sequence longer than the budget gets a pass of its own."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% more compute)."""
+    logprob_mode: Literal["auto", "hidden", "logits"] = "auto"
+    """How the training step computes token log-probs and entropy: ``hidden`` applies the LM head chunk by chunk to
+    the decoder's hidden states, so the (batch, tokens, vocabulary) logits never exist (needs a plain linear LM
+    head); ``logits`` takes the model's logits and computes log-softmax and entropy in chunks; ``auto`` = hidden
+    when the model has a plain linear head, else logits (decided when the model is loaded)."""
+    logprob_chunk_size: int | None = Field(default=None, ge=1, le=1 << 24)
+    """Response tokens whose (tokens x vocabulary) log-softmax is computed at once by the log-prob and entropy
+    kernels; None = about 64 MiB of fp32 logits per chunk (``learner.step.auto_chunk_size``). Lower it if the
+    training step runs out of memory at a large vocabulary."""
+
+    @model_validator(mode="after")
+    def _share_prompt_needs(self) -> OptimConfig:
+        if self.share_prompt and self.gradient_checkpointing:
+            raise ValueError("optim.share_prompt needs optim.gradient_checkpointing false (the shared prompt's "
+                             "activations are reused across the group's responses)")
+        if self.share_prompt and self.logprob_mode == "logits":
+            raise ValueError("optim.share_prompt needs optim.logprob_mode hidden or auto (it runs the responses "
+                             "against the prompt's cached hidden states)")
+        return self
+
     def lr_factor(self, step: int) -> float:
         """The multiplier of ``lr`` at optimizer step ``step`` (0-based): ``(step + 1) / warmup_steps`` during
         warm-up, then 1 (``constant``) or transformers' ``linear``/``cosine`` decay over ``total_steps`` raised to
@@ -79,7 +99,7 @@ class OptimConfig(Model):
     responses against the cached prompt (micro-batches keep a group's rows together; same gradient, see
     winnow.learner.prefix).
     Saves most of the compute when prompts are long next to responses (few-shot demonstrations).
-    Needs the hidden log-prob mode and no gradient checkpointing."""
+    Needs ``logprob_mode`` hidden (or auto on a model with a plain linear LM head) and no gradient checkpointing."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -136,7 +156,9 @@ class WeightStoreConfig(Model):
     keep: int = Field(default=3, ge=1)
     """Keep the newest this many versions in the store (generators may still be loading an older one)."""
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
-    """dtype of the published tensors ("auto" = as trained)."""
+    """dtype of the published tensors. "auto" = ``numerics.precision`` when that is bfloat16 or float32 (the
+    generators hold the weights in it anyway: bf16 halves the bytes to write, hash and read, same numbers once
+    loaded), else as trained; the resolved value is shown by ``--print-config``."""
 
 
 class CheckpointConfig(Model):
@@ -192,7 +214,9 @@ class EvalConfig(Model):
     """Prompt source of the eval set (same schema as ``prompts``); None = the training source with
     ``split: eval`` (needs ``prompts.holdout > 0``)."""
     chat: ChatFormat = ChatFormat()
-    """Prompt format for evaluation: use the same block as the generators' ``chat`` (``winnow up`` does)."""
+    """Set from ``learner.chat`` (the shared top-level ``chat``): not a setting of its own. Kept so that readers of
+    ``learner-config.json`` (``winnow export``, ``winnow eval``) find the prompt format here; an older config's
+    ``eval.chat`` is read as ``chat``, and one that differs from ``chat`` is refused."""
     verifier_endpoints: dict[str, str] = Field(default_factory=dict)
     """Where each held-out problem is scored, by its task, as the generators' ``verifier.endpoints``: task pattern
     (fnmatch, first match wins) -> ``host:port`` of a Verifier server; other tasks: the in-process math verifier.
@@ -267,6 +291,10 @@ class LearnerConfig(Settings):
     backward and log-prob recompute run under autocast to it over the master weights, and the held-out
     evaluation decodes with the generators' engine in it."""
 
+    chat: ChatFormat = ChatFormat()
+    """Prompt format (the shared top-level ``chat`` section, which the generators sample with): the learner bounds
+    prompt lengths (``max_prompt_tokens``) and runs the held-out evaluation in it."""
+
     algo: AlgoConfig = AlgoConfig()
     """Algorithm: ``preset`` (raft, raft++, reinforce, grpo, reinforce_rej, ...) plus any AlgoConfig field
     to override (see docs/algorithms.md), e.g. ``{preset: grpo, kl_coef: 0}``."""
@@ -282,8 +310,9 @@ class LearnerConfig(Settings):
     n: int = Field(default=8, ge=1, le=1024)
     """Samples per prompt (the group size), sent in every prompt request."""
     sampling: SamplingConfig = SamplingConfig()
-    """Sampling parameters sent with every prompt request; ``temperature`` is also the one the learner
-    divides its logits by, so that pi_theta matches the behaviour distribution."""
+    """Sampling parameters (the shared top-level ``sampling`` section, the generators' defaults too) sent with every
+    prompt request; ``temperature`` (> 0 here) is also the one the learner divides its logits by, so that pi_theta
+    matches the behaviour distribution."""
     max_steps: int | None = Field(default=None, ge=1)
     """Stop after this many optimizer steps in total (None = run until stopped)."""
     on_finish: Literal["exit", "idle"] = "exit"
@@ -294,7 +323,7 @@ class LearnerConfig(Settings):
     """A released prompt whose scored group has not arrived after this long is released again (new
     request id); the late group, if it ever comes, is dropped as a duplicate."""
     max_prompt_tokens: int = Field(default=4096, ge=1, le=1_000_000)
-    """A prompt longer than this many tokens (formatted as the generators do, ``eval.chat``) is not released:
+    """A prompt longer than this many tokens (formatted as the generators do, ``chat``) is not released:
     it is counted as ``rejected`` and its position skipped, so one huge dataset row cannot take the
     generators down."""
     rerelease_on_resume: bool = True
@@ -344,7 +373,33 @@ class LearnerConfig(Settings):
                 "learner.autocast was replaced by numerics.precision (auto | bfloat16 | float32), one setting "
                 "shared by the generators, the learner and its evaluation"
             )
+        old = (data.get("eval") or {}).get("chat") if isinstance(data, dict) and isinstance(data.get("eval"), dict) \
+            else None
+        if old is not None:  # learner.eval.chat was replaced by the shared chat: read it as chat
+            if data.get("chat") is None:
+                data = {**data, "chat": old}
+            elif ChatFormat.model_validate(old) != ChatFormat.model_validate(data["chat"]):
+                raise ValueError("learner.eval.chat was replaced by chat (the shared top-level chat section, read by "
+                                 "the generators and the learner) and the two differ: remove eval.chat")
         return data
+
+    @field_validator("sampling")
+    @classmethod
+    def _sampled_temperature(cls, v: SamplingConfig) -> SamplingConfig:
+        if v.temperature <= 0:
+            raise ValueError(f"sampling.temperature must be > 0 for training, got {v.temperature}: the learner divides "
+                             "its logits by it, greedy groups carry no policy-gradient signal, and 0 on the wire "
+                             "means the generators' own default")
+        return v
+
+    @model_validator(mode="after")
+    def _derived(self) -> LearnerConfig:
+        """``eval.chat`` mirrors ``chat``; ``weights.dtype`` "auto" follows an explicit ``numerics.precision``."""
+        if self.eval.chat != self.chat:
+            self.eval = self.eval.model_copy(update={"chat": self.chat})
+        if self.weights.dtype == "auto" and self.numerics.precision != "auto":
+            self.weights = self.weights.model_copy(update={"dtype": self.numerics.precision})
+        return self
 
     @model_validator(mode="after")
     def _schedule_length(self) -> LearnerConfig:

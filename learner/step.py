@@ -155,18 +155,17 @@ class Trainer:
         logprob_chunk_size: int | None = None,
         temperature: float = 1.0,
         autocast_dtype: torch.dtype | None | str = "auto",
-        logprob_mode: str = "auto",
+        logprob_mode: str | None = None,
         dp_group: Any = None,
     ):
         """``ref_model``: ``"copy"`` (frozen deep copy of ``model``, made only when ``algo.kl_coef > 0``),
         a module, or None. ``temperature``: the sampling temperature; logits are divided by it so that
         pi_theta is the distribution the behaviour log-probs were measured under. ``autocast_dtype``:
         ``"auto"`` = bf16 autocast on CUDA when the parameters are fp32, none otherwise.
-        ``logprob_chunk_size``: rows of (response tokens x vocabulary) processed at once by the log-prob
-        and entropy kernels; None = :func:`auto_chunk_size` (about 64 MiB of fp32 logits per chunk).
-        ``logprob_mode``: ``"hidden"`` applies the LM head chunk by chunk to the decoder's hidden states, so
-        the (b, t, V) logits never exist (needs a plain linear head, see ``plain_lm_head``); ``"logits"``
-        takes the model's logits and computes log-softmax/entropy in chunks; ``"auto"`` = hidden when possible.
+        ``logprob_chunk_size``, ``logprob_mode``: override ``optim.logprob_chunk_size`` / ``optim.logprob_mode``
+        (the learner config's, documented there; None = the config's value). Chunk size None = :func:`auto_chunk_size`
+        (about 64 MiB of fp32 logits per chunk); mode ``"hidden"`` needs a plain linear head (``plain_lm_head``),
+        ``"auto"`` = hidden when possible.
         ``dp_group``: a torch.distributed process group (or None = the default group when
         torch.distributed is initialised); see docs/distributed.md.
         """
@@ -177,6 +176,8 @@ class Trainer:
         self.device = torch.device(device) if device is not None else _model_device(model)
         if _model_device(model) != self.device:
             self.model.to(self.device)
+        logprob_chunk_size = logprob_chunk_size or self.optim_cfg.logprob_chunk_size
+        logprob_mode = logprob_mode or self.optim_cfg.logprob_mode
         self.logprob_chunk_size = int(logprob_chunk_size or auto_chunk_size(self.model))
         if self.logprob_chunk_size < 1:
             raise ValueError(f"logprob_chunk_size must be >= 1, got {logprob_chunk_size}")
@@ -193,7 +194,7 @@ class Trainer:
             raise ValueError(f"logprob_mode must be auto, hidden or logits, got {logprob_mode!r}")
         has_plain_head = plain_lm_head(self.model) is not None
         if logprob_mode == "hidden" and not has_plain_head:
-            raise ValueError("logprob_mode='hidden' needs a plain linear LM head (see plain_lm_head)")
+            raise ValueError("optim.logprob_mode hidden needs a plain linear LM head (see plain_lm_head): use auto or logits")
         self.logprob_mode = "hidden" if logprob_mode == "auto" and has_plain_head else logprob_mode
         if self.logprob_mode == "auto":
             self.logprob_mode = "logits"

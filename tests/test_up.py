@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from winnow.config import ConfigError
 from winnow.up import Pipeline, entropy_collapse_notice, format_progress, resolve, summary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,8 +25,15 @@ def _configs(data: dict, tmp_path: Path) -> dict:
     return configs
 
 
+def _resolved(overrides: list[str], tmp_path: Path) -> dict:
+    """Every service's config as ``winnow up`` runs it (the shared sections merged in), as dumped dicts."""
+    p = Pipeline(resolve(None, overrides, tmp_path), tmp_path, resume=False)
+    p.ports = {k: 1 for k in ("verifier", "verifier_metrics", "learner_metrics", "generator_metrics")}
+    return p.resolved("127.0.0.1:9092")
+
+
 def test_default_config_evaluates_held_out_and_uses_the_fast_layout(tmp_path):
-    learner = _configs(resolve(None, [], tmp_path), tmp_path)["learner"]
+    learner = _resolved([], tmp_path)["learner"]
     assert learner["eval"]["every"] > 0 and learner["prompts"]["holdout"] >= learner["eval"]["prompts"]
     assert learner["optim"]["share_prompt"] is True
     assert learner["checkpoint"]["every"] > 1
@@ -33,9 +41,9 @@ def test_default_config_evaluates_held_out_and_uses_the_fast_layout(tmp_path):
 
 
 def test_weights_dtype_follows_precision_unless_set(tmp_path):
-    learner = _configs(resolve(None, ["numerics.precision=float32"], tmp_path), tmp_path)["learner"]
-    assert "dtype" not in learner["weights"]  # as trained
-    learner = _configs(resolve(None, ["learner.weights.dtype=float32"], tmp_path), tmp_path)["learner"]
+    assert _resolved(["numerics.precision=float32"], tmp_path)["learner"]["weights"]["dtype"] == "float32"
+    assert _resolved(["numerics.precision=auto"], tmp_path)["learner"]["weights"]["dtype"] == "auto"  # as trained
+    learner = _resolved(["learner.weights.dtype=float32"], tmp_path)["learner"]
     assert learner["weights"]["dtype"] == "float32"
 
 
@@ -278,12 +286,10 @@ def _print_config(capsys, *argv: str) -> dict:
 
 
 def test_a_preset_under_up_gets_its_own_defaults_unless_the_user_sets_them(tmp_path, capsys):
-    from winnow.config import load_config
     from winnow.learner.config import LearnerConfig
 
     def algo(*overrides):
-        learner = _configs(resolve(None, list(overrides), tmp_path), tmp_path)["learner"]
-        return load_config(LearnerConfig, data={"learner": learner}).algo
+        return LearnerConfig.model_validate(_resolved(list(overrides), tmp_path)["learner"]).algo
 
     assert algo().preset == "raft" and algo().kl_coef == 0.0  # the default's own choice for raft
     assert algo("learner.algo.preset=grpo").kl_coef == 0.001  # grpo's documented default, not raft's 0
@@ -418,7 +424,7 @@ def test_a_lora_learner_starts_vllm_generators_with_lora_support(tmp_path):
     g = gen(["learner.lora.rank=100", "generator.engine=vllm"])
     assert g["vllm_enable_lora"] is True and g["vllm_max_lora_rank"] == 128
     assert gen(["learner.lora.rank=8", "generator.engine=vllm"])["vllm_max_lora_rank"] == 64
-    assert gen(["learner.lora.rank=8", "generator.engine=vllm", "generator.vllm_enable_lora=false"])[
-        "vllm_enable_lora"] is False
+    with pytest.raises(ConfigError, match="generator.vllm_enable_lora must be true: learner.lora publishes"):
+        gen(["learner.lora.rank=8", "generator.engine=vllm", "generator.vllm_enable_lora=false"])
     assert "vllm_enable_lora" not in gen(["generator.engine=vllm"])
     assert "vllm_enable_lora" not in gen(["learner.lora.rank=8"])

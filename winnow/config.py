@@ -7,8 +7,9 @@ variants. A config is resolved, lowest priority first, from:
 1. the field defaults,
 2. a YAML or JSON file (``--config FILE``; a Kubernetes ConfigMap). If the file has a top-level
    key named after the service's ``section`` (e.g. ``verifier:``), that subtree is used, so one
-   file can hold the whole pipeline; the shared top-level ``kafka`` and ``numerics`` sections are
-   merged under it,
+   file can hold the whole pipeline; the shared top-level sections every service must agree on
+   (:data:`SHARED_SECTIONS`: ``model``, ``chat``, ``sampling``, ``numerics``, ``kafka``) are merged under
+   it, and such a file's cross-service rules are checked (:func:`winnow.pipeline.check_pipeline`),
 3. environment variables ``WINNOW_<SECTION>_<FIELD>``, nested fields joined with ``__``
    (``WINNOW_LEARNER_ALGO__PRESET=grpo``; a nested block as JSON, ``WINNOW_LEARNER_ALGO='{...}'``),
    and for Kafka the standard ``KAFKA_*`` variables of :data:`KAFKA_ENV` (bootstrap servers,
@@ -240,9 +241,13 @@ def kafka_from_env(cfg: KafkaConfig) -> KafkaConfig:
 
 S = TypeVar("S", bound=Settings)
 
-SHARED_SECTIONS = ("kafka", "numerics")
-"""Top-level sections of a pipeline file that every service with that field reads (``kafka``: the
-broker and topics; ``numerics``: the compute precision, see :mod:`winnow.numerics`)."""
+SHARED_SECTIONS = ("model", "chat", "sampling", "numerics", "kafka")
+"""Top-level sections of a pipeline file that every service with that field reads, defined once for the
+generators and the learner: ``model`` (the initial policy), ``chat`` (the prompt format,
+:class:`winnow.chat.ChatFormat`), ``sampling`` (:class:`winnow.sampling.SamplingConfig`), ``numerics`` (the
+compute precision, see :mod:`winnow.numerics`) and ``kafka`` (the broker and topics). A service's own key
+(``generator.chat``) still overrides its top-level value for that service; a pipeline file whose services then
+disagree is refused (:func:`winnow.pipeline.check_pipeline`)."""
 
 
 MAX_ALIAS_EXPANSION = 100_000
@@ -460,6 +465,10 @@ def load_config(
     if path is not None:
         file_data = deep_merge(file_data, read_config_file(path))
     if cls.section and isinstance(file_data.get(cls.section), dict):
+        from winnow.pipeline import check_pipeline, lift_shared
+
+        file_data = lift_shared(file_data)  # an older file's shared setting set in one section only
+        check_pipeline(file_data)  # a pipeline file: its services must agree on the shared sections
         shared = {k: v for k, v in file_data.items() if k in SHARED_SECTIONS and k in cls.model_fields}
         file_data = deep_merge(shared, file_data[cls.section])
     if cls.section:

@@ -39,6 +39,7 @@ from pydantic import Field, model_validator
 
 from winnow.brokers import free_port
 from winnow.config import (
+    SHARED_SECTIONS,
     ConfigError,
     Model,
     Settings,
@@ -48,6 +49,7 @@ from winnow.config import (
     read_config_file,
     settings_config,
 )
+from winnow.pipeline import lift_shared, pipeline_problems
 
 log = logging.getLogger("winnow.up")
 
@@ -131,6 +133,7 @@ def resolve(config_path: str | None, overrides: list[str], run_dir: Path,
     fields the user set. ``notes`` (if given) receives what the user must know at start, e.g. that the
     held-out evaluation is off."""
     data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    data.setdefault("up", {})  # the default sets none of up's fields: they are UpConfig's defaults
     default_algo = dict(data["learner"].get("algo") or {})
     replaced = eval_set = False
     user_algo: set[str] = set()
@@ -165,10 +168,11 @@ def resolve(config_path: str | None, overrides: list[str], run_dir: Path,
 
 def check_sections(data: dict[str, Any]) -> None:
     """Refuse a top-level section no service reads (a misspelled ``lerner:`` would be ignored)."""
-    unknown = set(data) - {"up", "kafka", "numerics", *COMPONENTS}
+    unknown = set(data) - {"up", *SHARED_SECTIONS, *COMPONENTS}
     if unknown:
         raise ConfigError(
-            f"unknown top-level section(s) {sorted(unknown)}; expected up, kafka, numerics, {', '.join(COMPONENTS)}"
+            f"unknown top-level section(s) {sorted(unknown)}; expected up, {', '.join(SHARED_SECTIONS)}, "
+            f"{', '.join(COMPONENTS)}"
         )
 
 
@@ -280,10 +284,10 @@ class Pipeline:
     """Starts, watches and stops the services of one local run."""
 
     def __init__(self, data: dict[str, Any], run_dir: Path, resume: bool) -> None:
-        self.data = data
+        self.data = lift_shared(data)  # an older config's generator.chat etc. become the shared sections
         self.run_dir = run_dir
         self.resume = resume
-        self.up = load_config(UpConfig, data=data)
+        self.up = load_config(UpConfig, data={"up": data.get("up") or {}})
         self.procs: dict[str, subprocess.Popen] = {}
         self.broker = None
         self.ports: dict[str, int] = {}
@@ -293,19 +297,27 @@ class Pipeline:
 
     # -- configuration ----------------------------------------------------------------------
 
+    def shared(self, bootstrap: str, model_dir: str | None) -> dict[str, Any]:
+        """The top-level sections every service reads (:data:`winnow.config.SHARED_SECTIONS`), with the run's broker
+        and converted model filled in: written at the top of each service's config file, never copied into its
+        section (``load_config`` merges them)."""
+        out = {k: self.data[k] for k in SHARED_SECTIONS if k in self.data}
+        out["kafka"] = {**self.data.get("kafka", {}), "bootstrap_servers": bootstrap}
+        if model_dir:
+            out["model"] = model_dir
+        return out
+
     def component_configs(self, bootstrap: str, model_dir: str | None) -> dict[str, dict[str, Any]]:
-        """Per-service config dicts with the run's paths, ports and addresses filled in."""
+        """Per-service config sections with the run's paths, ports and addresses filled in; the shared sections are
+        :meth:`shared` (each service's file is ``{**shared, name: section}``)."""
         host, rd = self.up.host, self.run_dir
-        kafka = {**self.data.get("kafka", {}), "bootstrap_servers": bootstrap}
         out: dict[str, dict[str, Any]] = {}
         verifier = dict(self.data.get("verifier", {}))
         verifier.update(host=host, port=self.ports["verifier"], metrics_port=self.ports["verifier_metrics"])
         verifier.setdefault("metrics_host", host)
         out["verifier"] = verifier
-        numerics = self.data.get("numerics", {})  # one precision for sampling, training and evaluation
-        gen = deep_merge(self.data.get("generator", {}), {"kafka": kafka, "numerics": numerics, "metrics_host": host,
-                                                          "weights": {"root": str(rd / "weights")}})
-        if model_dir:
+        gen = deep_merge(self.data.get("generator", {}), {"metrics_host": host, "weights": {"root": str(rd / "weights")}})
+        if model_dir and "model" in gen:  # an old per-service key: the converted model replaces the alias
             gen["model"] = model_dir
         if self.up.start_verifier:
             gen = deep_merge(gen, {"verifier": {"default_endpoint": f"{host}:{self.ports['verifier']}"}})
@@ -324,8 +336,6 @@ class Pipeline:
         learner = deep_merge(
             self.data.get("learner", {}),
             {
-                "kafka": kafka,
-                "numerics": numerics,
                 "metrics_host": host,
                 "metrics_port": self.ports["learner_metrics"],
                 "run_dir": str(rd),
@@ -333,16 +343,10 @@ class Pipeline:
                 "checkpoint": {"dir": str(rd / "checkpoints"), "resume": True},
             },
         )
-        if model_dir:
+        if model_dir and "model" in learner:
             learner["model"] = model_dir
-        if numerics.get("precision") == "bfloat16" and "dtype" not in learner.get("weights", {}):
-            # the generators hold the weights in bf16 anyway: publish them so (half the bytes to write,
-            # hash and read; the same numbers once loaded)
-            learner = deep_merge(learner, {"weights": {"dtype": "bfloat16"}})
         if routes and "verifier_endpoints" not in learner.get("eval", {}):  # evaluate through the same routes
             learner = deep_merge(learner, {"eval": {"verifier_endpoints": gen["verifier"]["endpoints"]}})
-        if "chat" in gen and "chat" not in learner.get("eval", {}):  # evaluate with the generators' prompt
-            learner = deep_merge(learner, {"eval": {"chat": gen["chat"]}})
         out["learner"] = learner
         return out
 
@@ -373,25 +377,31 @@ class Pipeline:
         from winnow.verifier.config import VerifierConfig
 
         configs = self.component_configs(bootstrap, model_dir)
-        self.validate(configs)
+        shared = self.shared(bootstrap, model_dir)
+        self.validate(configs, shared)
         out: dict[str, Any] = {"up": self.up.model_dump(mode="json")}
         if self.up.start_verifier:
             out["verifier"] = load_config(VerifierConfig, data={"verifier": configs["verifier"]}).model_dump(mode="json")
         for name, gen in self.generator_configs(configs["generator"]).items():
-            out[name] = load_config(GeneratorConfig, data={"generator": gen}).model_dump(mode="json")
-        out["learner"] = load_config(LearnerConfig, data={"learner": configs["learner"]}).model_dump(mode="json")
+            out[name] = load_config(GeneratorConfig, data={**shared, "generator": gen}).model_dump(mode="json")
+        out["learner"] = load_config(LearnerConfig, data={**shared, "learner": configs["learner"]}).model_dump(mode="json")
         return out
 
-    def validate(self, configs: dict[str, dict[str, Any]]) -> None:
+    def validate(self, configs: dict[str, dict[str, Any]], shared: dict[str, Any] | None = None) -> None:
+        """Validate every service's config (its section over the ``shared`` ones, default :meth:`shared` with a
+        placeholder broker) and the cross-service rules (:func:`winnow.pipeline.pipeline_problems`); one ConfigError
+        lists every problem."""
+        if shared is None:
+            shared = self.shared("127.0.0.1:9092", None)
         from winnow.generator.config import GeneratorConfig
         from winnow.learner.config import LearnerConfig
         from winnow.verifier.config import VerifierConfig
 
         classes = {"verifier": VerifierConfig, "generator": GeneratorConfig, "learner": LearnerConfig}
-        problems = []
+        problems = [f"{p}" for p in pipeline_problems({**shared, **configs})]
         for name, cfg in configs.items():
             try:
-                loaded = load_config(classes[name], data={name: cfg})
+                loaded = load_config(classes[name], data={**shared, name: cfg} if name != "verifier" else {name: cfg})
             except ConfigError as e:
                 problems.append(str(e))
                 continue
@@ -501,10 +511,12 @@ class Pipeline:
         bootstrap, self.broker = ensure_broker(configured or None, self.up.broker, self.run_dir / "kafka")
         log.info("kafka at %s%s", bootstrap, f" (local {self.up.broker} broker)" if self.broker else "")
         configs = self.component_configs(bootstrap, model_dir)
+        shared = self.shared(bootstrap, model_dir)
         cfg_dir = self.run_dir / "config"
         cfg_dir.mkdir(parents=True, exist_ok=True)
-        for name, cfg in configs.items():
-            (cfg_dir / f"{name}.yaml").write_text(yaml.safe_dump({name: cfg}, sort_keys=False))
+        for name, cfg in configs.items():  # each file: the shared sections once, then the service's own
+            head = {} if name == "verifier" else shared
+            (cfg_dir / f"{name}.yaml").write_text(yaml.safe_dump({**head, name: cfg}, sort_keys=False))
         (cfg_dir / "up.yaml").write_text(yaml.safe_dump(self.data, sort_keys=False))
 
         if self.up.start_verifier:
@@ -512,7 +524,7 @@ class Pipeline:
         self.start_custom_verifiers()
         for name, gen_cfg in self.generator_configs(configs["generator"]).items():
             path = cfg_dir / f"{name}.yaml"
-            path.write_text(yaml.safe_dump({"generator": gen_cfg}, sort_keys=False))
+            path.write_text(yaml.safe_dump({**shared, "generator": gen_cfg}, sort_keys=False))
             self.spawn(name, ["generator", "run", "--config", str(path)])
         self.spawn("learner", ["learner", "run", "--config", str(cfg_dir / "learner.yaml")])
         g0 = self.ports["generator_metrics"]
@@ -545,7 +557,8 @@ class Pipeline:
 
     def _prepare_model(self) -> str | None:
         """Convert the embedded default model once here, not in every service at the same time."""
-        models = {self.data.get(c, {}).get("model", "smollm2-135m") for c in ("generator", "learner")}
+        top = self.data.get("model") or "smollm2-135m"  # the shared model; an old per-service key overrides it
+        models = {(self.data.get(c) or {}).get("model") or top for c in ("generator", "learner")}
         from winnow.models import SMOLLM2_ALIASES, resolve_model
 
         for model in models:  # a missing local folder is a clear error here, before any service starts
@@ -815,7 +828,7 @@ def run(args: argparse.Namespace) -> int:
     if args.learner_procs:
         overrides.append(f"up.learner_procs={args.learner_procs}")
     if args.model:
-        overrides += [f"learner.model={args.model}", f"generator.model={args.model}"]
+        overrides.append(f"model={args.model}")
     if args.bootstrap:
         overrides.append(f"kafka.bootstrap_servers={args.bootstrap}")
     notes: list[str] = []
@@ -840,6 +853,9 @@ def run(args: argparse.Namespace) -> int:
         check_sections(data)
     else:
         data = resolve(args.config, overrides, Path("."), notes)
+        if args.model:  # --model names the model of every service: it replaces older per-service keys too
+            for section in ("generator", "learner"):
+                (data.get(section) or {}).pop("model", None)
         root = Path(args.runs_root or data.get("up", {}).get("runs_root", "runs"))
         run_dir = Path(args.run_dir) if args.run_dir else root / time.strftime("%Y%m%d-%H%M%S")
         if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
@@ -871,8 +887,8 @@ def run(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser("up", help="run the whole pipeline locally (broker, verifier, generator, learner)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", "-c", help="YAML/JSON file merged over the embedded default (sections: up, kafka, "
-                   "verifier, generator, learner)")
+    p.add_argument("--config", "-c", help="YAML/JSON file merged over the embedded default (sections: up; shared by "
+                   "the services: model, chat, sampling, numerics, kafka; verifier, generator, learner)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one field, e.g. --set learner.algo.preset=grpo (repeatable)")
     p.add_argument("--run-dir", help="run directory (default: <runs_root>/<timestamp>)")

@@ -248,5 +248,6 @@ def test_the_gsm8k_example_config_is_valid_for_every_service(tmp_path):
     pipeline.ports = {"verifier": 1, "verifier_metrics": 2, "learner_metrics": 3}
     configs = pipeline.component_configs("127.0.0.1:1", "/m")
     pipeline.validate(configs)
-    assert configs["learner"]["eval"]["chat"]["few_shot"] == []  # the learner formats prompts as the generator
+    # one prompt format, read by every service: the learner formats prompts as the generators
+    assert pipeline.shared("127.0.0.1:1", "/m")["chat"]["few_shot"] == [] and "chat" not in configs["generator"]
     assert configs["learner"]["request_timeout_s"] == 3600
