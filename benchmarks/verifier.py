@@ -35,7 +35,9 @@ disagreement is classified by the variant that produced it and by who matches th
 through math-verify's CLI equivalent (a fresh ``benchmarks/verifier.py --math-verify-loop IN OUT``:
 import math-verify, parse and verify line by line, write JSONL), back to back, ``--repeat`` times (default
 3). Printed per run: both wall times, the ratio (math-verify / winnow: > 1 = winnow faster), the load
-average before the run and how many ``correct`` flags agree; raw runs go to ``--out``. With ``--grpc``
+average before the run, how many ``correct`` flags agree, the CPU seconds of each side (``cpu s``: the process
+and what it waited for; ``all cpu``: also winnow's pool workers, which the kernel reaps, sampled from /proc) and
+their ratios; raw runs go to ``--out``. With ``--grpc``
 each run also times ``winnow score FILE --verifier HOST:PORT`` against a ``winnow verifier serve`` started
 (``--workers``, verdict cache off) and warmed up before the runs: the service's speed through its client.
 
@@ -536,11 +538,72 @@ def math_verify_loop(src: str, dst: str) -> int:
     return 0
 
 
+class _ReapedCpu:
+    """CPU seconds of the descendants of ``pid`` that no ``getrusage`` reports: those whose parent ignores SIGCHLD,
+    so the kernel reaps them (winnow's pool workers, children of the zygote). Sampled from ``/proc`` every
+    ``interval_s`` in a thread (the last sample of each process; at most one interval of a process's CPU is lost)."""
+
+    def __init__(self, pid: int, interval_s: float = 0.02) -> None:
+        import os
+        import threading
+
+        self.pid, self.interval_s, self.tick = pid, interval_s, os.sysconf("SC_CLK_TCK")
+        self.seen: dict[int, float] = {}  # pid -> last CPU seconds, for processes reaped by the kernel
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _read(path: str) -> str:
+        try:
+            with open(path) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def _ignores_sigchld(self, pid: int) -> bool:
+        for line in self._read(f"/proc/{pid}/status").splitlines():
+            if line.startswith("SigIgn:"):
+                return bool(int(line.split()[1], 16) >> 16 & 1)  # SIGCHLD = 17 -> bit 16
+        return False
+
+    def _sample(self) -> None:
+        import os
+
+        todo = [self.pid]
+        while todo:
+            parent = todo.pop()
+            kids: list[int] = []
+            try:
+                for tid in os.listdir(f"/proc/{parent}/task"):
+                    kids += [int(k) for k in self._read(f"/proc/{parent}/task/{tid}/children").split()]
+            except OSError:
+                continue
+            reaped = bool(kids) and self._ignores_sigchld(parent)
+            for kid in kids:
+                todo.append(kid)
+                if reaped:
+                    fields = self._read(f"/proc/{kid}/stat").rsplit(")", 1)[-1].split()
+                    if len(fields) > 12:  # utime, stime: fields 14, 15 of stat (11, 12 after the name)
+                        self.seen[kid] = (int(fields[11]) + int(fields[12])) / self.tick
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return sum(self.seen.values())
+
+
 def _timed(cmd: list[str]) -> dict:
-    """Run ``cmd`` to its end: wall seconds (from spawn to exit), the load average just before, exit code, and
+    """Run ``cmd`` to its end: wall seconds (from spawn to exit), the load average just before, exit code,
     ``cpu_s``: user + system CPU seconds of the process and the descendants it waited for (the zygote of winnow's
-    worker pool, not the workers, which the zygote lets the kernel reap). On a shared machine the CPU ratio is the
-    steadier figure for single-process work (the integer file, math-verify's loop); the wall ratio is the claim."""
+    worker pool, not the workers, which the zygote lets the kernel reap), and ``cpu_tree_s``: ``cpu_s`` plus the CPU
+    of those kernel-reaped descendants, sampled from /proc (:class:`_ReapedCpu`): all the CPU the command used.
+    On a shared machine the CPU ratio is the steadier figure (the work each side does, whatever the load); the wall
+    ratio is the claim."""
     import os
     import resource
     import subprocess
@@ -548,14 +611,17 @@ def _timed(cmd: list[str]) -> dict:
     load = os.getloadavg()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reaped = _ReapedCpu(proc.pid)
+    _, stderr = proc.communicate()
     wall = time.perf_counter() - t0
+    reaped_s = reaped.stop()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode not in (0, 1):  # 1: some line scored "error" (an unanswerable gold), still timed
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-2000:]}")
-    return {"wall_s": wall, "cpu_s": cpu, "load1_before": load, "rc": proc.returncode,
-            "stderr_tail": proc.stderr.strip()[-300:]}
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {stderr[-2000:]}")
+    return {"wall_s": wall, "cpu_s": cpu, "cpu_tree_s": cpu + reaped_s, "load1_before": load, "rc": proc.returncode,
+            "stderr_tail": stderr.strip()[-300:]}
 
 
 def _start_server(workers: int):
@@ -625,6 +691,7 @@ def cli_main(args) -> int:
                     for m in modes:
                         run[m]["ratio"] = theirs["wall_s"] / run[m]["wall_s"]
                         run[m]["cpu_ratio"] = theirs["cpu_s"] / max(run[m]["cpu_s"], 1e-9)
+                        run[m]["cpu_tree_ratio"] = theirs["cpu_tree_s"] / max(run[m]["cpu_tree_s"], 1e-9)
                         with open(os.path.join(tmp, f"{m}.jsonl")) as f1, open(os.path.join(tmp, "mv.jsonl")) as f2:
                             run[m]["agree"] = sum(json.loads(a)["correct"] == json.loads(b)["correct"]
                                                   for a, b in zip(f1, f2, strict=True))
@@ -640,13 +707,14 @@ def cli_main(args) -> int:
             server[0].wait(30)
     print(f"\nwinnow score vs math-verify {results['versions'].get('math-verify')} loop, same file, fresh processes")
     print(f"{'file':<10} {'lines':>6} {'mode':<10} | {'winnow s':>8} {'mv s':>7} {'ratio':>6} {'load':>5} {'agree':>6}"
-          f" | {'cpu s':>6} {'mv cpu':>7} {'ratio':>6}")
+          f" | {'cpu s':>6} {'mv cpu':>7} {'ratio':>6} | {'all cpu':>7} {'ratio':>6}")
     for name, f in results["files"].items():
         for m in modes:
             for r in f["runs"]:
                 print(f"{name:<10} {f['lines']:>6} {m:<10} | {r[m]['wall_s']:>8.2f} {r['math_verify']['wall_s']:>7.2f} "
                       f"{r[m]['ratio']:>6.1f} {r[m]['load1_before']:>5.2f} {r[m]['agree']:>6} | {r[m]['cpu_s']:>6.2f} "
-                      f"{r['math_verify']['cpu_s']:>7.2f} {r[m]['cpu_ratio']:>6.1f}")
+                      f"{r['math_verify']['cpu_s']:>7.2f} {r[m]['cpu_ratio']:>6.1f} | {r[m]['cpu_tree_s']:>7.2f} "
+                      f"{r[m]['cpu_tree_ratio']:>6.1f}")
             x = f[f"{m}_ratio"]
             print(f"{name:<10} {m}: ratio median {x['median']:.1f} (min {x['min']:.1f}, max {x['max']:.1f})")
     if args.out:
