@@ -89,7 +89,8 @@ class GeneratorConfig(Settings):
 
     model: str = "smollm2-135m"
     """Model to sample from: "smollm2-135m" (the embedded SmolLM2-135M-Instruct, converted once to a
-    bf16 folder), a Hugging Face model directory, or a hub id."""
+    bf16 folder), a Hugging Face model directory, or a hub id. Shared with the learner: set it once, as the
+    top-level ``model`` of a pipeline file (the learner's initial policy)."""
     engine: Literal["transformers", "vllm"] = "transformers"
     """Inference engine: "transformers" (CPU or GPU, any HF causal LM) or "vllm" (needs vllm installed)."""
     device: str = "auto"
@@ -120,16 +121,18 @@ class GeneratorConfig(Settings):
     GPU, restart on CPU."""
 
     sampling: SamplingConfig = SamplingConfig()
-    """Default sampling parameters; a PromptRequest's own non-zero fields override them."""
+    """Default sampling parameters; a PromptRequest's own non-zero fields override them. Shared with the learner
+    (whose requests carry them): set them once, in the top-level ``sampling`` section."""
     chat: ChatFormat = ChatFormat()
-    """Prompt formatting: system prompt, user suffix, few-shot demonstrations."""
+    """Prompt formatting: system prompt, user suffix, few-shot demonstrations. Shared with the learner (which bounds
+    prompt lengths and evaluates in it): set it once, in the top-level ``chat`` section."""
     verifier: VerifierRouting = VerifierRouting()
     """Which verifier scores which task."""
     weights: WeightsConfig = WeightsConfig()
     """Picking up new weights."""
 
     kafka: KafkaConfig = KafkaConfig()
-    """Kafka connection and topic names (shared with the learner)."""
+    """Kafka connection and topic names (shared with the learner: the top-level ``kafka`` section)."""
     group_id: str = Field(default="winnow-generators", min_length=1)
     """Consumer group of all generators on the prompts topic."""
     generator_id: str = ""

@@ -278,7 +278,8 @@ class LearnerConfig(Settings):
 
     model: str = "smollm2-135m"
     """Initial policy: "smollm2-135m" (the embedded SmolLM2-135M-Instruct), a Hugging Face model directory,
-    or a hub id. Generators must start from the same weights."""
+    or a hub id. Generators must start from the same weights: set it once, as the top-level ``model`` of a pipeline
+    file."""
     device: str = "auto"
     """Torch device ("auto" = cuda if available, else cpu)."""
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
@@ -337,7 +338,7 @@ class LearnerConfig(Settings):
     """Held-out evaluation."""
 
     kafka: KafkaConfig = KafkaConfig()
-    """Kafka connection and topic prefix (shared with the generators)."""
+    """Kafka connection and topic prefix (shared with the generators: the top-level ``kafka`` section)."""
     group_id: str = Field(default="winnow-learner", min_length=1)
     """Consumer group of the learner on the groups topic."""
     kafka_partitions: int = Field(default=4, ge=1, le=10_000)

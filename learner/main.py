@@ -92,7 +92,7 @@ async def serve(cfg) -> int:
         trainer, tokenizer = await asyncio.to_thread(build_trainer, cfg)
     evaluator = await asyncio.to_thread(build_evaluator, cfg, tokenizer)
     registry = CollectorRegistry()
-    fmt = PromptFormatter(tokenizer, cfg.eval.chat)  # the generators' prompt format: bound prompts at release
+    fmt = PromptFormatter(tokenizer, cfg.chat)  # the shared prompt format (the generators'): bound prompts at release
     service = LearnerService(cfg, trainer, source, registry, evaluate=evaluator,
                              prompt_tokens=lambda p: len(fmt(p.problem, p.messages)), tokenizer=tokenizer)
     try:

@@ -271,6 +271,18 @@ def test_data_parallel_hooks_with_one_gloo_rank_match_single_process():
         torch.testing.assert_close(q, p, msg=k)
 
 
+def test_logprob_knobs_come_from_the_optim_config():
+    """``optim.logprob_mode`` / ``optim.logprob_chunk_size`` (the learner config) set the Trainer's; its kwargs,
+    when given, override them."""
+    model, _ = build_tiny_model_and_tokenizer(seed=3)
+    algo = AlgoConfig.from_preset("grpo", kl_coef=0.0)
+    t = Trainer(model, algo, OptimConfig(logprob_mode="logits", logprob_chunk_size=7), pad_token_id=0)
+    assert (t.logprob_mode, t.logprob_chunk_size) == ("logits", 7)
+    t = Trainer(model, algo, OptimConfig(logprob_mode="logits", logprob_chunk_size=7), pad_token_id=0,
+                logprob_mode="hidden", logprob_chunk_size=9)
+    assert (t.logprob_mode, t.logprob_chunk_size) == ("hidden", 9)
+
+
 def test_hidden_and_logits_modes_agree():
     """The chunked LM head over hidden states equals the model's own logits path (tied embeddings too)."""
     m1, tok = build_tiny_model_and_tokenizer(seed=14)
