@@ -7,8 +7,10 @@ Sources:
   list item shapes) that a default value cannot show;
 - the services' own pydantic config models (``VerifierConfig``, ``GeneratorConfig``,
   ``LearnerConfig``): their JSON schema becomes the schema of ``verifier.config``,
-  ``generator.config`` and ``learner.config``, so a typo or a bad value in a config block fails
-  ``helm install``/``template`` naming the key, instead of the pod at start-up;
+  ``generator.config`` and ``learner.config``, and the shared sections' (``ChatFormat``,
+  ``SamplingConfig``, ``NumericsConfig``) that of the top-level ``chat``, ``sampling`` and ``numerics``,
+  so a typo or a bad value in a config block fails ``helm install``/``template`` naming the key,
+  instead of the pod at start-up;
 - ``scripts/chart/README.header.md``: the README text above the generated values table.
 
 Usage: ``python scripts/chart_gen.py`` writes both files; ``--check`` exits 1 if either is stale
@@ -36,6 +38,10 @@ BASE = ROOT / "scripts" / "chart" / "values.base.schema.json"
 HEADER = ROOT / "scripts" / "chart" / "README.header.md"
 
 CONFIG_MODELS = {
+    # the shared sections (winnow.config.SHARED_SECTIONS): rendered once at the top of every service's config
+    ("chat",): ("winnow.chat", "ChatFormat"),
+    ("sampling",): ("winnow.sampling", "SamplingConfig"),
+    ("numerics",): ("winnow.numerics", "NumericsConfig"),
     ("verifier", "config"): ("winnow.verifier.config", "VerifierConfig"),
     ("generator", "config"): ("winnow.generator.config", "GeneratorConfig"),
     ("learner", "config"): ("winnow.learner.config", "LearnerConfig"),

@@ -530,12 +530,57 @@ def test_learner_config_is_valid(variant, request, tmp_path) -> None:
 
 def test_user_config_is_merged_over_chart_keys(helm_bin, tmp_path) -> None:
     objs = render(helm_bin, sets={"kafka.bootstrapServers": BOOTSTRAP, "generator.config.engine": "vllm",
-                                  "generator.config.sampling.max_new_tokens": "1024",
+                                  "generator.config.batch_prompts": "16",
                                   "generator.config.verifier.timeout_s": "12"})
-    data = yaml.safe_load(one(objs, "ConfigMap", "rl-winnow-generator")["data"]["config.yaml"])
-    assert data["engine"] == "vllm" and data["sampling"]["max_new_tokens"] == 1024
+    data = yaml.safe_load(one(objs, "ConfigMap", "rl-winnow-generator")["data"]["config.yaml"])["generator"]
+    assert data["engine"] == "vllm" and data["batch_prompts"] == 16
     assert data["verifier"]["timeout_s"] == 12
     assert data["verifier"]["default_endpoint"].startswith("dns:///rl-winnow-verifier.")
+
+
+SHARED_VALUES = {"model": "org/m", "chat": {"few_shot": [], "system_prompt": "Be brief."},
+                 "sampling": {"max_new_tokens": 1024, "top_p": 0.9}, "numerics": {"precision": "bfloat16"},
+                 "kafka": {"bootstrapServers": BOOTSTRAP, "topicPrefix": "run7"}}
+
+
+def test_shared_values_render_once_into_every_services_config(helm_bin, tmp_path, monkeypatch) -> None:
+    """model, chat, sampling, numerics and kafka.topicPrefix are values of their own: each service's ConfigMap
+    renders them as the top-level sections of its config, so the learner and the generators read one setting."""
+    from winnow.generator.config import GeneratorConfig
+    from winnow.learner.config import LearnerConfig
+
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", BOOTSTRAP)
+    values = tmp_path / "shared-values.yaml"
+    values.write_text(yaml.safe_dump(SHARED_VALUES))
+    objs = render(helm_bin, values)
+    gen = load_config(GeneratorConfig, config_of(objs, "rl-winnow-generator", tmp_path))
+    learner = load_config(LearnerConfig, config_of(objs, "rl-winnow-learner", tmp_path))
+    for cfg in (gen, learner):
+        assert cfg.model == "org/m" and cfg.chat.few_shot == [] and cfg.chat.system_prompt == "Be brief."
+        assert (cfg.sampling.max_new_tokens, cfg.sampling.top_p) == (1024, 0.9)
+        assert cfg.numerics.precision == "bfloat16" and cfg.kafka.topic_prefix == "run7"
+    assert learner.eval.chat == learner.chat and learner.weights.dtype == "bfloat16"
+    for name in ("rl-winnow-generator", "rl-winnow-learner"):
+        section = "generator" if name.endswith("generator") else "learner"
+        data = yaml.safe_load(one(objs, "ConfigMap", name)["data"]["config.yaml"])
+        assert set(data) == {"model", "chat", "sampling", "numerics", "kafka", section}
+        assert not {"model", "chat", "sampling", "numerics", "kafka"} & set(data[section])  # defined once
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("generator.config.chat.user_suffix", "x", "generator.config.chat: set it once, as the top-level value `chat`"),
+    ("learner.config.sampling.max_new_tokens", "9", "learner.config.sampling: set it once, as the top-level value "
+                                                    "`sampling`"),
+    ("learner.config.model", "x/y", "learner.config.model: set it once, as the top-level value `model`"),
+    ("generator.config.numerics.precision", "float32", "generator.config.numerics: set it once"),
+    ("generator.config.kafka.topic_prefix", "b", "generator.config.kafka.topic_prefix: set it once, as the "
+                                                 "top-level value `kafka.topicPrefix`"),
+])
+def test_a_shared_setting_in_one_services_config_fails_the_render(helm_bin, key, value, message) -> None:
+    args = ["template", "x", str(CHART), "--set", f"kafka.bootstrapServers={esc(BOOTSTRAP)}", "--set",
+            f"{key}={value}"]
+    proc = helm(helm_bin, *args, check=False)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -629,8 +674,8 @@ def test_tls_secret_through_extra_volumes(helm_bin, tmp_path, monkeypatch) -> No
             "extraEnv": [{"name": "GRPC_VERBOSITY", "value": "ERROR"}],
         },
         "learner": {"extraVolumes": [{"name": "models", "persistentVolumeClaim": {"claimName": "models"}}],
-                    "extraVolumeMounts": [{"name": "models", "mountPath": "/models", "readOnly": True}],
-                    "config": {"model": "/models/qwen2.5-0.5b"}},
+                    "extraVolumeMounts": [{"name": "models", "mountPath": "/models", "readOnly": True}]},
+        "model": "/models/qwen2.5-0.5b",  # the learner's and the generators' (they mount it the same way)
     }))
     objs = render(helm_bin, values)
     for obj in objs:

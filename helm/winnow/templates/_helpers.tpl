@@ -279,14 +279,39 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- toYaml $eps }}
 {{- end }}
 
+{{/* The shared sections every service reads (winnow.config.SHARED_SECTIONS), from the top-level values, once. */}}
+{{- define "winnow.sharedConfig" -}}
+{{- $shared := dict "kafka" (dict "topic_prefix" .Values.kafka.topicPrefix) }}
+{{- with .Values.model }}{{ $_ := set $shared "model" . }}{{ end }}
+{{- with .Values.chat }}{{ $_ := set $shared "chat" (deepCopy .) }}{{ end }}
+{{- with .Values.sampling }}{{ $_ := set $shared "sampling" (deepCopy .) }}{{ end }}
+{{- with .Values.numerics }}{{ $_ := set $shared "numerics" (deepCopy .) }}{{ end }}
+{{- toYaml $shared }}
+{{- end }}
+
+{{/* A service's `config` must not set a shared setting: each ConfigMap is read alone, so a per-service value
+     would silently disagree with the other services'. Args: dict "config" <the block> "where" "<its values key>". */}}
+{{- define "winnow.noSharedKeys" -}}
+{{- range $key := list "model" "chat" "sampling" "numerics" }}
+{{- if hasKey $.config $key }}
+{{- fail (printf "%s.%s: set it once, as the top-level value `%s` (the learner and every generator read it; a value for one service would disagree with the others')" $.where $key $key) }}
+{{- end }}
+{{- end }}
+{{- if and (kindIs "map" (get .config "kafka")) (hasKey (get .config "kafka") "topic_prefix") }}
+{{- fail (printf "%s.kafka.topic_prefix: set it once, as the top-level value `kafka.topicPrefix`" .where) }}
+{{- end }}
+{{- end }}
+
 {{- define "winnow.generatorConfig" -}}
+{{- include "winnow.noSharedKeys" (dict "config" .Values.generator.config "where" "generator.config") }}
 {{- $verifier := dict "endpoints" (include "winnow.verifierEndpoints" . | fromYaml) }}
 {{- if .Values.verifier.enabled }}
 {{- $_ := set $verifier "default_endpoint" (include "winnow.verifierAddress" .) }}
 {{- end }}
-{{- $base := dict "metrics_port" (int .Values.generator.metricsPort) "metrics_host" "0.0.0.0" "verifier" $verifier "weights" (dict "root" .Values.weights.mountPath) "kafka" (dict "topic_prefix" .Values.kafka.topicPrefix) }}
-{{- with .Values.model }}{{ $_ := set $base "model" . }}{{ end }}
-{{- toYaml (mustMergeOverwrite $base (deepCopy .Values.generator.config)) }}
+{{- $base := dict "metrics_port" (int .Values.generator.metricsPort) "metrics_host" "0.0.0.0" "verifier" $verifier "weights" (dict "root" .Values.weights.mountPath) }}
+{{- $out := include "winnow.sharedConfig" . | fromYaml }}
+{{- $_ := set $out "generator" (mustMergeOverwrite $base (deepCopy .Values.generator.config)) }}
+{{- toYaml $out }}
 {{- end }}
 
 {{- define "winnow.learnerConfig" -}}
@@ -294,12 +319,14 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- fail "learner.config has a key that YAML read as a boolean: write the group size as \"n\": 8 (a bare n or y is false/true in Helm's YAML)" }}
 {{- end }}
 {{- $wm := .Values.weights.mountPath }}
-{{- $base := dict "metrics_port" (int .Values.learner.metricsPort) "metrics_host" "0.0.0.0" "algo" (dict "preset" .Values.learner.algorithm) "kafka" (dict "topic_prefix" .Values.kafka.topicPrefix) "on_finish" .Values.learner.onFinish }}
+{{- include "winnow.noSharedKeys" (dict "config" .Values.learner.config "where" "learner.config") }}
+{{- $base := dict "metrics_port" (int .Values.learner.metricsPort) "metrics_host" "0.0.0.0" "algo" (dict "preset" .Values.learner.algorithm) "on_finish" .Values.learner.onFinish }}
 {{- $_ := set $base "weights" (dict "dir" $wm "uri_root" $wm) }}
 {{- $_ := set $base "checkpoint" (dict "dir" "/checkpoints/checkpoints") }}
 {{- $_ := set $base "run_dir" "/checkpoints/run" }}
-{{- with .Values.model }}{{ $_ := set $base "model" . }}{{ end }}
-{{- toYaml (mustMergeOverwrite $base (deepCopy .Values.learner.config)) }}
+{{- $out := include "winnow.sharedConfig" . | fromYaml }}
+{{- $_ := set $out "learner" (mustMergeOverwrite $base (deepCopy .Values.learner.config)) }}
+{{- toYaml $out }}
 {{- end }}
 
 {{- define "winnow.weightsClaim" -}}
