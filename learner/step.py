@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import math
 import os
@@ -67,6 +66,7 @@ from winnow.learner.prefix import pack_micro_batches, shared_prompt_hidden
 from winnow.metric_defs import combine_micro_batches, derive, from_rank_vectors, rank_vectors, step_keys
 from winnow.metric_table import LEARNER
 from winnow.samples import SampleJudgement
+from winnow.weight_store import sha256_file
 
 GroupOutcome = Literal["trained", "all_correct", "all_wrong"]
 STEP_KEYS = frozenset(step_keys(LEARNER))
@@ -650,13 +650,9 @@ def save_state_dict(
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
     try:
         save_file(tensors, str(tmp), metadata=meta)
-        h = hashlib.sha256()
-        with open(tmp, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-            os.fsync(f.fileno())
+        digest = sha256_file(tmp, fsync=True)
         os.replace(tmp, p)
     finally:
         if tmp.exists():
             tmp.unlink()
-    return h.hexdigest()
+    return digest
