@@ -126,6 +126,24 @@ def test_a_setting_given_in_one_section_merges_over_the_top_level():
     assert lift_shared(both_set) == both_set and pipeline_problems(both_set) == []  # set twice, equal: accepted
 
 
+def test_a_run_directory_written_before_the_shared_sections_resumes(tmp_path):
+    """``winnow up --resume`` reads the run's saved config/up.yaml: one written before the shared sections (the
+    sampling and model in both sections, the chat in the generator's only) resolves to the same settings."""
+    from winnow.up import Pipeline
+
+    sampling = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 24}
+    old = {"up": {"generators": 1}, "kafka": {"topic_prefix": "winnow"}, "numerics": {"precision": "bfloat16"},
+           "generator": {"model": "smollm2-135m", "sampling": sampling, "chat": NO_DEMOS},
+           "learner": {"model": "smollm2-135m", "sampling": sampling, "algo": {"preset": "raft"}}}
+    p = Pipeline(old, tmp_path, resume=True)
+    p.ports = dict.fromkeys(("verifier", "verifier_metrics", "learner_metrics", "generator_metrics"), 1)
+    shown = p.resolved("127.0.0.1:9092")
+    gen, learner = shown["generator-0"], shown["learner"]
+    assert gen["chat"] == learner["chat"] == learner["eval"]["chat"] and gen["chat"]["few_shot"] == []
+    assert gen["sampling"] == learner["sampling"] and gen["sampling"]["max_new_tokens"] == 24
+    assert learner["weights"]["dtype"] == "bfloat16"  # what winnow up used to derive, now the learner's own rule
+
+
 def test_generator_dtype_still_names_its_replacement():
     with pytest.raises(ConfigError, match=r"generator\.dtype was replaced by numerics\.precision"):
         load_config(GeneratorConfig, data={"generator": {"dtype": "bfloat16"}})
