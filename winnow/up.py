@@ -4,8 +4,10 @@
 
 It resolves one config file (``winnow/up_default.yaml`` is the embedded default; ``--config``
 merges a user file over it, ``--set section.key=value`` overrides single fields), validates every
-component's config before starting anything, writes the resolved per-component configs into the
-run directory and starts each service as a separate ``winnow ... run`` process whose log goes to
+component's config and the cross-service rules (winnow/pipeline.py) before starting anything, writes
+each service's config into the run directory (the shared sections ``model``, ``chat``, ``sampling``,
+``numerics``, ``kafka`` once at the top, then the service's own section; nothing is copied between
+sections) and starts each service as a separate ``winnow ... run`` process whose log goes to
 ``<run_dir>/logs/``. It shows progress from the learner's ``metrics.jsonl`` and stops everything
 cleanly on Ctrl-C (learner first, so it checkpoints; then generators, verifier, broker).
 ``--resume`` continues the latest (or the given) run directory from the learner's checkpoint.
@@ -897,8 +899,10 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, help="stop after this many optimizer steps (learner.max_steps)")
     p.add_argument("--learner-procs", type=int, metavar="N",
                    help="learner processes (torchrun, FSDP2; one per GPU, or gloo on CPU) (up.learner_procs)")
-    p.add_argument("--preset", help="algorithm preset (raft, raft++, reinforce, grpo, reinforce_rej, ...)")
-    p.add_argument("--model", help="any Hugging Face model directory or hub id (default: smollm2-135m)")
+    p.add_argument("--preset", help="algorithm preset (raft, raft++, reinforce, grpo, reinforce_rej, ...; default: raft, "
+                   "the demo's choice in up_default.yaml; the learner's own default is reinforce_rej)")
+    p.add_argument("--model", help="any Hugging Face model directory or hub id, for every service (the shared top-level "
+                   "`model`; default: smollm2-135m)")
     p.add_argument("--print-config", action="store_true",
                    help="print every service's resolved config (what would run: validated, all fields) and exit")
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS or a local broker)")
