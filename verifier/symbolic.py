@@ -3,7 +3,8 @@
 Runs inside a worker process of ``winnow.verifier.pool`` (or in-process in ``grade``). Imports sympy.
 
 * Parsing: ``latex2sympy2_extended``'s ANTLR grammar and converter (sympy objects are built with
-  ``evaluate=False``; SLL prediction first, full LL only when SLL reports an error: the same trees).
+  ``evaluate=False``; SLL prediction first, full LL only when SLL reports an error: the same trees; SLL's costliest
+  blind spot, a letter with a superscript (every polynomial), is decided in the SLL stage: ``_SuperscriptFirst``).
   Model text is never passed to ``eval``, ``sympify`` or ``parse_expr``: the library's converter calls
   ``sympy.Number(token)`` (which ends in ``parse_expr``) for number tokens, so ``_SafeLatex2Sympy``
   overrides those two places with ``int()``/``Float(str)``; the library only calls ``parse_expr``
