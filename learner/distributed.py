@@ -344,7 +344,7 @@ def build_sharded_trainer(cfg: Any) -> tuple[Any, Any]:
         ref, _ = load_causal_lm(obj[0], dtype=cfg.dtype, device=device, attn_implementation=attention)
         ref.requires_grad_(False)
         shard_model(ref, param_dtype=mp)
-    temperature = cfg.sampling.temperature if cfg.sampling.temperature > 0 else 1.0
+    temperature = cfg.sampling.temperature  # > 0: LearnerConfig refuses 0
     trainer = trainer_cls(model, cfg.algo, cfg.optim, ref_model=ref, pad_token_id=tokenizer.pad_token_id,
                           temperature=temperature, autocast_dtype=None)
     log.info("rank %d of %d on %s: %s master weights, %s compute (FSDP2)", rank, world, device,

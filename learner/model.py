@@ -242,10 +242,7 @@ def build_trainer(cfg: LearnerConfig):
         )
     if (warning := low_precision_warning(param_dtype, cfg.optim.lr)) is not None:
         log.warning(warning)
-    temperature = cfg.sampling.temperature
-    if temperature <= 0:
-        log.warning("sampling.temperature=0 (greedy) gives no policy gradient signal; the learner uses 1.0")
-        temperature = 1.0
+    temperature = cfg.sampling.temperature  # > 0: LearnerConfig refuses 0 (greedy groups carry no signal)
     ref, trainer_cls = "copy", Trainer
     if cfg.lora is not None:  # only the adapters train; the KL reference is the base model (adapters off), no copy
         from winnow.learner.lora import AdaptersOff, LoraTrainer, apply_lora

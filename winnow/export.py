@@ -132,7 +132,7 @@ def export_run(
                 "source_sha256": sha256_file(source),
                 "base_model": cfg.get("model"),
                 "algo": cfg.get("algo"),
-                "chat": (cfg.get("eval") or {}).get("chat"),
+                "chat": cfg.get("chat") or (cfg.get("eval") or {}).get("chat"),  # eval.chat: runs before the shared chat
                 "lora": cfg.get("lora"),
                 "merged": bool(lora_run and merge),
             },
