@@ -49,7 +49,9 @@ class RewardFunction(Model):
     """Weight of this function in the route's score: score = sum of weight x value."""
     batched: bool = False
     """TRL-style: the function takes lists (``prompts``, ``completions``, and each dataset field as a list) and
-    returns a list of floats. It is called with lists of one item, so each item keeps its own time budget."""
+    returns a list of floats. It is called once for all the items of its route in a request batch (cut into jobs of
+    at most 512 items / 256 KiB), in one worker, with a budget of ``timeout_s`` per item; an exception is every
+    item's error."""
 
     @model_validator(mode="after")
     def _names_a_function(self) -> RewardFunction:
@@ -81,8 +83,8 @@ class RewardFunctions(Model):
     workers: int = Field(default=2, ge=1, le=256)
     """Worker processes running the functions (items of a batch run in parallel over them)."""
     timeout_s: float = Field(default=10.0, gt=0, le=600)
-    """Wall-clock budget of one item (every function of its route); past it the worker is killed: status timeout,
-    no score."""
+    """Wall-clock budget of one item (every function of its route; a batched job has it once per item); past it the
+    worker is killed: status timeout, no score."""
     memory_mb: int = Field(default=2048, ge=128, le=1 << 20)
     """Address-space limit of each worker (RLIMIT_AS), in MiB; exceeding it is status error, no score."""
     max_tasks_per_worker: int = Field(default=1000, ge=1)

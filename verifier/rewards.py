@@ -16,7 +16,9 @@ This is process isolation with resource limits, not a security boundary against 
 executes model output (the code example) runs it with the worker's user and filesystem. Run such a verifier in
 its own container (no secrets, read-only root, no network) as the Helm chart's ``verifier.extra`` does.
 
-The calling convention, one item at a time, is in :func:`call_kwargs` and :func:`normalize`.
+The calling convention, one item at a time, is in :func:`call_kwargs` and :func:`normalize`; a function declared
+``batched`` (TRL's ``fn(prompts, completions, **kw) -> list``) is called once for all the items of its route in a
+batch (:func:`score_batch`, :meth:`RewardEngine.verify_batch`).
 """
 
 from __future__ import annotations
@@ -111,16 +113,25 @@ class _Fn:
 
     def __call__(self, kwargs: dict[str, Any]) -> Any:
         if self.batched:
-            kwargs = {k: [v] for k, v in kwargs.items()}
-            kwargs["prompts"], kwargs["completions"] = kwargs["prompt"], kwargs["completion"]
+            return self.call_batch([kwargs])[0]
         if self.accepts is not None:
             kwargs = {k: v for k, v in kwargs.items() if k in self.accepts}
-        value = self.fn(**kwargs)
-        if self.batched:
-            if not isinstance(value, list | tuple) or len(value) != 1:
-                raise TypeError(f"a batched function must return a list of one value per completion, got {value!r:.80}")
-            value = value[0]
-        return value
+        return self.fn(**kwargs)
+
+    def call_batch(self, kwargs_list: list[dict[str, Any]]) -> list[Any]:
+        """A batched (TRL) function called once for several items: every keyword is the list of the items' values
+        (an option some items lack is None for them), ``prompts``/``completions`` the lists of prompts and
+        completions; it must return one value per item."""
+        names = list(dict.fromkeys(k for kw in kwargs_list for k in kw))
+        kwargs = {k: [kw.get(k) for kw in kwargs_list] for k in names}
+        kwargs["prompts"], kwargs["completions"] = kwargs["prompt"], kwargs["completion"]
+        if self.accepts is not None:
+            kwargs = {k: v for k, v in kwargs.items() if k in self.accepts}
+        values = self.fn(**kwargs)
+        if not isinstance(values, list | tuple) or len(values) != len(kwargs_list):
+            raise TypeError(f"a batched function must return a list of one value per completion "
+                            f"({len(kwargs_list)}), got {values!r:.80}")
+        return list(values)
 
 
 _ROUTES: list[tuple[list[_Fn], float]] = []
@@ -181,16 +192,25 @@ def normalize(value: Any) -> tuple[Status | None, float, str, str]:
     return status, score, extracted, detail
 
 
-def score_item(route: int, item: dict[str, Any]) -> dict[str, Any]:
-    """Run route ``route``'s functions on one item -> the JSON reply (status label, score or None, ...)."""
+def score_item(route: int, item: dict[str, Any], batched: dict[int, Any] | None = None) -> dict[str, Any]:
+    """Run route ``route``'s functions on one item -> the JSON reply (status label, score or None, ...).
+
+    ``batched``: values already computed for this item by batched functions (index in the route -> the value, or
+    the exception the batch call raised), from :func:`score_batch`."""
     functions, pass_score = _ROUTES[route]
     kwargs = call_kwargs(item)
     total = 0.0
     statuses: list[Status] = []
     extracted, details = "", []
-    for f in functions:
+    for j, f in enumerate(functions):
         try:
-            status, value, ext, detail = normalize(f(kwargs))
+            if batched is not None and j in batched:
+                raw = batched[j]
+                if isinstance(raw, BaseException):
+                    raise raw
+            else:
+                raw = f(kwargs)
+            status, value, ext, detail = normalize(raw)
         except MemoryError:
             return {"status": "error", "path": PATH, "detail": f"{f.name}: worker memory limit", "exit": "memory"}
         except (Exception, SystemExit) as exc:  # a bug in the function: an error, never a zero
@@ -214,8 +234,37 @@ def score_item(route: int, item: dict[str, Any]) -> dict[str, Any]:
             "detail": "; ".join(details)[:500]}
 
 
+def score_batch(route: int, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Run route ``route``'s functions on several items: each batched function once for all of them (as TRL calls
+    ``reward_funcs``), the others per item -> ``{"results": [one reply per item]}``. An exception in a batched call
+    is every item's error; the memory limit ends the worker (``exit``)."""
+    functions, _ = _ROUTES[route]
+    kwargs_list = [call_kwargs(it) for it in items]
+    per_item: list[dict[int, Any]] = [{} for _ in items]
+    for j, f in enumerate(functions):
+        if not f.batched:
+            continue
+        try:
+            values: list[Any] = f.call_batch(kwargs_list)
+        except MemoryError:
+            reply = {"status": "error", "path": PATH, "detail": f"{f.name}: worker memory limit"}
+            return {"results": [reply] * len(items), "exit": "memory"}
+        except (Exception, SystemExit) as exc:  # a bug in the function: every item's error, never a zero
+            values = [exc] * len(items)
+        for i, v in enumerate(values):
+            per_item[i][j] = v
+    results = [score_item(route, it, per_item[i]) for i, it in enumerate(items)]
+    out: dict[str, Any] = {"results": results}
+    if any(r.get("exit") for r in results):
+        out["exit"] = "memory"
+    return out
+
+
 def handle_job(job: dict) -> dict:
-    """The pool's job handler in a worker: ``{"route": r, "item": {...}}``."""
+    """The pool's job handler in a worker: ``{"route": r, "item": {...}}``, or ``{"route": r, "items": [...]}`` for a
+    route with batched functions (:func:`score_batch`)."""
+    if "items" in job:
+        return score_batch(int(job["route"]), job["items"])
     return score_item(int(job["route"]), job["item"])
 
 
@@ -250,6 +299,7 @@ class RewardEngine:
         from winnow.verifier.pool import WorkerPool
 
         self.routes = [list(r.tasks) for r in cfg.routes]
+        self.batched_routes = frozenset(i for i, r in enumerate(cfg.routes) if any(f.batched for f in r.functions))
         self.timeout_s = cfg.timeout_s
         arg = routes_json(cfg)
         if check:
@@ -269,31 +319,49 @@ class RewardEngine:
         return None
 
     def verify_batch(self, items: list[Item], *, deadline_s: float | None = None) -> list[Verdict]:
-        """One verdict per item (each must match a route), in order; items run in parallel over the workers."""
+        """One verdict per item (each must match a route), in order; items run in parallel over the workers. The items
+        of a route with a batched function go to one worker together (chunks of at most ``_BATCH_BYTES`` of JSON),
+        so each batched function is called once for them, with a budget of ``timeout_s`` per item."""
         deadline = None if deadline_s is None else time.monotonic() + deadline_s
         routes = [self.route_of(it.task) for it in items]
         if any(r is None for r in routes):
             raise ValueError("RewardEngine.verify_batch: an item's task matches no reward-function route")
-        futures = [self._executor.submit(self._one, it, r, deadline) for it, r in zip(items, routes, strict=True)]
-        return [f.result() for f in futures]
+        jobs: list[tuple[list[int], Any]] = []
+        for r in sorted(self.batched_routes.intersection(routes)):
+            for chunk in _chunks([i for i, ri in enumerate(routes) if ri == r], items):
+                jobs.append((chunk, self._executor.submit(self._batch, [items[i] for i in chunk], r, deadline)))
+        jobs += [([i], self._executor.submit(self._one, it, r, deadline))
+                 for i, (it, r) in enumerate(zip(items, routes, strict=True)) if r not in self.batched_routes]
+        out: list[Verdict | None] = [None] * len(items)
+        for chunk, fut in jobs:
+            for i, v in zip(chunk, fut.result(), strict=True):
+                out[i] = v
+        return out  # type: ignore[return-value]
 
-    def _one(self, item: Item, route: int, deadline: float | None) -> Verdict:
-        t0 = time.perf_counter()
-        job = {"route": route, "item": {"prompt": item.prompt, "response": item.response, "gold": item.gold,
-                                        "task": item.task, "options": dict(item.options)}}
+    @staticmethod
+    def _job_item(item: Item) -> dict[str, Any]:
+        return {"prompt": item.prompt, "response": item.response, "gold": item.gold, "task": item.task,
+                "options": dict(item.options)}
+
+    def _run(self, job: dict, timeout_s: float, deadline: float | None) -> dict:
         try:
-            reply = self._pool.run(job, deadline=deadline)
+            return self._pool.run(job, timeout_s=timeout_s, deadline=deadline)
         except Exception as exc:  # the pool failed (closed, no zygote): an error verdict
-            reply = {"status": "error", "path": "pool", "detail": f"{type(exc).__name__}: {exc}"}
-        status = Status.from_label(reply.get("status", "error"))
-        score = reply.get("score")
-        if status in (Status.ERROR, Status.TIMEOUT) and reply.get("path") != PATH:
-            score = None  # the worker crashed or overran: no score
-        if status == Status.ERROR:
-            score = None
-        return Verdict(id=item.id, status=status, extracted=reply.get("extracted", ""), path=reply.get("path", PATH),
-                       detail=reply.get("detail", ""), latency_ms=(time.perf_counter() - t0) * 1000.0,
-                       score=None if score is None else float(score))
+            return {"status": "error", "path": "pool", "detail": f"{type(exc).__name__}: {exc}"}
+
+    def _one(self, item: Item, route: int, deadline: float | None) -> list[Verdict]:
+        t0 = time.perf_counter()
+        reply = self._run({"route": route, "item": self._job_item(item)}, self.timeout_s, deadline)
+        return [_verdict(item, reply, t0)]
+
+    def _batch(self, items: list[Item], route: int, deadline: float | None) -> list[Verdict]:
+        t0 = time.perf_counter()
+        job = {"route": route, "items": [self._job_item(it) for it in items]}
+        reply = self._run(job, self.timeout_s * len(items), deadline)
+        results = reply.get("results")
+        if not isinstance(results, list) or len(results) != len(items):
+            results = [reply] * len(items)  # the worker crashed, overran or was never reached: every item shares it
+        return [_verdict(it, r, t0) for it, r in zip(items, results, strict=True)]
 
     def close(self) -> None:
         with self._lock:
@@ -302,6 +370,42 @@ class RewardEngine:
             self._closed = True
         self._pool.close()
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+_BATCH_BYTES = 256 * 1024
+"""Most JSON bytes of items in one batched job (the pool's frames are at most 1 MiB, the reply included)."""
+_BATCH_ITEMS = 512
+"""Most items in one batched job (their replies share one frame too)."""
+
+
+def _chunks(indices: list[int], items: list[Item]) -> list[list[int]]:
+    """``indices`` in order, cut where a chunk would pass ``_BATCH_BYTES`` of JSON (an item alone may) or
+    ``_BATCH_ITEMS`` items."""
+    out: list[list[int]] = []
+    size = 0
+    for i in indices:
+        it = items[i]
+        n = len(json.dumps([it.prompt, it.response, it.gold, it.task, dict(it.options)])) + 64
+        if out and size + n <= _BATCH_BYTES and len(out[-1]) < _BATCH_ITEMS:
+            out[-1].append(i)
+            size += n
+        else:
+            out.append([i])
+            size = n
+    return out
+
+
+def _verdict(item: Item, reply: dict[str, Any], t0: float) -> Verdict:
+    """An item's verdict from its worker reply: no score on an error, nor on a timeout or crash of the worker."""
+    status = Status.from_label(reply.get("status", "error"))
+    score = reply.get("score")
+    if status in (Status.ERROR, Status.TIMEOUT) and reply.get("path") != PATH:
+        score = None  # the worker crashed or overran: no score
+    if status == Status.ERROR:
+        score = None
+    return Verdict(id=item.id, status=status, extracted=reply.get("extracted", ""), path=reply.get("path", PATH),
+                   detail=reply.get("detail", ""), latency_ms=(time.perf_counter() - t0) * 1000.0,
+                   score=None if score is None else float(score))
 
 
 class RoutedEngine:
