@@ -9,7 +9,9 @@ Input: one JSON object per line::
 
 Output: one line per input line, in input order: the input object plus ``status`` (correct, wrong,
 no_answer, unparsable, timeout, too_complex, error), ``correct`` (bool), ``extracted``, ``path``,
-``detail`` and ``latency_ms`` (these names overwrite input fields of the same name). ``id`` is
+``detail`` and ``latency_ms``, and ``score`` when the verifier returned a scalar score next to the status (Python
+reward functions, a reward model: partial credit; absent for a status-only verdict) (these names overwrite input
+fields of the same name). ``id`` is
 optional and never used for matching: items travel under their line number, so duplicate or
 missing ids are fine. Blank lines are skipped (they produce no output line).
 
@@ -51,7 +53,7 @@ from typing import IO, Any
 from winnow.verifier.types import Item, Status, Verdict
 
 Scorer = Callable[[list[Item]], Awaitable[list[Verdict]]]
-RESULT_FIELDS = ("status", "correct", "extracted", "path", "detail", "latency_ms")
+RESULT_FIELDS = ("status", "correct", "extracted", "path", "detail", "latency_ms", "score")
 
 
 class LineError(ValueError):
@@ -176,6 +178,10 @@ def result_record(record: dict[str, Any], v: Verdict) -> dict[str, Any]:
         detail=v.detail,
         latency_ms=round(v.latency_ms, 3),
     )
+    if v.score is not None:
+        out["score"] = v.score
+    else:
+        out.pop("score", None)  # a result field: an input's own "score" is not the verifier's
     return out
 
 

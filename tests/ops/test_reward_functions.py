@@ -223,3 +223,23 @@ def test_a_function_that_cannot_load_stops_start_up(tmp_path: Path) -> None:
                           timeout=60)
     assert proc.returncode != 0
     assert "verifier.reward_functions" in proc.stderr and "no_such_function" in proc.stderr, proc.stderr
+
+
+
+def test_winnow_score_prints_the_functions_score(server: int, stub, tmp_path: Path) -> None:
+    """``winnow score --verifier`` against the reward-function verifier: each line carries the weighted score next to
+    its status (0.25 x has_think + 1.0 x compute_score, as the gRPC call returns it), a status-only task has no
+    ``score``, and an input field named ``score`` is never passed off as the verifier's."""
+    src = tmp_path / "in.jsonl"
+    rows = [{"id": "a", "response": "<think>x</think> 7", "gold": "7", "task": "fmt", "score": 99},
+            {"id": "b", "response": "no think, 7", "gold": "7", "task": "fmt"},
+            {"id": "c", "response": "The answer is \\boxed{4}", "gold": "4", "task": "math", "score": 99}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = subprocess.run([PYTHON, "-m", "winnow", "score", str(src), "--verifier", f"127.0.0.1:{server}"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = {r["id"]: r for r in map(json.loads, out.stdout.splitlines())}
+    assert got["a"]["score"] == pytest.approx(1.25) and got["b"]["score"] == pytest.approx(1.0)
+    for key in ("a", "b"):
+        assert got[key]["score"] == pytest.approx(verify(stub, "fmt", got[key]["response"], "7").score)
+    assert got["c"]["status"] == "correct" and "score" not in got["c"]
