@@ -12,7 +12,7 @@ is scored twice, sequentially and then in one batch):
   ``sets_intervals``: sets of numeric tuples, solution lists, intervals, unions of rays;
   ``relations``:      flipped and double inequalities, labelled values, chained equalities, lines
                       solved for y vs their implicit form (scale factor);
-  ``adversarial``:    the hostile inputs of docs/VERIFIER_NOTES §3 (huge powers and factorials,
+  ``adversarial``:    the hostile inputs of docs/verifier.md, 'Adversarial inputs' (huge powers and factorials,
       5,000 nested braces, a code-injection payload, rel-tol / percent / subset / bracket traps,
       hedged boxes, a 24k-character chain of thought).
 For each set: sequential per-item latency p50/p99 (one caller, one item at a time: ``verify``)

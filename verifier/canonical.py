@@ -1,4 +1,4 @@
-"""Deterministic canonicalisation of an extracted answer and its top-level structure (VERIFIER_NOTES §4.3).
+"""Deterministic canonicalisation of an extracted answer and its top-level structure (docs/verifier.md, 'Canonicalisation').
 
 ``canonicalize`` is a string pass (a union of the Hendrycks, Minerva and Math-Verify rules):
 delimiters and ``\\boxed`` removed; ``\\left``/``\\right``, ``\\!``, ``\\,``, ``\\displaystyle``

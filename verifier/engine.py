@@ -1,6 +1,6 @@
 """The verifier engine: ``grade`` (pure, in-process) and ``MathVerifier`` (fast paths + sandboxed sympy).
 
-Pipeline for one (response, gold), VERIFIER_NOTES §4:
+Pipeline for one (response, gold) (docs/verifier.md, 'The engine, stage by stage'):
 
 1. Gold: ``extract.extract_gold`` (``#### 42``, ``\\boxed{}``, ``$…$``) -> ``canonical.canonicalize`` ->
    structure, MCQ letter, text flag (``prepare_gold``; done once per distinct gold in a batch).

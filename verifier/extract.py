@@ -1,4 +1,4 @@
-"""Answer extraction from full model outputs and from dataset golds (VERIFIER_NOTES §4.1-4.2). Linear time.
+"""Answer extraction from full model outputs and from dataset golds (docs/verifier.md, 'Input guards' and 'Extraction'). Linear time.
 
 Response, in order:
 

@@ -1,4 +1,4 @@
-"""Fast exact comparison paths, pure Python, no sympy (VERIFIER_NOTES §4.4).
+"""Fast exact comparison paths, pure Python, no sympy (docs/verifier.md, 'Fast paths').
 
 * Numbers as exact ``fractions.Fraction``: integers, decimals, ``a/b``, ``\\frac{a}{b}``, mixed numbers
   (``2\\frac{1}{2}``), scientific notation (``1.5e3``, ``1.5\\times10^{3}``, exponent |k| <= 10^4), which

@@ -1,4 +1,4 @@
-"""Input guards of the verifier: cheap checks that run before any parsing (VERIFIER_NOTES §4.1, §4.5).
+"""Input guards of the verifier: cheap checks that run before any parsing (docs/verifier.md, 'Input guards' and 'Symbolic path').
 
 Two layers:
 

@@ -1,4 +1,4 @@
-"""A small pool of worker processes for the symbolic path, with a wall-clock budget per item (VERIFIER_NOTES §4.6).
+"""A small pool of worker processes for the symbolic path, with a wall-clock budget per item (docs/verifier.md, 'Worker pool and budgets').
 
 Why not ``concurrent.futures.ProcessPoolExecutor``: ``result(timeout)`` leaves a hung worker running
 and a killed worker breaks the whole executor. Why not ``multiprocessing``: its spawn/forkserver

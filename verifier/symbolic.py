@@ -1,4 +1,4 @@
-"""The symbolic path: LaTeX -> sympy with a grammar parser, guarded, then compared (VERIFIER_NOTES §4.5).
+"""The symbolic path: LaTeX -> sympy with a grammar parser, guarded, then compared (docs/verifier.md, 'Symbolic path').
 
 Runs inside a worker process of ``winnow.verifier.pool`` (or in-process in ``grade``). Imports sympy.
 

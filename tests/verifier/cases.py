@@ -2,7 +2,7 @@
 
 Expected statuses are the labels of ``winnow.verdict.Status``. ``B(x)`` wraps an answer the way
 a model usually writes it. Where peers disagree on semantics the reason says which side we take
-(VERIFIER_NOTES §3, §4).
+(docs/verifier.md, "Peers' conventions" and 'Adversarial inputs').
 """
 
 from __future__ import annotations

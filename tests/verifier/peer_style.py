@@ -1,8 +1,8 @@
 """A reconstructed peer-style suite: (gold, response, expected correct?, style) in the way the graders
 of verl (math_reward, math_dapo, prime_math), Qwen2.5-Math (math_equal), lm-eval minerva_math,
-DeepScaleR and OpenRLHF-style reward functions test themselves (VERIFIER_NOTES §1). Written by us from
+DeepScaleR and OpenRLHF-style reward functions test themselves (docs/verifier.md, "Peers' conventions"). Written by us from
 their documented behaviour, not copied; where a peer's own verdict is a known false positive
-(VERIFIER_NOTES §3: Qwen's x100 percent allowance, rel_tol on integers, ignored bracket types,
+(docs/verifier.md, 'Adversarial inputs': Qwen's x100 percent allowance, rel_tol on integers, ignored bracket types,
 rounded decimals) the expected value is the sound one and the style says so.
 """
 

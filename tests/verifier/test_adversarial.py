@@ -1,4 +1,4 @@
-"""The adversarial set of VERIFIER_NOTES §3 through MathVerifier and its worker pool.
+"""The adversarial set (docs/verifier.md, 'Adversarial inputs') through MathVerifier and its worker pool.
 
 Each input must end within the budget (plus slack for a loaded 2-core machine; timings are not
 asserted tightly) with a non-correct status, and nothing in the model text may be executed.
