@@ -21,10 +21,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from winnow.sampling import Completion, SamplingConfig, sampling_to_wire
 from winnow.verdict import Status, Verdict
+
+if TYPE_CHECKING:
+    from winnow.v1 import messages_pb2, verifier_pb2
 
 _STATUSES = frozenset(int(x) for x in Status)
 LOGPROB_TOLERANCE = 1e-4
@@ -128,7 +131,7 @@ def build_group(
     generator_id: str,
     generation_seconds: float,
     scoring_seconds: float,
-):
+) -> messages_pb2.ScoredGroup:
     """One ScoredGroup for the ``PromptRequest`` ``request``: every sample with its tokens, behaviour log-probs,
     per-token policy version, finish reason, text, status and extracted answer. The generator reports statuses, not
     rewards: the one status -> reward map is the learner's ``algo`` config (``Sample.reward`` stays 0); a
@@ -148,7 +151,7 @@ def build_group(
                 policy_versions=[version] * len(c.token_ids),
                 finish_reason=c.finish_reason,
                 text=c.text,
-                status=int(Status(int(v.status))),
+                status=cast("verifier_pb2.Status", int(Status(int(v.status)))),  # the same numbers on the wire
                 extracted=v.extracted,
                 score=v.score,  # the verifier's scalar score, or unset
             )

@@ -71,6 +71,7 @@ def effective(data: dict[str, Any], service: str, key: str) -> tuple[str, Any]:
     ValidationError for a bad value (the service's own validation reports it)."""
     where, own = _own(data, service, key)
     top = data.get(key)
+    value: Any
     if isinstance(top, dict) and isinstance(own, dict):
         value, where = deep_merge(top, own), f"{key} + {where}"
     elif own is not None:
@@ -91,7 +92,7 @@ def lift_shared(data: dict[str, Any]) -> dict[str, Any]:
     is not changed."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     for key in _shared_models():
-        found = []
+        found: list[tuple[str, tuple[str, ...]]] = []
         for service in ("generator", "learner"):
             section = out.get(service)
             if not isinstance(section, dict):

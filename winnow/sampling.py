@@ -21,6 +21,8 @@ from winnow.config import Model
 if TYPE_CHECKING:
     import torch
 
+    from winnow.v1 import messages_pb2
+
 
 class SamplingConfig(Model):
     """How to sample responses. The defaults are the paper's rollout settings (temperature 1, top-p 1).
@@ -131,7 +133,7 @@ def sample_tokens(logprobs: torch.Tensor, generator: torch.Generator | None = No
 # ScoredGroup).
 
 
-def sampling_to_wire(s: SamplingConfig):
+def sampling_to_wire(s: SamplingConfig) -> messages_pb2.SamplingParams:
     """``s`` as a ``SamplingParams`` message (a seed of None travels as 0, "no seed")."""
     from winnow.v1 import messages_pb2
 
@@ -165,7 +167,9 @@ def request_sampling(default: SamplingConfig, request: Any) -> SamplingConfig:
     return merge_sampling(default, request.sampling if request.HasField("sampling") else None)
 
 
-def prompt_request(problem: Any, request_id: str, *, n: int, sampling: SamplingConfig, version: int, now: float):
+def prompt_request(
+    problem: Any, request_id: str, *, n: int, sampling: SamplingConfig, version: int, now: float
+) -> messages_pb2.PromptRequest:
     """The ``PromptRequest`` asking generators for ``n`` samples of ``problem`` (a :class:`winnow.prompts.Problem`)
     with ``sampling``, released at policy ``version`` at unix time ``now``."""
     from winnow.v1 import messages_pb2
