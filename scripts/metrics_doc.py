@@ -1,12 +1,13 @@
-"""Generate the learner's tables in ``docs/metrics.md`` from its metric table (``winnow/metric_table.py``).
+"""Generate the metric tables in ``docs/metrics.md`` from the metric tables (rows of ``winnow/metric_defs.Metric``).
 
 Each generated block sits between ``<!-- BEGIN generated NAME: ... -->`` and ``<!-- END generated NAME -->``; the
 prose around the blocks is written by hand. Blocks: ``learner`` (the learner's Prometheus metrics), ``beta`` (the
 beta-sampler's labelled gauges), ``keys`` (every ``metrics.jsonl`` key: sink name, Prometheus series, reduction over
-micro-batches and ranks).
+micro-batches and ranks), all from ``winnow/metric_table.py``; ``generator`` (from ``GENERATOR`` in
+``generator/metrics.py``) and ``verifier`` (from ``VERIFIER`` in ``verifier/service_metrics.py``).
 
 Usage: ``python scripts/metrics_doc.py`` rewrites the blocks; ``--check`` exits 1 if the doc is stale
-(tests/learner/test_metric_table.py runs it). Run it after changing a row of the table.
+(tests/learner/test_metric_table.py runs it). Run it after changing a row of a table.
 """
 
 from __future__ import annotations
@@ -20,11 +21,15 @@ DOC = ROOT / "docs" / "metrics.md"
 
 
 def render(text: str) -> str:
+    from winnow.generator.metrics import GENERATOR
     from winnow.metric_defs import render_doc, render_keys, render_prometheus
     from winnow.metric_table import LEARNER
+    from winnow.verifier.service_metrics import VERIFIER
 
     return render_doc(text, {"learner": render_prometheus(LEARNER, "learner"),
-                             "beta": render_prometheus(LEARNER, "beta"), "keys": render_keys(LEARNER)})
+                             "beta": render_prometheus(LEARNER, "beta"), "keys": render_keys(LEARNER),
+                             "generator": render_prometheus(GENERATOR, "generator"),
+                             "verifier": render_prometheus(VERIFIER, "verifier")})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,16 +11,19 @@ data-parallel ranks, its tracking-sink tag and its documentation. From it:
 - :func:`sink_tag` names a key in the tracking sinks (TensorBoard, W&B, MLflow, trackio);
 - :func:`render_doc` writes the tables of ``docs/metrics.md`` (``scripts/metrics_doc.py --check`` finds a stale doc).
 
-Nothing here imports a service: the generator and the verifier can declare their tables with the same rows
-(``source="service"``: a Prometheus-only collector set by the service's code) and generate their doc sections.
+Nothing here imports a service. The generator's and the verifier's tables (``GENERATOR`` in
+:mod:`winnow.generator.metrics`, ``VERIFIER`` in :mod:`winnow.verifier.service_metrics`) are made of ``source="service"``
+rows (a Prometheus-only collector set by the service's code); :class:`TableMetrics` turns such a table into the
+service's metrics object, and ``scripts/metrics_doc.py`` generates their sections of ``docs/metrics.md``.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 Kind = Literal["gauge", "counter", "histogram"]
 Source = Literal["step", "row", "service"]
@@ -95,6 +98,7 @@ def register(table: Iterable[Metric], registry: Any) -> dict[str, Any]:
         if m.prom is None or m.series:
             continue
         kwargs: dict[str, Any] = {"labelnames": m.labels, "registry": registry}
+        c: Counter | Gauge | Histogram
         if m.kind == "counter":
             c = Counter(m.prom, m.help, **kwargs)
         elif m.kind == "histogram":
@@ -105,6 +109,22 @@ def register(table: Iterable[Metric], registry: Any) -> dict[str, Any]:
             c.labels(*values)
         out[m.prom] = c
     return out
+
+
+class TableMetrics:
+    """A service's Prometheus collectors, built on ``registry`` from the class's ``table`` (one per Prometheus name:
+    names, help, kinds, labels, buckets and pre-created label values are declared there). A collector is an
+    attribute named by its row's key (``metrics.weight_version``); a key without a row is an ``AttributeError``."""
+
+    table: ClassVar[Table] = ()
+
+    def __init__(self, registry: Any) -> None:
+        collectors = register(self.table, registry)
+        # plain attributes (no __getattr__ on the hot path); __getattr__ below only names the table on a miss
+        self.__dict__.update({m.key: collectors[m.prom] for m in self.table if m.prom is not None and not m.series})
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"{type(self).__name__} has no collector {name!r} (no row of its metric table)")
 
 
 def export_step(table: Table, collectors: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
@@ -272,13 +292,17 @@ def render_keys(table: Table) -> str:
     return "\n".join(lines)
 
 
+def _fill(mo: re.Match[str], body: str) -> str:
+    return f"{mo.group(1)}{body}\n{mo.group(2)}"
+
+
 def render_doc(text: str, blocks: Mapping[str, str]) -> str:
     """``text`` with each generated block ``<!-- BEGIN generated NAME ... -->`` ... ``<!-- END generated NAME -->``
     replaced by ``blocks[NAME]``; a block missing from ``text`` is an error."""
     for name, body in blocks.items():
         pattern = re.compile(rf"(<!-- BEGIN generated {re.escape(name)}(?::[^>]*)? -->\n).*?(<!-- END generated "
                              rf"{re.escape(name)} -->)", re.S)
-        text, n = pattern.subn(lambda mo, body=body: mo.group(1) + body + "\n" + mo.group(2), text)
+        text, n = pattern.subn(functools.partial(_fill, body=body), text)
         if n != 1:
             raise ValueError(f"docs: no generated block {name!r}")
     return text

@@ -11,28 +11,31 @@ The file is long because it is a table: one row per metric, with its formula.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from winnow.metric_defs import Metric
 
 _PHASE_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _LAST = "(last step)"
 
 
-def _step(key: str, help: str, prom: str | None = None, **kw) -> Metric:
+def _step(key: str, help: str, prom: str | None = None, **kw: Any) -> Metric:
     kw.setdefault("section", "learner")
     return Metric(key, help, prom, source="step", **kw)
 
 
-def _row(key: str, help: str, prom: str | None = None, **kw) -> Metric:
+def _row(key: str, help: str, prom: str | None = None, **kw: Any) -> Metric:
     kw.setdefault("section", "learner")
     return Metric(key, help, prom, source="row", **kw)
 
 
-def _service(key: str, help: str, prom: str, **kw) -> Metric:
+def _service(key: str, help: str, prom: str, **kw: Any) -> Metric:
     kw.setdefault("section", "learner")
     return Metric(key, help, prom, source="service", **kw)
 
 
-def _tokens_per_s(m) -> float:
+def _tokens_per_s(m: Mapping[str, float]) -> float:
     return m["tokens"] / m["time_total_s"] if m["time_total_s"] > 0 else 0.0
 
 

@@ -231,6 +231,33 @@ def test_docs_check_fails_on_a_stale_doc(tmp_path, monkeypatch):
     assert metrics_doc.main([]) == 0 and metrics_doc.main(["--check"]) == 0  # regenerated
 
 
+@pytest.mark.parametrize("module, table, block", [("winnow.generator.metrics", "GENERATOR", "generator"),
+                                                  ("winnow.verifier.service_metrics", "VERIFIER", "verifier")])
+def test_the_services_doc_sections_are_generated_from_their_tables(module, table, block, tmp_path, monkeypatch):
+    """The generator's and the verifier's tables in docs/metrics.md are generated blocks: one line per row, in the
+    table's order, with its type, labels and doc; an edited line is stale, and regenerating restores it."""
+    import importlib
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import metrics_doc
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    rows = getattr(importlib.import_module(module), table)
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    body = text[text.index(f"<!-- BEGIN generated {block}:"):text.index(f"<!-- END generated {block} -->")]
+    assert re.findall(r"^\| `(winnow_\w+)` \| (\w+) \|", body, flags=re.M) == [(m.prom, m.kind) for m in rows]
+    first = rows[0]
+    line = next(x for x in body.splitlines() if x.startswith(f"| `{first.prom}` |"))
+    assert " ".join((first.doc or first.help).split()) in line
+    stale = tmp_path / "metrics.md"
+    stale.write_text(text.replace(line, line.replace(first.kind, "summary", 1)))
+    monkeypatch.setattr(metrics_doc, "DOC", stale)
+    monkeypatch.setattr(metrics_doc, "ROOT", tmp_path)
+    assert metrics_doc.main(["--check"]) == 1
+    assert metrics_doc.main([]) == 0 and stale.read_text() == text
+
+
 def test_the_service_uses_only_declared_collectors():
     """Every ``self.metrics.NAME`` of the learner service is a method of LearnerMetrics or a row of the table."""
     from prometheus_client import CollectorRegistry
