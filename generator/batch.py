@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from winnow.generator.engine import Engine
 from winnow.generator.metrics import GeneratorMetrics
@@ -17,9 +17,12 @@ from winnow.groups import build_group
 from winnow.sampling import Completion
 from winnow.verdict import Item
 
+if TYPE_CHECKING:
+    from winnow.v1.messages_pb2 import PromptRequest, ScoredGroup
+
 
 async def generate_and_score(
-    requests: Sequence[Any],
+    requests: Sequence[PromptRequest],
     *,
     engine: Engine,
     scorer: Scorer,
@@ -27,7 +30,7 @@ async def generate_and_score(
     state: GeneratorState,
     metrics: GeneratorMetrics,
     generator_id: str,
-) -> list[Any]:
+) -> list[ScoredGroup]:
     """Generate and score ``requests`` (``PromptRequest`` messages); one ScoredGroup per request, in order."""
     prompt_ids = [formatter(r.problem, [(m.role, m.content) for m in r.messages]) for r in requests]
     samplings = [state.request_sampling(r) for r in requests]

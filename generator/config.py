@@ -9,7 +9,7 @@ blocks cheaply.
 from __future__ import annotations
 
 import fnmatch
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -169,7 +169,7 @@ class GeneratorConfig(Settings):
 
     @model_validator(mode="before")
     @classmethod
-    def _moved_fields(cls, data):
+    def _moved_fields(cls, data: Any) -> Any:
         if isinstance(data, dict) and "reward" in data:
             raise ValueError(
                 "generator.reward was removed: generators report statuses; the one status -> reward map is "

@@ -30,8 +30,12 @@ class Engine(Protocol):
 
     version: int
     """Policy version of the loaded weights."""
-    tokenizer: object
-    """The tokenizer (used to build prompts and decode)."""
+
+    @property
+    def tokenizer(self) -> object:
+        """The tokenizer (used to build prompts and decode); read-only here, so that an engine may hold any
+        tokenizer class."""
+        ...
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingConfig) -> list[list[Completion]]:
         """For each prompt (token ids), ``n`` completions; blocking."""

@@ -10,10 +10,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from winnow.generator.config import VerifierRouting
 from winnow.generator.metrics import GeneratorMetrics
+from winnow.scoring import AsyncVerifier, Verifier
 from winnow.verdict import Item, Status, Verdict
 
 log = logging.getLogger(__name__)
@@ -39,17 +39,17 @@ class Scorer:
         routing: VerifierRouting,
         metrics: GeneratorMetrics,
         *,
-        in_process: Any | None = None,
+        in_process: Verifier | None = None,
         stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self.routing = routing
         self.metrics = metrics
         self._in_process = in_process
         self._owns_in_process = in_process is None  # close only what this scorer built
-        self._clients: dict[str, Any] = {}
+        self._clients: dict[str, AsyncVerifier] = {}
         self._stopping = stopping
 
-    def _client(self, endpoint: str):
+    def _client(self, endpoint: str) -> AsyncVerifier:
         client = self._clients.get(endpoint)
         if client is None:
             from winnow.scoring import verifier_client
@@ -63,7 +63,7 @@ class Scorer:
             self._clients[endpoint] = client
         return client
 
-    def _local(self):
+    def _local(self) -> Verifier:
         if self._in_process is None:
             from winnow.scoring import in_process_verifier
 

@@ -46,6 +46,7 @@ from winnow.generator.scoring import Scorer, ScoringAborted
 from winnow.generator.state import GeneratorState
 from winnow.generator.weights import WeightFollower
 from winnow.sampling import GenerationCancelled
+from winnow.scoring import Verifier
 from winnow.v1 import messages_pb2
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class GeneratorService:
     """
 
     def __init__(self, cfg: GeneratorConfig, engine: Engine, registry: CollectorRegistry | None = None, *,
-                 scorer: Scorer | None = None, in_process_verifier: Any | None = None) -> None:
+                 scorer: Scorer | None = None, in_process_verifier: Verifier | None = None) -> None:
         self.cfg = cfg
         self.engine = engine
         self.registry = registry or CollectorRegistry()

@@ -34,12 +34,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from pydantic import ValidationError
 
 from winnow.sampling import SamplingConfig, request_sampling
 from winnow.weight_store import resolve_weight_uri
+
+if TYPE_CHECKING:
+    from winnow.generator.config import GeneratorConfig
+    from winnow.v1.messages_pb2 import PromptRequest, ScoredGroup, WeightAnnouncement
 
 QUARANTINE_REASONS = ("sampling", "prompt", "n", "size")
 """Labels of ``winnow_generator_quarantined_requests_total``."""
@@ -75,7 +79,7 @@ def version_refusal(version: int, current: int, max_jump: int) -> str | None:
     return None
 
 
-def buckets(requests: Sequence[Any], samplings: Sequence[SamplingConfig]) -> dict[tuple[int, str], list[int]]:
+def buckets(requests: Sequence[PromptRequest], samplings: Sequence[SamplingConfig]) -> dict[tuple[int, str], list[int]]:
     """Batch positions by ``(n, sampling)``, in order of first appearance: each bucket is one engine call."""
     out: dict[tuple[int, str], list[int]] = {}
     for i, (r, s) in enumerate(zip(requests, samplings, strict=True)):
@@ -104,14 +108,14 @@ class GeneratorState:
         self.poll_interval_s = poll_interval_s
         self.max_version_jump = max_version_jump
         self.weights_root = weights_root
-        self.latest: Any = None
+        self.latest: WeightAnnouncement | None = None
         """The last valid ``WeightAnnouncement`` read (None before any)."""
         self.rejected: set[tuple[int, str]] = set()
         """``(version, sha256)`` of announcements refused or failed: never tried again."""
         self.last_poll = 0.0
 
     @classmethod
-    def from_config(cls, cfg: Any) -> GeneratorState:
+    def from_config(cls, cfg: GeneratorConfig) -> GeneratorState:
         """The state of a generator configured by ``cfg`` (a :class:`~winnow.generator.config.GeneratorConfig`)."""
         return cls(sampling=cfg.sampling, max_group_size=cfg.max_group_size, max_prompt_tokens=cfg.max_prompt_tokens,
                    max_message_bytes=cfg.kafka.max_message_bytes, poll_interval_s=cfg.weights.poll_interval_s,
@@ -125,7 +129,7 @@ class GeneratorState:
     def polled(self, now: float) -> None:
         self.last_poll = now
 
-    def announced(self, ann: Any) -> None:
+    def announced(self, ann: WeightAnnouncement) -> None:
         """A valid announcement was read (they are read in log order: the last one wins)."""
         self.latest = ann
 
@@ -134,7 +138,7 @@ class GeneratorState:
         """The latest announcement is the run's final one: ask for no work until a newer one."""
         return self.latest is not None and bool(self.latest.final)
 
-    def to_load(self, loaded: int) -> Any:
+    def to_load(self, loaded: int) -> WeightAnnouncement | None:
         """The announcement to load over the ``loaded`` version, or None: the latest, unless it is the loaded
         version or was rejected."""
         ann = self.latest
@@ -142,7 +146,7 @@ class GeneratorState:
             return None
         return ann
 
-    def locate(self, ann: Any, loaded: int) -> Path | Refusal:
+    def locate(self, ann: WeightAnnouncement, loaded: int) -> Path | Refusal:
         """The file to load ``ann`` from over the ``loaded`` version, or why it is refused without opening anything
         (its version, then its location); a refused announcement is rejected."""
         why = version_refusal(int(ann.version), loaded, self.max_version_jump)
@@ -153,11 +157,11 @@ class GeneratorState:
         except ValueError as e:
             return self._refuse(ann, "location", str(e))
 
-    def _refuse(self, ann: Any, reason: str, detail: str) -> Refusal:
+    def _refuse(self, ann: WeightAnnouncement, reason: str, detail: str) -> Refusal:
         self.reject(ann)
         return Refusal(reason, detail)
 
-    def reject(self, ann: Any) -> None:
+    def reject(self, ann: WeightAnnouncement) -> None:
         """Never load ``ann`` (its version under its sha256) again: refused, wrong sha256, or did not load."""
         self.rejected.add((ann.version, ann.sha256))
 
@@ -168,11 +172,11 @@ class GeneratorState:
 
     # -- batches ------------------------------------------------------------------------------
 
-    def request_sampling(self, req: Any) -> SamplingConfig:
+    def request_sampling(self, req: PromptRequest) -> SamplingConfig:
         """The sampling of ``req`` over the configured defaults (pydantic's ValidationError when out of bounds)."""
         return request_sampling(self.sampling, req)
 
-    def poison(self, req: Any, prompt_tokens: Callable[[Any], int]) -> Refusal | None:
+    def poison(self, req: PromptRequest, prompt_tokens: Callable[[PromptRequest], int]) -> Refusal | None:
         """Why ``req`` must not be generated (a quarantine reason and a detail), or None. ``prompt_tokens(req)``
         counts the prompt's tokens (called last, only for a prompt short enough in characters; ValueError or
         UnicodeError from it refuse the prompt)."""
@@ -205,7 +209,9 @@ class GeneratorState:
             return Refusal("prompt", f"{tokens} prompt tokens > max_prompt_tokens {self.max_prompt_tokens}")
         return None
 
-    def split_publishable(self, groups: Sequence[Any]) -> tuple[list[Any], list[tuple[Any, int]]]:
+    def split_publishable(
+        self, groups: Sequence[ScoredGroup]
+    ) -> tuple[list[ScoredGroup], list[tuple[ScoredGroup, int]]]:
         """``(fit, too_large)``: the groups that fit in one Kafka message, and ``(group, bytes)`` of each other one
         (sending it would fail and crash-loop the batch; its request, committed as done, times out at the learner
         and is released again)."""

@@ -15,15 +15,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from winnow.generator.engine import Engine
 from winnow.generator.metrics import GeneratorMetrics
 from winnow.generator.state import GeneratorState, Refusal
 from winnow.weight_store import sha256_file
 
+if TYPE_CHECKING:
+    from winnow.v1.messages_pb2 import WeightAnnouncement
+
 log = logging.getLogger(__name__)
+
+
+class RecordSource(Protocol):
+    """What the follower reads announcements from: an aiokafka consumer assigned to the weights topic."""
+
+    async def getmany(self, *partitions: Any, timeout_ms: int = 0) -> Mapping[Any, Sequence[Any]]:
+        """Records fetched within ``timeout_ms``, by partition."""
+        ...
 
 
 class WeightFollower:
@@ -38,7 +49,7 @@ class WeightFollower:
         self._stopping = stopping
         self._on_corrupt = on_corrupt
 
-    async def poll(self, consumer: Any, *, drain_s: float = 0.0) -> None:
+    async def poll(self, consumer: RecordSource, *, drain_s: float = 0.0) -> None:
         """Read new announcements (the last valid one wins) and load it if it is new."""
         from winnow.kafka import WeightAnnouncement, decode_record
 
@@ -60,7 +71,7 @@ class WeightFollower:
         if ann is not None:
             await self.load(ann)
 
-    async def catch_up(self, consumer: Any, version: int) -> None:
+    async def catch_up(self, consumer: RecordSource, version: int) -> None:
         """Load (at least) ``version`` before generating, waiting up to ``weights.catch_up_s``: the
         learner announces new weights before it releases the prompts that expect them."""
         deadline = time.monotonic() + self.catch_up_s
@@ -69,7 +80,7 @@ class WeightFollower:
         if self.engine.version < version:
             log.warning("generating with weights v%d for requests released at v%d", self.engine.version, version)
 
-    async def load(self, ann: Any) -> bool:
+    async def load(self, ann: WeightAnnouncement) -> bool:
         """Verify and load ``ann``; False (logged, counted) if it was refused, is missing, or failed."""
         t0 = time.perf_counter()
         path = self.state.locate(ann, self.engine.version)

@@ -206,7 +206,7 @@ class OverlongConfig(Model):
 class AlgoConfig(Model):
     """The RL algorithm: filter, advantage, loss and their coefficients (a preset fills the first three)."""
 
-    preset: PresetName = DEFAULT_PRESET
+    preset: PresetName = DEFAULT_PRESET  # type: ignore[valid-type]  # a Literal built from PRESETS' keys
     """Named algorithm (the keys of ``PRESETS``; docs/algorithms.md has the table). It fills filter, advantage,
     loss (and the fields a preset sets); fields set explicitly override the preset's."""
     filter: FilterMode

@@ -127,7 +127,7 @@ class TrainBatch:
 
     def to(self, device: torch.device | str) -> TrainBatch:
         """A copy with every tensor on ``device``."""
-        kw = {
+        kw: dict[str, Any] = {
             k: (v.to(device) if isinstance(v, torch.Tensor) else v)
             for k, v in self.__dict__.items()  # dataclass fields, shallow
         }

@@ -238,7 +238,8 @@ def discard_rows_after(path: Path, version: int) -> int:
     :func:`discarded_path`, appending; the rest stay, in order. Returns how many rows moved."""
     if not path.exists():
         return 0
-    keep, cut = [], []
+    keep: list[str] = []
+    cut: list[str] = []
     for line in path.read_text().splitlines():
         if not line.strip():
             continue

@@ -52,7 +52,7 @@ def read_marker(run_dir: str | Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        data = json.loads(path.read_text())
+        data: dict[str, Any] = json.loads(path.read_text())
         int(data["version"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise RuntimeError(f"completion marker {path} is unreadable ({e}); delete it to train again") from None

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from winnow.chat import ChatFormat, PromptFormatter
+from winnow.scoring import Verifier
 from winnow.verdict import Item, Status
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class Evaluator:
         chat: ChatFormat | None = None,
         max_new_tokens: int = 128,
         batch_size: int = 8,
-        verifier: Any = None,
+        verifier: Verifier | None = None,
         k: int = 0,
         temperature: float = 1.0,
         seed: int = 0,
@@ -96,7 +97,7 @@ class Evaluator:
         self.last_mean_at_k: float | None = None
         self._copy: Any = None  # the weights in the compute dtype, when the master weights are not
 
-    def _get_verifier(self):
+    def _get_verifier(self) -> Verifier:
         if self._verifier is None:
             from winnow.scoring import routed_verifier
 

@@ -461,10 +461,10 @@ def fast_scalar_eq(g: str, p: str, *, percent_option: bool = False, rounded: boo
                 return r, "relation"
         return None, ""
     if g in _INF or p in _INF:
-        gi = g.replace("+", "")
-        pi = p.replace("+", "")
-        if gi in _INF or pi in _INF:
-            return gi == pi, "number"
+        g_inf = g.replace("+", "")
+        p_inf = p.replace("+", "")
+        if g_inf in _INF or p_inf in _INF:
+            return g_inf == p_inf, "number"
     gn = parse_number(g)
     if gn is not None:
         pn = parse_number(p)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Any
 
 MAX_RESPONSE_CHARS = 8000  # kept from the end of a response, after </think>
 MAX_ANSWER_CHARS = 512
@@ -84,7 +85,7 @@ def check_text(answer: str) -> Refusal | None:
 # --------------------------------------------------------------------------- sympy tree guard
 
 
-def _log10_bound(expr, memo: dict) -> float:
+def _log10_bound(expr: Any, memo: dict[int, float]) -> float:
     """Upper bound of log10|value| for a numeric sympy subtree; ``inf`` when it may be astronomical.
 
     Symbols count as magnitude 10 (log 1): the bound is about literal sizes, not values.
@@ -115,20 +116,20 @@ def _log10_bound(expr, memo: dict) -> float:
     elif isinstance(expr, sympy.Add):
         out = max((_log10_bound(a, memo) for a in expr.args), default=0.0) + math.log10(len(expr.args) + 1)
     elif isinstance(expr, sympy.factorial):
-        n = _log10_bound(expr.args[0], memo)
-        out = math.inf if n > 300 else 10.0**n * max(n, 1.0)
+        arg = _log10_bound(expr.args[0], memo)
+        out = math.inf if arg > 300 else 10.0**arg * max(arg, 1.0)
     else:
         out = max((_log10_bound(a, memo) for a in expr.args if isinstance(a, sympy.Basic)), default=1.0)
     memo[key] = out
     return out
 
 
-def check_tree(expr) -> Refusal | None:
+def check_tree(expr: Any) -> Refusal | None:
     """Refuse sympy trees that are too big or whose evaluation could blow up (see module doc)."""
     import sympy
 
     nodes = 0
-    memo: dict = {}
+    memo: dict[int, float] = {}
     stack = [(expr, 1)]
     while stack:
         node, depth = stack.pop()

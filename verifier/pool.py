@@ -45,6 +45,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 READY = b"ready"
 _MAX_FRAME = 1 << 20
@@ -102,7 +103,7 @@ def _set_limits(memory_mb: int, cpu_s: int) -> None:
             resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 5))
 
 
-def handle_job(job: dict) -> dict:
+def handle_job(job: dict[str, Any]) -> dict[str, Any]:
     """Run one symbolic comparison (in a worker). Returns the JSON reply."""
     from winnow.verifier.guard import VerifyError
     from winnow.verifier.symbolic import compare_canonical
@@ -163,7 +164,7 @@ def write_frame(fd: int, body: bytes) -> None:
 # --------------------------------------------------------------------------- processes
 
 
-def worker_loop(fd: int, handle: Callable[[dict], dict] | None = None) -> None:
+def worker_loop(fd: int, handle: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
     """Answer JSON job frames on ``fd`` with ``handle`` (default: :func:`handle_job`) until EOF (runs in a forked
     worker)."""
     handle = handle or handle_job
@@ -429,7 +430,7 @@ class WorkerPool:
                 w.ready = read_frame(w.fd, time.monotonic() + self.start_timeout_s) == READY
         return w.ready
 
-    def run(self, job: dict, *, timeout_s: float | None = None, deadline: float | None = None) -> dict:
+    def run(self, job: dict[str, Any], *, timeout_s: float | None = None, deadline: float | None = None) -> dict[str, Any]:
         """Run ``job`` on a free worker within the budget; the reply has ``status``, ``path``, ``detail``."""
         if self._closed:
             raise RuntimeError("pool is closed")
@@ -454,7 +455,7 @@ class WorkerPool:
             if frame is None:
                 self._replace(w, "timeout")
                 return {"status": "timeout", "path": "pool", "detail": f"worker killed after {budget:.2f} s"}
-            reply = json.loads(frame)
+            reply: dict[str, Any] = json.loads(frame)
         except (EOFError, OSError, ValueError):
             self._replace(w, "crash")
             return {"status": "error", "path": "pool", "detail": "worker crashed"}

@@ -4,6 +4,7 @@ messages of ``winnow.v1.Verifier``. Shared by the gRPC server and :mod:`winnow.v
 from __future__ import annotations
 
 import math
+from typing import cast
 
 from winnow.v1 import verifier_pb2
 from winnow.verifier.types import Item, Status, Verdict
@@ -24,7 +25,7 @@ def item_from_proto(msg: verifier_pb2.VerifyRequest) -> Item:
 def verdict_to_proto(v: Verdict) -> verifier_pb2.VerifyResult:
     return verifier_pb2.VerifyResult(
         id=v.id,
-        status=int(v.status),
+        status=cast("verifier_pb2.Status", int(v.status)),  # the same numbers on the wire
         extracted=v.extracted,
         path=v.path,
         detail=v.detail,

@@ -103,9 +103,8 @@ def render_prompt(tokenizer: Any, problem: str, fmt: ChatFormat, turns: Turns = 
     messages = build_messages(problem, fmt, turns)
     if fmt.use_chat_template and has_chat_template(tokenizer):
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        if not isinstance(text, str):  # some tokenizers return a list for batched input
-            text = text[0]
-        return text
+        prompt: str = text if isinstance(text, str) else text[0]  # some tokenizers return a list for batched input
+        return prompt
     return render_plain(messages)
 
 

@@ -23,9 +23,12 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from winnow.config import Model
+
+if TYPE_CHECKING:
+    import torch
 
 Precision = Literal["auto", "bfloat16", "float32"]
 ResolvedPrecision = Literal["bfloat16", "float32"]
@@ -69,7 +72,7 @@ def resolve_precision(precision: str, device_type: str) -> ResolvedPrecision:
     return "float32"
 
 
-def resolve_device(device: Any = "auto"):
+def resolve_device(device: Any = "auto") -> torch.device:
     """``"auto"`` -> ``cuda`` if available, else ``cpu``; a ``torch.device`` as it is; anything else is passed to
     ``torch.device``. ValueError for a string torch does not know and for cuda without CUDA (the one device rule of
     the generators' engines and the learner; imports torch)."""
@@ -108,11 +111,12 @@ _DTYPE_NAMES = {
 }
 
 
-def torch_dtype(name: str):
+def torch_dtype(name: str) -> torch.dtype:
     """``"bfloat16"`` / ``"bf16"`` / ``"float32"`` / ``"fp32"`` / ``"float16"`` / ``"fp16"`` -> ``torch.dtype``
     (the one string-to-dtype table; imports torch)."""
     import torch
 
     if name not in _DTYPE_NAMES:
         raise ValueError(f"dtype: {name!r} is not one of {', '.join(sorted(_DTYPE_NAMES))}")
-    return getattr(torch, _DTYPE_NAMES[name])
+    dtype: torch.dtype = getattr(torch, _DTYPE_NAMES[name])
+    return dtype

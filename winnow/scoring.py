@@ -9,6 +9,7 @@ plug-in behind the :class:`Verifier` protocol.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from winnow.verdict import Item, Verdict
@@ -22,6 +23,14 @@ class Verifier(Protocol):
     def close(self) -> None: ...
 
 
+class AsyncVerifier(Protocol):
+    """Asyncio scorer (a Verifier gRPC client): one verdict per item, in order."""
+
+    async def verify_batch(self, items: Sequence[Item]) -> list[Verdict]: ...
+
+    async def close(self) -> None: ...
+
+
 def in_process_verifier(*, workers: int = 1, timeout_s: float = 2.0) -> Verifier:
     """The sandboxed math verifier in worker processes of this process (``close()`` it)."""
     from winnow.verifier.engine import MathVerifier
@@ -29,7 +38,7 @@ def in_process_verifier(*, workers: int = 1, timeout_s: float = 2.0) -> Verifier
     return MathVerifier(workers=workers, timeout_s=timeout_s)
 
 
-def verifier_client(endpoint: str, **kwargs: Any):
+def verifier_client(endpoint: str, **kwargs: Any) -> AsyncVerifier:
     """An asyncio client of the Verifier gRPC service at ``host:port`` (``await client.verify_batch(items)``);
     keyword arguments as :class:`winnow.verifier.client.VerifierClient`."""
     from winnow.verifier.client import VerifierClient
@@ -50,7 +59,7 @@ class _RoutedVerifier:
     def __init__(self, endpoints: dict[str, str], *, workers: int, timeout_s: float, call_timeout_s: float,
                  token: str | None) -> None:
         self.endpoints = endpoints
-        self._local_args = {"workers": workers, "timeout_s": timeout_s}
+        self._workers, self._timeout_s = workers, timeout_s
         self._local: Verifier | None = None
         self._channels: dict[str, Any] = {}
         self._call_timeout_s = call_timeout_s
@@ -71,7 +80,7 @@ class _RoutedVerifier:
         channel = self._channels.get(endpoint)
         if channel is None:
             channel = self._channels[endpoint] = grpc.insecure_channel(endpoint)
-        stub = verifier_pb2_grpc.VerifierStub(channel)
+        stub = verifier_pb2_grpc.VerifierStub(channel)  # type: ignore[no-untyped-call]
         out: list[Verdict] = []
         for start in range(0, len(items), 256):
             chunk = items[start:start + 256]
@@ -91,7 +100,7 @@ class _RoutedVerifier:
                 verdicts = self._remote(endpoint, part)
             else:
                 if self._local is None:
-                    self._local = in_process_verifier(**self._local_args)
+                    self._local = in_process_verifier(workers=self._workers, timeout_s=self._timeout_s)
                 verdicts = self._local.verify_batch(part)
             for i, v in zip(idx, verdicts, strict=True):
                 out[i] = v
