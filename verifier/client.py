@@ -31,6 +31,7 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -127,12 +128,12 @@ class VerifierClient:
             self._channel = grpc.aio.secure_channel(target, creds, options=options)
         else:
             self._channel = grpc.aio.insecure_channel(target, options=options)
-        self._stub = verifier_pb2_grpc.VerifierStub(self._channel)
+        self._stub = verifier_pb2_grpc.VerifierStub(self._channel)  # type: ignore[no-untyped-call]
 
     async def __aenter__(self) -> VerifierClient:
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self) -> None:
@@ -178,7 +179,7 @@ class VerifierClient:
                 grpc.StatusCode.UNAVAILABLE,
             ) from None
 
-    async def _call(self, method, request, name: str):
+    async def _call(self, method: Any, request: Any, name: str) -> Any:
         start = time.monotonic()
         await self._wait_ready(name)
         try:
