@@ -54,13 +54,13 @@ class ConfigError(ValueError):
 SECTIONS: set[str] = {"learner", "generator", "verifier", "up"}
 """Sections of the services' configs (``WINNOW_<SECTION>_*``); every :class:`Settings` subclass adds its own."""
 
-_FILE_DATA: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("winnow_config_file", default=None)
+_FILE_DATA: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("winnow_config_file", default=None)
 
 
 class _FileSource(PydanticBaseSettingsSource):
     """Feeds the values read from the config file (set by :func:`load_config`)."""
 
-    def get_field_value(self, field, field_name):  # pragma: no cover - unused, __call__ does the work
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover - unused, __call__ does the work
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
@@ -122,8 +122,13 @@ class Settings(BaseSettings):
 
     @classmethod
     def settings_customise_sources(
-        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
-    ):
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _FileSource(settings_cls))
 
 
@@ -277,7 +282,7 @@ class _ConfigLoader(yaml.SafeLoader):
                 if first is not key_node:
                     raise _Refused(f"duplicate key {_show(key, 80)} at line {key_node.start_mark.line + 1} "
                                    f"(first at line {first.start_mark.line + 1})")
-        return super().construct_mapping(node, deep=deep)
+        return super().construct_mapping(node, deep=deep)  # type: ignore[arg-type]  # the base reports non-mappings
 
 
 def _expanded_size(root: yaml.Node) -> tuple[int, int]:
@@ -489,7 +494,7 @@ def load_config(
     finally:
         _FILE_DATA.reset(token)
     if "kafka" in cls.model_fields:
-        object.__setattr__(cfg, "kafka", kafka_from_env(cfg.kafka))
+        object.__setattr__(cfg, "kafka", kafka_from_env(cfg.kafka))  # type: ignore[attr-defined]  # a field, checked above
     return cfg
 
 
