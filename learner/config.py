@@ -11,6 +11,7 @@ and ``<run_dir>/learner-config.json`` show every resolved field.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -103,14 +104,17 @@ class OptimConfig(Model):
 
 
 @functools.lru_cache(maxsize=8)
-def _decay_lambda(schedule: str, warmup_steps: int, total_steps: int):
+def _decay_lambda(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     """transformers' schedule function ``step -> factor`` (``get_scheduler(schedule, ...)``'s LambdaLR), built once
     over a throw-away optimizer; torch and transformers are imported only here."""
     import torch
     from transformers import get_scheduler
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    return get_scheduler(schedule, opt, num_warmup_steps=warmup_steps, num_training_steps=total_steps).lr_lambdas[0]
+    factor: Callable[[int], float] = get_scheduler(
+        schedule, opt, num_warmup_steps=warmup_steps, num_training_steps=total_steps
+    ).lr_lambdas[0]
+    return factor
 
 
 class LoraConfig(Model):
@@ -296,7 +300,7 @@ class LearnerConfig(Settings):
     """Prompt format (the shared top-level ``chat`` section, which the generators sample with): the learner bounds
     prompt lengths (``max_prompt_tokens``) and runs the held-out evaluation in it."""
 
-    algo: AlgoConfig = AlgoConfig()
+    algo: AlgoConfig = AlgoConfig()  # type: ignore[call-arg]  # the preset validator fills filter, advantage, loss
     """Algorithm: ``preset`` (raft, raft++, reinforce, grpo, reinforce_rej, ...) plus any AlgoConfig field
     to override (see docs/algorithms.md), e.g. ``{preset: grpo, kl_coef: 0}``."""
     optim: OptimConfig = OptimConfig()
