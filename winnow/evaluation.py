@@ -143,7 +143,13 @@ def _run_target(run_dir: Path, version: int | None) -> Target:
         raise ConfigError(f"--version {version} is not in {run_dir}; available: {sorted(versions) or 'none'} "
                           "(0 = the base model)")
     gen_path = run_dir / "config" / "generator-0.yaml"  # a winnow up run: decode as its generators did
-    gen = _read(gen_path).get("generator", {}) if gen_path.is_file() else {}
+    gen_file = _read(gen_path) if gen_path.is_file() else {}
+    gen = gen_file.get("generator", {})
+
+    def shared(key: str) -> Any:
+        """A pipeline section (chat, numerics, sampling): the top level of the generators' file (one section every
+        service reads), else the generator section (runs before the shared sections), else the learner's."""
+        return gen_file.get(key) or gen.get(key) or learner.get(key)
     routing = dict(gen.get("verifier") or {})
     ver_path = run_dir / "config" / "verifier.yaml"
     if routing.get("default_endpoint") and ver_path.is_file():
@@ -157,9 +163,9 @@ def _run_target(run_dir: Path, version: int | None) -> Target:
         model_dir=resolve_model(str(learner.get("model", "smollm2-135m"))),
         weights=str(versions[version]) if version else None,
         version=version,
-        chat=gen.get("chat") or (learner.get("eval") or {}).get("chat") or {},
-        numerics=gen.get("numerics") or learner.get("numerics") or {},
-        sampling=gen.get("sampling") or learner.get("sampling") or {},
+        chat=shared("chat") or (learner.get("eval") or {}).get("chat") or {},
+        numerics=shared("numerics") or {},
+        sampling=shared("sampling") or {},
         verifier=routing,
         lora=learner.get("lora"),
     )
