@@ -258,7 +258,7 @@ class LearnerService:
         self.steps_run += 1
         last = cfg.max_steps is not None and self.version >= cfg.max_steps
         if published := self.version % cfg.weights.publish_every == 0 or last:
-            await self._publish()
+            await self._publish_or_defer()
         t3 = time.perf_counter()
         if checkpointed := self.version % cfg.checkpoint.every == 0 or last:
             await self._checkpoint_and_commit()
@@ -370,6 +370,17 @@ class LearnerService:
         await self._publisher.announce(await asyncio.to_thread(self._publisher.write, self.trainer))
         maybe_die("publish", self.version)
 
+    async def _publish_or_defer(self) -> None:
+        """A step's publish. A broker that refuses the announcement (it lost its topics under the running learner, a
+        partition leader is moving) does not stop training: the weights are in the store, and the broker check's
+        recovery announces them again once the broker answers (it runs while no group comes)."""
+        try:
+            await self._publish()
+        except KafkaError as e:
+            log.warning("announcing v%d failed (%s): training goes on; the broker check re-announces it", self.version,
+                        e)
+            self._recovering = True
+
     async def _checkpoint_and_commit(self) -> None:
         """Checkpoint, then commit the offsets below which every group is done (and so in the checkpoint)."""
         t0 = time.perf_counter()
@@ -379,5 +390,10 @@ class LearnerService:
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
         self._checkpointed_version = self.version
         to_commit = self.book.to_commit(owned=set(self._consumer.assignment()))  # TopicPartition == (topic, p)
-        await kafka.commit_offsets(self._consumer, to_commit)
+        try:
+            await kafka.commit_offsets(self._consumer, to_commit)
+        except KafkaError as e:  # safe to leave: a restart re-reads from the last commit, and dedupes (checkpoint)
+            log.warning("committing offsets after checkpoint v%d failed (%s); the next checkpoint commits them",
+                        self.version, e)
+            return
         self.book.mark_committed(to_commit)
