@@ -65,6 +65,7 @@ class LearnerService:
         self._stop, self._running, self._checkpointed_version, self.steps_run = asyncio.Event(), False, -1, 0
         self._last_record = time.monotonic()  # when a groups record last arrived (the broker check)
         self._recovering = False  # a lost broker noticed, its recovery not complete yet
+        self._recovery_counted = False  # its recovery counted in offset_rewinds
         self._consumer = self._producer = self._publisher = None
         self.tracking = Tracker(cfg.tracking, cfg.run_dir, config=cfg.model_dump(mode="json", exclude={"kafka"}),
                                 registry=registry)  # no Kafka addresses or credentials to the sinks
@@ -158,8 +159,9 @@ class LearnerService:
         log.warning("the broker lost topic(s) %s under the running learner (a memory-only broker restarted?): "
                     "re-creating them, releasing %d outstanding requests again and re-announcing v%d",
                     ", ".join(missing) or "(recovery retried)", self.book.outstanding, self.version)
-        if not self._recovering:
+        if not self._recovery_counted:  # once per lost broker, however many tries the recovery takes
             self.metrics.offset_rewinds.inc()
+            self._recovery_counted = True
         self._recovering = True  # until every step below went through (a broker just back may refuse some)
         try:
             await kafka.ensure_topics(self.cfg.kafka, partitions=self.cfg.kafka_partitions)
@@ -173,7 +175,7 @@ class LearnerService:
         except (KafkaError, RuntimeError) as e:
             log.warning("broker check: recovering failed (%s); retrying in %.0f s", e, BROKER_CHECK_S)
             return
-        self._recovering = False
+        self._recovering = self._recovery_counted = False
 
     async def _reconcile_offsets(self) -> None:
         """A checkpointed groups-topic offset beyond the partition's end means the broker lost records (a
