@@ -4,13 +4,11 @@ hand-written collectors' before the table), with the table's HELP; the server re
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-import pytest
-from prometheus_client import CollectorRegistry
-
 from winnow.verifier.service_metrics import VERIFIER, VerifierMetrics
+
+from ..metric_pins import check_declared_use, check_pinned
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,58 +30,10 @@ PINNED = {
 }
 
 
-def exposition(registry: CollectorRegistry) -> dict[str, tuple[str, str, list[dict[str, str]]]]:
-    """``{exposed name: (type, HELP, label sets of the series)}`` of what ``/metrics`` serves (one series per label
-    set: a histogram's ``le`` folded away)."""
-    out = {}
-    for f in registry.collect():
-        name = f.name + "_total" if f.type == "counter" else f.name
-        series = []
-        for s in f.samples:
-            labels = {k: v for k, v in s.labels.items() if k != "le"}
-            if labels not in series:
-                series.append(labels)
-        out[name] = (f.type, f.documentation, series)
-    return out
-
-
-def label_names(series: list[dict[str, str]]) -> tuple[str, ...]:
-    names = {tuple(s) for s in series if s}
-    assert len(names) <= 1, names
-    return next(iter(names), ())
-
-
 def test_exposed_names_types_labels_and_help_are_pinned():
-    registry = CollectorRegistry()
-    VerifierMetrics(registry)
-    fresh = exposition(registry)
-    assert sorted(fresh) == sorted(PINNED)
-    for name, (kind, labels, values) in PINNED.items():
-        assert fresh[name][0] == kind, name
-        # the series pre-created at start-up (so rate() works from the first scrape)
-        assert [dict(s) for s in fresh[name][2] if s] == [dict(zip(labels, v, strict=True)) for v in values], name
-    # the label names, also of the collectors that start without a series: give each one a series
-    probed = CollectorRegistry()
-    metrics = VerifierMetrics(probed)
-    for m in VERIFIER:
-        if m.labels:
-            getattr(metrics, m.key).labels(*["probe"] * len(m.labels))
-    exposed = exposition(probed)
-    for name, (_, labels, _) in PINNED.items():
-        assert label_names(exposed[name][2]) == labels, name
-    # every row is exposed with its HELP (the table is the only declaration)
-    assert {m.prom: m.help for m in VERIFIER} == {name: help for name, (_, help, _) in exposed.items()}
-
+    check_pinned(VerifierMetrics, VERIFIER, PINNED)
 
 def test_the_servers_modules_use_only_declared_collectors():
     """Every ``metrics.NAME`` read by the verifier's modules is a collector of the table (or a method)."""
-    metrics = VerifierMetrics(CollectorRegistry())
-    used = set()
-    for path in (ROOT / "verifier").glob("*.py"):
-        if path.name != "service_metrics.py":
-            used |= set(re.findall(r"\b_?metrics\.(\w+)", path.read_text()))
-    assert {"requests", "inflight_items", "worker_restart"} <= used
-    for name in used:
-        assert getattr(metrics, name) is not None, name
-    with pytest.raises(AttributeError, match="no collector 'inflight_itmes'"):
-        _ = metrics.inflight_itmes
+    check_declared_use(VerifierMetrics, ROOT / "verifier", "service_metrics.py",
+                       {"requests", "inflight_items", "worker_restart"}, "inflight_itmes")
