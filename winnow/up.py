@@ -52,6 +52,7 @@ from winnow.config import (
     settings_config,
 )
 from winnow.pipeline import lift_shared, pipeline_problems
+from winnow.ports import PortClaims
 
 log = logging.getLogger("winnow.up")
 
@@ -201,12 +202,27 @@ def port_free(host: str, port: int) -> bool:
 
 
 def assign_ports(data: dict[str, Any], host: str, generators: int = 1, *, is_free=port_free,
-                 pick=free_port) -> dict[str, int]:
+                 pick=free_port, claims: PortClaims | None = None) -> dict[str, int]:
     """The ports of a local run: a port the config sets (non-zero) is kept, and refused at once if something holds
     it already; an unset one (absent, 0 or None) is the service's default port when that is free (so
     deploy/prometheus/prometheus.yml scrapes a local run), else any free port. Generator ``i`` gets
     ``generator_metrics + i``. ``verifier.metrics_port: -1`` (no metrics server) is kept as is. No two services
-    get one port."""
+    get one port. With ``claims`` (winnow/ports.py) a port another live ``winnow up`` has claimed is not free
+    either, and every port assigned is claimed, all under the claims' lock: two runs started at once never pick
+    one port."""
+    if claims is None:
+        return _assign_ports(data, host, generators, is_free, pick)
+    with claims.locked():
+        ports = _assign_ports(data, host, generators, lambda h, p: is_free(h, p) and claims.free(h, p), pick, claims)
+        for name, port in ports.items():
+            for p in ([port + i for i in range(generators)] if name == "generator_metrics" else [port]):
+                if p > 0:
+                    claims.claim(host, p)
+    return ports
+
+
+def _assign_ports(data: dict[str, Any], host: str, generators: int, is_free, pick,
+                  claims: PortClaims | None = None) -> dict[str, int]:
     ports: dict[str, int] = {}
     used: set[int] = set()
 
@@ -221,8 +237,10 @@ def assign_ports(data: dict[str, Any], host: str, generators: int = 1, *, is_fre
         elif value:
             busy = [p for p in span(name, int(value)) if p in used or not is_free(host, p)]
             if busy:
-                raise ConfigError(f"{section}.{key}: port {busy[0]} on {host} is in use: stop what holds it, or set "
-                                  f"{section}.{key}=0 for a free port")
+                owner = claims.holder(host, busy[0]) if claims is not None else None
+                by = f" by another winnow up (pid {owner})" if owner not in (None, os.getpid()) else ""
+                raise ConfigError(f"{section}.{key}: port {busy[0]} on {host} is in use{by}: stop what holds it, or "
+                                  f"set {section}.{key}=0 for a free port")
             ports[name] = int(value)
             used.update(span(name, int(value)))
         else:
@@ -294,6 +312,7 @@ class Pipeline:
         self.broker = None
         self.ports: dict[str, int] = {}
         self.lock: Any = None  # <run_dir>/.lock, held from start() until stop_all()
+        self.claims: PortClaims | None = None  # the ports claimed against concurrent runs (winnow/ports.py)
         self.notes: list[str] = []  # printed under the start banner (e.g. no held-out evaluation)
         self.verifier_watch: VerifierWatch | None = None  # health of up.verifiers, from start() to stop_all()
 
@@ -482,6 +501,9 @@ class Pipeline:
             if self.lock is not None:
                 self.lock.close()
                 self.lock = None
+            if self.claims is not None:
+                self.claims.release()
+                self.claims = None
 
     def _tail_hint(self, name: str, lines: int = 15) -> str:
         path = self.run_dir / "logs" / f"{name}.log"
@@ -504,7 +526,8 @@ class Pipeline:
         from winnow.brokers import ensure_broker
 
         host = self.up.host
-        self.ports = assign_ports(self.data, host, self.up.generators)
+        self.claims = PortClaims()
+        self.ports = assign_ports(self.data, host, self.up.generators, claims=self.claims)
         # Validate every service's config before starting anything (a bad field fails in a second).
         self.validate(self.component_configs("127.0.0.1:9092", None))
         self.lock = lock_run_dir(self.run_dir)
