@@ -20,10 +20,10 @@ from pydantic import Field, field_validator, model_validator
 from winnow.chat import ChatFormat
 from winnow.config import KafkaConfig, Model, Settings, settings_config
 from winnow.learner.algo import AlgoConfig
+from winnow.learner.tracking import TrackingConfig
 from winnow.numerics import NumericsConfig
 from winnow.prompts import PromptSourceConfig, ReasoningGymSourceConfig
 from winnow.sampling import SamplingConfig
-from winnow.tracking import TrackingConfig
 
 
 class OptimConfig(Model):
@@ -358,7 +358,7 @@ class LearnerConfig(Settings):
     """Directory for ``metrics.jsonl`` (one line per step), ``samples.jsonl``, TensorBoard events and the
     resolved config."""
     tracking: TrackingConfig = TrackingConfig()
-    """Experiment tracking (winnow.tracking): sinks (tensorboard, wandb, mlflow, trackio) and the sample
+    """Experiment tracking (winnow.learner.tracking): sinks (tensorboard, wandb, mlflow, trackio) and the sample
     log; short form ``tracking: [tensorboard, wandb]``."""
     metrics_port: int = Field(default=9402, ge=0, le=65535)
     """Port of /metrics and /health (0 = pick a free one)."""

@@ -35,9 +35,9 @@ from winnow.learner.config import LearnerConfig
 from winnow.learner.faults import maybe_die
 from winnow.learner.metrics import LearnerMetrics, append_jsonl
 from winnow.learner.objective import judge_samples
+from winnow.learner.tracking import Tracker
 from winnow.learner.weights import WeightPublisher
 from winnow.sampling import prompt_request
-from winnow.tracking import Tracker
 from winnow.verdict import Status, status_label
 
 log = logging.getLogger(__name__)

@@ -2,8 +2,8 @@
 
 One row per ``metrics.jsonl`` key and per Prometheus collector. It drives the step's accumulation over micro-batches
 and its reduction over data-parallel ranks (:mod:`winnow.learner.step`), the Prometheus collectors
-(:mod:`winnow.learner.metrics`, :mod:`winnow.tracking`), the tracking sinks' names and the learner's tables in
-``docs/metrics.md`` (``python scripts/metrics_doc.py``). A key a step emits without a row here is an error
+(:mod:`winnow.learner.metrics`, :mod:`winnow.learner.tracking`), the tracking sinks' names and the learner's tables
+in ``docs/metrics.md`` (``python scripts/metrics_doc.py``). A key a step emits without a row here is an error
 (``StepResult.build``). The Prometheus names are a contract: the Grafana dashboard and the alerts use them.
 
 The file is long because it is a table: one row per metric, with its formula.

@@ -13,7 +13,7 @@ One JSON line per logged group::
 before the step); ``kept`` says whether the sample contributed to the update and ``why`` why not
 (``group all_wrong``, ``not correct (raft)``, ``verifier error``, ``stale``...).
 
-Bounded by :class:`winnow.tracking.SamplesConfig`: every k-th step, at most ``max_groups`` groups
+Bounded by :class:`winnow.learner.tracking.SamplesConfig`: every k-th step, at most ``max_groups`` groups
 per step, texts cut to ``max_chars``, and no more appends past ``max_mb``.
 ``winnow samples RUN_DIR [--step K] [--status wrong]`` prints it. The texts are the model's (or a
 foreign writer's): printed, every control character but newline and tab (ESC, CSI, OSC, BEL, CR, DEL,

@@ -10,8 +10,8 @@ from winnow.cli import main
 from winnow.learner.algo import AlgoConfig
 from winnow.learner.batch import group_from_proto
 from winnow.learner.objective import judge_samples
+from winnow.learner.tracking import SamplesConfig
 from winnow.samples import SampleLog, read_samples, select
-from winnow.tracking import SamplesConfig
 
 
 def _rows(path):

@@ -1,4 +1,4 @@
-"""winnow.tracking: every metrics row reaches TensorBoard (read back from the event file), Prometheus,
+"""winnow.learner.tracking: every metrics row reaches TensorBoard (read back from the event file), Prometheus,
 and the opt-in sinks in their offline modes (W&B offline, an MLflow file store, trackio's local db)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from winnow.config import ConfigError, load_config
-from winnow.tracking import Tracker, TrackingConfig, flatten_row, metric_tag
+from winnow.learner.tracking import Tracker, TrackingConfig, flatten_row, metric_tag
 
 
 def _tb_events(logdir):
