@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 SinkName = Literal["tensorboard", "wandb", "mlflow", "trackio"]
 
 
+def _default_sinks() -> list[SinkName]:
+    return ["tensorboard"]
+
+
 class SamplesConfig(Model):
     """The sample log: what the model wrote at each step (``<run_dir>/samples.jsonl``)."""
 
@@ -64,7 +68,7 @@ class SamplesConfig(Model):
 class TrackingConfig(Model):
     """Experiment tracking sinks. Short form: ``tracking: [tensorboard, wandb]``."""
 
-    sinks: list[SinkName] = Field(default_factory=lambda: ["tensorboard"])
+    sinks: list[SinkName] = Field(default_factory=_default_sinks)
     """Where metrics go besides metrics.jsonl and Prometheus: tensorboard, wandb, mlflow, trackio."""
     project: str = "winnow"
     """Project (W&B, trackio) / experiment (MLflow) name."""
@@ -128,7 +132,7 @@ def _flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _require(module: str, sink: str):
+def _require(module: str, sink: str) -> Any:
     import importlib
 
     try:
@@ -336,7 +340,7 @@ class Tracker:
 
     def _register(self, registry: Any) -> None:
         (row,) = (m for m in LEARNER if m.key == "tracking_errors")
-        self._errors = register([row], registry)[row.prom]
+        (self._errors,) = register([row], registry).values()
         for s in self.cfg.sinks:
             self._errors.labels(sink=s)
 

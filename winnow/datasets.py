@@ -1,4 +1,5 @@
-"""Dataset rows as users have them -> problem text, chat messages, gold answer, task.
+"""Dataset rows as users have them -> problem text, chat messages, gold answer, task. Shared, as its one user
+:mod:`winnow.prompts` is (the learner's training data and ``winnow eval``'s data sets).
 
 Used by the record prompt sources (jsonl, parquet, hf) of :mod:`winnow.prompts`. Pure functions over
 plain dicts (what ``json.loads``, ``pyarrow.Table.to_pylist`` and ``datasets.Dataset`` rows give):

@@ -1,4 +1,5 @@
-"""Prompt sources: problems with gold answers, addressed by a position so training can resume.
+"""Prompt sources: problems with gold answers, addressed by a position so training can resume. Shared, not
+the learner's: the learner trains on them, ``winnow eval`` (:mod:`winnow.evaluation`) evaluates on them.
 
 Every source is a finite, deterministic list of ``N`` rows behind one interface,
 :class:`PromptSource`:
@@ -193,7 +194,7 @@ PromptSourceConfig = Annotated[
 ]
 """Typed config of a prompt source, discriminated on ``kind``."""
 
-_SOURCE_ADAPTER: TypeAdapter = TypeAdapter(PromptSourceConfig)
+_SOURCE_ADAPTER: TypeAdapter[PromptSourceConfig] = TypeAdapter(PromptSourceConfig)
 
 
 def parse_source_config(data: dict[str, Any]) -> PromptSourceConfig:
@@ -332,7 +333,7 @@ class ReasoningGymSource(PromptSource):
 class _RecordSource(PromptSource):
     """Rows held in memory as dicts (JSONL, Parquet, HF)."""
 
-    def __init__(self, records: list[dict[str, Any]], cfg, where: str) -> None:
+    def __init__(self, records: list[dict[str, Any]], cfg: _FileSourceConfig | HFSourceConfig, where: str) -> None:
         self._cfg = cfg
         self._where = where
         if cfg.limit is not None:
@@ -358,7 +359,8 @@ class _RecordSource(PromptSource):
             rp = row_problem(rec, problem_field=self._pfield, answer_field=self._afield,
                              answer_format=cfg.answer_format, task_field=cfg.task_field, where=self._where,
                              index=row)
-            rid = str(get_path(rec, cfg.id_field)) if getattr(cfg, "id_field", "") else str(row)
+            id_field = getattr(cfg, "id_field", "")  # files have one, HF datasets not
+            rid = str(get_path(rec, id_field)) if id_field else str(row)
         except DatasetError as e:
             raise PromptSourceError(str(e)) from None
         except KeyError as e:

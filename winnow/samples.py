@@ -1,4 +1,5 @@
-"""The sample log: what the model wrote at each step, ``<run_dir>/samples.jsonl``.
+"""The sample log: what the model wrote at each step, ``<run_dir>/samples.jsonl``. Shared, not the learner's:
+one module for the file's format, which the learner writes (:class:`SampleLog`) and ``winnow samples`` reads.
 
 One JSON line per logged group::
 
@@ -127,7 +128,7 @@ class SampleLog:
         self._full_warned = False
 
     def _wanted(self, step: int) -> bool:
-        return self.cfg.every > 0 and self.cfg.max_groups > 0 and step % self.cfg.every == 0
+        return bool(self.cfg.every > 0 and self.cfg.max_groups > 0 and step % self.cfg.every == 0)
 
     def record(
         self,
