@@ -7,7 +7,7 @@ import collections
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry
 
 from winnow.learner.book import Outcome, RequestBook
-from winnow.metric_defs import export_step, register
+from winnow.metric_defs import TableMetrics, export_step
 from winnow.metric_table import LEARNER
 
 if TYPE_CHECKING:
@@ -24,26 +24,20 @@ if TYPE_CHECKING:
 log = logging.getLogger("winnow.learner.service")
 
 
-class LearnerMetrics:
+class LearnerMetrics(TableMetrics):
     """The learner's Prometheus collectors, one per Prometheus name of :data:`~winnow.metric_table.LEARNER`
     (names, help, kinds and labels are declared there); a collector is reached as an attribute named by its row's
     key (``metrics.weight_version``, ``metrics.keep_rate``). The tracking sinks' error counter is the Tracker's."""
 
+    table = tuple(m for m in LEARNER if m.key != "tracking_errors")
+
     def __init__(self, registry: CollectorRegistry) -> None:
-        self._table = tuple(m for m in LEARNER if m.key != "tracking_errors")
-        self._collectors = register(self._table, registry)
-        self._by_key = {m.key: self._collectors[m.prom] for m in self._table if m.prom is not None and not m.series}
+        super().__init__(registry)
         for o in Outcome:
             self.group_outcomes.labels(outcome=o.value)
         self._exported: collections.Counter[str] = collections.Counter()
 
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.__dict__["_by_key"][name]
-        except KeyError:
-            raise AttributeError(f"{type(self).__name__} has no collector {name!r} (winnow/metric_table.py)") from None
-
-    def observe_samples(self, labels) -> None:
+    def observe_samples(self, labels: Iterable[str]) -> None:
         """One received group's sample statuses (labels: correct, wrong, ...)."""
         for label in labels:
             self.samples.labels(status=label).inc()
@@ -84,7 +78,7 @@ class LearnerMetrics:
     def observe_metrics(self, metrics: Mapping[str, float]) -> None:
         """Set the gauges (increment the counters) of the step metrics in ``metrics`` that have a Prometheus name;
         keys a preset does not emit (the beta-sampler's) leave theirs untouched."""
-        export_step(self._table, self._collectors, metrics)
+        export_step(self.table, self._collectors, metrics)
 
     def observe_eval(self, label: str, accuracy: float, mean_at_k: float | None) -> dict[str, float]:
         """Export a held-out evaluation; returns its ``metrics.jsonl`` fields. ``accuracy`` may be an

@@ -119,7 +119,7 @@ class TableMetrics:
     table: ClassVar[Table] = ()
 
     def __init__(self, registry: Any) -> None:
-        collectors = register(self.table, registry)
+        self._collectors = collectors = register(self.table, registry)  # by Prometheus name (for export_step)
         # plain attributes (no __getattr__ on the hot path); __getattr__ below only names the table on a miss
         self.__dict__.update({m.key: collectors[m.prom] for m in self.table if m.prom is not None and not m.series})
 
