@@ -139,6 +139,19 @@ class RequestBook:
         base = (self.max_staleness + 1) * self.batch_groups
         return math.ceil(base * min(self.max_oversample, 1.0 / self.keep_rate))
 
+    def _may_release(self) -> bool:
+        """Below the admission limit, and (dynamic sampling) the groups expected to be kept stay within the
+        staleness budget: the buffered ones (kept on arrival) plus the keep rate times those still out, below
+        ``(max_staleness + 1) * batch_groups``. The limit alone over-releases when the keep rate rises above its
+        recent estimate (a streak of kept groups): the extra kept groups wait for a batch past ``max_staleness``
+        and are dropped as stale, sampled for nothing. Without dynamic sampling the two rules are one."""
+        if self.outstanding >= self.admission_limit:
+            return False
+        if self.max_oversample <= 1.0:
+            return True
+        in_flight = self.outstanding - len(self.buffer)
+        return len(self.buffer) + self.keep_rate * in_flight < (self.max_staleness + 1) * self.batch_groups
+
     @property
     def keep_rate(self) -> float:
         """Fraction of the recent groups (the last ``4 * batch_groups`` judged on arrival) the filter keeps, with one
@@ -176,7 +189,7 @@ class RequestBook:
         re-releases of timed-out ones. Returns ``(releases, timed_out)``; every returned release is
         already outstanding."""
         out = []
-        while more and self.outstanding < self.admission_limit:
+        while more and self._may_release():
             position = self.state.next_position
             self.state.next_position += 1
             out += self._release(position, 0, now)

@@ -289,3 +289,48 @@ def test_dynamic_sampling_cannot_stall_a_policy_that_never_passes_the_filter():
     fresh = [r.request_id for r in b.releases(now=0.0)[0]]
     assert fresh and s.deliver(b, fresh[0]) is None
     assert b.judged(fresh[0], "p", False, "all_wrong") is False
+
+
+def _simulate_dynamic_sampling(b: RequestBook, kept: list[bool], steps: int, rate: int) -> tuple[int, int]:
+    """A generator faster than the learner: it returns ``rate`` groups per learner step, the oldest request first,
+    each sampled at the version of that moment and judged on arrival (kept or not, from ``kept`` in turn); the
+    learner releases again after every arrival (as its loop does) and takes a batch at the end of the step if it
+    can. Returns (groups dropped as stale, batches trained)."""
+    s, version, stale, trained, judged, queue = Stream(), 0, 0, 0, 0, []
+    for _ in range(steps):
+        for _ in range(rate):
+            queue += [r.request_id for r in b.releases(now=0.0)[0]]
+            if not queue:
+                break
+            rid = queue.pop(0)
+            s.deliver(b, rid, version=version, policy_version=version)
+            b.judged(rid, f"p-{rid}", kept[min(judged, len(kept) - 1)], "trained")
+            judged += 1
+        stale += len(b.drop_stale(version))
+        if (batch := b.take_batch()) is not None:
+            for g in batch:
+                b.finish(g.request_id, g.prompt_id, g.where, "trained")
+            trained += 1
+            version += 1
+    return stale, trained
+
+
+def test_dynamic_sampling_releases_within_the_staleness_budget():
+    """Every other group kept, a generator three times as fast as the learner needs (12 groups a step for batches
+    of 4 kept). Released by the admission limit alone ((s + 1) x batch / keep rate, up to max_oversample x), the
+    keep-rate estimate trailing the arrivals let more kept groups wait than two versions train: 72 were dropped as
+    stale, sampled for nothing (test run: (72, 40)). Released by the groups expected to be kept (buffered + keep
+    rate x those still out), none is, and as many batches train."""
+    b = book(batch=4, staleness=1)
+    b.max_oversample = 4.0
+    stale, trained = _simulate_dynamic_sampling(b, [True, False] * 400, steps=40, rate=12)
+    assert (stale, trained) == (0, 40)
+
+
+def test_without_dynamic_sampling_the_release_rule_is_the_admission_limit():
+    b = book(batch=4, staleness=1)  # max_oversample 1: (1 + 1) x 4 = 8 outstanding, whatever arrived
+    assert len(b.releases(now=0.0)[0]) == 8
+    s = Stream()
+    for rid in ("run-0-0", "run-1-0", "run-2-0", "run-3-0"):
+        s.deliver(b, rid)
+    assert b.releases(now=0.0)[0] == []  # 4 buffered + 4 out: full
