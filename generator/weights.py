@@ -1,4 +1,5 @@
-"""Following the learner's weights: the I/O around :class:`~winnow.generator.state.GeneratorState`'s decisions.
+"""Following the learner's weights, the one reader of the weights topic: the I/O around
+:class:`~winnow.generator.state.GeneratorState`'s decisions.
 
 The compacted weights topic is read by a consumer without a group (assigned, from the beginning; compaction keeps
 it short). Between batches the newest announcement is compared with the loaded version; a new one is located

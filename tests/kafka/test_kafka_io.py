@@ -20,13 +20,14 @@ from winnow.kafka import (
     consumer_lag,
     decode_record,
     ensure_topics,
-    latest_weight_announcement,
     make_consumer,
     make_producer,
     send,
     topics,
 )
 from winnow.v1 import messages_pb2
+
+from ..weights_topic import latest_weight_announcement
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -32,7 +32,6 @@ from winnow.kafka import (
     FileTokenProvider,
     KafkaSetupError,
     ensure_topics,
-    latest_weight_announcement,
     make_admin,
     make_consumer,
     make_producer,
@@ -42,6 +41,8 @@ from winnow.kafka import (
     topics,
 )
 from winnow.v1 import messages_pb2
+
+from ..weights_topic import latest_weight_announcement
 
 # ---------------------------------------------------------------------------------------------------
 # config

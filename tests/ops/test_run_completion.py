@@ -122,12 +122,13 @@ def _sample(body: str, name: str) -> float | None:
 
 @pytest.mark.slow
 async def test_finished_run_stays_finished(kafka_config_one, tmp_path: Path) -> None:
-    from winnow.kafka import latest_weight_announcement
     from winnow.learner.config import LearnerConfig
     from winnow.learner.model import build_trainer
     from winnow.learner.service import LearnerService
     from winnow.learner.tiny import save_tiny
     from winnow.prompts import make_source
+
+    from ..weights_topic import latest_weight_announcement
 
     kcfg = kafka_config_one
     model_dir = save_tiny(tmp_path / "tiny")

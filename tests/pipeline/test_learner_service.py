@@ -27,7 +27,6 @@ from winnow.kafka import (
     assign_all_partitions,
     decode_record,
     ensure_topics,
-    latest_weight_announcement,
     make_consumer,
     make_producer,
     send,
@@ -42,6 +41,8 @@ from winnow.learner.tiny import build_tiny_model_and_tokenizer
 from winnow.metrics import serve_metrics
 from winnow.prompts import make_source
 from winnow.v1 import messages_pb2
+
+from ..weights_topic import latest_weight_announcement
 
 pytestmark = [pytest.mark.timeout(180)]
 

@@ -56,7 +56,6 @@ async def test_learner_process(kafka_config_one, tmp_path):
     from winnow.kafka import (
         PromptRequest,
         decode_record,
-        latest_weight_announcement,
         make_consumer,
         make_producer,
         send,
@@ -64,6 +63,8 @@ async def test_learner_process(kafka_config_one, tmp_path):
     )
     from winnow.learner.tiny import build_tiny_tokenizer, save_tiny
     from winnow.v1 import messages_pb2
+
+    from ..weights_topic import latest_weight_announcement
 
     kcfg = kafka_config_one
     model_dir = tmp_path / "tiny"
