@@ -1,4 +1,6 @@
-"""A tiny random Qwen2 causal LM and a byte-level BPE tokenizer built in-process, for tests.
+"""A tiny random Qwen2 causal LM and a byte-level BPE tokenizer built in-process, for tests and benchmarks.
+In the package, not in tests/: the benchmarks (``pipeline.py``'s default model, ``experiment.py --model
+tiny``, ``learner_step.py``, ``transport.py``, the GPU checks) and ``scripts/attack.py`` build it too.
 
 Nothing is downloaded: the tokenizer is trained with ``tokenizers`` on a small built-in corpus
 (digits, arithmetic words, ``\\boxed{}``) and wrapped as a ``PreTrainedTokenizerFast`` with a
