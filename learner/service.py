@@ -26,13 +26,12 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from winnow import kafka
-from winnow.learner import checkpoint
+from winnow.learner import checkpoint, faults
 from winnow.learner.batch import group_from_proto, vocab_size
 from winnow.learner.book import Buffered, Outcome, Position, Release, RequestBook
 from winnow.learner.checkpoint import DeadLetters, LearnerState, Ledger
 from winnow.learner.completion import finish_run
 from winnow.learner.config import LearnerConfig
-from winnow.learner.faults import maybe_die
 from winnow.learner.metrics import LearnerMetrics, append_jsonl
 from winnow.learner.objective import judge_samples
 from winnow.learner.tracking import Tracker
@@ -370,18 +369,21 @@ class LearnerService:
 
     async def _publish(self) -> None:  # write the weights, then announce them
         await self._publisher.announce(await asyncio.to_thread(self._publisher.write, self.trainer))
-        maybe_die("publish", self.version)
+        faults.maybe_die("publish", self.version)
 
     async def _publish_or_defer(self) -> None:
         """A step's publish. A broker that refuses the announcement (it lost its topics under the running learner, a
         partition leader is moving) does not stop training: the weights are in the store, and the broker check's
         recovery announces them again once the broker answers (it runs while no group comes)."""
         try:
+            if faults.armed("deferred", self.version):  # crash tests only (learner/faults.py)
+                raise KafkaError(f"the announcement of v{self.version} refused (WINNOW_FAULT)")
             await self._publish()
         except KafkaError as e:
             log.warning("announcing v%d failed (%s): training goes on; the broker check re-announces it", self.version,
                         e)
             self._recovering = True
+            faults.maybe_die("deferred", self.version)
 
     async def _checkpoint_and_commit(self) -> None:
         """Checkpoint, then commit the offsets below which every group is done (and so in the checkpoint)."""

@@ -264,6 +264,7 @@ FAULTS = [  # (rank, moment, version): checkpoints every 2 steps, 6 steps
     ("1", "checkpoint", 2),  # the first checkpoint, a non-zero rank
     ("0", "publish", 3),  # right after a publish (announced), rank 0
     ("1", "publish", 5),  # right after a publish, a non-zero rank
+    ("0", "deferred", 3),  # the broker refused the announcement of v3: killed while it waits for the recovery
 ]
 
 
@@ -300,8 +301,9 @@ async def _audited_run(kcfg, tiny_dir, work: Path, fault: tuple[str, str, int]) 
 @pytest.mark.parametrize("fault", FAULTS, ids=lambda f: f"rank{f[0]}-{f[1]}-v{f[2]}")
 async def test_kill_9_of_any_rank_loses_nothing_and_trains_nothing_twice(kafka_config, tiny_dir, tmp_path, fault):
     """Issue 21, item 3 (and issue 22's audit): 2 ranks under torchrun, SIGKILL of one rank at a step, a checkpoint or
-    a publish (also before the first checkpoint); torchrun restarts both; the run finishes its 6 steps and the
-    ledger holds every finished group once; nothing released is lost."""
+    a publish (also before the first checkpoint), or while a refused announcement waits for the broker check's
+    recovery; torchrun restarts both; the run finishes its 6 steps and the ledger holds every finished group once;
+    nothing released is lost."""
     result = await _audited_run(kafka_config, tiny_dir, tmp_path, fault)
     print(f"audit {fault}: {result}")
     assert result["version"] == 6
