@@ -4,11 +4,11 @@ change inside a batch: every token records the version loaded when the batch beg
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from winnow import compute_thread
 from winnow.generator.engine import Engine
 from winnow.generator.metrics import GeneratorMetrics
 from winnow.generator.scoring import Scorer
@@ -39,7 +39,7 @@ async def generate_and_score(
     gen_seconds = [0.0] * len(requests)
     for (n, _), idx in buckets(requests, samplings).items():
         t0 = time.perf_counter()
-        outs = await asyncio.to_thread(engine.generate, [prompt_ids[i] for i in idx], n, samplings[idx[0]])
+        outs = await compute_thread.run(engine.generate, [prompt_ids[i] for i in idx], n, samplings[idx[0]])
         dt = time.perf_counter() - t0
         metrics.generation_seconds.observe(dt)
         for i, out in zip(idx, outs, strict=True):

@@ -39,15 +39,15 @@ def _run(args: argparse.Namespace) -> int:
 
 async def serve(cfg) -> int:
     """Build the engine, start /metrics and /health, run until SIGTERM/SIGINT."""
-    import asyncio
 
     from prometheus_client import CollectorRegistry
 
+    from winnow import compute_thread
     from winnow.generator.engine import make_engine
     from winnow.generator.service import GeneratorService
     from winnow.metrics import run_service
 
-    engine = await asyncio.to_thread(make_engine, cfg)
+    engine = await compute_thread.run(make_engine, cfg)
     registry = CollectorRegistry()
     service = GeneratorService(cfg, engine, registry)
     await run_service(service, registry, cfg.metrics_port, cfg.metrics_host)

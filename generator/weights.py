@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from winnow import compute_thread
 from winnow.generator.engine import Engine
 from winnow.generator.metrics import GeneratorMetrics
 from winnow.generator.state import GeneratorState, Refusal
@@ -101,7 +102,7 @@ class WeightFollower:
             self.metrics.weight_reload_failures.inc()
             return False
         try:
-            await asyncio.to_thread(self.engine.load_weights, str(path), int(ann.version))
+            await compute_thread.run(self.engine.load_weights, str(path), int(ann.version))
         except Exception as e:  # process boundary: a bad file must not kill the generator
             log.error("weights v%d: loading %s failed: %s; skipping this version", ann.version, path, e)
             self.state.reject(ann)
