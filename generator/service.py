@@ -33,7 +33,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
@@ -45,16 +45,22 @@ from winnow.generator.metrics import GeneratorMetrics
 from winnow.generator.scoring import Scorer, ScoringAborted
 from winnow.generator.state import GeneratorState
 from winnow.generator.weights import WeightFollower
+from winnow.offsets import OffsetTracker
 from winnow.sampling import GenerationCancelled
 from winnow.scoring import Verifier
 from winnow.v1 import messages_pb2
+
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+
+    from winnow.kafka import Topics
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
 class _Pending:
-    record: Any
+    record: ConsumerRecord
     request: messages_pb2.PromptRequest
 
 
@@ -86,8 +92,8 @@ class GeneratorService:
         self.metrics.weight_reload_fallback.set(1 if reload_info.get("fallback") else 0)
         self._batch_idle = asyncio.Event()
         self._batch_idle.set()
-        self._tracker = None
-        self._consumer = None
+        self._tracker = OffsetTracker()  # the prompt records' offsets: a fresh one each run()
+        self._consumer: AIOKafkaConsumer | None = None  # the prompts consumer: made by run()
         self._running = False
         self.batches = 0
 
@@ -106,7 +112,7 @@ class GeneratorService:
     def healthy(self) -> bool:
         return self._running and not self._stop.is_set()
 
-    def _on_corrupt(self, reason: str, record: Any) -> None:
+    def _on_corrupt(self, reason: str, record: ConsumerRecord) -> None:
         self.metrics.corrupt_messages.inc()
 
     # -- decisions (the state's), logged and counted --------------------------------------------
@@ -141,14 +147,16 @@ class GeneratorService:
 
     # -- the loop -----------------------------------------------------------------------------
 
-    async def _wait_while_finished(self, consumer, weights, prompts_topic: str) -> None:
+    async def _wait_while_finished(self, consumer: AIOKafkaConsumer, weights: AIOKafkaConsumer,
+                                   prompts_topic: str) -> None:
         """The learner announced its final weights (the run reached max_steps): leave the prompts
         consumer group and stop asking for work, staying healthy, until a newer non-final
         announcement (the run was continued) or SIGTERM."""
         from winnow.kafka import RebalanceHooks
 
-        log.info("run finished (final weights v%d announced): not consuming %s any more",
-                 self.state.latest.version, prompts_topic)
+        final = self.state.latest
+        assert final is not None, "finished: the final announcement was read"
+        log.info("run finished (final weights v%d announced): not consuming %s any more", final.version, prompts_topic)
         consumer.unsubscribe()
         while not self._stop.is_set() and self.state.finished:
             try:
@@ -156,37 +164,39 @@ class GeneratorService:
             except TimeoutError:
                 await self.weights.poll(weights)
         if not self._stop.is_set():
-            log.info("weights v%d announced after the final ones: consuming %s again",
-                     self.state.latest.version, prompts_topic)
+            latest = self.state.latest
+            assert latest is not None, "an announcement once read stays the latest until a newer one"
+            log.info("weights v%d announced after the final ones: consuming %s again", latest.version, prompts_topic)
             consumer.subscribe([prompts_topic], listener=RebalanceHooks(on_revoked=self._on_revoked))
 
-    async def _on_revoked(self, partitions) -> None:
+    async def _on_revoked(self, partitions: set[TopicPartition]) -> None:
         # Let the in-flight batch publish and commit before the partitions move on, so a normal
         # rebalance does not duplicate work (bounded: a stuck batch must not block the group).
         try:
             await asyncio.wait_for(self._batch_idle.wait(), timeout=self.cfg.revoke_wait_s)
         except TimeoutError:
             log.warning("rebalance: in-flight batch still running; its prompts may be redelivered")
-        if self._tracker is not None:
-            self._tracker.forget(partitions)
+        self._tracker.forget(partitions)
 
     async def _commit(self) -> None:
         from aiokafka.errors import KafkaError
 
         from winnow.kafka import commit_offsets
 
+        consumer = self._consumer
+        assert consumer is not None, "made by GeneratorService.run()"
         offsets = self._tracker.to_commit()
-        owned = self._consumer.assignment()
+        owned = consumer.assignment()
         offsets = {tp: off for tp, off in offsets.items() if tp in owned}
         if not offsets:
             return
         try:
-            await commit_offsets(self._consumer, offsets)
+            await commit_offsets(consumer, offsets)
             self._tracker.mark_committed(offsets)
         except KafkaError as e:  # rebalanced away: the next owner re-processes (learner dedupes)
             log.warning("offset commit failed (%s); those prompts may be redelivered", e)
 
-    async def _lag_loop(self, consumer) -> None:
+    async def _lag_loop(self, consumer: AIOKafkaConsumer) -> None:
         from winnow.kafka import consumer_lag
 
         while True:
@@ -196,7 +206,7 @@ class GeneratorService:
                 log.debug("consumer lag unavailable: %s", e)
             await asyncio.sleep(self.cfg.lag_interval_s)
 
-    def _admit(self, records: list[Any]) -> list[_Pending]:
+    def _admit(self, records: list[ConsumerRecord]) -> list[_Pending]:
         """Track every record; the ones that decode and are not poison, to generate (the others are done)."""
         from winnow.kafka import PromptRequest, decode_record
 
@@ -210,7 +220,8 @@ class GeneratorService:
                 pending.append(_Pending(record, req))
         return pending
 
-    async def _publish_batch(self, producer, topic: str, pending: list[_Pending], hmac_key: bytes | None) -> bool:
+    async def _publish_batch(self, producer: AIOKafkaProducer, topic: str, pending: list[_Pending],
+                             hmac_key: bytes | None) -> bool:
         """Generate, score, publish and commit one batch; False if it was abandoned (stopping)."""
         from winnow.kafka import send
 
@@ -235,7 +246,8 @@ class GeneratorService:
             self.metrics.requests_in_flight.set(0)
             self._batch_idle.set()
 
-    async def _loop(self, consumer, weights, producer, names, hmac_key: bytes | None) -> None:
+    async def _loop(self, consumer: AIOKafkaConsumer, weights: AIOKafkaConsumer, producer: AIOKafkaProducer,
+                    names: Topics, hmac_key: bytes | None) -> None:
         from winnow.kafka import fetch_records
 
         while not self._stop.is_set():
@@ -262,7 +274,6 @@ class GeneratorService:
         from aiokafka import TopicPartition
 
         from winnow.kafka import (
-            OffsetTracker,
             ensure_topics,
             group_hmac_key,
             make_consumer,

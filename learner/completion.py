@@ -23,7 +23,10 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from winnow.learner.weights import WeightPublisher
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +80,14 @@ def finished_run(run_dir: str | Path, max_steps: int | None, resume: bool) -> di
     return marker
 
 
-async def finish_run(run_dir: str | Path, *, version: int, max_steps: int | None, run_id: str, publisher: Any) -> Path:
+async def finish_run(run_dir: str | Path, *, version: int, max_steps: int | None, run_id: str,
+                     publisher: WeightPublisher | None) -> Path:
     """``max_steps`` reached (and checkpointed): write the marker, then announce the last weights once
     more with ``final=true`` so generators stop asking for prompts. ``publisher``: the learner's
     :class:`~winnow.learner.weights.WeightPublisher` (or None)."""
     path = write_marker(run_dir, version=version, max_steps=max_steps, run_id=run_id)
     last = publisher.last if publisher is not None else None
-    if last is not None:
+    if publisher is not None and last is not None:
         final = type(last)()
         final.CopyFrom(last)
         final.final = True

@@ -35,11 +35,19 @@ import os
 import struct
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from winnow.learner.faults import maybe_die
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from winnow.learner.algo import AlgoConfig
+    from winnow.learner.batch import GroupData
+    from winnow.learner.checkpoint import LearnerState
+    from winnow.learner.step import StepResult, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -208,10 +216,18 @@ class ShardedTrainer:
         return getattr(self.trainer, name)
 
     @property
+    def model(self) -> torch.nn.Module:
+        return self.trainer.model
+
+    @property
+    def algo(self) -> AlgoConfig:
+        return self.trainer.algo
+
+    @property
     def version(self) -> int:
         return self.trainer.version
 
-    def train_step(self, groups: list[Any]) -> Any:
+    def train_step(self, groups: list[GroupData]) -> StepResult:
         from winnow.learner.objective import judge_samples
 
         self.channel.send(STEP, encode_groups(groups))
@@ -222,7 +238,7 @@ class ShardedTrainer:
         self.channel.send(PUBLISH, json.dumps({"path": str(path), "dtype": str(dtype) if dtype else None}).encode())
         return self.trainer.save_weights(path, dtype=dtype)
 
-    def write_checkpoint(self, directory: str | Path, state: Any, keep: int) -> Path:
+    def write_checkpoint(self, directory: str | Path, state: LearnerState, keep: int) -> Path:
         from winnow.learner import checkpoint
 
         tmp = checkpoint.begin_checkpoint(directory, state.version)
@@ -231,7 +247,7 @@ class ShardedTrainer:
         torch.distributed.barrier()
         return checkpoint.finish_checkpoint(directory, tmp, state, keep)
 
-    def read_checkpoint(self, path: Path) -> Any:
+    def read_checkpoint(self, path: Path) -> LearnerState:
         from winnow.learner.checkpoint import LearnerState
 
         self.channel.send(RESTORE, str(path).encode())
@@ -240,7 +256,7 @@ class ShardedTrainer:
         self.trainer.version = int(state.version)
         return state
 
-    def eval_view(self) -> Any:
+    def eval_view(self) -> _Replica:
         """An unsharded replica of the current weights on rank 0 (for the held-out evaluation): the full state dict
         is gathered from every rank into it. Needs the whole model in rank 0's memory once."""
         self.channel.send(GATHER)
@@ -312,7 +328,7 @@ def worker_loop(trainer: Any, channel: Channel) -> int:
             raise RuntimeError(f"unknown learner command {command}")
 
 
-def build_sharded_trainer(cfg: Any) -> tuple[Any, Any]:
+def build_sharded_trainer(cfg: Any) -> tuple[Trainer, PreTrainedTokenizerBase]:
     """On every rank: join the process group, load the initial model with fp32 master weights, shard it with bf16
     compute (``numerics.precision``), a separately loaded sharded reference when ``kl_coef > 0``; the Trainer."""
     from winnow.learner.fsdp import init_distributed, shard_model

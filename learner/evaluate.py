@@ -25,13 +25,42 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from winnow.chat import ChatFormat, PromptFormatter
 from winnow.scoring import Verifier
 from winnow.verdict import Item, Status
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger(__name__)
+
+
+class EvalView(Protocol):
+    """What the evaluation reads of a trainer (``trainer.eval_view()``): the policy, the precision the generators
+    sample in and the version. A :class:`~winnow.learner.step.Trainer` is its own view; the sharded learner's
+    rank 0 gathers an unsharded replica (:class:`~winnow.learner.distributed.ShardedTrainer`)."""
+
+    @property
+    def model(self) -> torch.nn.Module: ...
+
+    @property
+    def compute_dtype(self) -> torch.dtype: ...
+
+    @property
+    def version(self) -> int: ...
+
+
+class Evaluate(Protocol):
+    """The held-out evaluation the learner service runs every ``eval.every`` steps (:class:`Evaluator`):
+    ``evaluate(view) -> accuracy`` (an :class:`EvalScores` for several sets), the first set's mean@k of that call
+    in ``last_mean_at_k`` (None without ``eval.k``)."""
+
+    @property
+    def last_mean_at_k(self) -> float | None: ...
+
+    def __call__(self, trainer: EvalView) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -104,7 +133,7 @@ class Evaluator:
             self._verifier = routed_verifier(self.endpoints, workers=1, timeout_s=2.0)
         return self._verifier
 
-    def generate(self, trainer: Any, k: int = 0) -> list[str]:
+    def generate(self, trainer: EvalView, k: int = 0) -> list[str]:
         """Greedy responses to every problem, or with ``k > 0`` k sampled responses per problem
         (problem-major order), decoded by the generators' engine at the trainer's compute precision.
 
@@ -170,7 +199,7 @@ class Evaluator:
             start += n
         return out
 
-    def __call__(self, trainer: Any) -> EvalScores:
+    def __call__(self, trainer: EvalView) -> EvalScores:
         """Every set's greedy accuracy (and mean@k when ``k > 0``) as :class:`EvalScores`: a float equal to the
         first set's accuracy; the first set's mean@k also lands in :attr:`last_mean_at_k`."""
         self.last_responses = self.generate(trainer)

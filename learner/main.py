@@ -9,19 +9,33 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from typing import TYPE_CHECKING
 
 from winnow.cli import add_config_args, load_service_config
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from winnow.learner.completion import IdleLearner
+    from winnow.learner.config import LearnerConfig
+    from winnow.learner.metrics import LearnerMetrics
+    from winnow.learner.step import ServiceTrainer
 
 log = logging.getLogger(__name__)
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("learner", help="release prompts, train on scored groups, publish weights")
     sub = p.add_subparsers(dest="learner_command", metavar="SUBCOMMAND")
     run = sub.add_parser("run", help="run the learner (the pipeline's controller)")
     add_config_args(run, "learner", "algo.preset=grpo --set batch_groups=16")
     run.set_defaults(func=_run)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    def usage(args: argparse.Namespace) -> int:
+        p.print_help()
+        return 2
+
+    p.set_defaults(func=usage)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -36,7 +50,7 @@ def _run(args: argparse.Namespace) -> int:
     return asyncio.run(serve(cfg))
 
 
-async def serve(cfg) -> int:
+async def serve(cfg: LearnerConfig) -> int:
     """Build the trainer and prompt source, start /metrics and /health, run until SIGTERM/SIGINT
     or ``max_steps``."""
     import asyncio
@@ -44,6 +58,7 @@ async def serve(cfg) -> int:
 
     from prometheus_client import CollectorRegistry
 
+    from winnow import compute_thread
     from winnow.chat import PromptFormatter
     from winnow.learner.completion import IdleLearner, finished_run
     from winnow.learner.evaluate import build_evaluator
@@ -66,31 +81,34 @@ async def serve(cfg) -> int:
         return await _idle(cfg, registry, metrics, IdleLearner())
     from winnow.learner import distributed
 
-    sharded = distributed.launched_by_torchrun()
-    if sharded:  # torchrun: every rank builds its shard; rank 0 goes on as the service, the others follow it
+    sharded: distributed.ShardedTrainer | None = None
+    if distributed.launched_by_torchrun():  # every rank builds its shard; rank 0 goes on as the service, the others follow it
         world = int(os.environ["WORLD_SIZE"])
         if cfg.batch_groups < world:
             from winnow.config import ConfigError
 
             raise ConfigError(f"learner.batch_groups: {cfg.batch_groups} groups cannot feed {world} learner processes "
                               f"(each rank trains whole groups): set it to at least {world}")
-        trainer, tokenizer = await asyncio.to_thread(distributed.build_sharded_trainer, cfg)
+        local, tokenizer = await compute_thread.run(distributed.build_sharded_trainer, cfg)
         channel = distributed.Channel()
         if int(os.environ.get("RANK", "0")) != 0:
             import signal
 
             for sig in (signal.SIGTERM, signal.SIGINT):  # rank 0 stops the run (it checkpoints: a collective)
                 signal.signal(sig, signal.SIG_IGN)
-            steps = await asyncio.to_thread(distributed.worker_loop, trainer, channel)
+            steps = await compute_thread.run(distributed.worker_loop, local, channel)
             log.info("learner rank %s stopped after %d steps", os.environ.get("RANK"), steps)
             return 0
-        trainer = distributed.ShardedTrainer(trainer, channel)
+        sharded = distributed.ShardedTrainer(local, channel)
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.run_dir) / "learner-config.json").write_text(cfg.model_dump_json(indent=2))
     source = await asyncio.to_thread(make_source, cfg.prompts)
-    if not sharded:
-        trainer, tokenizer = await asyncio.to_thread(build_trainer, cfg)
-    evaluator = await asyncio.to_thread(build_evaluator, cfg, tokenizer)
+    trainer: ServiceTrainer
+    if sharded is None:
+        trainer, tokenizer = await compute_thread.run(build_trainer, cfg)
+    else:
+        trainer = sharded
+    evaluator = await compute_thread.run(build_evaluator, cfg, tokenizer)
     registry = CollectorRegistry()
     fmt = PromptFormatter(tokenizer, cfg.chat)  # the shared prompt format (the generators'): bound prompts at release
     service = LearnerService(cfg, trainer, source, registry, evaluate=evaluator,
@@ -100,8 +118,8 @@ async def serve(cfg) -> int:
     finally:
         if evaluator is not None:
             evaluator.close()
-    if sharded:  # the other ranks leave their loop (after an error above, torchrun stops them instead)
-        trainer.stop()
+    if sharded is not None:  # the other ranks leave their loop (after an error above, torchrun stops them instead)
+        sharded.stop()
     log.info("learner stopped after %d steps (version %d)", steps, service.version)
     stopped = service._stop.is_set()  # SIGTERM/SIGINT, not max_steps
     if cfg.on_finish == "idle" and not stopped and finished_run(cfg.run_dir, cfg.max_steps, True) is not None:
@@ -109,7 +127,7 @@ async def serve(cfg) -> int:
     return 0
 
 
-async def _idle(cfg, registry, metrics, idle) -> int:
+async def _idle(cfg: LearnerConfig, registry: CollectorRegistry, metrics: LearnerMetrics, idle: IdleLearner) -> int:
     """Serve /metrics and /health (winnow_learner_run_finished 1) until SIGTERM, training nothing."""
     from winnow.metrics import run_service
 

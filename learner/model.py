@@ -17,7 +17,10 @@ import torch
 from winnow.numerics import resolve_device
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from winnow.learner.config import LearnerConfig
+    from winnow.learner.step import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +221,7 @@ def response_hidden(
     return out.last_hidden_state[:, prompt_width - 1 : prompt_width + response_width - 1]
 
 
-def build_trainer(cfg: LearnerConfig):
+def build_trainer(cfg: LearnerConfig) -> tuple[Trainer, PreTrainedTokenizerBase]:
     """Load the initial policy named by ``cfg.model`` and build the Trainer (imports torch).
 
     The forward/backward runs at ``numerics.precision``: autocast to it when the master weights are

@@ -19,15 +19,17 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
-from winnow import kafka
+from winnow import compute_thread, kafka
 from winnow.learner import checkpoint, faults
-from winnow.learner.batch import group_from_proto, vocab_size
+from winnow.learner.batch import GroupData, group_from_proto, vocab_size
 from winnow.learner.book import Buffered, Outcome, Position, Release, RequestBook
 from winnow.learner.checkpoint import DeadLetters, LearnerState, Ledger
 from winnow.learner.completion import finish_run
@@ -39,19 +41,50 @@ from winnow.learner.weights import WeightPublisher
 from winnow.sampling import prompt_request
 from winnow.verdict import Status, status_label
 
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+    from transformers import PreTrainedTokenizerBase
+
+    from winnow.learner.evaluate import Evaluate
+    from winnow.learner.step import ServiceTrainer
+    from winnow.prompts import Problem, ProblemSource
+    from winnow.v1 import messages_pb2
+
 log = logging.getLogger(__name__)
 
 BROKER_CHECK_S = 10.0
 """With requests outstanding and no group for this long, check that the broker still has the pipeline's topics."""
 
 
-class LearnerService:
-    """Releases prompts, trains, publishes, checkpoints, commits. ``trainer``: a :class:`~winnow.learner.step.Trainer`
-    from the *initial* weights (:meth:`run` loads a checkpoint into it); ``source``: a :class:`~winnow.prompts.PromptSource`;
-    ``evaluate``: optional ``callable(trainer) -> float`` (accuracy), run every ``eval.every`` steps."""
+if TYPE_CHECKING:  # every trainer the learner builds is a ServiceTrainer (mypy fails here otherwise)
+    from winnow.learner.distributed import ShardedTrainer
+    from winnow.learner.lora import LoraTrainer
+    from winnow.learner.step import Trainer
 
-    def __init__(self, cfg: LearnerConfig, trainer: Any, source: Any, registry: CollectorRegistry, *,
-                 evaluate: Any = None, prompt_tokens: Any = None, tokenizer: Any = None) -> None:
+    _PLAIN: type[ServiceTrainer] = Trainer
+    _LORA: type[ServiceTrainer] = LoraTrainer
+    _SHARDED: type[ServiceTrainer] = ShardedTrainer
+
+
+_C = TypeVar("_C")
+
+
+def _made(client: _C | None) -> _C:
+    """A Kafka client or the publisher: :meth:`LearnerService.run` makes them, the methods that use one run inside it."""
+    assert client is not None, "made by LearnerService.run()"
+    return client
+
+
+class LearnerService:
+    """Releases prompts, trains, publishes, checkpoints, commits. ``trainer``: a :class:`ServiceTrainer` from the
+    *initial* weights (:meth:`run` loads a checkpoint into it); ``source``: a :class:`~winnow.prompts.ProblemSource`
+    (a :class:`~winnow.prompts.PromptSource`); ``evaluate``: optional :class:`~winnow.learner.evaluate.Evaluate`
+    (``evaluate(trainer.eval_view()) -> accuracy``), run every ``eval.every`` steps."""
+
+    def __init__(self, cfg: LearnerConfig, trainer: ServiceTrainer, source: ProblemSource,
+                 registry: CollectorRegistry, *, evaluate: Evaluate | None = None,
+                 prompt_tokens: Callable[[Problem], int] | None = None,
+                 tokenizer: PreTrainedTokenizerBase | None = None) -> None:
         self.cfg, self.trainer, self.source, self.evaluate = cfg, trainer, source, evaluate
         self.prompt_tokens = prompt_tokens  # problem -> prompt tokens as the generators format it (None: no check)
         self.tokenizer = tokenizer  # saved next to published weights (HF folders); optional
@@ -65,7 +98,9 @@ class LearnerService:
         self._last_record = time.monotonic()  # when a groups record last arrived (the broker check)
         self._recovering = False  # a lost broker noticed, its recovery not complete yet
         self._recovery_counted = False  # its recovery counted in offset_rewinds
-        self._consumer = self._producer = self._publisher = None
+        self._consumer: AIOKafkaConsumer | None = None  # the Kafka clients and the publisher: made by run()
+        self._producer: AIOKafkaProducer | None = None
+        self._publisher: WeightPublisher | None = None
         self.tracking = Tracker(cfg.tracking, cfg.run_dir, config=cfg.model_dump(mode="json", exclude={"kafka"}),
                                 registry=registry)  # no Kafka addresses or credentials to the sinks
         self._vocab_size = vocab_size(trainer.model)
@@ -148,7 +183,7 @@ class LearnerService:
         outstanding request again (same ids: a group that still comes is deduplicated) and announce the weights
         again, and say so. Topic metadata decides, not end offsets (a broker may report those low)."""
         try:
-            present = await self._consumer.topics()  # the broker's topics now (not the consumer's cached view)
+            present = await _made(self._consumer).topics()  # the broker's topics now (not the consumer's cached view)
         except KafkaError as e:  # the broker is down (restarting): the next check tries again
             log.warning("broker check: no metadata (%s); retrying in %.0f s", e, BROKER_CHECK_S)
             return
@@ -164,9 +199,10 @@ class LearnerService:
         self._recovering = True  # until every step below went through (a broker just back may refuse some)
         try:
             await kafka.ensure_topics(self.cfg.kafka, partitions=self.cfg.kafka_partitions)
-            await kafka.assign_all_partitions(self._consumer, self.names.groups, {})
-            for tp in self._consumer.assignment():
-                self._consumer.seek(tp, 0)
+            consumer = _made(self._consumer)
+            await kafka.assign_all_partitions(consumer, self.names.groups, {})
+            for tp in consumer.assignment():
+                consumer.seek(tp, 0)
                 self.book.rewind((tp.topic, tp.partition), 0)
             await self._send(self.book.resume_releases())
             if self.version > 0 or self._store_has_versions():
@@ -183,15 +219,16 @@ class LearnerService:
         saved = self.book.state.offsets.get(self.names.groups, {})
         if not saved:
             return
-        tps = [kafka.TopicPartition(self.names.groups, int(p)) for p in saved]
-        ends = await self._consumer.end_offsets(tps)
+        consumer = _made(self._consumer)
+        tps = [TopicPartition(self.names.groups, int(p)) for p in saved]
+        ends = await consumer.end_offsets(tps)
         for tp, end in ends.items():
             want = int(saved[str(tp.partition)])
             if end < want:
                 log.warning("%s[%d] ends at offset %d, below the checkpoint's %d: the broker lost records (a memory-"
                             "only broker restarted?); reading from %d. Groups of outstanding requests come again "
                             "after their re-release.", tp.topic, tp.partition, end, want, end)
-                self._consumer.seek(tp, end)
+                consumer.seek(tp, end)
                 self.book.rewind((tp.topic, tp.partition), end)
                 self.metrics.offset_rewinds.inc()
 
@@ -199,19 +236,19 @@ class LearnerService:
         """Run until stopped or ``max_steps``; returns the number of steps taken in this run."""
         cfg = self.cfg
         await kafka.ensure_topics(cfg.kafka, partitions=cfg.kafka_partitions)
-        resumed = await asyncio.to_thread(self.restore)
-        self._producer = kafka.make_producer(cfg.kafka, client_id="winnow-learner")
+        resumed = await compute_thread.run(self.restore)
+        producer = self._producer = kafka.make_producer(cfg.kafka, client_id="winnow-learner")
         # A singleton: it assigns itself every partition of the groups topic instead of joining a consumer
         # group, so a restarted learner reads at once (group_id is still used to commit offsets).
-        self._consumer = kafka.make_consumer(cfg.kafka, None, cfg.group_id, client_id="winnow-learner")
-        self._publisher = WeightPublisher(cfg.weights.dir, self._producer, self.names.weights, keep=cfg.weights.keep,
-                                          uri_root=cfg.weights.uri_root, dtype=cfg.weights.dtype,
-                                          hf_model=self.trainer.model, hf_tokenizer=self.tokenizer)
-        await self._producer.start()
+        consumer = self._consumer = kafka.make_consumer(cfg.kafka, None, cfg.group_id, client_id="winnow-learner")
+        publisher = self._publisher = WeightPublisher(
+            cfg.weights.dir, producer, self.names.weights, keep=cfg.weights.keep, uri_root=cfg.weights.uri_root,
+            dtype=cfg.weights.dtype, hf_model=self.trainer.model, hf_tokenizer=self.tokenizer)
+        await producer.start()
         try:
-            await self._consumer.start()
+            await consumer.start()
             offsets = self.book.state.offsets.get(self.names.groups, {})
-            await kafka.assign_all_partitions(self._consumer, self.names.groups,
+            await kafka.assign_all_partitions(consumer, self.names.groups,
                                               {int(p): int(o) for p, o in offsets.items()})
             await self._reconcile_offsets()
             if self.version > 0 or self._store_has_versions():  # generators must follow this lineage's weights
@@ -230,12 +267,12 @@ class LearnerService:
                 await self._checkpoint_and_commit()
             if cfg.max_steps is not None and self.version >= cfg.max_steps:  # a finished run stays finished
                 await finish_run(cfg.run_dir, version=self.version, max_steps=cfg.max_steps,
-                                 run_id=self.book.state.run_id or "", publisher=self._publisher)
+                                 run_id=self.book.state.run_id or "", publisher=publisher)
                 self.metrics.run_finished.set(1)
         finally:
             self._running = False
             self.tracking.close()
-            for r in await asyncio.gather(self._consumer.stop(), self._producer.stop(), return_exceptions=True):
+            for r in await asyncio.gather(consumer.stop(), producer.stop(), return_exceptions=True):
                 if isinstance(r, Exception):  # shutting down: log and go on
                     log.warning("stopping a Kafka client failed: %s", r)
         return self.steps_run
@@ -248,7 +285,7 @@ class LearnerService:
         if batch is None:
             return
         t1, version_before = time.perf_counter(), self.version
-        result = await asyncio.to_thread(self.trainer.train_step, [b.group for b in batch])
+        result = await compute_thread.run(self.trainer.train_step, [b.group for b in batch])
         t2 = time.perf_counter()
         self.tracking.record_groups([b.message for b in batch], list(result.group_outcomes), step=self.version,
                                     judged=result.judged)
@@ -279,8 +316,10 @@ class LearnerService:
 
     async def _evaluate(self) -> dict[str, float]:
         """Run the evaluator; export and return {"eval_accuracy"[, "eval_mean_at_k"]}."""
-        accuracy = await asyncio.to_thread(lambda: self.evaluate(self.trainer.eval_view()))
-        return self.metrics.observe_eval(self.cfg.eval.set_name, accuracy, getattr(self.evaluate, "last_mean_at_k", None))
+        evaluate = self.evaluate
+        assert evaluate is not None, "called only with an evaluator"
+        accuracy = await compute_thread.run(lambda: evaluate(self.trainer.eval_view()))
+        return self.metrics.observe_eval(self.cfg.eval.set_name, accuracy, evaluate.last_mean_at_k)
 
     # -- prompts and groups -----------------------------------------------------------------------
 
@@ -296,7 +335,8 @@ class LearnerService:
             self.metrics.observe_book(self.book, timed_out)
             if batch is not None or self._done():
                 return batch
-            got = await self._consumer.getmany(timeout_ms=500)
+            consumer = _made(self._consumer)
+            got = await consumer.getmany(timeout_ms=500)
             for records in got.values():
                 for record in records:
                     self._on_record(record)
@@ -306,7 +346,7 @@ class LearnerService:
                 self._last_record = time.monotonic()
                 await self._check_broker()
             try:
-                self.metrics.consumer_lag.set(await kafka.consumer_lag(self._consumer))
+                self.metrics.consumer_lag.set(await kafka.consumer_lag(consumer))
             except Exception as e:  # metric only
                 log.debug("consumer lag unavailable: %s", e)
 
@@ -320,12 +360,12 @@ class LearnerService:
                 continue
             req = prompt_request(problem, r.request_id, n=self.cfg.n, sampling=self.cfg.sampling,
                                  version=self.version, now=time.time())
-            futures.append(await kafka.send(self._producer, self.names.prompts, req, wait=False))
+            futures.append(await kafka.send(_made(self._producer), self.names.prompts, req, wait=False))
             self.metrics.prompts_released.inc()
         for fut in futures:
             await fut
 
-    def _on_record(self, record: Any) -> None:
+    def _on_record(self, record: ConsumerRecord) -> None:
         where = Position(record.topic, record.partition, record.offset)
         self.book.track(where)
         if not kafka.verify_group_record(record, self._group_key):  # a foreign writer without the shared key
@@ -344,7 +384,8 @@ class LearnerService:
                                      max_prompt_tokens=self.cfg.max_prompt_tokens)
         except ValueError as e:
             self.dead_letters.write(where, msg.request_id, str(e), len(record.value or b""))
-            return self.book.drop(where, msg.request_id, msg.prompt_id, Outcome.CORRUPT)
+            self.book.drop(where, msg.request_id, msg.prompt_id, Outcome.CORRUPT)
+            return
         newest = max(v for s in group.samples for v in s.policy_versions)
         outcome = self.book.receive(where, group, group.prompt_id, group.policy_version, newest, self.version, msg)
         if outcome is not None:
@@ -353,7 +394,7 @@ class LearnerService:
         if self.trainer.algo.dynamic:
             self._judge_on_arrival(group, msg)
 
-    def _judge_on_arrival(self, group: Any, msg: Any) -> None:
+    def _judge_on_arrival(self, group: GroupData, msg: messages_pb2.ScoredGroup) -> None:
         """Dynamic sampling: a group the filter would leave without a trained sample is finished now (all_correct /
         all_wrong, in the ledger and the sample log), so the batch fills with groups that train."""
         judged = judge_samples([group], self.trainer.algo)
@@ -368,7 +409,8 @@ class LearnerService:
     # -- weights and checkpoints ------------------------------------------------------------------
 
     async def _publish(self) -> None:  # write the weights, then announce them
-        await self._publisher.announce(await asyncio.to_thread(self._publisher.write, self.trainer))
+        publisher = _made(self._publisher)
+        await publisher.announce(await compute_thread.run(publisher.write, self.trainer))
         faults.maybe_die("publish", self.version)
 
     async def _publish_or_defer(self) -> None:
@@ -390,12 +432,13 @@ class LearnerService:
         t0 = time.perf_counter()
         state = self.book.state_for_checkpoint(self.version)
         await asyncio.to_thread(self.ledger.append, self.version, self.book.take_ledger_rows())
-        await asyncio.to_thread(self.trainer.write_checkpoint, self.cfg.checkpoint.dir, state, self.cfg.checkpoint.keep)
+        await compute_thread.run(self.trainer.write_checkpoint, self.cfg.checkpoint.dir, state, self.cfg.checkpoint.keep)
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
         self._checkpointed_version = self.version
-        to_commit = self.book.to_commit(owned=set(self._consumer.assignment()))  # TopicPartition == (topic, p)
+        consumer = _made(self._consumer)
+        to_commit = self.book.to_commit(owned=set(consumer.assignment()))  # TopicPartition == (topic, p)
         try:
-            await kafka.commit_offsets(self._consumer, to_commit)
+            await kafka.commit_offsets(consumer, to_commit)
         except KafkaError as e:  # safe to leave: a restart re-reads from the last commit, and dedupes (checkpoint)
             log.warning("committing offsets after checkpoint v%d failed (%s); the next checkpoint commits them",
                         self.version, e)

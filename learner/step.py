@@ -44,7 +44,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 
@@ -67,6 +67,10 @@ from winnow.metric_defs import combine_micro_batches, derive, from_rank_vectors,
 from winnow.metric_table import LEARNER
 from winnow.samples import SampleJudgement
 from winnow.weight_store import sha256_file
+
+if TYPE_CHECKING:
+    from winnow.learner.checkpoint import LearnerState
+    from winnow.learner.evaluate import EvalView
 
 GroupOutcome = Literal["trained", "all_correct", "all_wrong"]
 STEP_KEYS = frozenset(step_keys(LEARNER))
@@ -138,6 +142,47 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
+
+
+class ServiceTrainer(Protocol):
+    """What the learner service (:class:`~winnow.learner.service.LearnerService`) drives of a trainer: the plain
+    :class:`Trainer`, the LoRA one (:class:`~winnow.learner.lora.LoraTrainer`) and rank 0's view of the sharded one
+    (:class:`~winnow.learner.distributed.ShardedTrainer`); mypy checks all three against it (learner/service.py)."""
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The policy: its vocabulary bounds the token ids of a group; its config goes next to published weights."""
+        ...
+
+    @property
+    def algo(self) -> AlgoConfig:
+        """The RL algorithm: staleness bound, dynamic sampling, the filter that judges a group on arrival."""
+        ...
+
+    @property
+    def version(self) -> int:
+        """Optimizer steps taken: the policy version of the current weights."""
+        ...
+
+    def train_step(self, groups: list[GroupData]) -> StepResult:
+        """One optimizer step on a batch of groups (blocking: the service runs it off the event loop)."""
+        ...
+
+    def eval_view(self) -> EvalView:
+        """What the held-out evaluation reads (an unsharded model at the compute precision)."""
+        ...
+
+    def save_weights(self, path: str | Path, dtype: torch.dtype | None = None) -> str:
+        """Write the weights to publish (:class:`~winnow.learner.weights.WeightSource`); their hex sha256."""
+        ...
+
+    def write_checkpoint(self, directory: str | Path, state: LearnerState, keep: int) -> Path:
+        """Checkpoint the trainer with the service's ``state``; the checkpoint's folder."""
+        ...
+
+    def read_checkpoint(self, path: Path) -> LearnerState:
+        """Load a checkpoint folder into the trainer; the service state saved with it."""
+        ...
 
 
 class Trainer:
@@ -552,14 +597,14 @@ class Trainer:
         self.optimizer.load_state_dict(sd["optimizer"])
         self.version = int(sd["version"])
 
-    def write_checkpoint(self, directory: str | Path, state: Any, keep: int) -> Path:
+    def write_checkpoint(self, directory: str | Path, state: LearnerState, keep: int) -> Path:
         """Checkpoint this trainer and the service ``state`` (:func:`winnow.learner.checkpoint.save_checkpoint`).
         The sharded learner's rank 0 does the same through :class:`winnow.learner.distributed.ShardedTrainer`."""
         from winnow.learner.checkpoint import save_checkpoint
 
         return save_checkpoint(directory, self.state_dict(), state, keep)
 
-    def read_checkpoint(self, path: str | Path) -> Any:
+    def read_checkpoint(self, path: str | Path) -> LearnerState:
         """Load a checkpoint folder into this trainer and return its service state: ``trainer.pt``, or the
         ``trainer.dcp/`` shards a sharded learner wrote at any world size (read whole here)."""
         from winnow.learner.checkpoint import LearnerState, load_checkpoint

@@ -25,9 +25,12 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from winnow.kafka import WeightAnnouncement, send
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,19 @@ _VERSION_DIR = re.compile(r"^v(\d{8,})$")
 
 def version_dir(store: Path, version: int) -> Path:
     return store / f"v{version:08d}"
+
+
+class WeightSource(Protocol):
+    """What :meth:`WeightPublisher.write` reads of a trainer: its version and how it writes its weights (every
+    rank calls it under data parallelism). A LoRA trainer also names ``weights_format`` and ``weights_file``,
+    read when present."""
+
+    @property
+    def version(self) -> int: ...
+
+    def save_weights(self, path: str | Path, dtype: torch.dtype | None = None) -> str:
+        """Write the weights to ``path`` (cast to ``dtype``), return the hex sha256 of the announced file."""
+        ...
 
 
 class WeightPublisher:
@@ -80,7 +96,7 @@ class WeightPublisher:
             return f"{self.uri_root}/{path.relative_to(self.store).as_posix()}"
         return path.as_uri()
 
-    def write(self, trainer: Any) -> WeightAnnouncement:
+    def write(self, trainer: WeightSource) -> WeightAnnouncement:
         """Write the weights of ``trainer.version`` (blocking; run it in a thread) and build the announcement."""
         version = int(trainer.version)
         fmt = getattr(trainer, "weights_format", "safetensors")  # a LoRA trainer: "peft_adapter"

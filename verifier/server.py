@@ -26,9 +26,9 @@ import hmac
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -66,6 +66,9 @@ class Engine(Protocol):
     def verify_batch(self, items: list[Item], deadline_s: float | None = None) -> list[Verdict]: ...
 
 
+_Reply = TypeVar("_Reply")
+
+
 class RpcAbort(Exception):
     """Ends the current call with ``code`` and ``message`` (raised inside a handler)."""
 
@@ -84,7 +87,9 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         self.metrics = metrics
         self.executor = executor
 
-    async def Verify(self, request: verifier_pb2.VerifyRequest, context: grpc.aio.ServicerContext):  # noqa: N802
+    async def Verify(  # noqa: N802
+        self, request: verifier_pb2.VerifyRequest, context: grpc.aio.ServicerContext
+    ) -> verifier_pb2.VerifyResult:
         async def handle() -> verifier_pb2.VerifyResult:
             (verdict,) = await self._score([item_from_proto(request)], context)
             return verdict_to_proto(verdict)
@@ -93,7 +98,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
 
     async def VerifyBatch(  # noqa: N802
         self, request: verifier_pb2.VerifyBatchRequest, context: grpc.aio.ServicerContext
-    ):
+    ) -> verifier_pb2.VerifyBatchResponse:
         async def handle() -> verifier_pb2.VerifyBatchResponse:
             n = len(request.items)
             if n > self.cfg.max_batch_items:
@@ -110,7 +115,8 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
 
         return await self._call("VerifyBatch", handle, context)
 
-    async def _call(self, rpc: str, handle: Callable[[], Any], context: grpc.aio.ServicerContext):
+    async def _call(self, rpc: str, handle: Callable[[], Awaitable[_Reply]],
+                    context: grpc.aio.ServicerContext) -> _Reply:
         """Runs one RPC: times it, maps failures to status codes, counts the outcome."""
         start = time.perf_counter()
         code = grpc.StatusCode.OK

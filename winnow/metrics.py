@@ -14,6 +14,7 @@ import platform
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Protocol, TypeVar
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, ProcessCollector, generate_latest
 
@@ -71,7 +72,7 @@ class MetricsServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, *args) -> None:  # silence per-request logs
+            def log_message(self, *args: object) -> None:  # silence per-request logs
                 pass
 
         self._httpd = ThreadingHTTPServer((host, port), Handler)
@@ -99,7 +100,25 @@ def serve_metrics(
     return MetricsServer(registry, host=host, port=port, health=health).start()
 
 
-async def run_service(service, registry: CollectorRegistry, port: int, host: str):
+_R = TypeVar("_R", covariant=True)
+
+
+class Service(Protocol[_R]):
+    """What :func:`run_service` runs: a Kafka service (the learner's, a generator's) or the finished learner's
+    idle stand-in. ``run`` returns when the service stops (after :meth:`request_stop`, or done)."""
+
+    def healthy(self) -> bool:
+        """``/health`` answers 200 while True, else 503."""
+        ...
+
+    def request_stop(self) -> None:
+        """SIGTERM/SIGINT: stop soon (``run`` returns)."""
+        ...
+
+    async def run(self) -> _R: ...
+
+
+async def run_service(service: Service[_R], registry: CollectorRegistry, port: int, host: str) -> _R:
     """The tail of every Kafka service's process: serve ``/metrics`` and ``/health`` (from
     ``service.healthy()``), turn SIGTERM/SIGINT into ``service.request_stop()``, and return what
     ``await service.run()`` returns, stopping the HTTP server however it ends."""

@@ -43,7 +43,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import Field, TypeAdapter, model_validator
 
@@ -62,6 +62,15 @@ class Problem:
     messages: tuple[tuple[str, str], ...] | None = None
     """The row's chat prompt as ``(role, content)`` turns when the dataset gives one (``problem`` is then
     its last user turn); None for a plain-text problem. See winnow.datasets."""
+
+
+class ProblemSource(Protocol):
+    """What the learner service reads of a prompt source (``LearnerService(source=...)``): the problem at a
+    position, positions released in order from the checkpointed one. Every :class:`PromptSource` is one."""
+
+    def get(self, index: int) -> Problem:
+        """The problem at position ``index``."""
+        ...
 
 
 class PromptSourceError(ConfigError):
