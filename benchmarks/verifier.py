@@ -510,6 +510,99 @@ def agreement(cases: list[Case], ours_verdicts, mv_verdicts) -> dict:
     }
 
 
+# -- verdict identity: every verdict of a fixed corpus, to compare two versions of verifier/ ---------------
+def snapshot_rows(gsm8k: Path) -> list[tuple[str, str, str, dict]]:
+    """(gold, response, task, options) rows: the case table (with its options rows), the peer-style suite, the
+    timed sets (seeded, larger), GSM8K variants (when present), a grid of integer edge forms x wrappers x options,
+    random integer pairs, and seeded random symbolic pairs of tests/verifier/test_quicktex.py's generator."""
+    rows: list[tuple[str, str, str, dict]] = []
+    tests = REPO / "tests" / "verifier"
+    if (tests / "cases.py").is_file():
+        table = runpy.run_path(str(tests / "cases.py"))
+        rows += [(g, r, "", {}) for _, g, r, _, _ in table["all_cases"]()]
+        rows += [(g, r, "", dict(o)) for g, r, _, _, o in table.get("CASES_OPTIONS", [])]
+    if (tests / "peer_style.py").is_file():
+        rows += [(g, r, "", {}) for g, r, _, _ in runpy.run_path(str(tests / "peer_style.py"))["PEER_STYLE"]]
+    rng = random.Random(7)
+    cases = (int_frac_cases(3000, rng) + symbolic_cases(3000, rng) + sets_intervals_cases(800, rng)
+             + relations_cases(800, rng) + adversarial_cases() + gsm8k_cases(gsm8k, 400, rng))
+    rows += [(c.gold, c.response, "", {}) for c in cases]
+    atoms = ["0", "-0", "007", "42", "-42", "+42", "42.0", "1,000", "1000", "12\n", " 12", "12 ", "٣", "²", "1e3", "50%",
+             "50", "0.5", "x=3", "3=x", "1/0", "nan", "(42)", "\\{42\\}", "42,43", "A", "(B)", "b", "yes", "\\infty",
+             "123456789012345678901234567890", "5^2", "-", "", "1.", ".5", "1:2", "12:00", "3 \\pmod 5"]
+    wraps = ["\\boxed{%s}", "The answer is %s.", "Answer: %s", "#### %s", "%s", "$%s$", "<think>\\boxed{1}</think>\\boxed{%s}",
+             "<think>%s", "\\boxed{%s} or \\boxed{7}", "\\boxed{%s}\nFinal Answer: 7", "So $\\boxed{%s}$.", "\\fbox{%s}",
+             "\\boxed %s", "\\boxed{%s", "**Answer:** %s", "I think it is %s apples", "x\x0crac{1}{2} \\boxed{%s}",
+             "\\\\boxed{%s}", "<|im_start|>assistant\\boxed{%s}<|im_end|><|im_start|>user\\boxed{9}"]
+    opts: list[dict] = [{}, {"percent": "1"}, {"rounded": "1"}, {"fallback": "0"}, {"mcq": "1"}, {"imaginary": "none"},
+                        {"last_number": "0"}]
+    for g in atoms:
+        for a in atoms:
+            for w in wraps:
+                rows.append((g, w % a, "", opts[rng.randrange(len(opts))]))
+        for o in opts:
+            rows.append((g, "\\boxed{42}", rng.choice(["", "mcq", "gsm8k"]), o))
+    for _ in range(3000):
+        g = str(rng.randint(-10**7, 10**7))
+        p = str(int(g) + rng.choice([0, 0, 1, -1, 10])) if rng.random() < .8 else g + rng.choice(["%", ".0", "0", "/1"])
+        rows.append((g, rng.choice(wraps) % p, "", opts[rng.randrange(len(opts))]))
+        rows.append((rng.choice(["%s", "\\boxed{%s}", "#### %s", "$%s$", " %s", "%s."]) % g, "\\boxed{" + p + "}", "", {}))
+    if (tests / "test_quicktex.py").is_file():
+        gen = runpy.run_path(str(tests / "test_quicktex.py"))["_random_expr"]
+        srng = random.Random(29)
+        for _ in range(1500):
+            a = gen(srng)
+            k = srng.randrange(4)
+            b = (a.replace(" ", "") if k == 0 else gen(srng) if k == 1
+                 else re.sub(r"\d", lambda m: str((int(m.group()) + 1) % 10), a, count=1) if k == 2 else a)
+            rows.append((a, "\\boxed{" + b + "}", "", opts[srng.randrange(3)] if srng.random() < 0.2 else {}))
+    return rows
+
+
+def verdict_snapshot(out: Path, gsm8k: Path) -> int:
+    """``--verdict-snapshot OUT``: the verdict of every row of :func:`snapshot_rows`, in this process (the fast path,
+    then ``pool.handle_job`` for symbolic jobs, one call per distinct job), as JSON lines of text. Run it for two
+    versions of ``verifier/`` (``--verifier-dir``) and compare the files: identical verdicts, path and detail
+    included."""
+    import signal
+
+    from winnow.verifier import engine
+    from winnow.verifier.pool import handle_job
+
+    def alarm(*_):
+        raise TimeoutError
+
+    signal.signal(signal.SIGALRM, alarm)
+    rows = snapshot_rows(gsm8k)
+    done: dict[tuple, str] = {}
+    lines, jobs, timeouts = [], 0, 0
+    t0 = time.process_time()
+    for g, r, task, o in rows:
+        try:
+            d = engine.decide_fast(engine.prepare_gold(g, task, o), r, o)
+        except Exception as e:
+            lines.append(f"EXC {type(e).__name__}: {e}")
+            continue
+        if not isinstance(d, engine.Job):
+            lines.append(repr(d))
+            continue
+        if d.key not in done:
+            jobs += 1
+            signal.alarm(30)  # a safety net only (no job of this corpus comes close)
+            try:
+                done[d.key] = repr(sorted(handle_job(d.as_dict()).items()))
+            except TimeoutError:
+                timeouts += 1
+                done[d.key] = "TIMEOUT"
+            finally:
+                signal.alarm(0)
+        lines.append(f"job {d.extracted!r} {done[d.key]}")
+    out.write_text("\n".join(lines) + "\n")
+    print(f"{len(rows)} rows, {jobs} distinct symbolic jobs ({timeouts} past 30 s), {time.process_time() - t0:.1f} s CPU "
+          f"-> {out}", file=sys.stderr)
+    return 0
+
+
 # -- through the command line: `winnow score FILE` vs math-verify's loop over the same file ----------------
 def write_jsonl(path: Path, cases: list[Case]) -> None:
     """One ``winnow score`` input line per case; ``mv_gold`` rides along for the math-verify loop."""
@@ -728,6 +821,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--math-verify-loop"]:
         return math_verify_loop(argv[1], argv[2])
+    if "--verifier-dir" in argv:  # score with another copy of verifier/ (an earlier commit's), before anything imports it
+        import winnow.verifier
+
+        winnow.verifier.__path__[:] = [str(Path(argv[argv.index("--verifier-dir") + 1]).resolve())]
     ap = argparse.ArgumentParser(prog="benchmarks/verifier.py", description=__doc__.splitlines()[0])
     ap.add_argument("--cli", action="store_true", help="time `winnow score FILE` against math-verify's loop instead")
     ap.add_argument("--cli-integers", type=int, default=20000, help="--cli: lines of the integer file")
@@ -742,7 +839,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gsm8k-golds", type=int, default=150, help="GSM8K golds to use (3 variants each)")
     ap.add_argument("--workers", type=int, default=2, help="winnow engine workers")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--verdict-snapshot", type=Path, metavar="OUT", help="write the verdict of every row of a fixed "
+                    "corpus (~45,000 rows) to OUT instead, to compare two versions of verifier/ (see verdict_snapshot)")
+    ap.add_argument("--verifier-dir", type=Path, help="with --verdict-snapshot: use this verifier/ folder (e.g. an "
+                    "earlier commit's, from `git archive`) instead of the installed winnow.verifier")
     args = ap.parse_args(argv)
+    if args.verdict_snapshot:
+        return verdict_snapshot(args.verdict_snapshot, args.gsm8k)
     if args.cli:
         if args.quick:
             args.cli_integers, args.cli_symbolic, args.repeat = 2000, 40, 1

@@ -59,6 +59,7 @@ from winnow.verifier.fastpath import (
     statement_pairs,
 )
 from winnow.verifier.guard import VerifyError, check_tree
+from winnow.verifier.quicktex import quick_parse
 
 _SLL = PredictionMode.SLL
 _NORM = NormalizationConfig(basic_latex=True, units=False, malformed_operators=True, nits=False, boxed="none")
@@ -178,8 +179,12 @@ class _SafeLatex2Sympy(_Latex2Sympy):
 
 @functools.lru_cache(maxsize=4096)
 def _parse_cached(text: str):
+    normal = normalize_latex(text, _NORM)
+    quick = quick_parse(normal)  # the grammar's object for the commonest shapes, without ANTLR (None: not read)
+    if quick is not None:
+        return quick
     converter = _SafeLatex2Sympy(None, None, False, config=ConversionConfig())
-    return converter.parse(normalize_latex(text, _NORM))
+    return converter.parse(normal)
 
 
 def clear_caches() -> None:
