@@ -3,8 +3,8 @@ per collector, drives the collectors (:class:`GeneratorMetrics`) and the generat
 (``python scripts/metrics_doc.py``). The names, types, labels and help are a contract: the Grafana dashboard and the
 alerts use them (pinned by tests/generator/test_metrics.py).
 
-The rows live here, in the generator's package, not in the shared layer (:mod:`winnow.metric_table` holds the
-learner's): their pre-created label values are the generator's own reasons (:data:`~winnow.generator.state.
+The rows live here, in the generator's package, as the learner's live in its own (:mod:`winnow.learner.metric_table`),
+not in the shared layer: their pre-created label values are the generator's own reasons (:data:`~winnow.generator.state.
 REFUSAL_REASONS`, :data:`~winnow.generator.state.QUARANTINE_REASONS`), which ``winnow/`` may not import.
 """
 

@@ -1,4 +1,4 @@
-"""The learner's Prometheus metrics, built from its metric table (:data:`winnow.metric_table.LEARNER`: names relied
+"""The learner's Prometheus metrics, built from its metric table (:data:`winnow.learner.metric_table.LEARNER`: names relied
 on by the dashboard and alerts, documented in docs/metrics.md), and the ``metrics.jsonl`` writer."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry
 
 from winnow.learner.book import Outcome, RequestBook
+from winnow.learner.metric_table import LEARNER
 from winnow.metric_defs import TableMetrics, export_step
-from winnow.metric_table import LEARNER
 
 if TYPE_CHECKING:
     from winnow.learner.step import StepResult
@@ -25,7 +25,7 @@ log = logging.getLogger("winnow.learner.service")
 
 
 class LearnerMetrics(TableMetrics):
-    """The learner's Prometheus collectors, one per Prometheus name of :data:`~winnow.metric_table.LEARNER`
+    """The learner's Prometheus collectors, one per Prometheus name of :data:`~winnow.learner.metric_table.LEARNER`
     (names, help, kinds and labels are declared there); a collector is reached as an attribute named by its row's
     key (``metrics.weight_version``, ``metrics.keep_rate``). The tracking sinks' error counter is the Tracker's."""
 

@@ -224,7 +224,7 @@ def compute_loss(
     Metrics: ``loss``, ``pg_loss``, ``kl``, ``entropy`` use the same denominator as the loss (they add up over
     micro-batches and ranks to the batch value); ``clip_frac``, ``dual_clip_frac``, ``is_weight_mean``,
     ``is_trunc_frac`` are over this micro-batch's weighted tokens (``tokens``). How each combines is declared in
-    its row of :data:`winnow.metric_table.LEARNER`. Ratio statistics are the step's, computed once over the batch
+    its row of :data:`winnow.learner.metric_table.LEARNER`. Ratio statistics are the step's, computed once over the batch
     (:func:`~winnow.learner.losses.ratio_stats`).
     """
     if cfg.kl_coef > 0 and ref_logprobs is None:

@@ -54,6 +54,7 @@ from winnow.learner.config import OptimConfig
 from winnow.learner.filters import group_stats
 from winnow.learner.logits import logprobs_from_hidden, token_logprobs_and_entropy
 from winnow.learner.losses import loss_denominator, mismatch_stats, ratio_stats
+from winnow.learner.metric_table import LEARNER
 from winnow.learner.model import (
     disable_dropout,
     plain_lm_head,
@@ -64,7 +65,6 @@ from winnow.learner.model import (
 from winnow.learner.objective import compute_loss, correction_metrics, judgement, prepare_batch_signals
 from winnow.learner.prefix import pack_micro_batches, shared_prompt_hidden
 from winnow.metric_defs import combine_micro_batches, derive, from_rank_vectors, rank_vectors, step_keys
-from winnow.metric_table import LEARNER
 from winnow.samples import SampleJudgement
 from winnow.weight_store import sha256_file
 
@@ -87,7 +87,7 @@ def group_outcomes(keep: torch.Tensor, correct: torch.Tensor, valid: torch.Tenso
 @dataclass(frozen=True)
 class StepResult:
     """What a training step did: per group whether it was trained (or why not), and every metric by name for
-    ``metrics.jsonl`` (``result["clip_frac"]``); each key is a row of :data:`~winnow.metric_table.LEARNER`, which says
+    ``metrics.jsonl`` (``result["clip_frac"]``); each key is a row of :data:`~winnow.learner.metric_table.LEARNER`, which says
     how it combines over micro-batches and ranks and where it is exported."""
 
     group_outcomes: tuple[GroupOutcome, ...]
@@ -100,7 +100,7 @@ class StepResult:
               judged: SampleJudgement | None = None) -> StepResult:
         """A key without a row in the metric table is an error: it would be neither reduced nor documented."""
         if unknown := metrics.keys() - STEP_KEYS:
-            raise ValueError(f"step metrics without a row in winnow/metric_table.py: {sorted(unknown)}")
+            raise ValueError(f"step metrics without a row in learner/metric_table.py: {sorted(unknown)}")
         return cls(group_outcomes=tuple(outcomes), metrics=dict(metrics), judged=judged)
 
     def __getitem__(self, name: str) -> float:

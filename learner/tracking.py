@@ -16,7 +16,7 @@ and the step-0 evaluation) and the groups of each step; the tracker fans them ou
 - ``trackio``: ``trackio.init(project, name, config)`` (local-first; ``TRACKIO_DIR`` picks the folder).
 
 Metric names in the sinks: ``train/<key>`` for step statistics, ``eval/<key>`` for ``eval_*``,
-``time/<key>`` for timings (each key's group is declared in :data:`winnow.metric_table.LEARNER`, listed in
+``time/<key>`` for timings (each key's group is declared in :data:`winnow.learner.metric_table.LEARNER`, listed in
 docs/metrics.md), ``groups/<outcome>`` for the cumulative group outcomes. The Prometheus gauges of the step
 statistics are the learner service's (:class:`winnow.learner.metrics.LearnerMetrics`, from the same table).
 
@@ -36,8 +36,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from winnow.config import ConfigError, Model
+from winnow.learner.metric_table import LEARNER
 from winnow.metric_defs import register, sink_tag
-from winnow.metric_table import LEARNER
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class TrackingConfig(Model):
 
 
 def metric_tag(key: str) -> str:
-    """Sink name of a metrics.jsonl key, from its row in the metric table (:data:`winnow.metric_table.LEARNER`):
+    """Sink name of a metrics.jsonl key, from its row in the metric table (:data:`winnow.learner.metric_table.LEARNER`):
     ``eval_accuracy`` -> ``eval/accuracy``, ``loss`` -> ``train/loss``, ``time_forward_s`` -> ``time/time_forward_s``."""
     return sink_tag(LEARNER, key)
 

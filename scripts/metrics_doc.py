@@ -3,7 +3,7 @@
 Each generated block sits between ``<!-- BEGIN generated NAME: ... -->`` and ``<!-- END generated NAME -->``; the
 prose around the blocks is written by hand. Blocks: ``learner`` (the learner's Prometheus metrics), ``beta`` (the
 beta-sampler's labelled gauges), ``keys`` (every ``metrics.jsonl`` key: sink name, Prometheus series, reduction over
-micro-batches and ranks), all from ``winnow/metric_table.py``; ``generator`` (from ``GENERATOR`` in
+micro-batches and ranks), all from ``learner/metric_table.py``; ``generator`` (from ``GENERATOR`` in
 ``generator/metrics.py``) and ``verifier`` (from ``VERIFIER`` in ``verifier/service_metrics.py``).
 
 Usage: ``python scripts/metrics_doc.py`` rewrites the blocks; ``--check`` exits 1 if the doc is stale
@@ -22,8 +22,8 @@ DOC = ROOT / "docs" / "metrics.md"
 
 def render(text: str) -> str:
     from winnow.generator.metrics import GENERATOR
+    from winnow.learner.metric_table import LEARNER
     from winnow.metric_defs import render_doc, render_keys, render_prometheus
-    from winnow.metric_table import LEARNER
     from winnow.verifier.service_metrics import VERIFIER
 
     return render_doc(text, {"learner": render_prometheus(LEARNER, "learner"),

@@ -3,8 +3,8 @@
 registry) and the verifier's table in ``docs/metrics.md`` (``python scripts/metrics_doc.py``). The names, types, labels
 and help are a contract: the dashboards and alerts use them (pinned by tests/verifier/test_service_metrics.py).
 
-The rows live here, in the verifier's package, not in the shared layer (:mod:`winnow.metric_table` holds the
-learner's): the services' tables sit next to the code that sets them, and the pre-created series (:data:`RPCS`) are
+The rows live here, in the verifier's package, as the learner's live in its own (:mod:`winnow.learner.metric_table`),
+not in the shared layer: the services' tables sit next to the code that sets them, and the pre-created series (:data:`RPCS`) are
 the verifier's own.
 """
 

@@ -1,6 +1,6 @@
 """Metrics declared once: the row type of a service's metric table and everything driven by it.
 
-A table (``tuple[Metric, ...]``; the learner's is :data:`winnow.metric_table.LEARNER`) says per metric: its key
+A table (``tuple[Metric, ...]``; the learner's is :data:`winnow.learner.metric_table.LEARNER`) says per metric: its key
 in ``metrics.jsonl``, its Prometheus name, kind, labels and help, how it combines over micro-batches and over
 data-parallel ranks, its tracking-sink tag and its documentation. From it:
 

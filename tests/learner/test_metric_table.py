@@ -1,4 +1,4 @@
-"""The learner's metric table (winnow/metric_table.py): it covers every key a step emits, its reductions over
+"""The learner's metric table (learner/metric_table.py): it covers every key a step emits, its reductions over
 micro-batches and ranks are the declared ones (hand-checked, and over two real gloo ranks), and docs/metrics.md is
 generated from it."""
 
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from winnow.learner.algo import AlgoConfig
+from winnow.learner.metric_table import LEARNER
 from winnow.metric_defs import (
     Metric,
     by_key,
@@ -22,7 +23,6 @@ from winnow.metric_defs import (
     reduce_over_ranks,
     step_keys,
 )
-from winnow.metric_table import LEARNER
 
 from .conftest import CORRECT, WRONG, make_groups
 
@@ -91,7 +91,7 @@ def test_every_key_a_step_emits_has_a_row_and_every_step_row_is_emitted():
 def test_a_new_key_without_a_row_is_an_error():
     from winnow.learner.step import StepResult
 
-    with pytest.raises(ValueError, match=r"without a row in winnow/metric_table.py: \['new_metric'\]"):
+    with pytest.raises(ValueError, match=r"without a row in learner/metric_table.py: \['new_metric'\]"):
         StepResult.build(("trained",), {"loss": 1.0, "new_metric": 2.0})
     with pytest.raises(ValueError, match="no declared reduction"):
         rank_vectors(LEARNER, {"loss": 1.0, "new_metric": 2.0})
