@@ -511,7 +511,7 @@ def agreement(cases: list[Case], ours_verdicts, mv_verdicts) -> dict:
 
 
 # -- verdict identity: every verdict of a fixed corpus, to compare two versions of verifier/ ---------------
-def snapshot_rows(gsm8k: Path) -> list[tuple[str, str, str, dict]]:
+def snapshot_rows(gsm8k: Path, n_random: int = 300) -> list[tuple[str, str, str, dict]]:
     """(gold, response, task, options) rows: the case table (with its options rows), the peer-style suite, the
     timed sets (seeded, larger), GSM8K variants (when present), a grid of integer edge forms x wrappers x options,
     random integer pairs, and seeded random symbolic pairs of tests/verifier/test_quicktex.py's generator."""
@@ -550,7 +550,7 @@ def snapshot_rows(gsm8k: Path) -> list[tuple[str, str, str, dict]]:
     if (tests / "test_quicktex.py").is_file():
         gen = runpy.run_path(str(tests / "test_quicktex.py"))["_random_expr"]
         srng = random.Random(29)
-        for _ in range(1500):
+        for _ in range(n_random):
             a = gen(srng)
             k = srng.randrange(4)
             b = (a.replace(" ", "") if k == 0 else gen(srng) if k == 1
@@ -559,7 +559,7 @@ def snapshot_rows(gsm8k: Path) -> list[tuple[str, str, str, dict]]:
     return rows
 
 
-def verdict_snapshot(out: Path, gsm8k: Path) -> int:
+def verdict_snapshot(out: Path, gsm8k: Path, n_random: int = 300) -> int:
     """``--verdict-snapshot OUT``: the verdict of every row of :func:`snapshot_rows`, in this process (the fast path,
     then ``pool.handle_job`` for symbolic jobs, one call per distinct job), as JSON lines of text. Run it for two
     versions of ``verifier/`` (``--verifier-dir``) and compare the files: identical verdicts, path and detail
@@ -573,11 +573,13 @@ def verdict_snapshot(out: Path, gsm8k: Path) -> int:
         raise TimeoutError
 
     signal.signal(signal.SIGALRM, alarm)
-    rows = snapshot_rows(gsm8k)
+    rows = snapshot_rows(gsm8k, n_random)
     done: dict[tuple, str] = {}
     lines, jobs, timeouts = [], 0, 0
     t0 = time.process_time()
-    for g, r, task, o in rows:
+    for n, (g, r, task, o) in enumerate(rows):
+        if n % 5000 == 0:
+            print(f"row {n}/{len(rows)}: {jobs} jobs, {time.process_time() - t0:.0f} s CPU", file=sys.stderr, flush=True)
         try:
             d = engine.decide_fast(engine.prepare_gold(g, task, o), r, o)
         except Exception as e:
@@ -588,7 +590,7 @@ def verdict_snapshot(out: Path, gsm8k: Path) -> int:
             continue
         if d.key not in done:
             jobs += 1
-            signal.alarm(30)  # a safety net only (no job of this corpus comes close)
+            signal.alarm(10)  # a safety net (random junk can make sympy's evalf slow); a timeout shows in the file
             try:
                 done[d.key] = repr(sorted(handle_job(d.as_dict()).items()))
             except TimeoutError:
@@ -598,7 +600,7 @@ def verdict_snapshot(out: Path, gsm8k: Path) -> int:
                 signal.alarm(0)
         lines.append(f"job {d.extracted!r} {done[d.key]}")
     out.write_text("\n".join(lines) + "\n")
-    print(f"{len(rows)} rows, {jobs} distinct symbolic jobs ({timeouts} past 30 s), {time.process_time() - t0:.1f} s CPU "
+    print(f"{len(rows)} rows, {jobs} distinct symbolic jobs ({timeouts} past 10 s), {time.process_time() - t0:.1f} s CPU "
           f"-> {out}", file=sys.stderr)
     return 0
 
@@ -841,11 +843,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--verdict-snapshot", type=Path, metavar="OUT", help="write the verdict of every row of a fixed "
                     "corpus (~45,000 rows) to OUT instead, to compare two versions of verifier/ (see verdict_snapshot)")
+    ap.add_argument("--snapshot-random", type=int, default=300, help="with --verdict-snapshot: seeded random symbolic "
+                    "pairs (test_quicktex.py's generator) in the corpus")
     ap.add_argument("--verifier-dir", type=Path, help="with --verdict-snapshot: use this verifier/ folder (e.g. an "
                     "earlier commit's, from `git archive`) instead of the installed winnow.verifier")
     args = ap.parse_args(argv)
     if args.verdict_snapshot:
-        return verdict_snapshot(args.verdict_snapshot, args.gsm8k)
+        return verdict_snapshot(args.verdict_snapshot, args.gsm8k, args.snapshot_random)
     if args.cli:
         if args.quick:
             args.cli_integers, args.cli_symbolic, args.repeat = 2000, 40, 1
