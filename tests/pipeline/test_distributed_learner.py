@@ -268,11 +268,13 @@ FAULTS = [  # (rank, moment, version): checkpoints every 2 steps, 6 steps
 ]
 
 
-async def _audited_run(kcfg, tiny_dir, work: Path, fault: tuple[str, str, int]) -> dict[str, int]:
+async def _audited_run(kcfg, tiny_dir, work: Path, fault: tuple[str, str, int], extra: dict | None = None
+                       ) -> dict[str, int]:
     from transformers import AutoConfig
 
     vocab = AutoConfig.from_pretrained(tiny_dir).vocab_size
-    config = write_config(work / "cfg.yaml", kcfg, tiny_dir, work, max_steps=6, checkpoint_every=2, staleness=1)
+    config = write_config(work / "cfg.yaml", kcfg, tiny_dir, work, max_steps=6, checkpoint_every=2, staleness=1,
+                          extra=extra)
     env = _env(WINNOW_FAULT=":".join(map(str, fault)), WINNOW_FAULT_ONCE=str(work / "died"))
     cmd_log = work / "learner.log"
     # torchrun restarts every rank once after the kill (--max-restarts 1); they resume from the last checkpoint
@@ -308,6 +310,25 @@ async def test_kill_9_of_any_rank_loses_nothing_and_trains_nothing_twice(kafka_c
     print(f"audit {fault}: {result}")
     assert result["version"] == 6
     assert result["trained_in_steps"] == 6 * 4  # 6 steps x batch_groups 4, each group once
+    assert result["twice"] == result["lost"] == result["finished_and_outstanding"] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", [("0", "step", 3), ("1", "checkpoint", 4)], ids=lambda f: f"rank{f[0]}-{f[1]}-v{f[2]}")
+async def test_kill_9_with_dynamic_sampling_loses_nothing_and_trains_nothing_twice(kafka_config_one, tiny_dir,
+                                                                                   tmp_path, fault):
+    """Issue 25's exactly-once evidence: Reinforce-Rej with dynamic sampling, where every fourth position's group is
+    all correct and is finished on arrival while extra prompts are out in its place; SIGKILL of a rank mid-step or
+    mid-checkpoint, torchrun restarts both ranks. Every step still trains 4 groups, every dropped group is one of
+    the all-correct positions, nothing is finished twice or lost."""
+    algo = {"preset": "reinforce_rej", "kl_coef": 0.0, "max_staleness": 1, "dynamic_sampling": True}
+    result = await _audited_run(kafka_config_one, tiny_dir, tmp_path, fault, extra={"algo": algo})
+    rows = ledger(tmp_path)
+    dropped = [int(r["request_id"].split("-")[-2]) for r in rows if r["outcome"] == "all_correct"]
+    trained = [r for r in rows if r["outcome"] == "trained"]
+    print(f"audit {fault} (dynamic sampling): {result}; dropped positions {sorted(dropped)}")
+    assert result["version"] == 6 and len(trained) == 6 * 4
+    assert dropped and all(p % 4 == 0 for p in dropped)  # the all-correct positions, and only they
     assert result["twice"] == result["lost"] == result["finished_and_outstanding"] == 0
 
 
