@@ -1034,7 +1034,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--staleness-preset", default="reinforce_rej")
     p.add_argument("--staleness-values", default="0,1,2,4")
     p.add_argument("--config", default=None, help="a winnow up config file merged over every run's config")
-    p.add_argument("--run-timeout", type=float, default=1800.0, help="seconds allowed per run")
+    p.add_argument("--run-timeout", type=float, default=14400.0,
+                   help="seconds allowed per run (training and its pipeline; a run past it fails and is rerun from "
+                        "scratch): generous, since a 30-step run of the pre-registered suite took ~1,750 s on a "
+                        "shared 2-core machine and the old 1,800 s default failed it")
     p.add_argument("--only", default=None, help="run only these labels or presets (comma-separated), in this order within a seed")
     p.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
     p.add_argument("--report-only", action="store_true", help="only rebuild table.md and the plots")
