@@ -215,10 +215,15 @@ def assign_ports(data: dict[str, Any], host: str, generators: int = 1, *, is_fre
     with claims.locked():
         ports = _assign_ports(data, host, generators, lambda h, p: is_free(h, p) and claims.free(h, p), pick, claims)
         for name, port in ports.items():
-            for p in ([port + i for i in range(generators)] if name == "generator_metrics" else [port]):
+            for p in _span(name, port, generators):
                 if p > 0:
                     claims.claim(host, p)
     return ports
+
+
+def _span(name: str, base: int, generators: int) -> list[int]:
+    """The ports a service takes from ``base``: one, or generator ``i``'s ``base + i`` for the generators' metrics."""
+    return [base + i for i in range(generators if name == "generator_metrics" else 1)]
 
 
 def _assign_ports(data: dict[str, Any], host: str, generators: int, is_free, pick,
@@ -226,35 +231,32 @@ def _assign_ports(data: dict[str, Any], host: str, generators: int, is_free, pic
     ports: dict[str, int] = {}
     used: set[int] = set()
 
-    def span(name: str, base: int) -> list[int]:
-        return [base + i for i in range(generators if name == "generator_metrics" else 1)]
-
     unset = []
     for name, (section, key, _) in PORTS.items():  # the configured ones first: they are not negotiable
         value = (data.get(section) or {}).get(key)
         if value == -1:
             ports[name] = -1
         elif value:
-            busy = [p for p in span(name, int(value)) if p in used or not is_free(host, p)]
+            busy = [p for p in _span(name, int(value), generators) if p in used or not is_free(host, p)]
             if busy:
                 owner = claims.holder(host, busy[0]) if claims is not None else None
                 by = f" by another winnow up (pid {owner})" if owner not in (None, os.getpid()) else ""
                 raise ConfigError(f"{section}.{key}: port {busy[0]} on {host} is in use{by}: stop what holds it, or "
                                   f"set {section}.{key}=0 for a free port")
             ports[name] = int(value)
-            used.update(span(name, int(value)))
+            used.update(_span(name, int(value), generators))
         else:
             unset.append(name)
     for name in sorted(unset, key=lambda n: n == "generator_metrics"):  # the learner's default before generator 1's
         base = PORTS[name][2]
         for _ in range(100):
-            if all(p not in used and is_free(host, p) for p in span(name, base)):
+            if all(p not in used and is_free(host, p) for p in _span(name, base, generators)):
                 break
             base = pick(host)
         else:
-            raise ConfigError(f"no {len(span(name, base))} free consecutive ports on {host} for {name}")
+            raise ConfigError(f"no {len(_span(name, base, generators))} free consecutive ports on {host} for {name}")
         ports[name] = base
-        used.update(span(name, base))
+        used.update(_span(name, base, generators))
     return {name: ports[name] for name in PORTS}
 
 
