@@ -160,6 +160,12 @@ class KafkaConfig(Model):
     """Client request timeout."""
     max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     """Largest message the producer may send (a scored group with n long samples can be large)."""
+    empty_fetch_pause_ms: int = Field(default=20, ge=0, le=10_000)
+    """Pause of a consumer after a fetch that the broker answered with no records *before* the fetch's
+    wait time (aiokafka's ``fetch_max_wait_ms``) was up. Kafka holds an empty fetch until records arrive or
+    the wait is over, so this never triggers there; the local noida-db broker answers at once, and an idle
+    aiokafka consumer then re-fetches in a loop at ~60% of a core (docs/benchmarks.md, "pipeline_profile").
+    Also the most this adds to a record's delivery on such a broker. 0: never pause."""
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     """How clients talk to the brokers: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (SASL over TLS,
     what MSK, Confluent Cloud and Strimzi's TLS+SCRAM listeners use). Applies to every producer,

@@ -46,6 +46,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+import aiokafka
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import AbstractTokenProvider, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -476,6 +477,49 @@ class RebalanceHooks(ConsumerRebalanceListener):
                 await result
 
 
+class PacedConsumer(AIOKafkaConsumer):
+    """An AIOKafkaConsumer that pauses ``empty_fetch_pause_s`` after a fetch the broker answered with no
+    records before ``fetch_max_wait_ms`` was up (see ``KafkaConfig.empty_fetch_pause_ms``).
+
+    aiokafka's fetcher sends the next fetch as soon as one returns and relies on the broker to hold an
+    empty fetch for ``fetch_max_wait_ms``; a broker that answers at once (noida-db) turns every idle
+    consumer into a busy loop on its event loop's thread. The pause only follows an *early* empty answer,
+    so on a broker that waits (Kafka) nothing changes. ``early_empty_fetches`` counts the pauses.
+    """
+
+    def __init__(self, *topics: str, empty_fetch_pause_s: float = 0.02, **kwargs: Any) -> None:
+        super().__init__(*topics, **kwargs)
+        self.empty_fetch_pause_s = empty_fetch_pause_s
+        self.fetch_max_wait_s = kwargs.get("fetch_max_wait_ms", 500) / 1000
+        self.early_empty_fetches = 0
+
+    async def start(self) -> None:
+        await super().start()
+        if self.empty_fetch_pause_s > 0:
+            self._pace_fetcher()
+
+    def _pace_fetcher(self) -> None:
+        fetcher = getattr(self, "_fetcher", None)
+        fetch_one = getattr(fetcher, "_proc_fetch_request", None)
+        if fetch_one is None:  # an aiokafka whose fetcher is built differently: run unpaced, say so once
+            log.warning("aiokafka %s has no Fetcher._proc_fetch_request: empty fetches are not paced",
+                        aiokafka.__version__)
+            return
+
+        async def paced(assignment: Any, node_id: int, request: Any) -> bool:
+            started = time.monotonic()
+            got_records = await fetch_one(assignment, node_id, request)
+            if not got_records and time.monotonic() - started < self.fetch_max_wait_s / 2:
+                self.early_empty_fetches += 1
+                try:
+                    await asyncio.sleep(self.empty_fetch_pause_s)
+                except asyncio.CancelledError:  # the fetcher cancels its requests on close or rebalance
+                    return False
+            return bool(got_records)
+
+        fetcher._proc_fetch_request = paced  # type: ignore[union-attr]
+
+
 def make_consumer(
     cfg: KafkaConfig,
     topics: Iterable[str] | None,
@@ -489,7 +533,7 @@ def make_consumer(
     isolation_level: str = "read_committed",
     **overrides: Any,
 ) -> AIOKafkaConsumer:
-    """An AIOKafkaConsumer (not started) with manual commits, subscribed to ``topics``.
+    """An AIOKafkaConsumer (:class:`PacedConsumer`, not started) with manual commits, subscribed to ``topics``.
 
     - ``enable_auto_commit=False``: commit with :func:`commit_offsets` after the work is durable.
     - ``auto_offset_reset="earliest"``: a new group reads from the start (no "latest": Tansu's
@@ -497,6 +541,7 @@ def make_consumer(
     - session timeout from ``cfg`` (>= 6000 ms), heartbeat at a third of it.
     - ``read_committed``: never see aborted transactional writes.
     - ``on_assigned`` / ``on_revoked`` run on rebalances (see :class:`RebalanceHooks`).
+    - an empty fetch the broker answered early is followed by a pause of ``cfg.empty_fetch_pause_ms``.
 
     With ``topics=None`` nothing is subscribed (use ``consumer.assign([...])``).
     """
@@ -518,7 +563,7 @@ def make_consumer(
     if max_poll_records is not None:
         kwargs["max_poll_records"] = max_poll_records
     kwargs.update(overrides)
-    consumer = AIOKafkaConsumer(**kwargs)
+    consumer = PacedConsumer(empty_fetch_pause_s=cfg.empty_fetch_pause_ms / 1000, **kwargs)
     if topics is not None:
         names = [topics] if isinstance(topics, str) else list(topics)
         if group_id is None:

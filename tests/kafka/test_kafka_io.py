@@ -301,3 +301,48 @@ async def test_consumer_lag(kafka_config, build):
         assert await consumer_lag(consumer) == 0
     finally:
         await consumer.stop()
+
+
+async def _count_fetches_while_idle(cfg, topic: str, seconds: float):
+    """Fetch requests an idle consumer (its topic drained) sends in ``seconds``; then one record still arrives."""
+    producer = make_producer(cfg)
+    await producer.start()
+    consumer = make_consumer(cfg, [topic], f"{cfg.topic_prefix}-idle")
+    await consumer.start()
+    try:
+        await producer.send_and_wait(topic, b"first")
+        assert (await asyncio.wait_for(consumer.getone(), 30)).value == b"first"
+        client_send, fetches = consumer._client.send, [0]
+
+        async def counting_send(node_id, request, *args, **kwargs):
+            fetches[0] += type(request).__name__.startswith("FetchRequest")
+            return await client_send(node_id, request, *args, **kwargs)
+
+        consumer._client.send = counting_send
+        waiting = asyncio.create_task(consumer.getone())  # a service waits for records like this
+        await asyncio.sleep(seconds)
+        counted = fetches[0]
+        await producer.send_and_wait(topic, b"second")  # the pause does not stop delivery
+        assert (await asyncio.wait_for(waiting, 10)).value == b"second"
+        return counted, consumer.early_empty_fetches
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+async def test_an_idle_consumer_does_not_spin(kafka_config):
+    """A broker that answers an empty fetch at once (noida-db) made aiokafka's fetcher re-fetch in a loop: thousands
+    of requests a second from every idle consumer, ~60% of a core each (docs/benchmarks.md, pipeline_profile). After
+    an early empty answer the consumer pauses ``empty_fetch_pause_ms`` (20), so an idle second costs at most ~50
+    fetches; a broker that holds the fetch (Kafka, Tansu) sends ~2 a second and never triggers the pause."""
+    await ensure_topics(kafka_config, partitions=1)
+    seconds = 1.5
+    fetches, _ = await _count_fetches_while_idle(kafka_config, topics(kafka_config).groups, seconds)
+    assert fetches <= seconds / 0.020 * 1.5 + 10, f"{fetches} fetch requests in {seconds} s of idling"
+
+
+async def test_empty_fetch_pause_zero_turns_the_pacing_off(kafka_config):
+    cfg = kafka_config.model_copy(update={"empty_fetch_pause_ms": 0})
+    await ensure_topics(cfg, partitions=1)
+    _, pauses = await _count_fetches_while_idle(cfg, topics(cfg).groups, 0.3)
+    assert pauses == 0
