@@ -168,23 +168,26 @@ def minimal_loop(args: argparse.Namespace, model_dir: str, train: list[dict], he
                     if r and (correct[i] or train_on == "all")]
             tokens = sum(len(r) for _, r, _ in kept)
             kept.sort(key=lambda k: -(len(k[0]) + len(k[1])))  # similar lengths together, as winnow
-            for s in range(0, len(kept), args.micro_batch):
-                mb = kept[s : s + args.micro_batch]
-                L = max(len(p) + len(r) for p, r, _ in mb)
-                x = torch.full((len(mb), L), tok.pad_token_id)
-                am = torch.zeros((len(mb), L), dtype=torch.long)
-                y = torch.full((len(mb), L), -100)
-                for i, (p, r, _) in enumerate(mb):
-                    x[i, : len(p) + len(r)] = torch.tensor(p + r)
-                    am[i, : len(p) + len(r)] = 1
-                    y[i, len(p) - 1 : len(p) + len(r) - 1] = torch.tensor(r)  # logits at t predict t+1
-                with bf16():
+            # a careful user's habit (and winnow's): one autocast region for the step's micro-batches, so the bf16
+            # casts of the weights are cached across them; each backward with autocast off, as outside a region
+            with bf16():  # the region closes (its cached casts dropped) before the weights change
+                for s in range(0, len(kept), args.micro_batch):
+                    mb = kept[s : s + args.micro_batch]
+                    L = max(len(p) + len(r) for p, r, _ in mb)
+                    x = torch.full((len(mb), L), tok.pad_token_id)
+                    am = torch.zeros((len(mb), L), dtype=torch.long)
+                    y = torch.full((len(mb), L), -100)
+                    for i, (p, r, _) in enumerate(mb):
+                        x[i, : len(p) + len(r)] = torch.tensor(p + r)
+                        am[i, : len(p) + len(r)] = 1
+                        y[i, len(p) - 1 : len(p) + len(r) - 1] = torch.tensor(r)  # logits at t predict t+1
                     logits = model(input_ids=x, attention_mask=am).logits
-                nll = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100,
-                                                        reduction="none").view(len(mb), L)
-                advantage = torch.tensor([1.0 if train_on == "correct" else a for _, _, a in mb])  # RAFT: 1
-                loss = (nll.sum(1) * advantage).sum() / tokens  # token-mean over the batch
-                loss.backward()
+                    nll = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100,
+                                                            reduction="none").view(len(mb), L)
+                    advantage = torch.tensor([1.0 if train_on == "correct" else a for _, _, a in mb])  # RAFT: 1
+                    loss = (nll.sum(1) * advantage).sum() / tokens  # token-mean over the batch
+                    with torch.autocast("cpu", enabled=False):
+                        loss.backward()
             if kept:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
@@ -517,6 +520,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", default="runs/bench-learning", help="results (resumable) and the run directory")
     p.add_argument("--fresh", action="store_true", help="ignore results already in --work-dir")
     p.add_argument("--keep-weights", action="store_true", help="keep winnow's published weights")
+    p.add_argument("--reps", type=int, default=1,
+                   help="paired repetitions (seed + r, the order alternated, each in <work-dir>/rep<r>); prints medians "
+                        "and spread, writes <work-dir>/summary.json (or --out)")
     p.add_argument("--run-timeout", type=float, default=3600.0)
     p.add_argument("--plot", default=None, help="PNG path (default: <work-dir>/learning.png)")
     p.add_argument("--out", default=None, help="write all results as JSON here")
@@ -537,6 +543,25 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             Path(args.out).write_text(json.dumps(res, indent=1))
         return 0
+    if args.reps > 1:  # paired repetitions: seed + r, the order alternated, each in <work-dir>/rep<r>
+        runs = []
+        for r in range(args.reps):
+            rep = argparse.Namespace(**{**vars(args), "seed": args.seed + r, "work_dir": str(Path(args.work_dir) / f"rep{r}"),
+                                        "plot": None, "out": None})
+            runs.append(run_once(rep, model_dir, order if r % 2 == 0 else order[::-1]))
+        summary = summarize([x for x in runs if x is not None])
+        print(report_reps(summary))
+        out = Path(args.out) if args.out else Path(args.work_dir) / "summary.json"
+        out.write_text(json.dumps(summary, indent=1))
+        print(f"summary: {out}")
+        return 0
+    run_once(args, model_dir, order)
+    return 0
+
+
+def run_once(args: argparse.Namespace, model_dir: str, order: list[str]) -> dict | None:
+    """One paired run of the systems in ``order`` in ``args.work_dir`` (resumable per system); the results with their
+    comparison, or None when not both systems ran."""
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     train_path, heldout_rows = make_data(work, size=args.steps * args.batch_groups * 4, eval_prompts=args.eval_prompts,
@@ -544,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     train = [json.loads(line) for line in train_path.read_text().splitlines()]
     key = {k: getattr(args, k) for k in ("model", "steps", "eval_every", "eval_prompts", "batch_groups", "n", "lr",
                                          "max_new_tokens", "seed")}
-    loop_key = {**key, "micro_batch": args.micro_batch}  # the loop's own layout; winnow picks its own
+    loop_key = {**key, "micro_batch": args.micro_batch, "autocast_region": "step"}  # the loop's own layout
     if args.max_staleness is not None:
         key = {**key, "max_staleness": args.max_staleness}
     if args.loop_threads:
@@ -574,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = res
     if not all(s in results for s in SYSTEMS):
         log("run both systems (--order loop,winnow) for the comparison")
-        return 0
+        return None
     cmp = compare(results, args.target)
     results["comparison"] = cmp
     print(report(results, cmp))
@@ -583,7 +608,46 @@ def main(argv: list[str] | None = None) -> int:
     print(f"plot: {png}")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
-    return 0
+    return results
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Median, min and max over paired repetitions of each comparison figure (None where a run never reached the
+    target), with every repetition's values."""
+    import statistics
+
+    def spread(values: list) -> dict:
+        vals = [v for v in values if v is not None]
+        return {"median": statistics.median(vals) if vals else None, "min": min(vals, default=None),
+                "max": max(vals, default=None), "values": values}
+
+    figures = {
+        "time_to_target_s.loop": [r["comparison"]["time_to_target_s"]["loop"] for r in runs],
+        "time_to_target_s.winnow": [r["comparison"]["time_to_target_s"]["winnow"] for r in runs],
+        "time_to_target_ratio": [r["comparison"]["time_to_target_ratio"] for r in runs],
+        "step_s.loop": [r["comparison"]["step_s"]["loop"] for r in runs],
+        "step_s.winnow": [r["comparison"]["step_s"]["winnow"] for r in runs],
+        "step_s_ratio": [r["comparison"]["step_s_ratio"] for r in runs],
+        "wall_s.loop": [r["loop"]["rows"][-1]["wall_s"] for r in runs],
+        "wall_s.winnow": [r["winnow"]["rows"][-1]["wall_s"] for r in runs],
+        "wall_ratio": [r["winnow"]["rows"][-1]["wall_s"] / r["loop"]["rows"][-1]["wall_s"] for r in runs],
+        "final_accuracy.loop": [r["loop"]["evals"][-1]["accuracy"] for r in runs],
+        "final_accuracy.winnow": [r["winnow"]["evals"][-1]["accuracy"] for r in runs],
+        "target": [r["comparison"]["target"] for r in runs],
+    }
+    return {"reps": len(runs), "seeds": [r["args"]["seed"] for r in runs],
+            "figures": {k: spread(v) for k, v in figures.items()}}
+
+
+def report_reps(summary: dict) -> str:
+    f = summary["figures"]
+    fmt = lambda x, d=2: "-" if x is None else f"{x:.{d}f}"  # noqa: E731
+    lines = [f"{summary['reps']} paired repetitions (seeds {summary['seeds']}): median [min, max]; per repetition"]
+    for k, v in f.items():
+        d = 3 if "accuracy" in k or k == "target" else 2 if "ratio" in k else 1
+        lines.append(f"  {k:26s} {fmt(v['median'], d):>8s} [{fmt(v['min'], d)}, {fmt(v['max'], d)}]   "
+                     + ", ".join(fmt(x, d) for x in v["values"]))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

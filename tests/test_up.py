@@ -110,6 +110,29 @@ def test_learning_benchmark_ratios(learning):
     assert learning.time_to(win["evals"], 0.9) is None
 
 
+def test_learning_benchmark_repetitions_summary(learning):
+    """Medians and spread over paired repetitions; a repetition that never reached its target counts as None
+    in its values and is left out of the median (3 reps: ratios 0.6, None, 0.4 -> median 0.5)."""
+    def rep(seed, t_loop, t_win, step_loop, step_win):
+        return {"args": {"seed": seed},
+                "loop": {"rows": [{"wall_s": 400.0}], "evals": [{"accuracy": 0.8}]},
+                "winnow": {"rows": [{"wall_s": 200.0 + seed}], "evals": [{"accuracy": 0.9}]},
+                "comparison": {"target": 0.8, "time_to_target_s": {"loop": t_loop, "winnow": t_win},
+                               "time_to_target_ratio": t_win / t_loop if t_win is not None else None,
+                               "step_s": {"loop": step_loop, "winnow": step_win},
+                               "step_s_ratio": step_win / step_loop}}
+    summary = learning.summarize([rep(0, 100.0, 60.0, 20.0, 10.0), rep(1, 200.0, None, 20.0, 12.0),
+                                  rep(2, 150.0, 60.0, 25.0, 10.0)])
+    f = summary["figures"]
+    assert summary["reps"] == 3 and summary["seeds"] == [0, 1, 2]
+    assert f["time_to_target_ratio"]["median"] == pytest.approx(0.5)
+    assert f["time_to_target_ratio"]["values"] == [pytest.approx(0.6), None, pytest.approx(0.4)]
+    assert f["step_s_ratio"] == {"median": pytest.approx(0.5), "min": pytest.approx(0.4), "max": pytest.approx(0.6),
+                                 "values": [pytest.approx(0.5), pytest.approx(0.6), pytest.approx(0.4)]}
+    assert f["wall_ratio"]["median"] == pytest.approx(201 / 400)
+    assert "median [min, max]" in learning.report_reps(summary)
+
+
 def test_learning_benchmark_data_is_disjoint_and_reproducible(learning, tmp_path):
     path, held = learning.make_data(tmp_path, size=50, eval_prompts=8, seed=3)
     train = path.read_text().splitlines()
