@@ -46,7 +46,10 @@ def _status_kib(field: str) -> int:
     return -1
 
 
-def _groups(vocab: int, groups: int, n: int, prompt_len: int, max_new: int, seed: int):
+def _groups(vocab: int, groups: int, n: int, prompt_len: int, max_new: int, seed: int, formatter=None):
+    """Synthetic groups of the run's shape. With ``formatter`` (the run's chat format) the prompts are the default
+    task's ("Calculate a + b." in the run's format, so they share its system prompt and few-shot prefix, as a real
+    batch does), else ``prompt_len`` +- 8 random tokens."""
     import random
 
     from winnow.learner.batch import GroupData, SampleData
@@ -54,7 +57,10 @@ def _groups(vocab: int, groups: int, n: int, prompt_len: int, max_new: int, seed
     rng = random.Random(seed)
     out = []
     for gi in range(groups):
-        prompt = [rng.randrange(3, vocab) for _ in range(prompt_len + rng.randrange(-8, 9))]
+        if formatter is not None:
+            prompt = formatter(f"Calculate {rng.randrange(10, 100)} + {rng.randrange(10, 100)}.")
+        else:
+            prompt = [rng.randrange(3, vocab) for _ in range(prompt_len + rng.randrange(-8, 9))]
         samples = []
         for si in range(n):
             length = rng.randrange(4, max_new + 1)
@@ -78,6 +84,11 @@ def child(args) -> None:
     cfg = LearnerConfig.model_validate(data.get("learner", data))
     trainer, tokenizer = build_trainer(cfg)
     vocab = len(tokenizer)
+    formatter = None
+    if args.chat_prompts:
+        from winnow.chat import PromptFormatter
+
+        formatter = PromptFormatter(tokenizer, cfg.chat)
     out = Path(args.out) / f"{args.variant}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -92,16 +103,20 @@ def child(args) -> None:
 
     async def main():
         for s in range(args.steps):
-            batch = _groups(vocab, cfg.batch_groups, cfg.n, args.prompt_len, cfg.sampling.max_new_tokens, seed=s)
+            batch = _groups(vocab, cfg.batch_groups, cfg.n, args.prompt_len, cfg.sampling.max_new_tokens, seed=s,
+                            formatter=formatter)
             r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-            await step(batch)
+            metrics = await step(batch)
             r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
             row = {"variant": args.variant, "step": s + 1, "wall_s": t1 - t0, "user_s": r1.ru_utime - r0.ru_utime,
                    "sys_s": r1.ru_stime - r0.ru_stime, "minflt": r1.ru_minflt - r0.ru_minflt,
                    "nvcsw": r1.ru_nvcsw - r0.ru_nvcsw, "nivcsw": r1.ru_nivcsw - r0.ru_nivcsw,
                    "rss_kib": _status_kib("VmRSS"), "hwm_kib": _status_kib("VmHWM"),
                    "tokens": sum(len(x.response_token_ids) for g in batch for x in g.samples),
-                   "load1": os.getloadavg()[0]}
+                   "load1": os.getloadavg()[0],
+                   **{f"trainer_{k}": metrics.metrics[k] for k in ("tokens", "time_forward_s", "time_backward_s",
+                                                                   "time_optimizer_s", "time_total_s")
+                      if k in getattr(metrics, "metrics", {})}}
             rows.append(row)
             with out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -118,6 +133,8 @@ def main() -> None:
     p.add_argument("--config", required=True, help="a learner config (e.g. RUN/config/learner.yaml of winnow up)")
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--prompt-len", type=int, default=120)
+    p.add_argument("--chat-prompts", action="store_true",
+                   help="prompts in the run's chat format (the default task's sums) instead of random tokens")
     p.add_argument("--variants", default="glibc,glibc-thread-hop,one-thread,arena2-thread-hop,jemalloc-thread-hop")
     p.add_argument("--jemalloc", default="/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
     p.add_argument("--tcmalloc", default="/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
@@ -144,7 +161,8 @@ def main() -> None:
             env["LD_PRELOAD"] = args.tcmalloc
         (Path(args.out) / f"{variant}.jsonl").unlink(missing_ok=True)
         cmd = [sys.executable, __file__, "--config", args.config, "--steps", str(args.steps), "--prompt-len",
-               str(args.prompt_len), "--out", args.out, "--max-rss-gib", str(args.max_rss_gib), "--variant", variant]
+               str(args.prompt_len), "--out", args.out, "--max-rss-gib", str(args.max_rss_gib), "--variant", variant,
+               *(["--chat-prompts"] if args.chat_prompts else [])]
         subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
         rows = [json.loads(x) for x in (Path(args.out) / f"{variant}.jsonl").read_text().splitlines()]
         late = rows[len(rows) // 2:]
