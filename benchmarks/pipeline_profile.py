@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/pipeline_profile.py RUN_DIR [--window 60] [--out profile.json]
     .venv/bin/python benchmarks/pipeline_profile.py --pid PID [--pid PID ...] [--window 60]
+    .venv/bin/python benchmarks/pipeline_profile.py --pyspy-raw FILE   # summarize `py-spy record -f raw --threads`
 
 For each process of the run (learner, generators, verifiers, the broker: found by their command lines naming
 ``RUN_DIR``) or each ``--pid``, it reads every thread's ``/proc/PID/task/TID/{stat,schedstat,status}`` at the
@@ -145,13 +146,35 @@ def report(res: dict) -> str:
     return "\n".join(lines)
 
 
+def pyspy_summary(raw: Path, top: int = 8) -> str:
+    """Samples per thread and the most frequent last-4-frame stacks of a ``py-spy record -f raw --threads`` file."""
+    import collections
+
+    per_thread: collections.Counter = collections.Counter()
+    stacks: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        per_thread[frames[0]] += int(count)
+        stacks[frames[0]][";".join(f.split(" (")[0] for f in frames[-4:])] += int(count)
+    lines = []
+    for thread, n in per_thread.most_common():
+        lines.append(f"== {thread}: {n} samples")
+        lines += [f"   {c:6d} {k[:200]}" for k, c in stacks[thread].most_common(top)]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", nargs="?", help="a winnow up run directory (its processes are found by command line)")
     p.add_argument("--pid", type=int, action="append", default=[], help="watch this process (repeatable)")
     p.add_argument("--window", type=float, default=60.0)
     p.add_argument("--out", default=None, help="append the result as one JSON line here")
+    p.add_argument("--pyspy-raw", default=None, help="only summarize this `py-spy record -f raw --threads` file")
     args = p.parse_args(argv)
+    if args.pyspy_raw:
+        print(pyspy_summary(Path(args.pyspy_raw)))
+        return 0
     pids = {pid: f"pid{pid}" for pid in args.pid}
     if args.run_dir:
         pids |= run_pids(Path(args.run_dir))
