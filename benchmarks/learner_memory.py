@@ -75,13 +75,11 @@ def child(args) -> None:
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
 
-    import yaml
-
+    from winnow.config import load_config
     from winnow.learner.config import LearnerConfig
     from winnow.learner.model import build_trainer
 
-    data = yaml.safe_load(Path(args.config).read_text())
-    cfg = LearnerConfig.model_validate(data.get("learner", data))
+    cfg = load_config(LearnerConfig, args.config)  # the file's shared sections (model, numerics, chat...) included
     trainer, tokenizer = build_trainer(cfg)
     vocab = len(tokenizer)
     formatter = None
