@@ -11,7 +11,13 @@ from safetensors.torch import save_file
 
 from winnow.generator.engine import Engine
 from winnow.hf_engine import HFEngine
-from winnow.sampling import GenerationCancelled, SamplingConfig, WeightLoadError, process_logprobs
+from winnow.sampling import (
+    GenerationCancelled,
+    SamplingConfig,
+    WeightLoadError,
+    process_logprobs,
+    sample_tokens,
+)
 
 
 def eos_biased_model(eos_bias: float, seed: int = 0):
@@ -61,6 +67,27 @@ def test_process_logprobs_hand_computed():
     assert torch.allclose(process_logprobs(logits, 2.0).exp()[0], s / s.sum(), atol=1e-6)
     # greedy: point mass on the argmax
     assert process_logprobs(logits, 0.0)[0].tolist() == [0.0, float("-inf"), float("-inf")]
+
+
+def test_sample_tokens_draws_the_recorded_distribution():
+    """200,000 draws per row of two hand-set distributions (one with a token of probability 0, one that is a row of
+    a large vocabulary): each token's frequency within 5 standard errors of its probability, the zero-probability
+    token never; a seeded generator repeats the draw."""
+    probs = torch.tensor([[0.1, 0.0, 0.25, 0.65, 0.0], [0.2, 0.2, 0.2, 0.2, 0.2]])
+    rows = 200_000
+    lp = probs.log().repeat_interleave(rows, 0)
+    g = torch.Generator().manual_seed(3)
+    tok = sample_tokens(lp, g)
+    assert tok.dtype == torch.int64 and tok.shape == (2 * rows,)
+    for r in range(2):
+        freq = torch.bincount(tok[r * rows : (r + 1) * rows], minlength=5).double() / rows
+        se = (probs[r].double() * (1 - probs[r].double()) / rows).sqrt()
+        assert ((freq - probs[r].double()).abs() <= 5 * se + 1e-12).all(), (r, freq, probs[r])
+    assert not torch.isin(tok[:rows], torch.tensor([1, 4])).any()
+    assert torch.equal(sample_tokens(lp, torch.Generator().manual_seed(3)), tok)
+    big = torch.full((4, 49_152), -30.0)
+    big[:, 49_151] = 0.0  # all the mass on the last token: the upper edge of the cumulative sum
+    assert sample_tokens(torch.log_softmax(big, -1)).tolist() == [49_151] * 4
 
 
 def test_engine_satisfies_protocol(tiny):
