@@ -127,9 +127,10 @@ def sample_tokens(logprobs: torch.Tensor, generator: torch.Generator | None = No
     import torch
 
     cdf = logprobs.float().exp().cumsum(-1)  # (B, V)
-    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
-    # the first index whose cumulative probability exceeds u; u < total, the clamp only guards rounding
-    return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[-1] - 1).squeeze(-1)
+    # u in (0, total]: the first index whose cumulative probability reaches u always exists and never has
+    # probability 0 (its cumulative sum would equal its predecessor's, found first), rounding included
+    u = (1.0 - torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype)) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u).squeeze(-1)
 
 
 # ------------------------------------------------------------------------------------- the wire
