@@ -1,6 +1,6 @@
 """The algorithm comparison of Xiong et al. (2025, arXiv 2504.11343) through winnow's real pipeline.
 
-    winnow experiment [--suite main|ablations|staleness|all] [--seeds 0,1,2] [--steps 10] [--results DIR]
+    winnow experiment [--suite main|ablations|staleness|all|prereg|long] [--seeds 0,1,2] [--steps 10] [--results DIR]
     winnow experiment --report-only --results DIR       # rebuild the table and the plots
     .venv/bin/python benchmarks/experiment.py ...        # the same
 
@@ -20,6 +20,12 @@ Suites (every run: same model, task, seed set and budget; only the algorithm dif
   Python reward function, :func:`placebo_score`; see :func:`up_config`). Its report adds ``prereg.md``: every
   metric with a paired bootstrap interval over problems (:func:`paired_bootstrap`) against the initial model and
   between arms, and the verdict of each pre-registered criterion (``PREREG_CRITERIA``).
+- ``long`` (the paper's dynamics over a longer budget; not part of ``all``): ``raft++``, ``grpo``, ``reinforce_rej``
+  as presets, meant with ``--curve-every K``: each run also keeps its policy every K steps
+  (``learner.weights.keep_every``) and this script evaluates each of them greedily on the held-out problems
+  (``curve.json``). Its report adds ``long.md`` (accuracy, KL and entropy at each evaluated step, paired intervals
+  over problems against the initial model and between arms) and the plot ``curve.png`` (held-out accuracy vs step,
+  and the accuracy gain vs KL to the initial model).
 
 ``--exclude-heldout`` (reasoning-gym tasks): the held-out problems are distinct by :func:`problem_key` (both orders
 of a commutative pair are one problem) and every run trains on its seed's stream without them (a JSONL file per run
@@ -70,7 +76,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +98,11 @@ STALENESS_VALUES = [0, 1, 2, 4]
 PREREG_ARMS = ["raft++", "grpo", "reinforce_rej", "placebo"]
 PLACEBO = "placebo"
 """The placebo arm's label: RAFT++'s update on samples kept at random (``Budget.placebo_rate``), see :func:`up_config`."""
-SUITES = ("main", "ablations", "staleness", "prereg")
+SUITES = ("main", "ablations", "staleness", "prereg", "long")
 ALL_SUITES = ("main", "ablations", "staleness")
-"""``--suite all``: the paper's suites (``prereg`` is run on its own, with its pre-registered budget)."""
+"""``--suite all``: the paper's suites (``prereg`` and ``long`` are run on their own, with their own budgets)."""
+LONG_ARMS = ["raft++", "grpo", "reinforce_rej"]
+"""The ``long`` suite: the paper's question of which leads early and which catches up, over a longer budget."""
 
 
 # -- what to run ------------------------------------------------------------------------------------
@@ -130,6 +138,8 @@ def plan(suites: list[str], seeds: list[int], staleness_preset: str = "reinforce
             elif suite == "prereg":  # docs/results/README.md, "Pre-registered: ..."
                 specs += [RunSpec(suite, a, {"preset": "raft++", "advantage": "unit"} if a == PLACEBO else {"preset": a},
                                   seed) for a in PREREG_ARMS]
+            elif suite == "long":
+                specs += [RunSpec(suite, a, {"preset": a}, seed) for a in LONG_ARMS]
             elif suite == "ablations":
                 specs += [RunSpec(suite, f"{p} (r_wrong=-1)", {"preset": p, "reward_wrong": -1.0}, seed)
                           for p in ABLATION_PRESETS]
@@ -176,6 +186,9 @@ class Budget:
     every training stream is the reasoning-gym task without them (:func:`training_rows`, a JSONL file per seed)."""
     placebo_rate: float = 0.3
     """The placebo arm keeps each of its own samples with this probability, independently of correctness."""
+    curve_every: int = 0
+    """Also evaluate every run's policy every this many steps (greedy, the held-out problems; ``curve.json``): the
+    run keeps those versions (``learner.weights.keep_every``). 0 = the final weights only."""
 
 
 def up_config(spec: RunSpec, budget: Budget, model_dir: str, bootstrap: str, prefix: str,
@@ -208,6 +221,7 @@ def up_config(spec: RunSpec, budget: Budget, model_dir: str, bootstrap: str, pre
             "max_steps": budget.steps,
             "sampling": sampling,
             "checkpoint": {"every": budget.steps},
+            "weights": {"keep_every": budget.curve_every},
             "eval": {"every": 0},
             "tracking": {"sinks": []},  # the runner keeps its own records (results/runs/<id>/)
             "prompts": train_source(budget, spec.seed, train_file),
@@ -426,7 +440,7 @@ def evaluate(model_dir: str, weights: str | None, problems: list[Any], budget: B
             return [v.status == Status.CORRECT for v in verifier.verify_batch(items)]
 
         greedy_ok = [correct([g[0].text], p)[0] for g, p in zip(greedy, problems, strict=True)]
-        counts = [sum(correct([c.text for c in s], p)) for s, p in zip(sampled, problems, strict=True)]
+        counts = [sum(correct([c.text for c in s], p)) for s, p in zip(sampled, problems, strict=True)] if sampled else []
     finally:
         verifier.close()
     out: dict[str, Any] = {
@@ -488,14 +502,24 @@ def run_pipeline(data: dict[str, Any], run_dir: Path, timeout_s: float) -> float
         pipeline.stop_all()
 
 
+def published_versions(run_dir: Path) -> list[tuple[int, Path]]:
+    """``(version, weight file)`` of every version the run's store still holds, oldest first."""
+    found = sorted((int(p.name[1:]), p / "model.safetensors") for p in (run_dir / "weights").glob("v*")
+                   if p.name[1:].isdigit())
+    return [(v, f) for v, f in found if f.exists()]
+
+
 def final_weights(run_dir: Path) -> tuple[str, int]:
     """The newest published weight file of a run and its version."""
-    versions = sorted((int(p.name[1:]), p) for p in (run_dir / "weights").glob("v*") if p.name[1:].isdigit())
-    for version, path in reversed(versions):
-        f = path / "model.safetensors"
-        if f.exists():
-            return str(f), version
-    raise RuntimeError(f"no published weights under {run_dir / 'weights'}")
+    versions = published_versions(run_dir)
+    if not versions:
+        raise RuntimeError(f"no published weights under {run_dir / 'weights'}")
+    version, path = versions[-1]
+    return str(path), version
+
+
+CURVE_KEYS = ("greedy_accuracy", "greedy_correct", "greedy_no_marker", "problem_keys", "eval_s")
+"""What ``curve.json`` keeps of each intermediate evaluation (:func:`evaluate` with no samples)."""
 
 
 TRAINED_ONLY = ("entropy", "kl")
@@ -566,6 +590,17 @@ def run_one(spec: RunSpec, budget: Budget, model_dir: str, bootstrap: str, resul
                   seed=spec.seed, threads=eval_threads)
     ev["weights_version"] = version
     (out / "eval.json").write_text(json.dumps(ev, indent=1))
+    if budget.curve_every:  # the policy every curve_every steps, greedy on the same problems (the final one above)
+        greedy_only = replace(budget, eval_k=0)
+        points = []
+        for v, path in published_versions(run_dir):
+            if v % budget.curve_every or v == 0 or v >= version:
+                continue
+            pt = evaluate(model_dir, str(path), problems, greedy_only, data["generator"].get("chat", {}),
+                          precision=numerics.get("precision", "auto"), attention=numerics.get("attention", "auto"),
+                          seed=spec.seed, threads=eval_threads)
+            points.append({"version": v, **{k: pt[k] for k in CURVE_KEYS}})
+        (out / "curve.json").write_text(json.dumps({"every": budget.curve_every, "points": points}, indent=1))
     summary = summarize(spec, _rows(out / "metrics.jsonl"), ev, wall_s)
     summary["git_commit"] = _git_commit()
     if excluded is not None:
@@ -626,9 +661,10 @@ def table(results: Path) -> str:
                "tokens trained", "skipped steps", "wall s", "dropped stale"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     if base is not None:
-        lines.append("| base | initial model | - | " + f"{100 * base['greedy_accuracy']:.1f} | "
-                     + " | ".join(f"{100 * base['pass_at_k'][k]:.1f}" for k in ks)
-                     + f" | {base.get('sample_entropy', float('nan')):.3f}" + " | - | - | - | - | - | - | - | - |")
+        cells = ["base", "initial model", "-", f"{100 * base['greedy_accuracy']:.1f}"]
+        cells += [f"{100 * base['pass_at_k'][k]:.1f}" for k in ks]
+        cells += [f"{base['sample_entropy']:.3f}" if "sample_entropy" in base else "n/a"] + ["-"] * 8
+        lines.append("| " + " | ".join(cells) + " |")
     groups: dict[tuple[str, str], list[dict]] = {}
     for s in summaries:
         groups.setdefault((s["suite"], s["label"]), []).append(s)
@@ -868,6 +904,157 @@ def prereg_report(results: Path, min_seeds: int = PREREG_SEEDS) -> str:
     return "\n".join(out) + "\n"
 
 
+# -- the long runs: learning curves (issue 24 item 3) --------------------------------------------------
+
+
+def load_long(results: Path) -> tuple[dict[str, dict[int, dict[int, dict[str, Any]]]], dict[str, dict[int, list[dict]]]]:
+    """The finished ``long`` runs: ``evals[arm][seed][version]`` (the intermediate greedy evaluations of
+    ``curve.json`` and the final ``eval.json``) and ``rows[arm][seed]`` (their learner metrics, one per step)."""
+    evals: dict[str, dict[int, dict[int, dict[str, Any]]]] = {}
+    rows: dict[str, dict[int, list[dict]]] = {}
+    for path in sorted((results / "runs").glob("long-*/summary.json")):
+        saved = json.loads(path.read_text())
+        arm, seed = saved["label"], int(saved["seed"])
+        mine = evals.setdefault(arm, {}).setdefault(seed, {})
+        if (path.parent / "curve.json").exists():
+            for pt in json.loads((path.parent / "curve.json").read_text())["points"]:
+                mine[int(pt["version"])] = pt
+        ev = json.loads((path.parent / "eval.json").read_text())
+        mine[int(ev.get("weights_version", saved["steps"]))] = ev
+        rows.setdefault(arm, {})[seed] = [r for r in _rows(path.parent / "metrics.jsonl") if "loss" in r]
+    return evals, rows
+
+
+def window_mean(rows: list[dict], key: str, lo: int, hi: int) -> float | None:
+    """Mean of a learner metric over the trained steps with ``lo < version <= hi`` (None if none trained)."""
+    vals = [float(r[key]) for r in rows if lo < int(r["version"]) <= hi and key in r and trained(r)]
+    return statistics.fmean(vals) if vals else None
+
+
+def long_points(evals: dict[str, dict[int, dict[int, dict[str, Any]]]]) -> dict[str, list[int]]:
+    """Per arm, the evaluated versions every one of its seeds has, ascending."""
+    out = {}
+    for arm, seeds in evals.items():
+        common = set.intersection(*(set(v) for v in seeds.values())) if seeds else set()
+        out[arm] = sorted(common)
+    return out
+
+
+def long_report(results: Path) -> str:
+    """``long.md``: held-out greedy accuracy at every evaluated step per arm (paired 95% interval against the initial
+    model), the arms against each other at each step, and KL / entropy at those steps; from the run files."""
+    evals, rows = load_long(results)
+    base_path = results / "base_eval.json"
+    if not evals or not base_path.exists():
+        return "No finished long runs (or no base_eval.json) yet.\n"
+    base = json.loads(base_path.read_text())
+    b0 = per_problem(base, "greedy")
+    arms = [a for a in LONG_ARMS if a in evals] + sorted(a for a in evals if a not in LONG_ARMS)
+    points = long_points(evals)
+    steps = sorted({v for a in arms for v in points[a]})
+    seeds = {a: sorted(evals[a]) for a in arms}
+    every = max(1, min((b - a for a, b in zip(steps, steps[1:], strict=False)), default=1))
+
+    def acc(arm: str, v: int) -> list[float]:
+        return arm_values([evals[arm][s][v] for s in seeds[arm]], "greedy")
+
+    out = [f"# Learning curves: {len(b0)} held-out problems, greedy accuracy of the policy every {every} steps\n",
+           "Each cell: the arm's held-out greedy accuracy (%) at that step (mean over its seeds per problem, then over "
+           "problems) and, in brackets, its difference from the initial model with the paired 95% bootstrap interval "
+           "over problems (10,000 resamples, percentage points).\n",
+           "| step | " + " | ".join(f"{a} (seeds {','.join(map(str, seeds[a]))})" for a in arms) + " |",
+           "|---|" + "---|" * len(arms),
+           "| 0 (initial) | " + " | ".join(f"{100 * statistics.fmean(b0):.1f}" for _ in arms) + " |"]
+    for v in steps:
+        cells = []
+        for a in arms:
+            if v not in points[a]:
+                cells.append("-")
+                continue
+            x = acc(a, v)
+            d, lo, hi = paired_bootstrap(x, b0)
+            cells.append(f"{100 * statistics.fmean(x):.1f} ({_pct(d)} [{_pct(lo)}, {_pct(hi)}])")
+        out.append(f"| {v} | " + " | ".join(cells) + " |")
+    pairs = [(x, y) for i, x in enumerate(arms) for y in arms[i + 1:]]
+    if pairs:
+        out += ["", "Between arms at each step: row step, difference (first arm minus second) in greedy accuracy with "
+                "its paired 95% interval over problems (pp).\n",
+                "| step | " + " | ".join(f"{x} - {y}" for x, y in pairs) + " |", "|---|" + "---|" * len(pairs)]
+        for v in steps:
+            cells = []
+            for x, y in pairs:
+                if v not in points[x] or v not in points[y]:
+                    cells.append("-")
+                    continue
+                d, lo, hi = paired_bootstrap(acc(x, v), acc(y, v))
+                cells.append(f"{_pct(d)} [{_pct(lo)}, {_pct(hi)}]")
+            out.append(f"| {v} | " + " | ".join(cells) + " |")
+    out += ["", f"KL to the initial model (k3) and token entropy: the learner's means over the trained tokens of the "
+            f"{every} steps up to each evaluated step (mean over seeds); gain per KL: accuracy gain over the initial "
+            "model (pp) divided by that KL.\n",
+            "| step | " + " | ".join(f"{a} KL | {a} entropy | {a} gain/KL" for a in arms) + " |",
+            "|---|" + "---|---|---|" * len(arms)]
+    for v in steps:
+        cells = []
+        for a in arms:
+            kl = [window_mean(rows[a][s], "kl", v - every, v) for s in seeds[a]]
+            ent = [window_mean(rows[a][s], "entropy", v - every, v) for s in seeds[a]]
+            kl_m = statistics.fmean([k for k in kl if k is not None]) if any(k is not None for k in kl) else None
+            ent_m = statistics.fmean([e for e in ent if e is not None]) if any(e is not None for e in ent) else None
+            gain = (100 * (statistics.fmean(acc(a, v)) - statistics.fmean(b0)) / kl_m
+                    if kl_m and v in points[a] else None)
+            cells += [f"{kl_m:.4f}" if kl_m is not None else "-", f"{ent_m:.3f}" if ent_m is not None else "-",
+                      f"{gain:.0f}" if gain is not None else "-"]
+        out.append(f"| {v} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def plot_long(results: Path, plt: Any) -> list[Path]:
+    """``curve.png``: held-out greedy accuracy vs step per arm (95% normal band over problems), and the accuracy gain
+    over the initial model vs the KL of the steps before each evaluation."""
+    evals, rows = load_long(results)
+    base_path = results / "base_eval.json"
+    if not evals or not base_path.exists():
+        return []
+    b0 = per_problem(json.loads(base_path.read_text()), "greedy")
+    points = long_points(evals)
+    arms = [a for a in LONG_ARMS if a in evals] + sorted(a for a in evals if a not in LONG_ARMS)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.2))
+    for a in arms:
+        seeds = sorted(evals[a])
+        xs, ms, half, kls, gains = [0], [statistics.fmean(b0)], [0.0], [0.0], [0.0]
+        prev = 0
+        for v in points[a]:
+            vals = arm_values([evals[a][s][v] for s in seeds], "greedy")
+            m = statistics.fmean(vals)
+            xs.append(v)
+            ms.append(m)
+            half.append(1.96 * statistics.stdev(vals) / len(vals) ** 0.5 if len(vals) > 1 else 0.0)
+            kl = [k for k in (window_mean(rows[a][s], "kl", prev, v) for s in seeds) if k is not None]
+            if kl:
+                kls.append(statistics.fmean(kl))
+                gains.append(m - statistics.fmean(b0))
+            prev = v
+        line, = ax.plot(xs, ms, marker="o", label=f"{a} (seeds {len(seeds)})")
+        ax.fill_between(xs, [m - h for m, h in zip(ms, half, strict=True)],
+                        [m + h for m, h in zip(ms, half, strict=True)], alpha=0.15, color=line.get_color())
+        ax2.plot(kls, gains, marker="o", label=a, color=line.get_color())
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("held-out greedy accuracy")
+    ax.set_title(f"held-out accuracy ({len(b0)} problems; band: 95% over problems)")
+    ax2.set_xlabel("KL(pi || pi_init), k3, mean over the steps before the evaluation")
+    ax2.set_ylabel("accuracy gain over the initial model")
+    ax2.set_title("accuracy vs KL")
+    for x in (ax, ax2):
+        x.grid(alpha=0.3)
+        x.legend(fontsize=7)
+    fig.tight_layout()
+    path = results / "curve.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
 def write_report(results: Path) -> list[Path]:
     """``table.md`` and the plots in ``results``; returns the files written."""
     cfg = json.loads((results / "config.json").read_text())
@@ -890,6 +1077,9 @@ def write_report(results: Path) -> list[Path]:
     if any((results / "runs").glob("prereg-*/summary.json")):
         (results / "prereg.md").write_text(prereg_report(results))
         files.append(results / "prereg.md")
+    if any((results / "runs").glob("long-*/summary.json")):
+        (results / "long.md").write_text(long_report(results))
+        files.append(results / "long.md")
     files += plot(results)
     return files
 
@@ -960,7 +1150,7 @@ def plot(results: Path) -> list[Path]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
-    return written
+    return written + plot_long(results, plt)
 
 
 # -- main -------------------------------------------------------------------------------------------
@@ -1005,7 +1195,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="winnow experiment", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", default="main",
-                   help="main, ablations, staleness, prereg, all (the first three), or a comma-separated list")
+                   help="main, ablations, staleness, prereg, long, all (the first three), or a comma-separated list")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds")
     p.add_argument("--results", default=str(REPO / "docs" / "results"), help="results directory (resumable)")
     p.add_argument("--work-dir", default="runs/experiment", help="pipeline run directories (weights, logs)")
@@ -1031,6 +1221,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="held-out problems distinct by problem_key, and removed from every training stream")
     p.add_argument("--placebo-rate", type=float, default=d.placebo_rate,
                    help="the placebo arm (--suite prereg) keeps each sample with this probability")
+    p.add_argument("--curve-every", type=int, default=d.curve_every,
+                   help="also evaluate each run's policy every this many steps (greedy; curve.json; 0 = off)")
     p.add_argument("--staleness-preset", default="reinforce_rej")
     p.add_argument("--staleness-values", default="0,1,2,4")
     p.add_argument("--config", default=None, help="a winnow up config file merged over every run's config")
@@ -1062,6 +1254,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--steps and --eval-problems must be >= 1, --eval-k >= 0")
     if not 0.0 < args.placebo_rate <= 1.0:
         p.error("--placebo-rate must be in (0, 1]")
+    if args.curve_every < 0:
+        p.error("--curve-every must be >= 0")
     if args.exclude_heldout and args.data:
         p.error("--exclude-heldout applies to reasoning-gym tasks (--task), not --data")
     for name in ("data", "eval_data"):
@@ -1099,7 +1293,7 @@ def main(argv: list[str] | None = None) -> int:
                     task_config=args.task_config_dict, eval_problems=args.eval_problems, eval_k=args.eval_k,
                     eval_seed=args.eval_seed, data=args.data, eval_data=args.eval_data,
                     extra=read_config_file(args.config) if args.config else {}, exclude_heldout=args.exclude_heldout,
-                    placebo_rate=args.placebo_rate)
+                    placebo_rate=args.placebo_rate, curve_every=args.curve_every)
     specs = plan(args.suites, args.seed_list, args.staleness_preset, args.staleness_list)
     if args.only:  # these labels or presets only, in the order given (within each suite and seed)
         wanted = [w.strip() for w in args.only.split(",") if w.strip()]

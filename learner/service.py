@@ -242,7 +242,8 @@ class LearnerService:
         # group, so a restarted learner reads at once (group_id is still used to commit offsets).
         consumer = self._consumer = kafka.make_consumer(cfg.kafka, None, cfg.group_id, client_id="winnow-learner")
         publisher = self._publisher = WeightPublisher(
-            cfg.weights.dir, producer, self.names.weights, keep=cfg.weights.keep, uri_root=cfg.weights.uri_root,
+            cfg.weights.dir, producer, self.names.weights, keep=cfg.weights.keep, keep_every=cfg.weights.keep_every,
+            uri_root=cfg.weights.uri_root,
             dtype=cfg.weights.dtype, hf_model=self.trainer.model, hf_tokenizer=self.tokenizer)
         await producer.start()
         try:

@@ -5,7 +5,8 @@ Order matters: the file is written atomically and its sha256 computed *before* t
 compacted weights topic, so a generator never sees an announcement for a file that is not
 complete. The store keeps the newest ``keep`` versions; older folders are deleted after the new
 announcement is acknowledged (a generator that is still loading an old version has ``keep - 1``
-publications of slack).
+publications of slack). With ``keep_every`` K > 0 every version divisible by K is kept as well: the run's
+policy every K steps, for evaluating it afterwards (``winnow eval``, benchmarks/experiment.py's learning curves).
 
 With LoRA (``learner.lora``) a version is a peft adapter folder instead, ``<store>/v<version:08d>/`` with
 ``adapter_config.json`` and ``adapter_model.safetensors`` (the announced file; ``format: "peft_adapter"``), written
@@ -64,6 +65,7 @@ class WeightPublisher:
         topic: str,
         *,
         keep: int = 3,
+        keep_every: int = 0,
         uri_root: str = "",
         dtype: str | None = None,
         hf_model: Any = None,
@@ -72,11 +74,14 @@ class WeightPublisher:
         """``dtype``: "bfloat16" / "float32" to cast published tensors to, None or "auto" = as trained."""
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
+        if keep_every < 0:
+            raise ValueError(f"keep_every must be >= 0, got {keep_every}")
         self.store = Path(store_dir).expanduser().resolve()
         self.store.mkdir(parents=True, exist_ok=True)
         self.producer = producer
         self.topic = topic
         self.keep = keep
+        self.keep_every = keep_every
         self.uri_root = uri_root.rstrip("/")
         self.dtype = None
         if dtype not in (None, "auto"):
@@ -122,7 +127,8 @@ class WeightPublisher:
         self.prune(keep_version=ann.version)
 
     def prune(self, keep_version: int | None = None) -> list[Path]:
-        """Delete all but the newest ``keep`` version folders (never ``keep_version``)."""
+        """Delete all but the newest ``keep`` version folders (never ``keep_version``, nor a version divisible by
+        ``keep_every`` when that is > 0)."""
         found = []
         for p in self.store.iterdir():
             m = _VERSION_DIR.match(p.name)
@@ -131,7 +137,7 @@ class WeightPublisher:
         found.sort()
         removed = []
         for version, p in found[: max(0, len(found) - self.keep)]:
-            if version == keep_version:
+            if version == keep_version or (self.keep_every and version % self.keep_every == 0):
                 continue
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)

@@ -174,6 +174,18 @@ def test_weight_store_uri_and_pruning(tmp_path):
     assert shared.write(_FakeTrainer(4)).uri == "/mnt/weights/v00000004/model.safetensors"
 
 
+def test_weight_store_keeps_every_kth_version(tmp_path):
+    """``keep_every``: the newest ``keep`` versions plus every multiple of K survive pruning (the learning curve)."""
+    pub = WeightPublisher(tmp_path / "store", producer=None, topic="t.weights", keep=2, keep_every=3)
+    for v in range(8):
+        pub.write(_FakeTrainer(v))
+        pub.prune(keep_version=v)
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [
+        "v00000000", "v00000003", "v00000006", "v00000007"]
+    with pytest.raises(ValueError, match="keep_every"):
+        WeightPublisher(tmp_path / "other", producer=None, topic="t.weights", keep_every=-1)
+
+
 def test_group_from_proto_checks():
     g = group_from_proto(_group([CORRECT, WRONG]), n=2, vocab_size=10)
     assert (

@@ -1,0 +1,128 @@
+"""``winnow experiment --suite long --curve-every K``: the paper's dynamics over a longer budget (issue 24 item 3).
+Each run keeps its policy every K steps (``learner.weights.keep_every``), the script evaluates each kept version on
+the held-out problems (``curve.json``), and ``long.md`` / ``curve.png`` report accuracy, KL and entropy per step with
+paired intervals over problems."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SUMS_1D = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1, "operators": ["+"],
+           "allow_parentheses": False, "allow_negation": False}
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("winnow_bench_experiment_long", REPO / "benchmarks" / "experiment.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+exp = _load()
+N = 100
+
+
+def _greedy(n_correct: int, version: int | None = None) -> dict:
+    ev = {"greedy_accuracy": n_correct / N, "problems": N, "k": 0, "greedy_correct": [i < n_correct for i in range(N)],
+          "greedy_no_marker": [False] * N, "problem_keys": [f"sum:{i},1" for i in range(N)], "eval_s": 1.0,
+          "sample_correct_counts": [], "sample_no_marker_counts": []}
+    if version is not None:
+        ev["weights_version"] = version
+    return ev
+
+
+def _write_long(results: Path, arms: dict[str, dict[int, int]], kl: dict[str, float]) -> None:
+    """One seed per arm: ``arms[arm][version]`` = problems right (the last version is the final eval), learner rows
+    with a constant KL per arm and entropy 0.5 on every step."""
+    exp.check_config(results, exp.Budget(steps=6, eval_k=0, curve_every=2, exclude_heldout=True))
+    for arm, curve in arms.items():
+        spec = next(s for s in exp.plan(["long"], [0]) if s.label == arm)
+        d = results / "runs" / spec.run_id
+        d.mkdir(parents=True)
+        final = max(curve)
+        rows = [{"version": v, "time": float(v), "loss": 0.1, "acceptance_rate": 0.3, "tokens": 10.0,
+                 "entropy": 0.5, "kl": kl[arm]} for v in range(1, final + 1)]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        points = [{"version": v, **_greedy(c)} for v, c in sorted(curve.items()) if v != final]
+        (d / "curve.json").write_text(json.dumps({"every": 2, "points": points}))
+        ev = _greedy(curve[final], version=final)
+        (d / "eval.json").write_text(json.dumps(ev))
+        (d / "summary.json").write_text(json.dumps(exp.summarize(spec, rows, ev, 10.0)))
+
+
+def test_long_suite_runs_the_three_methods_and_is_not_part_of_all():
+    specs = exp.plan(["long"], [0])
+    assert [s.label for s in specs] == ["raft++", "grpo", "reinforce_rej"]
+    assert all(s.algo == {"preset": s.label} and s.run_id.startswith("long-") for s in specs)
+    assert "long" not in exp.ALL_SUITES
+
+
+def test_curve_every_keeps_those_versions_in_the_runs_weight_store():
+    spec = exp.plan(["long"], [0])[0]
+    data = exp.up_config(spec, exp.Budget(steps=90, curve_every=10), "model", "b:1", "p")
+    assert data["learner"]["weights"]["keep_every"] == 10 and data["learner"]["max_steps"] == 90
+    from learner.config import LearnerConfig
+
+    LearnerConfig.model_validate(data["learner"])  # a valid learner config
+    assert exp.up_config(spec, exp.Budget(), "model", "b:1", "p")["learner"]["weights"]["keep_every"] == 0
+    with pytest.raises(SystemExit):
+        exp.parse_args(["--curve-every", "-1"])
+
+
+def test_long_report_from_run_files(tmp_path):
+    """Hand-made curves: RAFT++ 40 -> 60 -> 60 -> 60 of 100 (leads early, plateaus), GRPO 40 -> 45 -> 55 -> 62 (catches
+    up), the initial model 40; KL 0.02 and 0.04. The report's numbers, intervals and gain per KL follow."""
+    results = tmp_path / "long"
+    _write_long(results, {"raft++": {2: 60, 4: 60, 6: 60}, "grpo": {2: 45, 4: 55, 6: 62}},
+                {"raft++": 0.02, "grpo": 0.04})
+    (results / "base_eval.json").write_text(json.dumps(_greedy(40)))
+    assert exp.main(["--report-only", "--results", str(results)]) == 0
+    text = (results / "long.md").read_text()
+    # each step has a row in three tables: accuracy vs the initial model, between arms, KL / entropy
+    step2 = [line for line in text.splitlines() if line.startswith("| 2 |")]
+    last = [line for line in text.splitlines() if line.startswith("| 6 |")]
+    assert len(step2) == len(last) == 3
+    assert "| 0 (initial) | 40.0 | 40.0 |" in text
+    # step 2: RAFT++ 60% (+20 over the initial model: 20 problems gained, none lost -> the interval is above 0)
+    assert "60.0 (+20.0 [+" in step2[0] and "45.0 (+5.0 [+" in step2[0]
+    assert "+15.0 [" in step2[1]  # RAFT++ - GRPO at step 2: 60 - 45
+    assert "-2.0 [" in last[1]  # GRPO overtook RAFT++ by the end: 60 - 62
+    assert "| 0.0200 | 0.500 | 1000 |" in last[2]  # RAFT++: 20 pp / KL 0.02
+    assert "| 0.0400 | 0.500 | 550 |" in last[2]  # GRPO: 22 pp / KL 0.04
+    # the interval itself, recomputed by the same bootstrap: 20 gained of 100, none lost
+    d, lo, hi = exp.paired_bootstrap([float(i < 60) for i in range(N)], [float(i < 40) for i in range(N)])
+    assert d == pytest.approx(0.2) and 0.1 < lo < 0.2 < hi < 0.3
+    assert f"60.0 (+20.0 [{100 * lo:+.1f}, {100 * hi:+.1f}])" in step2[0]
+    assert (results / "curve.png").stat().st_size > 1000 if importlib.util.find_spec("matplotlib") else True
+
+
+@pytest.mark.slow
+@pytest.mark.kafka
+def test_long_suite_end_to_end_on_the_tiny_model(tmp_path, kafka_bootstrap_one, monkeypatch):
+    """Three arms x 4 steps through the real pipeline with ``--curve-every 2``: each run keeps version 2 past the
+    store's pruning, evaluates it (``curve.json``) and the final weights; long.md reports both steps."""
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap_one)
+    results, work = tmp_path / "results", tmp_path / "work"
+    (tmp_path / "tiny.yaml").write_text("learner:\n  algo:\n    dynamic_sampling: false\n  weights:\n    keep: 1\n")
+    argv = ["--model", "tiny", "--suite", "long", "--seeds", "0", "--steps", "4", "--curve-every", "2",
+            "--batch-groups", "2", "--n", "2", "--max-new-tokens", "4", "--task", "basic_arithmetic",
+            "--task-config", json.dumps(SUMS_1D), "--exclude-heldout", "--eval-problems", "4", "--eval-k", "2",
+            "--config", str(tmp_path / "tiny.yaml"), "--run-timeout", "600", "--results", str(results),
+            "--work-dir", str(work)]
+    assert exp.main(argv) == 0
+    for arm in exp.LONG_ARMS:
+        run = results / "runs" / f"long-{arm.replace('+', 'p')}-s0"
+        curve = json.loads((run / "curve.json").read_text())
+        assert [p["version"] for p in curve["points"]] == [2]  # kept although the store keeps only the newest
+        assert len(curve["points"][0]["greedy_correct"]) == 4
+        assert json.loads((run / "eval.json").read_text())["weights_version"] == 4
+    text = (results / "long.md").read_text()
+    assert any(line.startswith("| 2 |") for line in text.splitlines())
+    assert any(line.startswith("| 4 |") for line in text.splitlines())
