@@ -950,6 +950,10 @@ def long_report(results: Path) -> str:
     base = json.loads(base_path.read_text())
     b0 = per_problem(base, "greedy")
     arms = [a for a in LONG_ARMS if a in evals] + sorted(a for a in evals if a not in LONG_ARMS)
+    for a in arms:  # every comparison is paired by problem: the same problems in the same order everywhere
+        for s, by_version in evals[a].items():
+            if any(ev.get("problem_keys") != base.get("problem_keys") for ev in by_version.values()):
+                raise ValueError(f"long run {a} seed {s} was not evaluated on base_eval.json's problems")
     points = long_points(evals)
     steps = sorted({v for a in arms for v in points[a]})
     seeds = {a: sorted(evals[a]) for a in arms}

@@ -101,6 +101,11 @@ def test_long_report_from_run_files(tmp_path):
     assert d == pytest.approx(0.2) and 0.1 < lo < 0.2 < hi < 0.3
     assert f"60.0 (+20.0 [{100 * lo:+.1f}, {100 * hi:+.1f}])" in step2[0]
     assert (results / "curve.png").stat().st_size > 1000 if importlib.util.find_spec("matplotlib") else True
+    other = _greedy(40)
+    other["problem_keys"] = [f"sum:{i},2" for i in range(N)]  # another held-out set: nothing is paired
+    (results / "base_eval.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="not evaluated on base_eval.json's problems"):
+        exp.long_report(results)
 
 
 @pytest.mark.slow
