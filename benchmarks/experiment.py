@@ -404,13 +404,47 @@ def has_marker(text: str) -> bool:
     return ex.answer is not None and ex.method in ("boxed", "marker")
 
 
+def completion_logprobs(model: Any, prompts: list[list[int]], completions: list[list[int]],
+                        batch: int = 16) -> list[list[float]]:
+    """Teacher-forced ``log model(token | prompt, earlier tokens)`` of each completion's tokens: rows
+    ``prompt + completion`` right-padded, one forward per ``batch`` rows, each row's response logits taken at its own
+    positions and normalised in float32. ``prompts``, ``completions``: token ids, one list per row."""
+    import torch
+
+    out: list[list[float]] = []
+    dev = next(model.parameters()).device
+    for start in range(0, len(prompts), batch):
+        rows = [p + c for p, c in zip(prompts[start:start + batch], completions[start:start + batch], strict=True)]
+        width = max(len(r) for r in rows)
+        ids = torch.zeros((len(rows), width), dtype=torch.long, device=dev)
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = torch.tensor(r, device=dev)
+            mask[i, :len(r)] = 1
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        for i, (p, c) in enumerate(zip(prompts[start:start + batch], completions[start:start + batch], strict=True)):
+            if not c:
+                out.append([])
+                continue
+            lp = torch.log_softmax(logits[i, len(p) - 1:len(p) + len(c) - 1].float(), dim=-1)
+            out.append(lp.gather(-1, torch.tensor(c, device=dev)[:, None])[:, 0].tolist())
+    return out
+
+
 def evaluate(model_dir: str, weights: str | None, problems: list[Any], budget: Budget, chat: dict[str, Any],
-             precision: str = "auto", seed: int = 0, threads: int = 1, attention: str = "auto") -> dict[str, Any]:
+             precision: str = "auto", seed: int = 0, threads: int = 1, attention: str = "auto",
+             ref: Any = None) -> dict[str, Any]:
     """Greedy accuracy and pass@k of the model at ``model_dir`` (with the safetensors ``weights`` loaded
     over it, if given), decoded by the generators' transformers engine at the run's ``numerics.precision``
     and ``numerics.attention``: exactly as the generators sample during training. ``threads``: torch threads of this process (1 by
     default: on a shared machine OpenMP threads that spin for a busy core slow decoding by an order of
-    magnitude; 0 = torch's default)."""
+    magnitude; 0 = torch's default).
+
+    ``ref`` (a causal LM, the initial model): also ``heldout_kl``, KL(pi || ref) per token on the held-out prompts,
+    estimated from the samples y ~ pi as sum(log pi(y) - log ref(y)) / tokens, both log-probs teacher-forced by the
+    same code (:func:`completion_logprobs`) in the same precision; per problem in ``kl_log_ratio_sums`` and
+    ``sample_tokens``."""
     import torch
 
     from winnow.chat import ChatFormat, PromptFormatter
@@ -443,6 +477,16 @@ def evaluate(model_dir: str, weights: str | None, problems: list[Any], budget: B
         counts = [sum(correct([c.text for c in s], p)) for s, p in zip(sampled, problems, strict=True)] if sampled else []
     finally:
         verifier.close()
+    kl: dict[str, Any] = {}
+    if ref is not None and sampled:
+        rows = [(prompt, c.token_ids) for prompt, s in zip(prompts, sampled, strict=True) for c in s]
+        mine = completion_logprobs(engine.model, [r[0] for r in rows], [r[1] for r in rows])
+        theirs = completion_logprobs(ref, [r[0] for r in rows], [r[1] for r in rows])
+        per_row = [sum(a) - sum(b) for a, b in zip(mine, theirs, strict=True)]
+        k = budget.eval_k
+        kl["kl_log_ratio_sums"] = [sum(per_row[i * k:(i + 1) * k]) for i in range(len(problems))]
+        kl["sample_tokens"] = [sum(len(c.token_ids) for c in s) for s in sampled]
+        kl["heldout_kl"] = sum(per_row) / max(1, sum(kl["sample_tokens"]))
     out: dict[str, Any] = {
         "greedy_accuracy": sum(greedy_ok) / len(problems),
         "problems": len(problems),
@@ -454,6 +498,7 @@ def evaluate(model_dir: str, weights: str | None, problems: list[Any], budget: B
         "greedy_no_marker": [not has_marker(g[0].text) for g in greedy],
         "sample_no_marker_counts": [sum(not has_marker(c.text) for c in s) for s in sampled],
         "greedy_examples": [g[0].text for g in greedy[:3]],
+        **kl,
     }
     tokens = [lp for s in sampled for c in s for lp in c.logprobs]
     if tokens:  # E[-log mu(a)] over sampled tokens: a Monte Carlo estimate of the per-token entropy
@@ -518,8 +563,11 @@ def final_weights(run_dir: Path) -> tuple[str, int]:
     return str(path), version
 
 
-CURVE_KEYS = ("greedy_accuracy", "greedy_correct", "greedy_no_marker", "problem_keys", "eval_s")
-"""What ``curve.json`` keeps of each intermediate evaluation (:func:`evaluate` with no samples)."""
+CURVE_KEYS = ("greedy_accuracy", "greedy_correct", "greedy_no_marker", "problem_keys", "eval_s", "k",
+              "sample_correct_counts", "sample_no_marker_counts", "sample_entropy", "response_tokens_mean",
+              "heldout_kl", "kl_log_ratio_sums", "sample_tokens")
+"""What ``curve.json`` keeps of each point of the learning curve (:func:`evaluate` with one sample per problem and
+the initial model as ``ref``)."""
 
 
 TRAINED_ONLY = ("entropy", "kl")
@@ -590,16 +638,21 @@ def run_one(spec: RunSpec, budget: Budget, model_dir: str, bootstrap: str, resul
                   seed=spec.seed, threads=eval_threads)
     ev["weights_version"] = version
     (out / "eval.json").write_text(json.dumps(ev, indent=1))
-    if budget.curve_every:  # the policy every curve_every steps, greedy on the same problems (the final one above)
-        greedy_only = replace(budget, eval_k=0)
+    if budget.curve_every:  # the policy every curve_every steps and the final one: greedy, one sample, held-out KL
+        from winnow.hf_engine import HFEngine
+
+        one_sample = replace(budget, eval_k=1)
+        ref = HFEngine.from_pretrained(model_dir, dtype=numerics.get("precision", "auto"),
+                                       attention=numerics.get("attention", "auto")).model
         points = []
         for v, path in published_versions(run_dir):
-            if v % budget.curve_every or v == 0 or v >= version:
+            if v == 0 or (v % budget.curve_every and v != version):
                 continue
-            pt = evaluate(model_dir, str(path), problems, greedy_only, data["generator"].get("chat", {}),
+            pt = evaluate(model_dir, str(path), problems, one_sample, data["generator"].get("chat", {}),
                           precision=numerics.get("precision", "auto"), attention=numerics.get("attention", "auto"),
-                          seed=spec.seed, threads=eval_threads)
-            points.append({"version": v, **{k: pt[k] for k in CURVE_KEYS}})
+                          seed=spec.seed, threads=eval_threads, ref=ref)
+            points.append({"version": v, **{k: pt[k] for k in CURVE_KEYS if k in pt}})
+        del ref
         (out / "curve.json").write_text(json.dumps({"every": budget.curve_every, "points": points}, indent=1))
     summary = summarize(spec, _rows(out / "metrics.jsonl"), ev, wall_s)
     summary["git_commit"] = _git_commit()
@@ -908,8 +961,8 @@ def prereg_report(results: Path, min_seeds: int = PREREG_SEEDS) -> str:
 
 
 def load_long(results: Path) -> tuple[dict[str, dict[int, dict[int, dict[str, Any]]]], dict[str, dict[int, list[dict]]]]:
-    """The finished ``long`` runs: ``evals[arm][seed][version]`` (the intermediate greedy evaluations of
-    ``curve.json`` and the final ``eval.json``) and ``rows[arm][seed]`` (their learner metrics, one per step)."""
+    """The finished ``long`` runs: ``evals[arm][seed][version]`` (the points of ``curve.json``; the final ``eval.json``
+    where the curve has no point of its version) and ``rows[arm][seed]`` (their learner metrics, one per step)."""
     evals: dict[str, dict[int, dict[int, dict[str, Any]]]] = {}
     rows: dict[str, dict[int, list[dict]]] = {}
     for path in sorted((results / "runs").glob("long-*/summary.json")):
@@ -920,7 +973,7 @@ def load_long(results: Path) -> tuple[dict[str, dict[int, dict[int, dict[str, An
             for pt in json.loads((path.parent / "curve.json").read_text())["points"]:
                 mine[int(pt["version"])] = pt
         ev = json.loads((path.parent / "eval.json").read_text())
-        mine[int(ev.get("weights_version", saved["steps"]))] = ev
+        mine.setdefault(int(ev.get("weights_version", saved["steps"])), ev)
         rows.setdefault(arm, {})[seed] = [r for r in _rows(path.parent / "metrics.jsonl") if "loss" in r]
     return evals, rows
 
@@ -940,9 +993,15 @@ def long_points(evals: dict[str, dict[int, dict[int, dict[str, Any]]]]) -> dict[
     return out
 
 
+def _seed_mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.fmean(vals) if vals else None
+
+
 def long_report(results: Path) -> str:
     """``long.md``: held-out greedy accuracy at every evaluated step per arm (paired 95% interval against the initial
-    model), the arms against each other at each step, and KL / entropy at those steps; from the run files."""
+    model), the arms against each other at each step, and the held-out KL to the initial model, the held-out entropy
+    and the learner's KL at those steps; all from the run files."""
     evals, rows = load_long(results)
     base_path = results / "base_eval.json"
     if not evals or not base_path.exists():
@@ -962,10 +1021,10 @@ def long_report(results: Path) -> str:
     def acc(arm: str, v: int) -> list[float]:
         return arm_values([evals[arm][s][v] for s in seeds[arm]], "greedy")
 
-    out = [f"# Learning curves: {len(b0)} held-out problems, greedy accuracy of the policy every {every} steps\n",
-           "Each cell: the arm's held-out greedy accuracy (%) at that step (mean over its seeds per problem, then over "
-           "problems) and, in brackets, its difference from the initial model with the paired 95% bootstrap interval "
-           "over problems (10,000 resamples, percentage points).\n",
+    out = [f"# Learning curves: {len(b0)} held-out problems, the policy every {every} steps\n",
+           "Held-out greedy accuracy (%) at each step (mean over the arm's seeds per problem, then over problems) and, "
+           "in brackets, its difference from the initial model with the paired 95% bootstrap interval over problems "
+           "(10,000 resamples, percentage points).\n",
            "| step | " + " | ".join(f"{a} (seeds {','.join(map(str, seeds[a]))})" for a in arms) + " |",
            "|---|" + "---|" * len(arms),
            "| 0 (initial) | " + " | ".join(f"{100 * statistics.fmean(b0):.1f}" for _ in arms) + " |"]
@@ -981,8 +1040,8 @@ def long_report(results: Path) -> str:
         out.append(f"| {v} | " + " | ".join(cells) + " |")
     pairs = [(x, y) for i, x in enumerate(arms) for y in arms[i + 1:]]
     if pairs:
-        out += ["", "Between arms at each step: row step, difference (first arm minus second) in greedy accuracy with "
-                "its paired 95% interval over problems (pp).\n",
+        out += ["", "Between arms at each step: difference in greedy accuracy (first arm minus second) with its paired "
+                "95% interval over problems (pp).\n",
                 "| step | " + " | ".join(f"{x} - {y}" for x, y in pairs) + " |", "|---|" + "---|" * len(pairs)]
         for v in steps:
             cells = []
@@ -993,65 +1052,71 @@ def long_report(results: Path) -> str:
                 d, lo, hi = paired_bootstrap(acc(x, v), acc(y, v))
                 cells.append(f"{_pct(d)} [{_pct(lo)}, {_pct(hi)}]")
             out.append(f"| {v} | " + " | ".join(cells) + " |")
-    out += ["", f"KL to the initial model (k3) and token entropy: the learner's means over the trained tokens of the "
-            f"{every} steps up to each evaluated step (mean over seeds); gain per KL: accuracy gain over the initial "
-            "model (pp) divided by that KL.\n",
-            "| step | " + " | ".join(f"{a} KL | {a} entropy | {a} gain/KL" for a in arms) + " |",
-            "|---|" + "---|---|---|" * len(arms)]
-    for v in steps:
-        cells = []
-        for a in arms:
-            kl = [window_mean(rows[a][s], "kl", v - every, v) for s in seeds[a]]
-            ent = [window_mean(rows[a][s], "entropy", v - every, v) for s in seeds[a]]
-            kl_m = statistics.fmean([k for k in kl if k is not None]) if any(k is not None for k in kl) else None
-            ent_m = statistics.fmean([e for e in ent if e is not None]) if any(e is not None for e in ent) else None
-            gain = (100 * (statistics.fmean(acc(a, v)) - statistics.fmean(b0)) / kl_m
-                    if kl_m and v in points[a] else None)
-            cells += [f"{kl_m:.4f}" if kl_m is not None else "-", f"{ent_m:.3f}" if ent_m is not None else "-",
-                      f"{gain:.0f}" if gain is not None else "-"]
-        out.append(f"| {v} | " + " | ".join(cells) + " |")
+    out += ["", "Per arm at each step: held-out KL(pi || pi_init) per token (from one sample per held-out problem at "
+            "temperature 1, both log-probs teacher-forced), held-out entropy (mean -log pi per sampled token), the "
+            f"learner's k3 KL over its trained tokens in the {every} steps before (which differ by method: RAFT++ trains "
+            "on correct samples only), and gain per KL: the accuracy gain over the initial model (pp) per unit of "
+            "held-out KL. Means over seeds.\n",
+            "| arm | step | held-out KL | held-out entropy | learner KL | gain (pp) | gain per KL |",
+            "|---|---|---|---|---|---|---|"]
+    for a in arms:
+        for v in points[a]:
+            evs = [evals[a][s][v] for s in seeds[a]]
+            kl = _seed_mean([ev.get("heldout_kl") for ev in evs])
+            ent = _seed_mean([ev.get("sample_entropy") for ev in evs])
+            lkl = _seed_mean([window_mean(rows[a][s], "kl", v - every, v) for s in seeds[a]])
+            gain = 100 * (statistics.fmean(acc(a, v)) - statistics.fmean(b0))
+            out.append(f"| {a} | {v} | {f'{kl:.4f}' if kl is not None else '-'} | "
+                       f"{f'{ent:.3f}' if ent is not None else '-'} | {f'{lkl:.4f}' if lkl is not None else '-'} | "
+                       f"{gain:+.1f} | {f'{gain / kl:.0f}' if kl else '-'} |")
     return "\n".join(out) + "\n"
 
 
 def plot_long(results: Path, plt: Any) -> list[Path]:
-    """``curve.png``: held-out greedy accuracy vs step per arm (95% normal band over problems), and the accuracy gain
-    over the initial model vs the KL of the steps before each evaluation."""
-    evals, rows = load_long(results)
+    """``curve.png``: per arm vs step, held-out greedy accuracy (95% normal band over problems), held-out KL to the
+    initial model and held-out entropy; and the accuracy gain over the initial model vs that KL."""
+    evals, _ = load_long(results)
     base_path = results / "base_eval.json"
     if not evals or not base_path.exists():
         return []
-    b0 = per_problem(json.loads(base_path.read_text()), "greedy")
+    base = json.loads(base_path.read_text())
+    b0 = per_problem(base, "greedy")
     points = long_points(evals)
     arms = [a for a in LONG_ARMS if a in evals] + sorted(a for a in evals if a not in LONG_ARMS)
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(22, 4.4))
     for a in arms:
         seeds = sorted(evals[a])
-        xs, ms, half, kls, gains = [0], [statistics.fmean(b0)], [0.0], [0.0], [0.0]
-        prev = 0
+        xs, ms, half = [0], [statistics.fmean(b0)], [0.0]
+        kx, kls, ents, gains = [0], [0.0], [base.get("sample_entropy")], [0.0]
         for v in points[a]:
             vals = arm_values([evals[a][s][v] for s in seeds], "greedy")
-            m = statistics.fmean(vals)
             xs.append(v)
-            ms.append(m)
+            ms.append(statistics.fmean(vals))
             half.append(1.96 * statistics.stdev(vals) / len(vals) ** 0.5 if len(vals) > 1 else 0.0)
-            kl = [k for k in (window_mean(rows[a][s], "kl", prev, v) for s in seeds) if k is not None]
-            if kl:
-                kls.append(statistics.fmean(kl))
-                gains.append(m - statistics.fmean(b0))
-            prev = v
-        line, = ax.plot(xs, ms, marker="o", label=f"{a} (seeds {len(seeds)})")
-        ax.fill_between(xs, [m - h for m, h in zip(ms, half, strict=True)],
-                        [m + h for m, h in zip(ms, half, strict=True)], alpha=0.15, color=line.get_color())
-        ax2.plot(kls, gains, marker="o", label=a, color=line.get_color())
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("held-out greedy accuracy")
-    ax.set_title(f"held-out accuracy ({len(b0)} problems; band: 95% over problems)")
-    ax2.set_xlabel("KL(pi || pi_init), k3, mean over the steps before the evaluation")
-    ax2.set_ylabel("accuracy gain over the initial model")
-    ax2.set_title("accuracy vs KL")
-    for x in (ax, ax2):
-        x.grid(alpha=0.3)
-        x.legend(fontsize=7)
+            kl = _seed_mean([evals[a][s][v].get("heldout_kl") for s in seeds])
+            if kl is not None:
+                kx.append(v)
+                kls.append(kl)
+                ents.append(_seed_mean([evals[a][s][v].get("sample_entropy") for s in seeds]))
+                gains.append(ms[-1] - ms[0])
+        line, = axes[0].plot(xs, ms, marker="o", label=f"{a} (seeds {len(seeds)})")
+        color = line.get_color()
+        axes[0].fill_between(xs, [m - h for m, h in zip(ms, half, strict=True)],
+                             [m + h for m, h in zip(ms, half, strict=True)], alpha=0.15, color=color)
+        axes[1].plot(kx, kls, marker="o", label=a, color=color)
+        ent_pts = [(x, e) for x, e in zip(kx, ents, strict=True) if e is not None]
+        if ent_pts:
+            axes[2].plot(*zip(*ent_pts, strict=True), marker="o", label=a, color=color)
+        axes[3].plot(kls, gains, marker="o", label=a, color=color)
+    titles = [(f"held-out greedy accuracy ({len(b0)} problems; 95% band)", "optimizer step"),
+              ("held-out KL(pi || pi_init) per token", "optimizer step"),
+              ("held-out entropy (mean -log pi per sampled token)", "optimizer step"),
+              ("accuracy gain vs held-out KL", "KL(pi || pi_init) per token")]
+    for ax, (title, xlabel) in zip(axes, titles, strict=True):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path = results / "curve.png"
     fig.savefig(path, dpi=110)

@@ -39,8 +39,8 @@ def _greedy(n_correct: int, version: int | None = None) -> dict:
 
 
 def _write_long(results: Path, arms: dict[str, dict[int, int]], kl: dict[str, float]) -> None:
-    """One seed per arm: ``arms[arm][version]`` = problems right (the last version is the final eval), learner rows
-    with a constant KL per arm and entropy 0.5 on every step."""
+    """One seed per arm: ``arms[arm][version]`` = problems right (the last version is also the final eval), every
+    point with held-out KL ``kl[arm]`` and entropy 0.4, learner rows with KL ``kl[arm] / 2`` and entropy 0.5."""
     exp.check_config(results, exp.Budget(steps=6, eval_k=0, curve_every=2, exclude_heldout=True))
     for arm, curve in arms.items():
         spec = next(s for s in exp.plan(["long"], [0]) if s.label == arm)
@@ -48,9 +48,10 @@ def _write_long(results: Path, arms: dict[str, dict[int, int]], kl: dict[str, fl
         d.mkdir(parents=True)
         final = max(curve)
         rows = [{"version": v, "time": float(v), "loss": 0.1, "acceptance_rate": 0.3, "tokens": 10.0,
-                 "entropy": 0.5, "kl": kl[arm]} for v in range(1, final + 1)]
+                 "entropy": 0.5, "kl": kl[arm] / 2} for v in range(1, final + 1)]
         (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        points = [{"version": v, **_greedy(c)} for v, c in sorted(curve.items()) if v != final]
+        points = [{"version": v, **_greedy(c), "heldout_kl": kl[arm], "sample_entropy": 0.4}
+                  for v, c in sorted(curve.items())]
         (d / "curve.json").write_text(json.dumps({"every": 2, "points": points}))
         ev = _greedy(curve[final], version=final)
         (d / "eval.json").write_text(json.dumps(ev))
@@ -88,14 +89,14 @@ def test_long_report_from_run_files(tmp_path):
     # each step has a row in three tables: accuracy vs the initial model, between arms, KL / entropy
     step2 = [line for line in text.splitlines() if line.startswith("| 2 |")]
     last = [line for line in text.splitlines() if line.startswith("| 6 |")]
-    assert len(step2) == len(last) == 3
+    assert len(step2) == len(last) == 2
     assert "| 0 (initial) | 40.0 | 40.0 |" in text
     # step 2: RAFT++ 60% (+20 over the initial model: 20 problems gained, none lost -> the interval is above 0)
     assert "60.0 (+20.0 [+" in step2[0] and "45.0 (+5.0 [+" in step2[0]
     assert "+15.0 [" in step2[1]  # RAFT++ - GRPO at step 2: 60 - 45
     assert "-2.0 [" in last[1]  # GRPO overtook RAFT++ by the end: 60 - 62
-    assert "| 0.0200 | 0.500 | 1000 |" in last[2]  # RAFT++: 20 pp / KL 0.02
-    assert "| 0.0400 | 0.500 | 550 |" in last[2]  # GRPO: 22 pp / KL 0.04
+    assert "| raft++ | 6 | 0.0200 | 0.400 | 0.0100 | +20.0 | 1000 |" in text  # 20 pp / held-out KL 0.02
+    assert "| grpo | 6 | 0.0400 | 0.400 | 0.0200 | +22.0 | 550 |" in text  # 22 pp / 0.04
     # the interval itself, recomputed by the same bootstrap: 20 gained of 100, none lost
     d, lo, hi = exp.paired_bootstrap([float(i < 60) for i in range(N)], [float(i < 40) for i in range(N)])
     assert d == pytest.approx(0.2) and 0.1 < lo < 0.2 < hi < 0.3
@@ -125,9 +126,37 @@ def test_long_suite_end_to_end_on_the_tiny_model(tmp_path, kafka_bootstrap_one, 
     for arm in exp.LONG_ARMS:
         run = results / "runs" / f"long-{arm.replace('+', 'p')}-s0"
         curve = json.loads((run / "curve.json").read_text())
-        assert [p["version"] for p in curve["points"]] == [2]  # kept although the store keeps only the newest
-        assert len(curve["points"][0]["greedy_correct"]) == 4
+        # version 2 kept although the store keeps only the newest; 4 the final one
+        assert [p["version"] for p in curve["points"]] == [2, 4]
+        for pt in curve["points"]:
+            assert len(pt["greedy_correct"]) == 4 and len(pt["kl_log_ratio_sums"]) == 4 and pt["k"] == 1
+            assert pt["heldout_kl"] == pytest.approx(sum(pt["kl_log_ratio_sums"]) / sum(pt["sample_tokens"]))
+            assert pt["sample_entropy"] > 0
         assert json.loads((run / "eval.json").read_text())["weights_version"] == 4
     text = (results / "long.md").read_text()
     assert any(line.startswith("| 2 |") for line in text.splitlines())
     assert any(line.startswith("| 4 |") for line in text.splitlines())
+
+
+def test_completion_logprobs_equal_the_samplers_and_the_kl_of_a_model_to_itself_is_zero(tmp_path):
+    """The held-out KL's log-probs: teacher-forced over right-padded rows of different lengths, they equal the
+    behaviour log-probs the engine recorded while sampling (float32 tiny model); KL(pi || pi) is exactly 0 and
+    KL(pi || another model) > 0."""
+    import torch
+
+    from winnow.hf_engine import HFEngine
+    from winnow.learner.tiny import build_tiny_model_and_tokenizer
+    from winnow.sampling import SamplingConfig
+
+    model, tok = build_tiny_model_and_tokenizer(seed=0)
+    other, _ = build_tiny_model_and_tokenizer(seed=1)
+    prompts = [[5, 17, 40], [7, 7, 200, 31, 2, 9, 9], [9]]
+    out = HFEngine(model, tok).generate(prompts, 2, SamplingConfig(max_new_tokens=10, seed=0))
+    rows = [(p, c) for p, g in zip(prompts, out, strict=True) for c in g]
+    got = exp.completion_logprobs(model, [p for p, _ in rows], [c.token_ids for _, c in rows], batch=4)
+    for (_, c), lp in zip(rows, got, strict=True):
+        torch.testing.assert_close(torch.tensor(lp), torch.tensor(c.logprobs), atol=1e-4, rtol=1e-4)
+    again = exp.completion_logprobs(model, [p for p, _ in rows], [c.token_ids for _, c in rows], batch=1)
+    assert sum(map(sum, got)) - sum(map(sum, again)) == pytest.approx(0.0, abs=1e-4)
+    theirs = exp.completion_logprobs(other, [p for p, _ in rows], [c.token_ids for _, c in rows])
+    assert sum(map(sum, got)) - sum(map(sum, theirs)) > 0  # E_pi[log pi - log q] > 0 (6 samples: a wide margin)
