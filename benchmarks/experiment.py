@@ -1052,6 +1052,20 @@ def long_report(results: Path) -> str:
                 d, lo, hi = paired_bootstrap(acc(x, v), acc(y, v))
                 cells.append(f"{_pct(d)} [{_pct(lo)}, {_pct(hi)}]")
             out.append(f"| {v} | " + " | ".join(cells) + " |")
+    out += ["", "Each arm's change from each evaluated step to its last one (a plateau: an interval containing 0), "
+            "greedy accuracy, paired 95% interval over problems (pp).\n",
+            "| from step | " + " | ".join(f"{a} (to step {points[a][-1]})" for a in arms) + " |",
+            "|---|" + "---|" * len(arms)]
+    for v in steps:
+        cells = []
+        for a in arms:
+            if v not in points[a] or v == points[a][-1]:
+                cells.append("-")
+                continue
+            d, lo, hi = paired_bootstrap(acc(a, points[a][-1]), acc(a, v))
+            cells.append(f"{_pct(d)} [{_pct(lo)}, {_pct(hi)}]")
+        if any(c != "-" for c in cells):
+            out.append(f"| {v} | " + " | ".join(cells) + " |")
     out += ["", "Per arm at each step: held-out KL(pi || pi_init) per token (from one sample per held-out problem at "
             "temperature 1, both log-probs teacher-forced), held-out entropy (mean -log pi per sampled token), the "
             f"learner's k3 KL over its trained tokens in the {every} steps before (which differ by method: RAFT++ trains "

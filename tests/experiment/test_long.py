@@ -89,7 +89,8 @@ def test_long_report_from_run_files(tmp_path):
     # each step has a row in three tables: accuracy vs the initial model, between arms, KL / entropy
     step2 = [line for line in text.splitlines() if line.startswith("| 2 |")]
     last = [line for line in text.splitlines() if line.startswith("| 6 |")]
-    assert len(step2) == len(last) == 2
+    assert len(step2) == 3 and len(last) == 2  # the last step has no change to itself: no row
+    assert "| 2 | +0.0 [+0.0, +0.0] | +17.0 [" in text  # RAFT++ flat from step 2 to 6, GRPO +17 (45 -> 62)
     assert "| 0 (initial) | 40.0 | 40.0 |" in text
     # step 2: RAFT++ 60% (+20 over the initial model: 20 problems gained, none lost -> the interval is above 0)
     assert "60.0 (+20.0 [+" in step2[0] and "45.0 (+5.0 [+" in step2[0]
