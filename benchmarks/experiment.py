@@ -404,32 +404,58 @@ def has_marker(text: str) -> bool:
     return ex.answer is not None and ex.method in ("boxed", "marker")
 
 
-def completion_logprobs(model: Any, prompts: list[list[int]], completions: list[list[int]],
-                        batch: int = 16) -> list[list[float]]:
-    """Teacher-forced ``log model(token | prompt, earlier tokens)`` of each completion's tokens: rows
-    ``prompt + completion`` right-padded, one forward per ``batch`` rows, each row's response logits taken at its own
-    positions and normalised in float32. ``prompts``, ``completions``: token ids, one list per row."""
+def completion_logits(model: Any, prompts: list[list[int]], completions: list[list[int]], batch: int = 16) -> Any:
+    """Yield, row by row, the float32 logits ``(len(completion), V)`` that predict each completion token given the
+    prompt and the earlier tokens (teacher-forced): rows ``prompt + completion`` right-padded, one forward per
+    ``batch`` rows, each row's logits taken at its own positions. ``prompts``, ``completions``: token ids."""
     import torch
 
-    out: list[list[float]] = []
     dev = next(model.parameters()).device
     for start in range(0, len(prompts), batch):
-        rows = [p + c for p, c in zip(prompts[start:start + batch], completions[start:start + batch], strict=True)]
-        width = max(len(r) for r in rows)
-        ids = torch.zeros((len(rows), width), dtype=torch.long, device=dev)
+        chunk = list(zip(prompts[start:start + batch], completions[start:start + batch], strict=True))
+        width = max(len(p) + len(c) for p, c in chunk)
+        ids = torch.zeros((len(chunk), width), dtype=torch.long, device=dev)
         mask = torch.zeros_like(ids)
-        for i, r in enumerate(rows):
-            ids[i, :len(r)] = torch.tensor(r, device=dev)
-            mask[i, :len(r)] = 1
+        for i, (p, c) in enumerate(chunk):
+            ids[i, :len(p) + len(c)] = torch.tensor(p + c, device=dev)
+            mask[i, :len(p) + len(c)] = 1
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        for i, (p, c) in enumerate(zip(prompts[start:start + batch], completions[start:start + batch], strict=True)):
-            if not c:
-                out.append([])
-                continue
-            lp = torch.log_softmax(logits[i, len(p) - 1:len(p) + len(c) - 1].float(), dim=-1)
-            out.append(lp.gather(-1, torch.tensor(c, device=dev)[:, None])[:, 0].tolist())
+        for i, (p, c) in enumerate(chunk):
+            yield logits[i, len(p) - 1:len(p) + len(c) - 1].float()
+
+
+def completion_logprobs(model: Any, prompts: list[list[int]], completions: list[list[int]],
+                        batch: int = 16) -> list[list[float]]:
+    """Teacher-forced ``log model(token | prompt, earlier tokens)`` of each completion's tokens
+    (:func:`completion_logits`)."""
+    import torch
+
+    out = []
+    for logits, c in zip(completion_logits(model, prompts, completions, batch), completions, strict=True):
+        lp = torch.log_softmax(logits, dim=-1)
+        out.append(lp.gather(-1, torch.tensor(c, dtype=torch.long, device=lp.device)[:, None])[:, 0].tolist())
     return out
+
+
+def completion_kl_entropy(model: Any, ref: Any, prompts: list[list[int]], completions: list[list[int]],
+                          batch: int = 16) -> tuple[list[float], list[float]]:
+    """Per row, summed over the completion's positions t: ``KL(model(.|y<t) || ref(.|y<t))`` and the entropy of
+    ``model(.|y<t)``, each exact over the vocabulary. With ``y`` sampled from ``model``, the sum's expectation is the
+    sequence-level KL(model || ref) (the chain rule) with far less variance than ``log model(y) - log ref(y)``, and it
+    is never negative. Both models' logits come from :func:`completion_logits` (same code, float32 softmax)."""
+    import torch
+
+    kls: list[float] = []
+    ents: list[float] = []
+    pairs = zip(completion_logits(model, prompts, completions, batch),
+                completion_logits(ref, prompts, completions, batch), strict=True)
+    for mine, theirs in pairs:
+        lp, lq = torch.log_softmax(mine, dim=-1), torch.log_softmax(theirs, dim=-1)
+        prob = lp.exp()
+        kls.append(float((prob * (lp - lq)).sum()))
+        ents.append(float(-(prob * lp).sum()))
+    return kls, ents
 
 
 def evaluate(model_dir: str, weights: str | None, problems: list[Any], budget: Budget, chat: dict[str, Any],
@@ -441,9 +467,9 @@ def evaluate(model_dir: str, weights: str | None, problems: list[Any], budget: B
     default: on a shared machine OpenMP threads that spin for a busy core slow decoding by an order of
     magnitude; 0 = torch's default).
 
-    ``ref`` (a causal LM, the initial model): also ``heldout_kl``, KL(pi || ref) per token on the held-out prompts,
-    estimated from the samples y ~ pi as sum(log pi(y) - log ref(y)) / tokens, both log-probs teacher-forced by the
-    same code (:func:`completion_logprobs`) in the same precision; per problem in ``kl_log_ratio_sums`` and
+    ``ref`` (a causal LM, the initial model): also ``heldout_kl``, KL(pi || ref) per token on the held-out prompts
+    along the sampled responses, and ``heldout_entropy``, pi's entropy per token there, both exact over the
+    vocabulary at each position (:func:`completion_kl_entropy`); per problem in ``kl_sums``, ``entropy_sums`` and
     ``sample_tokens``."""
     import torch
 
@@ -479,14 +505,17 @@ def evaluate(model_dir: str, weights: str | None, problems: list[Any], budget: B
         verifier.close()
     kl: dict[str, Any] = {}
     if ref is not None and sampled:
-        rows = [(prompt, c.token_ids) for prompt, s in zip(prompts, sampled, strict=True) for c in s]
-        mine = completion_logprobs(engine.model, [r[0] for r in rows], [r[1] for r in rows])
-        theirs = completion_logprobs(ref, [r[0] for r in rows], [r[1] for r in rows])
-        per_row = [sum(a) - sum(b) for a, b in zip(mine, theirs, strict=True)]
-        k = budget.eval_k
-        kl["kl_log_ratio_sums"] = [sum(per_row[i * k:(i + 1) * k]) for i in range(len(problems))]
+        rows = [(prompt, c.token_ids) for prompt, s in zip(prompts, sampled, strict=True) for c in s if c.token_ids]
+        row_kl, row_ent = completion_kl_entropy(engine.model, ref, [r[0] for r in rows], [r[1] for r in rows])
+        starts = [0]
+        for s in sampled:  # the rows of problem i: starts[i]:starts[i + 1] (empty completions left out)
+            starts.append(starts[-1] + sum(1 for c in s if c.token_ids))
+        kl["kl_sums"] = [sum(row_kl[a:b]) for a, b in zip(starts, starts[1:], strict=False)]
+        kl["entropy_sums"] = [sum(row_ent[a:b]) for a, b in zip(starts, starts[1:], strict=False)]
         kl["sample_tokens"] = [sum(len(c.token_ids) for c in s) for s in sampled]
-        kl["heldout_kl"] = sum(per_row) / max(1, sum(kl["sample_tokens"]))
+        tokens = max(1, sum(kl["sample_tokens"]))
+        kl["heldout_kl"] = sum(row_kl) / tokens
+        kl["heldout_entropy"] = sum(row_ent) / tokens
     out: dict[str, Any] = {
         "greedy_accuracy": sum(greedy_ok) / len(problems),
         "problems": len(problems),
@@ -565,7 +594,7 @@ def final_weights(run_dir: Path) -> tuple[str, int]:
 
 CURVE_KEYS = ("greedy_accuracy", "greedy_correct", "greedy_no_marker", "problem_keys", "eval_s", "k",
               "sample_correct_counts", "sample_no_marker_counts", "sample_entropy", "response_tokens_mean",
-              "heldout_kl", "kl_log_ratio_sums", "sample_tokens")
+              "heldout_kl", "heldout_entropy", "kl_sums", "entropy_sums", "sample_tokens")
 """What ``curve.json`` keeps of each point of the learning curve (:func:`evaluate` with one sample per problem and
 the initial model as ``ref``)."""
 
@@ -1066,8 +1095,8 @@ def long_report(results: Path) -> str:
             cells.append(f"{_pct(d)} [{_pct(lo)}, {_pct(hi)}]")
         if any(c != "-" for c in cells):
             out.append(f"| {v} | " + " | ".join(cells) + " |")
-    out += ["", "Per arm at each step: held-out KL(pi || pi_init) per token (from one sample per held-out problem at "
-            "temperature 1, both log-probs teacher-forced), held-out entropy (mean -log pi per sampled token), the "
+    out += ["", "Per arm at each step: held-out KL(pi || pi_init) and entropy of pi per token, exact over the "
+            "vocabulary at each position of one sampled response per held-out problem (temperature 1), the "
             f"learner's k3 KL over its trained tokens in the {every} steps before (which differ by method: RAFT++ trains "
             "on correct samples only), and gain per KL: the accuracy gain over the initial model (pp) per unit of "
             "held-out KL. Means over seeds.\n",
@@ -1077,7 +1106,7 @@ def long_report(results: Path) -> str:
         for v in points[a]:
             evs = [evals[a][s][v] for s in seeds[a]]
             kl = _seed_mean([ev.get("heldout_kl") for ev in evs])
-            ent = _seed_mean([ev.get("sample_entropy") for ev in evs])
+            ent = _seed_mean([ev.get("heldout_entropy") for ev in evs])
             lkl = _seed_mean([window_mean(rows[a][s], "kl", v - every, v) for s in seeds[a]])
             gain = 100 * (statistics.fmean(acc(a, v)) - statistics.fmean(b0))
             out.append(f"| {a} | {v} | {f'{kl:.4f}' if kl is not None else '-'} | "
@@ -1101,7 +1130,7 @@ def plot_long(results: Path, plt: Any) -> list[Path]:
     for a in arms:
         seeds = sorted(evals[a])
         xs, ms, half = [0], [statistics.fmean(b0)], [0.0]
-        kx, kls, ents, gains = [0], [0.0], [base.get("sample_entropy")], [0.0]
+        kx, kls, ents, gains = [0], [0.0], [base.get("heldout_entropy")], [0.0]
         for v in points[a]:
             vals = arm_values([evals[a][s][v] for s in seeds], "greedy")
             xs.append(v)
@@ -1111,7 +1140,7 @@ def plot_long(results: Path, plt: Any) -> list[Path]:
             if kl is not None:
                 kx.append(v)
                 kls.append(kl)
-                ents.append(_seed_mean([evals[a][s][v].get("sample_entropy") for s in seeds]))
+                ents.append(_seed_mean([evals[a][s][v].get("heldout_entropy") for s in seeds]))
                 gains.append(ms[-1] - ms[0])
         line, = axes[0].plot(xs, ms, marker="o", label=f"{a} (seeds {len(seeds)})")
         color = line.get_color()
@@ -1124,7 +1153,7 @@ def plot_long(results: Path, plt: Any) -> list[Path]:
         axes[3].plot(kls, gains, marker="o", label=a, color=color)
     titles = [(f"held-out greedy accuracy ({len(b0)} problems; 95% band)", "optimizer step"),
               ("held-out KL(pi || pi_init) per token", "optimizer step"),
-              ("held-out entropy (mean -log pi per sampled token)", "optimizer step"),
+              ("held-out entropy of pi per token", "optimizer step"),
               ("accuracy gain vs held-out KL", "KL(pi || pi_init) per token")]
     for ax, (title, xlabel) in zip(axes, titles, strict=True):
         ax.set_title(title, fontsize=9)

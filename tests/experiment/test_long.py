@@ -50,7 +50,7 @@ def _write_long(results: Path, arms: dict[str, dict[int, int]], kl: dict[str, fl
         rows = [{"version": v, "time": float(v), "loss": 0.1, "acceptance_rate": 0.3, "tokens": 10.0,
                  "entropy": 0.5, "kl": kl[arm] / 2} for v in range(1, final + 1)]
         (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        points = [{"version": v, **_greedy(c), "heldout_kl": kl[arm], "sample_entropy": 0.4}
+        points = [{"version": v, **_greedy(c), "heldout_kl": kl[arm], "heldout_entropy": 0.4}
                   for v, c in sorted(curve.items())]
         (d / "curve.json").write_text(json.dumps({"every": 2, "points": points}))
         ev = _greedy(curve[final], version=final)
@@ -130,19 +130,19 @@ def test_long_suite_end_to_end_on_the_tiny_model(tmp_path, kafka_bootstrap_one, 
         # version 2 kept although the store keeps only the newest; 4 the final one
         assert [p["version"] for p in curve["points"]] == [2, 4]
         for pt in curve["points"]:
-            assert len(pt["greedy_correct"]) == 4 and len(pt["kl_log_ratio_sums"]) == 4 and pt["k"] == 1
-            assert pt["heldout_kl"] == pytest.approx(sum(pt["kl_log_ratio_sums"]) / sum(pt["sample_tokens"]))
-            assert pt["sample_entropy"] > 0
+            assert len(pt["greedy_correct"]) == 4 and len(pt["kl_sums"]) == 4 and pt["k"] == 1
+            assert pt["heldout_kl"] == pytest.approx(sum(pt["kl_sums"]) / sum(pt["sample_tokens"]))
+            assert pt["heldout_kl"] >= 0 and pt["heldout_entropy"] > 0
         assert json.loads((run / "eval.json").read_text())["weights_version"] == 4
     text = (results / "long.md").read_text()
     assert any(line.startswith("| 2 |") for line in text.splitlines())
     assert any(line.startswith("| 4 |") for line in text.splitlines())
 
 
-def test_completion_logprobs_equal_the_samplers_and_the_kl_of_a_model_to_itself_is_zero(tmp_path):
+def test_completion_logprobs_equal_the_samplers_and_the_kl_of_a_model_to_itself_is_zero():
     """The held-out KL's log-probs: teacher-forced over right-padded rows of different lengths, they equal the
-    behaviour log-probs the engine recorded while sampling (float32 tiny model); KL(pi || pi) is exactly 0 and
-    KL(pi || another model) > 0."""
+    behaviour log-probs the engine recorded while sampling (float32 tiny model); KL(pi || pi) is exactly 0, the
+    entropy positive, KL(pi || another model) positive on every row."""
     import torch
 
     from winnow.hf_engine import HFEngine
@@ -153,11 +153,36 @@ def test_completion_logprobs_equal_the_samplers_and_the_kl_of_a_model_to_itself_
     other, _ = build_tiny_model_and_tokenizer(seed=1)
     prompts = [[5, 17, 40], [7, 7, 200, 31, 2, 9, 9], [9]]
     out = HFEngine(model, tok).generate(prompts, 2, SamplingConfig(max_new_tokens=10, seed=0))
-    rows = [(p, c) for p, g in zip(prompts, out, strict=True) for c in g]
-    got = exp.completion_logprobs(model, [p for p, _ in rows], [c.token_ids for _, c in rows], batch=4)
-    for (_, c), lp in zip(rows, got, strict=True):
+    ps, cs = [p for p, g in zip(prompts, out, strict=True) for _ in g], [c.token_ids for g in out for c in g]
+    got = exp.completion_logprobs(model, ps, cs, batch=4)
+    for c, lp in zip((c for g in out for c in g), got, strict=True):
         torch.testing.assert_close(torch.tensor(lp), torch.tensor(c.logprobs), atol=1e-4, rtol=1e-4)
-    again = exp.completion_logprobs(model, [p for p, _ in rows], [c.token_ids for _, c in rows], batch=1)
+    again = exp.completion_logprobs(model, ps, cs, batch=1)
     assert sum(map(sum, got)) - sum(map(sum, again)) == pytest.approx(0.0, abs=1e-4)
-    theirs = exp.completion_logprobs(other, [p for p, _ in rows], [c.token_ids for _, c in rows])
-    assert sum(map(sum, got)) - sum(map(sum, theirs)) > 0  # E_pi[log pi - log q] > 0 (6 samples: a wide margin)
+    kl_self, ent = exp.completion_kl_entropy(model, model, ps, cs)
+    assert kl_self == [0.0] * len(cs) and all(e > 0 for e in ent)
+    kl_other, ent2 = exp.completion_kl_entropy(model, other, ps, cs)
+    assert all(k > 0 for k in kl_other) and ent2 == pytest.approx(ent)
+
+
+def test_the_exact_kl_along_samples_agrees_with_the_log_ratio_estimate():
+    """The chain rule the held-out KL relies on: over responses sampled from pi, the mean of the per-position exact
+    KL sums equals the mean of log pi(y) - log q(y) (both estimate KL(pi || q) of the sequence), within 4 standard
+    errors of the noisier one; the exact one is the less variable."""
+    import statistics
+
+    from winnow.hf_engine import HFEngine
+    from winnow.learner.tiny import build_tiny_model_and_tokenizer
+    from winnow.sampling import SamplingConfig
+
+    model, tok = build_tiny_model_and_tokenizer(seed=0)
+    other, _ = build_tiny_model_and_tokenizer(seed=1)
+    prompt = [5, 17, 40]
+    out = HFEngine(model, tok).generate([prompt], 300, SamplingConfig(max_new_tokens=6, seed=3))[0]
+    ps, cs = [prompt] * len(out), [c.token_ids for c in out]
+    exact, _ = exp.completion_kl_entropy(model, other, ps, cs, batch=64)
+    ratio = [sum(a) - sum(b) for a, b in zip(exp.completion_logprobs(model, ps, cs, batch=64),
+                                             exp.completion_logprobs(other, ps, cs, batch=64), strict=True)]
+    se = statistics.stdev(ratio) / len(ratio) ** 0.5
+    assert abs(statistics.fmean(exact) - statistics.fmean(ratio)) < 4 * se
+    assert statistics.stdev(exact) < statistics.stdev(ratio)
