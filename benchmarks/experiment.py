@@ -1102,6 +1102,9 @@ def long_report(results: Path) -> str:
             "held-out KL. Means over seeds.\n",
             "| arm | step | held-out KL | held-out entropy | learner KL | gain (pp) | gain per KL |",
             "|---|---|---|---|---|---|---|"]
+    base0 = json.loads((results / "base_curve.json").read_text()) if (results / "base_curve.json").exists() else {}
+    if "heldout_entropy" in base0:
+        out.append(f"| initial model | 0 | 0 | {base0['heldout_entropy']:.3f} | - | - | - |")
     for a in arms:
         for v in points[a]:
             evs = [evals[a][s][v] for s in seeds[a]]
@@ -1124,13 +1127,14 @@ def plot_long(results: Path, plt: Any) -> list[Path]:
         return []
     base = json.loads(base_path.read_text())
     b0 = per_problem(base, "greedy")
+    base0 = json.loads((results / "base_curve.json").read_text()) if (results / "base_curve.json").exists() else {}
     points = long_points(evals)
     arms = [a for a in LONG_ARMS if a in evals] + sorted(a for a in evals if a not in LONG_ARMS)
     fig, axes = plt.subplots(1, 4, figsize=(22, 4.4))
     for a in arms:
         seeds = sorted(evals[a])
         xs, ms, half = [0], [statistics.fmean(b0)], [0.0]
-        kx, kls, ents, gains = [0], [0.0], [base.get("heldout_entropy")], [0.0]
+        kx, kls, ents, gains = [0], [0.0], [base0.get("heldout_entropy")], [0.0]
         for v in points[a]:
             vals = arm_values([evals[a][s][v] for s in seeds], "greedy")
             xs.append(v)
@@ -1448,6 +1452,16 @@ def main(argv: list[str] | None = None) -> int:
         (results / "base_eval.json").write_text(json.dumps(base, indent=1))
         print(f"  initial model: greedy {base['greedy_accuracy']:.3f}, pass@k {base.get('pass_at_k')}",
               file=sys.stderr, flush=True)
+    if budget.curve_every and not (results / "base_curve.json").exists():  # the curves' step 0: entropy, KL 0
+        from winnow.hf_engine import HFEngine
+
+        print("evaluating the initial model's held-out entropy ...", file=sys.stderr, flush=True)
+        ref = HFEngine.from_pretrained(model_dir, dtype=numerics.get("precision", "auto"),
+                                       attention=numerics.get("attention", "auto")).model
+        pt = evaluate(model_dir, None, problems, replace(budget, eval_k=1), chat, seed=0, ref=ref,
+                      precision=numerics.get("precision", "auto"), attention=numerics.get("attention", "auto"),
+                      threads=args.eval_threads)
+        (results / "base_curve.json").write_text(json.dumps({k: pt[k] for k in CURVE_KEYS if k in pt}, indent=1))
     if args.base_only:
         return 0
     broker = None

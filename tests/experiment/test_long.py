@@ -84,6 +84,7 @@ def test_long_report_from_run_files(tmp_path):
     _write_long(results, {"raft++": {2: 60, 4: 60, 6: 60}, "grpo": {2: 45, 4: 55, 6: 62}},
                 {"raft++": 0.02, "grpo": 0.04})
     (results / "base_eval.json").write_text(json.dumps(_greedy(40)))
+    (results / "base_curve.json").write_text(json.dumps({**_greedy(40), "heldout_kl": 0.0, "heldout_entropy": 0.6}))
     assert exp.main(["--report-only", "--results", str(results)]) == 0
     text = (results / "long.md").read_text()
     # each step has a row in three tables: accuracy vs the initial model, between arms, KL / entropy
@@ -96,6 +97,7 @@ def test_long_report_from_run_files(tmp_path):
     assert "60.0 (+20.0 [+" in step2[0] and "45.0 (+5.0 [+" in step2[0]
     assert "+15.0 [" in step2[1]  # RAFT++ - GRPO at step 2: 60 - 45
     assert "-2.0 [" in last[1]  # GRPO overtook RAFT++ by the end: 60 - 62
+    assert "| initial model | 0 | 0 | 0.600 |" in text
     assert "| raft++ | 6 | 0.0200 | 0.400 | 0.0100 | +20.0 | 1000 |" in text  # 20 pp / held-out KL 0.02
     assert "| grpo | 6 | 0.0400 | 0.400 | 0.0200 | +22.0 | 550 |" in text  # 22 pp / 0.04
     # the interval itself, recomputed by the same bootstrap: 20 gained of 100, none lost
@@ -134,6 +136,8 @@ def test_long_suite_end_to_end_on_the_tiny_model(tmp_path, kafka_bootstrap_one, 
             assert pt["heldout_kl"] == pytest.approx(sum(pt["kl_sums"]) / sum(pt["sample_tokens"]))
             assert pt["heldout_kl"] >= 0 and pt["heldout_entropy"] > 0
         assert json.loads((run / "eval.json").read_text())["weights_version"] == 4
+    base0 = json.loads((results / "base_curve.json").read_text())  # the initial model against itself: KL exactly 0
+    assert base0["heldout_kl"] == 0.0 and base0["heldout_entropy"] > 0 and len(base0["greedy_correct"]) == 4
     text = (results / "long.md").read_text()
     assert any(line.startswith("| 2 |") for line in text.splitlines())
     assert any(line.startswith("| 4 |") for line in text.splitlines())
