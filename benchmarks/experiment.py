@@ -188,7 +188,10 @@ class Budget:
     """The placebo arm keeps each of its own samples with this probability, independently of correctness."""
     curve_every: int = 0
     """Also evaluate every run's policy every this many steps (greedy, the held-out problems; ``curve.json``): the
-    run keeps those versions (``learner.weights.keep_every``). 0 = the final weights only."""
+    run keeps those versions (``learner.weights.keep_every``), published in float32. 0 = the final weights only."""
+    curve_drift_problems: int = 64
+    """The first this many held-out problems also measure each curve point's KL to the initial model and entropy
+    (:func:`policy_drift`: float32, one sample each; exact per position, so few problems suffice)."""
 
 
 def up_config(spec: RunSpec, budget: Budget, model_dir: str, bootstrap: str, prefix: str,
@@ -221,7 +224,7 @@ def up_config(spec: RunSpec, budget: Budget, model_dir: str, bootstrap: str, pre
             "max_steps": budget.steps,
             "sampling": sampling,
             "checkpoint": {"every": budget.steps},
-            "weights": {"keep_every": budget.curve_every},
+            "weights": {"keep_every": budget.curve_every, **({"dtype": "float32"} if budget.curve_every else {})},
             "eval": {"every": 0},
             "tracking": {"sinks": []},  # the runner keeps its own records (results/runs/<id>/)
             "prompts": train_source(budget, spec.seed, train_file),
@@ -406,23 +409,50 @@ def has_marker(text: str) -> bool:
 
 def completion_logits(model: Any, prompts: list[list[int]], completions: list[list[int]], batch: int = 16) -> Any:
     """Yield, row by row, the float32 logits ``(len(completion), V)`` that predict each completion token given the
-    prompt and the earlier tokens (teacher-forced): rows ``prompt + completion`` right-padded, one forward per
-    ``batch`` rows, each row's logits taken at its own positions. ``prompts``, ``completions``: token ids."""
+    prompt and the earlier tokens (teacher-forced), one forward per ``batch`` rows. A prefix common to a batch's
+    prompts (the few-shot turns; at least ``MIN_COMMON_PREFIX`` tokens) is run once and the rows' own
+    ``prompt[c:] + completion``, right-padded, over its KV cache, as the generators' engine prefills (the same keys,
+    values and positions as a plain forward of each row). ``prompts``, ``completions``: token ids, non-empty."""
+    import inspect
+
     import torch
+    from transformers import DynamicCache
+
+    from winnow.hf_engine import MIN_COMMON_PREFIX, common_prefix_length
 
     dev = next(model.parameters()).device
+    kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     for start in range(0, len(prompts), batch):
         chunk = list(zip(prompts[start:start + batch], completions[start:start + batch], strict=True))
-        width = max(len(p) + len(c) for p, c in chunk)
-        ids = torch.zeros((len(chunk), width), dtype=torch.long, device=dev)
-        mask = torch.zeros_like(ids)
-        for i, (p, c) in enumerate(chunk):
-            ids[i, :len(p) + len(c)] = torch.tensor(p + c, device=dev)
-            mask[i, :len(p) + len(c)] = 1
+        c = min(common_prefix_length([p for p, _ in chunk]), min(len(p) for p, _ in chunk) - 1)
+        if len(chunk) < 2 or c < MIN_COMMON_PREFIX:
+            c = 0
+        extra: dict[str, Any] = {}
+        if c:
+            try:
+                past = DynamicCache(config=model.config)
+            except TypeError:  # older transformers
+                past = DynamicCache()
+            with torch.no_grad():
+                model(input_ids=torch.tensor([chunk[0][0][:c]], device=dev), use_cache=True, logits_to_keep=1,
+                      attention_mask=torch.ones((1, c), dtype=torch.long, device=dev), **{kwarg: past})
+            past.batch_repeat_interleave(len(chunk))
+            extra = {kwarg: past, "use_cache": True}
+        rows = [p[c:] + comp for p, comp in chunk]
+        width = max(len(r) for r in rows)
+        ids = torch.zeros((len(rows), width), dtype=torch.long, device=dev)
+        own = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = torch.tensor(r, device=dev)
+            own[i, :len(r)] = 1
+        mask = torch.cat([torch.ones((len(rows), c), dtype=torch.long, device=dev), own], dim=1)
+        positions = torch.arange(c, c + width, device=dev).repeat(len(rows), 1)
         with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        for i, (p, c) in enumerate(chunk):
-            yield logits[i, len(p) - 1:len(p) + len(c) - 1].float()
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                           **(extra or {"use_cache": False})).logits
+        for i, (p, comp) in enumerate(chunk):
+            own_prompt = len(p) - c  # >= 1: the row's last prompt token predicts its first completion token
+            yield logits[i, own_prompt - 1:own_prompt + len(comp) - 1].float()
 
 
 def completion_logprobs(model: Any, prompts: list[list[int]], completions: list[list[int]],
@@ -459,18 +489,12 @@ def completion_kl_entropy(model: Any, ref: Any, prompts: list[list[int]], comple
 
 
 def evaluate(model_dir: str, weights: str | None, problems: list[Any], budget: Budget, chat: dict[str, Any],
-             precision: str = "auto", seed: int = 0, threads: int = 1, attention: str = "auto",
-             ref: Any = None) -> dict[str, Any]:
+             precision: str = "auto", seed: int = 0, threads: int = 1, attention: str = "auto") -> dict[str, Any]:
     """Greedy accuracy and pass@k of the model at ``model_dir`` (with the safetensors ``weights`` loaded
     over it, if given), decoded by the generators' transformers engine at the run's ``numerics.precision``
     and ``numerics.attention``: exactly as the generators sample during training. ``threads``: torch threads of this process (1 by
     default: on a shared machine OpenMP threads that spin for a busy core slow decoding by an order of
-    magnitude; 0 = torch's default).
-
-    ``ref`` (a causal LM, the initial model): also ``heldout_kl``, KL(pi || ref) per token on the held-out prompts
-    along the sampled responses, and ``heldout_entropy``, pi's entropy per token there, both exact over the
-    vocabulary at each position (:func:`completion_kl_entropy`); per problem in ``kl_sums``, ``entropy_sums`` and
-    ``sample_tokens``."""
+    magnitude; 0 = torch's default)."""
     import torch
 
     from winnow.chat import ChatFormat, PromptFormatter
@@ -503,19 +527,6 @@ def evaluate(model_dir: str, weights: str | None, problems: list[Any], budget: B
         counts = [sum(correct([c.text for c in s], p)) for s, p in zip(sampled, problems, strict=True)] if sampled else []
     finally:
         verifier.close()
-    kl: dict[str, Any] = {}
-    if ref is not None and sampled:
-        rows = [(prompt, c.token_ids) for prompt, s in zip(prompts, sampled, strict=True) for c in s if c.token_ids]
-        row_kl, row_ent = completion_kl_entropy(engine.model, ref, [r[0] for r in rows], [r[1] for r in rows])
-        starts = [0]
-        for s in sampled:  # the rows of problem i: starts[i]:starts[i + 1] (empty completions left out)
-            starts.append(starts[-1] + sum(1 for c in s if c.token_ids))
-        kl["kl_sums"] = [sum(row_kl[a:b]) for a, b in zip(starts, starts[1:], strict=False)]
-        kl["entropy_sums"] = [sum(row_ent[a:b]) for a, b in zip(starts, starts[1:], strict=False)]
-        kl["sample_tokens"] = [sum(len(c.token_ids) for c in s) for s in sampled]
-        tokens = max(1, sum(kl["sample_tokens"]))
-        kl["heldout_kl"] = sum(row_kl) / tokens
-        kl["heldout_entropy"] = sum(row_ent) / tokens
     out: dict[str, Any] = {
         "greedy_accuracy": sum(greedy_ok) / len(problems),
         "problems": len(problems),
@@ -527,7 +538,6 @@ def evaluate(model_dir: str, weights: str | None, problems: list[Any], budget: B
         "greedy_no_marker": [not has_marker(g[0].text) for g in greedy],
         "sample_no_marker_counts": [sum(not has_marker(c.text) for c in s) for s in sampled],
         "greedy_examples": [g[0].text for g in greedy[:3]],
-        **kl,
     }
     tokens = [lp for s in sampled for c in s for lp in c.logprobs]
     if tokens:  # E[-log mu(a)] over sampled tokens: a Monte Carlo estimate of the per-token entropy
@@ -538,6 +548,51 @@ def evaluate(model_dir: str, weights: str | None, problems: list[Any], budget: B
                             for k in ks_up_to(budget.eval_k)}
         out["mean_at_k"] = sum(counts) / (budget.eval_k * len(problems))
     return out
+
+
+def policy_drift(model_dir: str, weights: str | None, ref: Any, problems: list[Any], budget: Budget,
+                 chat: dict[str, Any], seed: int = 0, threads: int = 1) -> dict[str, Any]:
+    """How far the policy (``model_dir`` with ``weights``) has moved from ``ref`` (the initial model in float32) on
+    held-out prompts: one response per problem sampled at the training temperature from the policy in **float32**,
+    and along it, per token, ``heldout_kl`` = KL(pi || ref) and ``heldout_entropy`` of pi, exact over the vocabulary
+    at each position (:func:`completion_kl_entropy`; per problem in ``kl_sums``, ``entropy_sums``,
+    ``sample_tokens``). Float32 and float32 weights (the long suite publishes them) because bf16 hides the
+    learner's policy: rounding an Adam step of 1e-5 to bf16 flips ~2% of the weights by one bf16 step, a KL of
+    ~0.002 per token where the float32 policies differ by 3e-7 (docs/results/README.md, long runs)."""
+    import torch
+
+    from winnow.chat import ChatFormat, PromptFormatter
+    from winnow.hf_engine import HFEngine
+    from winnow.sampling import SamplingConfig
+
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    engine = HFEngine.from_pretrained(model_dir, dtype="float32", max_batch_sequences=64)
+    if weights:
+        engine.load_weights(weights, version=1)
+    fmt = PromptFormatter(engine.tokenizer, ChatFormat(**chat))
+    prompts = [fmt(p.problem, p.messages) for p in problems]
+    sampling = SamplingConfig(temperature=budget.temperature, top_p=1.0, max_new_tokens=budget.max_new_tokens,
+                              seed=seed + 7)
+    completions = [g[0].token_ids for g in engine.generate(prompts, 1, sampling)]
+    rows = [i for i, c in enumerate(completions) if c]
+    row_kl, row_ent = completion_kl_entropy(engine.model, ref, [prompts[i] for i in rows],
+                                            [completions[i] for i in rows])
+    kl_sums, ent_sums = [0.0] * len(problems), [0.0] * len(problems)
+    for i, k, e in zip(rows, row_kl, row_ent, strict=True):
+        kl_sums[i], ent_sums[i] = k, e
+    tokens = [len(c) for c in completions]
+    return {"heldout_kl": sum(kl_sums) / max(1, sum(tokens)), "heldout_entropy": sum(ent_sums) / max(1, sum(tokens)),
+            "kl_sums": kl_sums, "entropy_sums": ent_sums, "sample_tokens": tokens, "drift_problems": len(problems),
+            "drift_s": time.perf_counter() - t0}
+
+
+def float32_model(model_dir: str) -> Any:
+    """The initial model in float32 (the reference of :func:`policy_drift`), built as the policy there is."""
+    from winnow.hf_engine import HFEngine
+
+    return HFEngine.from_pretrained(model_dir, dtype="float32").model
 
 
 # -- one run ----------------------------------------------------------------------------------------
@@ -592,11 +647,10 @@ def final_weights(run_dir: Path) -> tuple[str, int]:
     return str(path), version
 
 
-CURVE_KEYS = ("greedy_accuracy", "greedy_correct", "greedy_no_marker", "problem_keys", "eval_s", "k",
-              "sample_correct_counts", "sample_no_marker_counts", "sample_entropy", "response_tokens_mean",
-              "heldout_kl", "heldout_entropy", "kl_sums", "entropy_sums", "sample_tokens")
-"""What ``curve.json`` keeps of each point of the learning curve (:func:`evaluate` with one sample per problem and
-the initial model as ``ref``)."""
+CURVE_KEYS = ("greedy_accuracy", "greedy_correct", "greedy_no_marker", "problem_keys", "eval_s", "heldout_kl",
+              "heldout_entropy", "kl_sums", "entropy_sums", "sample_tokens", "drift_problems", "drift_s")
+"""What ``curve.json`` keeps of each point of the learning curve (:func:`evaluate`, greedy, and
+:func:`policy_drift`)."""
 
 
 TRAINED_ONLY = ("entropy", "kl")
@@ -667,19 +721,17 @@ def run_one(spec: RunSpec, budget: Budget, model_dir: str, bootstrap: str, resul
                   seed=spec.seed, threads=eval_threads)
     ev["weights_version"] = version
     (out / "eval.json").write_text(json.dumps(ev, indent=1))
-    if budget.curve_every:  # the policy every curve_every steps and the final one: greedy, one sample, held-out KL
-        from winnow.hf_engine import HFEngine
-
-        one_sample = replace(budget, eval_k=1)
-        ref = HFEngine.from_pretrained(model_dir, dtype=numerics.get("precision", "auto"),
-                                       attention=numerics.get("attention", "auto")).model
+    if budget.curve_every:  # the policy every curve_every steps and the final one: greedy, and its drift
+        greedy_only, ref = replace(budget, eval_k=0), float32_model(model_dir)
+        chat = data["generator"].get("chat", {})
         points = []
         for v, path in published_versions(run_dir):
             if v == 0 or (v % budget.curve_every and v != version):
                 continue
-            pt = evaluate(model_dir, str(path), problems, one_sample, data["generator"].get("chat", {}),
-                          precision=numerics.get("precision", "auto"), attention=numerics.get("attention", "auto"),
-                          seed=spec.seed, threads=eval_threads, ref=ref)
+            pt = evaluate(model_dir, str(path), problems, greedy_only, chat, precision=numerics.get("precision", "auto"),
+                          attention=numerics.get("attention", "auto"), seed=spec.seed, threads=eval_threads)
+            pt.update(policy_drift(model_dir, str(path), ref, problems[:budget.curve_drift_problems], budget, chat,
+                                   seed=spec.seed, threads=eval_threads))
             points.append({"version": v, **{k: pt[k] for k in CURVE_KEYS if k in pt}})
         del ref
         (out / "curve.json").write_text(json.dumps({"every": budget.curve_every, "points": points}, indent=1))
@@ -1453,15 +1505,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  initial model: greedy {base['greedy_accuracy']:.3f}, pass@k {base.get('pass_at_k')}",
               file=sys.stderr, flush=True)
     if budget.curve_every and not (results / "base_curve.json").exists():  # the curves' step 0: entropy, KL 0
-        from winnow.hf_engine import HFEngine
-
         print("evaluating the initial model's held-out entropy ...", file=sys.stderr, flush=True)
-        ref = HFEngine.from_pretrained(model_dir, dtype=numerics.get("precision", "auto"),
-                                       attention=numerics.get("attention", "auto")).model
-        pt = evaluate(model_dir, None, problems, replace(budget, eval_k=1), chat, seed=0, ref=ref,
-                      precision=numerics.get("precision", "auto"), attention=numerics.get("attention", "auto"),
-                      threads=args.eval_threads)
-        (results / "base_curve.json").write_text(json.dumps({k: pt[k] for k in CURVE_KEYS if k in pt}, indent=1))
+        pt = policy_drift(model_dir, None, float32_model(model_dir), problems[:budget.curve_drift_problems], budget,
+                          chat, seed=0, threads=args.eval_threads)
+        (results / "base_curve.json").write_text(json.dumps(pt, indent=1))
     if args.base_only:
         return 0
     broker = None

@@ -69,10 +69,12 @@ def test_curve_every_keeps_those_versions_in_the_runs_weight_store():
     spec = exp.plan(["long"], [0])[0]
     data = exp.up_config(spec, exp.Budget(steps=90, curve_every=10), "model", "b:1", "p")
     assert data["learner"]["weights"]["keep_every"] == 10 and data["learner"]["max_steps"] == 90
+    assert data["learner"]["weights"]["dtype"] == "float32"  # the kept versions are the learner's exact policies
     from learner.config import LearnerConfig
 
     LearnerConfig.model_validate(data["learner"])  # a valid learner config
-    assert exp.up_config(spec, exp.Budget(), "model", "b:1", "p")["learner"]["weights"]["keep_every"] == 0
+    plain = exp.up_config(spec, exp.Budget(), "model", "b:1", "p")["learner"]["weights"]
+    assert plain["keep_every"] == 0 and plain.get("dtype", "auto") == "auto"
     with pytest.raises(SystemExit):
         exp.parse_args(["--curve-every", "-1"])
 
@@ -132,12 +134,13 @@ def test_long_suite_end_to_end_on_the_tiny_model(tmp_path, kafka_bootstrap_one, 
         # version 2 kept although the store keeps only the newest; 4 the final one
         assert [p["version"] for p in curve["points"]] == [2, 4]
         for pt in curve["points"]:
-            assert len(pt["greedy_correct"]) == 4 and len(pt["kl_sums"]) == 4 and pt["k"] == 1
+            assert len(pt["greedy_correct"]) == 4 and len(pt["kl_sums"]) == 4 and pt["drift_problems"] == 4
             assert pt["heldout_kl"] == pytest.approx(sum(pt["kl_sums"]) / sum(pt["sample_tokens"]))
             assert pt["heldout_kl"] >= 0 and pt["heldout_entropy"] > 0
         assert json.loads((run / "eval.json").read_text())["weights_version"] == 4
+        assert json.loads((run / "up.json").read_text())["learner"]["weights"]["dtype"] == "float32"
     base0 = json.loads((results / "base_curve.json").read_text())  # the initial model against itself: KL exactly 0
-    assert base0["heldout_kl"] == 0.0 and base0["heldout_entropy"] > 0 and len(base0["greedy_correct"]) == 4
+    assert base0["heldout_kl"] == 0.0 and base0["heldout_entropy"] > 0 and len(base0["kl_sums"]) == 4
     text = (results / "long.md").read_text()
     assert any(line.startswith("| 2 |") for line in text.splitlines())
     assert any(line.startswith("| 4 |") for line in text.splitlines())
@@ -163,6 +166,16 @@ def test_completion_logprobs_equal_the_samplers_and_the_kl_of_a_model_to_itself_
         torch.testing.assert_close(torch.tensor(lp), torch.tensor(c.logprobs), atol=1e-4, rtol=1e-4)
     again = exp.completion_logprobs(model, ps, cs, batch=1)
     assert sum(map(sum, got)) - sum(map(sum, again)) == pytest.approx(0.0, abs=1e-4)
+    # prompts sharing a few-shot prefix: the batch runs it once (a KV cache), the rows equal their plain forward
+    common = list(range(40, 52))
+    shared_ps = [common + p for p in ps]
+    out2 = HFEngine(model, tok).generate([common + p for p in prompts], 2, SamplingConfig(max_new_tokens=10, seed=1))
+    shared_cs = [c.token_ids for g in out2 for c in g]
+    batched = exp.completion_logprobs(model, shared_ps, shared_cs, batch=6)
+    plain = exp.completion_logprobs(model, shared_ps, shared_cs, batch=1)
+    for c, a, b in zip((c for g in out2 for c in g), batched, plain, strict=True):
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(c.logprobs), atol=1e-4, rtol=1e-4)
     kl_self, ent = exp.completion_kl_entropy(model, model, ps, cs)
     assert kl_self == [0.0] * len(cs) and all(e > 0 for e in ent)
     kl_other, ent2 = exp.completion_kl_entropy(model, other, ps, cs)
