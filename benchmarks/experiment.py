@@ -188,10 +188,10 @@ class Budget:
     """The placebo arm keeps each of its own samples with this probability, independently of correctness."""
     curve_every: int = 0
     """Also evaluate every run's policy every this many steps (greedy, the held-out problems; ``curve.json``): the
-    run keeps those versions (``learner.weights.keep_every``), published in float32. 0 = the final weights only."""
+    run keeps those versions (``learner.weights.keep_every``). 0 = the final weights only."""
     curve_drift_problems: int = 64
     """The first this many held-out problems also measure each curve point's KL to the initial model and entropy
-    (:func:`policy_drift`: float32, one sample each; exact per position, so few problems suffice)."""
+    (:func:`policy_drift`: one sample each, exact per position, so few problems suffice)."""
 
 
 def up_config(spec: RunSpec, budget: Budget, model_dir: str, bootstrap: str, prefix: str,
@@ -224,7 +224,7 @@ def up_config(spec: RunSpec, budget: Budget, model_dir: str, bootstrap: str, pre
             "max_steps": budget.steps,
             "sampling": sampling,
             "checkpoint": {"every": budget.steps},
-            "weights": {"keep_every": budget.curve_every, **({"dtype": "float32"} if budget.curve_every else {})},
+            "weights": {"keep_every": budget.curve_every},
             "eval": {"every": 0},
             "tracking": {"sinks": []},  # the runner keeps its own records (results/runs/<id>/)
             "prompts": train_source(budget, spec.seed, train_file),
@@ -551,14 +551,19 @@ def evaluate(model_dir: str, weights: str | None, problems: list[Any], budget: B
 
 
 def policy_drift(model_dir: str, weights: str | None, ref: Any, problems: list[Any], budget: Budget,
-                 chat: dict[str, Any], seed: int = 0, threads: int = 1) -> dict[str, Any]:
-    """How far the policy (``model_dir`` with ``weights``) has moved from ``ref`` (the initial model in float32) on
-    held-out prompts: one response per problem sampled at the training temperature from the policy in **float32**,
-    and along it, per token, ``heldout_kl`` = KL(pi || ref) and ``heldout_entropy`` of pi, exact over the vocabulary
-    at each position (:func:`completion_kl_entropy`; per problem in ``kl_sums``, ``entropy_sums``,
-    ``sample_tokens``). Float32 and float32 weights (the long suite publishes them) because bf16 hides the
-    learner's policy: rounding an Adam step of 1e-5 to bf16 flips ~2% of the weights by one bf16 step, a KL of
-    ~0.002 per token where the float32 policies differ by 3e-7 (docs/results/README.md, long runs)."""
+                 chat: dict[str, Any], precision: str = "auto", attention: str = "auto", seed: int = 0,
+                 threads: int = 1) -> dict[str, Any]:
+    """How far the policy (``model_dir`` with ``weights``) has moved from ``ref`` (the initial model, built by
+    :func:`reference_model` in the same precision) on held-out prompts: one response per problem sampled at the
+    training temperature, and along it, per token, ``heldout_kl`` = KL(pi || ref) and ``heldout_entropy`` of pi, exact
+    over the vocabulary at each position (:func:`completion_kl_entropy`; per problem in ``kl_sums``,
+    ``entropy_sums``, ``sample_tokens``).
+
+    The policy is the one the generators sample and :func:`evaluate` decodes: the published weights in the run's
+    ``numerics.precision`` (bf16 on this CPU; the learner's forward runs under autocast to it too). Its float32
+    master weights move further and sooner: after one step of lr 1e-5 they are KL 0.021 per token from the initial
+    model where the bf16 policy is 0.0010, since most weights' updates stay inside one bf16 rounding step until
+    they accumulate (docs/results/README.md, long runs)."""
     import torch
 
     from winnow.chat import ChatFormat, PromptFormatter
@@ -568,7 +573,7 @@ def policy_drift(model_dir: str, weights: str | None, ref: Any, problems: list[A
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    engine = HFEngine.from_pretrained(model_dir, dtype="float32", max_batch_sequences=64)
+    engine = HFEngine.from_pretrained(model_dir, dtype=precision, attention=attention, max_batch_sequences=64)
     if weights:
         engine.load_weights(weights, version=1)
     fmt = PromptFormatter(engine.tokenizer, ChatFormat(**chat))
@@ -588,11 +593,11 @@ def policy_drift(model_dir: str, weights: str | None, ref: Any, problems: list[A
             "drift_s": time.perf_counter() - t0}
 
 
-def float32_model(model_dir: str) -> Any:
-    """The initial model in float32 (the reference of :func:`policy_drift`), built as the policy there is."""
+def reference_model(model_dir: str, precision: str = "auto", attention: str = "auto") -> Any:
+    """The initial model as :func:`policy_drift` builds the policy (the generators' engine, same precision)."""
     from winnow.hf_engine import HFEngine
 
-    return HFEngine.from_pretrained(model_dir, dtype="float32").model
+    return HFEngine.from_pretrained(model_dir, dtype=precision, attention=attention).model
 
 
 # -- one run ----------------------------------------------------------------------------------------
@@ -722,16 +727,17 @@ def run_one(spec: RunSpec, budget: Budget, model_dir: str, bootstrap: str, resul
     ev["weights_version"] = version
     (out / "eval.json").write_text(json.dumps(ev, indent=1))
     if budget.curve_every:  # the policy every curve_every steps and the final one: greedy, and its drift
-        greedy_only, ref = replace(budget, eval_k=0), float32_model(model_dir)
+        precision, attention = numerics.get("precision", "auto"), numerics.get("attention", "auto")
+        greedy_only, ref = replace(budget, eval_k=0), reference_model(model_dir, precision, attention)
         chat = data["generator"].get("chat", {})
         points = []
         for v, path in published_versions(run_dir):
             if v == 0 or (v % budget.curve_every and v != version):
                 continue
-            pt = evaluate(model_dir, str(path), problems, greedy_only, chat, precision=numerics.get("precision", "auto"),
-                          attention=numerics.get("attention", "auto"), seed=spec.seed, threads=eval_threads)
+            pt = evaluate(model_dir, str(path), problems, greedy_only, chat, precision=precision, attention=attention,
+                          seed=spec.seed, threads=eval_threads)
             pt.update(policy_drift(model_dir, str(path), ref, problems[:budget.curve_drift_problems], budget, chat,
-                                   seed=spec.seed, threads=eval_threads))
+                                   precision=precision, attention=attention, seed=spec.seed, threads=eval_threads))
             points.append({"version": v, **{k: pt[k] for k in CURVE_KEYS if k in pt}})
         del ref
         (out / "curve.json").write_text(json.dumps({"every": budget.curve_every, "points": points}, indent=1))
@@ -1506,8 +1512,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr, flush=True)
     if budget.curve_every and not (results / "base_curve.json").exists():  # the curves' step 0: entropy, KL 0
         print("evaluating the initial model's held-out entropy ...", file=sys.stderr, flush=True)
-        pt = policy_drift(model_dir, None, float32_model(model_dir), problems[:budget.curve_drift_problems], budget,
-                          chat, seed=0, threads=args.eval_threads)
+        precision, attention = numerics.get("precision", "auto"), numerics.get("attention", "auto")
+        pt = policy_drift(model_dir, None, reference_model(model_dir, precision, attention),
+                          problems[:budget.curve_drift_problems], budget, chat, precision=precision,
+                          attention=attention, seed=0, threads=args.eval_threads)
         (results / "base_curve.json").write_text(json.dumps(pt, indent=1))
     if args.base_only:
         return 0
