@@ -189,7 +189,7 @@ class Budget:
     curve_every: int = 0
     """Also evaluate every run's policy every this many steps (greedy, the held-out problems; ``curve.json``): the
     run keeps those versions (``learner.weights.keep_every``). 0 = the final weights only."""
-    curve_drift_problems: int = 64
+    curve_drift_problems: int = 128
     """The first this many held-out problems also measure each curve point's KL to the initial model and entropy
     (:func:`policy_drift`: one sample each, exact per position, so few problems suffice)."""
 
