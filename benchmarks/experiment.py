@@ -488,6 +488,25 @@ def completion_kl_entropy(model: Any, ref: Any, prompts: list[list[int]], comple
     return kls, ents
 
 
+def eval_engine(model_dir: str, weights: str | None, problems: list[Any], chat: dict[str, Any], precision: str,
+                attention: str, threads: int) -> tuple[Any, list[list[int]]]:
+    """The generators' transformers engine on ``model_dir`` (with the safetensors ``weights`` loaded over it, if
+    given) at ``precision`` / ``attention``, and the problems' prompts formatted as the generator formats a request.
+    ``threads``: torch threads of this process (0 = torch's default)."""
+    import torch
+
+    from winnow.chat import ChatFormat, PromptFormatter
+    from winnow.hf_engine import HFEngine
+
+    if threads:
+        torch.set_num_threads(threads)
+    engine = HFEngine.from_pretrained(model_dir, dtype=precision, attention=attention, max_batch_sequences=64)
+    if weights:
+        engine.load_weights(weights, version=1)
+    fmt = PromptFormatter(engine.tokenizer, ChatFormat(**chat))
+    return engine, [fmt(p.problem, p.messages) for p in problems]
+
+
 def evaluate(model_dir: str, weights: str | None, problems: list[Any], budget: Budget, chat: dict[str, Any],
              precision: str = "auto", seed: int = 0, threads: int = 1, attention: str = "auto") -> dict[str, Any]:
     """Greedy accuracy and pass@k of the model at ``model_dir`` (with the safetensors ``weights`` loaded
@@ -495,22 +514,13 @@ def evaluate(model_dir: str, weights: str | None, problems: list[Any], budget: B
     and ``numerics.attention``: exactly as the generators sample during training. ``threads``: torch threads of this process (1 by
     default: on a shared machine OpenMP threads that spin for a busy core slow decoding by an order of
     magnitude; 0 = torch's default)."""
-    import torch
 
-    from winnow.chat import ChatFormat, PromptFormatter
-    from winnow.hf_engine import HFEngine
     from winnow.sampling import SamplingConfig
     from winnow.scoring import in_process_verifier
     from winnow.verdict import Item, Status
 
-    if threads:
-        torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    engine = HFEngine.from_pretrained(model_dir, dtype=precision, attention=attention, max_batch_sequences=64)
-    if weights:
-        engine.load_weights(weights, version=1)
-    fmt = PromptFormatter(engine.tokenizer, ChatFormat(**chat))
-    prompts = [fmt(p.problem, p.messages) for p in problems]  # as the generator formats a request
+    engine, prompts = eval_engine(model_dir, weights, problems, chat, precision, attention, threads)
     greedy = engine.generate(prompts, 1, SamplingConfig(temperature=0.0, max_new_tokens=budget.max_new_tokens))
     sampled: list[list[Any]] = []
     if budget.eval_k:
@@ -564,20 +574,10 @@ def policy_drift(model_dir: str, weights: str | None, ref: Any, problems: list[A
     master weights move further and sooner: after one step of lr 1e-5 they are KL 0.021 per token from the initial
     model where the bf16 policy is 0.0010, since most weights' updates stay inside one bf16 rounding step until
     they accumulate (docs/results/README.md, long runs)."""
-    import torch
-
-    from winnow.chat import ChatFormat, PromptFormatter
-    from winnow.hf_engine import HFEngine
     from winnow.sampling import SamplingConfig
 
-    if threads:
-        torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    engine = HFEngine.from_pretrained(model_dir, dtype=precision, attention=attention, max_batch_sequences=64)
-    if weights:
-        engine.load_weights(weights, version=1)
-    fmt = PromptFormatter(engine.tokenizer, ChatFormat(**chat))
-    prompts = [fmt(p.problem, p.messages) for p in problems]
+    engine, prompts = eval_engine(model_dir, weights, problems, chat, precision, attention, threads)
     sampling = SamplingConfig(temperature=budget.temperature, top_p=1.0, max_new_tokens=budget.max_new_tokens,
                               seed=seed + 7)
     completions = [g[0].token_ids for g in engine.generate(prompts, 1, sampling)]

@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
+from ..benchmark_scripts import load_benchmark
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("winnow_bench_experiment", REPO / "benchmarks" / "experiment.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
-exp = _load()
+exp = load_benchmark("experiment")
 
 
 def test_pass_at_k_hand_computed():

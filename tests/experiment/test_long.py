@@ -7,25 +7,19 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from ..benchmark_scripts import load_benchmark
+
 SUMS_1D = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1, "operators": ["+"],
            "allow_parentheses": False, "allow_negation": False}
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("winnow_bench_experiment_long", REPO / "benchmarks" / "experiment.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
-exp = _load()
+exp = load_benchmark("experiment")
 N = 100
 
 

@@ -3,27 +3,15 @@ through a real broker and the in-process queue."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from winnow.kafka import ScoredGroup, decode, encode
 
-REPO = Path(__file__).resolve().parents[2]
+from ..benchmark_scripts import load_benchmark
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("winnow_bench_transport", REPO / "benchmarks" / "transport.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
+bench = load_benchmark("transport")
 
 
 def test_parse_size_and_errors():
