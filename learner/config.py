@@ -161,7 +161,8 @@ class WeightStoreConfig(Model):
     """Keep the newest this many versions in the store (generators may still be loading an older one)."""
     keep_every: int = Field(default=0, ge=0)
     """Also keep every version divisible by this (0 = none): the policy every this many steps, to evaluate the run's
-    learning curve afterwards (each ``v<version>/`` folder is a Hugging Face model folder)."""
+    learning curve afterwards (``winnow eval RUN --version N``; each ``v<version>/`` folder is a Hugging Face model
+    folder)."""
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
     """dtype of the published tensors. "auto" = ``numerics.precision`` when that is bfloat16 or float32 (the
     generators hold the weights in it anyway: bf16 halves the bytes to write, hash and read, same numbers once
