@@ -1065,6 +1065,12 @@ def load_long(results: Path) -> tuple[dict[str, dict[int, dict[int, dict[str, An
     return evals, rows
 
 
+def load_base_curve(results: Path) -> dict[str, Any]:
+    """The initial model's curve point (``base_curve.json``: held-out entropy, KL 0), or {} before it is measured."""
+    path = results / "base_curve.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def window_mean(rows: list[dict], key: str, lo: int, hi: int) -> float | None:
     """Mean of a learner metric over the trained steps with ``lo < version <= hi`` (None if none trained)."""
     vals = [float(r[key]) for r in rows if lo < int(r["version"]) <= hi and key in r and trained(r)]
@@ -1160,7 +1166,7 @@ def long_report(results: Path) -> str:
             "held-out KL. Means over seeds.\n",
             "| arm | step | held-out KL | held-out entropy | learner KL | gain (pp) | gain per KL |",
             "|---|---|---|---|---|---|---|"]
-    base0 = json.loads((results / "base_curve.json").read_text()) if (results / "base_curve.json").exists() else {}
+    base0 = load_base_curve(results)
     if "heldout_entropy" in base0:
         out.append(f"| initial model | 0 | 0 | {base0['heldout_entropy']:.3f} | - | - | - |")
     for a in arms:
@@ -1185,7 +1191,7 @@ def plot_long(results: Path, plt: Any) -> list[Path]:
         return []
     base = json.loads(base_path.read_text())
     b0 = per_problem(base, "greedy")
-    base0 = json.loads((results / "base_curve.json").read_text()) if (results / "base_curve.json").exists() else {}
+    base0 = load_base_curve(results)
     points = long_points(evals)
     arms = [a for a in LONG_ARMS if a in evals] + sorted(a for a in evals if a not in LONG_ARMS)
     fig, axes = plt.subplots(1, 4, figsize=(22, 4.4))
