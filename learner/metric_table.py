@@ -164,6 +164,15 @@ LEARNER: tuple[Metric, ...] = (
     _service("consumer_lag", "Records behind the groups topic's high watermark (best effort).",
              "winnow_learner_consumer_lag",
              doc="Records behind the high watermark of `<prefix>.groups` (best effort, from the last fetch)."),
+    _service("published_changed", "Published weights changed since the previous publication / weights (sampled).",
+             "winnow_learner_published_changed_ratio",
+             doc="Of the weights in the newest published file, the fraction whose stored value differs (bitwise) from "
+                 "the previous version in the store, on about 4M elements (every s-th row of every tensor). The "
+                 "learner trains float32 masters and publishes `weights.dtype` (bf16 when the run computes in bf16): an update below half "
+                 "a bf16 rounding step does not reach the published policy, so near 0 means the generators' policy "
+                 "barely moves per publication (a learning rate too small for the published precision, or "
+                 "`publish_every` too small to accumulate it). Set on each publication with an earlier version in the "
+                 "store."),
     _service("checkpoint_seconds", "Seconds to write a checkpoint.", "winnow_learner_checkpoint_seconds",
              kind="histogram", buckets=(0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
              doc="Seconds to write one checkpoint (Kafka offsets are committed after it)."),
@@ -296,6 +305,8 @@ LEARNER: tuple[Metric, ...] = (
     _row("wait_s", "Seconds waiting for enough scored groups.", tag="time"),
     _row("compute_s", "Seconds of the training step as the service sees it.", tag="time"),
     _row("publish_s", "Seconds writing and announcing weights (0 when not published).", tag="time"),
+    _row("published_changed_fraction", "`winnow_learner_published_changed_ratio` of this step's publication (absent "
+         "when it did not publish or had no earlier version to compare)."),
     _row("checkpoint_s", "Seconds writing the checkpoint and committing offsets (0 when none).", tag="time"),
     _row("next_position", "The next prompt position of the dataset to release."),
     _row("prompts_per_trained_group", "Prompts released / groups trained, since the start."),

@@ -17,6 +17,12 @@ config and tokenizer (``hf_model``, ``hf_tokenizer``; copied from ``<store>/.hf-
 version folder is a Hugging Face model folder that ``from_pretrained`` and vLLM load as it is. The announced URI is a ``file://`` URI of
 the absolute path, or ``<uri_root>/v<version:08d>/model.safetensors`` when generators mount the
 store somewhere else.
+
+After writing a version the publisher measures how much of it changed since the previous one in the store
+(:func:`changed_fraction`, ``winnow_learner_published_changed_ratio``): the learner trains float32 masters and
+publishes (by default) bfloat16, and an update smaller than half a bf16 rounding step leaves a weight's published
+value as it was, so at a small learning rate most of the policy the generators sample does not move from one
+publication to the next even though the masters do.
 """
 
 from __future__ import annotations
@@ -40,6 +46,66 @@ _VERSION_DIR = re.compile(r"^v(\d{8,})$")
 
 def version_dir(store: Path, version: int) -> Path:
     return store / f"v{version:08d}"
+
+
+SAMPLE_ELEMENTS = 1 << 22
+"""About how many elements :func:`changed_fraction` compares (rows of every tensor at one stride)."""
+
+
+def changed_fraction(old: Path, new: Path, budget: int = SAMPLE_ELEMENTS) -> float | None:
+    """Fraction of the weights of safetensors file ``new`` whose stored bytes differ from ``old``'s, estimated on about
+    ``budget`` elements: every s-th row (first dimension) of each tensor, one stride s for all tensors, so each tensor
+    counts in proportion to its size. Tensors only in one file, or with another shape or dtype, are skipped; None when
+    no tensor is comparable. Reads only the sampled rows (memory-mapped), so it is cheap next to writing the file.
+    The comparison is bitwise: a value that rounds to the same published number did not change."""
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(old), "pt") as fo, safe_open(str(new), "pt") as fn:
+        common = []
+        for name in fn.keys():
+            if name not in fo.keys():
+                continue
+            a, b = fo.get_slice(name), fn.get_slice(name)
+            if a.get_shape() == b.get_shape() and a.get_dtype() == b.get_dtype():
+                common.append((name, a, b))
+        total = sum(_numel(b.get_shape()) for _, _, b in common)
+        if total == 0:
+            return None
+        stride = max(1, total // max(1, budget))
+        changed = compared = 0
+        for name, a, b in common:
+            if not b.get_shape():  # a scalar
+                x, y = fo.get_tensor(name), fn.get_tensor(name)
+            else:
+                x, y = a[::stride], b[::stride]
+            # row-major copies (a sliced one-element tensor keeps its stride through .contiguous())
+            x = x.reshape(-1).clone(memory_format=torch.contiguous_format)
+            y = y.reshape(-1).clone(memory_format=torch.contiguous_format)
+            if x.numel() == 0:
+                continue
+            xb = x.view(torch.uint8).reshape(x.numel(), -1)
+            yb = y.view(torch.uint8).reshape(y.numel(), -1)
+            changed += int((xb != yb).any(dim=1).sum())
+            compared += x.numel()
+    return changed / compared if compared else None
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def previous_version(store: Path, version: int, file: str) -> Path | None:
+    """The ``file`` of the newest version below ``version`` in ``store`` (None if there is none)."""
+    best: tuple[int, Path] | None = None
+    for p in store.iterdir() if store.is_dir() else ():
+        m = _VERSION_DIR.match(p.name)
+        if m and int(m.group(1)) < version and (p / file).is_file() and (best is None or int(m.group(1)) > best[0]):
+            best = (int(m.group(1)), p / file)
+    return best[1] if best else None
 
 
 class WeightSource(Protocol):
@@ -89,6 +155,8 @@ class WeightPublisher:
 
             self.dtype = torch_dtype(dtype)
         self.last: WeightAnnouncement | None = None
+        self.changed: float | None = None
+        """:func:`changed_fraction` of the last written version against the one before it (None: no earlier one)."""
         # with hf_model (the trained model; its config) every version folder is also a Hugging Face folder
         self.hf_template = None
         if hf_model is not None and hasattr(hf_model, "config") and not hasattr(hf_model, "peft_config"):
@@ -111,6 +179,12 @@ class WeightPublisher:
             from winnow.export import add_hf_files
 
             add_hf_files(self.hf_template, path.parent)
+        self.changed = None
+        if path.is_file() and (before := previous_version(self.store, version, path.name)) is not None:
+            try:
+                self.changed = changed_fraction(before, path)
+            except Exception as e:  # a measurement: never a reason not to publish
+                log.warning("could not compare v%d's weights with %s: %s", version, before, e)
         return WeightAnnouncement(
             version=version,
             uri=self.uri_for(path),

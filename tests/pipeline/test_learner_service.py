@@ -304,6 +304,10 @@ async def test_learner_trains_dedupes_drops_and_resumes(kafka_config, tmp_path: 
         assert state_v2.unconsumed, "requests were in flight at the checkpoint"
         lines = (Path(cfg.run_dir) / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(x)["version"] for x in lines] == [1, 2, 3]
+        # every publication after the first is compared with the version before it (the tiny model's steps move it)
+        changed = [json.loads(x)["published_changed_fraction"] for x in lines[1:]]
+        assert all(0 < c <= 1 for c in changed), changed
+        assert _metric(scrape, "winnow_learner_published_changed_ratio") == changed[-1]
 
         # ---- run 2: a new process's view: a fresh Trainer from the initial weights + the checkpoint
         cfg2 = cfg.model_copy(update={"max_steps": 6})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,7 +25,7 @@ from winnow.learner.evaluate import Evaluator
 from winnow.learner.objective import prepare_batch_signals
 from winnow.learner.step import OptimConfig, Trainer, group_outcomes
 from winnow.learner.tiny import build_tiny_model_and_tokenizer
-from winnow.learner.weights import WeightPublisher
+from winnow.learner.weights import WeightPublisher, changed_fraction
 from winnow.prompts import Problem
 from winnow.v1 import messages_pb2
 
@@ -184,6 +185,65 @@ def test_weight_store_keeps_every_kth_version(tmp_path):
         "v00000000", "v00000003", "v00000006", "v00000007"]
     with pytest.raises(ValueError, match="keep_every"):
         WeightPublisher(tmp_path / "other", producer=None, topic="t.weights", keep_every=-1)
+
+
+def _save(path, tensors, dtype=None):
+    from winnow.learner.step import save_state_dict
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_state_dict(tensors, path, dtype=dtype)
+    return path
+
+
+def test_changed_fraction_hand_computed(tmp_path):
+    """16 of 64 rows of ``w`` and the scalar changed: 129 of the 523 comparable elements; at stride 5 (budget 100):
+    rows 0, 5, 10, 15 of the 13 sampled rows, and the scalar, of 108 sampled: 33. Shape changes and names in one file
+    only are skipped; NaN stored twice is unchanged (bitwise)."""
+    w = torch.zeros(64, 8)
+    old = {"w": w, "b": torch.zeros(8), "s": torch.tensor(1.0), "gone": torch.zeros(3), "reshaped": torch.zeros(4),
+           "nan": torch.full((2,), float("nan"))}
+    new = {**old, "w": torch.cat([torch.ones(16, 8), torch.zeros(48, 8)]), "s": torch.tensor(2.0),
+           "reshaped": torch.zeros(2, 2), "added": torch.ones(5)}
+    del new["gone"]
+    a, b = _save(tmp_path / "a.safetensors", old), _save(tmp_path / "b.safetensors", new)
+    assert changed_fraction(a, b) == pytest.approx(129 / 523)  # 512 + 8 + 1 + 2 (nan) compared
+    assert changed_fraction(a, b, budget=100) == pytest.approx(33 / 108)  # 104 + 2 + 1 + 1 (nan[::5])
+    assert changed_fraction(a, a) == 0.0
+    c = _save(tmp_path / "c.safetensors", {"other": torch.zeros(3)})
+    assert changed_fraction(a, c) is None
+
+
+def test_changed_fraction_sees_what_bf16_publication_drops(tmp_path):
+    """An update of 1e-4 to weights of 1.0 is below half a bf16 step (2**-8): the float32 file changes everywhere, the
+    bf16 file nowhere; an update of 0.01 reaches both."""
+    base = {"w": torch.ones(32, 32)}
+    small, large = {"w": base["w"] + 1e-4}, {"w": base["w"] + 0.01}
+    for dtype, want_small in ((torch.float32, 1.0), (torch.bfloat16, 0.0)):
+        d = tmp_path / str(dtype)
+        a = _save(d / "a.safetensors", base, dtype)
+        assert changed_fraction(a, _save(d / "s.safetensors", small, dtype)) == want_small
+        assert changed_fraction(a, _save(d / "l.safetensors", large, dtype)) == 1.0
+
+
+class _TensorTrainer:
+    def __init__(self, version, value):
+        self.version, self.value = version, value
+
+    def save_weights(self, path, dtype=None):
+        _save(Path(path), {"w": torch.full((8, 4), self.value)}, dtype)
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_publisher_measures_change_against_the_previous_version(tmp_path):
+    pub = WeightPublisher(tmp_path / "store", producer=None, topic="t.weights", keep=3, dtype="bfloat16")
+    pub.write(_TensorTrainer(0, 1.0))
+    assert pub.changed is None  # nothing to compare with
+    pub.write(_TensorTrainer(1, 1.0 + 1e-4))  # lost in bf16
+    assert pub.changed == 0.0
+    pub.write(_TensorTrainer(2, 2.0))
+    assert pub.changed == 1.0
+    pub.write(_FakeTrainer(3))  # not a safetensors file: no number, and the publication is not stopped
+    assert pub.changed is None and (tmp_path / "store" / "v00000003" / "model.safetensors").is_file()
 
 
 def test_group_from_proto_checks():
