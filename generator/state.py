@@ -7,8 +7,9 @@ Weights (the compacted weights topic, read between batches):
 
 - **announced**: the last valid announcement read wins (:meth:`GeneratorState.announced`); one marked ``final``
   means the run is finished: stop asking for work until a newer, non-final one (:attr:`~GeneratorState.finished`);
-- **what to load next**: the latest announcement, unless its version is the loaded one or it was rejected
-  (:meth:`~GeneratorState.to_load`);
+- **what to load next**: the latest announcement, unless it is the loaded one (its version, and its sha256 when the
+  loaded weights came from an announcement: a learner resumed from a checkpoint publishes its own weights under
+  version numbers a dead lineage used) or it was rejected (:meth:`~GeneratorState.to_load`);
 - **refusal**, before any file is opened: a version outside ``[0, 2^63)`` or more than ``max_version_jump`` above
   the loaded one (``version``), a URI naming nothing inside the weight store ``root`` (``location``); a refused
   announcement is rejected, never retried (:meth:`~GeneratorState.locate`);
@@ -113,6 +114,8 @@ class GeneratorState:
         self.rejected: set[tuple[int, str]] = set()
         """``(version, sha256)`` of announcements refused or failed: never tried again."""
         self.last_poll = 0.0
+        self.loaded_sha256 = ""
+        """sha256 of the announced file the engine holds ("" for the weights it started with)."""
 
     @classmethod
     def from_config(cls, cfg: GeneratorConfig) -> GeneratorState:
@@ -139,12 +142,20 @@ class GeneratorState:
         return self.latest is not None and bool(self.latest.final)
 
     def to_load(self, loaded: int) -> WeightAnnouncement | None:
-        """The announcement to load over the ``loaded`` version, or None: the latest, unless it is the loaded
-        version or was rejected."""
+        """The announcement to load over the ``loaded`` version, or None: the latest, unless it is what is loaded or
+        was rejected. What is loaded is the version and, once weights were loaded from an announcement, its sha256:
+        the same version under another file is another lineage's weights (a learner restored from a checkpoint
+        announces its weights under numbers the dead lineage used, possibly in one poll with its older ones)."""
         ann = self.latest
-        if ann is None or ann.version == loaded or (ann.version, ann.sha256) in self.rejected:
+        if ann is None or (ann.version, ann.sha256) in self.rejected:
+            return None
+        if ann.version == loaded and (not self.loaded_sha256 or ann.sha256 == self.loaded_sha256):
             return None
         return ann
+
+    def loaded(self, ann: WeightAnnouncement) -> None:
+        """The engine now holds ``ann``'s weights."""
+        self.loaded_sha256 = ann.sha256
 
     def locate(self, ann: WeightAnnouncement, loaded: int) -> Path | Refusal:
         """The file to load ``ann`` from over the ``loaded`` version, or why it is refused without opening anything

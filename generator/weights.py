@@ -108,6 +108,7 @@ class WeightFollower:
             self.state.reject(ann)
             self.metrics.weight_reload_failures.inc()
             return False
+        self.state.loaded(ann)
         dt = time.perf_counter() - t0
         self.metrics.weight_reload_seconds.observe(dt)
         self.metrics.weight_version.set(self.engine.version)

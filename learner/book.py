@@ -17,6 +17,9 @@ invariants the learner relies on (docs/kafka.md):
   dropped and counted, never trained; foreign and future records are not "done" (no ledger row);
   after a restore the learner releases before it reads, so the groups of requests released after
   the checkpoint, which come back under the same deterministic ids, are outstanding again;
+- **corrupt**: a group that fails the learner's checks is finished (quarantined) only if its id is outstanding;
+  one that answers with another configuration's shape (another ``n``, longer responses: an earlier lineage's request
+  under the same id, before a resume with new settings) has its request released again once instead;
 - **judged** (dynamic sampling): a buffered group the filter would not train is finished at once (all_correct /
   all_wrong), so a batch is made of groups that train; the admission limit follows the recent keep rate;
 - **stale**: a buffered group more than ``max_staleness`` versions old is dropped;
@@ -126,6 +129,7 @@ class RequestBook:
         self.max_oversample = max_oversample
         self._judged: deque[bool] = deque(maxlen=4 * batch_groups)  # recent arrivals: kept by the filter or not
         self._dropped_for_batch = 0  # groups dynamic sampling dropped since the last batch was taken
+        self._asked_again: set[int] = set()  # positions released again for a group of another shape (once each)
         self.counts: Counter[str] = Counter()
         self.ledger_rows: list[dict[str, str]] = []
         """Finished groups since the last :meth:`take_ledger_rows` (written just before a checkpoint)."""
@@ -274,9 +278,30 @@ class RequestBook:
         return request_id in self.state.unconsumed
 
     def drop(self, where: Position, request_id: str, prompt_id: str, outcome: Outcome) -> Outcome:
-        """A group of ours that will never be trained (corrupt, stale): finish it."""
+        """A group that will never be trained (corrupt): finish it if its id is outstanding (quarantined: its position
+        is done, with a ledger row); any other id only has its record done. Finishing an id that is not outstanding
+        would put it in the dedupe window, and a position released later under that id would be taken for done and
+        never sent: anyone could silence a position with one malformed record under a guessed id."""
+        if not self.released_by_this_run(request_id):
+            self.done(where, outcome)
+            return outcome
         self.finish(request_id, prompt_id, where, outcome)
         return outcome
+
+    def ask_again(self, where: Position, request_id: str, prompt_id: str, outcome: Outcome) -> bool:
+        """A group that answers its request with another configuration's shape (another ``n`` or more response tokens
+        than asked: a request of an earlier lineage under the same deterministic id, made before the learner was
+        resumed with new settings). If its id is outstanding and its position was not asked again for this already,
+        the request is released again at once under the next attempt (as a group from the future is) and True is
+        returned; otherwise the group is dropped (:meth:`drop`) and False returned. The record is done either way."""
+        position = self.state.unconsumed.get(request_id)
+        if position is None or position in self._asked_again:
+            self.drop(where, request_id, prompt_id, outcome)
+            return False
+        self._asked_again.add(position)
+        self._released_at[request_id] = float("-inf")  # the next releases() times it out and releases it again
+        self.done(where, outcome)
+        return True
 
     def done(self, where: Position, outcome: Outcome) -> None:
         """A record that carries no trainable group for a known id (undecodable, a duplicate)."""

@@ -156,7 +156,8 @@ class WeightStoreConfig(Model):
     """If set, announced URIs are relative to this root as generators see it (e.g. the volume's mount
     path there): ``<uri_root>/v<version>/model.safetensors``. "" = the absolute local path as a file:// URI."""
     publish_every: int = Field(default=1, ge=1)
-    """Publish weights every this many optimizer steps (and always after the last one)."""
+    """Publish weights every this many optimizer steps (and always after the last one); at most
+    ``algo.max_staleness + 1``, else every group is stale before the next publication and the run stalls (checked)."""
     keep: int = Field(default=3, ge=1)
     """Keep the newest this many versions in the store (generators may still be loading an older one)."""
     keep_every: int = Field(default=0, ge=0)
@@ -418,6 +419,18 @@ class LearnerConfig(Settings):
                 raise ValueError(f"optim.schedule {self.optim.schedule} decays over optim.total_steps: set it, or "
                                  "learner.max_steps")
             self.optim = self.optim.model_copy(update={"total_steps": self.max_steps})
+        return self
+
+    @model_validator(mode="after")
+    def _publish_within_staleness(self) -> LearnerConfig:
+        """Generators sample with the last published weights; a group more than ``algo.max_staleness`` versions old
+        is dropped. Publishing less often than every ``max_staleness + 1`` steps makes every group stale before the
+        next publication, and with no step there is no next publication: the run stops for good."""
+        if self.weights.publish_every > self.algo.max_staleness + 1:
+            raise ValueError(
+                f"weights.publish_every {self.weights.publish_every} > algo.max_staleness + 1 "
+                f"({self.algo.max_staleness + 1}): the groups sampled with one publication are all stale before the "
+                "next one, and the run stalls; raise algo.max_staleness or lower weights.publish_every")
         return self
 
     @property

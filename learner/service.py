@@ -21,13 +21,14 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from winnow import compute_thread, kafka
+from winnow.groups import ShapeMismatch
 from winnow.learner import checkpoint, faults
 from winnow.learner.batch import GroupData, group_from_proto, vocab_size
 from winnow.learner.book import Buffered, Outcome, Position, Release, RequestBook
@@ -97,6 +98,7 @@ class LearnerService:
         self._stop, self._running, self._checkpointed_version, self.steps_run = asyncio.Event(), False, -1, 0
         self._last_record = time.monotonic()  # when a groups record last arrived (the broker check)
         self._recovering = False  # a lost broker noticed, its recovery not complete yet
+        self._last_check = time.monotonic()  # when the broker check last ran
         self._recovery_counted = False  # its recovery counted in offset_rewinds
         self._consumer: AIOKafkaConsumer | None = None  # the Kafka clients and the publisher: made by run()
         self._producer: AIOKafkaProducer | None = None
@@ -233,7 +235,28 @@ class LearnerService:
                 self.metrics.offset_rewinds.inc()
 
     async def run(self) -> int:
-        """Run until stopped or ``max_steps``; returns the number of steps taken in this run."""
+        """Run until stopped or ``max_steps``; returns the number of steps taken in this run. Holds the checkpoint
+        directory's lock (:meth:`_lock_lineage`) throughout."""
+        lock = self._lock_lineage()
+        try:
+            return await self._run()
+        finally:
+            lock.close()
+
+    def _lock_lineage(self) -> Any:
+        """One learner per checkpoint directory (``<checkpoint.dir>/.learner.lock``): a second one would release the
+        same request ids and train the same groups in two interleaved lineages."""
+        from winnow.runlock import hold_lock
+
+        d = Path(self.cfg.checkpoint.dir)
+        return hold_lock(d, name=".learner.lock",
+                         busy=f"learner.checkpoint.dir {d} is in use by another learner (pid {{pid}}): two learners on "
+                              "one lineage would train its groups twice; stop it first, or give this one another "
+                              "learner.checkpoint.dir",
+                         unwritable=f"learner.checkpoint.dir {d} cannot be written ({{why}})",
+                         not_a_directory=f"learner.checkpoint.dir {d} is a file, not a directory")
+
+    async def _run(self) -> int:
         cfg = self.cfg
         await kafka.ensure_topics(cfg.kafka, partitions=cfg.kafka_partitions)
         resumed = await compute_thread.run(self.restore)
@@ -343,10 +366,15 @@ class LearnerService:
             for records in got.values():
                 for record in records:
                     self._on_record(record)
+            now = time.monotonic()
             if got:
-                self._last_record = time.monotonic()
-            elif self.book.outstanding and time.monotonic() - self._last_record > BROKER_CHECK_S:
-                self._last_record = time.monotonic()
+                self._last_record = now
+            # a quiet groups topic, or a recovery (a refused announcement) still to finish: records that keep coming
+            # (stale groups of the weights the generators hold) must not put it off, or the run waits for weights
+            # that are never announced
+            quiet = not got and self.book.outstanding and now - self._last_record > BROKER_CHECK_S
+            if quiet or (self._recovering and now - self._last_check > BROKER_CHECK_S):
+                self._last_record = self._last_check = now
                 await self._check_broker()
             try:
                 self.metrics.consumer_lag.set(await kafka.consumer_lag(consumer))
@@ -385,6 +413,11 @@ class LearnerService:
             group = group_from_proto(msg, self.cfg.n, vocab_size=self._vocab_size,
                                      max_response_tokens=self.cfg.sampling.max_new_tokens,
                                      max_prompt_tokens=self.cfg.max_prompt_tokens)
+        except ShapeMismatch as e:  # answers a request of other settings: ask again once, under the next attempt
+            self.dead_letters.write(where, msg.request_id, str(e), len(record.value or b""))
+            if self.book.ask_again(where, msg.request_id, msg.prompt_id, Outcome.CORRUPT):
+                log.warning("%s: released again (the group answers a request of other settings)", e)
+            return
         except ValueError as e:
             self.dead_letters.write(where, msg.request_id, str(e), len(record.value or b""))
             self.book.drop(where, msg.request_id, msg.prompt_id, Outcome.CORRUPT)
@@ -424,7 +457,7 @@ class LearnerService:
     async def _publish_or_defer(self) -> None:
         """A step's publish. A broker that refuses the announcement (it lost its topics under the running learner, a
         partition leader is moving) does not stop training: the weights are in the store, and the broker check's
-        recovery announces them again once the broker answers (it runs while no group comes)."""
+        recovery announces them again once the broker answers (within ``BROKER_CHECK_S``, whether groups come or not)."""
         try:
             if faults.armed("deferred", self.version):  # crash tests only (learner/faults.py)
                 raise KafkaError(f"the announcement of v{self.version} refused (WINNOW_FAULT)")

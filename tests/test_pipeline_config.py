@@ -152,6 +152,14 @@ def test_generator_dtype_still_names_its_replacement():
 # ------------------------------------------------------------------------------- the learner's rules and knobs
 
 
+def test_publishing_less_often_than_the_staleness_bound_is_refused():
+    """Every group sampled with one publication would be stale before the next: the run would stall for good."""
+    with pytest.raises(ConfigError, match=r"weights\.publish_every 3 > algo\.max_staleness \+ 1 \(2\)"):
+        load_config(LearnerConfig, data={"learner": {"weights": {"publish_every": 3}, "algo": {"max_staleness": 1}}})
+    cfg = load_config(LearnerConfig, data={"learner": {"weights": {"publish_every": 3}, "algo": {"max_staleness": 2}}})
+    assert cfg.weights.publish_every == 3
+
+
 def test_training_needs_a_positive_temperature():
     with pytest.raises(ConfigError, match=r"sampling: sampling\.temperature must be > 0 for training, got 0\.0: the "
                                           r"learner divides its logits by it"):

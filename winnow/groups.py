@@ -13,7 +13,9 @@ parameters; its callers choose how much they know:
 
 It reads a ``ScoredGroup`` message and the learner's ``GroupData`` alike (the same field names). On a message an
 empty ``policy_versions`` means the group's version; the learner's ``GroupData`` always carries versions, one per
-token or a single one for all. ``ValueError`` names ``where`` and the problem.
+token or a single one for all. ``ValueError`` names ``where`` and the problem; :class:`ShapeMismatch` (a
+``ValueError``) is the part that depends on the request the group answers (its ``n``, its ``max_new_tokens``), so
+a group of another configuration's request (a learner resumed with another ``n``) can be told from a broken one.
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ LOGPROB_TOLERANCE = 1e-4
 """A behaviour log-prob above this is not a log-probability (rounding leaves tiny positive values)."""
 
 
+class ShapeMismatch(ValueError):
+    """The group does not answer a request of the reader's configuration: another number of samples, or more response
+    tokens than it asks for. Generators follow the request they read, so such a group answers a request made with
+    other settings (an earlier lineage's, before the learner was resumed with a new ``n`` or ``max_new_tokens``)."""
+
+
 def check_sizes(where: str, samples: int, prompt_tokens: int, response_tokens: Sequence[int], *, n: int | None = None,
                 min_prompt_tokens: int = 1, max_prompt_tokens: int | None = None,
                 max_response_tokens: int | None = None) -> None:
@@ -42,7 +50,7 @@ def check_sizes(where: str, samples: int, prompt_tokens: int, response_tokens: S
     if not samples:
         raise ValueError(f"{where}: group has no samples")
     if n is not None and samples != n:
-        raise ValueError(f"{where}: group has {samples} samples, expected n={n}")
+        raise ShapeMismatch(f"{where}: group has {samples} samples, expected n={n}")
     if prompt_tokens < min_prompt_tokens:
         raise ValueError(f"{where}: prompt_token_ids is empty")
     if max_prompt_tokens is not None and prompt_tokens > max_prompt_tokens:
@@ -51,8 +59,8 @@ def check_sizes(where: str, samples: int, prompt_tokens: int, response_tokens: S
     if max_response_tokens is not None:
         for i, r in enumerate(response_tokens):
             if r > max_response_tokens:
-                raise ValueError(f"{where} sample {i}: {r} response tokens, more than the {max_response_tokens} "
-                                 "allowed")
+                raise ShapeMismatch(f"{where} sample {i}: {r} response tokens, more than the {max_response_tokens} "
+                                    "allowed")
 
 
 def check_group(

@@ -25,7 +25,6 @@ sample in bf16 (see docs/benchmarks.md, "learning").
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import logging
 import os
@@ -264,30 +263,14 @@ def lock_run_dir(run_dir: Path) -> Any:
     """Create ``run_dir`` and hold an exclusive advisory lock on ``<run_dir>/.lock`` (it names the holder's
     PID) so that two ``winnow up`` never run two learners on one directory. The lock lasts while the
     returned file, or a copy of it handed to a service, is open; a second caller gets a ConfigError at once."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"run directory {run_dir} is a file, not a directory: move it away or pass another --run-dir")
-    path = run_dir / ".lock"
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not os.access(run_dir, os.W_OK | os.X_OK):  # a .lock left writable in a read-only directory
-            raise PermissionError(13, "Permission denied", str(run_dir))
-        lock = open(path, "a+")  # noqa: SIM115 - held for the life of `winnow up`
-    except OSError as e:
-        raise ConfigError(f"run directory {run_dir} cannot be written ({e.strerror or e}: {e.filename or path}): "
-                          "make it writable, or pass another --run-dir") from None
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        lock.seek(0)
-        holder = lock.read().strip() or "unknown"
-        lock.close()
-        raise ConfigError(f"run directory {run_dir} is in use by another winnow up (pid {holder}, or the services it "
-                          "started): stop it first, or pass another --run-dir") from None
-    lock.seek(0)
-    lock.truncate()
-    lock.write(f"{os.getpid()}\n")
-    lock.flush()
-    return lock
+    from winnow.runlock import hold_lock
+
+    return hold_lock(run_dir, busy=f"run directory {run_dir} is in use by another winnow up (pid {{pid}}, or the services "
+                                   "it started): stop it first, or pass another --run-dir",
+                     unwritable=f"run directory {run_dir} cannot be written ({{why}}): make it writable, or pass "
+                                "another --run-dir",
+                     not_a_directory=f"run directory {run_dir} is a file, not a directory: move it away or pass "
+                                     "another --run-dir")
 
 
 def source_path_problems(cfg: Any) -> list[str]:

@@ -55,6 +55,24 @@ def test_the_last_announcement_read_wins_and_the_loaded_version_is_not_loaded_ag
     assert s.to_load(2) is None  # already loaded
 
 
+def test_the_same_version_of_another_lineage_is_loaded():
+    """A generator holds a dead lineage's v3 (loaded from an announcement); the learner, restored from its v2
+    checkpoint, announces v2 and then its own v3 (another file) in one poll: the new v3 is loaded, not taken for the
+    one held. Weights the engine started with (no announcement) are known by version only."""
+    s = _state()
+    s.announced(_ann(3, "a"))
+    s.loaded(_ann(3, "a"))
+    assert s.to_load(3) is None
+    s.announced(_ann(2, "b"))
+    s.announced(_ann(3, "c"))
+    assert s.to_load(3).sha256 == "c" * 64
+    s.loaded(_ann(3, "c"))
+    assert s.to_load(3) is None
+    fresh = _state()
+    fresh.announced(_ann(0, "d"))
+    assert fresh.to_load(0) is None  # the initial weights, re-announced as v0
+
+
 def test_a_rejected_announcement_is_skipped_but_the_same_version_with_another_file_is_not():
     s = _state()
     s.announced(_ann(3, "a"))

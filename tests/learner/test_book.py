@@ -137,6 +137,54 @@ def test_forged_well_formed_ids_are_foreign():
     assert b.counts[Outcome.FOREIGN] == 3
 
 
+def test_a_corrupt_group_under_an_id_not_outstanding_silences_no_position():
+    """A malformed group under an id this lineage has not released (a position not yet released, an attempt not yet
+    made) is not "done": that position is still released, sent and trained, and no ledger row names the id."""
+    b = book(batch=1, staleness=0, timeout=10.0)  # admission limit 1
+    b.releases(now=0.0)  # run-0-0
+    s = Stream()
+    for rid in ("run-1-0", "run-0-1"):  # the next position; the next attempt of the outstanding one
+        where = Position(T, 0, s.offset)
+        s.offset += 1
+        b.track(where)
+        assert not b.duplicate(where, rid)
+        assert b.drop(where, rid, f"p-{rid}", Outcome.CORRUPT) == Outcome.CORRUPT
+    assert b.counts[Outcome.CORRUPT] == 2 and b.take_ledger_rows() == []
+    assert not b.is_done("run-1-0") and not b.is_done("run-0-1")
+    assert s.deliver(b, "run-0-0") is None and train(b) == ["run-0-0"]
+    assert [r.request_id for r in b.releases(now=1.0)[0]] == ["run-1-0"]  # sent, not taken for done
+    assert s.deliver(b, "run-1-0") is None and train(b) == ["run-1-0"]
+    assert [r["request_id"] for r in b.take_ledger_rows()] == ["run-0-0", "run-1-0"]
+
+
+def test_a_group_of_another_shape_asks_its_request_again_once():
+    """A group answering with another ``n`` (a resumed learner with new settings reads the old lineage's group under
+    the same id): its request is released again at once under the next attempt; a second such group for the position
+    quarantines it (finished as corrupt), so a generator that cannot answer cannot loop the learner."""
+    b = book(batch=1, staleness=0, timeout=100.0)
+    b.releases(now=0.0)  # run-0-0
+    s = Stream()
+    where = Position(T, 0, s.offset)
+    s.offset += 1
+    b.track(where)
+    assert b.ask_again(where, "run-0-0", "p-0", Outcome.CORRUPT) is True
+    assert not b.is_done("run-0-0") and b.take_ledger_rows() == []
+    releases, timed_out = b.releases(now=1.0)  # long before the 100 s timeout
+    assert [r.request_id for r in releases] == ["run-0-1"] and timed_out == 1
+    where = Position(T, 0, s.offset)
+    s.offset += 1
+    b.track(where)
+    assert b.ask_again(where, "run-0-1", "p-0", Outcome.CORRUPT) is False  # twice: quarantined
+    assert b.is_done("run-0-1") and [r["outcome"] for r in b.take_ledger_rows()] == ["corrupt"]
+    assert [r.request_id for r in b.releases(now=2.0)[0]] == ["run-1-0"]  # its slot goes to the next position
+    where = Position(T, 0, s.offset)
+    s.offset += 1
+    b.track(where)
+    assert b.ask_again(where, "run-9-0", "p-9", Outcome.CORRUPT) is False  # not ours: only the record is done
+    assert not b.is_done("run-9-0") and b.counts[Outcome.CORRUPT] == 3
+    assert b.committable() == {(T, 0): 3}
+
+
 def test_a_rereleased_position_is_trained_once_after_a_restore():
     """Issue 22, item 2: attempt 0 times out and attempt 1 is released, then the learner restores a checkpoint
     taken before the timeout; both attempts' groups arrive. One position, one trained group."""

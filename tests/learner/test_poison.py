@@ -68,8 +68,34 @@ def test_poison_groups_are_quarantined_dropped_and_passed(tmp_path):
     assert reg.labels(reason="undecodable")._value.get() == 1 and reg.labels(reason="invalid")._value.get() == 2
     # every record but the buffered one is done: the committable offset stops at the buffered group
     assert s.book.committable() == {("w.groups", 0): 5}
-    # the quarantined requests of ours are done (their slots free); the future one stays outstanding
+    # the quarantined request of ours is done (its slot free); the future one, and the one answered with more
+    # tokens than asked (a request of other settings), are released again at once under their next attempt
     assert f"{run}-0-0" not in s.book.state.unconsumed and f"{run}-2-0" in s.book.state.unconsumed
+    releases, _ = s.book.releases(now=1.0)
+    assert {f"{run}-1-1", f"{run}-2-1"} <= {r.request_id for r in releases}
+
+
+def test_a_resumed_learner_with_another_n_asks_the_old_requests_again(tmp_path):
+    """A learner resumed with a new ``n`` reads the dead lineage's groups (the old ``n``) under the ids it releases
+    again: each is asked again once under the next attempt instead of dropping its position; a malformed group under
+    an id not released yet silences nothing (that position is released, later, as usual)."""
+    s = _service(tmp_path)
+    run = s.book.state.run_id
+    old_n = _group(f"{run}-0-0")
+    old_n.samples.append(old_n.samples[0])  # N + 1 samples
+    s._on_record(_record(0, encode(old_n)))
+    s._on_record(_record(1, encode(_group(f"{run}-9-0", status=8))))  # position 9: not released yet
+    assert s.book.counts[Outcome.CORRUPT] == 2 and not s.book.is_done(f"{run}-9-0")
+    assert [r.request_id for r in s.book.releases(now=1.0)[0]] == [f"{run}-0-1"]
+    s._on_record(_record(2, encode(_group(f"{run}-0-1"))))  # the new attempt's group, with n = N: buffered
+    assert list(s.book.buffer) == [f"{run}-0-1"]
+    for pos in range(1, 4):
+        s._on_record(_record(2 + pos, encode(_group(f"{run}-{pos}-0"))))
+    batch = s.book.take_batch()
+    for b in batch:
+        s.book.finish(b.request_id, b.prompt_id, b.where, Outcome.TRAINED)
+    released = [r.request_id for r in s.book.releases(now=2.0)[0]]
+    assert released == [f"{run}-{p}-0" for p in (8, 9, 10, 11)]  # position 9 is sent
 
 
 class _Producer:

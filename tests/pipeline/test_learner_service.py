@@ -573,3 +573,37 @@ async def test_a_memory_broker_restarted_under_the_running_learner(tmp_path: Pat
     ledger = [json.loads(x) for x in (Path(cfg.run_dir) / "ledger.jsonl").read_text().splitlines()]
     positions = [int(r["request_id"].split("-")[-2]) for r in ledger]
     assert len(positions) == len(set(positions))  # nothing twice across the restart
+
+
+async def test_a_refused_announcement_is_retried_while_stale_groups_keep_coming(kafka_config_one, tmp_path: Path,
+                                                                               monkeypatch):
+    """The broker refuses the announcement of v2 once (a moving partition leader). With ``max_staleness`` 0 the
+    generator, still on v1, answers every request with a group that is stale at v2, so groups never stop coming: the
+    retry must not wait for a quiet topic (it did: the run stalled for good, busy dropping stale groups)."""
+    from aiokafka.errors import KafkaError
+
+    from winnow.learner import service as service_module
+    from winnow.learner.weights import WeightPublisher
+
+    monkeypatch.setattr(service_module, "BROKER_CHECK_S", 1.0)
+    announce, refused = WeightPublisher.announce, []
+
+    async def flaky(self, ann):
+        if ann.version == 2 and not refused:
+            refused.append(ann.version)
+            raise KafkaError("NotLeaderForPartition (simulated)")
+        await announce(self, ann)
+
+    monkeypatch.setattr(WeightPublisher, "announce", flaky)
+    cfg = _jsonl_learner(kafka_config_one, tmp_path, algo={"preset": "grpo", "kl_coef": 0.0, "max_staleness": 0},
+                         max_steps=4)
+    trainer, tok = _trainer(cfg.algo)
+    registry = CollectorRegistry()
+    service = LearnerService(cfg, trainer, make_source(cfg.prompts), registry)
+    fake = FakeGenerator(kafka_config_one, tok, trainer.model.get_input_embeddings().weight.shape[0], inject=False,
+                         follow_weights=True)
+    assert await _run_with(service, fake, timeout_s=90) == 4
+    assert refused == [2] and service.book.counts["stale"] >= 1  # the stale groups the refusal caused
+    ledger = [json.loads(x) for x in (Path(cfg.run_dir) / "ledger.jsonl").read_text().splitlines()]
+    positions = [int(r["request_id"].split("-")[-2]) for r in ledger]
+    assert len(positions) == len(set(positions))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -361,3 +362,26 @@ def test_restore_without_a_checkpoint_continues_the_run_id_or_says_why_not(tmp_p
     fresh = LearnerService(cfg.model_copy(update={"checkpoint": cfg.checkpoint.model_copy(update={"resume": False})}),
                            trainer, source=None, registry=CollectorRegistry())
     assert fresh.restore() is False and fresh.book.state.run_id != run_id and ledger.rows() == []
+
+
+async def test_a_second_learner_on_one_checkpoint_directory_is_refused(tmp_path):
+    """Two learners on one lineage would release the same request ids and train the same groups twice: the second
+    stops at once, naming the field and the holder; the lock goes with the first one's exit."""
+    from prometheus_client import CollectorRegistry
+
+    from winnow.learner.service import LearnerService
+    from winnow.runlock import hold_lock
+
+    model, tok = build_tiny_model_and_tokenizer(seed=0)
+    trainer = Trainer(model, AlgoConfig(preset="grpo", kl_coef=0.0), pad_token_id=tok.pad_token_id)
+    ckpt = tmp_path / "ckpt"
+    cfg = LearnerConfig(n=2, batch_groups=1, run_dir=str(tmp_path / "run"), tracking={"sinks": []},
+                        checkpoint={"dir": str(ckpt)}, kafka={"bootstrap_servers": "127.0.0.1:9"})
+    first = hold_lock(ckpt, name=".learner.lock", busy="busy {pid}", unwritable="{why}", not_a_directory="file")
+    service = LearnerService(cfg, trainer, source=None, registry=CollectorRegistry())
+    with pytest.raises(ConfigError, match=rf"learner\.checkpoint\.dir {ckpt} is in use by another learner "
+                                          rf"\(pid {os.getpid()}\): two learners on one lineage"):
+        await service.run()
+    first.close()
+    again = hold_lock(ckpt, name=".learner.lock", busy="busy {pid}", unwritable="{why}", not_a_directory="file")
+    again.close()
