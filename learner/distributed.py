@@ -78,7 +78,8 @@ def group_tokens(group: Any) -> int:
 
 
 def encode_groups(groups: list[Any]) -> bytes:
-    """GroupData -> length-prefixed ScoredGroup protobuf bytes (the wire's own message, no pickle)."""
+    """GroupData -> length-prefixed ScoredGroup protobuf bytes (the wire's own message, no pickle): every field the
+    trainer reads, the verifier's ``score`` included (a rank without it would train on the status rewards)."""
     from winnow.v1 import messages_pb2
 
     parts = []
@@ -87,7 +88,8 @@ def encode_groups(groups: list[Any]) -> bytes:
             prompt_id=g.prompt_id, request_id=g.request_id, prompt_token_ids=g.prompt_token_ids,
             samples=[messages_pb2.Sample(response_token_ids=s.response_token_ids,
                                          behaviour_logprobs=s.behaviour_logprobs, policy_versions=s.policy_versions,
-                                         status=s.status, finish_reason=s.finish_reason) for s in g.samples])
+                                         status=s.status, finish_reason=s.finish_reason,
+                                         **({} if s.score is None else {"score": s.score})) for s in g.samples])
         data = msg.SerializeToString()
         parts.append(struct.pack("<Q", len(data)) + data)
     return b"".join(parts)
@@ -107,7 +109,8 @@ def decode_groups(data: bytes) -> list[Any]:
             prompt_id=msg.prompt_id, request_id=msg.request_id, prompt_token_ids=list(msg.prompt_token_ids),
             samples=[SampleData(response_token_ids=list(s.response_token_ids),
                                 behaviour_logprobs=list(s.behaviour_logprobs), policy_versions=list(s.policy_versions),
-                                status=int(s.status), finish_reason=s.finish_reason or "stop") for s in msg.samples]))
+                                status=int(s.status), finish_reason=s.finish_reason or "stop",
+                                score=s.score if s.HasField("score") else None) for s in msg.samples]))
     return groups
 
 
@@ -164,9 +167,33 @@ def save_sharded(trainer: Any, folder: Path) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
+    fresh = not trainer.optimizer.state
     model_sd, optim_sd = get_state_dict(trainer.model, trainer.optimizer)
+    if fresh:  # get_state_dict made the state by an optimizer step at lr 0: that step must not count
+        _uncount_init_step(trainer.optimizer, optim_sd)
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(folder))
     maybe_die("checkpoint", trainer.version)
+
+
+def _uncount_init_step(optimizer: Any, optim_sd: dict[str, Any]) -> None:
+    """torch.distributed.checkpoint's ``get_state_dict`` / ``set_state_dict`` create a missing optimizer state by one
+    ``step()`` with zero gradients at lr 0: the weights and AdamW's moments stay, but its step count becomes 1, so the
+    first real update would get step 2's bias correction (about 0.74x the update of one process, which never runs
+    that step). Set the counts back to 0 in the live optimizer and in ``optim_sd`` (fresh state = step 0)."""
+    import torch
+
+    def zero(st: dict[str, Any]) -> None:
+        step = st.get("step")
+        if isinstance(step, torch.Tensor):
+            step.zero_()
+        elif step is not None:
+            st["step"] = 0
+
+    for st in optimizer.state.values():
+        zero(st)
+    for st in (optim_sd.get("state") or {}).values():
+        if isinstance(st, dict):
+            zero(st)
 
 
 def load_into(trainer: Any, checkpoint_dir: Path) -> None:
@@ -189,6 +216,8 @@ def load_into(trainer: Any, checkpoint_dir: Path) -> None:
     set_state_dict(trainer.model, trainer.optimizer, model_state_dict=sd["model"],
                    optim_state_dict=_optimizer_by_name(trainer, sd["optimizer"]),
                    options=StateDictOptions(full_state_dict=True))
+    if not sd["optimizer"].get("state"):  # saved before any update: the state set_state_dict made is not a step
+        _uncount_init_step(trainer.optimizer, {})
 
 
 def _optimizer_by_name(trainer: Any, optim_sd: dict[str, Any]) -> dict[str, Any]:
@@ -361,7 +390,13 @@ def build_sharded_trainer(cfg: Any) -> tuple[Trainer, PreTrainedTokenizerBase]:
         ref.requires_grad_(False)
         shard_model(ref, param_dtype=mp)
     temperature = cfg.sampling.temperature  # > 0: LearnerConfig refuses 0
-    trainer = trainer_cls(model, cfg.algo, cfg.optim, ref_model=ref, pad_token_id=tokenizer.pad_token_id,
+    optim = cfg.optim
+    if optim.share_prompt:  # the sharded forward runs the whole rows; packing by the shared cost would overfill
+        if rank == 0:
+            log.warning("optim.share_prompt is not supported under FSDP2 (the sharded forward runs every row's prompt): "
+                        "off, micro-batches packed by their full length")
+        optim = optim.model_copy(update={"share_prompt": False})
+    trainer = trainer_cls(model, cfg.algo, optim, ref_model=ref, pad_token_id=tokenizer.pad_token_id,
                           temperature=temperature, autocast_dtype=None)
     log.info("rank %d of %d on %s: %s master weights, %s compute (FSDP2)", rank, world, device,
              param_dtype, mp or param_dtype)

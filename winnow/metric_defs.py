@@ -20,6 +20,7 @@ service's metrics object, and ``scripts/metrics_doc.py`` generates their section
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -178,37 +179,56 @@ def derive(table: Table, metrics: dict[str, float]) -> dict[str, float]:
 
 def rank_vectors(table: Table, metrics: Mapping[str, float]) -> tuple[list[str], list[float], list[float]]:
     """``(keys, to_sum, to_max)``: this rank's contribution to the two all-reduces (sum and max) that reduce
-    ``metrics`` over ranks; every rank holds the same keys. A weighted mean sends ``value * weight`` to the sum,
-    a min sends ``-value`` to the max."""
+    ``metrics`` over ranks. ``keys`` are every reducible step key of ``table``, the same on every rank whatever it
+    emitted (a rank without a key, e.g. the beta-sampler's diagnostics on a rank whose groups hold no valid sample,
+    must not make the ranks' vectors differ: a collective over vectors of different lengths fails or hangs).
+    ``to_sum`` holds three blocks of ``len(keys)``: the value (``value * weight`` for a weighted mean), the weight
+    (weighted means), and 1 if this rank has the key; ``to_max`` the value (``-value`` for a min), -inf where absent.
+    So a key reduces over the ranks that have it, each weighted mean by its own weight on those ranks."""
     rows = by_key(table)
     if unknown := set(metrics) - step_keys(table):
         raise ValueError(f"metrics without a row in the metric table (no declared reduction): {sorted(unknown)}")
-    keys = sorted(k for k in metrics if rows[k].ranks != "derived")
-    to_sum, to_max = [], []
+    if local := sorted(k for k in metrics if rows[k].ranks == "rank0"):
+        raise ValueError(f"step metric {local[0]!r} has no reduction over ranks (ranks='rank0')")
+    keys = sorted(m.key for m in table if m.source == "step" and m.ranks not in ("derived", "rank0"))
+    values, weights, present, to_max = [], [], [], []
     for k in keys:
-        m, v = rows[k], float(metrics[k])
-        if m.ranks == "rank0":
-            raise ValueError(f"step metric {k!r} has no reduction over ranks (ranks='rank0')")
-        to_sum.append(v * float(metrics[m.weight]) if m.ranks == "mean" and m.weight else v)
+        m = rows[k]
+        if k not in metrics:
+            values.append(0.0)
+            weights.append(0.0)
+            present.append(0.0)
+            to_max.append(-math.inf)
+            continue
+        v = float(metrics[k])
+        w = float(metrics[m.weight]) if m.ranks == "mean" and m.weight else 1.0
+        values.append(v * w if m.ranks == "mean" and m.weight else v)
+        weights.append(w)
+        present.append(1.0)
         to_max.append(-v if m.ranks == "min" else v)
-    return keys, to_sum, to_max
+    return keys, values + weights + present, to_max
 
 
 def from_rank_vectors(table: Table, keys: Sequence[str], summed: Sequence[float], maxed: Sequence[float],
                       world: int) -> dict[str, float]:
-    """The reduced metrics from the all-reduced vectors of :func:`rank_vectors` (then the derived rows)."""
+    """The reduced metrics from the all-reduced vectors of :func:`rank_vectors` (then the derived rows): the keys at
+    least one rank had. ``world`` is the number of ranks (a plain mean divides by the ranks that have the key)."""
     rows = by_key(table)
-    total = dict(zip(keys, summed, strict=True))
+    n = len(keys)
+    if len(summed) != 3 * n or len(maxed) != n:
+        raise ValueError(f"reduced vectors of {len(summed)} and {len(maxed)} entries for {n} keys")
     out: dict[str, float] = {}
-    for k, s, x in zip(keys, summed, maxed, strict=True):
+    for i, k in enumerate(keys):
+        s, w, ranks, x = summed[i], summed[n + i], summed[2 * n + i], maxed[i]
+        if ranks <= 0:
+            continue
         m = rows[k]
         if m.ranks == "sum":
             out[k] = float(s)
         elif m.ranks == "mean" and m.weight:
-            w = total[m.weight]
             out[k] = float(s) / w if w > 0 else m.empty
         elif m.ranks == "mean":
-            out[k] = float(s) / world
+            out[k] = float(s) / min(ranks, world)
         elif m.ranks == "min":
             out[k] = -float(x)
         else:  # max, same
@@ -220,9 +240,7 @@ def reduce_over_ranks(table: Table, per_rank: Sequence[Mapping[str, float]]) -> 
     """The reduction of :func:`rank_vectors`/:func:`from_rank_vectors` over a list of per-rank metrics."""
     parts = [rank_vectors(table, m) for m in per_rank]
     keys = parts[0][0]
-    if any(p[0] != keys for p in parts):
-        raise ValueError("ranks disagree on the metric keys")
-    summed = [sum(p[1][i] for p in parts) for i in range(len(keys))]
+    summed = [sum(p[1][i] for p in parts) for i in range(len(parts[0][1]))]
     maxed = [max(p[2][i] for p in parts) for i in range(len(keys))]
     return from_rank_vectors(table, keys, summed, maxed, len(per_rank))
 

@@ -10,7 +10,7 @@ import torch
 from winnow.learner.batch import GroupData, SampleData
 from winnow.learner.tiny import build_tiny_model_and_tokenizer
 
-CORRECT, WRONG = 1, 2  # winnow.verdict.Status values
+CORRECT, WRONG, ERROR = 1, 2, 7  # winnow.verdict.Status values
 
 
 @pytest.fixture(scope="module", autouse=True)

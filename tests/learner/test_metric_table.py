@@ -24,7 +24,7 @@ from winnow.metric_defs import (
     step_keys,
 )
 
-from .conftest import CORRECT, WRONG, make_groups
+from .conftest import CORRECT, ERROR, WRONG, make_groups
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = by_key(LEARNER)
@@ -141,6 +141,24 @@ def test_rank_reduction_by_hand():
     assert vec == m
 
 
+def test_a_key_only_some_ranks_have_reduces_over_those_ranks():
+    """The beta-sampler's diagnostics exist only on ranks whose groups hold a valid sample: the vectors are the same
+    length on every rank anyway (a collective over different lengths fails or hangs), and each key reduces over the
+    ranks that have it, by its own weight there."""
+    r0 = {"loss": 0.5, "groups": 1.0, "tokens": 8.0, "time_total_s": 1.0, "beta_acceptance_rate": 0.25,
+          "snis_ess_min_fraction": 0.5, "ratio_max": 1.5}
+    r1 = {"loss": 0.25, "groups": 3.0, "tokens": 8.0, "time_total_s": 2.0}
+    (k0, s0, x0), (k1, s1, x1) = rank_vectors(LEARNER, r0), rank_vectors(LEARNER, r1)
+    assert k0 == k1 and len(s0) == len(s1) and len(x0) == len(x1)
+    m = reduce_over_ranks(LEARNER, [r0, r1])
+    assert m["loss"] == 0.75 and m["groups"] == 4.0
+    assert m["beta_acceptance_rate"] == 0.25  # rank 0's value, weighted by rank 0's groups only (not 1 / 4 of it)
+    assert m["snis_ess_min_fraction"] == 0.5 and m["ratio_max"] == 1.5  # min / max over the ranks that have them
+    assert "beta_is_weight_var" not in m  # no rank had it
+    table = (Metric("x", "", ranks="mean"), Metric("n", "", ranks="sum"))
+    assert reduce_over_ranks(table, [{"x": 1.0, "n": 1.0}, {"n": 2.0}]) == {"n": 3.0, "x": 1.0}
+
+
 def test_a_mean_without_weight_divides_by_the_world_size():
     table = (Metric("x", "", ranks="mean"), Metric("n", "", ranks="sum"))
     assert reduce_over_ranks(table, [{"x": 1.0, "n": 1.0}, {"x": 4.0, "n": 2.0}]) == {"n": 3.0, "x": 2.5}
@@ -203,6 +221,55 @@ def test_two_gloo_ranks_reduce_as_declared(tmp_path):
     for k in ("acceptance_rate", "kept_sample_fraction", "truncated_fraction", "response_length_mean"):
         assert two[k] == pytest.approx(whole[k], rel=1e-6), k
     assert two["tokens_per_s"] == pytest.approx(two["tokens"] / two["time_total_s"])
+
+
+def _rank_main_invalid_share(rank: int, port: int, out: str) -> None:
+    """Two gloo ranks on raft_beta; rank 1's only group has no valid sample (every sample ERROR), so its step has no
+    beta-sampler diagnostics: the metric reduction must still match (it failed: vectors of different lengths)."""
+    import json
+
+    import torch.distributed as dist
+
+    from winnow.learner.tiny import build_tiny_model_and_tokenizer
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        model, _ = build_tiny_model_and_tokenizer(seed=21)
+        t = _trainer(model, CONFIGS["raft_beta"])
+        t.dp_group = dist.group.WORLD
+        groups = _invalid_share_groups()
+        m = t.train_step(groups[:2] if rank == 0 else groups[2:]).metrics
+        if rank == 0:
+            Path(out).write_text(json.dumps(m))
+    finally:
+        dist.destroy_process_group()
+
+
+def _invalid_share_groups():
+    return make_groups([[CORRECT, WRONG, WRONG, CORRECT], [CORRECT, CORRECT, WRONG, WRONG], [ERROR] * 4], seed=21)
+
+
+@pytest.mark.slow
+def test_a_rank_without_valid_samples_reduces_with_the_others(tmp_path):
+    import json
+
+    import torch.multiprocessing as mp
+
+    from winnow.brokers import free_port
+    from winnow.learner.tiny import build_tiny_model_and_tokenizer
+
+    model, _ = build_tiny_model_and_tokenizer(seed=21)
+    whole = _trainer(model, CONFIGS["raft_beta"]).train_step(_invalid_share_groups()).metrics
+    out = tmp_path / "rank0.json"
+    mp.start_processes(_rank_main_invalid_share, args=(free_port(), str(out)), nprocs=2, start_method="spawn",
+                       join=True)
+    two = json.loads(out.read_text())
+    beta = [k for k in whole if k.startswith(("beta_", "snis_"))]
+    assert len(beta) == 9
+    for k in beta:  # only rank 0 has valid samples: its diagnostics are the whole batch's
+        assert two[k] == pytest.approx(whole[k], rel=1e-9), k
+    assert two["groups"] == 3.0 and two["invalid_samples"] == whole["invalid_samples"] == 4.0
 
 
 def test_docs_are_generated_from_the_table():

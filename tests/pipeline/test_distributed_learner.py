@@ -58,12 +58,20 @@ def test_split_by_tokens_is_balanced_whole_and_deterministic():
 
 
 def test_groups_cross_ranks_as_protobuf_unchanged():
+    from dataclasses import MISSING, fields
+
     from winnow.learner.batch import GroupData, SampleData
 
     groups = [GroupData(f"p{g}", f"r-{g}-0", [1, 2, g + 3], [
         SampleData([5, 6, 7][: 1 + s], [-0.5, -1.25, -2.0][: 1 + s], [3] * (1 + s), CORRECT if s else WRONG,
-                   "length" if s == 2 else "stop") for s in range(3)]) for g in range(3)]
+                   "length" if s == 2 else "stop", score=(None, 0.25, 0.0)[s]) for s in range(3)]) for g in range(3)]
     assert decode_groups(encode_groups(groups)) == groups
+    # every field a trainer reads is exercised away from its default (the verifier's score was once dropped here,
+    # so ranks 1.. trained on status rewards while rank 0 used the scores)
+    samples = [x for g in groups for x in g.samples]
+    for f in fields(SampleData):
+        if f.default is not MISSING:
+            assert any(getattr(x, f.name) != f.default for x in samples), f.name
 
 
 # -- the service under torchrun -------------------------------------------------------------------------------------
@@ -387,3 +395,38 @@ def test_winnow_up_runs_a_sharded_learner(kafka_bootstrap_one, tiny_dir, tmp_pat
     rows = [json.loads(x) for x in (run / "ledger.jsonl").read_text().splitlines()]
     ids = [r["request_id"] for r in rows]
     assert len(ids) == len(set(ids)) == 3 * 2
+
+
+def test_a_checkpoint_before_the_first_update_does_not_count_a_step(tmp_path):
+    """torch.distributed.checkpoint creates a missing optimizer state by a zero-gradient step at lr 0, which AdamW
+    counts: a sharded checkpoint written before the first real update (a skipped first step, checkpoint.every 1) made
+    that update use step 2's bias correction (~0.74x). After save_sharded the first update equals a trainer's that
+    never checkpointed, and so does one resumed from that checkpoint."""
+    import copy
+
+    from winnow.learner.algo import AlgoConfig
+    from winnow.learner.distributed import load_into, save_sharded
+    from winnow.learner.step import OptimConfig, Trainer
+    from winnow.learner.tiny import build_tiny_model_and_tokenizer
+
+    from ..learner.conftest import CORRECT as C
+    from ..learner.conftest import WRONG as W
+    from ..learner.conftest import make_groups
+
+    model, tok = build_tiny_model_and_tokenizer(seed=5)
+
+    def trainer(m):
+        return Trainer(m, AlgoConfig.from_preset("grpo", kl_coef=0.0, entropy_coef=0.0), OptimConfig(lr=1e-2),
+                       pad_token_id=tok.pad_token_id)
+
+    groups = make_groups([[C, W, W, C], [W, C, C, W]], seed=5)
+    plain, saved, resumed = trainer(copy.deepcopy(model)), trainer(copy.deepcopy(model)), trainer(copy.deepcopy(model))
+    (tmp_path / "ck").mkdir()
+    save_sharded(saved, tmp_path / "ck" / "trainer.dcp")
+    load_into(resumed, tmp_path / "ck")
+    for t in (plain, saved, resumed):
+        t.train_step(groups)
+    want = torch.cat([p.detach().flatten() for p in plain.model.parameters()])
+    for t in (saved, resumed):
+        got = torch.cat([p.detach().flatten() for p in t.model.parameters()])
+        assert torch.equal(got, want)
