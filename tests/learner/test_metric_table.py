@@ -164,9 +164,9 @@ def test_a_mean_without_weight_divides_by_the_world_size():
     assert reduce_over_ranks(table, [{"x": 1.0, "n": 1.0}, {"x": 4.0, "n": 2.0}]) == {"n": 3.0, "x": 2.5}
 
 
-def _rank_main(rank: int, port: int, out: str) -> None:
-    """One of two gloo ranks: train its share (whole groups, as the sharded learner splits them); rank 0 writes the
-    reduced metrics."""
+def _rank_main(rank: int, port: int, out: str, config: str = "grpo_kl", case: str = "split") -> None:
+    """One of two gloo ranks: train its share (``split``: whole groups, as the sharded learner splits them;
+    ``invalid_share``: rank 1 gets the group without a valid sample); rank 0 writes the reduced metrics."""
     import json
 
     import torch.distributed as dist
@@ -178,11 +178,15 @@ def _rank_main(rank: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         model, _ = build_tiny_model_and_tokenizer(seed=21)
-        t = _trainer(model, CONFIGS["grpo_kl"])
+        t = _trainer(model, CONFIGS[config])
         t.dp_group = dist.group.WORLD
-        groups = _two_rank_groups()
-        mine = split_by_tokens([group_tokens(g) for g in groups], 2)[rank]
-        m = t.train_step([groups[i] for i in mine]).metrics
+        if case == "split":
+            groups = _two_rank_groups()
+            mine = [groups[i] for i in split_by_tokens([group_tokens(g) for g in groups], 2)[rank]]
+        else:
+            groups = _invalid_share_groups()
+            mine = groups[:2] if rank == 0 else groups[2:]
+        m = t.train_step(mine).metrics
         if rank == 0:
             Path(out).write_text(json.dumps(m))
     finally:
@@ -223,29 +227,6 @@ def test_two_gloo_ranks_reduce_as_declared(tmp_path):
     assert two["tokens_per_s"] == pytest.approx(two["tokens"] / two["time_total_s"])
 
 
-def _rank_main_invalid_share(rank: int, port: int, out: str) -> None:
-    """Two gloo ranks on raft_beta; rank 1's only group has no valid sample (every sample ERROR), so its step has no
-    beta-sampler diagnostics: the metric reduction must still match (it failed: vectors of different lengths)."""
-    import json
-
-    import torch.distributed as dist
-
-    from winnow.learner.tiny import build_tiny_model_and_tokenizer
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        model, _ = build_tiny_model_and_tokenizer(seed=21)
-        t = _trainer(model, CONFIGS["raft_beta"])
-        t.dp_group = dist.group.WORLD
-        groups = _invalid_share_groups()
-        m = t.train_step(groups[:2] if rank == 0 else groups[2:]).metrics
-        if rank == 0:
-            Path(out).write_text(json.dumps(m))
-    finally:
-        dist.destroy_process_group()
-
-
 def _invalid_share_groups():
     return make_groups([[CORRECT, WRONG, WRONG, CORRECT], [CORRECT, CORRECT, WRONG, WRONG], [ERROR] * 4], seed=21)
 
@@ -262,8 +243,10 @@ def test_a_rank_without_valid_samples_reduces_with_the_others(tmp_path):
     model, _ = build_tiny_model_and_tokenizer(seed=21)
     whole = _trainer(model, CONFIGS["raft_beta"]).train_step(_invalid_share_groups()).metrics
     out = tmp_path / "rank0.json"
-    mp.start_processes(_rank_main_invalid_share, args=(free_port(), str(out)), nprocs=2, start_method="spawn",
-                       join=True)
+    # raft_beta; rank 1's only group has no valid sample (every sample ERROR), so its step has no beta-sampler
+    # diagnostics: the reduction must still match (it failed: the ranks' vectors differed in length)
+    mp.start_processes(_rank_main, args=(free_port(), str(out), "raft_beta", "invalid_share"), nprocs=2,
+                       start_method="spawn", join=True)
     two = json.loads(out.read_text())
     beta = [k for k in whole if k.startswith(("beta_", "snis_"))]
     assert len(beta) == 9
