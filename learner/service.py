@@ -330,8 +330,8 @@ class LearnerService:
         self.tracking.log_row(append_jsonl(self._jsonl, {
             "version": self.version, "time": time.time(), "wait_s": t1 - t0, "compute_s": t2 - t1,
             "publish_s": t3 - t2 if published else 0.0, "checkpoint_s": t4 - t3 if checkpointed else 0.0,
-            **({"published_changed_fraction": changed} if published and (changed := self._published_changed()) is not None
-               else {}),
+            **({"published_changed_fraction": changed}
+               if published and (changed := _made(self._publisher).changed) is not None else {}),
             "outcomes": {str(k): v for k, v in self.book.counts.items()},
             "batch_outcomes": {o: result.group_outcomes.count(o) for o in set(result.group_outcomes)},
             "unconsumed": self.book.outstanding, "next_position": self.book.state.next_position,
@@ -446,13 +446,11 @@ class LearnerService:
 
     async def _publish(self) -> None:  # write the weights, then announce them
         publisher = _made(self._publisher)
-        await publisher.announce(await compute_thread.run(publisher.write, self.trainer))
-        if publisher.changed is not None:
+        ann = await compute_thread.run(publisher.write, self.trainer)
+        if publisher.changed is not None:  # the weights are in the store, announced or not
             self.metrics.published_changed.set(publisher.changed)
+        await publisher.announce(ann)
         faults.maybe_die("publish", self.version)
-
-    def _published_changed(self) -> float | None:
-        return self._publisher.changed if self._publisher is not None else None
 
     async def _publish_or_defer(self) -> None:
         """A step's publish. A broker that refuses the announcement (it lost its topics under the running learner, a

@@ -28,6 +28,7 @@ publication to the next even though the masters do.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import shutil
 import time
@@ -69,7 +70,7 @@ def changed_fraction(old: Path, new: Path, budget: int = SAMPLE_ELEMENTS) -> flo
             a, b = fo.get_slice(name), fn.get_slice(name)
             if a.get_shape() == b.get_shape() and a.get_dtype() == b.get_dtype():
                 common.append((name, a, b))
-        total = sum(_numel(b.get_shape()) for _, _, b in common)
+        total = sum(math.prod(b.get_shape()) for _, _, b in common)
         if total == 0:
             return None
         stride = max(1, total // max(1, budget))
@@ -91,21 +92,20 @@ def changed_fraction(old: Path, new: Path, budget: int = SAMPLE_ELEMENTS) -> flo
     return changed / compared if compared else None
 
 
-def _numel(shape: list[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+def stored_versions(store: Path) -> list[tuple[int, Path]]:
+    """``(version, folder)`` of every version folder in ``store``, oldest first."""
+    found = []
+    for p in store.iterdir() if store.is_dir() else ():
+        m = _VERSION_DIR.match(p.name)
+        if m and p.is_dir():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
 
 
 def previous_version(store: Path, version: int, file: str) -> Path | None:
     """The ``file`` of the newest version below ``version`` in ``store`` (None if there is none)."""
-    best: tuple[int, Path] | None = None
-    for p in store.iterdir() if store.is_dir() else ():
-        m = _VERSION_DIR.match(p.name)
-        if m and int(m.group(1)) < version and (p / file).is_file() and (best is None or int(m.group(1)) > best[0]):
-            best = (int(m.group(1)), p / file)
-    return best[1] if best else None
+    earlier = [folder / file for v, folder in stored_versions(store) if v < version and (folder / file).is_file()]
+    return earlier[-1] if earlier else None
 
 
 class WeightSource(Protocol):
@@ -203,12 +203,7 @@ class WeightPublisher:
     def prune(self, keep_version: int | None = None) -> list[Path]:
         """Delete all but the newest ``keep`` version folders (never ``keep_version``, nor a version divisible by
         ``keep_every`` when that is > 0)."""
-        found = []
-        for p in self.store.iterdir():
-            m = _VERSION_DIR.match(p.name)
-            if m and p.is_dir():
-                found.append((int(m.group(1)), p))
-        found.sort()
+        found = stored_versions(self.store)
         removed = []
         for version, p in found[: max(0, len(found) - self.keep)]:
             if version == keep_version or (self.keep_every and version % self.keep_every == 0):

@@ -202,7 +202,7 @@ def rank_vectors(table: Table, metrics: Mapping[str, float]) -> tuple[list[str],
             continue
         v = float(metrics[k])
         w = float(metrics[m.weight]) if m.ranks == "mean" and m.weight else 1.0
-        values.append(v * w if m.ranks == "mean" and m.weight else v)
+        values.append(v * w)
         weights.append(w)
         present.append(1.0)
         to_max.append(-v if m.ranks == "min" else v)
@@ -212,7 +212,7 @@ def rank_vectors(table: Table, metrics: Mapping[str, float]) -> tuple[list[str],
 def from_rank_vectors(table: Table, keys: Sequence[str], summed: Sequence[float], maxed: Sequence[float],
                       world: int) -> dict[str, float]:
     """The reduced metrics from the all-reduced vectors of :func:`rank_vectors` (then the derived rows): the keys at
-    least one rank had. ``world`` is the number of ranks (a plain mean divides by the ranks that have the key)."""
+    least one rank had. A plain mean divides by the number of ranks that have the key (at most ``world``)."""
     rows = by_key(table)
     n = len(keys)
     if len(summed) != 3 * n or len(maxed) != n:
@@ -228,7 +228,7 @@ def from_rank_vectors(table: Table, keys: Sequence[str], summed: Sequence[float]
         elif m.ranks == "mean" and m.weight:
             out[k] = float(s) / w if w > 0 else m.empty
         elif m.ranks == "mean":
-            out[k] = float(s) / min(ranks, world)
+            out[k] = float(s) / ranks
         elif m.ranks == "min":
             out[k] = -float(x)
         else:  # max, same
